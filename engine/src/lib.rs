@@ -1,0 +1,1 @@
+//! strata-engine: an embeddable LSM-tree key-value storage engine.

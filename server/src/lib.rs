@@ -1,0 +1,1 @@
+//! strata-server: the `kvnode` cluster node. Not built yet: see the open issues.
