@@ -1,1 +1,49 @@
 //! strata-engine: an embeddable LSM-tree key-value storage engine.
+//!
+//! Writes go to a write-ahead log and a skiplist memtable; full memtables are
+//! flushed by a background thread to immutable, checksummed tables that are
+//! read through `mmap`, with a bloom filter in front of every table. Reads and
+//! snapshots never wait for writers.
+//!
+//! ```
+//! use strata_engine::{Db, Options};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Db::open(dir.path(), Options::default())?;
+//! db.put(b"hello", b"world")?;
+//! assert_eq!(db.get(b"hello")?.as_deref(), Some(&b"world"[..]));
+//! db.delete(b"hello")?;
+//! assert_eq!(db.get(b"hello")?, None);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The on-disk formats are documented in the modules that write them: the
+//! log ([`wal`](crate) — `src/wal/mod.rs`), tables (`src/sstable/`), version
+//! edits (`src/version/edit.rs`) and internal keys (`src/key.rs`).
+
+mod batch;
+mod coding;
+mod db;
+mod error;
+mod file_name;
+mod iter;
+mod iterator;
+mod key;
+mod memtable;
+mod options;
+mod snapshot;
+mod sstable;
+mod version;
+mod wal;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use batch::WriteBatch;
+pub use db::Db;
+pub use error::{Error, Result};
+pub use iterator::Iter;
+pub use key::MAX_SEQUENCE;
+pub use options::{Options, WriteOptions, MAX_KEY_SIZE_LIMIT, MAX_VALUE_SIZE_LIMIT};
+pub use snapshot::Snapshot;

@@ -1,0 +1,708 @@
+//! The database: open and recovery, the group-commit write path, reads, and
+//! the background flush thread.
+//!
+//! # Write path
+//!
+//! Writers queue up; the writer at the head of the queue is the *leader*. It
+//! takes the batches of the writers queued behind it (up to
+//! [`MAX_GROUP_BYTES`]), gives them consecutive sequence numbers, appends them
+//! to the WAL as one record, fsyncs once if any of them asked for `sync`,
+//! inserts them into the memtable, publishes the new last sequence to readers,
+//! and wakes the group. The next writer in the queue then leads. So N
+//! concurrent sync writers cost one `write` and one `fsync`, not N.
+//!
+//! # Reads
+//!
+//! A read loads the last published sequence, then the current
+//! [`SuperVersion`] (memtable, frozen memtables, table version), in that
+//! order: every write up to that sequence is in the super version loaded
+//! after it. Neither step waits for a writer.
+//!
+//! # Recovery
+//!
+//! `open` replays the MANIFEST (tables), then every WAL at or after the
+//! manifest's log number into a memtable, writes what it recovered to L0
+//! tables, and starts a new WAL. Only the newest WAL may end in a torn record.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::batch::{BatchRecords, WriteBatch};
+use crate::error::{Error, Result};
+use crate::file_name::{self, FileKind};
+use crate::iterator::{Iter, ReadView};
+use crate::key::MAX_SEQUENCE;
+use crate::memtable::Memtable;
+use crate::options::{Options, WriteOptions};
+use crate::snapshot::Snapshot;
+use crate::sstable::TableBuilder;
+use crate::version::{FileMeta, Version, VersionEdit, VersionSet};
+use crate::wal::{LogReader, LogWriter};
+
+/// A leader stops adding followers' batches to its group past this size, so
+/// that one huge group does not delay the writers at its head for long.
+const MAX_GROUP_BYTES: usize = 1 << 20;
+
+/// Everything a read needs, swapped as a unit when a memtable is frozen or flushed.
+pub(crate) struct SuperVersion {
+    pub(crate) mem: Arc<Memtable>,
+    /// Frozen memtables waiting for their flush, newest first.
+    pub(crate) imms: Vec<Arc<Memtable>>,
+    pub(crate) version: Arc<Version>,
+}
+
+/// An open database. Cheap to clone; every clone is the same database, and it
+/// closes (joining its background thread and syncing the WAL) when the last
+/// clone, snapshot-free, is dropped.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// use strata_engine::{Db, Options};
+/// let db = Db::open(dir.path(), Options::default())?;
+/// db.put(b"k", b"v1")?;
+/// let snap = db.snapshot();
+/// db.put(b"k", b"v2")?;
+/// assert_eq!(snap.get(b"k")?.as_deref(), Some(&b"v1"[..]));
+/// assert_eq!(db.get(b"k")?.as_deref(), Some(&b"v2"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.inner.core.dir)
+            .finish()
+    }
+}
+
+/// Owns the background thread; dropping it shuts the database down.
+struct Owner {
+    core: Arc<Core>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Core {
+    dir: PathBuf,
+    options: Options,
+    super_version: RwLock<Arc<SuperVersion>>,
+    /// Highest sequence whose write is wholly in the memtable: the read horizon.
+    visible_seq: AtomicU64,
+    /// Writers waiting to commit; the front one leads.
+    queue: Mutex<VecDeque<Arc<Waiter>>>,
+    /// The WAL; held by the leader for its whole group and by memtable rotation.
+    log: Mutex<LogState>,
+    versions: Mutex<VersionSet>,
+    bg: Mutex<BgState>,
+    /// Signalled when a memtable is frozen (work for the flusher), flushed
+    /// (room for stalled writers), on a background error and on shutdown.
+    bg_cv: Condvar,
+    /// Holds the flock on `LOCK` for as long as the database is open.
+    _lock: File,
+}
+
+struct LogState {
+    wal: LogWriter,
+    /// Sequence of the last write appended to the WAL.
+    last_seq: u64,
+}
+
+#[derive(Default)]
+struct BgState {
+    /// Set once a flush fails; writes are refused from then on.
+    error: Option<Error>,
+    shutdown: bool,
+}
+
+/// One writer waiting in the commit queue.
+struct Waiter {
+    batch: Mutex<Option<WriteBatch>>,
+    sync: bool,
+    size: usize,
+    state: Mutex<WaiterState>,
+    cv: Condvar,
+}
+
+enum WaiterState {
+    Waiting,
+    /// This writer is now at the head of the queue and must lead a group.
+    Lead,
+    Done(Result<()>),
+}
+
+impl Db {
+    /// Opens (or, with `create_if_missing`, creates) the database in `path`
+    /// and recovers every write acknowledged before the last close or crash.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db> {
+        options.validate()?;
+        let dir = path.as_ref().to_path_buf();
+        if options.create_if_missing {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        let lock = lock_dir(&dir)?;
+        let mut files = list_files(&dir)?;
+        let max_number = files
+            .iter()
+            .filter_map(|(_, kind)| match kind {
+                FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut versions = VersionSet::recover(&dir, options.create_if_missing, max_number)?;
+
+        // Replay every WAL the manifest does not cover, oldest first.
+        let mut logs: Vec<u64> = files
+            .iter()
+            .filter_map(|(_, kind)| match kind {
+                FileKind::Log(n) if *n >= versions.log_number() => Some(*n),
+                _ => None,
+            })
+            .collect();
+        logs.sort_unstable();
+        let mut last_seq = versions.last_sequence();
+        let mut mem = Memtable::new(0);
+        let mut added = Vec::new();
+        for (i, &number) in logs.iter().enumerate() {
+            let newest = i + 1 == logs.len();
+            replay_log(&dir, number, newest, &mem, &mut last_seq)?;
+            if mem.approximate_size() >= options.write_buffer_size {
+                added.push(write_level0(&dir, &options, &mut versions, &mem)?);
+                mem = Memtable::new(0);
+            }
+        }
+        if !mem.is_empty() {
+            added.push(write_level0(&dir, &options, &mut versions, &mem)?);
+        }
+        let log_number = versions.new_file_number();
+        let version = versions.log_and_apply(VersionEdit {
+            log_number: Some(log_number),
+            last_sequence: Some(last_seq),
+            added: added.into_iter().map(|meta| (0, meta)).collect(),
+            ..VersionEdit::default()
+        })?;
+        let wal = LogWriter::create(&file_name::log_path(&dir, log_number))?;
+        file_name::sync_dir(&dir)?;
+
+        // Everything recovered is in tables now: old logs, orphaned tables
+        // (a flush that crashed before its manifest edit) and old manifests go.
+        files = list_files(&dir)?;
+        let live: std::collections::HashSet<u64> = version.live_files().collect();
+        for (path, kind) in files {
+            let obsolete = match kind {
+                FileKind::Log(n) => n < log_number,
+                FileKind::Table(n) => !live.contains(&n),
+                FileKind::Manifest(n) => n != versions.manifest_number(),
+                FileKind::Temp => true,
+                FileKind::Current | FileKind::Lock => false,
+            };
+            if obsolete {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+
+        let core = Arc::new(Core {
+            super_version: RwLock::new(Arc::new(SuperVersion {
+                mem: Arc::new(Memtable::new(log_number)),
+                imms: Vec::new(),
+                version,
+            })),
+            visible_seq: AtomicU64::new(last_seq),
+            queue: Mutex::new(VecDeque::new()),
+            log: Mutex::new(LogState { wal, last_seq }),
+            versions: Mutex::new(versions),
+            bg: Mutex::new(BgState::default()),
+            bg_cv: Condvar::new(),
+            _lock: lock,
+            dir,
+            options,
+        });
+        let flusher = {
+            let core = core.clone();
+            std::thread::Builder::new()
+                .name("strata-flush".into())
+                .spawn(move || core.flush_loop())
+        }
+        .map_err(|e| Error::io(&core.dir, e))?;
+        Ok(Db {
+            inner: Arc::new(Owner {
+                core,
+                flusher: Mutex::new(Some(flusher)),
+            }),
+        })
+    }
+
+    /// Sets `key` to `value` (without fsync; see [`Db::write`] for durability).
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch, &WriteOptions::default())
+    }
+
+    /// Removes `key` (a no-op if it is absent).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch, &WriteOptions::default())
+    }
+
+    /// Applies every operation of `batch` atomically: a reader or a recovery
+    /// sees all of them or none. With `sync`, returns only once the batch is
+    /// on stable storage.
+    pub fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<()> {
+        self.inner.core.write(batch, options.sync)
+    }
+
+    /// The newest value of `key`, if it has one.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        self.inner.core.read_view().get(key.as_ref())
+    }
+
+    /// Entries with keys in `range`, in key order (or reversed, with
+    /// `.rev()`), as of the moment of the call.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = strata_engine::Db::open(dir.path(), Default::default())?;
+    /// for k in ["a", "b", "c", "d"] {
+    ///     db.put(k, "x")?;
+    /// }
+    /// let keys: Vec<Vec<u8>> = db.range(&b"b"[..]..).rev().map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+    /// assert_eq!(keys, [b"d", b"c", b"b"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn range<K: AsRef<[u8]>>(&self, range: impl std::ops::RangeBounds<K>) -> Iter {
+        self.inner.core.read_view().range(range)
+    }
+
+    /// Entries whose keys start with `prefix`, in key order (double-ended).
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        self.inner.core.read_view().prefix(prefix.as_ref())
+    }
+
+    /// A consistent, read-only view of the database as of now. O(1); it
+    /// never blocks writers, and it keeps the memtables and tables it needs
+    /// alive until it is dropped.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.inner.core.read_view())
+    }
+
+    /// Writes the memtable to a table and waits until every frozen memtable
+    /// is flushed, so that nothing needs the WAL for recovery.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.core.flush()
+    }
+
+    /// The directory the database lives in.
+    pub fn path(&self) -> &Path {
+        &self.inner.core.dir
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.core.bg.lock().shutdown = true;
+        self.core.bg_cv.notify_all();
+        if let Some(handle) = self.flusher.lock().take() {
+            // A panicked flusher has nothing left to clean up; the WAL still holds its data.
+            let _ = handle.join();
+        }
+        // Writes made without `sync` reach the disk now; a failure cannot be
+        // reported from drop, and the data is still in the OS page cache.
+        let _ = self.core.log.lock().wal.sync();
+    }
+}
+
+impl Core {
+    fn read_view(&self) -> ReadView {
+        // Sequence first: see the module docs.
+        let seq = self.visible_seq.load(Ordering::Acquire);
+        let sv = self.super_version.read().clone();
+        ReadView::new(sv, seq)
+    }
+
+    fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
+        for record in batch
+            .records()
+            .map_err(|e| Error::InvalidArgument(e.0.into()))?
+        {
+            let record = record.map_err(|e| Error::InvalidArgument(e.0.into()))?;
+            if record.key.len() > self.options.max_key_size {
+                return Err(Error::InvalidArgument(format!(
+                    "key of {} bytes exceeds max_key_size ({})",
+                    record.key.len(),
+                    self.options.max_key_size
+                )));
+            }
+            if record.value.len() > self.options.max_value_size {
+                return Err(Error::InvalidArgument(format!(
+                    "value of {} bytes exceeds max_value_size ({})",
+                    record.value.len(),
+                    self.options.max_value_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        self.check_batch(&batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let me = Arc::new(Waiter {
+            size: batch.approximate_size(),
+            batch: Mutex::new(Some(batch)),
+            sync,
+            state: Mutex::new(WaiterState::Waiting),
+            cv: Condvar::new(),
+        });
+        let leader = {
+            let mut queue = self.queue.lock();
+            queue.push_back(me.clone());
+            queue.len() == 1
+        };
+        if !leader {
+            let mut state = me.state.lock();
+            loop {
+                match std::mem::replace(&mut *state, WaiterState::Waiting) {
+                    WaiterState::Waiting => me.cv.wait(&mut state),
+                    WaiterState::Done(result) => return result,
+                    WaiterState::Lead => break,
+                }
+            }
+        }
+        self.lead_group(&me)
+    }
+
+    /// Commits the group at the head of the queue (`me` is its first member).
+    fn lead_group(&self, me: &Arc<Waiter>) -> Result<()> {
+        let mut log = self.log.lock();
+        let result = self.make_room(&mut log, false).map(|()| {
+            let group: Vec<Arc<Waiter>> = {
+                let queue = self.queue.lock();
+                let mut bytes = 0;
+                queue
+                    .iter()
+                    .take_while(|w| {
+                        bytes += w.size;
+                        bytes <= MAX_GROUP_BYTES || Arc::ptr_eq(w, me)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            let committed = self.commit(&mut log, &group);
+            (group.len(), committed)
+        });
+        drop(log);
+        let (group_len, result) = match result {
+            Ok((n, committed)) => (n, committed),
+            // Could not make room: only the leader's own write fails; the
+            // next writer leads and will meet the same error itself.
+            Err(e) => (1, Err(e)),
+        };
+        let mut queue = self.queue.lock();
+        for _ in 0..group_len {
+            if let Some(w) = queue.pop_front() {
+                if !Arc::ptr_eq(&w, me) {
+                    *w.state.lock() = WaiterState::Done(result.clone());
+                    w.cv.notify_one();
+                }
+            }
+        }
+        if let Some(next) = queue.front() {
+            *next.state.lock() = WaiterState::Lead;
+            next.cv.notify_one();
+        }
+        result
+    }
+
+    /// Appends the group's batches to the WAL as one record, syncs if asked,
+    /// applies them to the memtable and publishes them to readers.
+    fn commit(&self, log: &mut LogState, group: &[Arc<Waiter>]) -> Result<()> {
+        let mut merged = WriteBatch::new();
+        let mut sync = false;
+        for w in group {
+            if let Some(batch) = w.batch.lock().take() {
+                merged.append(&batch);
+            }
+            sync |= w.sync;
+        }
+        let first = log.last_seq + 1;
+        let last = log.last_seq + u64::from(merged.count());
+        if last > MAX_SEQUENCE {
+            return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
+        }
+        merged.set_sequence(first);
+        let appended = log.wal.add_record(merged.encoded()).and_then(|()| {
+            if sync {
+                log.wal.sync()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = appended {
+            // The WAL may now hold part of a record; nothing after it can be
+            // trusted to be recoverable, so stop taking writes.
+            self.set_background_error(e.clone());
+            return Err(e);
+        }
+        let mem = self.super_version.read().mem.clone();
+        for record in BatchRecords::decode(merged.encoded()).map_err(|e| e.at(&self.dir, 0))? {
+            mem.insert(&record.map_err(|e| e.at(&self.dir, 0))?);
+        }
+        log.last_seq = last;
+        self.visible_seq.store(last, Ordering::Release);
+        Ok(())
+    }
+
+    fn background_error(&self) -> Option<Error> {
+        self.bg.lock().error.clone()
+    }
+
+    fn set_background_error(&self, e: Error) {
+        let mut bg = self.bg.lock();
+        bg.error.get_or_insert(Error::Background(e.to_string()));
+        self.bg_cv.notify_all();
+    }
+
+    /// Ensures the memtable can take the next group: freezes it once full (or,
+    /// with `force`, whenever it holds anything), stalling while too many
+    /// frozen memtables wait for the flusher.
+    fn make_room(&self, log: &mut LogState, force: bool) -> Result<()> {
+        loop {
+            if let Some(e) = self.background_error() {
+                return Err(e);
+            }
+            let sv = self.super_version.read().clone();
+            let full = sv.mem.approximate_size() >= self.options.write_buffer_size;
+            if !(full || force && !sv.mem.is_empty()) {
+                return Ok(());
+            }
+            if sv.imms.len() >= self.options.max_immutable_memtables {
+                let mut bg = self.bg.lock();
+                let still_full =
+                    self.super_version.read().imms.len() >= self.options.max_immutable_memtables;
+                if still_full && bg.error.is_none() && !bg.shutdown {
+                    self.bg_cv.wait(&mut bg);
+                }
+                continue;
+            }
+            self.rotate(log, &sv)?;
+            return Ok(());
+        }
+    }
+
+    /// Freezes the memtable and starts a new one with its own WAL.
+    fn rotate(&self, log: &mut LogState, sv: &SuperVersion) -> Result<()> {
+        let number = self.versions.lock().new_file_number();
+        let wal = LogWriter::create(&file_name::log_path(&self.dir, number))?;
+        file_name::sync_dir(&self.dir)?;
+        // The frozen memtable's log must be durable before a later log can be,
+        // or a power loss could keep newer writes and lose older ones.
+        log.wal.sync()?;
+        log.wal = wal;
+        let mut imms = Vec::with_capacity(sv.imms.len() + 1);
+        imms.push(sv.mem.clone());
+        imms.extend(sv.imms.iter().cloned());
+        *self.super_version.write() = Arc::new(SuperVersion {
+            mem: Arc::new(Memtable::new(number)),
+            imms,
+            version: sv.version.clone(),
+        });
+        let _bg = self.bg.lock();
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        {
+            let mut log = self.log.lock();
+            self.make_room(&mut log, true)?;
+        }
+        let mut bg = self.bg.lock();
+        loop {
+            if let Some(e) = &bg.error {
+                return Err(e.clone());
+            }
+            if self.super_version.read().imms.is_empty() {
+                return Ok(());
+            }
+            self.bg_cv.wait(&mut bg);
+        }
+    }
+
+    /// The body of the `strata-flush` thread: flushes frozen memtables, oldest
+    /// first, until shutdown. A failure is recorded and stops the thread's
+    /// work; the frozen memtable's WAL still holds its writes.
+    fn flush_loop(&self) {
+        loop {
+            let imm = {
+                let mut bg = self.bg.lock();
+                loop {
+                    if bg.shutdown {
+                        return;
+                    }
+                    if bg.error.is_none() {
+                        if let Some(imm) = self.super_version.read().imms.last().cloned() {
+                            break imm;
+                        }
+                    }
+                    self.bg_cv.wait(&mut bg);
+                }
+            };
+            if let Err(e) = self.flush_memtable(&imm) {
+                self.set_background_error(e);
+                continue;
+            }
+            let _bg = self.bg.lock();
+            self.bg_cv.notify_all();
+        }
+    }
+
+    /// Writes the oldest frozen memtable to an L0 table, records it in the
+    /// manifest, swaps it out of the super version and deletes its WAL.
+    fn flush_memtable(&self, imm: &Arc<Memtable>) -> Result<()> {
+        let newer_log = {
+            let sv = self.super_version.read();
+            let pos = sv.imms.iter().position(|m| Arc::ptr_eq(m, imm));
+            match pos.and_then(|p| p.checked_sub(1)) {
+                Some(p) => sv
+                    .imms
+                    .get(p)
+                    .map_or(sv.mem.log_number(), |m| m.log_number()),
+                None => sv.mem.log_number(),
+            }
+        };
+        let meta = {
+            let mut versions = self.versions.lock();
+            let number = versions.new_file_number();
+            drop(versions);
+            build_table(&self.dir, &self.options, number, imm)?
+        };
+        let version = self.versions.lock().log_and_apply(VersionEdit {
+            log_number: Some(newer_log),
+            last_sequence: Some(self.visible_seq.load(Ordering::Acquire)),
+            added: vec![(0, meta)],
+            ..VersionEdit::default()
+        })?;
+        {
+            let mut sv = self.super_version.write();
+            let imms = sv
+                .imms
+                .iter()
+                .filter(|m| !Arc::ptr_eq(m, imm))
+                .cloned()
+                .collect();
+            *sv = Arc::new(SuperVersion {
+                mem: sv.mem.clone(),
+                imms,
+                version,
+            });
+        }
+        let old_log = file_name::log_path(&self.dir, imm.log_number());
+        match std::fs::remove_file(&old_log) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(&old_log, e)),
+        }
+    }
+}
+
+/// Writes `mem` to table `number` and returns its manifest entry.
+fn build_table(dir: &Path, options: &Options, number: u64, mem: &Memtable) -> Result<FileMeta> {
+    let path = file_name::table_path(dir, number);
+    let built = (|| {
+        let mut builder =
+            TableBuilder::create(&path, options.block_size, options.bloom_bits_per_key)?;
+        mem.for_each(|ikey, value| builder.add(ikey, value))?;
+        builder.finish()
+    })();
+    match built {
+        Ok(built) => Ok(FileMeta {
+            number,
+            size: built.file_size,
+            smallest: built.smallest,
+            largest: built.largest,
+        }),
+        Err(e) => {
+            // A partial table is garbage; the next open would delete it anyway.
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+fn write_level0(
+    dir: &Path,
+    options: &Options,
+    versions: &mut VersionSet,
+    mem: &Memtable,
+) -> Result<FileMeta> {
+    let number = versions.new_file_number();
+    build_table(dir, options, number, mem)
+}
+
+/// Replays one WAL into `mem`, raising `last_seq` to the newest sequence seen.
+fn replay_log(
+    dir: &Path,
+    number: u64,
+    newest: bool,
+    mem: &Memtable,
+    last_seq: &mut u64,
+) -> Result<()> {
+    let path = file_name::log_path(dir, number);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut reader = LogReader::new(
+        std::io::BufReader::with_capacity(1 << 16, file),
+        &path,
+        newest,
+    );
+    while let Some(record) = reader.next_record()? {
+        let corrupt = |e: crate::error::DecodeError| e.at(&path, 0);
+        for rec in BatchRecords::decode(&record).map_err(corrupt)? {
+            let rec = rec.map_err(corrupt)?;
+            mem.insert(&rec);
+            *last_seq = (*last_seq).max(rec.seq);
+        }
+    }
+    Ok(())
+}
+
+/// Takes the directory's `LOCK` so that two openers never share the files.
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = file_name::lock_path(dir);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// The database's files in `dir`, with what each is.
+fn list_files(dir: &Path) -> Result<Vec<(PathBuf, FileKind)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if let Some(kind) = entry.file_name().to_str().and_then(file_name::parse) {
+            out.push((entry.path(), kind));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,132 @@
+//! The files of a database directory, their names, and the atomic switch of `CURRENT`.
+//!
+//! ```text
+//! LOCK              held (flock) while a Db is open
+//! CURRENT           one line: the name of the live MANIFEST
+//! MANIFEST-000005   version edits (log format)
+//! 000007.log        write-ahead log
+//! 000008.sst        table
+//! CURRENT.tmp       a CURRENT being written; never read
+//! ```
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    Log(u64),
+    Table(u64),
+    Manifest(u64),
+    Current,
+    Lock,
+    Temp,
+}
+
+pub(crate) fn log_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:06}.log"))
+}
+
+pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:06}.sst"))
+}
+
+pub(crate) fn manifest_name(number: u64) -> String {
+    format!("MANIFEST-{number:06}")
+}
+
+pub(crate) fn current_path(dir: &Path) -> PathBuf {
+    dir.join("CURRENT")
+}
+
+pub(crate) fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("LOCK")
+}
+
+/// What a directory entry is, if it belongs to the database.
+pub(crate) fn parse(name: &str) -> Option<FileKind> {
+    let number = |s: &str| s.parse::<u64>().ok();
+    match name {
+        "CURRENT" => Some(FileKind::Current),
+        "LOCK" => Some(FileKind::Lock),
+        "CURRENT.tmp" => Some(FileKind::Temp),
+        _ => {
+            if let Some(n) = name.strip_prefix("MANIFEST-") {
+                number(n).map(FileKind::Manifest)
+            } else if let Some(n) = name.strip_suffix(".log") {
+                number(n).map(FileKind::Log)
+            } else if let Some(n) = name.strip_suffix(".sst") {
+                number(n).map(FileKind::Table)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Makes directory entries (creations, renames, deletions) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Points `CURRENT` at `MANIFEST-<number>` atomically: write a temporary
+/// file, fsync it, rename it over `CURRENT`, fsync the directory. A crash
+/// leaves either the old or the new `CURRENT`, never a torn one.
+pub(crate) fn set_current(dir: &Path, manifest_number: u64) -> Result<()> {
+    let tmp = dir.join("CURRENT.tmp");
+    let contents = format!("{}\n", manifest_name(manifest_number));
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    let current = current_path(dir);
+    std::fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
+    sync_dir(dir)
+}
+
+/// The manifest number named by `CURRENT`.
+pub(crate) fn read_current(dir: &Path) -> Result<u64> {
+    let path = current_path(dir);
+    let contents = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    std::str::from_utf8(&contents)
+        .ok()
+        .and_then(|s| s.strip_suffix('\n'))
+        .and_then(|s| s.strip_prefix("MANIFEST-"))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::corruption(&path, 0, "CURRENT does not name a manifest"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let dir = Path::new("/db");
+        let name = |p: PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(parse(&name(log_path(dir, 7))), Some(FileKind::Log(7)));
+        assert_eq!(
+            parse(&name(table_path(dir, 1234567))),
+            Some(FileKind::Table(1234567))
+        );
+        assert_eq!(parse(&manifest_name(3)), Some(FileKind::Manifest(3)));
+        assert_eq!(parse("CURRENT"), Some(FileKind::Current));
+        assert_eq!(parse("notes.txt"), None);
+        assert_eq!(parse("x.log"), None);
+    }
+
+    #[test]
+    fn current_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        set_current(dir.path(), 5).unwrap();
+        assert_eq!(read_current(dir.path()).unwrap(), 5);
+        set_current(dir.path(), 9).unwrap();
+        assert_eq!(read_current(dir.path()).unwrap(), 9);
+        std::fs::write(current_path(dir.path()), "garbage").unwrap();
+        assert!(read_current(dir.path()).unwrap_err().is_corruption());
+    }
+}

@@ -1,0 +1,214 @@
+//! Reading at a point in time: point lookups and double-ended range scans
+//! over the memtables and tables of one [`SuperVersion`] at one sequence.
+
+use std::sync::Arc;
+
+use crate::db::SuperVersion;
+use crate::iter::merge::MergingSource;
+use crate::iter::{Direction, Entry, KeyBounds, Source};
+use crate::memtable::{Lookup, MemSource};
+use crate::Result;
+
+/// A sequence number and the structures that hold everything up to it.
+#[derive(Clone)]
+pub(crate) struct ReadView {
+    sv: Arc<SuperVersion>,
+    seq: u64,
+}
+
+impl ReadView {
+    pub(crate) fn new(sv: Arc<SuperVersion>, seq: u64) -> Self {
+        ReadView { sv, seq }
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Newest source first: the first one that knows the key decides.
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let found = std::iter::once(&self.sv.mem)
+            .chain(&self.sv.imms)
+            .find_map(|m| m.get(key, self.seq));
+        let found = match found {
+            Some(found) => Some(found),
+            None => self.sv.version.get(key, self.seq)?,
+        };
+        Ok(match found {
+            Some(Lookup::Value(v)) => Some(v),
+            Some(Lookup::Deleted) | None => None,
+        })
+    }
+
+    pub(crate) fn range<K: AsRef<[u8]>>(&self, range: impl std::ops::RangeBounds<K>) -> Iter {
+        Iter::new(self.clone(), KeyBounds::from_range(&range))
+    }
+
+    pub(crate) fn prefix(&self, prefix: &[u8]) -> Iter {
+        Iter::new(self.clone(), KeyBounds::prefix(prefix))
+    }
+
+    fn merged(&self, bounds: &KeyBounds, direction: Direction) -> MergingSource {
+        let mut sources: Vec<Box<dyn Source>> = std::iter::once(&self.sv.mem)
+            .chain(&self.sv.imms)
+            .filter(|m| !m.is_empty())
+            .map(|m| Box::new(MemSource::new(m.clone(), bounds, direction)) as Box<dyn Source>)
+            .collect();
+        sources.extend(self.sv.version.sources(bounds, direction));
+        MergingSource::new(sources, direction)
+    }
+}
+
+/// One end of an [`Iter`]: merged entries reduced to the visible value of each key.
+struct Cursor {
+    merged: MergingSource,
+    direction: Direction,
+    /// Forward: the key whose newest visible version was already decided.
+    decided: Option<Vec<u8>>,
+    /// Backward: an entry read past the end of the key being decided.
+    lookahead: Option<Entry>,
+}
+
+impl Cursor {
+    fn next_visible(&mut self, seq: u64) -> Result<Option<Entry>> {
+        match self.direction {
+            Direction::Forward => self.next_forward(seq),
+            Direction::Backward => self.next_backward(seq),
+        }
+    }
+
+    /// Versions of a key arrive newest first: the first visible one decides.
+    fn next_forward(&mut self, seq: u64) -> Result<Option<Entry>> {
+        while let Some(e) = self.merged.next_entry()? {
+            if e.seq() > seq || self.decided.as_deref() == Some(&e.user_key) {
+                continue;
+            }
+            self.decided = Some(e.user_key.clone());
+            if !e.is_deletion() {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Versions of a key arrive oldest first: the last visible one decides,
+    /// known only once the next key (or the end) shows up.
+    fn next_backward(&mut self, seq: u64) -> Result<Option<Entry>> {
+        let mut best: Option<Entry> = None;
+        loop {
+            let next = match self.lookahead.take() {
+                Some(e) => Some(e),
+                None => self.merged.next_entry()?,
+            };
+            let Some(e) = next else {
+                return Ok(best.filter(|b| !b.is_deletion()));
+            };
+            if let Some(b) = &best {
+                if b.user_key != e.user_key {
+                    self.lookahead = Some(e);
+                    if !b.is_deletion() {
+                        return Ok(best);
+                    }
+                    best = None;
+                    continue;
+                }
+            }
+            if e.seq() <= seq {
+                best = Some(e);
+            }
+        }
+    }
+}
+
+/// A double-ended iterator over `(key, value)` pairs in key order, at the
+/// point in time it was created. Yields `Err` once if a table turns out to be
+/// corrupt, then ends.
+pub struct Iter {
+    view: ReadView,
+    bounds: KeyBounds,
+    front: Option<Cursor>,
+    back: Option<Cursor>,
+    /// The last keys yielded from each end: the two ends stop where they meet.
+    front_key: Option<Vec<u8>>,
+    back_key: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl Iter {
+    fn new(view: ReadView, bounds: KeyBounds) -> Self {
+        Iter {
+            view,
+            bounds,
+            front: None,
+            back: None,
+            front_key: None,
+            back_key: None,
+            done: false,
+        }
+    }
+
+    fn step(&mut self, direction: Direction) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+        if self.done {
+            return None;
+        }
+        let (cursor, seq) = {
+            let slot = match direction {
+                Direction::Forward => &mut self.front,
+                Direction::Backward => &mut self.back,
+            };
+            let view = &self.view;
+            let bounds = &self.bounds;
+            let cursor = slot.get_or_insert_with(|| Cursor {
+                merged: view.merged(bounds, direction),
+                direction,
+                decided: None,
+                lookahead: None,
+            });
+            (cursor, view.seq)
+        };
+        let entry = match cursor.next_visible(seq) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                self.done = true;
+                return None;
+            }
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        let crossed = match direction {
+            Direction::Forward => self.back_key.as_ref().is_some_and(|b| &entry.user_key >= b),
+            Direction::Backward => self
+                .front_key
+                .as_ref()
+                .is_some_and(|f| &entry.user_key <= f),
+        };
+        if crossed {
+            self.done = true;
+            return None;
+        }
+        let mine = match direction {
+            Direction::Forward => &mut self.front_key,
+            Direction::Backward => &mut self.back_key,
+        };
+        *mine = Some(entry.user_key.clone());
+        Some(Ok((entry.user_key, entry.value)))
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.step(Direction::Forward)
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.step(Direction::Backward)
+    }
+}
+
+impl std::iter::FusedIterator for Iter {}

@@ -1,0 +1,99 @@
+//! Tuning knobs, with the reason for each default.
+
+use crate::error::{Error, Result};
+
+/// Largest key any configuration may allow: keys live in memory whole and in
+/// every index entry of the blocks they end.
+pub const MAX_KEY_SIZE_LIMIT: usize = 1 << 20;
+/// Largest value any configuration may allow: block entries store lengths as u32.
+pub const MAX_VALUE_SIZE_LIMIT: usize = 1 << 30;
+
+/// How a database is opened and tuned.
+///
+/// ```
+/// let opts = strata_engine::Options {
+///     write_buffer_size: 8 << 20,
+///     ..Default::default()
+/// };
+/// # let dir = tempfile::tempdir()?;
+/// let db = strata_engine::Db::open(dir.path(), opts)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Create the directory and an empty database if none exists.
+    pub create_if_missing: bool,
+    /// Memtable size at which it is frozen and flushed to an L0 table. Larger
+    /// means fewer, bigger L0 tables and a longer WAL replay after a crash.
+    pub write_buffer_size: usize,
+    /// Frozen memtables allowed to wait for their flush; once this many wait,
+    /// writers stop until one is flushed, which bounds memory.
+    pub max_immutable_memtables: usize,
+    /// Target size of a data block before it is closed (the read unit of a lookup).
+    pub block_size: usize,
+    /// Bloom filter bits per key: 10 gives about 1% false positives.
+    pub bloom_bits_per_key: u32,
+    /// Writes with a longer key are refused with [`Error::InvalidArgument`].
+    pub max_key_size: usize,
+    /// Writes with a longer value are refused with [`Error::InvalidArgument`].
+    pub max_value_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            create_if_missing: true,
+            write_buffer_size: 32 << 20,
+            max_immutable_memtables: 2,
+            block_size: 4096,
+            bloom_bits_per_key: 10,
+            max_key_size: 64 << 10,
+            max_value_size: 16 << 20,
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::InvalidArgument(format!("option {what}")))
+            }
+        };
+        check(
+            self.write_buffer_size >= 64 << 10,
+            "write_buffer_size must be at least 64 KiB",
+        )?;
+        check(
+            self.max_immutable_memtables >= 1,
+            "max_immutable_memtables must be at least 1",
+        )?;
+        check(
+            (256..=(4 << 20)).contains(&self.block_size),
+            "block_size must be between 256 bytes and 4 MiB",
+        )?;
+        check(
+            (1..=30).contains(&self.bloom_bits_per_key),
+            "bloom_bits_per_key must be between 1 and 30",
+        )?;
+        check(
+            (1..=MAX_KEY_SIZE_LIMIT).contains(&self.max_key_size),
+            "max_key_size must be between 1 byte and 1 MiB",
+        )?;
+        check(
+            self.max_value_size <= MAX_VALUE_SIZE_LIMIT,
+            "max_value_size must be at most 1 GiB",
+        )
+    }
+}
+
+/// Per-write settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Wait for the write-ahead log to reach stable storage (fsync) before
+    /// returning. Without it a write survives a process crash but may be lost
+    /// if the machine loses power.
+    pub sync: bool,
+}

@@ -1,0 +1,155 @@
+//! Writes a table file from entries given in internal-key order.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::block::BlockBuilder;
+use super::filter::FilterBuilder;
+use super::footer::{trailer, BlockHandle, Footer};
+use super::properties::Properties;
+use crate::error::{Error, Result};
+use crate::key::{compare_internal, ParsedKey, ValueKind};
+
+/// Restart interval of data blocks: a lookup scans at most this many entries.
+const DATA_RESTART_INTERVAL: usize = 16;
+
+pub(crate) struct TableBuilder {
+    path: PathBuf,
+    out: BufWriter<File>,
+    offset: u64,
+    block_size: usize,
+    data: BlockBuilder,
+    index: BlockBuilder,
+    filter: FilterBuilder,
+    props: Properties,
+    last_key: Vec<u8>,
+}
+
+/// What a finished table holds, for its manifest entry.
+#[derive(Debug, Clone)]
+pub(crate) struct BuiltTable {
+    pub(crate) file_size: u64,
+    pub(crate) smallest: Vec<u8>,
+    pub(crate) largest: Vec<u8>,
+}
+
+impl TableBuilder {
+    pub(crate) fn create(path: &Path, block_size: usize, bloom_bits_per_key: u32) -> Result<Self> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(TableBuilder {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(256 * 1024, file),
+            offset: 0,
+            block_size,
+            data: BlockBuilder::new(DATA_RESTART_INTERVAL),
+            // One restart per entry: the index is binary-searched entry by entry.
+            index: BlockBuilder::new(1),
+            filter: FilterBuilder::new(bloom_bits_per_key),
+            props: Properties::default(),
+            last_key: Vec::new(),
+        })
+    }
+
+    /// Adds an entry. REQUIRES: `ikey` sorts after every key added before.
+    pub(crate) fn add(&mut self, ikey: &[u8], value: &[u8]) -> Result<()> {
+        let parsed = ParsedKey::parse(ikey).map_err(|e| Error::InvalidArgument(e.0.into()))?;
+        if self.props.entries > 0 {
+            if compare_internal(&self.last_key, ikey) != std::cmp::Ordering::Less {
+                return Err(Error::InvalidArgument(format!(
+                    "table keys out of order while writing {}",
+                    self.path.display()
+                )));
+            }
+            if crate::key::user_key(&self.last_key) != parsed.user_key {
+                self.filter.add_key(parsed.user_key);
+            }
+        } else {
+            self.filter.add_key(parsed.user_key);
+            self.props.smallest_key = ikey.to_vec();
+            self.props.smallest_seq = parsed.seq;
+        }
+        self.props.entries += 1;
+        if parsed.kind == ValueKind::Deletion {
+            self.props.deletions += 1;
+        }
+        self.props.smallest_seq = self.props.smallest_seq.min(parsed.seq);
+        self.props.largest_seq = self.props.largest_seq.max(parsed.seq);
+        self.last_key.clear();
+        self.last_key.extend_from_slice(ikey);
+        self.data.add(ikey, value);
+        if self.data.estimated_size() >= self.block_size {
+            self.finish_data_block()?;
+        }
+        Ok(())
+    }
+
+    fn finish_data_block(&mut self) -> Result<()> {
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        let last = self.data.last_key().to_vec();
+        let contents = self.data.finish();
+        let handle = self.write_block(&contents)?;
+        let mut enc = Vec::with_capacity(super::footer::HANDLE_LEN);
+        handle.encode_to(&mut enc);
+        self.index.add(&last, &enc);
+        self.props.data_blocks += 1;
+        Ok(())
+    }
+
+    fn write_block(&mut self, contents: &[u8]) -> Result<BlockHandle> {
+        let size = u32::try_from(contents.len())
+            .map_err(|_| Error::InvalidArgument("block larger than 4 GiB".into()))?;
+        let handle = BlockHandle {
+            offset: self.offset,
+            size,
+        };
+        self.write_raw(contents)?;
+        self.write_raw(&trailer(contents))?;
+        Ok(handle)
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes filter, properties, index and footer, and fsyncs the file.
+    /// REQUIRES: at least one entry was added.
+    pub(crate) fn finish(mut self) -> Result<BuiltTable> {
+        if self.props.entries == 0 {
+            return Err(Error::InvalidArgument("cannot write an empty table".into()));
+        }
+        self.finish_data_block()?;
+        self.props.largest_key = self.last_key.clone();
+        let filter = self.write_block(&self.filter.finish())?;
+        let properties = self.write_block(&self.props.encode())?;
+        let index_contents = self.index.finish();
+        let index = self.write_block(&index_contents)?;
+        let footer = Footer {
+            filter,
+            properties,
+            index,
+        }
+        .encode();
+        self.write_raw(&footer)?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        Ok(BuiltTable {
+            file_size: self.offset,
+            smallest: self.props.smallest_key,
+            largest: self.props.largest_key,
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! Block handles, block trailers and the table footer.
+//!
+//! ```text
+//! block handle = offset u64 LE | size u32 LE                        (12 bytes)
+//! trailer      = compression u8 (0 = none) | masked crc32 u32 LE     (5 bytes)
+//! footer       = filter handle | properties handle | index handle
+//!                | format version u32 LE (1) | magic u64 LE         (48 bytes)
+//! ```
+
+use crate::coding::{get_u32, get_u64};
+use crate::error::DecodeError;
+use crate::wal::mask_crc;
+
+pub(crate) const HANDLE_LEN: usize = 12;
+pub(crate) const TRAILER_LEN: usize = 5;
+pub(crate) const FOOTER_LEN: usize = 3 * HANDLE_LEN + 4 + 8;
+/// "STRATA01" read as a little-endian u64. Do not change: on disk.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"STRATA01");
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The only compression type written so far. Do not change: on disk.
+pub(crate) const NO_COMPRESSION: u8 = 0;
+
+/// Where a block lives in the file (excluding its trailer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockHandle {
+    pub(crate) offset: u64,
+    pub(crate) size: u32,
+}
+
+impl BlockHandle {
+    pub(crate) fn encode_to(&self, dst: &mut Vec<u8>) {
+        dst.extend_from_slice(&self.offset.to_le_bytes());
+        dst.extend_from_slice(&self.size.to_le_bytes());
+    }
+
+    pub(crate) fn decode_from(src: &mut &[u8]) -> Result<Self, DecodeError> {
+        Ok(BlockHandle {
+            offset: get_u64(src)?,
+            size: get_u32(src)?,
+        })
+    }
+
+    /// The byte range of the block plus its trailer, if it lies within `file_len`.
+    pub(crate) fn range_with_trailer(&self, file_len: usize) -> Option<std::ops::Range<usize>> {
+        let start = usize::try_from(self.offset).ok()?;
+        let end = start
+            .checked_add(self.size as usize)?
+            .checked_add(TRAILER_LEN)?;
+        (end <= file_len).then_some(start..end)
+    }
+}
+
+pub(crate) fn block_crc(contents: &[u8], compression: u8) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(contents);
+    h.update(&[compression]);
+    mask_crc(h.finalize())
+}
+
+/// The trailer written after `contents`.
+pub(crate) fn trailer(contents: &[u8]) -> [u8; TRAILER_LEN] {
+    let crc = block_crc(contents, NO_COMPRESSION).to_le_bytes();
+    [NO_COMPRESSION, crc[0], crc[1], crc[2], crc[3]]
+}
+
+/// Splits `block_and_trailer` and checks the trailer; returns the contents.
+pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeError> {
+    let split = block_and_trailer
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .ok_or(DecodeError("block shorter than its trailer"))?;
+    let (contents, mut tr) = block_and_trailer.split_at(split);
+    let compression = crate::coding::get_u8(&mut tr)?;
+    let crc = get_u32(&mut tr)?;
+    if compression != NO_COMPRESSION {
+        return Err(DecodeError("unknown block compression type"));
+    }
+    if block_crc(contents, compression) != crc {
+        return Err(DecodeError("block checksum mismatch"));
+    }
+    Ok(contents)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    pub(crate) filter: BlockHandle,
+    pub(crate) properties: BlockHandle,
+    pub(crate) index: BlockHandle,
+}
+
+impl Footer {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FOOTER_LEN);
+        self.filter.encode_to(&mut out);
+        self.properties.encode_to(&mut out);
+        self.index.encode_to(&mut out);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(mut src: &[u8]) -> Result<Self, DecodeError> {
+        if src.len() != FOOTER_LEN {
+            return Err(DecodeError("footer has the wrong length"));
+        }
+        let filter = BlockHandle::decode_from(&mut src)?;
+        let properties = BlockHandle::decode_from(&mut src)?;
+        let index = BlockHandle::decode_from(&mut src)?;
+        let version = get_u32(&mut src)?;
+        let magic = get_u64(&mut src)?;
+        if magic != MAGIC {
+            return Err(DecodeError("bad table magic number (not a table file)"));
+        }
+        if version != FORMAT_VERSION {
+            return Err(DecodeError("unsupported table format version"));
+        }
+        Ok(Footer {
+            filter,
+            properties,
+            index,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footer_round_trip_and_rejects_damage() {
+        let h = |o, s| BlockHandle { offset: o, size: s };
+        let f = Footer {
+            filter: h(1, 2),
+            properties: h(3, 4),
+            index: h(u64::MAX, u32::MAX),
+        };
+        let enc = f.encode();
+        assert_eq!(enc.len(), FOOTER_LEN);
+        assert_eq!(Footer::decode(&enc).unwrap(), f);
+        let mut bad = enc.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(Footer::decode(&bad).is_err());
+        assert!(Footer::decode(&enc[1..]).is_err());
+        assert_eq!(h(u64::MAX, 10).range_with_trailer(100), None);
+    }
+
+    #[test]
+    fn trailer_detects_flips() {
+        let mut block = b"some block contents".to_vec();
+        block.extend_from_slice(&trailer(b"some block contents"));
+        assert_eq!(verify_block(&block).unwrap(), b"some block contents");
+        for i in 0..block.len() {
+            let mut bad = block.clone();
+            bad[i] ^= 0x10;
+            assert!(verify_block(&bad).is_err(), "flip at {i}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Opens a table file through `mmap`, answers point lookups and serves scans.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::block::BlockIter;
+use super::filter;
+use super::footer::{verify_block, BlockHandle, Footer, FOOTER_LEN};
+use super::properties::Properties;
+use crate::error::{DecodeError, Error, Result};
+use crate::iter::{Direction, Entry, KeyBounds, Source};
+use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
+use crate::memtable::Lookup;
+
+/// The last internal key of a data block, and where the block is.
+type IndexEntry = (Box<[u8]>, BlockHandle);
+
+/// An open, immutable table.
+pub(crate) struct Table {
+    path: PathBuf,
+    mmap: Mmap,
+    /// The index block, decoded: last internal key of each data block, and where it is.
+    index: Vec<IndexEntry>,
+    filter: std::ops::Range<usize>,
+    properties: Properties,
+    /// Per data block: its checksum has been verified once already.
+    verified: Box<[AtomicBool]>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table").field("path", &self.path).finish()
+    }
+}
+
+impl Table {
+    /// Maps the file and validates footer, index, filter and properties.
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: table files are written once, fsynced and renamed into the
+        // manifest before any reader opens them, and are never modified or
+        // truncated afterwards; they are only unlinked, which leaves an
+        // existing mapping valid.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let corrupt = |offset: u64, e: DecodeError| e.at(path, offset);
+        let len = mmap.len();
+        let footer_at = len
+            .checked_sub(FOOTER_LEN)
+            .ok_or_else(|| Error::corruption(path, 0, "file shorter than a table footer"))?;
+        let footer = Footer::decode(mmap.get(footer_at..).unwrap_or_default())
+            .map_err(|e| corrupt(footer_at as u64, e))?;
+        let block = |h: BlockHandle| -> Result<std::ops::Range<usize>> {
+            let range = h.range_with_trailer(footer_at).ok_or_else(|| {
+                Error::corruption(path, h.offset, "block handle points outside the file")
+            })?;
+            let raw = mmap.get(range.clone()).unwrap_or_default();
+            verify_block(raw).map_err(|e| corrupt(h.offset, e))?;
+            Ok(range.start..range.start + h.size as usize)
+        };
+        let filter = block(footer.filter)?;
+        let props_range = block(footer.properties)?;
+        let properties = Properties::decode(mmap.get(props_range).unwrap_or_default())
+            .map_err(|e| corrupt(footer.properties.offset, e))?;
+        let index_range = block(footer.index)?;
+        let index = decode_index(mmap.get(index_range).unwrap_or_default(), footer_at)
+            .map_err(|e| corrupt(footer.index.offset, e))?;
+        if index.len() as u64 != properties.data_blocks {
+            return Err(Error::corruption(
+                path,
+                footer.index.offset,
+                "index and properties disagree on the number of data blocks",
+            ));
+        }
+        let verified = (0..index.len()).map(|_| AtomicBool::new(false)).collect();
+        Ok(Table {
+            path: path.to_path_buf(),
+            mmap,
+            index,
+            filter,
+            properties,
+            verified,
+        })
+    }
+
+    /// Smallest and largest internal keys, from the properties block.
+    pub(crate) fn key_range(&self) -> (&[u8], &[u8]) {
+        (&self.properties.smallest_key, &self.properties.largest_key)
+    }
+
+    /// Data block `i`'s contents, checksum-verified on first use.
+    fn data_block(&self, i: usize) -> Result<&[u8]> {
+        let (_, handle) = self
+            .index
+            .get(i)
+            .ok_or_else(|| Error::corruption(&self.path, 0, "data block index out of range"))?;
+        let range = handle
+            .range_with_trailer(self.mmap.len())
+            .ok_or_else(|| Error::corruption(&self.path, handle.offset, "bad block handle"))?;
+        let raw = self.mmap.get(range).unwrap_or_default();
+        let verified = self
+            .verified
+            .get(i)
+            .is_some_and(|v| v.load(AtomicOrdering::Relaxed));
+        if verified {
+            return Ok(raw.get(..handle.size as usize).unwrap_or_default());
+        }
+        let contents = verify_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
+        if let Some(v) = self.verified.get(i) {
+            v.store(true, AtomicOrdering::Relaxed);
+        }
+        Ok(contents)
+    }
+
+    fn block_corruption(&self, i: usize, e: DecodeError) -> Error {
+        let offset = self.index.get(i).map_or(0, |(_, h)| h.offset);
+        e.at(&self.path, offset)
+    }
+
+    /// Index of the first data block whose last key is `>= target`.
+    fn find_block(&self, target: &[u8]) -> usize {
+        self.index
+            .partition_point(|(last, _)| compare_internal(last, target) == std::cmp::Ordering::Less)
+    }
+
+    /// False when the bloom filter rules `user_key` out.
+    pub(crate) fn may_contain(&self, user_key: &[u8]) -> bool {
+        filter::may_contain(
+            self.mmap.get(self.filter.clone()).unwrap_or_default(),
+            user_key,
+        )
+    }
+
+    /// The newest version of `user_key` visible at `seq`. Checks the bloom
+    /// filter first; the caller has already checked the key range.
+    pub(crate) fn get(&self, user_key: &[u8], seq: u64) -> Result<Option<Lookup>> {
+        if !self.may_contain(user_key) {
+            return Ok(None);
+        }
+        let target = internal_key(user_key, seq, SEEK_KIND);
+        let i = self.find_block(&target);
+        if i >= self.index.len() {
+            return Ok(None);
+        }
+        let block = self.data_block(i)?;
+        let found = (|| {
+            let mut it = BlockIter::new(block)?;
+            if !it.seek(&target, compare_internal)? {
+                return Ok(None);
+            }
+            let Some((k, v)) = it.current() else {
+                return Ok(None);
+            };
+            let parsed = ParsedKey::parse(k)?;
+            if parsed.user_key != user_key {
+                return Ok(None);
+            }
+            Ok(Some(match parsed.kind {
+                ValueKind::Value => Lookup::Value(v.to_vec()),
+                ValueKind::Deletion => Lookup::Deleted,
+            }))
+        })();
+        found.map_err(|e| self.block_corruption(i, e))
+    }
+
+    /// Every entry of data block `i`, decoded.
+    fn decode_block(&self, i: usize, out: &mut VecDeque<Entry>) -> Result<()> {
+        let block = self.data_block(i)?;
+        let mut decode = || -> Result<(), DecodeError> {
+            let mut it = BlockIter::new(block)?;
+            while it.advance()? {
+                if let Some((k, v)) = it.current() {
+                    let parsed = ParsedKey::parse(k)?;
+                    out.push_back(Entry {
+                        user_key: parsed.user_key.to_vec(),
+                        tag: crate::key::pack_tag(parsed.seq, parsed.kind),
+                        value: v.to_vec(),
+                    });
+                }
+            }
+            Ok(())
+        };
+        decode().map_err(|e| self.block_corruption(i, e))
+    }
+}
+
+fn decode_index(block: &[u8], data_end: usize) -> Result<Vec<IndexEntry>, DecodeError> {
+    let mut it = BlockIter::new(block)?;
+    let mut out: Vec<IndexEntry> = Vec::new();
+    while it.advance()? {
+        let Some((k, mut v)) = it.current() else {
+            break;
+        };
+        ParsedKey::parse(k)?;
+        if let Some((prev, _)) = out.last() {
+            if compare_internal(prev, k) != std::cmp::Ordering::Less {
+                return Err(DecodeError("index keys out of order"));
+            }
+        }
+        let handle = BlockHandle::decode_from(&mut v)?;
+        if handle.range_with_trailer(data_end).is_none() {
+            return Err(DecodeError("index entry points outside the data"));
+        }
+        out.push((k.into(), handle));
+    }
+    Ok(out)
+}
+
+/// A scan over one table in either direction, a data block at a time.
+pub(crate) struct TableSource {
+    table: Arc<Table>,
+    bounds: KeyBounds,
+    direction: Direction,
+    /// The next data block to decode; `None` when there is none left.
+    next_block: Option<usize>,
+    buffer: VecDeque<Entry>,
+}
+
+impl TableSource {
+    pub(crate) fn new(table: Arc<Table>, bounds: &KeyBounds, direction: Direction) -> Self {
+        let n = table.index.len();
+        let next_block = match direction {
+            Direction::Forward => {
+                let start = match &bounds.lower {
+                    Bound::Unbounded => 0,
+                    Bound::Included(k) | Bound::Excluded(k) => {
+                        table.find_block(&internal_key(k, MAX_SEQUENCE, SEEK_KIND))
+                    }
+                };
+                (start < n).then_some(start)
+            }
+            Direction::Backward => match &bounds.upper {
+                Bound::Unbounded => n.checked_sub(1),
+                Bound::Included(k) | Bound::Excluded(k) => {
+                    // The block holding the last version of `k` (seq 0 sorts last).
+                    let end = table.find_block(&internal_key(k, 0, ValueKind::Deletion));
+                    Some(end.min(n.saturating_sub(1))).filter(|_| n > 0)
+                }
+            },
+        };
+        TableSource {
+            table,
+            bounds: bounds.clone(),
+            direction,
+            next_block,
+            buffer: VecDeque::new(),
+        }
+    }
+
+    fn load_next_block(&mut self) -> Result<()> {
+        let Some(i) = self.next_block else {
+            return Ok(());
+        };
+        let mut entries = VecDeque::new();
+        self.table.decode_block(i, &mut entries)?;
+        let n = self.table.index.len();
+        self.next_block = match self.direction {
+            Direction::Forward => {
+                let past_end = entries
+                    .back()
+                    .is_some_and(|e| !self.bounds.below_upper(&e.user_key));
+                (i + 1 < n && !past_end).then_some(i + 1)
+            }
+            Direction::Backward => {
+                let before_start = entries
+                    .front()
+                    .is_some_and(|e| !self.bounds.above_lower(&e.user_key));
+                i.checked_sub(1).filter(|_| !before_start)
+            }
+        };
+        entries.retain(|e| self.bounds.contains(&e.user_key));
+        if self.direction == Direction::Backward {
+            entries.make_contiguous().reverse();
+        }
+        self.buffer = entries;
+        Ok(())
+    }
+}
+
+impl Source for TableSource {
+    fn next_entry(&mut self) -> Result<Option<Entry>> {
+        while self.buffer.is_empty() && self.next_block.is_some() {
+            self.load_next_block()?;
+        }
+        Ok(self.buffer.pop_front())
+    }
+}

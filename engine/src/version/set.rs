@@ -1,0 +1,240 @@
+//! The version set: the current [`Version`], the MANIFEST that records how it
+//! came to be, and the file-number and sequence counters that must survive a
+//! restart.
+//!
+//! Recovery replays the MANIFEST named by `CURRENT` (tolerating a torn last
+//! record: an edit that was never acknowledged), opens every table it names,
+//! and then starts a fresh MANIFEST holding one edit that describes the whole
+//! state, switching `CURRENT` to it atomically. So a MANIFEST never grows
+//! across restarts and an old one is garbage once `CURRENT` moves on.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{FileMeta, TableFile, Version, VersionEdit, NUM_LEVELS};
+use crate::error::{Error, Result};
+use crate::file_name::{self, manifest_name};
+use crate::key::compare_internal;
+use crate::sstable::Table;
+use crate::wal::{LogReader, LogWriter};
+
+pub(crate) struct VersionSet {
+    dir: PathBuf,
+    manifest: LogWriter,
+    manifest_number: u64,
+    next_file_number: u64,
+    log_number: u64,
+    /// The last sequence recorded in the manifest (not the live one: that is the Db's).
+    last_sequence: u64,
+    current: Arc<Version>,
+}
+
+/// The state a manifest replay accumulates.
+#[derive(Default)]
+struct Replay {
+    log_number: u64,
+    next_file_number: u64,
+    last_sequence: u64,
+    levels: [BTreeMap<u64, FileMeta>; NUM_LEVELS],
+}
+
+impl Replay {
+    fn apply(&mut self, edit: VersionEdit) {
+        if let Some(n) = edit.log_number {
+            self.log_number = n;
+        }
+        if let Some(n) = edit.next_file_number {
+            self.next_file_number = n;
+        }
+        if let Some(n) = edit.last_sequence {
+            self.last_sequence = n;
+        }
+        for (level, number) in edit.deleted {
+            if let Some(l) = self.levels.get_mut(level) {
+                l.remove(&number);
+            }
+        }
+        for (level, meta) in edit.added {
+            if let Some(l) = self.levels.get_mut(level) {
+                l.insert(meta.number, meta);
+            }
+        }
+    }
+}
+
+impl VersionSet {
+    /// Loads the state of the database in `dir`, or creates an empty one.
+    /// `max_file_number_seen` is the highest number of any file in `dir`: a
+    /// crash can leave files (a new WAL, a half-written table or manifest)
+    /// that the manifest never heard of, and their numbers must not be reused.
+    pub(crate) fn recover(
+        dir: &Path,
+        create_if_missing: bool,
+        max_file_number_seen: u64,
+    ) -> Result<Self> {
+        let mut replay = Replay {
+            next_file_number: 2,
+            ..Replay::default()
+        };
+        let mut old_manifest = None;
+        if file_name::current_path(dir).exists() {
+            let number = file_name::read_current(dir)?;
+            let path = dir.join(manifest_name(number));
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let mut reader = LogReader::new(std::io::BufReader::new(file), &path, true);
+            let mut records = 0u64;
+            while let Some(record) = reader.next_record()? {
+                let edit = VersionEdit::decode(&record).map_err(|e| e.at(&path, 0))?;
+                replay.apply(edit);
+                records += 1;
+            }
+            if records == 0 {
+                return Err(Error::corruption(
+                    &path,
+                    0,
+                    "manifest holds no version edit",
+                ));
+            }
+            old_manifest = Some(number);
+            replay.next_file_number = replay.next_file_number.max(number + 1);
+        } else if !create_if_missing {
+            return Err(Error::InvalidArgument(format!(
+                "no database at {} and create_if_missing is false",
+                dir.display()
+            )));
+        }
+
+        replay.next_file_number = replay.next_file_number.max(max_file_number_seen + 1);
+        let mut version = Version::default();
+        for (level, files) in replay.levels.iter().enumerate() {
+            for meta in files.values() {
+                let file = open_table(dir, meta.clone())?;
+                if let Some(l) = version.levels.get_mut(level) {
+                    l.push(file);
+                }
+            }
+        }
+        sort_levels(&mut version);
+
+        let manifest_number = replay.next_file_number;
+        let mut set = VersionSet {
+            dir: dir.to_path_buf(),
+            manifest: LogWriter::create(&dir.join(manifest_name(manifest_number)))?,
+            manifest_number,
+            next_file_number: manifest_number + 1,
+            log_number: replay.log_number,
+            last_sequence: replay.last_sequence,
+            current: Arc::new(version),
+        };
+        set.write_snapshot()?;
+        file_name::set_current(dir, manifest_number)?;
+        if let Some(old) = old_manifest {
+            let path = dir.join(manifest_name(old));
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(set)
+    }
+
+    /// Writes one edit describing the whole current state.
+    fn write_snapshot(&mut self) -> Result<()> {
+        let mut edit = VersionEdit {
+            log_number: Some(self.log_number),
+            next_file_number: Some(self.next_file_number),
+            last_sequence: Some(self.last_sequence),
+            ..VersionEdit::default()
+        };
+        for (level, files) in self.current.levels.iter().enumerate() {
+            edit.added
+                .extend(files.iter().map(|f| (level, f.meta.clone())));
+        }
+        self.manifest.add_record(&edit.encode())?;
+        self.manifest.sync()
+    }
+
+    pub(crate) fn new_file_number(&mut self) -> u64 {
+        let n = self.next_file_number;
+        self.next_file_number += 1;
+        n
+    }
+
+    /// WAL files numbered below this hold nothing that is not in a table.
+    pub(crate) fn log_number(&self) -> u64 {
+        self.log_number
+    }
+
+    pub(crate) fn last_sequence(&self) -> u64 {
+        self.last_sequence
+    }
+
+    pub(crate) fn manifest_number(&self) -> u64 {
+        self.manifest_number
+    }
+
+    /// Opens the edit's new tables, logs the edit durably, then installs the
+    /// resulting version. On error nothing is installed.
+    /// REQUIRES: every table the edit adds is written and fsynced.
+    pub(crate) fn log_and_apply(&mut self, mut edit: VersionEdit) -> Result<Arc<Version>> {
+        edit.next_file_number = Some(self.next_file_number);
+        let mut levels = self.current.levels.clone();
+        for &(level, number) in &edit.deleted {
+            if let Some(l) = levels.get_mut(level) {
+                l.retain(|f| f.meta.number != number);
+            }
+        }
+        for (level, meta) in &edit.added {
+            let file = open_table(&self.dir, meta.clone())?;
+            if let Some(l) = levels.get_mut(*level) {
+                l.push(file);
+            }
+        }
+        file_name::sync_dir(&self.dir)?;
+        self.manifest.add_record(&edit.encode())?;
+        self.manifest.sync()?;
+        if let Some(n) = edit.log_number {
+            self.log_number = n;
+        }
+        if let Some(n) = edit.last_sequence {
+            self.last_sequence = n;
+        }
+        let mut version = Version { levels };
+        sort_levels(&mut version);
+        self.current = Arc::new(version);
+        Ok(self.current.clone())
+    }
+}
+
+/// Opens a table and checks it holds what the manifest says it does.
+fn open_table(dir: &Path, meta: FileMeta) -> Result<Arc<TableFile>> {
+    let path = file_name::table_path(dir, meta.number);
+    let table = Table::open(&path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            Error::corruption(&path, 0, "table named by the manifest is missing")
+        }
+        other => other,
+    })?;
+    let (smallest, largest) = table.key_range();
+    if smallest != meta.smallest.as_slice() || largest != meta.largest.as_slice() {
+        return Err(Error::corruption(
+            &path,
+            0,
+            "table key range disagrees with the manifest",
+        ));
+    }
+    Ok(Arc::new(TableFile {
+        meta,
+        table: Arc::new(table),
+    }))
+}
+
+/// L0 newest (highest file number) first; deeper levels by smallest key.
+fn sort_levels(version: &mut Version) {
+    for (level, files) in version.levels.iter_mut().enumerate() {
+        if level == 0 {
+            files.sort_by_key(|f| std::cmp::Reverse(f.meta.number));
+        } else {
+            files.sort_by(|a, b| compare_internal(&a.meta.smallest, &b.meta.smallest));
+        }
+    }
+}

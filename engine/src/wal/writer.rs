@@ -1,0 +1,88 @@
+//! Appends records to a log file. See the [module docs](super) for the layout.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{fragment_crc, FragmentType, BLOCK_SIZE, HEADER_SIZE};
+use crate::error::{Error, Result};
+
+/// An append-only log writer. Each [`add_record`](Self::add_record) issues a
+/// single `write` system call, so a record is either wholly in the OS page
+/// cache or torn only by a crash during that one call.
+pub(crate) struct LogWriter {
+    file: File,
+    path: PathBuf,
+    /// Offset within the current block, in `0..BLOCK_SIZE`.
+    block_offset: usize,
+    scratch: Vec<u8>,
+}
+
+impl LogWriter {
+    /// Creates a new, empty log file. Fails if the file exists: logs are never reused.
+    pub(crate) fn create(path: &Path) -> Result<Self> {
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(LogWriter {
+            file,
+            path: path.to_path_buf(),
+            block_offset: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Appends one logical record (fragmenting it across blocks as needed).
+    pub(crate) fn add_record(&mut self, record: &[u8]) -> Result<()> {
+        self.scratch.clear();
+        encode_fragments(&mut self.scratch, &mut self.block_offset, record);
+        self.file
+            .write_all(&self.scratch)
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Makes every appended record durable (fdatasync).
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Appends the physical fragments of `record` to `out`, starting at
+/// `*block_offset` within the current block and advancing it.
+fn encode_fragments(out: &mut Vec<u8>, block_offset: &mut usize, record: &[u8]) {
+    let mut rest = record;
+    let mut first = true;
+    loop {
+        let left_in_block = BLOCK_SIZE - *block_offset;
+        if left_in_block < HEADER_SIZE {
+            // Too small for a header: pad with zeros and start a new block.
+            out.extend(std::iter::repeat_n(0u8, left_in_block));
+            *block_offset = 0;
+            continue;
+        }
+        let avail = left_in_block - HEADER_SIZE;
+        let take = rest.len().min(avail);
+        let (chunk, tail) = rest.split_at(take);
+        let last = tail.is_empty();
+        let kind = match (first, last) {
+            (true, true) => FragmentType::Full,
+            (true, false) => FragmentType::First,
+            (false, false) => FragmentType::Middle,
+            (false, true) => FragmentType::Last,
+        } as u8;
+        out.extend_from_slice(&fragment_crc(kind, chunk).to_le_bytes());
+        // `take` fits in u16: a block is 32 KiB.
+        out.extend_from_slice(&(take as u16).to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(chunk);
+        *block_offset += HEADER_SIZE + take;
+        rest = tail;
+        first = false;
+        if last {
+            return;
+        }
+    }
+}
