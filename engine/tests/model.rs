@@ -1,0 +1,223 @@
+//! Model test: random operation sequences against a `BTreeMap`, including
+//! batches, snapshots, flushes and reopening the database.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use proptest::prelude::*;
+use strata_engine::{Db, Options, Snapshot, WriteBatch, WriteOptions};
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(u8, Vec<u8>),
+    Delete(u8),
+    Batch(Vec<(u8, Option<Vec<u8>>)>),
+    Get(u8),
+    Range(Option<u8>, Option<u8>, bool),
+    Prefix(u8),
+    /// Alternate next() and next_back() over the whole range.
+    Zigzag,
+    TakeSnapshot,
+    CheckSnapshot(usize),
+    DropSnapshot(usize),
+    Flush,
+    Reopen,
+}
+
+/// Keys from a small space so that operations collide; two-byte keys share prefixes.
+fn key(k: u8) -> Vec<u8> {
+    vec![b'k', k / 16, k % 16]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let value = proptest::collection::vec(any::<u8>(), 0..40);
+    prop_oneof![
+        30 => (any::<u8>(), value.clone()).prop_map(|(k, v)| Op::Put(k, v)),
+        10 => any::<u8>().prop_map(Op::Delete),
+        8 => proptest::collection::vec((any::<u8>(), proptest::option::of(value)), 1..8).prop_map(Op::Batch),
+        10 => any::<u8>().prop_map(Op::Get),
+        6 => (proptest::option::of(any::<u8>()), proptest::option::of(any::<u8>()), any::<bool>())
+            .prop_map(|(a, b, rev)| Op::Range(a, b, rev)),
+        3 => (0u8..16).prop_map(Op::Prefix),
+        2 => Just(Op::Zigzag),
+        4 => Just(Op::TakeSnapshot),
+        5 => any::<usize>().prop_map(Op::CheckSnapshot),
+        2 => any::<usize>().prop_map(Op::DropSnapshot),
+        3 => Just(Op::Flush),
+        2 => Just(Op::Reopen),
+    ]
+}
+
+fn options() -> Options {
+    // A tiny memtable so that sequences rotate and flush often.
+    Options {
+        write_buffer_size: 64 << 10,
+        block_size: 256,
+        ..Options::default()
+    }
+}
+
+fn collect(
+    iter: impl Iterator<Item = strata_engine::Result<(Vec<u8>, Vec<u8>)>>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    iter.collect::<Result<_, _>>().expect("scan failed")
+}
+
+/// Checks a full scan both ways against the model.
+fn check_all(iter: &dyn Fn() -> strata_engine::Iter, model: &Model) {
+    let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(collect(iter()), want);
+    let mut got_rev = collect(iter().rev());
+    got_rev.reverse();
+    assert_eq!(got_rev, want);
+}
+
+fn run(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = Db::open(dir.path(), options()).unwrap();
+    let mut model = Model::new();
+    let mut snapshots: Vec<(Snapshot, Model)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                db.put(key(k), &v).unwrap();
+                model.insert(key(k), v);
+            }
+            Op::Delete(k) => {
+                db.delete(key(k)).unwrap();
+                model.remove(&key(k));
+            }
+            Op::Batch(items) => {
+                let mut batch = WriteBatch::new();
+                for (k, v) in items {
+                    match v {
+                        Some(v) => {
+                            batch.put(key(k), &v);
+                            model.insert(key(k), v);
+                        }
+                        None => {
+                            batch.delete(key(k));
+                            model.remove(&key(k));
+                        }
+                    }
+                }
+                db.write(batch, &WriteOptions { sync: false }).unwrap();
+            }
+            Op::Get(k) => assert_eq!(db.get(key(k)).unwrap(), model.get(&key(k)).cloned()),
+            Op::Range(a, b, rev) => {
+                let lo = a.map_or(Bound::Unbounded, |a| Bound::Included(key(a)));
+                let hi = b.map_or(Bound::Unbounded, |b| Bound::Excluded(key(b)));
+                if let (Bound::Included(l), Bound::Excluded(h)) = (&lo, &hi) {
+                    if l > h {
+                        continue;
+                    }
+                }
+                let mut want: Vec<_> = model
+                    .range((lo.clone(), hi.clone()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let got = if rev {
+                    want.reverse();
+                    collect(db.range((lo, hi)).rev())
+                } else {
+                    collect(db.range((lo, hi)))
+                };
+                assert_eq!(got, want);
+            }
+            Op::Prefix(p) => {
+                let prefix = vec![b'k', p];
+                let want: Vec<_> = model
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(collect(db.prefix(&prefix)), want);
+            }
+            Op::Zigzag => {
+                let mut it = db.range::<Vec<u8>>(..);
+                let mut front = Vec::new();
+                let mut back = Vec::new();
+                let mut toggle = false;
+                loop {
+                    toggle = !toggle;
+                    let item = if toggle { it.next() } else { it.next_back() };
+                    match item {
+                        Some(kv) => {
+                            if toggle {
+                                front.push(kv.unwrap())
+                            } else {
+                                back.push(kv.unwrap())
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                back.reverse();
+                front.extend(back);
+                let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                assert_eq!(front, want);
+            }
+            Op::TakeSnapshot => snapshots.push((db.snapshot(), model.clone())),
+            Op::CheckSnapshot(i) => {
+                if !snapshots.is_empty() {
+                    let (snap, at) = &snapshots[i % snapshots.len()];
+                    check_all(&|| snap.range::<Vec<u8>>(..), at);
+                    for k in [0u8, 17, 100, 255] {
+                        assert_eq!(snap.get(key(k)).unwrap(), at.get(&key(k)).cloned());
+                    }
+                }
+            }
+            Op::DropSnapshot(i) => {
+                if !snapshots.is_empty() {
+                    let n = snapshots.len();
+                    snapshots.remove(i % n);
+                }
+            }
+            Op::Flush => db.flush().unwrap(),
+            Op::Reopen => {
+                // Snapshots outlive their database handle; they still read their view.
+                drop(db);
+                db = Db::open(dir.path(), options()).unwrap();
+            }
+        }
+    }
+    check_all(&|| db.range::<Vec<u8>>(..), &model);
+    for (snap, at) in &snapshots {
+        check_all(&|| snap.range::<Vec<u8>>(..), at);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_btreemap(ops in proptest::collection::vec(op(), 1..300)) {
+        run(ops);
+    }
+}
+
+/// Enough data to rotate many memtables between checks, with overwrites.
+#[test]
+fn large_overwrite_workload_matches_model() {
+    let mut ops = Vec::new();
+    for round in 0..6u8 {
+        for k in 0..=255u8 {
+            ops.push(Op::Put(k, vec![round; 300]));
+        }
+        for k in (0..=255u8).step_by(3) {
+            ops.push(Op::Delete(k.wrapping_add(round)));
+        }
+        ops.push(Op::TakeSnapshot);
+        ops.push(Op::Range(Some(10), Some(200), round % 2 == 0));
+    }
+    ops.push(Op::Reopen);
+    ops.push(Op::Zigzag);
+    for i in 0..6 {
+        ops.push(Op::CheckSnapshot(i));
+    }
+    run(ops);
+}
