@@ -1,0 +1,180 @@
+//! Behaviour of the public API: limits, concurrency, snapshot isolation
+//! across flushes, sequence numbers across reopen, stalls that resume.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use strata_engine::{Db, Error, Options, WriteBatch, WriteOptions};
+
+fn small() -> Options {
+    Options {
+        write_buffer_size: 64 << 10,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn oversized_keys_and_values_are_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        max_key_size: 16,
+        max_value_size: 100,
+        ..small()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert!(matches!(
+        db.put([b'k'; 17], "v"),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        db.put("k", [0u8; 101]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let mut batch = WriteBatch::new();
+    batch.put("ok", "fine");
+    batch.put("big", [0u8; 101]);
+    let err = db.write(batch, &WriteOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("max_value_size"), "{err}");
+    // Atomic: the valid half of the refused batch is not there either.
+    assert_eq!(db.get("ok").unwrap(), None);
+    db.put([b'k'; 16], [0u8; 100]).unwrap();
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = Options {
+        block_size: 10,
+        ..Options::default()
+    };
+    assert!(matches!(
+        Db::open(dir.path(), bad),
+        Err(Error::InvalidArgument(_))
+    ));
+    let missing = Options {
+        create_if_missing: false,
+        ..Options::default()
+    };
+    assert!(Db::open(dir.path().join("nope"), missing).is_err());
+}
+
+#[test]
+fn concurrent_writers_all_land_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..1500 {
+                    let mut batch = WriteBatch::new();
+                    batch.put(format!("t{t}-{i:05}"), format!("{t}:{i}"));
+                    batch.put(format!("last-{t}"), format!("{i}"));
+                    db.write(batch, &WriteOptions { sync: i % 100 == 0 })
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(db);
+    let db = Db::open(dir.path(), small()).unwrap();
+    for t in 0..8 {
+        assert_eq!(db.get(format!("last-{t}")).unwrap().unwrap(), b"1499");
+        let n = db.prefix(format!("t{t}-")).count();
+        assert_eq!(n, 1500);
+    }
+}
+
+#[test]
+fn snapshot_and_iterator_keep_their_view_across_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small()).unwrap();
+    for i in 0..1000 {
+        db.put(format!("k{i:04}"), "old").unwrap();
+    }
+    let snap = db.snapshot();
+    let mut iter = db.range::<&[u8]>(..);
+    let first = iter.next().unwrap().unwrap();
+    for i in 0..1000 {
+        db.put(format!("k{i:04}"), "new").unwrap();
+        if i % 2 == 0 {
+            db.delete(format!("k{i:04}")).unwrap();
+        }
+    }
+    db.flush().unwrap();
+    assert_eq!(first.1, b"old");
+    let rest: Vec<_> = iter.map(|kv| kv.unwrap().1).collect();
+    assert_eq!(rest.len(), 999);
+    assert!(rest.iter().all(|v| v == b"old"));
+    assert_eq!(snap.range::<&[u8]>(..).count(), 1000);
+    assert_eq!(snap.get("k0000").unwrap().unwrap(), b"old");
+    assert_eq!(db.get("k0000").unwrap(), None);
+    assert_eq!(db.get("k0001").unwrap().unwrap(), b"new");
+    // The snapshot outlives the database handle.
+    drop(db);
+    assert_eq!(snap.prefix("k00").rev().count(), 100);
+}
+
+#[test]
+fn newer_writes_win_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    for (round, flush) in [(0, true), (1, false), (2, true), (3, false)] {
+        let db = Db::open(dir.path(), small()).unwrap();
+        if round > 0 {
+            assert_eq!(
+                db.get("k").unwrap().unwrap(),
+                format!("v{}", round - 1).as_bytes()
+            );
+        }
+        db.put("k", format!("v{round}")).unwrap();
+        if flush {
+            db.flush().unwrap();
+        }
+    }
+    let db = Db::open(dir.path(), small()).unwrap();
+    assert_eq!(db.get("k").unwrap().unwrap(), b"v3");
+}
+
+#[test]
+fn writers_stalled_on_frozen_memtables_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        write_buffer_size: 64 << 10,
+        max_immutable_memtables: 1,
+        ..Options::default()
+    };
+    let db = Arc::new(Db::open(dir.path(), opts).unwrap());
+    let value = vec![7u8; 1000];
+    // ~10 MiB through a 64 KiB memtable with one frozen slot: writers must
+    // repeatedly wait for the flusher, and every one must finish.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let db = db.clone();
+            let value = value.clone();
+            std::thread::spawn(move || {
+                for i in 0..2500 {
+                    db.put(format!("{t}-{i}"), &value).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(db.range::<&[u8]>(..).count(), 10_000);
+    let tables = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sst")
+        })
+        .count();
+    assert!(tables > 10, "expected many flushed tables, found {tables}");
+}
