@@ -30,6 +30,7 @@
 mod balance;
 mod error;
 mod node;
+mod plan;
 mod rf;
 mod ring;
 mod token;
@@ -37,6 +38,7 @@ mod token;
 pub use balance::Ownership;
 pub use error::RingError;
 pub use node::{Member, NodeId};
+pub use plan::{plan, Move, Plan};
 pub use rf::{ReplicationFactor, MAX_RF};
 pub use ring::{Replicas, Ring};
 pub use token::{token, TokenRange};

@@ -181,6 +181,11 @@ impl Ring {
             .map(move |(p, range)| (range, self.prefs_at(p, rf)))
     }
 
+    /// The sorted ring tokens.
+    pub(crate) fn tokens(&self) -> &[u64] {
+        &self.tokens
+    }
+
     /// The range of each position, clockwise from the lowest token.
     fn position_ranges(&self) -> impl Iterator<Item = TokenRange> + '_ {
         let last = self.tokens.last().copied().unwrap_or(0);
