@@ -8,25 +8,30 @@
 //! clockwise from its token.
 //!
 //! ```
-//! use strata_ring::{Member, NodeId, ReplicationFactor, Ring};
+//! use strata_ring::{plan, Member, NodeId, ReplicationFactor, Ring};
 //!
 //! let rf = ReplicationFactor::new(3)?;
-//! let ring = Ring::new(["a", "b", "c", "d"].map(|id| Member::derived(id, 256)))?;
+//! let ids = ["a", "b", "c", "d"].map(NodeId::from);
+//! // Tokens allocated for balance; `Member::derived` gives random ones.
+//! let ring = Ring::allocated(ids, 16)?;
 //!
 //! // Where a key lives: three distinct nodes, the owner first.
 //! let replicas: Vec<&NodeId> = ring.replicas(b"user:42", rf).collect();
 //! assert_eq!(replicas.len(), 3);
 //! assert_eq!(replicas[0], ring.owner(b"user:42"));
 //!
-//! // What node a stores, as contiguous scans of a store keyed by token.
-//! for range in ring.ranges(&NodeId::from("a"), rf) {
-//!     for span in range.spans() {
-//!         let _ = span; // scan tokens `span` in the store
+//! // A node joins: what it must stream, and from whom.
+//! let e = NodeId::from("e");
+//! let grown = ring.add(ring.allocate(&e, 16)?)?;
+//! for m in plan(&ring, &grown, rf).incoming(&e) {
+//!     for span in m.range().spans() {
+//!         let _ = (span, m.from()); // scan `span` on one of `m.from()`
 //!     }
 //! }
 //! # Ok::<(), strata_ring::RingError>(())
 //! ```
 
+mod allocate;
 mod balance;
 mod error;
 mod node;
