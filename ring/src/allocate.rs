@@ -60,19 +60,24 @@ impl Ring {
                 list.push(range);
             }
         }
+        for list in &mut ranges {
+            list.sort_by_key(|r| (Reverse(r.width()), r.start()));
+        }
         let owned = self.owned_widths(ReplicationFactor::ONE);
         let share = SPACE / (owned.len() as u128 + 1);
-        let gifts = gifts(&owned, share, vnodes as usize);
-        let counts = vnodes_per_donor(&gifts, &ranges, vnodes as usize);
+        let donors: Vec<Donor<'_>> = gifts(&owned, share, vnodes as usize)
+            .into_iter()
+            .filter_map(|(index, gift)| {
+                let ranges = ranges.get(index)?;
+                Some(Donor { gift, ranges })
+            })
+            .collect();
+        let counts = vnodes_per_donor(&donors, vnodes as usize);
 
         let mut tokens = Vec::with_capacity(vnodes as usize);
-        for (&(donor, gift), &count) in gifts.iter().zip(&counts) {
-            let Some(donor_ranges) = ranges.get_mut(donor) else {
-                continue;
-            };
-            donor_ranges.sort_by_key(|r| (Reverse(r.width()), r.start()));
-            let cuts = donor_ranges.get(..count).unwrap_or_default();
-            tokens.extend(cut(cuts, gift, id, tokens.len()));
+        for (donor, count) in donors.iter().zip(counts) {
+            let cuts = donor.ranges.get(..count).unwrap_or_default();
+            tokens.extend(cut(cuts, donor.gift, id, tokens.len()));
         }
         if tokens.is_empty() {
             return Err(no_tokens());
@@ -138,66 +143,77 @@ fn gifts(owned: &[u128], share: u128, max_donors: usize) -> Vec<(usize, u128)> {
         .collect()
 }
 
+/// A node giving part of its ownership to the joining one.
+struct Donor<'a> {
+    /// How many tokens it gives.
+    gift: u128,
+    /// Its ranges, widest first: the ones it cuts its gift from.
+    ranges: &'a [TokenRange],
+}
+
+impl Donor<'_> {
+    /// How much `count` cuts can take: all but one token of each of the
+    /// `count` widest ranges.
+    fn capacity(&self, count: usize) -> u128 {
+        self.ranges.iter().take(count).map(|r| r.width() - 1).sum()
+    }
+}
+
 /// How many vnodes each donor's gift is cut with: one each, then the rest
-/// one at a time to the donor whose cuts are largest, so the new node's
-/// ranges come out of similar size; never more than the donor's ranges.
-fn vnodes_per_donor(
-    gifts: &[(usize, u128)],
-    ranges: &[Vec<TokenRange>],
-    vnodes: usize,
-) -> Vec<usize> {
-    let mut counts = vec![1usize; gifts.len()];
-    let room = |slot: usize| {
-        gifts
-            .get(slot)
-            .and_then(|&(donor, _)| ranges.get(donor))
-            .map_or(0, Vec::len)
-    };
-    let mut heap: BinaryHeap<Cut> = gifts
-        .iter()
-        .enumerate()
-        .filter(|&(slot, _)| room(slot) > 1)
-        .map(|(slot, &(_, gift))| Cut {
-            gift,
-            count: 1,
+/// one at a time, first to donors whose widest ranges cannot hold their gift,
+/// then to the donor whose pieces are largest, so the new node's ranges come
+/// out of similar size. Never more than a donor's ranges.
+fn vnodes_per_donor(donors: &[Donor<'_>], vnodes: usize) -> Vec<usize> {
+    let mut counts = vec![1usize; donors.len()];
+    let piece = |slot: usize, count: usize| {
+        let donor = donors.get(slot)?;
+        (count < donor.ranges.len()).then(|| Piece {
+            shortfall: donor.gift.saturating_sub(donor.capacity(count)),
+            gift: donor.gift,
+            count,
             slot,
         })
+    };
+    let mut heap: BinaryHeap<Piece> = (0..donors.len())
+        .filter_map(|slot| piece(slot, 1))
         .collect();
-    let mut spare = vnodes.saturating_sub(gifts.len());
+    let mut spare = vnodes.saturating_sub(donors.len());
     while spare > 0 {
-        let Some(mut top) = heap.pop() else { break };
-        top.count += 1;
+        let Some(top) = heap.pop() else { break };
         spare -= 1;
         if let Some(count) = counts.get_mut(top.slot) {
-            *count = top.count;
+            *count = top.count + 1;
         }
-        if top.count < room(top.slot) {
-            heap.push(top);
-        }
+        heap.extend(piece(top.slot, top.count + 1));
     }
     counts
 }
 
-/// A donor's gift cut into `count` pieces, ordered by piece size (largest
-/// first), then by donor rank.
+/// A donor's gift cut into `count` pieces, as the next vnode should find
+/// it: a gift its cuts cannot hold (largest shortfall) comes first, then
+/// the largest pieces, then the most loaded donor.
 #[derive(PartialEq, Eq)]
-struct Cut {
+struct Piece {
+    shortfall: u128,
     gift: u128,
     count: usize,
     slot: usize,
 }
 
-impl Ord for Cut {
+impl Ord for Piece {
     fn cmp(&self, other: &Self) -> Ordering {
         // gift / count against other.gift / other.count, exactly: gifts are
         // below 2^64 and counts far below, so the products fit.
         let mine = self.gift * other.count as u128;
         let theirs = other.gift * self.count as u128;
-        mine.cmp(&theirs).then(other.slot.cmp(&self.slot))
+        self.shortfall
+            .cmp(&other.shortfall)
+            .then(mine.cmp(&theirs))
+            .then(other.slot.cmp(&self.slot))
     }
 }
 
-impl PartialOrd for Cut {
+impl PartialOrd for Piece {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
@@ -245,6 +261,18 @@ mod tests {
         assert!(ring.members().iter().all(|m| m.tokens.len() == 16));
         let ratio = ring.ownership(ReplicationFactor::ONE).max_over_mean();
         assert!(ratio <= 1.05, "max/mean {ratio}");
+    }
+
+    #[test]
+    fn every_join_up_to_vnodes_nodes_levels_the_ring() {
+        // Regression: the last joiner once gave a single vnode to a donor
+        // whose widest range was narrower than its gift, leaving 1.04.
+        let mut ring = Ring::new([Member::derived("node-0", 16)]).unwrap();
+        for id in ids(10).skip(1) {
+            ring = ring.add(ring.allocate(&id, 16).unwrap()).unwrap();
+            let ratio = ring.ownership(ReplicationFactor::ONE).max_over_mean();
+            assert!(ratio < 1.001, "{id} joined: max/mean {ratio}");
+        }
     }
 
     #[test]
