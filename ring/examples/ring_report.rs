@@ -51,9 +51,9 @@ fn main() -> Result<(), RingError> {
 
     println!("keys moved when a node joins ({KEYS} keys, {VNODES} allocated vnodes per node)");
     for n in [3, 10, 50] {
-        let ring = Ring::allocated(ids(n), VNODES)?;
+        let ring = Ring::allocated(ids(n), VNODES, three)?;
         let joiner = NodeId::from("joiner");
-        let after = ring.add(ring.allocate(&joiner, VNODES)?)?;
+        let after = ring.add(ring.allocate(&joiner, VNODES, three)?)?;
         let ideal = 1.0 / (n as f64 + 1.0);
         let got = moved(&ring, &after, &keys, one);
         let off = (got - ideal) / ideal;
@@ -69,7 +69,7 @@ fn main() -> Result<(), RingError> {
     }
 
     println!("max/mean ownership, 10 nodes (rf=1 / rf=3)");
-    let allocated = Ring::allocated(ids(10), VNODES)?;
+    let allocated = Ring::allocated(ids(10), VNODES, three)?;
     let ratio = allocated.ownership(one).max_over_mean();
     let ok = ratio <= 1.05;
     all_ok &= ok;
@@ -86,7 +86,7 @@ fn main() -> Result<(), RingError> {
             ring.ownership(three).max_over_mean()
         );
     }
-    let hundred = Ring::allocated(ids(100), VNODES)?;
+    let hundred = Ring::allocated(ids(100), VNODES, three)?;
     println!(
         "  (100 nodes, allocated, {VNODES} vnodes: {:.4} / {:.4})",
         hundred.ownership(one).max_over_mean(),

@@ -13,7 +13,7 @@
 //! let rf = ReplicationFactor::new(3)?;
 //! let ids = ["a", "b", "c", "d"].map(NodeId::from);
 //! // Tokens allocated for balance; `Member::derived` gives random ones.
-//! let ring = Ring::allocated(ids, 16)?;
+//! let ring = Ring::allocated(ids, 16, rf)?;
 //!
 //! // Where a key lives: three distinct nodes, the owner first.
 //! let replicas: Vec<&NodeId> = ring.replicas(b"user:42", rf).collect();
@@ -22,7 +22,7 @@
 //!
 //! // A node joins: what it must stream, and from whom.
 //! let e = NodeId::from("e");
-//! let grown = ring.add(ring.allocate(&e, 16)?)?;
+//! let grown = ring.add(ring.allocate(&e, 16, rf)?)?;
 //! for m in plan(&ring, &grown, rf).incoming(&e) {
 //!     for span in m.range().spans() {
 //!         let _ = (span, m.from()); // scan `span` on one of `m.from()`

@@ -186,6 +186,11 @@ impl Ring {
         &self.tokens
     }
 
+    /// The owner of each ring token, as an index into [`Ring::members`].
+    pub(crate) fn owners(&self) -> &[u32] {
+        &self.owners
+    }
+
     /// The range of each position, clockwise from the lowest token.
     fn position_ranges(&self) -> impl Iterator<Item = TokenRange> + '_ {
         let last = self.tokens.last().copied().unwrap_or(0);
@@ -267,7 +272,7 @@ impl ExactSizeIterator for Replicas<'_> {}
 /// Built backwards in `O(positions * depth)`: the list at `p` is `p`'s owner
 /// followed by the list at `p + 1` without that owner, cut to `depth`. Only
 /// the last position needs a walk, which wraps round the ring.
-fn preference_lists(owners: &[u32], depth: usize) -> Vec<u32> {
+pub(crate) fn preference_lists(owners: &[u32], depth: usize) -> Vec<u32> {
     let mut prefs = vec![0u32; owners.len() * depth];
     let mut list: Vec<u32> = Vec::with_capacity(depth);
     for &owner in owners.last().into_iter().chain(owners) {

@@ -34,9 +34,15 @@ fn applied(plan: &Plan, before: &Ring, after: &Ring, t: u64, rf: ReplicationFact
 }
 
 /// A ring with `joiner` added, with tokens either allocated or claimed.
-fn grown(ring: &Ring, joiner: &NodeId, allocated: bool, tokens: Vec<u64>) -> Option<Ring> {
+fn grown(
+    ring: &Ring,
+    joiner: &NodeId,
+    rf: ReplicationFactor,
+    allocated: bool,
+    tokens: Vec<u64>,
+) -> Option<Ring> {
     let member = if allocated {
-        ring.allocate(joiner, 4).ok()?
+        ring.allocate(joiner, 4, rf).ok()?
     } else {
         Member::new(joiner.clone(), tokens)
     };
@@ -71,7 +77,7 @@ proptest! {
         tokens in proptest::collection::vec(a_token(), 1..=6),
     ) {
         let joiner = NodeId::from("joiner");
-        let Some(after) = grown(&ring, &joiner, allocated, tokens) else {
+        let Some(after) = grown(&ring, &joiner, rf, allocated, tokens) else {
             return Ok(());
         };
         let plan = plan(&ring, &after, rf);
