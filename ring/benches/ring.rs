@@ -1,4 +1,5 @@
-//! Lookup and build costs on a 100-node ring with 256 vnodes per node.
+//! Lookup and build costs on a 100-node ring with 256 vnodes per node, and
+//! the cost of allocating tokens for a join into 100 nodes with 16 each.
 //!
 //! `replicas` runs beside `token` alone, the hash every lookup pays, so the
 //! ring's own share of a lookup reads off the same run.
@@ -6,7 +7,7 @@
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use strata_ring::{token, Member, ReplicationFactor, Ring};
+use strata_ring::{token, Member, NodeId, ReplicationFactor, Ring};
 
 const NODES: usize = 100;
 const VNODES: u32 = 256;
@@ -70,5 +71,21 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups, build);
+fn allocate(c: &mut Criterion) {
+    let Ok(rf) = ReplicationFactor::new(3) else {
+        return;
+    };
+    let ids = (0..NODES).map(|i| NodeId::from(format!("node-{i}")));
+    let Ok(ring) = Ring::allocated(ids, 16, rf) else {
+        return;
+    };
+    let joiner = NodeId::from("joiner");
+    let mut group = c.benchmark_group("allocate_100x16");
+    group.throughput(Throughput::Elements(16));
+    group.sample_size(20);
+    group.bench_function("join_rf3", |b| b.iter(|| ring.allocate(&joiner, 16, rf)));
+    group.finish();
+}
+
+criterion_group!(benches, lookups, build, allocate);
 criterion_main!(benches);

@@ -2,7 +2,7 @@
 //! that every Strata node uses to decide who owns a key. Pure computation, no
 //! I/O: every node builds the same [`Ring`] from the same membership.
 //!
-//! A key's token is [`token`] (XXH3-64, fixed forever). Each node holds
+//! A key's token is [`token()`] (XXH3-64, fixed forever). Each node holds
 //! tokens on a 64-bit ring; a token range `(start, end]` belongs to the node
 //! holding `end`, and a key's replicas are the first distinct nodes met
 //! clockwise from its token.

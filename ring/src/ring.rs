@@ -17,7 +17,7 @@ use crate::token::{coalesce, token, TokenRange};
 /// The consistent-hash ring built from a cluster's membership.
 ///
 /// Immutable: a membership change builds a new ring ([`Ring::add`],
-/// [`Ring::remove`]) so that a [`plan`](crate::plan) can compare the two.
+/// [`Ring::remove`]) so that a [`plan`](crate::plan()) can compare the two.
 /// Two rings built from the same members are equal, whatever the order the
 /// members came in. Serializes as its members with the tokens they hold.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -61,8 +61,7 @@ impl Ring {
             }
         }
         let count = members.len();
-        let too_many = || RingError::TooManyNodes { count };
-        u32::try_from(count).map_err(|_| too_many())?;
+        u32::try_from(count).map_err(|_| RingError::TooManyNodes { count })?;
 
         let mut claims = Vec::with_capacity(members.iter().map(|m| m.tokens.len()).sum());
         for (index, member) in (0u32..).zip(&mut members) {
