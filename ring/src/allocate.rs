@@ -344,7 +344,7 @@ impl ReplicaLoads {
         for (i, range) in candidates.iter().enumerate() {
             let q = self.ring.partition_point(|&(t, _)| t < range.end());
             let score = self.score(q, s, &owners, &widths, &prefs, &deviation);
-            if best.map_or(true, |(b, _)| score < b) {
+            if best.is_none_or(|(b, _)| score < b) {
                 best = Some((score, i));
             }
         }
