@@ -1,0 +1,6 @@
+//! Fuzzes the block reader: arbitrary bytes must give records or errors, never a panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    strata_engine::fuzzing::block_reader(data);
+});
