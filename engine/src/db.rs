@@ -59,7 +59,8 @@ pub(crate) struct SuperVersion {
 
 /// An open database. Cheap to clone; every clone is the same database, and it
 /// closes (joining its background thread and syncing the WAL) when the last
-/// clone, snapshot-free, is dropped.
+/// clone is dropped. Snapshots and iterators hold their own view and keep
+/// working after that.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
