@@ -584,12 +584,9 @@ impl Core {
                 None => sv.mem.log_number(),
             }
         };
-        let meta = {
-            let mut versions = self.versions.lock();
-            let number = versions.new_file_number();
-            drop(versions);
-            build_table(&self.dir, &self.options, number, imm)?
-        };
+        // The versions lock is not held while the table is written: rotation needs it.
+        let number = self.versions.lock().new_file_number();
+        let meta = build_table(&self.dir, &self.options, number, imm)?;
         let version = self.versions.lock().log_and_apply(VersionEdit {
             log_number: Some(newer_log),
             last_sequence: Some(self.visible_seq.load(Ordering::Acquire)),
