@@ -1,5 +1,5 @@
-//! The database: open and recovery, the group-commit write path, reads, and
-//! the background flush thread.
+//! The database: open and recovery, the group-commit write path, reads,
+//! back-pressure, and the background flush and compaction threads.
 //!
 //! # Write path
 //!
@@ -13,10 +13,29 @@
 //!
 //! # Reads
 //!
-//! A read loads the last published sequence, then the current
-//! [`SuperVersion`] (memtable, frozen memtables, table version), in that
-//! order: every write up to that sequence is in the super version loaded
-//! after it. Neither step waits for a writer.
+//! A read loads the last published sequence and the current
+//! [`SuperVersion`] (memtable, frozen memtables, table version) under the
+//! super version's read lock, which only a swap holds for writing (for the
+//! length of a pointer store). So every write up to that sequence is in that
+//! super version, and a compaction that dropped versions below the sequence
+//! published when it started is either not yet in the super version or
+//! started before the read's sequence (see `compaction`). No read waits for
+//! a writer.
+//!
+//! # Back-pressure
+//!
+//! When L0 reaches `level0_slowdown_trigger` tables, each write group waits
+//! 1 ms, handing the disk to compaction gradually; at `level0_stop_trigger`
+//! tables, or when `max_immutable_memtables` frozen memtables wait for their
+//! flush, writers stop until the background catches up. Both are counted in
+//! [`Stats`].
+//!
+//! # Background errors
+//!
+//! A failed WAL append, flush or compaction is recorded as the database's
+//! background error: every later write fails with it, [`Db::stats`] shows it
+//! and [`Db::background_error`] returns it. Reads go on: every acknowledged
+//! write is still in a table or in a WAL that the next open replays.
 //!
 //! # Recovery
 //!
@@ -27,27 +46,37 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::{BatchRecords, WriteBatch};
+use crate::compaction::{self, picker, Compaction};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
+use crate::iter::KeyBounds;
 use crate::iterator::{Iter, ReadView};
 use crate::key::MAX_SEQUENCE;
 use crate::memtable::Memtable;
 use crate::options::{Options, WriteOptions};
 use crate::snapshot::Snapshot;
 use crate::sstable::TableBuilder;
-use crate::version::{FileMeta, Version, VersionEdit, VersionSet};
+use crate::stats::{Counters, LevelStats, LevelWork, Stats, TableInfo};
+use crate::version::{FileMeta, Version, VersionEdit, VersionSet, NUM_LEVELS};
 use crate::wal::{LogReader, LogWriter};
 
 /// A leader stops adding followers' batches to its group past this size, so
 /// that one huge group does not delay the writers at its head for long.
 const MAX_GROUP_BYTES: usize = 1 << 20;
+
+/// The body of a background thread.
+type BackgroundLoop = fn(&Core);
+
+/// How long a write group waits once L0 reaches the slowdown trigger.
+const SLOWDOWN_DELAY: Duration = Duration::from_millis(1);
 
 /// Everything a read needs, swapped as a unit when a memtable is frozen or flushed.
 pub(crate) struct SuperVersion {
@@ -55,6 +84,7 @@ pub(crate) struct SuperVersion {
     /// Frozen memtables waiting for their flush, newest first.
     pub(crate) imms: Vec<Arc<Memtable>>,
     pub(crate) version: Arc<Version>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// An open database. Cheap to clone; every clone is the same database, and it
@@ -86,10 +116,10 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// Owns the background thread; dropping it shuts the database down.
+/// Owns the background threads; dropping it shuts the database down.
 struct Owner {
     core: Arc<Core>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct Core {
@@ -104,9 +134,16 @@ struct Core {
     log: Mutex<LogState>,
     versions: Mutex<VersionSet>,
     bg: Mutex<BgState>,
-    /// Signalled when a memtable is frozen (work for the flusher), flushed
-    /// (room for stalled writers), on a background error and on shutdown.
+    /// Signalled when a memtable is frozen (work for the flusher), when the
+    /// table version changes (work for the compactor, room for stalled
+    /// writers), on a background error and on shutdown.
     bg_cv: Condvar,
+    /// Held for the whole of a compaction, background or manual, so that two
+    /// never pick the same tables. Holds the per-level rotation pointers.
+    compaction: Mutex<[Vec<u8>; NUM_LEVELS]>,
+    /// Set on shutdown so that a running compaction gives up early.
+    cancel: AtomicBool,
+    counters: Arc<Counters>,
     /// Holds the flock on `LOCK` for as long as the database is open.
     _lock: File,
 }
@@ -122,6 +159,9 @@ struct BgState {
     /// Set once a flush fails; writes are refused from then on.
     error: Option<Error>,
     shutdown: bool,
+    /// Bumped whenever the table version changes, so that the compactor
+    /// never sleeps through the change that gave it work.
+    version_changes: u64,
 }
 
 /// One writer waiting in the commit queue.
@@ -211,11 +251,13 @@ impl Db {
             }
         }
 
+        let counters = Arc::new(Counters::default());
         let core = Arc::new(Core {
             super_version: RwLock::new(Arc::new(SuperVersion {
                 mem: Arc::new(Memtable::new(log_number)),
                 imms: Vec::new(),
                 version,
+                counters: counters.clone(),
             })),
             visible_seq: AtomicU64::new(last_seq),
             queue: Mutex::new(VecDeque::new()),
@@ -223,22 +265,32 @@ impl Db {
             versions: Mutex::new(versions),
             bg: Mutex::new(BgState::default()),
             bg_cv: Condvar::new(),
+            compaction: Mutex::new(Default::default()),
+            cancel: AtomicBool::new(false),
+            counters,
             _lock: lock,
             dir,
             options,
         });
-        let flusher = {
+        // From here on, dropping `owner` stops whatever threads were started.
+        let owner = Owner {
+            core: core.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        let loops: [(&str, BackgroundLoop); 2] = [
+            ("strata-flush", Core::flush_loop),
+            ("strata-compact", Core::compaction_loop),
+        ];
+        for (name, body) in loops {
             let core = core.clone();
-            std::thread::Builder::new()
-                .name("strata-flush".into())
-                .spawn(move || core.flush_loop())
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&core))
+                .map_err(|e| Error::io(&owner.core.dir, e))?;
+            owner.threads.lock().push(handle);
         }
-        .map_err(|e| Error::io(&core.dir, e))?;
         Ok(Db {
-            inner: Arc::new(Owner {
-                core,
-                flusher: Mutex::new(Some(flusher)),
-            }),
+            inner: Arc::new(owner),
         })
     }
 
@@ -303,6 +355,58 @@ impl Db {
         self.inner.core.flush()
     }
 
+    /// Compacts every table holding keys in `range` down to the deepest
+    /// level in use, after flushing the memtable, dropping overwritten
+    /// versions and tombstones that no reader needs. Runs in the caller's
+    /// thread; background compaction waits meanwhile.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = strata_engine::Db::open(dir.path(), Default::default())?;
+    /// db.put(b"a", b"1")?;
+    /// db.delete(b"a")?;
+    /// db.compact_range::<&[u8]>(..)?;
+    /// assert_eq!(db.stats().table_bytes(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn compact_range<K: AsRef<[u8]>>(
+        &self,
+        range: impl std::ops::RangeBounds<K>,
+    ) -> Result<()> {
+        self.inner
+            .core
+            .compact_range(&KeyBounds::from_range(&range))
+    }
+
+    /// A report on the tree's shape, the I/O done so far and the writers held
+    /// back; see [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.inner.core.stats()
+    }
+
+    /// Every live table, level by level (L0 newest first, deeper levels in
+    /// key order).
+    pub fn live_tables(&self) -> Vec<TableInfo> {
+        let version = self.inner.core.super_version.read().version.clone();
+        (0..NUM_LEVELS)
+            .flat_map(|level| {
+                version.files(level).iter().map(move |f| TableInfo {
+                    level,
+                    number: f.meta.number,
+                    size: f.meta.size,
+                    smallest_key: f.smallest_user_key().to_vec(),
+                    largest_key: f.largest_user_key().to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// The error that stopped background work (and with it all writes), if
+    /// any. Reads are still served; reopening the database retries the work.
+    pub fn background_error(&self) -> Option<Error> {
+        self.inner.core.background_error()
+    }
+
     /// The directory the database lives in.
     pub fn path(&self) -> &Path {
         &self.inner.core.dir
@@ -312,9 +416,11 @@ impl Db {
 impl Drop for Owner {
     fn drop(&mut self) {
         self.core.bg.lock().shutdown = true;
+        self.core.cancel.store(true, Ordering::Relaxed);
         self.core.bg_cv.notify_all();
-        if let Some(handle) = self.flusher.lock().take() {
-            // A panicked flusher has nothing left to clean up; the WAL still holds its data.
+        for handle in self.threads.lock().drain(..) {
+            // A panicked thread has nothing left to clean up: the WAL and
+            // the manifest still describe every acknowledged write.
             let _ = handle.join();
         }
         // Writes made without `sync` reach the disk now; a failure cannot be
@@ -325,13 +431,16 @@ impl Drop for Owner {
 
 impl Core {
     fn read_view(&self) -> ReadView {
-        // Sequence first: see the module docs.
+        // Both under the lock: see the module docs.
+        let sv = self.super_version.read();
         let seq = self.visible_seq.load(Ordering::Acquire);
-        let sv = self.super_version.read().clone();
-        ReadView::new(sv, seq)
+        ReadView::new(sv.clone(), seq)
     }
 
-    fn check_batch(&self, batch: &WriteBatch) -> Result<()> {
+    /// Checks every record of `batch` against the limits and returns the
+    /// batch's key and value bytes.
+    fn check_batch(&self, batch: &WriteBatch) -> Result<u64> {
+        let mut bytes = 0u64;
         for record in batch
             .records()
             .map_err(|e| Error::InvalidArgument(e.0.into()))?
@@ -351,12 +460,13 @@ impl Core {
                     self.options.max_value_size
                 )));
             }
+            bytes += (record.key.len() + record.value.len()) as u64;
         }
-        Ok(())
+        Ok(bytes)
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
-        self.check_batch(&batch)?;
+        let user_bytes = self.check_batch(&batch)?;
         if batch.is_empty() {
             return Ok(());
         }
@@ -372,17 +482,25 @@ impl Core {
             queue.push_back(me.clone());
             queue.len() == 1
         };
-        if !leader {
+        let result = if leader {
+            self.lead_group(&me)
+        } else {
             let mut state = me.state.lock();
             loop {
                 match std::mem::replace(&mut *state, WaiterState::Waiting) {
                     WaiterState::Waiting => me.cv.wait(&mut state),
-                    WaiterState::Done(result) => return result,
-                    WaiterState::Lead => break,
+                    WaiterState::Done(result) => break result,
+                    WaiterState::Lead => {
+                        drop(state);
+                        break self.lead_group(&me);
+                    }
                 }
             }
+        };
+        if result.is_ok() {
+            Counters::add(&self.counters.user_bytes, user_bytes);
         }
-        self.lead_group(&me)
+        result
     }
 
     /// Commits the group at the head of the queue (`me` is its first member).
@@ -444,6 +562,7 @@ impl Core {
             return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
         }
         merged.set_sequence(first);
+        Counters::add(&self.counters.wal_bytes, merged.encoded().len() as u64);
         let appended = log.wal.add_record(merged.encoded()).and_then(|()| {
             if sync {
                 log.wal.sync()
@@ -476,35 +595,67 @@ impl Core {
         self.bg_cv.notify_all();
     }
 
-    /// Ensures the memtable can take the next group: freezes it once full (or,
-    /// with `force`, whenever it holds anything), stalling while too many
-    /// frozen memtables wait for the flusher.
+    /// Ensures the memtable can take the next group (see "Back-pressure" in
+    /// the module docs): delays the group once L0 reaches the slowdown
+    /// trigger, stops while the memtable is full and no room can be made, and
+    /// freezes the memtable once full (or, with `force`, whenever it holds
+    /// anything).
     fn make_room(&self, log: &mut LogState, force: bool) -> Result<()> {
-        loop {
+        let mut slowed = force;
+        let mut stopped_at: Option<Instant> = None;
+        let result = loop {
             if let Some(e) = self.background_error() {
-                return Err(e);
+                break Err(e);
             }
             let sv = self.super_version.read().clone();
+            let l0 = sv.version.files(0).len();
+            if !slowed && l0 >= self.options.level0_slowdown_trigger {
+                slowed = true;
+                let start = Instant::now();
+                std::thread::sleep(SLOWDOWN_DELAY);
+                Counters::add_time(
+                    &self.counters.slowdowns,
+                    &self.counters.slowdown_micros,
+                    start.elapsed(),
+                );
+                continue;
+            }
             let full = sv.mem.approximate_size() >= self.options.write_buffer_size;
             if !(full || force && !sv.mem.is_empty()) {
-                return Ok(());
+                break Ok(());
             }
-            if sv.imms.len() >= self.options.max_immutable_memtables {
+            if self.must_stop(&sv) {
+                stopped_at.get_or_insert_with(Instant::now);
                 let mut bg = self.bg.lock();
-                let still_full =
-                    self.super_version.read().imms.len() >= self.options.max_immutable_memtables;
-                if still_full && bg.error.is_none() && !bg.shutdown {
+                // Checked again under the lock that every notifier takes.
+                let still = self.must_stop(&self.super_version.read());
+                if still && bg.error.is_none() && !bg.shutdown {
                     self.bg_cv.wait(&mut bg);
                 }
                 continue;
             }
-            self.rotate(log, &sv)?;
-            return Ok(());
+            break self.rotate(log);
+        };
+        if let Some(start) = stopped_at {
+            Counters::add_time(
+                &self.counters.stops,
+                &self.counters.stop_micros,
+                start.elapsed(),
+            );
         }
+        result
+    }
+
+    /// True when a full memtable cannot be frozen yet: too many frozen ones
+    /// wait for the flusher, or L0 is at its stop trigger.
+    fn must_stop(&self, sv: &SuperVersion) -> bool {
+        sv.imms.len() >= self.options.max_immutable_memtables
+            || sv.version.files(0).len() >= self.options.level0_stop_trigger
     }
 
     /// Freezes the memtable and starts a new one with its own WAL.
-    fn rotate(&self, log: &mut LogState, sv: &SuperVersion) -> Result<()> {
+    /// REQUIRES: `log` is the locked log state (so the memtable cannot change).
+    fn rotate(&self, log: &mut LogState) -> Result<()> {
         let number = self.versions.lock().new_file_number();
         let wal = LogWriter::create(&file_name::log_path(&self.dir, number))?;
         file_name::sync_dir(&self.dir)?;
@@ -512,15 +663,50 @@ impl Core {
         // or a power loss could keep newer writes and lose older ones.
         log.wal.sync()?;
         log.wal = wal;
-        let mut imms = Vec::with_capacity(sv.imms.len() + 1);
-        imms.push(sv.mem.clone());
-        imms.extend(sv.imms.iter().cloned());
-        *self.super_version.write() = Arc::new(SuperVersion {
-            mem: Arc::new(Memtable::new(number)),
-            imms,
-            version: sv.version.clone(),
-        });
+        {
+            // Built from the super version under the write lock: a flush or
+            // compaction may have swapped in a new table version meanwhile.
+            let mut sv = self.super_version.write();
+            let mut imms = Vec::with_capacity(sv.imms.len() + 1);
+            imms.push(sv.mem.clone());
+            imms.extend(sv.imms.iter().cloned());
+            *sv = Arc::new(SuperVersion {
+                mem: Arc::new(Memtable::new(number)),
+                imms,
+                version: sv.version.clone(),
+                counters: self.counters.clone(),
+            });
+        }
         let _bg = self.bg.lock();
+        self.bg_cv.notify_all();
+        Ok(())
+    }
+
+    /// Logs `edit` to the manifest and swaps the resulting version in for
+    /// readers, dropping `flushed` (the frozen memtable the edit's new table
+    /// replaces) from the super version in the same swap. The versions lock
+    /// is held across both steps so that versions reach readers in order.
+    fn install(&self, edit: VersionEdit, flushed: Option<&Arc<Memtable>>) -> Result<()> {
+        let mut versions = self.versions.lock();
+        let version = versions.log_and_apply(edit)?;
+        {
+            let mut sv = self.super_version.write();
+            let imms = sv
+                .imms
+                .iter()
+                .filter(|m| flushed.is_none_or(|f| !Arc::ptr_eq(m, f)))
+                .cloned()
+                .collect();
+            *sv = Arc::new(SuperVersion {
+                mem: sv.mem.clone(),
+                imms,
+                version,
+                counters: self.counters.clone(),
+            });
+        }
+        drop(versions);
+        let mut bg = self.bg.lock();
+        bg.version_changes += 1;
         self.bg_cv.notify_all();
         Ok(())
     }
@@ -563,10 +749,7 @@ impl Core {
             };
             if let Err(e) = self.flush_memtable(&imm) {
                 self.set_background_error(e);
-                continue;
             }
-            let _bg = self.bg.lock();
-            self.bg_cv.notify_all();
         }
     }
 
@@ -586,27 +769,27 @@ impl Core {
         };
         // The versions lock is not held while the table is written: rotation needs it.
         let number = self.versions.lock().new_file_number();
+        let start = Instant::now();
         let meta = build_table(&self.dir, &self.options, number, imm)?;
-        let version = self.versions.lock().log_and_apply(VersionEdit {
-            log_number: Some(newer_log),
-            last_sequence: Some(self.visible_seq.load(Ordering::Acquire)),
-            added: vec![(0, meta)],
-            ..VersionEdit::default()
-        })?;
-        {
-            let mut sv = self.super_version.write();
-            let imms = sv
-                .imms
-                .iter()
-                .filter(|m| !Arc::ptr_eq(m, imm))
-                .cloned()
-                .collect();
-            *sv = Arc::new(SuperVersion {
-                mem: sv.mem.clone(),
-                imms,
-                version,
-            });
-        }
+        let written = meta.size;
+        self.install(
+            VersionEdit {
+                log_number: Some(newer_log),
+                last_sequence: Some(self.visible_seq.load(Ordering::Acquire)),
+                added: vec![(0, meta)],
+                ..VersionEdit::default()
+            },
+            Some(imm),
+        )?;
+        self.counters.record_compaction(
+            0,
+            LevelWork {
+                written,
+                compactions: 1,
+                micros: micros(start.elapsed()),
+                ..LevelWork::default()
+            },
+        );
         let old_log = file_name::log_path(&self.dir, imm.log_number());
         match std::fs::remove_file(&old_log) {
             Ok(()) => Ok(()),
@@ -614,6 +797,145 @@ impl Core {
             Err(e) => Err(Error::io(&old_log, e)),
         }
     }
+
+    /// The body of the `strata-compact` thread: runs the most overdue
+    /// compaction until none is due, then sleeps until the version changes.
+    fn compaction_loop(&self) {
+        loop {
+            let seen = {
+                let bg = self.bg.lock();
+                if bg.shutdown {
+                    return;
+                }
+                bg.version_changes
+            };
+            let ran = if self.background_error().is_some() {
+                Ok(false)
+            } else {
+                let mut pointers = self.compaction.lock();
+                let version = self.super_version.read().version.clone();
+                match picker::pick(&version, &self.options, &mut pointers) {
+                    Some(c) => self.run_compaction(&c).map(|()| true),
+                    None => Ok(false),
+                }
+            };
+            match ran {
+                Ok(true) => {}
+                Ok(false) => {
+                    let mut bg = self.bg.lock();
+                    if !bg.shutdown && bg.version_changes == seen {
+                        self.bg_cv.wait(&mut bg);
+                    }
+                }
+                Err(e) => self.set_background_error(e),
+            }
+        }
+    }
+
+    /// Runs `c` and installs its result.
+    /// REQUIRES: the caller holds `self.compaction`.
+    fn run_compaction(&self, c: &Compaction) -> Result<()> {
+        let start = Instant::now();
+        let (read_upper, read_lower) = c.input_bytes();
+        if c.is_trivial_move() {
+            self.install(c.trivial_move_edit(), None)?;
+            self.counters.record_compaction(
+                c.output_level(),
+                LevelWork {
+                    trivial_moves: 1,
+                    ..LevelWork::default()
+                },
+            );
+            return Ok(());
+        }
+        let next_number = || self.versions.lock().new_file_number();
+        let env = compaction::Env {
+            dir: &self.dir,
+            options: &self.options,
+            smallest_snapshot: self.visible_seq.load(Ordering::Acquire),
+            new_file_number: &next_number,
+            cancel: &self.cancel,
+        };
+        let Some(outputs) = compaction::run(c, &env)? else {
+            return Ok(());
+        };
+        let written = outputs.iter().map(|m| m.size).sum();
+        let created: Vec<PathBuf> = outputs
+            .iter()
+            .map(|m| file_name::table_path(&self.dir, m.number))
+            .collect();
+        if let Err(e) = self.install(c.edit(outputs), None) {
+            for path in created {
+                // Never installed, so garbage; the next open would delete it too.
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        self.counters.record_compaction(
+            c.output_level(),
+            LevelWork {
+                read_upper,
+                read_lower,
+                written,
+                compactions: 1,
+                micros: micros(start.elapsed()),
+                ..LevelWork::default()
+            },
+        );
+        Ok(())
+    }
+
+    fn compact_range(&self, bounds: &KeyBounds) -> Result<()> {
+        self.flush()?;
+        let mut _pointers = self.compaction.lock();
+        let deepest = {
+            let version = self.super_version.read().version.clone();
+            (1..NUM_LEVELS)
+                .rev()
+                .find(|&l| !version.files(l).is_empty())
+                .unwrap_or(1)
+        };
+        for level in 0..deepest {
+            if let Some(e) = self.background_error() {
+                return Err(e);
+            }
+            let version = self.super_version.read().version.clone();
+            if let Some(c) = picker::pick_range(&version, &self.options, level, bounds) {
+                self.run_compaction(&c)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> Stats {
+        let sv = self.super_version.read().clone();
+        let work = *self.counters.levels.lock();
+        let levels = (0..NUM_LEVELS)
+            .map(|level| {
+                let w = work.get(level).copied().unwrap_or_default();
+                LevelStats {
+                    tables: sv.version.files(level).len(),
+                    bytes: sv.version.level_bytes(level),
+                    score: picker::score(&sv.version, &self.options, level),
+                    read_upper_bytes: w.read_upper,
+                    read_lower_bytes: w.read_lower,
+                    written_bytes: w.written,
+                    compactions: w.compactions,
+                    trivial_moves: w.trivial_moves,
+                    busy: Duration::from_micros(w.micros),
+                }
+            })
+            .collect();
+        let mut stats = Stats::from_counters(&self.counters, levels);
+        stats.memtable_bytes = sv.mem.approximate_size() as u64;
+        stats.immutable_memtables = sv.imms.len();
+        stats.background_error = self.background_error().map(|e| e.to_string());
+        stats
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Writes `mem` to table `number` and returns its manifest entry.

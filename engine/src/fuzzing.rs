@@ -37,7 +37,7 @@ pub fn table_reader(dir: &Path, bytes: &[u8]) {
         return;
     }
     if let Ok(table) = crate::sstable::Table::open(&path) {
-        let _ = table.get(b"key", crate::MAX_SEQUENCE);
+        let _ = table.lookup(b"key", crate::MAX_SEQUENCE);
         let bounds = crate::iter::KeyBounds::prefix(b"");
         let mut source = crate::sstable::TableSource::new(
             std::sync::Arc::new(table),

@@ -32,7 +32,7 @@ impl ReadView {
             .find_map(|m| m.get(key, self.seq));
         let found = match found {
             Some(found) => Some(found),
-            None => self.sv.version.get(key, self.seq)?,
+            None => self.sv.version.get(key, self.seq, &self.sv.counters)?,
         };
         Ok(match found {
             Some(Lookup::Value(v)) => Some(v),

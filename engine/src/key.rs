@@ -61,8 +61,13 @@ pub(crate) fn unpack_tag(tag: u64) -> Result<(u64, ValueKind), DecodeError> {
 
 /// Appends the internal key `user_key ++ tag` to `dst`.
 pub(crate) fn append_internal_key(dst: &mut Vec<u8>, user_key: &[u8], seq: u64, kind: ValueKind) {
+    append_tagged(dst, user_key, pack_tag(seq, kind));
+}
+
+/// Appends `user_key ++ tag` to `dst`, for a tag already packed.
+pub(crate) fn append_tagged(dst: &mut Vec<u8>, user_key: &[u8], tag: u64) {
     dst.extend_from_slice(user_key);
-    dst.extend_from_slice(&pack_tag(seq, kind).to_le_bytes());
+    dst.extend_from_slice(&tag.to_le_bytes());
 }
 
 pub(crate) fn internal_key(user_key: &[u8], seq: u64, kind: ValueKind) -> Vec<u8> {

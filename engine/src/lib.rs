@@ -2,8 +2,9 @@
 //!
 //! Writes go to a write-ahead log and a skiplist memtable; full memtables are
 //! flushed by a background thread to immutable, checksummed tables that are
-//! read through `mmap`, with a bloom filter in front of every table. Reads and
-//! snapshots never wait for writers.
+//! read through `mmap`, with a bloom filter in front of every table, and a
+//! second thread compacts the tables into levels. Reads and snapshots never
+//! wait for writers or for background work.
 //!
 //! ```
 //! use strata_engine::{Db, Options};
@@ -23,6 +24,7 @@
 
 mod batch;
 mod coding;
+mod compaction;
 mod db;
 mod error;
 mod file_name;
@@ -33,6 +35,7 @@ mod memtable;
 mod options;
 mod snapshot;
 mod sstable;
+mod stats;
 mod version;
 mod wal;
 
@@ -47,3 +50,4 @@ pub use iterator::Iter;
 pub use key::MAX_SEQUENCE;
 pub use options::{Options, WriteOptions, MAX_KEY_SIZE_LIMIT, MAX_VALUE_SIZE_LIMIT};
 pub use snapshot::Snapshot;
+pub use stats::{LevelStats, Stats, TableInfo};

@@ -37,6 +37,18 @@ pub struct Options {
     pub max_key_size: usize,
     /// Writes with a longer value are refused with [`Error::InvalidArgument`].
     pub max_value_size: usize,
+    /// L0 tables that start a compaction into L1. Every L0 table is read by
+    /// lookups that miss the memtables, so more of them means slower reads.
+    pub level0_compaction_trigger: usize,
+    /// L0 tables at which each write group is delayed by 1 ms, so compaction
+    /// catches up gradually instead of writers hitting a hard stop.
+    pub level0_slowdown_trigger: usize,
+    /// L0 tables at which writers stop until compaction brings the count down.
+    pub level0_stop_trigger: usize,
+    /// Target size of L1; each deeper level targets ten times the one above.
+    pub level1_target_size: u64,
+    /// Compaction outputs are cut into tables of about this size.
+    pub target_table_size: u64,
 }
 
 impl Default for Options {
@@ -49,6 +61,11 @@ impl Default for Options {
             bloom_bits_per_key: 10,
             max_key_size: 64 << 10,
             max_value_size: 16 << 20,
+            level0_compaction_trigger: 4,
+            level0_slowdown_trigger: 8,
+            level0_stop_trigger: 12,
+            level1_target_size: 256 << 20,
+            target_table_size: 64 << 20,
         }
     }
 }
@@ -85,6 +102,20 @@ impl Options {
         check(
             self.max_value_size <= MAX_VALUE_SIZE_LIMIT,
             "max_value_size must be at most 1 GiB",
+        )?;
+        check(
+            1 <= self.level0_compaction_trigger
+                && self.level0_compaction_trigger <= self.level0_slowdown_trigger
+                && self.level0_slowdown_trigger <= self.level0_stop_trigger,
+            "level0 triggers must satisfy 1 <= compaction <= slowdown <= stop",
+        )?;
+        check(
+            self.target_table_size >= 4 << 10,
+            "target_table_size must be at least 4 KiB",
+        )?;
+        check(
+            self.level1_target_size >= self.target_table_size,
+            "level1_target_size must be at least target_table_size",
         )
     }
 }

@@ -25,6 +25,8 @@ enum Op {
     CheckSnapshot(usize),
     DropSnapshot(usize),
     Flush,
+    /// Manual compaction of a key range.
+    Compact(Option<u8>, Option<u8>),
     Reopen,
 }
 
@@ -48,15 +50,23 @@ fn op() -> impl Strategy<Value = Op> {
         5 => any::<usize>().prop_map(Op::CheckSnapshot),
         2 => any::<usize>().prop_map(Op::DropSnapshot),
         3 => Just(Op::Flush),
+        2 => (proptest::option::of(any::<u8>()), proptest::option::of(any::<u8>()))
+            .prop_map(|(a, b)| Op::Compact(a, b)),
         2 => Just(Op::Reopen),
     ]
 }
 
 fn options() -> Options {
-    // A tiny memtable so that sequences rotate and flush often.
+    // A tiny memtable and tiny levels so that sequences rotate, flush and
+    // compact often, down to deep levels.
     Options {
         write_buffer_size: 64 << 10,
         block_size: 256,
+        level0_compaction_trigger: 2,
+        level0_slowdown_trigger: 3,
+        level0_stop_trigger: 4,
+        target_table_size: 4 << 10,
+        level1_target_size: 8 << 10,
         ..Options::default()
     }
 }
@@ -76,7 +86,22 @@ fn check_all(iter: &dyn Fn() -> strata_engine::Iter, model: &Model) {
     assert_eq!(got_rev, want);
 }
 
-fn run(ops: Vec<Op>) {
+/// Levels 1 and deeper hold disjoint tables in key order.
+fn check_levels(db: &Db) {
+    let tables = db.live_tables();
+    for pair in tables.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.level == b.level && a.level > 0 {
+            assert!(
+                a.largest_key < b.smallest_key,
+                "overlap in L{}: {a:?} {b:?}",
+                a.level
+            );
+        }
+    }
+}
+
+fn run(ops: Vec<Op>) -> Db {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::open(dir.path(), options()).unwrap();
     let mut model = Model::new();
@@ -178,6 +203,12 @@ fn run(ops: Vec<Op>) {
                 }
             }
             Op::Flush => db.flush().unwrap(),
+            Op::Compact(a, b) => {
+                let lo = a.map_or(Bound::Unbounded, |a| Bound::Included(key(a)));
+                let hi = b.map_or(Bound::Unbounded, |b| Bound::Included(key(b)));
+                db.compact_range((lo, hi)).unwrap();
+                check_levels(&db);
+            }
             Op::Reopen => {
                 // Snapshots outlive their database handle; they still read their view.
                 drop(db);
@@ -186,9 +217,11 @@ fn run(ops: Vec<Op>) {
         }
     }
     check_all(&|| db.range::<Vec<u8>>(..), &model);
+    check_levels(&db);
     for (snap, at) in &snapshots {
         check_all(&|| snap.range::<Vec<u8>>(..), at);
     }
+    db
 }
 
 proptest! {
@@ -219,5 +252,11 @@ fn large_overwrite_workload_matches_model() {
     for i in 0..6 {
         ops.push(Op::CheckSnapshot(i));
     }
-    run(ops);
+    let db = run(ops);
+    let stats = db.stats();
+    assert!(stats.compactions > 0, "{stats}");
+    assert!(
+        db.live_tables().iter().any(|t| t.level >= 2),
+        "expected data below L1: {stats}"
+    );
 }

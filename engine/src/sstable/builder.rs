@@ -88,6 +88,11 @@ impl TableBuilder {
         Ok(())
     }
 
+    /// Bytes the table would take if finished now, less its index and filter.
+    pub(crate) fn estimated_size(&self) -> u64 {
+        self.offset + self.data.estimated_size() as u64
+    }
+
     fn finish_data_block(&mut self) -> Result<()> {
         if self.data.is_empty() {
             return Ok(());

@@ -89,6 +89,10 @@ impl Table {
     }
 
     /// Smallest and largest internal keys, from the properties block.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub(crate) fn key_range(&self) -> (&[u8], &[u8]) {
         (&self.properties.smallest_key, &self.properties.largest_key)
     }
@@ -136,12 +140,10 @@ impl Table {
         )
     }
 
-    /// The newest version of `user_key` visible at `seq`. Checks the bloom
-    /// filter first; the caller has already checked the key range.
-    pub(crate) fn get(&self, user_key: &[u8], seq: u64) -> Result<Option<Lookup>> {
-        if !self.may_contain(user_key) {
-            return Ok(None);
-        }
+    /// The newest version of `user_key` visible at `seq`. The caller has
+    /// already checked the key range and [`Table::may_contain`], counting
+    /// the filter's verdicts.
+    pub(crate) fn lookup(&self, user_key: &[u8], seq: u64) -> Result<Option<Lookup>> {
         let target = internal_key(user_key, seq, SEEK_KIND);
         let i = self.find_block(&target);
         if i >= self.index.len() {

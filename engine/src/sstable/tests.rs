@@ -40,17 +40,17 @@ fn point_lookups_honour_sequence_and_tombstones() {
         let k = format!("k{i:04}");
         let s = u64::from(i) * 10;
         assert_eq!(
-            t.get(k.as_bytes(), s).unwrap(),
+            t.lookup(k.as_bytes(), s).unwrap(),
             None,
             "{k} before its write"
         );
         let v = Lookup::Value(format!("v{i}").into_bytes());
-        assert_eq!(t.get(k.as_bytes(), s + 1).unwrap(), Some(v.clone()));
+        assert_eq!(t.lookup(k.as_bytes(), s + 1).unwrap(), Some(v.clone()));
         let latest = if i % 2 == 1 { Lookup::Deleted } else { v };
-        assert_eq!(t.get(k.as_bytes(), u64::MAX >> 8).unwrap(), Some(latest));
+        assert_eq!(t.lookup(k.as_bytes(), u64::MAX >> 8).unwrap(), Some(latest));
     }
-    assert_eq!(t.get(b"k9999", 1 << 40).unwrap(), None);
-    assert_eq!(t.get(b"a", 1 << 40).unwrap(), None);
+    assert_eq!(t.lookup(b"k9999", 1 << 40).unwrap(), None);
+    assert_eq!(t.lookup(b"a", 1 << 40).unwrap(), None);
 }
 
 #[test]

@@ -6,11 +6,17 @@
 //! tables they read stay mapped for as long as they need them.
 //!
 //! Level 0 holds flushed memtables, which may overlap; a lookup checks them
-//! newest first. Levels 1 and deeper hold non-overlapping tables sorted by key.
+//! newest first. Levels 1 and deeper hold non-overlapping tables sorted by
+//! key, and no user key spans two tables of one level.
+//!
+//! A table that a compaction replaced is marked obsolete and its file is
+//! deleted when the last version holding it (through a reader, iterator or
+//! snapshot) is dropped.
 
 pub(crate) mod edit;
 pub(crate) mod set;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub(crate) use edit::{FileMeta, VersionEdit, NUM_LEVELS};
@@ -20,6 +26,7 @@ use crate::iter::{Direction, KeyBounds, Source};
 use crate::key::user_key;
 use crate::memtable::Lookup;
 use crate::sstable::{Table, TableSource};
+use crate::stats::Counters;
 use crate::Result;
 
 /// A live table: its manifest entry and its open reader.
@@ -27,15 +34,39 @@ use crate::Result;
 pub(crate) struct TableFile {
     pub(crate) meta: FileMeta,
     pub(crate) table: Arc<Table>,
+    /// Set once no current or future version holds this table.
+    obsolete: AtomicBool,
 }
 
 impl TableFile {
-    fn smallest_user_key(&self) -> &[u8] {
+    pub(crate) fn new(meta: FileMeta, table: Arc<Table>) -> Self {
+        TableFile {
+            meta,
+            table,
+            obsolete: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn smallest_user_key(&self) -> &[u8] {
         user_key(&self.meta.smallest)
     }
 
-    fn largest_user_key(&self) -> &[u8] {
+    pub(crate) fn largest_user_key(&self) -> &[u8] {
         user_key(&self.meta.largest)
+    }
+
+    pub(crate) fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for TableFile {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            // A failed delete leaves garbage, not damage: the next open
+            // removes every table the manifest does not name.
+            let _ = std::fs::remove_file(self.table.path());
+        }
     }
 }
 
@@ -47,7 +78,7 @@ pub(crate) struct Version {
 
 impl Version {
     /// The newest version of `key` visible at `seq` among the tables.
-    pub(crate) fn get(&self, key: &[u8], seq: u64) -> Result<Option<Lookup>> {
+    pub(crate) fn get(&self, key: &[u8], seq: u64, counters: &Counters) -> Result<Option<Lookup>> {
         for (level, files) in self.levels.iter().enumerate() {
             let candidates: &[Arc<TableFile>] = if level == 0 {
                 files
@@ -59,8 +90,14 @@ impl Version {
                 if key < f.smallest_user_key() || key > f.largest_user_key() {
                     continue;
                 }
-                if let Some(found) = f.table.get(key, seq)? {
-                    return Ok(Some(found));
+                Counters::add(&counters.bloom_checks, 1);
+                if !f.table.may_contain(key) {
+                    Counters::add(&counters.bloom_negatives, 1);
+                    continue;
+                }
+                match f.table.lookup(key, seq)? {
+                    Some(found) => return Ok(Some(found)),
+                    None => Counters::add(&counters.bloom_false_positives, 1),
                 }
             }
         }
@@ -76,6 +113,30 @@ impl Version {
             .map(|f| {
                 Box::new(TableSource::new(f.table.clone(), bounds, direction)) as Box<dyn Source>
             })
+            .collect()
+    }
+
+    /// The tables of `level` (empty past the last level).
+    pub(crate) fn files(&self, level: usize) -> &[Arc<TableFile>] {
+        self.levels.get(level).map_or(&[], |l| l.as_slice())
+    }
+
+    /// Total bytes of the tables of `level`.
+    pub(crate) fn level_bytes(&self, level: usize) -> u64 {
+        self.files(level).iter().map(|f| f.meta.size).sum()
+    }
+
+    /// Tables of `level` holding some user key in `smallest..=largest`.
+    pub(crate) fn overlapping(
+        &self,
+        level: usize,
+        smallest: &[u8],
+        largest: &[u8],
+    ) -> Vec<Arc<TableFile>> {
+        self.files(level)
+            .iter()
+            .filter(|f| f.largest_user_key() >= smallest && f.smallest_user_key() <= largest)
+            .cloned()
             .collect()
     }
 

@@ -8,7 +8,7 @@
 //! state, switching `CURRENT` to it atomically. So a MANIFEST never grows
 //! across restarts and an old one is garbage once `CURRENT` moves on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,13 +178,20 @@ impl VersionSet {
     pub(crate) fn log_and_apply(&mut self, mut edit: VersionEdit) -> Result<Arc<Version>> {
         edit.next_file_number = Some(self.next_file_number);
         let mut levels = self.current.levels.clone();
+        // Tables the edit deletes; a trivial move re-adds one at a deeper level.
+        let mut removed: HashMap<u64, Arc<TableFile>> = HashMap::new();
         for &(level, number) in &edit.deleted {
             if let Some(l) = levels.get_mut(level) {
-                l.retain(|f| f.meta.number != number);
+                if let Some(pos) = l.iter().position(|f| f.meta.number == number) {
+                    removed.insert(number, l.remove(pos));
+                }
             }
         }
         for (level, meta) in &edit.added {
-            let file = open_table(&self.dir, meta.clone())?;
+            let file = match removed.remove(&meta.number) {
+                Some(moved) => moved,
+                None => open_table(&self.dir, meta.clone())?,
+            };
             if let Some(l) = levels.get_mut(*level) {
                 l.push(file);
             }
@@ -201,6 +208,9 @@ impl VersionSet {
         let mut version = Version { levels };
         sort_levels(&mut version);
         self.current = Arc::new(version);
+        for gone in removed.values() {
+            gone.mark_obsolete();
+        }
         Ok(self.current.clone())
     }
 }
@@ -222,10 +232,7 @@ fn open_table(dir: &Path, meta: FileMeta) -> Result<Arc<TableFile>> {
             "table key range disagrees with the manifest",
         ));
     }
-    Ok(Arc::new(TableFile {
-        meta,
-        table: Arc::new(table),
-    }))
+    Ok(Arc::new(TableFile::new(meta, Arc::new(table))))
 }
 
 /// L0 newest (highest file number) first; deeper levels by smallest key.

@@ -1,0 +1,399 @@
+//! Leveled compaction: merging tables of one level into the next level down,
+//! keeping each key's visible versions and dropping the rest.
+//!
+//! # What a compaction keeps
+//!
+//! Inputs are merged in internal-key order (user key, then newest first).
+//! `smallest_snapshot` is the sequence every future reader of the output
+//! will read at or above: readers that started earlier read through the
+//! version they pinned, whose tables a compaction never changes, so the
+//! output only has to be right for reads at `smallest_snapshot` and later.
+//! An entry is dropped when
+//!
+//! - a newer entry of the same key is itself at or below `smallest_snapshot`
+//!   (every reader sees that newer entry instead), or
+//! - it is a tombstone at or below `smallest_snapshot` and no level below
+//!   the output holds the key (there is nothing left for it to hide).
+//!
+//! # Outputs
+//!
+//! The merged stream is cut into tables of about `target_table_size`, and
+//! earlier where a table would overlap more than ten target tables of the
+//! level below its own (which would make the next compaction down huge).
+//! A cut never falls between two versions of one user key, so no user key
+//! spans two tables of a level.
+//!
+//! A *trivial move* needs no merge: when the inputs overlap nothing one level
+//! down (and not too much two levels down), the manifest just records them at
+//! the next level.
+
+pub(crate) mod picker;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::file_name;
+use crate::iter::merge::MergingSource;
+use crate::iter::{Direction, Entry, KeyBounds, Source};
+use crate::key::{append_tagged, compare_internal};
+use crate::options::Options;
+use crate::sstable::{TableBuilder, TableSource};
+use crate::version::{FileMeta, TableFile, Version, VersionEdit, NUM_LEVELS};
+
+/// How often (in entries) a running compaction checks whether to give up.
+const CANCEL_CHECK_INTERVAL: u64 = 4096;
+
+/// One planned compaction: tables of `level` and what they overlap below.
+pub(crate) struct Compaction {
+    /// The version the inputs were chosen from; it answers "does any deeper
+    /// level hold this key?" for tombstones.
+    version: Arc<Version>,
+    level: usize,
+    /// Tables of `level` to push down.
+    inputs: Vec<Arc<TableFile>>,
+    /// Tables of `level + 1` overlapping the inputs, rewritten with them.
+    lower: Vec<Arc<TableFile>>,
+    /// Tables of `level + 2` overlapping the whole compaction.
+    grandparents: Vec<Arc<TableFile>>,
+    max_grandparent_overlap: u64,
+}
+
+impl Compaction {
+    pub(crate) fn new(
+        version: Arc<Version>,
+        level: usize,
+        inputs: Vec<Arc<TableFile>>,
+        options: &Options,
+    ) -> Self {
+        let (lower, grandparents) = match user_range(&inputs) {
+            Some((lo, hi)) => {
+                let lower = version.overlapping(level + 1, &lo, &hi);
+                let (lo, hi) = user_range(inputs.iter().chain(&lower)).unwrap_or((lo, hi));
+                let grandparents = version.overlapping(level + 2, &lo, &hi);
+                (lower, grandparents)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        Compaction {
+            version,
+            level,
+            inputs,
+            lower,
+            grandparents,
+            max_grandparent_overlap: picker::max_grandparent_overlap(options),
+        }
+    }
+
+    pub(crate) fn output_level(&self) -> usize {
+        self.level + 1
+    }
+
+    /// The largest internal key among the tables of `level`.
+    pub(crate) fn largest_input_key(&self) -> Option<Vec<u8>> {
+        self.inputs
+            .iter()
+            .map(|f| &f.meta.largest)
+            .max_by(|a, b| compare_internal(a, b))
+            .cloned()
+    }
+
+    /// Bytes read from `level` and from `level + 1`.
+    pub(crate) fn input_bytes(&self) -> (u64, u64) {
+        let sum = |files: &[Arc<TableFile>]| files.iter().map(|f| f.meta.size).sum();
+        (sum(&self.inputs), sum(&self.lower))
+    }
+
+    /// True when the inputs can move down without being rewritten.
+    pub(crate) fn is_trivial_move(&self) -> bool {
+        if !self.lower.is_empty() || self.inputs.is_empty() {
+            return false;
+        }
+        let grandparent_bytes: u64 = self.grandparents.iter().map(|f| f.meta.size).sum();
+        if grandparent_bytes > self.max_grandparent_overlap {
+            return false;
+        }
+        // Several L0 tables can move together only if they are disjoint.
+        let mut sorted: Vec<&Arc<TableFile>> = self.inputs.iter().collect();
+        sorted.sort_by(|a, b| a.smallest_user_key().cmp(b.smallest_user_key()));
+        sorted
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.largest_user_key() < b.smallest_user_key()))
+    }
+
+    /// The manifest edit that moves the inputs down unchanged.
+    pub(crate) fn trivial_move_edit(&self) -> VersionEdit {
+        VersionEdit {
+            deleted: self.deleted(),
+            added: self
+                .inputs
+                .iter()
+                .map(|f| (self.output_level(), f.meta.clone()))
+                .collect(),
+            ..VersionEdit::default()
+        }
+    }
+
+    /// The manifest edit that replaces every input with `outputs`.
+    pub(crate) fn edit(&self, outputs: Vec<FileMeta>) -> VersionEdit {
+        VersionEdit {
+            deleted: self.deleted(),
+            added: outputs
+                .into_iter()
+                .map(|m| (self.output_level(), m))
+                .collect(),
+            ..VersionEdit::default()
+        }
+    }
+
+    fn deleted(&self) -> Vec<(usize, u64)> {
+        self.inputs
+            .iter()
+            .map(|f| (self.level, f.meta.number))
+            .chain(self.lower.iter().map(|f| (self.level + 1, f.meta.number)))
+            .collect()
+    }
+}
+
+/// The smallest and largest user keys of `files`.
+fn user_range<'a>(
+    files: impl IntoIterator<Item = &'a Arc<TableFile>>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut range: Option<(&[u8], &[u8])> = None;
+    for f in files {
+        let (lo, hi) = (f.smallest_user_key(), f.largest_user_key());
+        range = Some(match range {
+            None => (lo, hi),
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+        });
+    }
+    range.map(|(lo, hi)| (lo.to_vec(), hi.to_vec()))
+}
+
+/// What running a compaction needs from the database.
+pub(crate) struct Env<'a> {
+    pub(crate) dir: &'a Path,
+    pub(crate) options: &'a Options,
+    /// See the module docs: no reader of the output reads below this.
+    pub(crate) smallest_snapshot: u64,
+    pub(crate) new_file_number: &'a dyn Fn() -> u64,
+    /// Set on shutdown: the compaction stops and leaves the tree as it was.
+    pub(crate) cancel: &'a AtomicBool,
+}
+
+/// Merges the compaction's inputs into new tables of its output level and
+/// returns them, or `None` if it was cancelled. On error or cancellation the
+/// partial outputs are deleted.
+pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Vec<FileMeta>>> {
+    let mut out = Outputs {
+        env,
+        builder: None,
+        metas: Vec::new(),
+        created: Vec::new(),
+        last_user_key: Vec::new(),
+        key_buf: Vec::new(),
+        grandparents: &c.grandparents,
+        grandparent_index: 0,
+        overlapped_bytes: 0,
+    };
+    let result = merge(c, env, &mut out);
+    match result {
+        Ok(true) => out.finish().map(Some),
+        Ok(false) => {
+            out.abandon();
+            Ok(None)
+        }
+        Err(e) => {
+            out.abandon();
+            Err(e)
+        }
+    }
+}
+
+/// Streams the merged inputs into `out`; false if cancelled.
+fn merge(c: &Compaction, env: &Env<'_>, out: &mut Outputs<'_>) -> Result<bool> {
+    let everything = KeyBounds {
+        lower: std::ops::Bound::Unbounded,
+        upper: std::ops::Bound::Unbounded,
+    };
+    let sources = c
+        .inputs
+        .iter()
+        .chain(&c.lower)
+        .map(|f| {
+            Box::new(TableSource::new(
+                f.table.clone(),
+                &everything,
+                Direction::Forward,
+            )) as Box<dyn Source>
+        })
+        .collect();
+    let mut merged = MergingSource::new(sources, Direction::Forward);
+    let mut base = BaseLevelCheck::new(&c.version, c.output_level());
+    let mut current_key: Option<Vec<u8>> = None;
+    let mut last_seq_for_key = u64::MAX;
+    let mut seen = 0u64;
+    while let Some(entry) = merged.next_entry()? {
+        seen += 1;
+        if seen.is_multiple_of(CANCEL_CHECK_INTERVAL) && env.cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if current_key.as_deref() != Some(entry.user_key.as_slice()) {
+            current_key = Some(entry.user_key.clone());
+            last_seq_for_key = u64::MAX;
+        }
+        let shadowed = last_seq_for_key <= env.smallest_snapshot;
+        let dead_tombstone = entry.is_deletion()
+            && entry.seq() <= env.smallest_snapshot
+            && base.is_base_level_for(&entry.user_key);
+        last_seq_for_key = entry.seq();
+        if !(shadowed || dead_tombstone) {
+            out.add(&entry)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Answers "does any level below the output hold this user key?" for keys
+/// asked in ascending order, walking each level once.
+struct BaseLevelCheck<'a> {
+    version: &'a Version,
+    output_level: usize,
+    /// Per level: index of the first table whose largest key may still
+    /// reach the keys asked from now on.
+    positions: [usize; NUM_LEVELS],
+}
+
+impl<'a> BaseLevelCheck<'a> {
+    fn new(version: &'a Version, output_level: usize) -> Self {
+        BaseLevelCheck {
+            version,
+            output_level,
+            positions: [0; NUM_LEVELS],
+        }
+    }
+
+    fn is_base_level_for(&mut self, key: &[u8]) -> bool {
+        for level in self.output_level + 1..NUM_LEVELS {
+            let files = self.version.files(level);
+            let Some(pos) = self.positions.get_mut(level) else {
+                continue;
+            };
+            while files.get(*pos).is_some_and(|f| f.largest_user_key() < key) {
+                *pos += 1;
+            }
+            if files
+                .get(*pos)
+                .is_some_and(|f| f.smallest_user_key() <= key)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The output tables being written.
+struct Outputs<'a> {
+    env: &'a Env<'a>,
+    builder: Option<(u64, TableBuilder)>,
+    metas: Vec<FileMeta>,
+    /// Every file created so far, for clean-up on failure.
+    created: Vec<PathBuf>,
+    last_user_key: Vec<u8>,
+    key_buf: Vec<u8>,
+    grandparents: &'a [Arc<TableFile>],
+    grandparent_index: usize,
+    /// Bytes of grandparent tables the current output overlaps.
+    overlapped_bytes: u64,
+}
+
+impl Outputs<'_> {
+    fn add(&mut self, entry: &Entry) -> Result<()> {
+        let new_user_key = self.builder.is_none() || self.last_user_key != entry.user_key;
+        if new_user_key {
+            let overlap_full = self.advance_grandparents(&entry.user_key);
+            let size_full = self
+                .builder
+                .as_ref()
+                .is_some_and(|(_, b)| b.estimated_size() >= self.env.options.target_table_size);
+            if overlap_full || size_full {
+                self.finish_current()?;
+            }
+            self.last_user_key.clear();
+            self.last_user_key.extend_from_slice(&entry.user_key);
+        }
+        if self.builder.is_none() {
+            let number = (self.env.new_file_number)();
+            let path = file_name::table_path(self.env.dir, number);
+            let builder = TableBuilder::create(
+                &path,
+                self.env.options.block_size,
+                self.env.options.bloom_bits_per_key,
+            )?;
+            self.created.push(path);
+            self.builder = Some((number, builder));
+        }
+        self.key_buf.clear();
+        append_tagged(&mut self.key_buf, &entry.user_key, entry.tag);
+        if let Some((_, b)) = self.builder.as_mut() {
+            b.add(&self.key_buf, &entry.value)?;
+        }
+        Ok(())
+    }
+
+    /// Counts the grandparent tables wholly before `key`; true once the
+    /// current output overlaps too many of them.
+    fn advance_grandparents(&mut self, key: &[u8]) -> bool {
+        while let Some(g) = self.grandparents.get(self.grandparent_index) {
+            if g.largest_user_key() >= key {
+                break;
+            }
+            if self.builder.is_some() {
+                self.overlapped_bytes += g.meta.size;
+            }
+            self.grandparent_index += 1;
+        }
+        if self.overlapped_bytes > picker::max_grandparent_overlap(self.env.options) {
+            self.overlapped_bytes = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn finish_current(&mut self) -> Result<()> {
+        if let Some((number, builder)) = self.builder.take() {
+            let built = builder.finish()?;
+            self.metas.push(FileMeta {
+                number,
+                size: built.file_size,
+                smallest: built.smallest,
+                largest: built.largest,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<FileMeta>> {
+        match self.finish_current() {
+            Ok(()) => Ok(std::mem::take(&mut self.metas)),
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.builder = None;
+        for path in self.created.drain(..) {
+            // Left behind, the file is garbage the next open deletes.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
