@@ -1,1 +1,237 @@
+//! Compaction's keep-or-drop rules, output cutting and trivial moves, on
+//! hand-built tables.
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::*;
+use crate::key::{internal_key, ParsedKey, ValueKind};
+use crate::sstable::Table;
+
+/// `(user key, seq, value)`; a `None` value is a tombstone.
+type Row = (&'static str, u64, Option<&'static str>);
+/// A [`Row`] read back from an output table.
+type OwnedRow = (String, u64, Option<String>);
+
+fn table(dir: &Path, number: u64, rows: &[Row]) -> Arc<TableFile> {
+    let path = file_name::table_path(dir, number);
+    let mut b = TableBuilder::create(&path, 256, 10).unwrap();
+    let mut sorted: Vec<Row> = rows.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
+    for (k, seq, v) in sorted {
+        let kind = if v.is_some() {
+            ValueKind::Value
+        } else {
+            ValueKind::Deletion
+        };
+        b.add(
+            &internal_key(k.as_bytes(), seq, kind),
+            v.unwrap_or("").as_bytes(),
+        )
+        .unwrap();
+    }
+    let built = b.finish().unwrap();
+    let meta = FileMeta {
+        number,
+        size: built.file_size,
+        smallest: built.smallest,
+        largest: built.largest,
+    };
+    Arc::new(TableFile::new(meta, Arc::new(Table::open(&path).unwrap())))
+}
+
+fn options() -> Options {
+    Options {
+        target_table_size: 4 << 10,
+        level1_target_size: 4 << 10,
+        ..Options::default()
+    }
+}
+
+/// Runs `c` and returns every output row, and the output tables.
+fn compact(
+    dir: &Path,
+    c: &Compaction,
+    smallest_snapshot: u64,
+    cancel: bool,
+) -> Option<(Vec<OwnedRow>, Vec<FileMeta>)> {
+    let options = options();
+    let next = AtomicU64::new(1000);
+    let new_file_number = || next.fetch_add(1, Ordering::Relaxed);
+    let cancel = AtomicBool::new(cancel);
+    let env = Env {
+        dir,
+        options: &options,
+        smallest_snapshot,
+        new_file_number: &new_file_number,
+        cancel: &cancel,
+    };
+    let metas = run(c, &env).unwrap()?;
+    let mut rows = Vec::new();
+    for m in &metas {
+        let t = Table::open(&file_name::table_path(dir, m.number)).unwrap();
+        let everything = KeyBounds {
+            lower: std::ops::Bound::Unbounded,
+            upper: std::ops::Bound::Unbounded,
+        };
+        let mut src = TableSource::new(Arc::new(t), &everything, Direction::Forward);
+        while let Some(e) = src.next_entry().unwrap() {
+            let value = (!e.is_deletion()).then(|| String::from_utf8(e.value.clone()).unwrap());
+            rows.push((
+                String::from_utf8(e.user_key.clone()).unwrap(),
+                e.seq(),
+                value,
+            ));
+        }
+    }
+    Some((rows, metas))
+}
+
+fn version(levels: Vec<(usize, Arc<TableFile>)>) -> Arc<Version> {
+    let mut v = Version::default();
+    for (level, f) in levels {
+        v.levels[level].push(f);
+    }
+    v.levels[0].sort_by_key(|f| std::cmp::Reverse(f.meta.number));
+    Arc::new(v)
+}
+
+fn row(k: &str, seq: u64, v: Option<&str>) -> OwnedRow {
+    (k.to_string(), seq, v.map(str::to_string))
+}
+
+#[test]
+fn keeps_only_the_newest_version_when_no_reader_needs_older() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = table(dir.path(), 1, &[("a", 5, Some("v1")), ("b", 1, Some("x"))]);
+    let new = table(dir.path(), 2, &[("a", 9, Some("v2")), ("b", 3, None)]);
+    let v = version(vec![(0, old), (0, new)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let (rows, _) = compact(dir.path(), &c, 100, false).unwrap();
+    // b's tombstone hides nothing deeper, so it goes too.
+    assert_eq!(rows, vec![row("a", 9, Some("v2"))]);
+}
+
+#[test]
+fn keeps_every_version_a_reader_at_the_smallest_snapshot_can_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = table(dir.path(), 1, &[("a", 5, Some("v1")), ("b", 1, Some("x"))]);
+    let new = table(dir.path(), 2, &[("a", 9, Some("v2")), ("b", 7, None)]);
+    let v = version(vec![(0, old), (0, new)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let (rows, _) = compact(dir.path(), &c, 6, false).unwrap();
+    // A reader at 6 sees a@5 and b@1; the newer entries stay for later readers.
+    assert_eq!(
+        rows,
+        vec![
+            row("a", 9, Some("v2")),
+            row("a", 5, Some("v1")),
+            row("b", 7, None),
+            row("b", 1, Some("x")),
+        ]
+    );
+}
+
+#[test]
+fn tombstones_stay_while_a_deeper_level_holds_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let l0 = table(dir.path(), 3, &[("b", 8, None), ("c", 9, None)]);
+    let l2 = table(dir.path(), 1, &[("b", 2, Some("old"))]);
+    let v = version(vec![(0, l0), (2, l2)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let (rows, _) = compact(dir.path(), &c, 100, false).unwrap();
+    // b's tombstone still hides b@2 in L2; c's hides nothing.
+    assert_eq!(rows, vec![row("b", 8, None)]);
+}
+
+#[test]
+fn outputs_are_cut_at_the_target_size_but_never_inside_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let value: &'static str = Box::leak("v".repeat(100).into_boxed_str());
+    let keys: Vec<&'static str> = (0..300)
+        .map(|i| &*Box::leak(format!("key{i:04}").into_boxed_str()))
+        .collect();
+    let rows: Vec<Row> = keys
+        .iter()
+        .flat_map(|k| (1..=3).map(move |s| (*k, s, Some(value))))
+        .collect();
+    let t = table(dir.path(), 1, &rows);
+    let v = version(vec![(1, t)]);
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    // Snapshot 0: every version may still be read, so all 900 stay.
+    let (out, metas) = compact(dir.path(), &c, 0, false).unwrap();
+    assert_eq!(out.len(), 900);
+    assert!(
+        metas.len() > 3,
+        "expected several outputs, got {}",
+        metas.len()
+    );
+    for pair in metas.windows(2) {
+        let last = ParsedKey::parse(&pair[0].largest)
+            .unwrap()
+            .user_key
+            .to_vec();
+        let first = ParsedKey::parse(&pair[1].smallest)
+            .unwrap()
+            .user_key
+            .to_vec();
+        assert!(last < first, "a user key spans two outputs");
+    }
+}
+
+#[test]
+fn disjoint_inputs_move_down_without_a_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = table(dir.path(), 1, &[("a", 1, Some("x"))]);
+    let b = table(dir.path(), 2, &[("m", 2, Some("y"))]);
+    let v = version(vec![(0, a.clone()), (0, b.clone())]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    assert!(c.is_trivial_move());
+    let edit = c.trivial_move_edit();
+    assert_eq!(edit.deleted.len(), 2);
+    assert!(edit.added.iter().all(|(level, _)| *level == 1));
+
+    // Overlapping L0 tables, or an overlapping table below, need a merge.
+    let overlapping = table(dir.path(), 3, &[("a", 3, Some("z"))]);
+    let v = version(vec![(0, a.clone()), (0, overlapping)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    assert!(!c.is_trivial_move());
+    let v = version(vec![
+        (1, b),
+        (3, table(dir.path(), 4, &[("m", 1, Some("w"))])),
+    ]);
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    assert!(
+        c.is_trivial_move(),
+        "a small overlap two levels down is fine"
+    );
+    let v = version(vec![
+        (1, a),
+        (2, table(dir.path(), 5, &[("a", 0, Some("w"))])),
+    ]);
+    let c = Compaction::new(v.clone(), 0, vec![], &options());
+    assert!(!c.is_trivial_move(), "nothing to move");
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    assert!(!c.is_trivial_move());
+}
+
+#[test]
+fn a_cancelled_compaction_leaves_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Row> = (0..10_000)
+        .map(|i| {
+            (
+                &*Box::leak(format!("k{i:05}").into_boxed_str()),
+                1,
+                Some("v"),
+            )
+        })
+        .collect();
+    let t = table(dir.path(), 1, &rows);
+    let v = version(vec![(1, t)]);
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    assert!(compact(dir.path(), &c, 100, true).is_none());
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "only the input table remains");
+}
