@@ -57,6 +57,14 @@ impl WriteBatch {
         }
     }
 
+    /// An empty batch with room for `bytes` of encoded records, so that
+    /// filling it does not reallocate.
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
+        let mut rep = Vec::with_capacity(HEADER_LEN + bytes);
+        rep.resize(HEADER_LEN, 0);
+        WriteBatch { rep }
+    }
+
     /// Adds a put of `key` to `value`.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
         self.push(ValueKind::Value, key.as_ref(), value.as_ref());

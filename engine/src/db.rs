@@ -296,7 +296,9 @@ impl Db {
 
     /// Sets `key` to `value` (without fsync; see [`Db::write`] for durability).
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let mut batch = WriteBatch::new();
+        let (key, value) = (key.as_ref(), value.as_ref());
+        // Kind byte and two varint lengths of at most 5 bytes each.
+        let mut batch = WriteBatch::with_capacity(11 + key.len() + value.len());
         batch.put(key, value);
         self.write(batch, &WriteOptions::default())
     }
@@ -378,8 +380,16 @@ impl Db {
             .compact_range(&KeyBounds::from_range(&range))
     }
 
+    /// Flushes the memtable, then waits until no level is due for
+    /// compaction and no compaction is running: the tree as reads will find
+    /// it once writes stop.
+    pub fn wait_for_compactions(&self) -> Result<()> {
+        self.inner.core.flush()?;
+        self.inner.core.wait_for_compactions()
+    }
+
     /// A report on the tree's shape, the I/O done so far and the writers held
-    /// back; see [`Stats`].
+    /// back (counted since this open); see [`Stats`].
     pub fn stats(&self) -> Stats {
         self.inner.core.stats()
     }
@@ -548,14 +558,19 @@ impl Core {
     /// Appends the group's batches to the WAL as one record, syncs if asked,
     /// applies them to the memtable and publishes them to readers.
     fn commit(&self, log: &mut LogState, group: &[Arc<Waiter>]) -> Result<()> {
-        let mut merged = WriteBatch::new();
+        let mut merged: Option<WriteBatch> = None;
         let mut sync = false;
         for w in group {
             if let Some(batch) = w.batch.lock().take() {
-                merged.append(&batch);
+                match merged.as_mut() {
+                    // A group of one (the common case without contention) is not copied.
+                    None => merged = Some(batch),
+                    Some(m) => m.append(&batch),
+                }
             }
             sync |= w.sync;
         }
+        let mut merged = merged.unwrap_or_default();
         let first = log.last_seq + 1;
         let last = log.last_seq + u64::from(merged.count());
         if last > MAX_SEQUENCE {
@@ -815,7 +830,7 @@ impl Core {
                 let mut pointers = self.compaction.lock();
                 let version = self.super_version.read().version.clone();
                 match picker::pick(&version, &self.options, &mut pointers) {
-                    Some(c) => self.run_compaction(&c).map(|()| true),
+                    Some(c) => self.run_compaction(&c, true).map(|()| true),
                     None => Ok(false),
                 }
             };
@@ -832,12 +847,13 @@ impl Core {
         }
     }
 
-    /// Runs `c` and installs its result.
+    /// Runs `c` and installs its result. Without `allow_move` the inputs are
+    /// always rewritten, which is what drops their dead versions and tombstones.
     /// REQUIRES: the caller holds `self.compaction`.
-    fn run_compaction(&self, c: &Compaction) -> Result<()> {
+    fn run_compaction(&self, c: &Compaction, allow_move: bool) -> Result<()> {
         let start = Instant::now();
         let (read_upper, read_lower) = c.input_bytes();
-        if c.is_trivial_move() {
+        if allow_move && c.is_trivial_move() {
             self.install(c.trivial_move_edit(), None)?;
             self.counters.record_compaction(
                 c.output_level(),
@@ -901,10 +917,26 @@ impl Core {
             }
             let version = self.super_version.read().version.clone();
             if let Some(c) = picker::pick_range(&version, &self.options, level, bounds) {
-                self.run_compaction(&c)?;
+                self.run_compaction(&c, false)?;
             }
         }
         Ok(())
+    }
+
+    fn wait_for_compactions(&self) -> Result<()> {
+        let mut bg = self.bg.lock();
+        loop {
+            if let Some(e) = &bg.error {
+                return Err(e.clone());
+            }
+            let version = self.super_version.read().version.clone();
+            let due = (0..NUM_LEVELS).any(|l| picker::score(&version, &self.options, l) >= 1.0);
+            // A running compaction holds the lock; it notifies when it installs.
+            if !due && self.compaction.try_lock().is_some() {
+                return Ok(());
+            }
+            self.bg_cv.wait_for(&mut bg, Duration::from_millis(50));
+        }
     }
 
     fn stats(&self) -> Stats {

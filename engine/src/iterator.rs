@@ -63,8 +63,10 @@ impl ReadView {
 struct Cursor {
     merged: MergingSource,
     direction: Direction,
-    /// Forward: the key whose newest visible version was already decided.
-    decided: Option<Vec<u8>>,
+    /// Forward: the key whose newest visible version was already decided
+    /// (valid when `has_decided`; the buffer is reused to spare an allocation per key).
+    decided: Vec<u8>,
+    has_decided: bool,
     /// Backward: an entry read past the end of the key being decided.
     lookahead: Option<Entry>,
 }
@@ -80,10 +82,12 @@ impl Cursor {
     /// Versions of a key arrive newest first: the first visible one decides.
     fn next_forward(&mut self, seq: u64) -> Result<Option<Entry>> {
         while let Some(e) = self.merged.next_entry()? {
-            if e.seq() > seq || self.decided.as_deref() == Some(&e.user_key) {
+            if e.seq() > seq || (self.has_decided && self.decided == e.user_key) {
                 continue;
             }
-            self.decided = Some(e.user_key.clone());
+            self.decided.clear();
+            self.decided.extend_from_slice(&e.user_key);
+            self.has_decided = true;
             if !e.is_deletion() {
                 return Ok(Some(e));
             }
@@ -161,7 +165,8 @@ impl Iter {
             let cursor = slot.get_or_insert_with(|| Cursor {
                 merged: view.merged(bounds, direction),
                 direction,
-                decided: None,
+                decided: Vec::new(),
+                has_decided: false,
                 lookahead: None,
             });
             (cursor, view.seq)
@@ -192,7 +197,13 @@ impl Iter {
             Direction::Forward => &mut self.front_key,
             Direction::Backward => &mut self.back_key,
         };
-        *mine = Some(entry.user_key.clone());
+        match mine {
+            Some(buf) => {
+                buf.clear();
+                buf.extend_from_slice(&entry.user_key);
+            }
+            None => *mine = Some(entry.user_key.clone()),
+        }
         Some(Ok((entry.user_key, entry.value)))
     }
 }

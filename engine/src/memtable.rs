@@ -28,16 +28,39 @@ const ENTRY_OVERHEAD: usize = 64;
 const SCAN_CHUNK: usize = 64;
 
 /// A skiplist key: user key ascending, then tag (sequence) descending.
+///
+/// `prefix` holds the key's first 16 bytes (zero-padded, big-endian) inside
+/// the skiplist node: comparing it first orders most pairs of distinct keys
+/// without following the `user_key` pointer, which is a cache miss per
+/// node on the insert and lookup paths. Zero padding keeps the order
+/// lexicographic: prefixes differ only where the keys' first 16 bytes do, or
+/// where one key is a proper prefix of the other (and so sorts first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MemKey {
+    prefix: u128,
     user_key: Box<[u8]>,
     tag: u64,
 }
 
+impl MemKey {
+    fn new(user_key: &[u8], tag: u64) -> Self {
+        let mut head = [0u8; 16];
+        for (dst, src) in head.iter_mut().zip(user_key) {
+            *dst = *src;
+        }
+        MemKey {
+            prefix: u128::from_be_bytes(head),
+            user_key: user_key.into(),
+            tag,
+        }
+    }
+}
+
 impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.user_key
-            .cmp(&other.user_key)
+        self.prefix
+            .cmp(&other.prefix)
+            .then_with(|| self.user_key.cmp(&other.user_key))
             .then_with(|| other.tag.cmp(&self.tag))
     }
 }
@@ -86,10 +109,7 @@ impl Memtable {
     }
 
     pub(crate) fn insert(&self, record: &Record<'_>) {
-        let key = MemKey {
-            user_key: record.key.into(),
-            tag: pack_tag(record.seq, record.kind),
-        };
+        let key = MemKey::new(record.key, pack_tag(record.seq, record.kind));
         self.size.fetch_add(
             record.key.len() + record.value.len() + ENTRY_OVERHEAD,
             AtomicOrdering::Relaxed,
@@ -99,10 +119,7 @@ impl Memtable {
 
     /// The newest version of `key` visible at `seq`, if this memtable has one.
     pub(crate) fn get(&self, key: &[u8], seq: u64) -> Option<Lookup> {
-        let seek = MemKey {
-            user_key: key.into(),
-            tag: pack_tag(seq, SEEK_KIND),
-        };
+        let seek = MemKey::new(key, pack_tag(seq, SEEK_KIND));
         let entry = self.map.lower_bound(Bound::Included(&seek))?;
         if &*entry.key().user_key != key {
             return None;
@@ -130,10 +147,7 @@ impl Memtable {
 /// The skiplist bound that admits exactly the entries of user keys within `b`,
 /// as a lower (`is_lower`) or upper bound.
 fn mem_bound(b: &Bound<Vec<u8>>, is_lower: bool) -> Bound<MemKey> {
-    let key = |k: &Vec<u8>, tag| MemKey {
-        user_key: k.as_slice().into(),
-        tag,
-    };
+    let key = |k: &Vec<u8>, tag| MemKey::new(k, tag);
     // Within one user key, tag u64::MAX sorts before every real entry and tag 0 after.
     match (b, is_lower) {
         (Bound::Unbounded, _) => Bound::Unbounded,
@@ -186,10 +200,7 @@ impl MemSource {
         }
         self.exhausted = self.buffer.len() < SCAN_CHUNK;
         if let Some(last) = self.buffer.back() {
-            let resume = Bound::Excluded(MemKey {
-                user_key: last.user_key.as_slice().into(),
-                tag: last.tag,
-            });
+            let resume = Bound::Excluded(MemKey::new(&last.user_key, last.tag));
             match self.direction {
                 Direction::Forward => self.lower = resume,
                 Direction::Backward => self.upper = resume,

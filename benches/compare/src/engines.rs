@@ -1,0 +1,184 @@
+//! The engines under test behind one small trait, each opened with the
+//! comparable settings the crate docs list.
+
+use std::path::Path;
+use std::time::Duration;
+
+/// What the workloads need from an engine. Errors abort the run: a
+/// benchmark that silently skipped failed operations would lie.
+pub trait Store {
+    fn put(&self, key: &[u8], value: &[u8]);
+    /// True if the key was found.
+    fn get(&self, key: &[u8]) -> bool;
+    /// Entries seen by one full forward scan.
+    fn scan_all(&self) -> u64;
+    /// Positions at the first key at or after `key`; true if there is one.
+    fn seek(&self, key: &[u8]) -> bool;
+    /// Flushes the memtable and waits for background compaction to finish.
+    fn settle(&self);
+}
+
+#[cfg(feature = "rocksdb")]
+pub const DEFAULT_ENGINES: &str = "strata,fjall,rocksdb";
+#[cfg(not(feature = "rocksdb"))]
+pub const DEFAULT_ENGINES: &str = "strata,fjall";
+
+pub fn open(
+    engine: &str,
+    dir: &Path,
+    write_buffer: usize,
+) -> Result<Box<dyn Store>, Box<dyn std::error::Error>> {
+    Ok(match engine {
+        "strata" => Box::new(strata_engine::Db::open(
+            dir,
+            strata_engine::Options {
+                write_buffer_size: write_buffer,
+                ..Default::default()
+            },
+        )?),
+        "fjall" => Box::new(Fjall::open(dir, write_buffer)?),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Box::new(rocks::open(dir, write_buffer)?),
+        other => return Err(format!("unknown engine {other:?} (rocksdb needs --features rocksdb)").into()),
+    })
+}
+
+impl Store for strata_engine::Db {
+    fn put(&self, key: &[u8], value: &[u8]) {
+        strata_engine::Db::put(self, key, value).expect("strata put");
+    }
+
+    fn get(&self, key: &[u8]) -> bool {
+        strata_engine::Db::get(self, key).expect("strata get").is_some()
+    }
+
+    fn scan_all(&self) -> u64 {
+        self.range::<&[u8]>(..)
+            .map(|kv| kv.expect("strata scan"))
+            .count() as u64
+    }
+
+    fn seek(&self, key: &[u8]) -> bool {
+        self.range(key..).next().transpose().expect("strata seek").is_some()
+    }
+
+    fn settle(&self) {
+        self.wait_for_compactions().expect("strata compaction");
+    }
+}
+
+pub struct Fjall {
+    db: fjall::Database,
+    tree: fjall::Keyspace,
+}
+
+impl Fjall {
+    fn open(dir: &Path, write_buffer: usize) -> fjall::Result<Self> {
+        use fjall::config::{BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry};
+        let db = fjall::Database::builder(dir).open()?;
+        let tree = db.keyspace("bench", || {
+            fjall::KeyspaceCreateOptions::default()
+                .max_memtable_size(write_buffer as u64)
+                .data_block_compression_policy(CompressionPolicy::disabled())
+                .index_block_compression_policy(CompressionPolicy::disabled())
+                .filter_policy(FilterPolicy::all(FilterPolicyEntry::Bloom(
+                    BloomConstructionPolicy::BitsPerKey(10.0),
+                )))
+        })?;
+        Ok(Fjall { db, tree })
+    }
+}
+
+impl Store for Fjall {
+    fn put(&self, key: &[u8], value: &[u8]) {
+        self.tree.insert(key, value).expect("fjall put");
+    }
+
+    fn get(&self, key: &[u8]) -> bool {
+        self.tree.get(key).expect("fjall get").is_some()
+    }
+
+    fn scan_all(&self) -> u64 {
+        self.tree
+            .iter()
+            .map(|kv| kv.into_inner().expect("fjall scan"))
+            .count() as u64
+    }
+
+    fn seek(&self, key: &[u8]) -> bool {
+        self.tree
+            .range(key..)
+            .next()
+            .map(|kv| kv.into_inner().expect("fjall seek"))
+            .is_some()
+    }
+
+    fn settle(&self) {
+        self.tree.rotate_memtable_and_wait().expect("fjall flush");
+        // fjall has no "wait for compaction"; poll until it is idle twice in a row.
+        let mut idle = 0;
+        while idle < 2 {
+            std::thread::sleep(Duration::from_millis(100));
+            let busy = self.db.outstanding_flushes() > 0 || self.db.active_compactions() > 0;
+            idle = if busy { 0 } else { idle + 1 };
+        }
+    }
+}
+
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use std::path::Path;
+
+    use rocksdb::{BlockBasedOptions, DBCompressionType, Options, WaitForCompactOptions, DB};
+
+    pub fn open(dir: &Path, write_buffer: usize) -> Result<DB, rocksdb::Error> {
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_size(4096);
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_write_buffer_size(write_buffer);
+        opts.set_compression_type(DBCompressionType::None);
+        opts.set_bottommost_compression_type(DBCompressionType::None);
+        opts.set_block_based_table_factory(&table);
+        DB::open(&opts, dir)
+    }
+
+    impl super::Store for DB {
+        fn put(&self, key: &[u8], value: &[u8]) {
+            DB::put(self, key, value).expect("rocksdb put");
+        }
+
+        fn get(&self, key: &[u8]) -> bool {
+            self.get_pinned(key).expect("rocksdb get").is_some()
+        }
+
+        fn scan_all(&self) -> u64 {
+            let mut it = self.raw_iterator();
+            it.seek_to_first();
+            let mut n = 0;
+            while it.valid() {
+                std::hint::black_box((it.key(), it.value()));
+                n += 1;
+                it.next();
+            }
+            it.status().expect("rocksdb scan");
+            n
+        }
+
+        fn seek(&self, key: &[u8]) -> bool {
+            let mut it = self.raw_iterator();
+            it.seek(key);
+            let found = it.valid() && std::hint::black_box(it.value()).is_some();
+            it.status().expect("rocksdb seek");
+            found
+        }
+
+        fn settle(&self) {
+            self.flush().expect("rocksdb flush");
+            let mut opts = WaitForCompactOptions::default();
+            opts.set_flush(true);
+            self.wait_for_compact(&opts).expect("rocksdb compaction");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Side-by-side throughput of strata-engine, fjall and RocksDB on the same
+//! db_bench workloads, in one process and one run, so that the ratios
+//! between them mean something on a noisy machine.
+//!
+//! ```text
+//! cd benches/compare
+//! cargo run --release -- --num 1000000                       # strata and fjall
+//! cargo run --release --features rocksdb -- --num 1000000    # and RocksDB
+//! ```
+//!
+//! Every engine gets comparable settings: WAL on without per-write fsync,
+//! bloom filters at 10 bits per key, no block compression, 4 KiB blocks and
+//! the same memtable size (`--write-buffer-mb`). After each fill the tool
+//! waits, untimed, for flushes and compactions to finish, so reads meet a
+//! settled tree, and reports the bytes the process wrote through `write(2)`
+//! (`wchar` in `/proc/self/io`: WAL, tables and metadata alike) per user
+//! byte as the write amplification, and the database's size on disk.
+//!
+//! Output: one JSON object per line per engine and benchmark, then a table
+//! of strata's throughput as a ratio of each peer's.
+
+mod engines;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use clap::Parser;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use engines::Store;
+
+#[derive(Parser, Debug)]
+#[command(about = "strata-engine against fjall and RocksDB, same workloads, same run")]
+struct Args {
+    /// Comma-separated engines: strata, fjall, rocksdb (needs `--features rocksdb`).
+    #[arg(long, default_value = engines::DEFAULT_ENGINES)]
+    engines: String,
+    /// Comma-separated benchmarks, run in order against each engine.
+    #[arg(
+        long,
+        default_value = "fillrandom,readrandom,readseq,seekrandom,overwrite,fillseq"
+    )]
+    benchmarks: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    num: u64,
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Memtable size for every engine, in MiB.
+    #[arg(long, default_value_t = 64)]
+    write_buffer_mb: usize,
+    /// Where the databases go (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+fn key(i: u64, size: usize) -> Vec<u8> {
+    let mut k = format!("{i:0width$}", width = size).into_bytes();
+    k.truncate(size);
+    k
+}
+
+/// Bytes this process has passed to `write(2)` and friends so far.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+struct Run<'a> {
+    args: &'a Args,
+    engine: &'a str,
+    dir: std::path::PathBuf,
+    store: Option<Box<dyn Store>>,
+    rng: rand::rngs::StdRng,
+    value: Vec<u8>,
+}
+
+impl Run<'_> {
+    fn store(&mut self, fresh: bool) -> &dyn Store {
+        if fresh || self.store.is_none() {
+            self.store = None;
+            let _ = std::fs::remove_dir_all(&self.dir);
+            std::fs::create_dir_all(&self.dir).expect("create db dir");
+            let store = engines::open(self.engine, &self.dir, self.args.write_buffer_mb << 20)
+                .unwrap_or_else(|e| panic!("open {}: {e}", self.engine));
+            self.store = Some(store);
+        }
+        self.store.as_deref().expect("store is open")
+    }
+
+    fn report(&self, bench: &str, ops: u64, secs: f64, extra: &str) -> f64 {
+        let ops_per_sec = ops as f64 / secs;
+        println!(
+            "{{\"engine\":\"{}\",\"benchmark\":\"{bench}\",\"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.0},\"micros_per_op\":{:.3}{extra}}}",
+            self.engine,
+            secs * 1e6 / ops.max(1) as f64
+        );
+        ops_per_sec
+    }
+
+    fn fill(&mut self, bench: &str, order: &[u64], fresh: bool) -> f64 {
+        let key_size = self.args.key_size;
+        let value = self.value.clone();
+        let dir = self.dir.clone();
+        let store = self.store(fresh);
+        let before = written_bytes();
+        let start = Instant::now();
+        for &i in order {
+            store.put(&key(i, key_size), &value);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        store.settle();
+        let written = written_bytes() - before;
+        let user = order.len() as u64 * (key_size + value.len()) as u64;
+        let extra = format!(
+            ",\"write_amp\":{:.2},\"db_bytes\":{}",
+            written as f64 / user as f64,
+            dir_size(&dir)
+        );
+        self.report(bench, order.len() as u64, secs, &extra)
+    }
+
+    fn random_keys(&mut self, n: u64) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| key(self.rng.gen_range(0..self.args.num), self.args.key_size))
+            .collect()
+    }
+
+    fn bench(&mut self, bench: &str) -> Option<f64> {
+        let num = self.args.num;
+        Some(match bench {
+            "fillseq" => self.fill(bench, &(0..num).collect::<Vec<_>>(), true),
+            "fillrandom" | "overwrite" => {
+                let mut order: Vec<u64> = (0..num).collect();
+                order.shuffle(&mut self.rng);
+                self.fill(bench, &order, bench == "fillrandom")
+            }
+            "readrandom" => {
+                let keys = self.random_keys(num);
+                let store = self.store(false);
+                let start = Instant::now();
+                let found = keys.iter().filter(|k| store.get(k)).count();
+                let secs = start.elapsed().as_secs_f64();
+                self.report(bench, num, secs, &format!(",\"found\":{found}"))
+            }
+            "readseq" => {
+                let store = self.store(false);
+                let start = Instant::now();
+                let n = store.scan_all();
+                let secs = start.elapsed().as_secs_f64();
+                self.report(bench, n, secs, "")
+            }
+            "seekrandom" => {
+                let keys = self.random_keys(num.min(200_000));
+                let store = self.store(false);
+                let start = Instant::now();
+                let found = keys.iter().filter(|k| store.seek(k)).count();
+                let secs = start.elapsed().as_secs_f64();
+                self.report(bench, keys.len() as u64, secs, &format!(",\"found\":{found}"))
+            }
+            other => {
+                eprintln!("unknown benchmark {other:?}, skipped");
+                return None;
+            }
+        })
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let engine_names: Vec<&str> = args.engines.split(',').map(str::trim).collect();
+    let benches: Vec<&str> = args.benchmarks.split(',').map(str::trim).collect();
+    let mut results: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(301);
+    let value: Vec<u8> = (0..args.value_size)
+        .map(|_| rng.gen_range(b'a'..=b'z'))
+        .collect();
+    for engine in &engine_names {
+        let mut run = Run {
+            args: &args,
+            engine,
+            dir: root.join(engine),
+            store: None,
+            rng: rand::rngs::StdRng::seed_from_u64(301),
+            value: value.clone(),
+        };
+        for bench in &benches {
+            if let Some(ops) = run.bench(bench) {
+                results.insert((engine.to_string(), bench.to_string()), ops);
+            }
+        }
+    }
+    println!();
+    print!("{:<12}", "benchmark");
+    for engine in &engine_names {
+        print!("{:>14}", format!("{engine} ops/s"));
+    }
+    for peer in engine_names.iter().filter(|e| **e != "strata") {
+        print!("{:>16}", format!("strata/{peer}"));
+    }
+    println!();
+    for bench in &benches {
+        print!("{bench:<12}");
+        let get = |e: &str| results.get(&(e.to_string(), bench.to_string())).copied();
+        for engine in &engine_names {
+            print!("{:>14.0}", get(engine).unwrap_or(0.0));
+        }
+        for peer in engine_names.iter().filter(|e| **e != "strata") {
+            match (get("strata"), get(peer)) {
+                (Some(s), Some(p)) if p > 0.0 => print!("{:>16.2}", s / p),
+                _ => print!("{:>16}", "-"),
+            }
+        }
+        println!();
+    }
+}
