@@ -162,6 +162,8 @@ struct BgState {
     /// Bumped whenever the table version changes, so that the compactor
     /// never sleeps through the change that gave it work.
     version_changes: u64,
+    /// A flush job is running (until its memtable is freed).
+    flushing: bool,
 }
 
 /// One writer waiting in the commit queue.
@@ -736,7 +738,7 @@ impl Core {
             if let Some(e) = &bg.error {
                 return Err(e.clone());
             }
-            if self.super_version.read().imms.is_empty() {
+            if self.super_version.read().imms.is_empty() && !bg.flushing {
                 return Ok(());
             }
             self.bg_cv.wait(&mut bg);
@@ -756,6 +758,7 @@ impl Core {
                     }
                     if bg.error.is_none() {
                         if let Some(imm) = self.super_version.read().imms.last().cloned() {
+                            bg.flushing = true;
                             break imm;
                         }
                     }
@@ -765,6 +768,12 @@ impl Core {
             if let Err(e) = self.flush_memtable(&imm) {
                 self.set_background_error(e);
             }
+            // Usually the last reference: freeing a memtable's million
+            // entries takes a while, and is part of the flush.
+            drop(imm);
+            let mut bg = self.bg.lock();
+            bg.flushing = false;
+            self.bg_cv.notify_all();
         }
     }
 
