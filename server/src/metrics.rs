@@ -5,8 +5,9 @@
 //! histogram buckets right, and costs one small dependency.
 //!
 //! Engine statistics are not exported yet: `strata_engine::Db::stats()` lands
-//! with the compaction work. [`Metrics::encode`] is where they will be read
-//! and written out, next to the request metrics.
+//! with the compaction work. They belong in the `/metrics` handler
+//! (`api::cluster::metrics`), appended to [`Metrics::encode`]'s text, read
+//! fresh from the engine at scrape time rather than copied into counters.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
