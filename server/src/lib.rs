@@ -1,1 +1,45 @@
-//! strata-server: the `kvnode` cluster node. Not built yet: see the open issues.
+//! strata-server: `kvnode`, the replicated HTTP key-value node built on
+//! `strata-engine` and `strata-ring`.
+//!
+//! Every node runs one engine, learns the cluster by gossip, places keys on
+//! the consistent-hash ring and coordinates any request: it sends it to the
+//! key's replicas in parallel and answers at the requested consistency level.
+//!
+//! The smallest complete use, a node of one (what `kvnode` with no argument
+//! does):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use strata_server::config::{Config, NodeArgs};
+//!
+//! let config = Config::load(NodeArgs::default())?;
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! strata_server::run(config, listener, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Then `curl -X PUT --data-binary v http://127.0.0.1:7700/v1/kv/k` and
+//! `curl http://127.0.0.1:7700/v1/kv/k`.
+//!
+//! Modules, one role each: [`api`] (routes), [`coordinator`] (replication and
+//! consistency), [`membership`] (gossip and the ring), [`storage`] (the
+//! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
+//! cluster secret), [`config`], [`metrics`], [`node`] (startup and
+//! shutdown), [`demo`] (a local cluster).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod coordinator;
+pub mod demo;
+pub mod hlc;
+pub mod membership;
+pub mod metrics;
+pub mod node;
+pub mod storage;
+
+pub use api::router;
+pub use node::{run, NodeError};

@@ -1,0 +1,110 @@
+//! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/node`,
+//! `GET /health` (the process answers), `GET /ready` (this node is
+//! AVAILABLE) and `GET /metrics` (Prometheus text).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::membership::NodeState;
+
+/// One member in `/v1/cluster`.
+#[derive(Debug, Serialize)]
+pub struct MemberReport {
+    id: String,
+    state: &'static str,
+    /// `UP` or `DOWN`, as this node's failure detector sees it.
+    status: &'static str,
+    http_addr: String,
+    tokens: usize,
+    /// Fraction of the token space it holds a replica of (sums to
+    /// `min(rf, ring members)` over the ring); `null` when not in the ring.
+    ownership: Option<f64>,
+}
+
+/// `GET /v1/cluster`.
+pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let view = state.membership.view();
+    let rf = state.config.replication_factor;
+    let ownership = view.ring.as_ref().map(|r| r.ownership(rf));
+    let members: Vec<MemberReport> = view
+        .members
+        .values()
+        .map(|m| MemberReport {
+            id: m.id.to_string(),
+            state: m.state.as_str(),
+            status: if m.live { "UP" } else { "DOWN" },
+            http_addr: m.http_addr.to_string(),
+            tokens: m.tokens.len(),
+            ownership: ownership.as_ref().and_then(|o| o.get(&m.id)),
+        })
+        .collect();
+    Json(serde_json::json!({
+        "cluster_id": state.config.cluster_id,
+        "coordinator": view.self_id.as_str(),
+        "replication_factor": rf.get(),
+        "members": members,
+    }))
+}
+
+/// `GET /v1/node`: this node.
+///
+/// Engine statistics (`strata_engine::Db::stats()`, from the compaction
+/// work) belong in this answer, under an `"engine"` field, once the engine
+/// has them; nothing stands in for them until then.
+pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let view = state.membership.view();
+    let rf = state.config.replication_factor;
+    let me = state.membership.self_id();
+    let ownership = view.ring.as_ref().and_then(|r| r.ownership(rf).get(me));
+    Json(serde_json::json!({
+        "id": me.as_str(),
+        "state": state.membership.state().as_str(),
+        "http_addr": state.config.advertise.to_string(),
+        "gossip_addr": state.config.gossip_advertise.to_string(),
+        "data_dir": state.config.data_dir.display().to_string(),
+        "tokens": state.membership.tokens().len(),
+        "ownership": ownership,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// `GET /health`: 200 while the process serves HTTP.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /ready`: 200 only when this node is AVAILABLE.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let node_state = state.membership.state();
+    if node_state == NodeState::Available {
+        Json(serde_json::json!({ "status": "ready", "state": node_state.as_str() })).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("node is {}", node_state.as_str()),
+        )
+        .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text exposition. Engine statistics join the
+/// request metrics here once `Db::stats()` exists.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let text = state
+        .metrics
+        .encode()
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,165 @@
+//! The client key-value API: `PUT/GET/DELETE /v1/kv/{key}` with raw bodies,
+//! and the same handlers under `/block/{id}`.
+//!
+//! A key is the rest of the path after the route prefix, percent-decoded to
+//! bytes (so any byte string is a key: `%00`, `%2F`, UTF-8 or not).
+//! `?consistency=one|quorum|all` picks the level; QUORUM by default.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::percent_decode_str;
+
+use super::{read_body, ApiError, AppState};
+use crate::coordinator::Consistency;
+
+/// Header carrying the stored version (HLC timestamp) of a value.
+pub const VERSION_HEADER: &str = "x-kvnode-version";
+
+/// `GET`: the value (raw bytes), or 404.
+pub async fn get_value(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let (key, consistency) = key_and_consistency(&state, &uri)?;
+    match state.coordinator.read(key, consistency).await? {
+        Some(record) => match record.value {
+            Some(value) => Ok((
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        "application/octet-stream".to_owned(),
+                    ),
+                    (
+                        VERSION_HEADER
+                            .parse()
+                            .map_err(|_| ApiError::internal("header name"))?,
+                        record.version.to_string(),
+                    ),
+                ],
+                value,
+            )
+                .into_response()),
+            None => Err(not_found()),
+        },
+        None => Err(not_found()),
+    }
+}
+
+/// `PUT`: stores the body as the value; 204 with the version header.
+pub async fn put_value(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (key, consistency) = key_and_consistency(&state, &uri)?;
+    let value = read_value(&state, body).await?;
+    let version = state
+        .coordinator
+        .write(key, Some(value.to_vec()), consistency)
+        .await?;
+    Ok(written(version))
+}
+
+/// `DELETE`: writes a tombstone; 204 whether or not the key existed.
+pub async fn delete_value(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let (key, consistency) = key_and_consistency(&state, &uri)?;
+    let version = state.coordinator.write(key, None, consistency).await?;
+    Ok(written(version))
+}
+
+fn written(version: u64) -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(VERSION_HEADER, version.to_string())],
+    )
+        .into_response()
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no value for this key")
+}
+
+/// Reads a value body, refusing one over the value limit with a 413.
+pub async fn read_value(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.config.limits.max_value_size;
+    read_body(body, limit).await.map_err(|e| {
+        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!("value exceeds max_value_size ({limit} bytes)"),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+fn key_and_consistency(state: &AppState, uri: &Uri) -> Result<(Bytes, Consistency), ApiError> {
+    let raw = ["/v1/kv/", "/block/"]
+        .iter()
+        .find_map(|p| uri.path().strip_prefix(p))
+        .unwrap_or_default();
+    let key = Bytes::from(percent_decode_str(raw).collect::<Vec<u8>>());
+    check_key(state, &key)?;
+    Ok((key, consistency(uri.query())?))
+}
+
+/// Refuses an empty key, or one over the key limit (413).
+pub fn check_key(state: &AppState, key: &[u8]) -> Result<(), ApiError> {
+    let limit = state.config.limits.max_key_size;
+    if key.is_empty() {
+        return Err(ApiError::bad_request("bad_key", "the key is empty"));
+    }
+    if key.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key_too_large",
+            format!("key is {} bytes; max_key_size is {limit}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The `consistency` query parameter; QUORUM when absent. Other parameters
+/// are ignored.
+pub fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
+    let Some(query) = query else {
+        return Ok(Consistency::Quorum);
+    };
+    let mut level = Consistency::Quorum;
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "consistency" {
+            continue;
+        }
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        level = Consistency::parse(&value).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_consistency",
+                format!("consistency must be one, quorum or all, not {value:?}"),
+            )
+        })?;
+    }
+    Ok(level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_defaults_to_quorum_and_refuses_unknown_levels() {
+        assert!(matches!(consistency(None), Ok(Consistency::Quorum)));
+        assert!(matches!(consistency(Some("x=1")), Ok(Consistency::Quorum)));
+        assert!(matches!(
+            consistency(Some("consistency=ALL")),
+            Ok(Consistency::All)
+        ));
+        assert!(matches!(
+            consistency(Some("a=b&consistency=one")),
+            Ok(Consistency::One)
+        ));
+        assert!(consistency(Some("consistency=two")).is_err());
+        assert!(consistency(Some("consistency")).is_err());
+    }
+}

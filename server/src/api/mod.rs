@@ -1,0 +1,230 @@
+//! The HTTP surface: the router, the shared state its handlers use, the JSON
+//! error type, and the middleware that bounds and measures every request.
+//!
+//! One file per route group: [`kv`] (the client API), [`compat`] (the seeds'
+//! APIs), [`cluster`] (cluster, node, health, readiness, metrics) and
+//! [`internal`] (node-to-node, behind the cluster secret).
+
+pub mod cluster;
+pub mod compat;
+pub mod internal;
+pub mod kv;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::hlc::Hlc;
+use crate::membership::Membership;
+use crate::metrics::{Metrics, Op};
+use crate::storage::Storage;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Replication and consistency.
+    pub coordinator: Coordinator,
+    /// The cluster view and this node's state.
+    pub membership: Arc<Membership>,
+    /// This node's engine (internal routes only: clients go through the
+    /// coordinator).
+    pub storage: Storage,
+    /// This node's clock.
+    pub hlc: Arc<Hlc>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Requests in flight; bounds the work a burst can start.
+    pub in_flight: Arc<Semaphore>,
+}
+
+/// The node's router: every route, the request bounds and the metrics.
+pub fn router(state: AppState) -> Router {
+    let internal = Router::new()
+        .route(internal::APPLY_PATH, post(internal::apply))
+        .route(internal::READ_PATH, post(internal::read))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            internal::require_secret,
+        ));
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_value)
+                .put(kv::put_value)
+                .delete(kv::delete_value),
+        )
+        .route("/v1/data", post(compat::post_data))
+        .route("/v1/data/{*key}", get(compat::get_data))
+        .route(
+            "/block/{*id}",
+            put(kv::put_value)
+                .get(kv::get_value)
+                .delete(kv::delete_value),
+        )
+        .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/node", get(cluster::node))
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .route("/metrics", get(cluster::metrics))
+        .merge(internal)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read with an explicit limit (`read_body`), which answers
+        // in JSON; axum's own default limit would answer in plain text.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            bound_and_measure,
+        ))
+        .with_state(state)
+}
+
+/// Bounds a request (concurrency, deadline) and records its metrics.
+async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let op = op_of(req.method(), req.uri().path());
+    let deadline = state.config.request_timeout;
+    let response = match tokio::time::timeout(deadline, async {
+        // The semaphore is never closed, so acquire only fails if it were.
+        let _permit = state.in_flight.acquire().await;
+        next.run(req).await
+    })
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("no answer within {} ms", deadline.as_millis()),
+        )
+        .into_response(),
+    };
+    if let Some(kind) = response.extensions().get::<ErrorKind>() {
+        state.metrics.error(kind.0);
+    }
+    state.metrics.request(
+        op,
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn op_of(method: &axum::http::Method, path: &str) -> Op {
+    use axum::http::Method;
+    if path.starts_with("/v1/kv/") || path.starts_with("/v1/data") || path.starts_with("/block/") {
+        match *method {
+            Method::GET | Method::HEAD => Op::get,
+            Method::PUT | Method::POST => Op::put,
+            Method::DELETE => Op::delete,
+            _ => Op::unmatched,
+        }
+    } else if path == internal::APPLY_PATH {
+        Op::internal_apply
+    } else if path == internal::READ_PATH {
+        Op::internal_read
+    } else if matches!(
+        path,
+        "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
+    ) {
+        Op::admin
+    } else {
+        Op::unmatched
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+/// The error kind of a response, for the errors-by-kind metric.
+#[derive(Debug, Clone, Copy)]
+struct ErrorKind(&'static str);
+
+/// An error answer: a status and `{"error": kind, "message": text}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with its status, a stable machine-readable kind and a message
+    /// for people.
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with `kind`.
+    pub fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, kind, message)
+    }
+
+    /// 500: this node failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(e: CoordinatorError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.kind, "message": self.message });
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorKind(self.kind));
+        response
+    }
+}
+
+/// Reads a whole body, refusing one larger than `limit` with a JSON 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // to_bytes reports an over-limit body and a broken connection alike;
+        // the source tells them apart.
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::bad_request("bad_body", format!("reading the request body: {e}"))
+        }
+    })
+}

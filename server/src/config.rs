@@ -1,0 +1,514 @@
+//! The node's configuration: command-line flags, `KVNODE_*` environment
+//! variables and a TOML file, resolved into one validated [`Config`].
+//!
+//! Precedence, highest first: flag, environment variable, file, default.
+//! clap reads the flag or the variable; [`Config::resolve`] lays the file and
+//! the defaults under them and checks the invariants once.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use strata_ring::ReplicationFactor;
+
+use crate::auth::ClusterSecret;
+use crate::storage::RECORD_HEADER_LEN;
+
+/// Defaults, each with its reason.
+pub mod defaults {
+    /// The client port; gossip takes the next one.
+    pub const LISTEN: &str = "127.0.0.1:7700";
+    /// The id of a node started with no arguments.
+    pub const NODE_ID: &str = "node1";
+    /// Where data dirs go when none is given: `./kvnode-data/<node id>`.
+    pub const DATA_ROOT: &str = "kvnode-data";
+    /// Nodes only gossip with nodes of the same cluster id.
+    pub const CLUSTER_ID: &str = "strata";
+    /// Derived (pseudo-random) tokens need many vnodes to balance: 64 keeps
+    /// the largest node within ~20% of the mean on small clusters.
+    pub const VNODES: u32 = 64;
+    /// Survives one node down at QUORUM.
+    pub const REPLICATION_FACTOR: usize = 3;
+    /// Keys are identifiers, not payloads.
+    pub const MAX_KEY_SIZE: usize = 4 * 1024;
+    /// Values are held whole in memory on every hop.
+    pub const MAX_VALUE_SIZE: usize = 1024 * 1024;
+    /// Room for a maximal value escaped inside the JSON compatibility body.
+    pub const MAX_BODY_SIZE: usize = 2 * MAX_VALUE_SIZE + 64 * 1024;
+    /// A client request, all replicas included.
+    pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+    /// One call to one replica; a dead one must not hold a request for long.
+    pub const REPLICA_TIMEOUT_MS: u64 = 2_000;
+    /// Requests in flight before new ones wait (bounds memory and threads).
+    pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+    /// Fast gossip makes failure detection take ~2 s; on UDP it is cheap.
+    pub const GOSSIP_INTERVAL_MS: u64 = 100;
+    /// chitchat's default phi-accrual threshold.
+    pub const PHI_THRESHOLD: f64 = 8.0;
+}
+
+/// The flags (each also an environment variable) that configure a node.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "KVNODE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Unique, stable id of this node; its tokens derive from it.
+    #[arg(long, env = "KVNODE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Address the HTTP API listens on [default: 127.0.0.1:7700].
+    #[arg(long, env = "KVNODE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP address other nodes use to reach this one [default: --listen].
+    #[arg(long, env = "KVNODE_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// UDP address gossip listens on [default: listen port + 1].
+    #[arg(long, env = "KVNODE_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// Gossip address other nodes use [default: advertise IP, gossip port].
+    #[arg(long, env = "KVNODE_GOSSIP_ADVERTISE")]
+    pub gossip_advertise: Option<SocketAddr>,
+    /// Data directory [default: ./kvnode-data/<node id>].
+    #[arg(long, env = "KVNODE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Gossip addresses (host:port) of seed nodes, comma-separated.
+    #[arg(long, env = "KVNODE_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Cluster name; nodes of other clusters are ignored [default: strata].
+    #[arg(long, env = "KVNODE_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// Tokens per node [default: 64].
+    #[arg(long, env = "KVNODE_VNODES")]
+    pub vnodes: Option<u32>,
+    /// Replicas per key [default: 3].
+    #[arg(long, env = "KVNODE_REPLICATION_FACTOR")]
+    pub replication_factor: Option<usize>,
+    /// Shared secret of the cluster's internal traffic. Prefer the variable:
+    /// a flag shows in `ps`. Required with --seeds; random otherwise.
+    #[arg(long, env = "KVNODE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Largest key in bytes [default: 4096].
+    #[arg(long, env = "KVNODE_MAX_KEY_SIZE")]
+    pub max_key_size: Option<usize>,
+    /// Largest value in bytes [default: 1 MiB].
+    #[arg(long, env = "KVNODE_MAX_VALUE_SIZE")]
+    pub max_value_size: Option<usize>,
+    /// Largest request body in bytes [default: 2 MiB + 64 KiB].
+    #[arg(long, env = "KVNODE_MAX_BODY_SIZE")]
+    pub max_body_size: Option<usize>,
+    /// Deadline of one client request in ms [default: 10000].
+    #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Deadline of one call to a replica in ms [default: 2000].
+    #[arg(long, env = "KVNODE_REPLICA_TIMEOUT_MS")]
+    pub replica_timeout_ms: Option<u64>,
+    /// Requests handled at once; more wait [default: 1024].
+    #[arg(long, env = "KVNODE_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Gossip round interval in ms [default: 100].
+    #[arg(long, env = "KVNODE_GOSSIP_INTERVAL_MS")]
+    pub gossip_interval_ms: Option<u64>,
+}
+
+/// The TOML file: the same keys as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    gossip_listen: Option<SocketAddr>,
+    gossip_advertise: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    seeds: Option<Vec<String>>,
+    cluster_id: Option<String>,
+    vnodes: Option<u32>,
+    replication_factor: Option<usize>,
+    cluster_secret: Option<String>,
+    max_key_size: Option<usize>,
+    max_value_size: Option<usize>,
+    max_body_size: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    replica_timeout_ms: Option<u64>,
+    max_concurrent_requests: Option<usize>,
+    gossip_interval_ms: Option<u64>,
+}
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: Box<toml::de::Error>,
+    },
+    /// A value breaks an invariant.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Size limits on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest key, bytes.
+    pub max_key_size: usize,
+    /// Largest value, bytes.
+    pub max_value_size: usize,
+    /// Largest request body, bytes.
+    pub max_body_size: usize,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id.
+    pub node_id: String,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// HTTP address published to other nodes.
+    pub advertise: SocketAddr,
+    /// Gossip (UDP) listen address.
+    pub gossip_listen: SocketAddr,
+    /// Gossip address published to other nodes.
+    pub gossip_advertise: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Seed gossip addresses (`host:port`).
+    pub seeds: Vec<String>,
+    /// Cluster name.
+    pub cluster_id: String,
+    /// Tokens per node.
+    pub vnodes: u32,
+    /// Replicas per key.
+    pub replication_factor: ReplicationFactor,
+    /// The cluster secret.
+    pub secret: ClusterSecret,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Deadline of a client request.
+    pub request_timeout: Duration,
+    /// Deadline of one replica call.
+    pub replica_timeout: Duration,
+    /// Requests handled at once.
+    pub max_concurrent_requests: usize,
+    /// Gossip round interval.
+    pub gossip_interval: Duration,
+}
+
+impl Config {
+    /// Reads the file named by `args.config` (if any) and resolves.
+    pub fn load(args: NodeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_file(path, &text)?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, file)
+    }
+
+    fn resolve(args: NodeArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let node_id = args
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(|| defaults::NODE_ID.to_owned());
+        if node_id.is_empty() || node_id.len() > 128 || node_id.contains(['|', ',']) {
+            return invalid("node_id", "1 to 128 characters, without '|' or ','");
+        }
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 7700)));
+        let advertise = args.advertise.or(file.advertise).unwrap_or(listen);
+        if advertise.ip().is_unspecified() || advertise.port() == 0 {
+            return invalid(
+                "advertise",
+                "must be a reachable address (set it when listening on 0.0.0.0 or port 0)",
+            );
+        }
+        let gossip_listen = match args.gossip_listen.or(file.gossip_listen) {
+            Some(addr) => addr,
+            None => SocketAddr::new(listen.ip(), next_port(listen.port())?),
+        };
+        let gossip_advertise = match args.gossip_advertise.or(file.gossip_advertise) {
+            Some(addr) => addr,
+            None => SocketAddr::new(advertise.ip(), gossip_listen.port()),
+        };
+        if gossip_advertise.ip().is_unspecified() || gossip_advertise.port() == 0 {
+            return invalid("gossip_advertise", "must be a reachable address");
+        }
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| Path::new(defaults::DATA_ROOT).join(&node_id));
+        let seeds: Vec<String> = args
+            .seeds
+            .or(file.seeds)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let cluster_id = args
+            .cluster_id
+            .or(file.cluster_id)
+            .unwrap_or_else(|| defaults::CLUSTER_ID.to_owned());
+        let vnodes = args.vnodes.or(file.vnodes).unwrap_or(defaults::VNODES);
+        if !(1..=1024).contains(&vnodes) {
+            return invalid("vnodes", "must be 1..=1024");
+        }
+        let rf = args
+            .replication_factor
+            .or(file.replication_factor)
+            .unwrap_or(defaults::REPLICATION_FACTOR);
+        let replication_factor = ReplicationFactor::new(rf).map_err(|e| ConfigError::Invalid {
+            field: "replication_factor",
+            reason: e.to_string(),
+        })?;
+        let secret = match args.cluster_secret.or(file.cluster_secret) {
+            Some(s) if s.len() < 16 => return invalid("cluster_secret", "at least 16 characters"),
+            Some(s) => ClusterSecret::new(s),
+            None if seeds.iter().any(|s| !is_self(s, gossip_advertise)) => {
+                return invalid(
+                    "cluster_secret",
+                    "required when joining other nodes (--seeds): set KVNODE_CLUSTER_SECRET",
+                )
+            }
+            None => ClusterSecret::random(),
+        };
+        let limits = Limits {
+            max_key_size: args
+                .max_key_size
+                .or(file.max_key_size)
+                .unwrap_or(defaults::MAX_KEY_SIZE),
+            max_value_size: args
+                .max_value_size
+                .or(file.max_value_size)
+                .unwrap_or(defaults::MAX_VALUE_SIZE),
+            max_body_size: args
+                .max_body_size
+                .or(file.max_body_size)
+                .unwrap_or(defaults::MAX_BODY_SIZE),
+        };
+        if limits.max_key_size == 0 || limits.max_key_size > strata_engine::MAX_KEY_SIZE_LIMIT - 8 {
+            return invalid(
+                "max_key_size",
+                "must be 1..=engine limit - 8 (token prefix)",
+            );
+        }
+        if limits.max_value_size > strata_engine::MAX_VALUE_SIZE_LIMIT - RECORD_HEADER_LEN {
+            return invalid("max_value_size", "exceeds the engine's value limit");
+        }
+        if limits.max_body_size < limits.max_value_size {
+            return invalid("max_body_size", "must be at least max_value_size");
+        }
+        let ms =
+            |v: Option<u64>, w: Option<u64>, d: u64| Duration::from_millis(v.or(w).unwrap_or(d));
+        let request_timeout = ms(
+            args.request_timeout_ms,
+            file.request_timeout_ms,
+            defaults::REQUEST_TIMEOUT_MS,
+        );
+        let replica_timeout = ms(
+            args.replica_timeout_ms,
+            file.replica_timeout_ms,
+            defaults::REPLICA_TIMEOUT_MS,
+        );
+        let gossip_interval = ms(
+            args.gossip_interval_ms,
+            file.gossip_interval_ms,
+            defaults::GOSSIP_INTERVAL_MS,
+        );
+        if request_timeout.is_zero() || replica_timeout.is_zero() || gossip_interval.is_zero() {
+            return invalid("timeouts", "must be positive");
+        }
+        let max_concurrent_requests = args
+            .max_concurrent_requests
+            .or(file.max_concurrent_requests)
+            .unwrap_or(defaults::MAX_CONCURRENT_REQUESTS);
+        if max_concurrent_requests == 0 {
+            return invalid("max_concurrent_requests", "must be positive");
+        }
+        Ok(Self {
+            node_id,
+            listen,
+            advertise,
+            gossip_listen,
+            gossip_advertise,
+            data_dir,
+            seeds,
+            cluster_id,
+            vnodes,
+            replication_factor,
+            secret,
+            limits,
+            request_timeout,
+            replica_timeout,
+            max_concurrent_requests,
+            gossip_interval,
+        })
+    }
+
+    /// Seeds other than this node itself.
+    pub fn other_seeds(&self) -> impl Iterator<Item = &String> {
+        self.seeds
+            .iter()
+            .filter(|s| !is_self(s, self.gossip_advertise))
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn next_port(port: u16) -> Result<u16, ConfigError> {
+    match port.checked_add(1) {
+        Some(p) if port != 0 => Ok(p),
+        _ => invalid("gossip_listen", "set it explicitly for this listen port"),
+    }
+}
+
+fn is_self(seed: &str, gossip_advertise: SocketAddr) -> bool {
+    seed.parse::<SocketAddr>()
+        .is_ok_and(|s| s == gossip_advertise)
+        || seed.parse::<SocketAddr>().is_ok_and(|s| {
+            s.port() == gossip_advertise.port()
+                && s.ip().is_loopback()
+                && gossip_advertise.ip() == IpAddr::V4(Ipv4Addr::LOCALHOST)
+        })
+}
+
+fn invalid<T>(field: &'static str, reason: &str) -> Result<T, ConfigError> {
+    Err(ConfigError::Invalid {
+        field,
+        reason: reason.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
+
+    fn args(argv: &[&str]) -> NodeArgs {
+        Cli::try_parse_from(std::iter::once("kvnode").chain(argv.iter().copied()))
+            .unwrap()
+            .node
+    }
+
+    #[test]
+    fn no_arguments_make_a_single_local_node() {
+        let c = Config::resolve(NodeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen.to_string(), defaults::LISTEN);
+        assert_eq!(c.gossip_listen.to_string(), "127.0.0.1:7701");
+        assert_eq!(c.node_id, "node1");
+        assert_eq!(c.data_dir, Path::new("kvnode-data/node1"));
+        assert_eq!(c.replication_factor.get(), 3);
+        assert!(c.seeds.is_empty());
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file = parse_file(
+            Path::new("k.toml"),
+            r#"
+                node_id = "from-file"
+                vnodes = 8
+                seeds = ["127.0.0.1:9001"]
+                cluster_secret = "0123456789abcdef0123"
+                max_value_size = 1000
+            "#,
+        )
+        .unwrap();
+        let c = Config::resolve(
+            args(&["--node-id", "from-flag", "--listen", "127.0.0.1:9100"]),
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "from-flag");
+        assert_eq!(c.vnodes, 8);
+        assert_eq!(c.seeds, vec!["127.0.0.1:9001".to_owned()]);
+        assert_eq!(c.limits.max_value_size, 1000);
+        assert_eq!(c.gossip_advertise.to_string(), "127.0.0.1:9101");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(matches!(
+            parse_file(Path::new("k.toml"), "node_idd = \"x\""),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn seeds_come_comma_separated() {
+        let a = args(&["--seeds", "127.0.0.1:1,127.0.0.1:2"]);
+        assert_eq!(a.seeds.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn joining_others_requires_a_secret() {
+        let e = Config::resolve(args(&["--seeds", "127.0.0.1:9999"]), FileConfig::default());
+        assert!(matches!(
+            e,
+            Err(ConfigError::Invalid {
+                field: "cluster_secret",
+                ..
+            })
+        ));
+        // Listing only itself as a seed is a cluster of one: no secret needed.
+        assert!(
+            Config::resolve(args(&["--seeds", "127.0.0.1:7701"]), FileConfig::default()).is_ok()
+        );
+    }
+
+    #[test]
+    fn invariants_are_checked() {
+        for argv in [
+            &["--replication-factor", "0"][..],
+            &["--vnodes", "0"],
+            &["--listen", "0.0.0.0:7700"],
+            &["--max-value-size", "10", "--max-body-size", "5"],
+            &["--cluster-secret", "short"],
+            &["--node-id", "a|b"],
+        ] {
+            assert!(
+                Config::resolve(args(argv), FileConfig::default()).is_err(),
+                "{argv:?}"
+            );
+        }
+    }
+}

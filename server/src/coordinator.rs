@@ -1,0 +1,494 @@
+//! Replication and consistency: any node coordinates any request. It takes
+//! the key's preference list from the ring, sends to the replicas in
+//! parallel (its own engine directly, others over pooled HTTP with a timeout
+//! per call) and answers once the consistency level's replicas have.
+//!
+//! - **Writes** go to every replica that is up; the answer comes after
+//!   [`Consistency::required`] acks, and the other calls finish in the
+//!   background. A replica that is down is skipped (there are no hints: it
+//!   catches up through read repair and, later, repair streaming).
+//! - **Reads** ask only as many replicas as the level needs, this node first
+//!   when it is one, and ask the next replica when one fails. The newest
+//!   record wins ([`Record::supersedes`]); replicas that answered with an
+//!   older one are repaired in the background.
+//! - A level that cannot be met is [`CoordinatorError`], which the API turns
+//!   into a 503: up front when too few replicas are up, or after the calls
+//!   when too many failed.
+//!
+//! The required count is taken of the preference list, whose length is
+//! `min(replication factor, ring members)`: a cluster smaller than its
+//! replication factor stores each key on every member.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use strata_ring::ReplicationFactor;
+use tokio::sync::mpsc;
+
+use crate::api::internal::{encode_apply, APPLY_PATH, READ_PATH};
+use crate::auth::ClusterSecret;
+use crate::hlc::Hlc;
+use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
+use crate::storage::{Record, Storage};
+
+/// How many replicas must answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// One replica.
+    One,
+    /// A majority of the preference list.
+    Quorum,
+    /// Every replica in the preference list.
+    All,
+}
+
+impl Consistency {
+    /// Parses the `consistency` query parameter (`one`, `quorum`, `all`, any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "one" => Some(Self::One),
+            "quorum" => Some(Self::Quorum),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    /// Answers needed from a preference list of `replicas` nodes.
+    pub fn required(self, replicas: usize) -> usize {
+        match self {
+            Self::One => replicas.min(1),
+            Self::Quorum => replicas / 2 + 1,
+            Self::All => replicas,
+        }
+    }
+}
+
+/// Why a consistency level was not met.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordinatorError {
+    /// No ring yet (the node is still learning the cluster).
+    #[error("no ring: the cluster has no available member yet")]
+    NoRing,
+    /// Too few replicas up to even try.
+    #[error("{needed} replicas needed, only {up} of {replicas} are up")]
+    Unavailable {
+        /// Answers needed.
+        needed: usize,
+        /// Replicas up.
+        up: usize,
+        /// Replicas in the preference list.
+        replicas: usize,
+    },
+    /// Too many replica calls failed or timed out.
+    #[error("{needed} replicas needed, only {answered} answered")]
+    Failed {
+        /// Answers needed.
+        needed: usize,
+        /// Answers received.
+        answered: usize,
+    },
+}
+
+/// Coordinates requests. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Storage,
+    membership: Arc<Membership>,
+    client: reqwest::Client,
+    hlc: Arc<Hlc>,
+    rf: ReplicationFactor,
+    secret: ClusterSecret,
+    metrics: Arc<Metrics>,
+}
+
+/// The pieces a coordinator works with.
+pub struct CoordinatorParts {
+    /// This node's engine.
+    pub storage: Storage,
+    /// The cluster view.
+    pub membership: Arc<Membership>,
+    /// This node's clock.
+    pub hlc: Arc<Hlc>,
+    /// Replicas per key.
+    pub rf: ReplicationFactor,
+    /// For the `Authorization` header of internal calls.
+    pub secret: ClusterSecret,
+    /// Replica call counters.
+    pub metrics: Arc<Metrics>,
+    /// Deadline of one replica call.
+    pub replica_timeout: Duration,
+}
+
+impl Coordinator {
+    /// A coordinator with its own connection pool.
+    pub fn new(parts: CoordinatorParts) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(parts.replica_timeout)
+            .connect_timeout(parts.replica_timeout)
+            .pool_max_idle_per_host(128)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                storage: parts.storage,
+                membership: parts.membership,
+                client,
+                hlc: parts.hlc,
+                rf: parts.rf,
+                secret: parts.secret,
+                metrics: parts.metrics,
+            }),
+        })
+    }
+
+    /// Writes `value` (`None` deletes) under `key`; returns the version.
+    pub async fn write(
+        &self,
+        key: Bytes,
+        value: Option<Vec<u8>>,
+        consistency: Consistency,
+    ) -> Result<u64, CoordinatorError> {
+        let view = self.inner.membership.view();
+        if view.ring.is_none() {
+            return Err(CoordinatorError::NoRing);
+        }
+        let replicas = view.replicas(&key, self.inner.rf);
+        let needed = consistency.required(replicas.len());
+        let up: Vec<MemberInfo> = replicas
+            .iter()
+            .filter(|m| m.serving())
+            .map(|m| (*m).clone())
+            .collect();
+        if up.len() < needed {
+            return Err(CoordinatorError::Unavailable {
+                needed,
+                up: up.len(),
+                replicas: replicas.len(),
+            });
+        }
+        let version = self.inner.hlc.now();
+        let record = Arc::new(match value {
+            Some(v) => Record::value(version, v),
+            None => Record::tombstone(version),
+        });
+        let (tx, mut rx) = mpsc::channel(up.len().max(1));
+        let sent = up.len();
+        for member in up {
+            let (this, key, record, tx) = (self.clone(), key.clone(), record.clone(), tx.clone());
+            // Spawned, not joined: the calls past the required acks must
+            // still complete after the client has its answer.
+            tokio::spawn(async move {
+                let ok = this.apply_on(&member, key, &record, ReplicaOp::apply).await;
+                let _ = tx.send(ok).await;
+            });
+        }
+        drop(tx);
+        let (mut acks, mut failures) = (0, 0);
+        while let Some(ok) = rx.recv().await {
+            if ok {
+                acks += 1;
+                if acks >= needed {
+                    return Ok(version);
+                }
+            } else {
+                failures += 1;
+                if sent - failures < needed {
+                    break;
+                }
+            }
+        }
+        Err(CoordinatorError::Failed {
+            needed,
+            answered: acks,
+        })
+    }
+
+    /// Reads `key`: the newest record among the required replicas, or `None`
+    /// if none holds it. Tombstones are returned as such.
+    pub async fn read(
+        &self,
+        key: Bytes,
+        consistency: Consistency,
+    ) -> Result<Option<Record>, CoordinatorError> {
+        let view = self.inner.membership.view();
+        if view.ring.is_none() {
+            return Err(CoordinatorError::NoRing);
+        }
+        let replicas = view.replicas(&key, self.inner.rf);
+        let needed = consistency.required(replicas.len());
+        // Reads go only to AVAILABLE nodes, this node first: a local read
+        // costs no network hop.
+        let mut candidates: Vec<MemberInfo> = replicas
+            .iter()
+            .filter(|m| m.live && m.state == NodeState::Available)
+            .map(|m| (*m).clone())
+            .collect();
+        candidates.sort_by_key(|m| m.id != view.self_id);
+        if candidates.len() < needed {
+            return Err(CoordinatorError::Unavailable {
+                needed,
+                up: candidates.len(),
+                replicas: replicas.len(),
+            });
+        }
+        let mut untried = candidates.into_iter();
+        let (tx, mut rx) = mpsc::channel::<(MemberInfo, Option<Option<Record>>)>(needed.max(1));
+        let mut in_flight = 0usize;
+        let spawn_read = |member: MemberInfo, in_flight: &mut usize| {
+            let (this, key, tx) = (self.clone(), key.clone(), tx.clone());
+            *in_flight += 1;
+            tokio::spawn(async move {
+                let answer = this.read_on(&member, key).await;
+                let _ = tx.send((member, answer)).await;
+            });
+        };
+        let mut answers: Vec<(MemberInfo, Option<Record>)> = Vec::with_capacity(needed);
+        let first: Vec<MemberInfo> = untried.by_ref().take(needed).collect();
+        for member in first {
+            if member.id == view.self_id {
+                // The local replica is read in place: a task and a channel
+                // per read would cost more than the read (a third of a
+                // single node's GET throughput).
+                match self.read_on(&member, key.clone()).await {
+                    Some(record) => answers.push((member, record)),
+                    None => {
+                        if let Some(next) = untried.next() {
+                            spawn_read(next, &mut in_flight);
+                        }
+                    }
+                }
+            } else {
+                spawn_read(member, &mut in_flight);
+            }
+        }
+        while in_flight > 0 && answers.len() < needed {
+            let Some((member, answer)) = rx.recv().await else {
+                break;
+            };
+            in_flight -= 1;
+            match answer {
+                Some(record) => {
+                    answers.push((member, record));
+                    if answers.len() >= needed {
+                        break;
+                    }
+                }
+                None => {
+                    if let Some(next) = untried.next() {
+                        spawn_read(next, &mut in_flight);
+                    }
+                }
+            }
+        }
+        if answers.len() < needed {
+            return Err(CoordinatorError::Failed {
+                needed,
+                answered: answers.len(),
+            });
+        }
+        let newest = answers
+            .iter()
+            .filter_map(|(_, r)| r.as_ref())
+            .fold(None::<&Record>, |best, r| match best {
+                Some(b) if !r.supersedes(b) => Some(b),
+                _ => Some(r),
+            })
+            .cloned();
+        if let Some(newest) = &newest {
+            self.inner.hlc.update(newest.version);
+            self.repair(&key, newest, &answers);
+        }
+        Ok(newest)
+    }
+
+    /// Sends `newest` to every answering replica that returned something
+    /// older, in the background.
+    fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Option<Record>)]) {
+        for (member, record) in answers {
+            if record.as_ref() == Some(newest) {
+                continue;
+            }
+            let (this, key, record, member) =
+                (self.clone(), key.clone(), newest.clone(), member.clone());
+            tokio::spawn(async move {
+                this.apply_on(&member, key, &record, ReplicaOp::repair)
+                    .await;
+            });
+        }
+    }
+
+    /// Applies `record` on one replica; whether it acknowledged.
+    async fn apply_on(
+        &self,
+        member: &MemberInfo,
+        key: Bytes,
+        record: &Record,
+        op: ReplicaOp,
+    ) -> bool {
+        let inner = &self.inner;
+        if member.id == *inner.membership.self_id() {
+            let (storage, record) = (inner.storage.clone(), record.clone());
+            let result = tokio::task::spawn_blocking(move || storage.apply(&key, &record)).await;
+            let ok = match result {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "local apply failed");
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "local apply task failed");
+                    false
+                }
+            };
+            inner.metrics.replica_call(op, Target::local, outcome(ok));
+            return ok;
+        }
+        let response = inner
+            .client
+            .post(format!("http://{}{APPLY_PATH}", member.http_addr))
+            .bearer_auth(inner.secret.expose())
+            .body(encode_apply(&key, record))
+            .send()
+            .await;
+        let result = match response {
+            Ok(r) if r.status().is_success() => Outcome::ok,
+            Ok(r) => {
+                tracing::warn!(node = %member.id, status = %r.status(), "replica refused apply");
+                Outcome::error
+            }
+            Err(e) => remote_failure(&member.id, &e),
+        };
+        inner.metrics.replica_call(op, Target::remote, result);
+        result == Outcome::ok
+    }
+
+    /// Reads the record of `key` on one replica: `Some(answer)` if it
+    /// answered, `None` if it failed.
+    async fn read_on(&self, member: &MemberInfo, key: Bytes) -> Option<Option<Record>> {
+        let inner = &self.inner;
+        if member.id == *inner.membership.self_id() {
+            // The engine's read path does not wait on writers (memtable and
+            // mmapped tables), so it runs inline rather than on the blocking
+            // pool, whose hand-off would cost more than the read.
+            let answer = match inner.storage.read(&key) {
+                Ok(record) => Some(record),
+                Err(e) => {
+                    tracing::error!(error = %e, "local read failed");
+                    None
+                }
+            };
+            inner
+                .metrics
+                .replica_call(ReplicaOp::read, Target::local, outcome(answer.is_some()));
+            return answer;
+        }
+        let (answer, result) = match self.remote_read(member, key).await {
+            Ok(answer) => (Some(answer), Outcome::ok),
+            Err(result) => (None, result),
+        };
+        inner
+            .metrics
+            .replica_call(ReplicaOp::read, Target::remote, result);
+        if let Some(Some(record)) = &answer {
+            inner.hlc.update(record.version);
+        }
+        answer
+    }
+
+    async fn remote_read(
+        &self,
+        member: &MemberInfo,
+        key: Bytes,
+    ) -> Result<Option<Record>, Outcome> {
+        let inner = &self.inner;
+        let response = inner
+            .client
+            .post(format!("http://{}{READ_PATH}", member.http_addr))
+            .bearer_auth(inner.secret.expose())
+            .body(key)
+            .send()
+            .await
+            .map_err(|e| remote_failure(&member.id, &e))?;
+        match response.status() {
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let body = response
+                    .bytes()
+                    .await
+                    .map_err(|e| remote_failure(&member.id, &e))?;
+                match Record::decode(&body) {
+                    Ok(record) => Ok(Some(record)),
+                    Err(e) => {
+                        tracing::warn!(node = %member.id, error = %e, "replica sent a bad record");
+                        Err(Outcome::error)
+                    }
+                }
+            }
+            s => {
+                tracing::warn!(node = %member.id, status = %s, "replica refused read");
+                Err(Outcome::error)
+            }
+        }
+    }
+}
+
+fn outcome(ok: bool) -> Outcome {
+    if ok {
+        Outcome::ok
+    } else {
+        Outcome::error
+    }
+}
+
+fn remote_failure(node: &strata_ring::NodeId, e: &reqwest::Error) -> Outcome {
+    tracing::debug!(%node, error = %e, "replica call failed");
+    if e.is_timeout() {
+        Outcome::timeout
+    } else {
+        Outcome::error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_arithmetic() {
+        use Consistency::*;
+        let table = [
+            // (replicas, one, quorum, all)
+            (1, 1, 1, 1),
+            (2, 1, 2, 2),
+            (3, 1, 2, 3),
+            (4, 1, 3, 4),
+            (5, 1, 3, 5),
+        ];
+        for (n, one, quorum, all) in table {
+            assert_eq!(One.required(n), one);
+            assert_eq!(Quorum.required(n), quorum);
+            assert_eq!(All.required(n), all);
+        }
+        // Two quorums of the same list always share a replica.
+        for n in 1..=8 {
+            assert!(2 * Quorum.required(n) > n);
+        }
+    }
+
+    #[test]
+    fn consistency_parses_case_insensitively() {
+        assert_eq!(Consistency::parse("QUORUM"), Some(Consistency::Quorum));
+        assert_eq!(Consistency::parse("one"), Some(Consistency::One));
+        assert_eq!(Consistency::parse("All"), Some(Consistency::All));
+        assert_eq!(Consistency::parse("two"), None);
+        assert_eq!(Consistency::parse(""), None);
+    }
+}

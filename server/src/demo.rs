@@ -1,0 +1,222 @@
+//! `kvnode demo`: a local cluster in one command. It starts N child
+//! `kvnode` processes (this same binary) on loopback ports with a shared
+//! random secret, waits until every one is ready and sees the whole cluster,
+//! prints how to talk to it, and on Ctrl-C or SIGTERM stops them all
+//! gracefully.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::auth::ClusterSecret;
+
+/// Flags of `kvnode demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// HTTP port of the first node; node i uses base + 2i, gossip base + 2i + 1.
+    #[arg(long, default_value_t = 7700)]
+    pub base_port: u16,
+    /// Where the nodes' data dirs and logs go.
+    #[arg(long, default_value = "demo-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// Bad flags.
+    #[error("{0}")]
+    Args(String),
+    /// Starting or stopping a child failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A node did not become ready in time.
+    #[error("node {0} did not become ready; see its log in the data dir")]
+    NotReady(String),
+}
+
+/// How long the cluster may take to form.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct DemoNode {
+    id: String,
+    http: SocketAddr,
+    child: Child,
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+    let last_port = u32::from(args.base_port) + 2 * u32::from(args.nodes);
+    if args.nodes == 0 || args.nodes > 16 || last_port > u32::from(u16::MAX) {
+        return Err(DemoError::Args(
+            "--nodes must be 1..=16 and the ports must fit".into(),
+        ));
+    }
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| DemoError::Io { what, source }
+    };
+    let exe = std::env::current_exe().map_err(io("finding the kvnode binary"))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(io("creating the data dir"))?;
+    let secret = ClusterSecret::random();
+    let addr = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let seed = addr(args.base_port + 1);
+    let mut nodes = Vec::new();
+    for i in 0..args.nodes {
+        let id = format!("node{}", i + 1);
+        let http = addr(args.base_port + 2 * i);
+        let gossip = addr(args.base_port + 2 * i + 1);
+        let log_path = args.data_dir.join(format!("{id}.log"));
+        let log = std::fs::File::create(&log_path).map_err(io("creating a log file"))?;
+        let err_log = log.try_clone().map_err(io("opening a log file"))?;
+        let child = Command::new(&exe)
+            .args(["--node-id", &id])
+            .args(["--listen", &http.to_string()])
+            .args(["--gossip-listen", &gossip.to_string()])
+            .args(["--seeds", &seed.to_string()])
+            .arg("--data-dir")
+            .arg(args.data_dir.join(&id))
+            // The secret goes through the environment: flags show in `ps`.
+            .env("KVNODE_CLUSTER_SECRET", secret.expose())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io("starting a node"))?;
+        println!(
+            "started {id}: http://{http}  (gossip {gossip}, log {})",
+            log_path.display()
+        );
+        nodes.push(DemoNode { id, http, child });
+    }
+    let formed = wait_until_formed(&nodes).await;
+    if let Err(e) = formed {
+        stop_all(&mut nodes).await;
+        return Err(e);
+    }
+    let first = nodes.first().map(|n| n.http).unwrap_or(seed);
+    let last = nodes.last().map(|n| n.http).unwrap_or(first);
+    println!(
+        "\ncluster of {} ready. Try:\n\n  \
+         curl -X PUT --data-binary 'hello' http://{first}/v1/kv/greeting\n  \
+         curl http://{last}/v1/kv/greeting\n  \
+         curl 'http://{last}/v1/kv/greeting?consistency=all'\n  \
+         curl -X DELETE http://{first}/v1/kv/greeting\n  \
+         curl -X POST -H 'content-type: application/json' -d '{{\"key\":\"k\",\"value\":\"v\"}}' http://{first}/v1/data\n  \
+         curl http://{first}/v1/cluster\n  \
+         curl http://{first}/metrics\n\n\
+         Ctrl-C stops every node.",
+        nodes.len()
+    );
+    wait_for_signal().await;
+    println!("stopping...");
+    stop_all(&mut nodes).await;
+    Ok(())
+}
+
+async fn wait_until_formed(nodes: &[DemoNode]) -> Result<(), DemoError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| DemoError::Io {
+            what: "building an HTTP client".into(),
+            source: std::io::Error::other(e),
+        })?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for node in nodes {
+        loop {
+            if sees_whole_cluster(&client, node.http, nodes.len()).await {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::NotReady(node.id.clone()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the node is ready and sees `n` AVAILABLE members that are up.
+async fn sees_whole_cluster(client: &reqwest::Client, http: SocketAddr, n: usize) -> bool {
+    let ready = client.get(format!("http://{http}/ready")).send().await;
+    if !ready.is_ok_and(|r| r.status().is_success()) {
+        return false;
+    }
+    let Ok(response) = client.get(format!("http://{http}/v1/cluster")).send().await else {
+        return false;
+    };
+    let Ok(body) = response.bytes().await else {
+        return false;
+    };
+    let Ok(cluster) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let up = cluster
+        .get("members")
+        .and_then(serde_json::Value::as_array)
+        .map(|members| {
+            members
+                .iter()
+                .filter(|m| {
+                    m.get("state").and_then(serde_json::Value::as_str) == Some("AVAILABLE")
+                        && m.get("status").and_then(serde_json::Value::as_str) == Some("UP")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    up == n
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// SIGTERM to every node, then SIGKILL to any still running after the
+/// stop timeout.
+async fn stop_all(nodes: &mut [DemoNode]) {
+    for node in nodes.iter() {
+        if let Some(pid) = node.child.id().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) with a pid this process spawned and has not yet
+            // reaped, and a valid signal number; it touches no memory.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    for node in nodes.iter_mut() {
+        match tokio::time::timeout(STOP_TIMEOUT, node.child.wait()).await {
+            Ok(Ok(status)) => println!("{} stopped ({status})", node.id),
+            _ => {
+                let _ = node.child.kill().await;
+                println!("{} killed", node.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! `kvnode`: parses arguments, sets up logging and hands over to the library.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use strata_server::config::{Config, NodeArgs};
+use strata_server::demo::DemoArgs;
+
+/// A ring-routed, replicated HTTP key-value node.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster of child kvnode processes on loopback ports.
+    Demo(DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("kvnode")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Some(Command::Demo(args)) => Ok(strata_server::demo::run(args).await?),
+            None => {
+                let config = Config::load(cli.node)?;
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .with_context(|| format!("binding {}", config.listen))?;
+                strata_server::run(config, listener, shutdown_signal()).await?;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,496 @@
+//! Who is in the cluster, in which state, reachable where, holding which
+//! tokens, and who is down: chitchat gossip (Scuttlebutt state exchange with
+//! a phi-accrual failure detector) turned into a [`ClusterView`] that every
+//! request routes by.
+//!
+//! Each node publishes, under its chitchat id (node id + generation = start
+//! time in ms + gossip address), the keys
+//!
+//! | key      | value                                         |
+//! |----------|-----------------------------------------------|
+//! | `http`   | the advertised HTTP address                   |
+//! | `state`  | a [`NodeState`] name                          |
+//! | `tokens` | the node's ring tokens, decimal, comma-separated |
+//! | `sig`    | HMAC-SHA256 of the above under the cluster secret (`auth`) |
+//!
+//! A record whose signature does not verify is ignored, so an outsider who
+//! can send gossip datagrams cannot add a member that would receive internal
+//! traffic. Of several generations of one node id (a restart), the newest
+//! counts.
+//!
+//! The ring holds every member in a state that owns data (AVAILABLE and
+//! LEAVING), whether up or down: a down node still owns its ranges, and the
+//! coordinator routes around it rather than moving its data.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
+    ProtocolVersion,
+};
+use parking_lot::{Mutex, RwLock};
+use strata_ring::{Member, NodeId, ReplicationFactor, Ring};
+use tokio::task::JoinHandle;
+
+use crate::auth::ClusterSecret;
+use crate::config::{defaults, Config};
+
+const KEY_HTTP: &str = "http";
+const KEY_STATE: &str = "state";
+const KEY_TOKENS: &str = "tokens";
+const KEY_SIG: &str = "sig";
+
+/// The lifecycle of a node, as published in gossip. DOWN is not a state a
+/// node publishes: it is what the failure detector concludes
+/// ([`MemberInfo::live`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// Learning the ring; owns nothing yet.
+    Joining,
+    /// Receiving its ranges from current replicas.
+    Bootstrapping,
+    /// Serving reads and writes for its ranges.
+    Available,
+    /// Streaming its ranges away before leaving.
+    Leaving,
+    /// Gone from the ring.
+    Left,
+}
+
+impl NodeState {
+    /// The published name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joining => "JOINING",
+            Self::Bootstrapping => "BOOTSTRAPPING",
+            Self::Available => "AVAILABLE",
+            Self::Leaving => "LEAVING",
+            Self::Left => "LEFT",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "JOINING" => Self::Joining,
+            "BOOTSTRAPPING" => Self::Bootstrapping,
+            "AVAILABLE" => Self::Available,
+            "LEAVING" => Self::Leaving,
+            "LEFT" => Self::Left,
+            _ => return None,
+        })
+    }
+
+    /// Whether a node in this state owns ranges of the ring.
+    pub fn in_ring(self) -> bool {
+        matches!(self, Self::Available | Self::Leaving)
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Advertised HTTP address.
+    pub http_addr: SocketAddr,
+    /// Published state.
+    pub state: NodeState,
+    /// Ring tokens.
+    pub tokens: Vec<u64>,
+    /// Whether the failure detector thinks it is up (this node always is).
+    pub live: bool,
+    /// Chitchat generation (start time in ms).
+    pub generation: u64,
+}
+
+impl MemberInfo {
+    /// Whether requests may be sent to it: up and owning data.
+    pub fn serving(&self) -> bool {
+        self.live && self.state.in_ring()
+    }
+}
+
+/// An immutable snapshot of the membership and the ring built from it.
+#[derive(Debug)]
+pub struct ClusterView {
+    /// This node.
+    pub self_id: NodeId,
+    /// Every verified member, by id.
+    pub members: BTreeMap<NodeId, MemberInfo>,
+    /// The ring of members in a ring state; `None` while there is none.
+    pub ring: Option<Ring>,
+}
+
+impl ClusterView {
+    fn build(self_id: NodeId, members: BTreeMap<NodeId, MemberInfo>) -> Self {
+        let ring_members: Vec<Member> = members
+            .values()
+            .filter(|m| m.state.in_ring())
+            .map(|m| Member::new(m.id.clone(), m.tokens.clone()))
+            .collect();
+        let ring = if ring_members.is_empty() {
+            None
+        } else {
+            match Ring::new(ring_members) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::error!(error = %e, "membership does not form a ring");
+                    None
+                }
+            }
+        };
+        Self {
+            self_id,
+            members,
+            ring,
+        }
+    }
+
+    /// The preference list of `key`: up to `rf` members, owner first.
+    pub fn replicas(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
+        match &self.ring {
+            Some(ring) => ring
+                .replicas(key, rf)
+                .filter_map(|id| self.members.get(id))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// chitchat failed to start (typically: the gossip port is taken).
+    #[error("gossip on {addr}: {reason}")]
+    Gossip {
+        /// The gossip listen address.
+        addr: SocketAddr,
+        /// chitchat's error, as text.
+        reason: String,
+    },
+}
+
+/// This node's membership: its gossip handle, its published state and the
+/// latest [`ClusterView`].
+pub struct Membership {
+    handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
+    view: RwLock<Arc<ClusterView>>,
+    state: Mutex<NodeState>,
+    self_id: NodeId,
+    generation: u64,
+    http_addr: SocketAddr,
+    tokens: Vec<u64>,
+    secret: ClusterSecret,
+    refresher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("self_id", &self.self_id)
+            .field("state", &*self.state.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Membership {
+    /// Starts gossip, publishing this node in `state` with tokens derived
+    /// from its id, and a task that refreshes the view every gossip round.
+    pub async fn start(config: &Config, state: NodeState) -> Result<Arc<Self>, MembershipError> {
+        let self_id = NodeId::from(config.node_id.clone());
+        let tokens = Member::derived(self_id.clone(), config.vnodes).tokens;
+        let generation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let chitchat_id =
+            ChitchatId::new(config.node_id.clone(), generation, config.gossip_advertise);
+        let failure_detector_config = FailureDetectorConfig {
+            phi_threshold: defaults::PHI_THRESHOLD,
+            sampling_window_size: 1_000,
+            max_interval: Duration::from_secs(10),
+            // The prior of the phi estimate: what a heartbeat interval looks
+            // like before any is measured. The gossip interval is the truth.
+            initial_interval: config.gossip_interval,
+            dead_node_grace_period: Duration::from_secs(24 * 3600),
+        };
+        let chitchat_config = ChitchatConfig {
+            chitchat_id,
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+            listen_addr: config.gossip_listen,
+            seed_nodes: config.seeds.clone(),
+            failure_detector_config,
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let tokens_text = tokens
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let http = config.advertise.to_string();
+        let sig = config.secret.sign(&signed_message(
+            &config.node_id,
+            generation,
+            &http,
+            state.as_str(),
+            &tokens_text,
+        ));
+        let initial = vec![
+            (KEY_HTTP.to_owned(), http),
+            (KEY_STATE.to_owned(), state.as_str().to_owned()),
+            (KEY_TOKENS.to_owned(), tokens_text),
+            (KEY_SIG.to_owned(), sig),
+        ];
+        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+            .await
+            .map_err(|e| MembershipError::Gossip {
+                addr: config.gossip_listen,
+                reason: format!("{e:#}"),
+            })?;
+        let me = Arc::new(Self {
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            view: RwLock::new(Arc::new(ClusterView::build(
+                self_id.clone(),
+                BTreeMap::new(),
+            ))),
+            state: Mutex::new(state),
+            self_id,
+            generation,
+            http_addr: config.advertise,
+            tokens,
+            secret: config.secret.clone(),
+            refresher: Mutex::new(None),
+        });
+        me.refresh().await;
+        let weak = Arc::downgrade(&me);
+        let interval = config.gossip_interval;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = weak.upgrade() else { return };
+                me.refresh().await;
+            }
+        });
+        *me.refresher.lock() = Some(task);
+        Ok(me)
+    }
+
+    /// The current view. Cheap: an `Arc` clone.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.read().clone()
+    }
+
+    /// This node's id.
+    pub fn self_id(&self) -> &NodeId {
+        &self.self_id
+    }
+
+    /// This node's published state.
+    pub fn state(&self) -> NodeState {
+        *self.state.lock()
+    }
+
+    /// This node's tokens.
+    pub fn tokens(&self) -> &[u64] {
+        &self.tokens
+    }
+
+    /// Publishes a new state for this node.
+    pub async fn set_state(&self, state: NodeState) {
+        *self.state.lock() = state;
+        let tokens_text = self
+            .tokens
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let http = self.http_addr.to_string();
+        let sig = self.secret.sign(&signed_message(
+            self.self_id.as_str(),
+            self.generation,
+            &http,
+            state.as_str(),
+            &tokens_text,
+        ));
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| {
+                    let node = c.self_node_state();
+                    node.set(KEY_STATE, state.as_str());
+                    node.set(KEY_SIG, &sig);
+                })
+                .await;
+        }
+        self.refresh().await;
+        tracing::info!(state = state.as_str(), "node state published");
+    }
+
+    /// Stops gossip and the refresh task. Peers will see this node go down.
+    pub async fn shutdown(&self) {
+        if let Some(task) = self.refresher.lock().take() {
+            task.abort();
+        }
+        if let Some(handle) = self.handle.lock().await.take() {
+            if let Err(e) = handle.shutdown().await {
+                tracing::warn!(error = %e, "gossip shutdown");
+            }
+        }
+    }
+
+    async fn refresh(&self) {
+        let members = {
+            let guard = self.handle.lock().await;
+            let Some(handle) = guard.as_ref() else { return };
+            let chitchat = handle.chitchat();
+            let chitchat = chitchat.lock().await;
+            let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+            let mut members: BTreeMap<NodeId, MemberInfo> = BTreeMap::new();
+            for (id, node_state) in chitchat.node_states() {
+                let get = |k: &str| node_state.get(k);
+                let Some(info) = self.verify_member(
+                    id,
+                    get(KEY_HTTP),
+                    get(KEY_STATE),
+                    get(KEY_TOKENS),
+                    get(KEY_SIG),
+                    live.contains(id),
+                ) else {
+                    continue;
+                };
+                match members.get(&info.id) {
+                    Some(seen) if seen.generation >= info.generation => {}
+                    _ => {
+                        members.insert(info.id.clone(), info);
+                    }
+                }
+            }
+            members
+        };
+        let unchanged = {
+            let current = self.view.read();
+            current.members == members
+        };
+        if !unchanged {
+            log_changes(&self.view.read().members, &members);
+            *self.view.write() = Arc::new(ClusterView::build(self.self_id.clone(), members));
+        }
+    }
+
+    fn verify_member(
+        &self,
+        id: &ChitchatId,
+        http: Option<&str>,
+        state: Option<&str>,
+        tokens: Option<&str>,
+        sig: Option<&str>,
+        live: bool,
+    ) -> Option<MemberInfo> {
+        let (http, state, tokens, sig) = (http?, state?, tokens?, sig?);
+        let message = signed_message(&id.node_id, id.generation_id, http, state, tokens);
+        if !self.secret.verify(&message, sig) {
+            tracing::debug!(node = %&*id.node_id, "ignoring a member record with a bad signature");
+            return None;
+        }
+        let tokens: Option<Vec<u64>> = if tokens.is_empty() {
+            Some(Vec::new())
+        } else {
+            tokens.split(',').map(|t| t.parse().ok()).collect()
+        };
+        Some(MemberInfo {
+            id: NodeId::from(&*id.node_id),
+            http_addr: http.parse().ok()?,
+            state: NodeState::parse(state)?,
+            tokens: tokens?,
+            live: live || *id.node_id == *self.self_id.as_str(),
+            generation: id.generation_id,
+        })
+    }
+}
+
+fn signed_message(
+    node_id: &str,
+    generation: u64,
+    http: &str,
+    state: &str,
+    tokens: &str,
+) -> Vec<u8> {
+    format!("kvnode-member-v1|{node_id}|{generation}|{http}|{state}|{tokens}").into_bytes()
+}
+
+fn log_changes(old: &BTreeMap<NodeId, MemberInfo>, new: &BTreeMap<NodeId, MemberInfo>) {
+    for (id, m) in new {
+        let before = old.get(id).map(|o| (o.state, o.live));
+        if before != Some((m.state, m.live)) {
+            tracing::info!(
+                node = %id,
+                state = m.state.as_str(),
+                live = m.live,
+                addr = %m.http_addr,
+                "member changed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn member(id: &str, state: NodeState, live: bool) -> MemberInfo {
+        MemberInfo {
+            id: NodeId::from(id),
+            http_addr: "127.0.0.1:1".parse().unwrap(),
+            state,
+            tokens: Member::derived(id, 8).tokens,
+            live,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for s in [
+            NodeState::Joining,
+            NodeState::Bootstrapping,
+            NodeState::Available,
+            NodeState::Leaving,
+            NodeState::Left,
+        ] {
+            assert_eq!(NodeState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(NodeState::parse("available"), None);
+    }
+
+    #[test]
+    fn the_ring_holds_down_members_but_not_joining_or_left_ones() {
+        let members: BTreeMap<_, _> = [
+            member("a", NodeState::Available, true),
+            member("b", NodeState::Available, false),
+            member("c", NodeState::Joining, true),
+            member("d", NodeState::Left, true),
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let view = ClusterView::build(NodeId::from("a"), members);
+        let ring = view.ring.as_ref().unwrap();
+        let ids: Vec<&str> = ring.members().iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let rf = ReplicationFactor::new(3).unwrap();
+        assert_eq!(view.replicas(b"k", rf).len(), 2);
+    }
+}

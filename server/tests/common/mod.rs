@@ -1,0 +1,268 @@
+//! Test harness: real `kvnode` processes on 127.0.0.1, on ports the test
+//! picks, with data in a temp dir. Every process is killed when its
+//! [`NodeProc`] drops, also when a test panics; a panicking test prints the
+//! tail of each node's log.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::expect_used,
+    dead_code
+)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The secret every test cluster shares.
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// One kvnode process.
+pub struct NodeProc {
+    pub id: String,
+    pub http: SocketAddr,
+    pub gossip: SocketAddr,
+    pub data_dir: PathBuf,
+    seeds: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kvnode"))
+            .args(["--node-id", &self.id])
+            .args(["--listen", &self.http.to_string()])
+            .args(["--gossip-listen", &self.gossip.to_string()])
+            .args(["--seeds", &self.seeds])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("KVNODE_CLUSTER_SECRET", SECRET)
+            .env("KVNODE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn kvnode");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) on our own unreaped child with a valid signal.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        child.wait().unwrap()
+    }
+
+    /// Starts the process again: same id, ports and data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last log lines of {} ----", self.id);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A cluster of kvnode processes that all seed from the first.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    pub client: reqwest::Client,
+    // Dropped after the nodes (fields drop in order), so they die first.
+    _dir: tempfile::TempDir,
+}
+
+/// Free ports: bound to 0, read, released. Held together so that one call
+/// never returns the same port twice.
+fn free_ports(n: usize) -> Vec<(SocketAddr, SocketAddr)> {
+    let held: Vec<(TcpListener, UdpSocket)> = (0..n)
+        .map(|_| {
+            (
+                TcpListener::bind("127.0.0.1:0").unwrap(),
+                UdpSocket::bind("127.0.0.1:0").unwrap(),
+            )
+        })
+        .collect();
+    held.iter()
+        .map(|(t, u)| (t.local_addr().unwrap(), u.local_addr().unwrap()))
+        .collect()
+}
+
+impl Cluster {
+    /// Starts `n` nodes and waits until each is ready and sees all `n` up.
+    pub async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(n);
+        let seeds = ports[0].1.to_string();
+        let nodes = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (http, gossip))| {
+                let id = format!("node{}", i + 1);
+                let mut node = NodeProc {
+                    data_dir: dir.path().join(&id),
+                    log: dir.path().join(format!("{id}.log")),
+                    id,
+                    http,
+                    gossip,
+                    seeds: seeds.clone(),
+                    child: None,
+                };
+                node.spawn();
+                node
+            })
+            .collect();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        let cluster = Cluster {
+            nodes,
+            client,
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.wait_until_sees(i, n, Duration::from_secs(30)).await;
+        }
+        cluster
+    }
+
+    /// The members of node `i`'s view: (id, state, status).
+    pub async fn view(&self, i: usize) -> Option<Vec<(String, String, String)>> {
+        let r = self
+            .client
+            .get(self.nodes[i].url("/v1/cluster"))
+            .send()
+            .await
+            .ok()?;
+        let v: Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+        Some(
+            v["members"]
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    (
+                        m["id"].as_str().unwrap_or_default().to_owned(),
+                        m["state"].as_str().unwrap_or_default().to_owned(),
+                        m["status"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until node `i` is ready and sees `n` AVAILABLE members up.
+    pub async fn wait_until_sees(&self, i: usize, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = self
+                .client
+                .get(self.nodes[i].url("/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                if let Some(view) = self.view(i).await {
+                    let up = view
+                        .iter()
+                        .filter(|(_, s, st)| s == "AVAILABLE" && st == "UP")
+                        .count();
+                    if up == n {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not see {n} members up in time",
+                self.nodes[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `observer` reports node `target` with `status`;
+    /// returns how long it took.
+    pub async fn wait_for_status(&self, observer: usize, target: usize, status: &str) -> Duration {
+        let start = Instant::now();
+        let id = &self.nodes[target].id;
+        loop {
+            if let Some(view) = self.view(observer).await {
+                if view.iter().any(|(i, _, st)| i == id && st == status) {
+                    return start.elapsed();
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{} never saw {id} {status}",
+                self.nodes[observer].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn put(&self, i: usize, key: &str, value: &[u8], cl: &str) -> reqwest::Response {
+        self.client
+            .put(self.nodes[i].url(&format!("/v1/kv/{key}?consistency={cl}")))
+            .body(value.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, i: usize, key: &str, cl: &str) -> reqwest::Response {
+        self.client
+            .get(self.nodes[i].url(&format!("/v1/kv/{key}?consistency={cl}")))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts a JSON error body with `status` and `kind`.
+pub async fn assert_json_error(response: reqwest::Response, status: u16, kind: &str) {
+    assert_eq!(response.status(), status);
+    let body: Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).expect("JSON error body");
+    assert_eq!(body["error"], kind, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
