@@ -4,16 +4,16 @@
 //! a hand-rolled registry: it gets the text format, label escaping and
 //! histogram buckets right, and costs one small dependency.
 //!
-//! Engine statistics are not exported yet: `strata_engine::Db::stats()` lands
-//! with the compaction work. They belong in the `/metrics` handler
-//! (`api::cluster::metrics`), appended to [`Metrics::encode`]'s text, read
-//! fresh from the engine at scrape time rather than copied into counters.
+//! Engine statistics (`strata_engine::Db::stats()`) are read fresh at scrape
+//! time and written as `strata_engine_*` families next to the registry's,
+//! rather than copied into counters that could drift from the engine's own.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use strata_engine::Stats;
 
 /// A client or internal operation, as labelled in metrics.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -174,12 +174,154 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+    /// The Prometheus text exposition of every metric, the engine's included.
+    pub fn encode(&self, engine: &Stats) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        // The exposition must end with its EOF marker: the engine's families go before it.
+        let body_len = out.strip_suffix("# EOF\n").map_or(out.len(), str::len);
+        out.truncate(body_len);
+        encode_engine(&mut out, engine)?;
+        out.push_str("# EOF\n");
         Ok(out)
     }
+}
+
+/// Writes `stats` as OpenMetrics families.
+fn encode_engine(out: &mut String, stats: &Stats) -> std::fmt::Result {
+    use std::fmt::Write;
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        writeln!(out, "# HELP strata_engine_{name} {help}")?;
+        writeln!(out, "# TYPE strata_engine_{name} {kind}")?;
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        for (labels, value) in samples {
+            writeln!(out, "strata_engine_{name}{suffix}{labels} {value}")?;
+        }
+        Ok::<(), std::fmt::Error>(())
+    };
+    let per_level = |f: &dyn Fn(&strata_engine::LevelStats) -> f64| -> Vec<(String, f64)> {
+        stats
+            .levels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("{{level=\"{i}\"}}"), f(l)))
+            .collect()
+    };
+    let one = |v: f64| vec![(String::new(), v)];
+    family(
+        "level_tables",
+        "gauge",
+        "Live tables per level.",
+        &per_level(&|l| l.tables as f64),
+    )?;
+    family(
+        "level_bytes",
+        "gauge",
+        "Bytes of live tables per level.",
+        &per_level(&|l| l.bytes as f64),
+    )?;
+    family(
+        "level_score",
+        "gauge",
+        "Compaction urgency per level (due at 1).",
+        &per_level(&|l| l.score),
+    )?;
+    family(
+        "level_written_bytes",
+        "counter",
+        "Bytes written into each level by flushes and compactions.",
+        &per_level(&|l| l.written_bytes as f64),
+    )?;
+    family(
+        "user_written_bytes",
+        "counter",
+        "Key and value bytes of accepted writes.",
+        &one(stats.user_bytes_written as f64),
+    )?;
+    family(
+        "wal_written_bytes",
+        "counter",
+        "Bytes appended to write-ahead logs.",
+        &one(stats.wal_bytes_written as f64),
+    )?;
+    family(
+        "compacted_read_bytes",
+        "counter",
+        "Bytes compactions read.",
+        &one(stats.bytes_compacted_read as f64),
+    )?;
+    family(
+        "flushes",
+        "counter",
+        "Memtables flushed.",
+        &one(stats.flushes as f64),
+    )?;
+    family(
+        "compactions",
+        "counter",
+        "Compactions run.",
+        &one(stats.compactions as f64),
+    )?;
+    family(
+        "write_amplification",
+        "gauge",
+        "Table bytes written per user byte.",
+        &one(stats.write_amplification()),
+    )?;
+    family(
+        "stall_stops",
+        "counter",
+        "Write groups stopped by back-pressure.",
+        &one(stats.stall_stops as f64),
+    )?;
+    family(
+        "stall_stop_seconds",
+        "counter",
+        "Time writers spent stopped.",
+        &one(stats.stall_stop_time.as_secs_f64()),
+    )?;
+    family(
+        "stall_slowdowns",
+        "counter",
+        "Write groups delayed by back-pressure.",
+        &one(stats.stall_slowdowns as f64),
+    )?;
+    family(
+        "bloom_checks",
+        "counter",
+        "Table lookups that consulted a bloom filter.",
+        &one(stats.bloom_checks as f64),
+    )?;
+    family(
+        "bloom_negatives",
+        "counter",
+        "Lookups a bloom filter ruled out.",
+        &one(stats.bloom_negatives as f64),
+    )?;
+    family(
+        "bloom_false_positives",
+        "counter",
+        "Lookups a bloom filter let through in vain.",
+        &one(stats.bloom_false_positives as f64),
+    )?;
+    family(
+        "memtable_bytes",
+        "gauge",
+        "Bytes in the active memtable.",
+        &one(stats.memtable_bytes as f64),
+    )?;
+    family(
+        "immutable_memtables",
+        "gauge",
+        "Frozen memtables waiting for a flush.",
+        &one(stats.immutable_memtables as f64),
+    )?;
+    family(
+        "background_error",
+        "gauge",
+        "1 while a background error stops writes.",
+        &one(f64::from(u8::from(stats.background_error.is_some()))),
+    )
 }
 
 #[cfg(test)]
@@ -194,7 +336,7 @@ mod tests {
         m.request(Op::get, 200, 0.001);
         m.error("bad_request");
         m.replica_call(ReplicaOp::apply, Target::remote, Outcome::timeout);
-        let text = m.encode().unwrap();
+        let text = m.encode(&Stats::default()).unwrap();
         for needle in [
             "kvnode_requests_total{op=\"get\",status=\"200\"} 1",
             "kvnode_request_duration_seconds_bucket{le=",

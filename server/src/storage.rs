@@ -244,6 +244,11 @@ impl Storage {
         Ok(Applied::Stored)
     }
 
+    /// The engine's report: tree shape, I/O, stalls, bloom verdicts.
+    pub fn stats(&self) -> strata_engine::Stats {
+        self.db.stats()
+    }
+
     /// Makes everything written so far durable in tables (shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         Ok(self.db.flush()?)

@@ -96,6 +96,12 @@ async fn kv_compat_and_introspection_routes_work() {
     let me = json(c.client.get(node.url("/v1/node")).send().await.unwrap()).await;
     assert_eq!(me["id"], "node1");
     assert_eq!(me["state"], "AVAILABLE");
+    let engine = &me["engine"];
+    assert_eq!(engine["levels"].as_array().unwrap().len(), 7, "{engine}");
+    assert!(
+        engine["user_bytes_written"].as_u64().unwrap() > 0,
+        "{engine}"
+    );
     assert_eq!(
         c.client
             .get(node.url("/health"))
@@ -128,9 +134,16 @@ async fn kv_compat_and_introspection_routes_work() {
         "kvnode_request_duration_seconds_bucket",
         "kvnode_errors_total{kind=\"not_found\"}",
         "kvnode_replica_calls_total{op=\"apply\",target=\"local\",outcome=\"ok\"}",
+        "strata_engine_level_tables{level=\"0\"}",
+        "strata_engine_user_written_bytes_total",
+        "strata_engine_stall_stops_total",
     ] {
         assert!(metrics.contains(family), "{family} missing from\n{metrics}");
     }
+    assert!(
+        metrics.ends_with("# EOF\n"),
+        "exposition must end with its EOF marker"
+    );
 }
 
 #[tokio::test]

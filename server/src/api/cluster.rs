@@ -50,11 +50,7 @@ pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// `GET /v1/node`: this node.
-///
-/// Engine statistics (`strata_engine::Db::stats()`, from the compaction
-/// work) belong in this answer, under an `"engine"` field, once the engine
-/// has them; nothing stands in for them until then.
+/// `GET /v1/node`: this node, with its engine's report under `"engine"`.
 pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
     let view = state.membership.view();
     let rf = state.config.replication_factor;
@@ -69,7 +65,46 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "tokens": state.membership.tokens().len(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
+        "engine": engine_json(&state.storage.stats()),
     }))
+}
+
+fn engine_json(stats: &strata_engine::Stats) -> serde_json::Value {
+    let levels: Vec<serde_json::Value> = stats
+        .levels
+        .iter()
+        .enumerate()
+        .map(|(level, l)| {
+            serde_json::json!({
+                "level": level,
+                "tables": l.tables,
+                "bytes": l.bytes,
+                "score": l.score,
+                "written_bytes": l.written_bytes,
+                "compactions": l.compactions,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "levels": levels,
+        "user_bytes_written": stats.user_bytes_written,
+        "wal_bytes_written": stats.wal_bytes_written,
+        "bytes_flushed": stats.bytes_flushed,
+        "bytes_compacted_read": stats.bytes_compacted_read,
+        "bytes_compacted_written": stats.bytes_compacted_written,
+        "write_amplification": stats.write_amplification(),
+        "flushes": stats.flushes,
+        "compactions": stats.compactions,
+        "stall_stops": stats.stall_stops,
+        "stall_stop_seconds": stats.stall_stop_time.as_secs_f64(),
+        "stall_slowdowns": stats.stall_slowdowns,
+        "bloom_checks": stats.bloom_checks,
+        "bloom_negatives": stats.bloom_negatives,
+        "bloom_false_positives": stats.bloom_false_positives,
+        "memtable_bytes": stats.memtable_bytes,
+        "immutable_memtables": stats.immutable_memtables,
+        "background_error": stats.background_error,
+    })
 }
 
 /// `GET /health`: 200 while the process serves HTTP.
@@ -92,12 +127,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text exposition. Engine statistics join the
-/// request metrics here once `Db::stats()` exists.
+/// `GET /metrics`: Prometheus text exposition, the engine's statistics included.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = state
         .metrics
-        .encode()
+        .encode(&state.storage.stats())
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
     Ok((
         [(
