@@ -926,7 +926,12 @@ impl Core {
             }
             let version = self.super_version.read().version.clone();
             if let Some(c) = picker::pick_range(&version, &self.options, level, bounds) {
-                self.run_compaction(&c, false)?;
+                if let Err(e) = self.run_compaction(&c, false) {
+                    // A table that cannot be written means a failing disk,
+                    // whoever asked for the compaction.
+                    self.set_background_error(e.clone());
+                    return Err(e);
+                }
             }
         }
         Ok(())

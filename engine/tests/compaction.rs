@@ -233,3 +233,38 @@ fn a_failed_flush_stops_writes_keeps_reads_and_loses_nothing() {
     }
     assert_eq!(db.get(b"after").unwrap(), None);
 }
+
+#[test]
+fn a_failed_compaction_stops_writes_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), small_tree()).unwrap();
+    for i in 0..3000 {
+        db.put(key(i), value(i, 0)).unwrap();
+    }
+    db.flush().unwrap();
+    for i in (0..3000).step_by(2) {
+        db.put(key(i), value(i, 1)).unwrap();
+    }
+    db.flush().unwrap();
+    let blockers: Vec<_> = next_file_numbers(dir.path())
+        .map(|n| dir.path().join(format!("{n:06}.sst")))
+        .collect();
+    for b in &blockers {
+        std::fs::create_dir(b).unwrap();
+    }
+    assert!(db.compact_range::<&[u8]>(..).is_err());
+    assert!(db.put(b"after", b"x").is_err(), "writes must stop");
+    assert!(db.stats().background_error.is_some());
+    assert_eq!(db.get(key(2)).unwrap(), Some(value(2, 1)), "reads go on");
+
+    drop(db);
+    for b in &blockers {
+        std::fs::remove_dir(b).unwrap();
+    }
+    let db = Db::open(dir.path(), small_tree()).unwrap();
+    for i in 0..3000 {
+        assert_eq!(db.get(key(i)).unwrap(), Some(value(i, 1 - i % 2)));
+    }
+    db.compact_range::<&[u8]>(..).unwrap();
+    assert_eq!(db.range::<&[u8]>(..).count(), 3000);
+}
