@@ -20,6 +20,10 @@ use crate::key::compare_internal;
 use crate::sstable::Table;
 use crate::wal::{LogReader, LogWriter};
 
+/// A MANIFEST longer than this is replaced by a fresh one holding one edit,
+/// so that a long-running database's recovery stays quick.
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 pub(crate) struct VersionSet {
     dir: PathBuf,
     manifest: LogWriter,
@@ -29,6 +33,8 @@ pub(crate) struct VersionSet {
     /// The last sequence recorded in the manifest (not the live one: that is the Db's).
     last_sequence: u64,
     current: Arc<Version>,
+    /// [`MAX_MANIFEST_BYTES`], except in tests.
+    max_manifest_bytes: u64,
 }
 
 /// The state a manifest replay accumulates.
@@ -127,8 +133,11 @@ impl VersionSet {
             log_number: replay.log_number,
             last_sequence: replay.last_sequence,
             current: Arc::new(version),
+            max_manifest_bytes: MAX_MANIFEST_BYTES,
         };
-        set.write_snapshot()?;
+        let snapshot = set.snapshot_edit();
+        set.manifest.add_record(&snapshot.encode())?;
+        set.manifest.sync()?;
         file_name::set_current(dir, manifest_number)?;
         if let Some(old) = old_manifest {
             let path = dir.join(manifest_name(old));
@@ -137,8 +146,8 @@ impl VersionSet {
         Ok(set)
     }
 
-    /// Writes one edit describing the whole current state.
-    fn write_snapshot(&mut self) -> Result<()> {
+    /// One edit describing the whole current state.
+    fn snapshot_edit(&self) -> VersionEdit {
         let mut edit = VersionEdit {
             log_number: Some(self.log_number),
             next_file_number: Some(self.next_file_number),
@@ -149,8 +158,33 @@ impl VersionSet {
             edit.added
                 .extend(files.iter().map(|f| (level, f.meta.clone())));
         }
-        self.manifest.add_record(&edit.encode())?;
-        self.manifest.sync()
+        edit
+    }
+
+    /// Starts a new MANIFEST holding the current state and points `CURRENT`
+    /// at it. On failure the old MANIFEST stays in use and nothing changes.
+    fn roll_manifest(&mut self) -> Result<()> {
+        let number = self.new_file_number();
+        let path = self.dir.join(manifest_name(number));
+        let written = LogWriter::create(&path).and_then(|mut manifest| {
+            manifest.add_record(&self.snapshot_edit().encode())?;
+            manifest.sync()?;
+            file_name::set_current(&self.dir, number)?;
+            Ok(manifest)
+        });
+        let manifest = match written {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let old = self.dir.join(manifest_name(self.manifest_number));
+        self.manifest = manifest;
+        self.manifest_number = number;
+        // Garbage once CURRENT moved on; the next open deletes it if this fails.
+        let _ = std::fs::remove_file(old);
+        Ok(())
     }
 
     pub(crate) fn new_file_number(&mut self) -> u64 {
@@ -211,6 +245,11 @@ impl VersionSet {
         for gone in removed.values() {
             gone.mark_obsolete();
         }
+        if self.manifest.len() > self.max_manifest_bytes {
+            // The edit is durable already; a failed roll only means the old
+            // MANIFEST keeps growing until the next attempt.
+            let _ = self.roll_manifest();
+        }
         Ok(self.current.clone())
     }
 }
@@ -243,5 +282,48 @@ fn sort_levels(version: &mut Version) {
         } else {
             files.sort_by(|a, b| compare_internal(&a.meta.smallest, &b.meta.smallest));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_long_manifest_is_replaced_and_recovers_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = VersionSet::recover(dir.path(), true, 0).unwrap();
+        set.max_manifest_bytes = 256;
+        let first = set.manifest_number();
+        for seq in 1..=50u64 {
+            set.log_and_apply(VersionEdit {
+                last_sequence: Some(seq),
+                ..VersionEdit::default()
+            })
+            .unwrap();
+        }
+        assert_ne!(
+            set.manifest_number(),
+            first,
+            "the manifest was never rolled"
+        );
+        let manifests = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("MANIFEST-")
+            })
+            .count();
+        assert_eq!(manifests, 1, "old manifests are deleted");
+        let next = set.new_file_number();
+        drop(set);
+        let mut set = VersionSet::recover(dir.path(), false, 0).unwrap();
+        assert_eq!(set.last_sequence(), 50);
+        assert!(set.new_file_number() > next, "file numbers never go back");
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct LogWriter {
     /// Offset within the current block, in `0..BLOCK_SIZE`.
     block_offset: usize,
     scratch: Vec<u8>,
+    /// Bytes appended so far: the file's length.
+    len: u64,
 }
 
 impl LogWriter {
@@ -31,6 +33,7 @@ impl LogWriter {
             path: path.to_path_buf(),
             block_offset: 0,
             scratch: Vec::new(),
+            len: 0,
         })
     }
 
@@ -41,7 +44,13 @@ impl LogWriter {
         self.file
             .write_all(&self.scratch)
             .map_err(|e| Error::io(&self.path, e))?;
+        self.len += self.scratch.len() as u64;
         Ok(())
+    }
+
+    /// Bytes appended so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
     }
 
     /// Makes every appended record durable (fdatasync).
