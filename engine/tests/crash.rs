@@ -22,9 +22,13 @@ const ROUNDS: u32 = 8;
 const WRITER_THREADS: u32 = 4;
 
 fn options() -> Options {
-    // Small memtables so that rotations and flushes happen inside the crash window.
+    // Small memtables and levels so that rotations, flushes and compactions
+    // (several levels deep over the rounds) happen inside the crash window.
     Options {
         write_buffer_size: 128 << 10,
+        level0_compaction_trigger: 2,
+        target_table_size: 64 << 10,
+        level1_target_size: 256 << 10,
         ..Options::default()
     }
 }
@@ -168,7 +172,9 @@ fn run_round(
     Ok(lines.len())
 }
 
-fn verify(dir: &std::path::Path, acked: &mut Acked) -> Result<(), String> {
+/// Checks every acknowledged write after a crash; returns the deepest level
+/// holding a table, to show that compactions ran inside the crash windows.
+fn verify(dir: &std::path::Path, acked: &mut Acked) -> Result<usize, String> {
     let db = Db::open(dir, options()).map_err(|e| format!("reopen failed: {e}"))?;
     // The in-flight deletes either landed or did not; from now on that is settled.
     for k in std::mem::take(&mut acked.maybe_deleted) {
@@ -219,7 +225,7 @@ fn verify(dir: &std::path::Path, acked: &mut Acked) -> Result<(), String> {
             acked.puts.len()
         ));
     }
-    Ok(())
+    Ok(db.live_tables().iter().map(|t| t.level).max().unwrap_or(0))
 }
 
 fn main() {
@@ -244,16 +250,18 @@ fn main() {
     let mut acked = Acked::default();
     let start = Instant::now();
     let mut result = Ok(());
+    let mut deepest = 0;
     for round in 0..ROUNDS {
-        let outcome = run_round(&exe, dir.path(), round, &mut acked).and_then(|n| {
-            verify(dir.path(), &mut acked)?;
-            Ok(n)
-        });
+        let outcome = run_round(&exe, dir.path(), round, &mut acked)
+            .and_then(|n| Ok((n, verify(dir.path(), &mut acked)?)));
         match outcome {
-            Ok(n) => println!(
-                "crash round {round}: {n} acknowledged lines, all {} puts present",
-                acked.puts.len()
-            ),
+            Ok((n, level)) => {
+                deepest = deepest.max(level);
+                println!(
+                    "crash round {round}: {n} acknowledged lines, all {} puts present, tables down to L{level}",
+                    acked.puts.len()
+                )
+            }
             Err(e) => {
                 result = Err(format!("round {round}: {e}"));
                 break;
@@ -262,6 +270,10 @@ fn main() {
     }
     if let Err(e) = &result {
         eprintln!("crash_kill9_keeps_every_acknowledged_write FAILED: {e}");
+    }
+    if result.is_ok() && deepest == 0 {
+        result = Err("no compaction ran: every table stayed in L0".to_string());
+        eprintln!("crash_kill9_keeps_every_acknowledged_write FAILED: no compaction ran");
     }
     let total_ok = result.is_ok() && !acked.puts.is_empty();
     if result.is_ok() && acked.puts.is_empty() {
