@@ -53,8 +53,8 @@ impl ClusterSecret {
         let Some(token) = header.strip_prefix(b"Bearer ") else {
             return false;
         };
-        // Equal lengths first: ct_eq on slices of different lengths returns
-        // false early, which leaks only the length, not the content.
+        // ct_eq returns false at once for slices of different lengths, which
+        // leaks only the length, never the content.
         token.ct_eq(self.0.as_bytes()).into()
     }
 

@@ -37,11 +37,6 @@ impl Hlc {
         self.advance(remote);
     }
 
-    /// The physical milliseconds of a timestamp.
-    pub fn physical_ms(timestamp: u64) -> u64 {
-        timestamp >> LOGICAL_BITS
-    }
-
     fn advance(&self, floor: u64) -> u64 {
         let wall = wall_ms() << LOGICAL_BITS;
         let mut last = self.last.load(Ordering::Relaxed);
@@ -86,7 +81,7 @@ mod tests {
     #[test]
     fn physical_part_tracks_the_wall_clock() {
         let clock = Hlc::new();
-        let ms = Hlc::physical_ms(clock.now());
+        let ms = clock.now() >> LOGICAL_BITS;
         assert!(ms.abs_diff(wall_ms()) < 5_000);
     }
 

@@ -135,4 +135,22 @@ async fn a_killed_node_is_routed_around_and_rejoins_with_its_data() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap(), format!("n{k}").as_bytes());
     }
+
+    // With two of three replicas down, QUORUM (2 of the 3 in the preference
+    // list, not 1 of the 1 alive) is unreachable; ONE still works.
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+    cluster.wait_for_status(0, 1, "DOWN").await;
+    cluster.wait_for_status(0, 2, "DOWN").await;
+    assert_json_error(
+        cluster.put(0, "y", b"y", "quorum").await,
+        503,
+        "unavailable",
+    )
+    .await;
+    assert_json_error(cluster.get(0, "old-1", "quorum").await, 503, "unavailable").await;
+    assert_eq!(cluster.put(0, "y", b"y", "one").await.status(), 204);
+    let r = cluster.get(0, "old-1", "one").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), b"v1".as_slice());
 }

@@ -96,9 +96,19 @@ async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Ne
     let start = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let deadline = state.config.request_timeout;
+    // Node-to-node calls do not take a client slot: a coordinator holding a
+    // slot waits on its replicas' internal calls, so if those queued behind
+    // the same limit, a full load on every node would deadlock until the
+    // replica timeouts fired. They are bounded anyway, by the coordinators'
+    // own client limits times the replication factor.
+    let internal = req.uri().path().starts_with("/internal/");
     let response = match tokio::time::timeout(deadline, async {
         // The semaphore is never closed, so acquire only fails if it were.
-        let _permit = state.in_flight.acquire().await;
+        let _permit = if internal {
+            None
+        } else {
+            Some(state.in_flight.acquire().await)
+        };
         next.run(req).await
     })
     .await

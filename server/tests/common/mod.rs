@@ -71,7 +71,19 @@ impl NodeProc {
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
-        child.wait().unwrap()
+        // A hung shutdown must fail the test, not hang the suite.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts the process again: same id, ports and data dir.
