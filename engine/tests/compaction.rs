@@ -178,7 +178,9 @@ fn writers_held_back_by_level0_resume() {
     let stats = db.stats();
     assert!(stats.compactions > 0, "{stats}");
     assert!(stats.stall_slowdowns + stats.stall_stops > 0, "{stats}");
-    assert!(stats.levels[0].tables < 4, "{stats}");
+    // Rotation stops at 4 L0 tables, but memtables frozen just before (two
+    // at most) still land there.
+    assert!(stats.levels[0].tables <= 4 + 2, "{stats}");
     for t in 0..4u32 {
         for i in (0..3000u32).step_by(101) {
             assert_eq!(db.get(key(t * 10_000 + i)).unwrap(), Some(value(i, t)));

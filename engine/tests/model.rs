@@ -253,10 +253,11 @@ fn large_overwrite_workload_matches_model() {
         ops.push(Op::CheckSnapshot(i));
     }
     let db = run(ops);
-    let stats = db.stats();
-    assert!(stats.compactions > 0, "{stats}");
+    db.wait_for_compactions().unwrap();
+    // Counters restart at the reopen; the tree's shape shows the compactions.
     assert!(
         db.live_tables().iter().any(|t| t.level >= 2),
-        "expected data below L1: {stats}"
+        "expected data below L1: {}",
+        db.stats()
     );
 }

@@ -125,6 +125,22 @@ impl<'a> BlockIter<'a> {
         })
     }
 
+    /// Resumes a scan of `block` where [`BlockIter::into_position`] left
+    /// one: `next` is the offset of the next entry and `key` the key before
+    /// it, which that entry's shared prefix refers to.
+    pub(crate) fn resume(block: &'a [u8], next: usize, key: Vec<u8>) -> Result<Self, DecodeError> {
+        let mut it = BlockIter::new(block)?;
+        it.next = next;
+        it.key = key;
+        Ok(it)
+    }
+
+    /// Where to [`resume`](BlockIter::resume): the next entry's offset and
+    /// the current key (the buffer is handed back for reuse).
+    pub(crate) fn into_position(self) -> (usize, Vec<u8>) {
+        (self.next, self.key)
+    }
+
     /// The current entry, if positioned on one.
     pub(crate) fn current(&self) -> Option<(&[u8], &'a [u8])> {
         self.valid.then_some((self.key.as_slice(), self.value))
@@ -243,6 +259,17 @@ mod tests {
             let mut it = BlockIter::new(&block).unwrap();
             assert!(it.seek(b"a", |a, b| a.cmp(b)).unwrap());
             assert_eq!(it.current().unwrap().0, kvs[0].0.as_slice());
+
+            // A scan stopped after every entry and resumed yields the rest.
+            let mut pos = (0, Vec::new());
+            for (k, v) in &kvs {
+                let mut it = BlockIter::resume(&block, pos.0, pos.1).unwrap();
+                assert!(it.advance().unwrap());
+                assert_eq!(it.current().unwrap(), (k.as_slice(), v.as_slice()));
+                pos = it.into_position();
+            }
+            let mut it = BlockIter::resume(&block, pos.0, pos.1).unwrap();
+            assert!(!it.advance().unwrap());
         }
     }
 

@@ -213,20 +213,36 @@ fn decode_index(block: &[u8], data_end: usize) -> Result<Vec<IndexEntry>, Decode
     Ok(out)
 }
 
-/// A scan over one table in either direction, a data block at a time.
+/// A scan over one table. Forward scans decode one entry at a time, so a
+/// seek that reads a few entries pays for those alone; backward scans
+/// decode a block at a time (entries can only be decoded forwards) and hand
+/// it out reversed.
 pub(crate) struct TableSource {
     table: Arc<Table>,
     bounds: KeyBounds,
     direction: Direction,
-    /// The next data block to decode; `None` when there is none left.
+    /// Backward: the next data block to decode; `None` when none is left.
     next_block: Option<usize>,
+    /// Backward: the decoded entries of the current block, in walk order.
     buffer: VecDeque<Entry>,
+    /// Forward: where the next entry is; `None` once the scan is over.
+    forward: Option<ForwardPos>,
+    /// Forward: the first entry still has to be found by a seek.
+    seek_pending: bool,
+}
+
+/// A forward scan's place in the table.
+struct ForwardPos {
+    block: usize,
+    /// Offset of the next entry in the block, and the key before it.
+    next: usize,
+    key: Vec<u8>,
 }
 
 impl TableSource {
     pub(crate) fn new(table: Arc<Table>, bounds: &KeyBounds, direction: Direction) -> Self {
         let n = table.index.len();
-        let next_block = match direction {
+        let (next_block, forward) = match direction {
             Direction::Forward => {
                 let start = match &bounds.lower {
                     Bound::Unbounded => 0,
@@ -234,23 +250,92 @@ impl TableSource {
                         table.find_block(&internal_key(k, MAX_SEQUENCE, SEEK_KIND))
                     }
                 };
-                (start < n).then_some(start)
+                let pos = (start < n).then_some(ForwardPos {
+                    block: start,
+                    next: 0,
+                    key: Vec::new(),
+                });
+                (None, pos)
             }
-            Direction::Backward => match &bounds.upper {
-                Bound::Unbounded => n.checked_sub(1),
-                Bound::Included(k) | Bound::Excluded(k) => {
-                    // The block holding the last version of `k` (seq 0 sorts last).
-                    let end = table.find_block(&internal_key(k, 0, ValueKind::Deletion));
-                    Some(end.min(n.saturating_sub(1))).filter(|_| n > 0)
-                }
-            },
+            Direction::Backward => {
+                let block = match &bounds.upper {
+                    Bound::Unbounded => n.checked_sub(1),
+                    Bound::Included(k) | Bound::Excluded(k) => {
+                        // The block holding the last version of `k` (seq 0 sorts last).
+                        let end = table.find_block(&internal_key(k, 0, ValueKind::Deletion));
+                        Some(end.min(n.saturating_sub(1))).filter(|_| n > 0)
+                    }
+                };
+                (block, None)
+            }
         };
         TableSource {
+            seek_pending: !matches!(bounds.lower, Bound::Unbounded),
             table,
             bounds: bounds.clone(),
             direction,
             next_block,
             buffer: VecDeque::new(),
+            forward,
+        }
+    }
+
+    /// The next entry of a forward scan within the bounds.
+    fn next_forward(&mut self) -> Result<Option<Entry>> {
+        loop {
+            let Some(pos) = self.forward.as_mut() else {
+                return Ok(None);
+            };
+            let i = pos.block;
+            let block = self.table.data_block(i)?;
+            let key = std::mem::take(&mut pos.key);
+            let step = (|| {
+                let mut it = BlockIter::resume(block, pos.next, key)?;
+                let found = if self.seek_pending {
+                    let target = match &self.bounds.lower {
+                        Bound::Included(k) | Bound::Excluded(k) => {
+                            internal_key(k, MAX_SEQUENCE, SEEK_KIND)
+                        }
+                        Bound::Unbounded => Vec::new(),
+                    };
+                    it.seek(&target, compare_internal)?
+                } else {
+                    it.advance()?
+                };
+                let entry = match it.current().filter(|_| found) {
+                    Some((k, v)) => {
+                        let parsed = ParsedKey::parse(k)?;
+                        Some(Entry {
+                            user_key: parsed.user_key.to_vec(),
+                            tag: crate::key::pack_tag(parsed.seq, parsed.kind),
+                            value: v.to_vec(),
+                        })
+                    }
+                    None => None,
+                };
+                Ok((entry, it.into_position()))
+            })();
+            let (entry, (next, key)) = step.map_err(|e| self.table.block_corruption(i, e))?;
+            self.seek_pending = false;
+            pos.next = next;
+            pos.key = key;
+            let Some(entry) = entry else {
+                // End of this block: on to the next one, from its start.
+                pos.block += 1;
+                pos.next = 0;
+                pos.key.clear();
+                if pos.block >= self.table.index.len() {
+                    self.forward = None;
+                }
+                continue;
+            };
+            if !self.bounds.below_upper(&entry.user_key) {
+                self.forward = None;
+                return Ok(None);
+            }
+            if self.bounds.above_lower(&entry.user_key) {
+                return Ok(Some(entry));
+            }
         }
     }
 
@@ -260,25 +345,12 @@ impl TableSource {
         };
         let mut entries = VecDeque::new();
         self.table.decode_block(i, &mut entries)?;
-        let n = self.table.index.len();
-        self.next_block = match self.direction {
-            Direction::Forward => {
-                let past_end = entries
-                    .back()
-                    .is_some_and(|e| !self.bounds.below_upper(&e.user_key));
-                (i + 1 < n && !past_end).then_some(i + 1)
-            }
-            Direction::Backward => {
-                let before_start = entries
-                    .front()
-                    .is_some_and(|e| !self.bounds.above_lower(&e.user_key));
-                i.checked_sub(1).filter(|_| !before_start)
-            }
-        };
+        let before_start = entries
+            .front()
+            .is_some_and(|e| !self.bounds.above_lower(&e.user_key));
+        self.next_block = i.checked_sub(1).filter(|_| !before_start);
         entries.retain(|e| self.bounds.contains(&e.user_key));
-        if self.direction == Direction::Backward {
-            entries.make_contiguous().reverse();
-        }
+        entries.make_contiguous().reverse();
         self.buffer = entries;
         Ok(())
     }
@@ -286,6 +358,9 @@ impl TableSource {
 
 impl Source for TableSource {
     fn next_entry(&mut self) -> Result<Option<Entry>> {
+        if self.direction == Direction::Forward {
+            return self.next_forward();
+        }
         while self.buffer.is_empty() && self.next_block.is_some() {
             self.load_next_block()?;
         }
