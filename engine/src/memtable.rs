@@ -27,32 +27,54 @@ const ENTRY_OVERHEAD: usize = 64;
 /// scan pays one O(log n) seek per chunk rather than per entry.
 const SCAN_CHUNK: usize = 64;
 
-/// A skiplist key: user key ascending, then tag (sequence) descending.
+/// A skiplist entry: user key ascending, then tag (sequence) descending.
 ///
 /// `prefix` holds the key's first 16 bytes (zero-padded, big-endian) inside
 /// the skiplist node: comparing it first orders most pairs of distinct keys
-/// without following the `user_key` pointer, which is a cache miss per
-/// node on the insert and lookup paths. Zero padding keeps the order
-/// lexicographic: prefixes differ only where the keys' first 16 bytes do, or
-/// where one key is a proper prefix of the other (and so sorts first).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// without following the `data` pointer, which is a cache miss per node on
+/// the insert and lookup paths. Zero padding keeps the order lexicographic:
+/// prefixes differ only where the keys' first 16 bytes do, or where one key
+/// is a proper prefix of the other (and so sorts first).
+///
+/// The value lives in the same allocation as the key (`data` = key ++
+/// value): one allocation per entry instead of two. Only the key takes part
+/// in equality and order.
+#[derive(Debug, Clone)]
 pub(crate) struct MemKey {
     prefix: u128,
-    user_key: Box<[u8]>,
+    data: Box<[u8]>,
+    key_len: usize,
     tag: u64,
 }
 
 impl MemKey {
+    /// A key to seek with: no value.
     fn new(user_key: &[u8], tag: u64) -> Self {
+        Self::with_value(user_key, &[], tag)
+    }
+
+    fn with_value(user_key: &[u8], value: &[u8], tag: u64) -> Self {
         let mut head = [0u8; 16];
         for (dst, src) in head.iter_mut().zip(user_key) {
             *dst = *src;
         }
+        let mut data = Vec::with_capacity(user_key.len() + value.len());
+        data.extend_from_slice(user_key);
+        data.extend_from_slice(value);
         MemKey {
             prefix: u128::from_be_bytes(head),
-            user_key: user_key.into(),
+            data: data.into_boxed_slice(),
+            key_len: user_key.len(),
             tag,
         }
+    }
+
+    fn user_key(&self) -> &[u8] {
+        self.data.get(..self.key_len).unwrap_or_default()
+    }
+
+    fn value(&self) -> &[u8] {
+        self.data.get(self.key_len..).unwrap_or_default()
     }
 }
 
@@ -60,10 +82,18 @@ impl Ord for MemKey {
     fn cmp(&self, other: &Self) -> Ordering {
         self.prefix
             .cmp(&other.prefix)
-            .then_with(|| self.user_key.cmp(&other.user_key))
+            .then_with(|| self.user_key().cmp(other.user_key()))
             .then_with(|| other.tag.cmp(&self.tag))
     }
 }
+
+impl PartialEq for MemKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for MemKey {}
 
 impl PartialOrd for MemKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
@@ -79,7 +109,7 @@ pub(crate) enum Lookup {
 }
 
 pub(crate) struct Memtable {
-    map: SkipMap<MemKey, Vec<u8>>,
+    map: SkipMap<MemKey, ()>,
     size: AtomicUsize,
     /// The WAL file that holds this memtable's writes; once the memtable is in
     /// a table, WAL files older than the next memtable's can go.
@@ -109,24 +139,24 @@ impl Memtable {
     }
 
     pub(crate) fn insert(&self, record: &Record<'_>) {
-        let key = MemKey::new(record.key, pack_tag(record.seq, record.kind));
+        let key = MemKey::with_value(record.key, record.value, pack_tag(record.seq, record.kind));
         self.size.fetch_add(
             record.key.len() + record.value.len() + ENTRY_OVERHEAD,
             AtomicOrdering::Relaxed,
         );
-        self.map.insert(key, record.value.to_vec());
+        self.map.insert(key, ());
     }
 
     /// The newest version of `key` visible at `seq`, if this memtable has one.
     pub(crate) fn get(&self, key: &[u8], seq: u64) -> Option<Lookup> {
         let seek = MemKey::new(key, pack_tag(seq, SEEK_KIND));
         let entry = self.map.lower_bound(Bound::Included(&seek))?;
-        if &*entry.key().user_key != key {
+        if entry.key().user_key() != key {
             return None;
         }
         Some(match entry.key().tag & 0xff {
             t if t == ValueKind::Deletion as u64 => Lookup::Deleted,
-            _ => Lookup::Value(entry.value().clone()),
+            _ => Lookup::Value(entry.key().value().to_vec()),
         })
     }
 
@@ -136,9 +166,9 @@ impl Memtable {
         let mut ikey = Vec::new();
         for e in self.map.iter() {
             ikey.clear();
-            ikey.extend_from_slice(&e.key().user_key);
+            ikey.extend_from_slice(e.key().user_key());
             ikey.extend_from_slice(&e.key().tag.to_le_bytes());
-            f(&ikey, e.value())?;
+            f(&ikey, e.key().value())?;
         }
         Ok(())
     }
@@ -187,10 +217,10 @@ impl MemSource {
 
     fn refill(&mut self) {
         let range = self.mem.map.range((self.lower.clone(), self.upper.clone()));
-        let to_entry = |e: crossbeam_skiplist::map::Entry<'_, MemKey, Vec<u8>>| Entry {
-            user_key: e.key().user_key.to_vec(),
+        let to_entry = |e: crossbeam_skiplist::map::Entry<'_, MemKey, ()>| Entry {
+            user_key: e.key().user_key().to_vec(),
             tag: e.key().tag,
-            value: e.value().clone(),
+            value: e.key().value().to_vec(),
         };
         match self.direction {
             Direction::Forward => self.buffer.extend(range.take(SCAN_CHUNK).map(to_entry)),

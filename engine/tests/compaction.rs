@@ -247,7 +247,8 @@ fn a_failed_compaction_stops_writes_and_loses_nothing() {
     for i in (0..3000).step_by(2) {
         db.put(key(i), value(i, 1)).unwrap();
     }
-    db.flush().unwrap();
+    // Settled, so that no background job creates a file while we block names.
+    db.wait_for_compactions().unwrap();
     let blockers: Vec<_> = next_file_numbers(dir.path())
         .map(|n| dir.path().join(format!("{n:06}.sst")))
         .collect();
