@@ -28,7 +28,8 @@
 //! consistency), [`membership`] (gossip and the ring), [`storage`] (the
 //! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
 //! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`demo`] (a local cluster).
+//! shutdown), [`stream`] (bootstrap streaming and clean-up), [`demo`] (a
+//! local cluster).
 
 pub mod api;
 pub mod auth;
@@ -40,6 +41,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod storage;
+pub mod stream;
 
 pub use api::router;
 pub use node::{run, NodeError};

@@ -63,6 +63,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "gossip_addr": state.config.gossip_advertise.to_string(),
         "data_dir": state.config.data_dir.display().to_string(),
         "tokens": state.membership.tokens().len(),
+        "streaming": state.progress.report(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
         "engine": engine_json(&state.storage.stats()),

@@ -28,6 +28,8 @@ use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
 use crate::storage::Storage;
+use crate::stream::sender::{self, STREAM_PATH};
+use crate::stream::Progress;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -47,6 +49,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Requests in flight; bounds the work a burst can start.
     pub in_flight: Arc<Semaphore>,
+    /// Progress of this node's incoming streams.
+    pub progress: Arc<Progress>,
 }
 
 /// The node's router: every route, the request bounds and the metrics.
@@ -54,6 +58,7 @@ pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route(internal::APPLY_PATH, post(internal::apply))
         .route(internal::READ_PATH, post(internal::read))
+        .route(STREAM_PATH, get(sender::stream))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,
@@ -135,6 +140,8 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_apply
     } else if path == internal::READ_PATH {
         Op::internal_read
+    } else if path == STREAM_PATH {
+        Op::internal_stream
     } else if matches!(
         path,
         "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
