@@ -1,0 +1,236 @@
+//! Live bootstrap: a fourth node joins a three-node RF 3 cluster while
+//! clients keep writing at QUORUM; nothing acknowledged is lost, no client
+//! write fails because of the join, the new node holds its share, and the
+//! old owners drop what they gave away.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use parking_lot::Mutex;
+
+/// Distinct keys written (and overwritten) by the load.
+const KEYS: usize = 3000;
+/// Concurrent writers.
+const WRITERS: usize = 8;
+
+/// Every acknowledged write: per key, the highest version acknowledged and
+/// its value.
+type Acked = Arc<Mutex<HashMap<String, (u64, Vec<u8>)>>>;
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn put(client: &reqwest::Client, base: &str, key: &str, value: &[u8]) -> Result<u64, String> {
+    let r = client
+        .put(format!("{base}/v1/kv/{key}?consistency=quorum"))
+        .body(value.to_vec())
+        .send()
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
+    if r.status() != 204 {
+        let status = r.status();
+        return Err(format!(
+            "{key}: {status} {}",
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    r.headers()
+        .get("x-kvnode-version")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .ok_or_else(|| format!("{key}: no version"))
+}
+
+fn record(acked: &Acked, key: String, version: u64, value: Vec<u8>) {
+    let mut acked = acked.lock();
+    let slot = acked.entry(key).or_insert((0, Vec::new()));
+    if version > slot.0 {
+        *slot = (version, value);
+    }
+}
+
+/// Starts writers that overwrite random keys through the given nodes until
+/// stopped, recording every acknowledged write.
+fn start_load(client: reqwest::Client, bases: Vec<String>, acked: Acked) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let tasks = (0..WRITERS)
+        .map(|w| {
+            let (client, bases, acked) = (client.clone(), bases.clone(), acked.clone());
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let k = rand::random::<usize>() % KEYS;
+                    let key = format!("key-{k}");
+                    let value = format!("w{w}-{n}").into_bytes();
+                    let base = &bases[rand::random::<usize>() % bases.len()];
+                    match put(&client, base, &key, &value).await {
+                        Ok(version) => {
+                            record(&acked, key, version, value);
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.lock().push(e),
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    Load {
+        stop,
+        ok,
+        failures,
+        tasks,
+    }
+}
+
+impl Load {
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failures = self.failures.lock().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// Every acknowledged write reads back at ALL, through every node in turn,
+/// with its latest acknowledged version and value.
+async fn assert_all_readable(cluster: &Cluster, nodes: &[usize], acked: &Acked) {
+    let expected: Vec<(String, (u64, Vec<u8>))> = acked
+        .lock()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut tasks = Vec::new();
+    for chunk in expected.chunks(expected.len().div_ceil(16)) {
+        let chunk = chunk.to_vec();
+        let client = cluster.client.clone();
+        let bases: Vec<String> = nodes.iter().map(|&i| cluster.nodes[i].url("")).collect();
+        tasks.push(tokio::spawn(async move {
+            for (i, (key, (version, value))) in chunk.into_iter().enumerate() {
+                let base = &bases[i % bases.len()];
+                let r = client
+                    .get(format!("{base}/v1/kv/{key}?consistency=all"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{key} at ALL via {base}");
+                let got: u64 = r.headers()["x-kvnode-version"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(got, version, "{key}: latest acknowledged version");
+                assert_eq!(r.bytes().await.unwrap(), value, "{key}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_under_quorum_writes_and_loses_nothing() {
+    let mut cluster = Cluster::start(3).await;
+    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    let bases: Vec<String> = (0..3).map(|i| cluster.nodes[i].url("")).collect();
+
+    // Every key exists before the join, so the new node has data to stream.
+    let preload = Instant::now();
+    let mut tasks = Vec::new();
+    for part in 0..16 {
+        let (client, bases, acked) = (cluster.client.clone(), bases.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in (part..KEYS).step_by(16) {
+                let key = format!("key-{k}");
+                let value = format!("pre-{k}").into_bytes();
+                let version = put(&client, &bases[k % 3], &key, &value).await.unwrap();
+                record(&acked, key, version, value);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("preloaded {KEYS} keys in {:?}", preload.elapsed());
+
+    let load = start_load(cluster.client.clone(), bases, acked.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let joiner = cluster.add_node();
+    let joined = cluster.wait_ready(joiner, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failures) = load.stop().await;
+    eprintln!(
+        "node4 AVAILABLE {joined:?} after start; {ok} QUORUM writes acknowledged during the load"
+    );
+    assert!(failures.is_empty(), "client writes failed: {failures:?}");
+    assert!(ok > 0);
+
+    for i in 0..4 {
+        cluster.wait_until_sees(i, 4, Duration::from_secs(20)).await;
+    }
+    assert_all_readable(&cluster, &[0, 1, 2, 3], &acked).await;
+
+    let info = cluster.node_info(joiner).await.unwrap();
+    let streamed = info["streaming"]["items"].as_u64().unwrap();
+    let bytes = info["streaming"]["bytes"].as_u64().unwrap();
+    let mut held = 0usize;
+    for k in 0..KEYS {
+        held += usize::from(
+            cluster
+                .local_record(joiner, &format!("key-{k}"))
+                .await
+                .is_some(),
+        );
+    }
+    let ranges = info["streaming"]["ranges"].as_array().unwrap();
+    assert!(!ranges.is_empty());
+    assert!(ranges.iter().all(|r| r["state"] == "done"), "{ranges:?}");
+    // With RF 3 on 4 nodes, a node replicates 3/4 of the keys; the replicas
+    // that move are that many out of 3 per key: ideally 1/4 of them.
+    eprintln!(
+        "node4 streamed {streamed} items ({bytes} key+value bytes) in {} ranges, holds {held} of {KEYS} keys ({:.1}% vs ideal 75%); replicas moved {:.1}% of {} (ideal 25%)",
+        ranges.len(),
+        100.0 * held as f64 / KEYS as f64,
+        100.0 * held as f64 / (3 * KEYS) as f64,
+        3 * KEYS
+    );
+    assert!(held > KEYS / 2 && held < KEYS, "node4 holds {held} keys");
+    assert!(streamed > 0);
+
+    // Old owners drop what node4 took: exactly one old replica per key it
+    // now replicates, once the ring has held still for the grace period.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut deleted = 0.0;
+        for i in 0..3 {
+            deleted += cluster
+                .metric(i, "kvnode_cleanup_deleted_items_total")
+                .await;
+        }
+        if deleted as usize == held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old owners deleted {deleted} items, node4 holds {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_all_readable(&cluster, &[0, 1, 2, 3], &acked).await;
+}
