@@ -13,6 +13,7 @@
 //! | `tokens` | the node's ring tokens, decimal, comma-separated |
 //! | `sig`    | HMAC-SHA256 of the above under the cluster secret (`auth`) |
 //! | `seen`   | the transitions this node routes by (below); not signed |
+//! | `pulled` | `id:generation` of LEAVING nodes whose ranges this node has taken over; not signed |
 //!
 //! A record whose signature does not verify is ignored, so an outsider who
 //! can send gossip datagrams cannot add a member that would receive internal
@@ -63,6 +64,7 @@ const KEY_STATE: &str = "state";
 const KEY_TOKENS: &str = "tokens";
 const KEY_SIG: &str = "sig";
 const KEY_SEEN: &str = "seen";
+const KEY_PULLED: &str = "pulled";
 
 /// The lifecycle of a node, as published in gossip. DOWN is not a state a
 /// node publishes: it is what the failure detector concludes
@@ -132,6 +134,15 @@ pub struct MemberInfo {
     pub generation: u64,
     /// The transitions (`id:STATE`) this member routes by (see the module doc).
     pub seen: Vec<String>,
+    /// Leaving nodes (`id:generation`) whose ranges this member has taken over.
+    pub pulled: Vec<String>,
+}
+
+impl MemberInfo {
+    /// This member as named in `pulled`.
+    pub fn incarnation(&self) -> String {
+        format!("{}:{}", self.id, self.generation)
+    }
 }
 
 impl MemberInfo {
@@ -280,6 +291,8 @@ pub struct Membership {
     writes: Mutex<BTreeMap<u64, usize>>,
     /// What this node last published under `seen`.
     published_seen: Mutex<Vec<String>>,
+    /// What this node publishes under `pulled`.
+    pulled: Mutex<Vec<String>>,
 }
 
 /// A write in flight under a view's epoch; see [`Membership::begin_write`].
@@ -365,6 +378,7 @@ impl Membership {
             (KEY_TOKENS.to_owned(), tokens_text),
             (KEY_SIG.to_owned(), sig),
             (KEY_SEEN.to_owned(), String::new()),
+            (KEY_PULLED.to_owned(), String::new()),
         ];
         let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
             .await
@@ -388,6 +402,7 @@ impl Membership {
             refresher: Mutex::new(None),
             writes: Mutex::new(BTreeMap::new()),
             published_seen: Mutex::new(Vec::new()),
+            pulled: Mutex::new(Vec::new()),
         });
         me.refresh().await;
         let weak = Arc::downgrade(&me);
@@ -434,6 +449,25 @@ impl Membership {
             membership: self,
             epoch,
         }
+    }
+
+    /// Publishes that this node has taken over the ranges of `leaver`
+    /// ([`MemberInfo::incarnation`]).
+    pub async fn mark_pulled(&self, leaver: String) {
+        let text = {
+            let mut pulled = self.pulled.lock();
+            if pulled.contains(&leaver) {
+                return;
+            }
+            pulled.push(leaver);
+            pulled.join(",")
+        };
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| c.self_node_state().set(KEY_PULLED, &text))
+                .await;
+        }
+        self.refresh().await;
     }
 
     /// Publishes a new state for this node.
@@ -499,7 +533,7 @@ impl Membership {
                 let Some(info) = self.verify_member(
                     id,
                     [get(KEY_HTTP), get(KEY_STATE), get(KEY_TOKENS), get(KEY_SIG)],
-                    get(KEY_SEEN),
+                    [get(KEY_SEEN), get(KEY_PULLED)],
                     live.contains(id),
                 ) else {
                     continue;
@@ -554,7 +588,7 @@ impl Membership {
         &self,
         id: &ChitchatId,
         [http, state, tokens, sig]: [Option<&str>; 4],
-        seen: Option<&str>,
+        [seen, pulled]: [Option<&str>; 2],
         live: bool,
     ) -> Option<MemberInfo> {
         let (http, state, tokens, sig) = (http?, state?, tokens?, sig?);
@@ -575,14 +609,18 @@ impl Membership {
             tokens: tokens?,
             live: live || *id.node_id == *self.self_id.as_str(),
             generation: id.generation_id,
-            seen: seen
-                .unwrap_or_default()
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            seen: list(seen),
+            pulled: list(pulled),
         })
     }
+}
+
+fn list(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn signed_message(
@@ -625,6 +663,7 @@ mod tests {
             live,
             generation: 1,
             seen: Vec::new(),
+            pulled: Vec::new(),
         }
     }
 

@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
 use crate::stream::bootstrap::Bootstrap;
 use crate::stream::receiver::Receiver;
-use crate::stream::{cleanup, Progress};
+use crate::stream::{cleanup, handoff, Progress};
 use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
@@ -97,7 +97,7 @@ pub async fn run(
         path: config.data_dir.clone(),
         reason: e.to_string(),
     })?;
-    let marker_path = config.data_dir.join("node.json");
+    let marker_path = marker_path(&config);
     let marker = read_marker(&marker_path, &config.node_id)?;
     let storage = Storage::open(&config.data_dir.join("engine"))?;
     let alone = config.other_seeds().next().is_none();
@@ -113,6 +113,7 @@ pub async fn run(
     };
     let membership = Membership::start(&config, initial, tokens.clone()).await?;
     let metrics = Arc::new(Metrics::new());
+    let stop = Arc::new(tokio::sync::Notify::new());
     let progress = Arc::new(Progress::default());
     if initial == NodeState::Available {
         write_marker(
@@ -123,24 +124,31 @@ pub async fn run(
                 available: true,
             },
         )?;
-    } else {
-        let receiver = Receiver::new(
-            storage.clone(),
-            config.secret.clone(),
-            metrics.clone(),
-            progress.clone(),
-            config.replica_timeout,
-        )?;
+    }
+    let receiver = Receiver::new(
+        storage.clone(),
+        config.secret.clone(),
+        metrics.clone(),
+        progress.clone(),
+        config.replica_timeout,
+    )?;
+    if initial != NodeState::Available {
         let bootstrap = Bootstrap {
             membership: membership.clone(),
             config: config.clone(),
-            receiver,
+            receiver: receiver.clone(),
             progress: progress.clone(),
             marker_path,
             recorded_tokens: marker.and_then(|m| m.tokens),
         };
         tokio::spawn(bootstrap.run());
     }
+    tokio::spawn(handoff::take_over(
+        membership.clone(),
+        config.clone(),
+        receiver,
+        progress.clone(),
+    ));
     tokio::spawn(cleanup::run(
         membership.clone(),
         storage.clone(),
@@ -166,6 +174,7 @@ pub async fn run(
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
         progress,
+        stop: stop.clone(),
     };
     tracing::info!(
         node = %config.node_id,
@@ -175,8 +184,15 @@ pub async fn run(
         state = initial.as_str(),
         "kvnode serving"
     );
+    // Stops on the caller's signal, or once a decommission is done.
+    let stopping = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop.notified() => {}
+        }
+    };
     let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopping)
         .await;
     tracing::info!("http drained; leaving gossip and flushing the engine");
     membership.shutdown().await;
@@ -187,6 +203,11 @@ pub async fn run(
     flushed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where `node.json` lives.
+pub(crate) fn marker_path(config: &Config) -> PathBuf {
+    config.data_dir.join("node.json")
 }
 
 /// This data dir's marker, if it has one. A dir that belongs to another

@@ -1,7 +1,8 @@
-//! Live bootstrap: a fourth node joins a three-node RF 3 cluster while
-//! clients keep writing at QUORUM; nothing acknowledged is lost, no client
-//! write fails because of the join, the new node holds its share, and the
-//! old owners drop what they gave away.
+//! Live bootstrap and decommission: a fourth node joins a three-node RF 3
+//! cluster while clients keep writing at QUORUM, then another node leaves
+//! (through `kvnode decommission`) under the same load. After each step
+//! nothing acknowledged is lost, no client write failed, the nodes hold
+//! their share, and old owners drop what they gave away.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -145,7 +146,7 @@ async fn assert_all_readable(cluster: &Cluster, nodes: &[usize], acked: &Acked) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fourth_node_joins_under_quorum_writes_and_loses_nothing() {
+async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
     let mut cluster = Cluster::start(3).await;
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let bases: Vec<String> = (0..3).map(|i| cluster.nodes[i].url("")).collect();
@@ -233,4 +234,54 @@ async fn a_fourth_node_joins_under_quorum_writes_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_all_readable(&cluster, &[0, 1, 2, 3], &acked).await;
+
+    // Decommission node2 under the same load, through the other nodes.
+    let leaver = 1;
+    let bases: Vec<String> = [0, 2, 3].map(|i| cluster.nodes[i].url("")).to_vec();
+    let load = start_load(cluster.client.clone(), bases, acked.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let http = cluster.nodes[leaver].http.to_string();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+            .args(["decommission", "--node", &http, "--timeout-secs", "60"])
+            .env("KVNODE_CLUSTER_SECRET", common::SECRET)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let status = cluster.nodes[leaver].wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "node2 exited with {status}");
+    let left = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failures) = load.stop().await;
+    eprintln!(
+        "node2 decommissioned and stopped in {left:?}; {ok} QUORUM writes acknowledged meanwhile\n{}",
+        String::from_utf8_lossy(&cli.stdout)
+    );
+    assert!(failures.is_empty(), "client writes failed: {failures:?}");
+    for i in [0, 2, 3] {
+        cluster.wait_until_sees(i, 3, Duration::from_secs(20)).await;
+        let view = cluster.view(i).await.unwrap();
+        assert!(
+            view.iter()
+                .any(|(id, state, _)| id == "node2" && state == "LEFT"),
+            "{view:?}"
+        );
+    }
+    assert_all_readable(&cluster, &[0, 2, 3], &acked).await;
+    // RF 3 on three nodes: each of them now holds every key itself.
+    for i in [0, 2, 3] {
+        let mut held = 0;
+        for k in 0..KEYS {
+            held += usize::from(cluster.local_record(i, &format!("key-{k}")).await.is_some());
+        }
+        assert_eq!(held, KEYS, "{} holds {held} keys", cluster.nodes[i].id);
+    }
 }

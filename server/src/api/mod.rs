@@ -3,7 +3,8 @@
 //!
 //! One file per route group: [`kv`] (the client API), [`compat`] (the seeds'
 //! APIs), [`cluster`] (cluster, node, health, readiness, metrics) and
-//! [`internal`] (node-to-node, behind the cluster secret).
+//! [`internal`] (node-to-node, behind the cluster secret; so is the
+//! decommission route in [`cluster`]).
 
 pub mod cluster;
 pub mod compat;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Progress of this node's incoming streams.
     pub progress: Arc<Progress>,
+    /// Asks the node to stop (after a decommission).
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 /// The node's router: every route, the request bounds and the metrics.
@@ -59,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route(internal::APPLY_PATH, post(internal::apply))
         .route(internal::READ_PATH, post(internal::read))
         .route(STREAM_PATH, get(sender::stream))
+        .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,
@@ -145,7 +149,8 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
     } else if matches!(
         path,
         "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
-    ) {
+    ) || path == cluster::DECOMMISSION_PATH
+    {
         Op::admin
     } else {
         Op::unmatched

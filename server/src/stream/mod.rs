@@ -8,6 +8,7 @@
 //! - [`receiver`]: pulls a range, resumes a cut stream, switches source.
 //! - [`bootstrap`]: the joining node's sequence, and its proof below.
 //! - [`cleanup`]: old owners drop what they no longer replicate.
+//! - [`handoff`]: decommission, the same streams in reverse.
 //!
 //! # Why nothing acknowledged is missing when a node turns AVAILABLE
 //!
@@ -42,6 +43,7 @@
 
 pub mod bootstrap;
 pub mod cleanup;
+pub mod handoff;
 pub mod receiver;
 pub mod sender;
 pub mod wire;

@@ -76,6 +76,20 @@ impl NodeProc {
         child.wait().unwrap()
     }
 
+    /// Waits for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(start.elapsed() < timeout, "{} still running", self.id);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts the process again: same id, ports and data dir.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
