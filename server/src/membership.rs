@@ -35,7 +35,7 @@
 //! A streaming node must know when that moment has passed on *every*
 //! member, because its snapshot source must already hold every write that
 //! was not also sent to it. So each node publishes under `seen` the
-//! transitions (`id:STATE` of each BOOTSTRAPPING or LEAVING member) of the
+//! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member) of the
 //! view it routes by, and only once no write that began under an older view
 //! is still in flight ([`Membership::begin_write`]): a member that lists a
 //! transition will not acknowledge another write that skips its pending
@@ -132,7 +132,7 @@ pub struct MemberInfo {
     pub live: bool,
     /// Chitchat generation (start time in ms).
     pub generation: u64,
-    /// The transitions (`id:STATE`) this member routes by (see the module doc).
+    /// The transitions (`id:generation:STATE`) this member routes by (see the module doc).
     pub seen: Vec<String>,
     /// Leaving nodes (`id:generation`) whose ranges this member has taken over.
     pub pulled: Vec<String>,
@@ -193,20 +193,21 @@ impl ClusterView {
         self.members
             .values()
             .filter(|m| m.state.in_transition())
-            .map(|m| transition(&m.id, m.state))
+            .map(transition)
             .collect()
     }
 
     /// Whether every live member other than `id` (any node coordinates)
     /// routes by a view holding `id` in `state`, and this view holds it too.
     pub fn all_route_with(&self, id: &NodeId, state: NodeState) -> bool {
-        let t = transition(id, state);
-        self.members.get(id).is_some_and(|m| m.state == state)
-            && self
-                .members
-                .values()
-                .filter(|m| m.live && m.state != NodeState::Left && m.id != *id)
-                .all(|m| m.seen.contains(&t))
+        let Some(member) = self.members.get(id).filter(|m| m.state == state) else {
+            return false;
+        };
+        let t = transition(member);
+        self.members
+            .values()
+            .filter(|m| m.live && m.state != NodeState::Left && m.id != *id)
+            .all(|m| m.seen.contains(&t))
     }
 
     /// The replicas of `key` in the future ring that are not replicas now:
@@ -235,9 +236,11 @@ impl ClusterView {
     }
 }
 
-/// The `seen` entry of a member in a transition state.
-fn transition(id: &NodeId, state: NodeState) -> String {
-    format!("{id}:{}", state.as_str())
+/// The `seen` entry of a member in a transition state. With the
+/// generation, so that what members saw of a node's previous run (a joiner
+/// killed and restarted) never counts for the current one.
+fn transition(m: &MemberInfo) -> String {
+    format!("{}:{}", m.incarnation(), m.state.as_str())
 }
 
 fn ring_of(
@@ -650,7 +653,7 @@ fn log_changes(old: &BTreeMap<NodeId, MemberInfo>, new: &BTreeMap<NodeId, Member
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -698,5 +701,91 @@ mod tests {
         assert_eq!(ids, ["a", "b"]);
         let rf = ReplicationFactor::new(3).unwrap();
         assert_eq!(view.replicas(b"k", rf).len(), 2);
+    }
+
+    #[test]
+    fn writes_go_to_pending_replicas_of_joining_and_leaving_moves() {
+        let rf = ReplicationFactor::new(2).unwrap();
+        let view_of = |states: &[(&str, NodeState)]| {
+            let members: BTreeMap<_, _> = states
+                .iter()
+                .map(|(id, s)| member(id, *s, true))
+                .map(|m| (m.id.clone(), m))
+                .collect();
+            ClusterView::build(NodeId::from("a"), members, 1)
+        };
+        let stable = view_of(&[("a", NodeState::Available), ("b", NodeState::Available)]);
+        assert!(stable.future_ring.is_none());
+        assert!(stable.pending(b"k", rf).is_empty());
+
+        // c joins: every key whose future replicas include c sends to it.
+        let joining = view_of(&[
+            ("a", NodeState::Available),
+            ("b", NodeState::Available),
+            ("c", NodeState::Bootstrapping),
+        ]);
+        let keys: Vec<String> = (0..200).map(|k| format!("k{k}")).collect();
+        let mut to_c = 0;
+        for k in &keys {
+            let pending = joining.pending(k.as_bytes(), rf);
+            assert!(pending.iter().all(|m| m.id.as_str() == "c"));
+            to_c += pending.len();
+            // Reads and counted replicas still come from a and b only.
+            assert!(joining
+                .replicas(k.as_bytes(), rf)
+                .iter()
+                .all(|m| m.id.as_str() != "c"));
+        }
+        assert!(to_c > 50 && to_c < 200, "{to_c}");
+
+        // b leaves a ring of three: its keys go to the node that replaces it.
+        let leaving = view_of(&[
+            ("a", NodeState::Available),
+            ("b", NodeState::Leaving),
+            ("c", NodeState::Available),
+        ]);
+        for k in &keys {
+            let now: Vec<&str> = leaving
+                .replicas(k.as_bytes(), rf)
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect();
+            let pending = leaving.pending(k.as_bytes(), rf);
+            if now.contains(&"b") {
+                assert_eq!(pending.len(), 1, "{k}");
+                assert!(!now.contains(&pending[0].id.as_str()));
+            } else {
+                assert!(pending.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_transition_counts_as_routed_only_once_every_live_member_lists_it() {
+        let mut members: BTreeMap<_, _> = [
+            member("a", NodeState::Available, true),
+            member("b", NodeState::Available, true),
+            member("c", NodeState::Bootstrapping, true),
+            member("d", NodeState::Available, false),
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let c = NodeId::from("c");
+        let entry = "c:1:BOOTSTRAPPING".to_owned();
+        let view = ClusterView::build(c.clone(), members.clone(), 1);
+        assert_eq!(view.transitions(), std::slice::from_ref(&entry));
+        assert!(!view.all_route_with(&c, NodeState::Bootstrapping));
+        members.get_mut(&NodeId::from("a")).unwrap().seen = vec![entry.clone()];
+        let view = ClusterView::build(c.clone(), members.clone(), 2);
+        assert!(!view.all_route_with(&c, NodeState::Bootstrapping));
+        // The down member d is not waited for; a stale generation is not enough.
+        members.get_mut(&NodeId::from("b")).unwrap().seen = vec!["c:0:BOOTSTRAPPING".into()];
+        let view = ClusterView::build(c.clone(), members.clone(), 3);
+        assert!(!view.all_route_with(&c, NodeState::Bootstrapping));
+        members.get_mut(&NodeId::from("b")).unwrap().seen = vec![entry];
+        let view = ClusterView::build(c.clone(), members, 4);
+        assert!(view.all_route_with(&c, NodeState::Bootstrapping));
+        assert!(!view.all_route_with(&c, NodeState::Leaving));
     }
 }

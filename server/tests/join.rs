@@ -285,3 +285,72 @@ async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
         assert_eq!(held, KEYS, "{} holds {held} keys", cluster.nodes[i].id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_killed_mid_bootstrap_restarts_and_the_cluster_ends_correct() {
+    let mut cluster = Cluster::start(3).await;
+    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    let bases: Vec<String> = (0..3).map(|i| cluster.nodes[i].url("")).collect();
+    // Larger values than the other test, so that the stream lasts long
+    // enough to be cut.
+    let value = vec![b'x'; 2048];
+    let mut tasks = Vec::new();
+    for part in 0..16 {
+        let (client, bases, acked) = (cluster.client.clone(), bases.clone(), acked.clone());
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in (part..KEYS).step_by(16) {
+                let key = format!("key-{k}");
+                let version = put(&client, &bases[k % 3], &key, &value).await.unwrap();
+                record(&acked, key, version, value.clone());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let load = start_load(cluster.client.clone(), bases, acked.clone());
+    let joiner = cluster.add_node();
+    // Kill it once it streams (or, if the stream is too quick to catch,
+    // as soon as it is BOOTSTRAPPING).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        if let Some(info) = cluster.node_info(joiner).await {
+            let items = info["streaming"]["items"].as_u64().unwrap_or(0);
+            if info["state"] == "BOOTSTRAPPING" && items > 0 {
+                break format!("streaming, {items} items in");
+            }
+            if info["state"] == "BOOTSTRAPPING"
+                && Instant::now() + Duration::from_secs(25) > deadline
+            {
+                break "BOOTSTRAPPING".to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "node4 never bootstrapped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    cluster.nodes[joiner].kill();
+    eprintln!("killed node4 while {seen}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nodes[joiner].restart();
+    let joined = cluster.wait_ready(joiner, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failures) = load.stop().await;
+    eprintln!("restarted node4 AVAILABLE after {joined:?}; {ok} QUORUM writes acknowledged");
+    assert!(failures.is_empty(), "client writes failed: {failures:?}");
+    for i in 0..4 {
+        cluster.wait_until_sees(i, 4, Duration::from_secs(20)).await;
+    }
+    assert_all_readable(&cluster, &[0, 1, 2, 3], &acked).await;
+    let mut held = 0usize;
+    for k in 0..KEYS {
+        held += usize::from(
+            cluster
+                .local_record(joiner, &format!("key-{k}"))
+                .await
+                .is_some(),
+        );
+    }
+    assert!(held > KEYS / 2 && held < KEYS, "node4 holds {held} keys");
+}
