@@ -177,28 +177,25 @@ impl Bootstrap {
         self.progress.plan(moves.iter().map(|m| m.range()));
         tracing::info!(ranges = moves.len(), "bootstrap plan");
         let started = Instant::now();
-        let mut failed = 0;
-        let mut entries = 0u64;
-        for m in &moves {
-            // The replica giving the range up first: it holds every write
-            // the others might lack (see the module doc of `stream`).
-            let mut sources: Vec<MemberInfo> = m
-                .lost()
-                .chain(m.from().iter().filter(|n| !m.lost().any(|l| l == *n)))
-                .filter_map(|id| view.members.get(id))
-                .filter(|s| s.id != *me && s.state.in_ring())
-                .cloned()
-                .collect();
-            // Down sources last: the failure detector may be wrong.
-            sources.sort_by_key(|s| !s.live);
-            match self.receiver.pull(m.range(), &sources).await {
-                Ok(n) => entries += n,
-                Err(e) => {
-                    tracing::error!(range = ?m.range(), error = %e, "range not received");
-                    failed += 1;
-                }
-            }
-        }
+        let jobs = moves
+            .iter()
+            .map(|m| {
+                // The replica giving the range up first: it holds every
+                // write the others might lack (see the module doc of
+                // `stream`).
+                let mut sources: Vec<MemberInfo> = m
+                    .lost()
+                    .chain(m.from().iter().filter(|n| !m.lost().any(|l| l == *n)))
+                    .filter_map(|id| view.members.get(id))
+                    .filter(|s| s.id != *me && s.state.in_ring())
+                    .cloned()
+                    .collect();
+                // Down sources last: the failure detector may be wrong.
+                sources.sort_by_key(|s| !s.live);
+                (m.range(), sources)
+            })
+            .collect();
+        let (entries, failed) = self.receiver.pull_all(jobs).await;
         let report = self.progress.report();
         tracing::info!(
             entries,

@@ -182,23 +182,23 @@ pub async fn take_over(
         let moves: Vec<_> = plan.incoming(&me).cloned().collect();
         progress.plan(moves.iter().map(|m| m.range()));
         tracing::info!(leaver = %leaver.id, ranges = moves.len(), "taking over a leaving node's ranges");
-        let mut failed = 0;
-        for m in &moves {
-            let mut sources: Vec<MemberInfo> = std::iter::once(&leaver.id)
-                .chain(m.from().iter().filter(|n| **n != leaver.id))
-                .filter_map(|id| view.members.get(id))
-                .filter(|s| s.id != me && s.state.in_ring())
-                .cloned()
-                .collect();
-            sources.sort_by_key(|s| !s.live);
-            if let Err(e) = receiver.pull(m.range(), &sources).await {
-                tracing::error!(range = ?m.range(), error = %e, "range not taken over; will retry");
-                failed += 1;
-            }
-        }
+        let jobs = moves
+            .iter()
+            .map(|m| {
+                let mut sources: Vec<MemberInfo> = std::iter::once(&leaver.id)
+                    .chain(m.from().iter().filter(|n| **n != leaver.id))
+                    .filter_map(|id| view.members.get(id))
+                    .filter(|s| s.id != me && s.state.in_ring())
+                    .cloned()
+                    .collect();
+                sources.sort_by_key(|s| !s.live);
+                (m.range(), sources)
+            })
+            .collect();
+        let (entries, failed) = receiver.pull_all(jobs).await;
         if failed == 0 {
             membership.mark_pulled(incarnation).await;
-            tracing::info!(leaver = %leaver.id, "took over the leaving node's ranges");
+            tracing::info!(leaver = %leaver.id, entries, "took over the leaving node's ranges");
         }
     }
 }

@@ -21,6 +21,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 const TRIES_PER_SOURCE: u32 = 3;
 /// Rounds over all sources before giving up on a range for now.
 const ROUNDS: u32 = 5;
+/// Ranges pulled at once: a join gains hundreds of small ranges (one per
+/// vnode and replica position), and one at a time the per-request round
+/// trip, not the bytes, sets the pace. Few enough that the sources' disks
+/// and the foreground load keep most of the machine.
+const RANGES_AT_ONCE: usize = 4;
 
 /// Why one stream attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,37 @@ impl Receiver {
             metrics,
             progress,
         })
+    }
+
+    /// Pulls every `(range, sources)` job, [`RANGES_AT_ONCE`] at a time;
+    /// returns the entries applied and how many ranges failed.
+    pub async fn pull_all(&self, jobs: Vec<(TokenRange, Vec<MemberInfo>)>) -> (u64, usize) {
+        let mut set = tokio::task::JoinSet::new();
+        let (mut entries, mut failed) = (0u64, 0usize);
+        let mut jobs = jobs.into_iter();
+        loop {
+            while set.len() < RANGES_AT_ONCE {
+                let Some((range, sources)) = jobs.next() else {
+                    break;
+                };
+                let this = self.clone();
+                set.spawn(async move { (range, this.pull(range, &sources).await) });
+            }
+            let Some(done) = set.join_next().await else {
+                return (entries, failed);
+            };
+            match done {
+                Ok((_, Ok(n))) => entries += n,
+                Ok((range, Err(e))) => {
+                    tracing::error!(?range, error = %e, "range not received");
+                    failed += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "stream task failed");
+                    failed += 1;
+                }
+            }
+        }
     }
 
     /// Streams `range` from the first of `sources` that delivers it whole,
