@@ -57,7 +57,8 @@ pub struct NodeArgs {
     /// TOML configuration file (keys as the long flags, with underscores).
     #[arg(long, env = "KVNODE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Unique, stable id of this node; its tokens derive from it.
+    /// Unique, stable id of this node (a first node derives its tokens from
+    /// it; a joining node allocates its own).
     #[arg(long, env = "KVNODE_NODE_ID")]
     pub node_id: Option<String>,
     /// Address the HTTP API listens on [default: 127.0.0.1:7700].
