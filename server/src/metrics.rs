@@ -246,17 +246,38 @@ impl Metrics {
         self.stream.cleanup_deleted.inc_by(items);
     }
 
-    /// The Prometheus text exposition of every metric, the engine's included.
-    pub fn encode(&self, engine: &Stats) -> Result<String, std::fmt::Error> {
+    /// The Prometheus text exposition of every metric, the engine's and the
+    /// incoming streams' range counts (`(state, ranges)`) included.
+    pub fn encode(
+        &self,
+        engine: &Stats,
+        stream_ranges: &[(&str, usize)],
+    ) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         // The exposition must end with its EOF marker: the engine's families go before it.
         let body_len = out.strip_suffix("# EOF\n").map_or(out.len(), str::len);
         out.truncate(body_len);
         encode_engine(&mut out, engine)?;
+        encode_stream_ranges(&mut out, stream_ranges)?;
         out.push_str("# EOF\n");
         Ok(out)
     }
+}
+
+/// Writes the incoming ranges by state, read fresh from the progress
+/// report like the engine's statistics.
+fn encode_stream_ranges(out: &mut String, ranges: &[(&str, usize)]) -> std::fmt::Result {
+    use std::fmt::Write;
+    writeln!(
+        out,
+        "# HELP kvnode_stream_ranges Ranges of this node's current bootstrap or take-over, by state"
+    )?;
+    writeln!(out, "# TYPE kvnode_stream_ranges gauge")?;
+    for (state, n) in ranges {
+        writeln!(out, "kvnode_stream_ranges{{state=\"{state}\"}} {n}")?;
+    }
+    Ok(())
 }
 
 /// Writes `stats` as OpenMetrics families.
@@ -409,7 +430,7 @@ mod tests {
         m.error("bad_request");
         m.replica_call(ReplicaOp::apply, Target::remote, Outcome::timeout);
         m.stream_received(100, 3);
-        let text = m.encode(&Stats::default()).unwrap();
+        let text = m.encode(&Stats::default(), &[("done", 2)]).unwrap();
         for needle in [
             "kvnode_requests_total{op=\"get\",status=\"200\"} 1",
             "kvnode_request_duration_seconds_bucket{le=",
@@ -417,6 +438,7 @@ mod tests {
             "kvnode_replica_calls_total{op=\"apply\",target=\"remote\",outcome=\"timeout\"} 1",
             "kvnode_stream_received_items_total 3",
             "kvnode_stream_received_bytes_total 100",
+            "kvnode_stream_ranges{state=\"done\"} 2",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -151,8 +151,8 @@ impl Progress {
         self.with(range, |p| p.state = RangeState::Failed);
     }
 
-    /// Ranges in each state.
-    pub fn counts(&self) -> [(RangeState, usize); 4] {
+    /// Ranges in each state, by the state's name.
+    pub fn counts(&self) -> [(&'static str, usize); 4] {
         let ranges = self.ranges.lock();
         let count = |s| ranges.iter().filter(|p| p.state == s).count();
         [
@@ -161,7 +161,7 @@ impl Progress {
             RangeState::Done,
             RangeState::Failed,
         ]
-        .map(|s| (s, count(s)))
+        .map(|s| (s.as_str(), count(s)))
     }
 
     /// The progress report: per range bytes, items, state, rate and ETA.
