@@ -125,11 +125,11 @@ pub async fn run(
             },
         )?;
     }
+    let hlc = Arc::new(Hlc::new());
     let receiver = Receiver::new(
         storage.clone(),
         config.secret.clone(),
-        metrics.clone(),
-        progress.clone(),
+        (metrics.clone(), progress.clone(), hlc.clone()),
         config.replica_timeout,
     )?;
     if initial != NodeState::Available {
@@ -155,7 +155,6 @@ pub async fn run(
         config.clone(),
         metrics.clone(),
     ));
-    let hlc = Arc::new(Hlc::new());
     let coordinator = Coordinator::new(CoordinatorParts {
         storage: storage.clone(),
         membership: membership.clone(),

@@ -159,7 +159,10 @@ impl Bootstrap {
         }
     }
 
-    /// Streams every range this node gains; `Err(n)` if `n` failed.
+    /// Streams every range this node gains; `Err(n)` if `n` failed. A
+    /// retry pulls every range again, received ones included: applying is
+    /// last-writer-wins, so that costs only time, and a plan recomputed from
+    /// a newer view (a source gone DOWN) needs no bookkeeping.
     async fn stream_all(&self, me: &NodeId, tokens: &[u64]) -> Result<(), usize> {
         let view = self.membership.view();
         let Some(ring) = view.ring.clone() else {

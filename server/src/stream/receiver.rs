@@ -10,6 +10,7 @@ use super::sender::{encode_hex, STREAM_PATH};
 use super::wire::{Decoder, Frame, WireError};
 use super::Progress;
 use crate::auth::ClusterSecret;
+use crate::hlc::Hlc;
 use crate::membership::MemberInfo;
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
@@ -73,6 +74,7 @@ pub struct Receiver {
     secret: ClusterSecret,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
+    hlc: Arc<Hlc>,
 }
 
 impl Receiver {
@@ -82,8 +84,7 @@ impl Receiver {
     pub fn new(
         storage: Storage,
         secret: ClusterSecret,
-        metrics: Arc<Metrics>,
-        progress: Arc<Progress>,
+        (metrics, progress, hlc): (Arc<Metrics>, Arc<Progress>, Arc<Hlc>),
         connect_timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -96,6 +97,7 @@ impl Receiver {
             secret,
             metrics,
             progress,
+            hlc,
         })
     }
 
@@ -224,6 +226,11 @@ impl Receiver {
                             })
                             .sum();
                         let last = entries.last().map(|e| (e.engine_key.clone(), e.token()));
+                        // As for a replicated apply: this node's next write
+                        // of a streamed key must get a newer version.
+                        if let Some(v) = entries.iter().map(|e| e.record.version).max() {
+                            self.hlc.update(v);
+                        }
                         let storage = self.storage.clone();
                         tokio::task::spawn_blocking(move || {
                             for e in &entries {
