@@ -29,6 +29,8 @@ struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     failures: Arc<Mutex<Vec<String>>>,
+    /// When each acknowledged write started, and how long it took.
+    latencies: Arc<Mutex<Vec<(Instant, Duration)>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -66,10 +68,12 @@ fn start_load(client: reqwest::Client, bases: Vec<String>, acked: Acked) -> Load
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
     let tasks = (0..WRITERS)
         .map(|w| {
             let (client, bases, acked) = (client.clone(), bases.clone(), acked.clone());
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            let latencies = latencies.clone();
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -77,8 +81,10 @@ fn start_load(client: reqwest::Client, bases: Vec<String>, acked: Acked) -> Load
                     let key = format!("key-{k}");
                     let value = format!("w{w}-{n}").into_bytes();
                     let base = &bases[rand::random::<usize>() % bases.len()];
+                    let start = Instant::now();
                     match put(&client, base, &key, &value).await {
                         Ok(version) => {
+                            latencies.lock().push((start, start.elapsed()));
                             record(&acked, key, version, value);
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -93,11 +99,28 @@ fn start_load(client: reqwest::Client, bases: Vec<String>, acked: Acked) -> Load
         stop,
         ok,
         failures,
+        latencies,
         tasks,
     }
 }
 
 impl Load {
+    /// The 99th percentile latency of the writes started in `[from, to)`.
+    fn p99(&self, from: Instant, to: Instant) -> Duration {
+        let mut window: Vec<Duration> = self
+            .latencies
+            .lock()
+            .iter()
+            .filter(|(start, _)| *start >= from && *start < to)
+            .map(|(_, d)| *d)
+            .collect();
+        window.sort();
+        window
+            .get(window.len() * 99 / 100)
+            .copied()
+            .unwrap_or_default()
+    }
+
     async fn stop(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
@@ -171,13 +194,22 @@ async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
     eprintln!("preloaded {KEYS} keys in {:?}", preload.elapsed());
 
     let load = start_load(cluster.client.clone(), bases, acked.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load_start = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let join_start = Instant::now();
     let joiner = cluster.add_node();
     let joined = cluster.wait_ready(joiner, Duration::from_secs(60)).await;
+    let join_end = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reported, not asserted: on a loaded 2-core machine the figure is noise.
+    let (before, during) = (
+        load.p99(load_start, join_start),
+        load.p99(join_start, join_end),
+    );
     let (ok, failures) = load.stop().await;
     eprintln!(
-        "node4 AVAILABLE {joined:?} after start; {ok} QUORUM writes acknowledged during the load"
+        "node4 AVAILABLE {joined:?} after start; {ok} QUORUM writes acknowledged during the load; \
+         write p99 {before:?} before the join, {during:?} during it"
     );
     assert!(failures.is_empty(), "client writes failed: {failures:?}");
     assert!(ok > 0);

@@ -186,11 +186,6 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Bytes received but not yet decoded into a frame.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
-    }
-
     /// The next complete frame, `None` if more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
         let Some((header, rest)) = self.buf.split_first_chunk::<HEADER_LEN>() else {
