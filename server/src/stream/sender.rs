@@ -53,7 +53,8 @@ pub async fn stream(
     let snapshot = state.storage.snapshot();
     let metrics = state.metrics.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_FRAMES);
-    tracing::info!(
+    // Debug, not info: a join asks each source for a few hundred ranges.
+    tracing::debug!(
         start = q.start,
         end = q.end,
         resume = after.is_some(),
