@@ -44,7 +44,20 @@ fn grown(
     let member = if allocated {
         ring.allocate(joiner, 4, rf).ok()?
     } else {
-        Member::new(joiner.clone(), tokens)
+        // A token already on the ring is contested, and the smaller id
+        // takes it: the joiner would take it from its holder and change that
+        // holder's ranges too, which is not a join. Allocation never picks
+        // a held token; random ones must not either.
+        let held: Vec<u64> = ring
+            .members()
+            .iter()
+            .flat_map(|m| m.tokens.clone())
+            .collect();
+        let fresh: Vec<u64> = tokens.into_iter().filter(|t| !held.contains(t)).collect();
+        if fresh.is_empty() {
+            return None;
+        }
+        Member::new(joiner.clone(), fresh)
     };
     ring.add(member).ok()
 }

@@ -44,6 +44,9 @@ pub mod defaults {
     pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
     /// Fast gossip makes failure detection take ~2 s; on UDP it is cheap.
     pub const GOSSIP_INTERVAL_MS: u64 = 100;
+    /// A ring must hold still this long before old owners drop ranges they
+    /// gave away: time for a person to stop a bad join before data goes.
+    pub const CLEANUP_GRACE_MS: u64 = 60_000;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
 }
@@ -54,7 +57,8 @@ pub struct NodeArgs {
     /// TOML configuration file (keys as the long flags, with underscores).
     #[arg(long, env = "KVNODE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Unique, stable id of this node; its tokens derive from it.
+    /// Unique, stable id of this node (a first node derives its tokens from
+    /// it; a joining node allocates its own).
     #[arg(long, env = "KVNODE_NODE_ID")]
     pub node_id: Option<String>,
     /// Address the HTTP API listens on [default: 127.0.0.1:7700].
@@ -109,6 +113,10 @@ pub struct NodeArgs {
     /// Gossip round interval in ms [default: 100].
     #[arg(long, env = "KVNODE_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
+    /// How long the ring must hold still before this node drops ranges it
+    /// no longer replicates, in ms [default: 60000].
+    #[arg(long, env = "KVNODE_CLEANUP_GRACE_MS")]
+    pub cleanup_grace_ms: Option<u64>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -133,6 +141,7 @@ struct FileConfig {
     replica_timeout_ms: Option<u64>,
     max_concurrent_requests: Option<usize>,
     gossip_interval_ms: Option<u64>,
+    cleanup_grace_ms: Option<u64>,
 }
 
 /// Why a configuration is refused.
@@ -211,6 +220,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     /// Gossip round interval.
     pub gossip_interval: Duration,
+    /// Stillness of the ring before clean-up.
+    pub cleanup_grace: Duration,
 }
 
 impl Config {
@@ -341,6 +352,11 @@ impl Config {
             file.gossip_interval_ms,
             defaults::GOSSIP_INTERVAL_MS,
         );
+        let cleanup_grace = ms(
+            args.cleanup_grace_ms,
+            file.cleanup_grace_ms,
+            defaults::CLEANUP_GRACE_MS,
+        );
         if request_timeout.is_zero() || replica_timeout.is_zero() || gossip_interval.is_zero() {
             return invalid("timeouts", "must be positive");
         }
@@ -368,6 +384,7 @@ impl Config {
             replica_timeout,
             max_concurrent_requests,
             gossip_interval,
+            cleanup_grace,
         })
     }
 

@@ -15,6 +15,11 @@
 //!   into a 503: up front when too few replicas are up, or after the calls
 //!   when too many failed.
 //!
+//! - **Pending replicas**: while a node bootstraps or leaves, writes also go
+//!   to the key's replicas in the ring after the move
+//!   ([`ClusterView::pending`](crate::membership::ClusterView::pending)), and
+//!   each adds one to the acks needed. Reads never go to them.
+//!
 //! The required count is taken of the preference list, whose length is
 //! `min(replication factor, ring members)`: a cluster smaller than its
 //! replication factor stores each key on every member.
@@ -160,11 +165,20 @@ impl Coordinator {
         if view.ring.is_none() {
             return Err(CoordinatorError::NoRing);
         }
+        // Counted until the answer, so that this node acknowledges no write
+        // routed by this view after it has told the cluster it routes by a
+        // newer one (membership's `seen`).
+        let _in_flight = self.inner.membership.begin_write(view.epoch);
         let replicas = view.replicas(&key, self.inner.rf);
-        let needed = consistency.required(replicas.len());
+        let pending = view.pending(&key, self.inner.rf);
+        // Cassandra's rule: each pending replica adds one to the acks
+        // needed, so an acknowledged write reaches the level's count among
+        // the replicas of the ring after the move as well as before it.
+        let needed = consistency.required(replicas.len()) + pending.len();
         let up: Vec<MemberInfo> = replicas
             .iter()
             .filter(|m| m.serving())
+            .chain(pending.iter().filter(|m| m.live))
             .map(|m| (*m).clone())
             .collect();
         if up.len() < needed {

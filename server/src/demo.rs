@@ -3,6 +3,10 @@
 //! random secret, waits until every one is ready and sees the whole cluster,
 //! prints how to talk to it, and on Ctrl-C or SIGTERM stops them all
 //! gracefully.
+//!
+//! With `--join-after SECS` it then shows a live bootstrap: it writes
+//! `--keys` keys, waits, starts one more node into the running cluster and
+//! draws its streaming progress until it is AVAILABLE.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -25,6 +29,13 @@ pub struct DemoArgs {
     /// Where the nodes' data dirs and logs go.
     #[arg(long, default_value = "demo-data")]
     pub data_dir: PathBuf,
+    /// Seconds after the cluster forms to add one more node to it, showing
+    /// its bootstrap.
+    #[arg(long)]
+    pub join_after: Option<u64>,
+    /// Keys written before the join, so that there is data to stream.
+    #[arg(long, default_value_t = 20_000)]
+    pub keys: u32,
 }
 
 /// Why the demo failed.
@@ -60,7 +71,8 @@ struct DemoNode {
 
 /// Runs the demo until Ctrl-C or SIGTERM.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
-    let last_port = u32::from(args.base_port) + 2 * u32::from(args.nodes);
+    let total = args.nodes + u16::from(args.join_after.is_some());
+    let last_port = u32::from(args.base_port) + 2 * u32::from(total);
     if args.nodes == 0 || args.nodes > 16 || last_port > u32::from(u16::MAX) {
         return Err(DemoError::Args(
             "--nodes must be 1..=16 and the ports must fit".into(),
@@ -75,8 +87,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let secret = ClusterSecret::random();
     let addr = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let seed = addr(args.base_port + 1);
-    let mut nodes = Vec::new();
-    for i in 0..args.nodes {
+    let spawn = |i: u16| -> Result<DemoNode, DemoError> {
         let id = format!("node{}", i + 1);
         let http = addr(args.base_port + 2 * i);
         let gossip = addr(args.base_port + 2 * i + 1);
@@ -102,7 +113,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             "started {id}: http://{http}  (gossip {gossip}, log {})",
             log_path.display()
         );
-        nodes.push(DemoNode { id, http, child });
+        Ok(DemoNode { id, http, child })
+    };
+    let mut nodes = Vec::new();
+    for i in 0..args.nodes {
+        nodes.push(spawn(i)?);
     }
     let formed = wait_until_formed(&nodes).await;
     if let Err(e) = formed {
@@ -123,20 +138,152 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
          Ctrl-C stops every node.",
         nodes.len()
     );
+    if let Some(after) = args.join_after {
+        let joined = tokio::select! {
+            r = show_join(&args, after, first, || spawn(args.nodes), &mut nodes) => r,
+            () = wait_for_signal() => {
+                println!("stopping...");
+                stop_all(&mut nodes).await;
+                return Ok(());
+            }
+        };
+        if let Err(e) = joined {
+            stop_all(&mut nodes).await;
+            return Err(e);
+        }
+    }
     wait_for_signal().await;
     println!("stopping...");
     stop_all(&mut nodes).await;
     Ok(())
 }
 
-async fn wait_until_formed(nodes: &[DemoNode]) -> Result<(), DemoError> {
-    let client = reqwest::Client::builder()
+/// Writes the demo keys, waits `after` seconds, adds a node and draws its
+/// bootstrap until it is AVAILABLE.
+async fn show_join(
+    args: &DemoArgs,
+    after: u64,
+    first: SocketAddr,
+    spawn: impl FnOnce() -> Result<DemoNode, DemoError>,
+    nodes: &mut Vec<DemoNode>,
+) -> Result<(), DemoError> {
+    let client = http_client()?;
+    println!("\nwriting {} keys through {first} ...", args.keys);
+    let started = Instant::now();
+    let value = vec![b'v'; 512];
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for k in 0..args.keys {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, value) = (client.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = client
+                .put(format!("http://{first}/v1/kv/demo-{k}"))
+                .body(value)
+                .send()
+                .await;
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!("wrote them in {:.1} s", started.elapsed().as_secs_f64());
+    println!("adding a node in {after} s ...");
+    tokio::time::sleep(Duration::from_secs(after)).await;
+    let node = spawn()?;
+    let (id, http) = (node.id.clone(), node.http);
+    nodes.push(node);
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(r) = client.get(format!("http://{http}/v1/node")).send().await else {
+            continue;
+        };
+        let Ok(info) = r
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice::<serde_json::Value>(&b))
+        else {
+            continue;
+        };
+        let Ok(info) = info else { continue };
+        let state = info.get("state").and_then(|s| s.as_str()).unwrap_or("?");
+        let streaming = info.get("streaming");
+        let num = |k: &str| {
+            streaming
+                .and_then(|s| s.get(k))
+                .and_then(serde_json::Value::as_u64)
+        };
+        let (items, bytes) = (num("items").unwrap_or(0), num("bytes").unwrap_or(0));
+        let share = done_share(streaming);
+        let secs = started.elapsed().as_secs_f64();
+        let filled = (share * 30.0).round() as usize;
+        print!(
+            "\r{id} {state:<13} [{}{}] {:>5.1}%  {items} items  {:.2} MB/s   ",
+            "#".repeat(filled.min(30)),
+            ".".repeat(30 - filled.min(30)),
+            share * 100.0,
+            bytes as f64 / 1e6 / secs.max(0.001),
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if state == "AVAILABLE" {
+            println!(
+                "\n{id} joined in {secs:.1} s: see http://{http}/v1/node and http://{first}/v1/cluster"
+            );
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT * 4 {
+            println!();
+            return Err(DemoError::NotReady(id));
+        }
+    }
+}
+
+/// The share of the planned token width streamed so far.
+fn done_share(streaming: Option<&serde_json::Value>) -> f64 {
+    let Some(ranges) = streaming
+        .and_then(|s| s.get("ranges"))
+        .and_then(serde_json::Value::as_array)
+    else {
+        return 0.0;
+    };
+    let (mut total, mut done) = (0.0, 0.0);
+    for r in ranges {
+        let get = |k: &str| r.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let width = match get("end").wrapping_sub(get("start")) {
+            0 => u64::MAX as f64,
+            w => w as f64,
+        };
+        let share = r
+            .get("done_share")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(0.0);
+        total += width;
+        done += width * share;
+    }
+    if total > 0.0 {
+        done / total
+    } else {
+        0.0
+    }
+}
+
+fn http_client() -> Result<reqwest::Client, DemoError> {
+    reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| DemoError::Io {
             what: "building an HTTP client".into(),
             source: std::io::Error::other(e),
-        })?;
+        })
+}
+
+async fn wait_until_formed(nodes: &[DemoNode]) -> Result<(), DemoError> {
+    let client = http_client()?;
     let deadline = Instant::now() + READY_TIMEOUT;
     for node in nodes {
         loop {

@@ -28,8 +28,10 @@
 //! consistency), [`membership`] (gossip and the ring), [`storage`] (the
 //! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
 //! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`demo`] (a local cluster).
+//! shutdown), [`stream`] (bootstrap streaming, decommission and clean-up),
+//! [`demo`] (a local cluster), [`admin`] (operator commands).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -40,6 +42,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod storage;
+pub mod stream;
 
 pub use api::router;
 pub use node::{run, NodeError};

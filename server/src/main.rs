@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use strata_server::admin::DecommissionArgs;
 use strata_server::config::{Config, NodeArgs};
 use strata_server::demo::DemoArgs;
 
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Start a local cluster of child kvnode processes on loopback ports.
     Demo(DemoArgs),
+    /// Make a running node hand its ranges over, leave the ring and stop.
+    Decommission(DecommissionArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Some(Command::Demo(args)) => Ok(strata_server::demo::run(args).await?),
+            Some(Command::Decommission(args)) => {
+                Ok(strata_server::admin::decommission(args).await?)
+            }
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)

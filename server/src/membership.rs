@@ -12,6 +12,8 @@
 //! | `state`  | a [`NodeState`] name                          |
 //! | `tokens` | the node's ring tokens, decimal, comma-separated |
 //! | `sig`    | HMAC-SHA256 of the above under the cluster secret (`auth`) |
+//! | `seen`   | the transitions this node routes by (below); not signed |
+//! | `pulled` | `id:generation` of LEAVING nodes whose ranges this node has taken over; not signed |
 //!
 //! A record whose signature does not verify is ignored, so an outsider who
 //! can send gossip datagrams cannot add a member that would receive internal
@@ -21,6 +23,24 @@
 //! The ring holds every member in a state that owns data (AVAILABLE and
 //! LEAVING), whether up or down: a down node still owns its ranges, and the
 //! coordinator routes around it rather than moving its data.
+//!
+//! # Pending ranges
+//!
+//! The *future ring* is the ring once every transition has finished: with
+//! the BOOTSTRAPPING members' tokens, without the LEAVING members. A write
+//! also goes to the key's replicas in the future ring that are not replicas
+//! now ([`ClusterView::pending`]), so a node receiving ranges gets every
+//! write from the moment a coordinator routes with its announcement.
+//!
+//! A streaming node must know when that moment has passed on *every*
+//! member, because its snapshot source must already hold every write that
+//! was not also sent to it. So each node publishes under `seen` the
+//! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member) of the
+//! view it routes by, and only once no write that began under an older view
+//! is still in flight ([`Membership::begin_write`]): a member that lists a
+//! transition will not acknowledge another write that skips its pending
+//! replica. `seen` is not signed: a forged one can only make a node stream
+//! early, it grants no access.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +63,8 @@ const KEY_HTTP: &str = "http";
 const KEY_STATE: &str = "state";
 const KEY_TOKENS: &str = "tokens";
 const KEY_SIG: &str = "sig";
+const KEY_SEEN: &str = "seen";
+const KEY_PULLED: &str = "pulled";
 
 /// The lifecycle of a node, as published in gossip. DOWN is not a state a
 /// node publishes: it is what the failure detector concludes
@@ -88,6 +110,11 @@ impl NodeState {
     pub fn in_ring(self) -> bool {
         matches!(self, Self::Available | Self::Leaving)
     }
+
+    /// Whether a node in this state is taking or handing over ranges.
+    pub fn in_transition(self) -> bool {
+        matches!(self, Self::Bootstrapping | Self::Leaving)
+    }
 }
 
 /// One member as this node sees it.
@@ -105,6 +132,17 @@ pub struct MemberInfo {
     pub live: bool,
     /// Chitchat generation (start time in ms).
     pub generation: u64,
+    /// The transitions (`id:generation:STATE`) this member routes by (see the module doc).
+    pub seen: Vec<String>,
+    /// Leaving nodes (`id:generation`) whose ranges this member has taken over.
+    pub pulled: Vec<String>,
+}
+
+impl MemberInfo {
+    /// This member as named in `pulled`.
+    pub fn incarnation(&self) -> String {
+        format!("{}:{}", self.id, self.generation)
+    }
 }
 
 impl MemberInfo {
@@ -123,31 +161,67 @@ pub struct ClusterView {
     pub members: BTreeMap<NodeId, MemberInfo>,
     /// The ring of members in a ring state; `None` while there is none.
     pub ring: Option<Ring>,
+    /// The ring once the transitions finish: AVAILABLE and BOOTSTRAPPING
+    /// members, not LEAVING ones. `None` when there are no transitions (it
+    /// would equal `ring`).
+    pub future_ring: Option<Ring>,
+    /// Counts view changes on this node, for [`Membership::begin_write`].
+    pub epoch: u64,
 }
 
 impl ClusterView {
-    fn build(self_id: NodeId, members: BTreeMap<NodeId, MemberInfo>) -> Self {
-        let ring_members: Vec<Member> = members
-            .values()
-            .filter(|m| m.state.in_ring())
-            .map(|m| Member::new(m.id.clone(), m.tokens.clone()))
-            .collect();
-        let ring = if ring_members.is_empty() {
-            None
+    fn build(self_id: NodeId, members: BTreeMap<NodeId, MemberInfo>, epoch: u64) -> Self {
+        let ring = ring_of(&members, NodeState::in_ring);
+        let future_ring = if members.values().any(|m| m.state.in_transition()) {
+            ring_of(&members, |s| {
+                matches!(s, NodeState::Available | NodeState::Bootstrapping)
+            })
         } else {
-            match Ring::new(ring_members) {
-                Ok(ring) => Some(ring),
-                Err(e) => {
-                    tracing::error!(error = %e, "membership does not form a ring");
-                    None
-                }
-            }
+            None
         };
         Self {
             self_id,
             members,
             ring,
+            future_ring,
+            epoch,
         }
+    }
+
+    /// The transitions in this view, as published under `seen`.
+    pub fn transitions(&self) -> Vec<String> {
+        self.members
+            .values()
+            .filter(|m| m.state.in_transition())
+            .map(transition)
+            .collect()
+    }
+
+    /// Whether every live member other than `id` (any node coordinates)
+    /// routes by a view holding `id` in `state`, and this view holds it too.
+    pub fn all_route_with(&self, id: &NodeId, state: NodeState) -> bool {
+        let Some(member) = self.members.get(id).filter(|m| m.state == state) else {
+            return false;
+        };
+        let t = transition(member);
+        self.members
+            .values()
+            .filter(|m| m.live && m.state != NodeState::Left && m.id != *id)
+            .all(|m| m.seen.contains(&t))
+    }
+
+    /// The replicas of `key` in the future ring that are not replicas now:
+    /// the nodes receiving its range, which must get its writes too.
+    pub fn pending(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
+        let (Some(ring), Some(future)) = (&self.ring, &self.future_ring) else {
+            return Vec::new();
+        };
+        let now: Vec<&NodeId> = ring.replicas(key, rf).collect();
+        future
+            .replicas(key, rf)
+            .filter(|id| !now.contains(id))
+            .filter_map(|id| self.members.get(id))
+            .collect()
     }
 
     /// The preference list of `key`: up to `rf` members, owner first.
@@ -158,6 +232,34 @@ impl ClusterView {
                 .filter_map(|id| self.members.get(id))
                 .collect(),
             None => Vec::new(),
+        }
+    }
+}
+
+/// The `seen` entry of a member in a transition state. With the
+/// generation, so that what members saw of a node's previous run (a joiner
+/// killed and restarted) never counts for the current one.
+fn transition(m: &MemberInfo) -> String {
+    format!("{}:{}", m.incarnation(), m.state.as_str())
+}
+
+fn ring_of(
+    members: &BTreeMap<NodeId, MemberInfo>,
+    keep: impl Fn(NodeState) -> bool,
+) -> Option<Ring> {
+    let ring_members: Vec<Member> = members
+        .values()
+        .filter(|m| keep(m.state))
+        .map(|m| Member::new(m.id.clone(), m.tokens.clone()))
+        .collect();
+    if ring_members.is_empty() {
+        return None;
+    }
+    match Ring::new(ring_members) {
+        Ok(ring) => Some(ring),
+        Err(e) => {
+            tracing::error!(error = %e, "membership does not form a ring");
+            None
         }
     }
 }
@@ -185,9 +287,34 @@ pub struct Membership {
     self_id: NodeId,
     generation: u64,
     http_addr: SocketAddr,
-    tokens: Vec<u64>,
+    tokens: RwLock<Vec<u64>>,
     secret: ClusterSecret,
     refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Writes in flight, by the epoch of the view they route by.
+    writes: Mutex<BTreeMap<u64, usize>>,
+    /// What this node last published under `seen`.
+    published_seen: Mutex<Vec<String>>,
+    /// What this node publishes under `pulled`.
+    pulled: Mutex<Vec<String>>,
+}
+
+/// A write in flight under a view's epoch; see [`Membership::begin_write`].
+#[must_use = "the write counts as in flight while the guard lives"]
+pub struct WriteGuard<'a> {
+    membership: &'a Membership,
+    epoch: u64,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        let mut writes = self.membership.writes.lock();
+        if let Some(count) = writes.get_mut(&self.epoch) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                writes.remove(&self.epoch);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Membership {
@@ -200,11 +327,14 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// Starts gossip, publishing this node in `state` with tokens derived
-    /// from its id, and a task that refreshes the view every gossip round.
-    pub async fn start(config: &Config, state: NodeState) -> Result<Arc<Self>, MembershipError> {
+    /// Starts gossip, publishing this node in `state` with `tokens`, and a
+    /// task that refreshes the view every gossip round.
+    pub async fn start(
+        config: &Config,
+        state: NodeState,
+        tokens: Vec<u64>,
+    ) -> Result<Arc<Self>, MembershipError> {
         let self_id = NodeId::from(config.node_id.clone());
-        let tokens = Member::derived(self_id.clone(), config.vnodes).tokens;
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -250,6 +380,8 @@ impl Membership {
             (KEY_STATE.to_owned(), state.as_str().to_owned()),
             (KEY_TOKENS.to_owned(), tokens_text),
             (KEY_SIG.to_owned(), sig),
+            (KEY_SEEN.to_owned(), String::new()),
+            (KEY_PULLED.to_owned(), String::new()),
         ];
         let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
             .await
@@ -262,14 +394,18 @@ impl Membership {
             view: RwLock::new(Arc::new(ClusterView::build(
                 self_id.clone(),
                 BTreeMap::new(),
+                0,
             ))),
             state: Mutex::new(state),
             self_id,
             generation,
             http_addr: config.advertise,
-            tokens,
+            tokens: RwLock::new(tokens),
             secret: config.secret.clone(),
             refresher: Mutex::new(None),
+            writes: Mutex::new(BTreeMap::new()),
+            published_seen: Mutex::new(Vec::new()),
+            pulled: Mutex::new(Vec::new()),
         });
         me.refresh().await;
         let weak = Arc::downgrade(&me);
@@ -303,15 +439,52 @@ impl Membership {
     }
 
     /// This node's tokens.
-    pub fn tokens(&self) -> &[u64] {
-        &self.tokens
+    pub fn tokens(&self) -> Vec<u64> {
+        self.tokens.read().clone()
+    }
+
+    /// Counts a write routed by the view of `epoch` as in flight until the
+    /// guard drops: this node publishes a newer view under `seen` only once
+    /// the writes routed by older views are done.
+    pub fn begin_write(&self, epoch: u64) -> WriteGuard<'_> {
+        *self.writes.lock().entry(epoch).or_default() += 1;
+        WriteGuard {
+            membership: self,
+            epoch,
+        }
+    }
+
+    /// Publishes that this node has taken over the ranges of `leaver`
+    /// ([`MemberInfo::incarnation`]).
+    pub async fn mark_pulled(&self, leaver: String) {
+        let text = {
+            let mut pulled = self.pulled.lock();
+            if pulled.contains(&leaver) {
+                return;
+            }
+            pulled.push(leaver);
+            pulled.join(",")
+        };
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| c.self_node_state().set(KEY_PULLED, &text))
+                .await;
+        }
+        self.refresh().await;
     }
 
     /// Publishes a new state for this node.
     pub async fn set_state(&self, state: NodeState) {
+        let tokens = self.tokens();
+        self.set_state_and_tokens(state, tokens).await;
+    }
+
+    /// Publishes a new state and new tokens for this node at once, so that
+    /// no member sees the state with the old tokens.
+    pub async fn set_state_and_tokens(&self, state: NodeState, tokens: Vec<u64>) {
         *self.state.lock() = state;
-        let tokens_text = self
-            .tokens
+        *self.tokens.write() = tokens.clone();
+        let tokens_text = tokens
             .iter()
             .map(u64::to_string)
             .collect::<Vec<_>>()
@@ -329,6 +502,7 @@ impl Membership {
                 .with_chitchat(|c| {
                     let node = c.self_node_state();
                     node.set(KEY_STATE, state.as_str());
+                    node.set(KEY_TOKENS, &tokens_text);
                     node.set(KEY_SIG, &sig);
                 })
                 .await;
@@ -361,10 +535,8 @@ impl Membership {
                 let get = |k: &str| node_state.get(k);
                 let Some(info) = self.verify_member(
                     id,
-                    get(KEY_HTTP),
-                    get(KEY_STATE),
-                    get(KEY_TOKENS),
-                    get(KEY_SIG),
+                    [get(KEY_HTTP), get(KEY_STATE), get(KEY_TOKENS), get(KEY_SIG)],
+                    [get(KEY_SEEN), get(KEY_PULLED)],
                     live.contains(id),
                 ) else {
                     continue;
@@ -384,17 +556,42 @@ impl Membership {
         };
         if !unchanged {
             log_changes(&self.view.read().members, &members);
-            *self.view.write() = Arc::new(ClusterView::build(self.self_id.clone(), members));
+            let epoch = self.view.read().epoch + 1;
+            *self.view.write() = Arc::new(ClusterView::build(self.self_id.clone(), members, epoch));
         }
+        self.publish_seen().await;
+    }
+
+    /// Publishes the current view's transitions under `seen`, once no write
+    /// routed by an older view is in flight (see the module doc).
+    async fn publish_seen(&self) {
+        let view = self.view();
+        let older_in_flight = self
+            .writes
+            .lock()
+            .first_key_value()
+            .is_some_and(|(&epoch, _)| epoch < view.epoch);
+        if older_in_flight {
+            return;
+        }
+        let seen = view.transitions();
+        if *self.published_seen.lock() == seen {
+            return;
+        }
+        let text = seen.join(",");
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| c.self_node_state().set(KEY_SEEN, &text))
+                .await;
+        }
+        *self.published_seen.lock() = seen;
     }
 
     fn verify_member(
         &self,
         id: &ChitchatId,
-        http: Option<&str>,
-        state: Option<&str>,
-        tokens: Option<&str>,
-        sig: Option<&str>,
+        [http, state, tokens, sig]: [Option<&str>; 4],
+        [seen, pulled]: [Option<&str>; 2],
         live: bool,
     ) -> Option<MemberInfo> {
         let (http, state, tokens, sig) = (http?, state?, tokens?, sig?);
@@ -415,8 +612,18 @@ impl Membership {
             tokens: tokens?,
             live: live || *id.node_id == *self.self_id.as_str(),
             generation: id.generation_id,
+            seen: list(seen),
+            pulled: list(pulled),
         })
     }
+}
+
+fn list(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn signed_message(
@@ -446,7 +653,7 @@ fn log_changes(old: &BTreeMap<NodeId, MemberInfo>, new: &BTreeMap<NodeId, Member
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -458,6 +665,8 @@ mod tests {
             tokens: Member::derived(id, 8).tokens,
             live,
             generation: 1,
+            seen: Vec::new(),
+            pulled: Vec::new(),
         }
     }
 
@@ -486,11 +695,97 @@ mod tests {
         .into_iter()
         .map(|m| (m.id.clone(), m))
         .collect();
-        let view = ClusterView::build(NodeId::from("a"), members);
+        let view = ClusterView::build(NodeId::from("a"), members, 1);
         let ring = view.ring.as_ref().unwrap();
         let ids: Vec<&str> = ring.members().iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
         let rf = ReplicationFactor::new(3).unwrap();
         assert_eq!(view.replicas(b"k", rf).len(), 2);
+    }
+
+    #[test]
+    fn writes_go_to_pending_replicas_of_joining_and_leaving_moves() {
+        let rf = ReplicationFactor::new(2).unwrap();
+        let view_of = |states: &[(&str, NodeState)]| {
+            let members: BTreeMap<_, _> = states
+                .iter()
+                .map(|(id, s)| member(id, *s, true))
+                .map(|m| (m.id.clone(), m))
+                .collect();
+            ClusterView::build(NodeId::from("a"), members, 1)
+        };
+        let stable = view_of(&[("a", NodeState::Available), ("b", NodeState::Available)]);
+        assert!(stable.future_ring.is_none());
+        assert!(stable.pending(b"k", rf).is_empty());
+
+        // c joins: every key whose future replicas include c sends to it.
+        let joining = view_of(&[
+            ("a", NodeState::Available),
+            ("b", NodeState::Available),
+            ("c", NodeState::Bootstrapping),
+        ]);
+        let keys: Vec<String> = (0..200).map(|k| format!("k{k}")).collect();
+        let mut to_c = 0;
+        for k in &keys {
+            let pending = joining.pending(k.as_bytes(), rf);
+            assert!(pending.iter().all(|m| m.id.as_str() == "c"));
+            to_c += pending.len();
+            // Reads and counted replicas still come from a and b only.
+            assert!(joining
+                .replicas(k.as_bytes(), rf)
+                .iter()
+                .all(|m| m.id.as_str() != "c"));
+        }
+        assert!(to_c > 50 && to_c < 200, "{to_c}");
+
+        // b leaves a ring of three: its keys go to the node that replaces it.
+        let leaving = view_of(&[
+            ("a", NodeState::Available),
+            ("b", NodeState::Leaving),
+            ("c", NodeState::Available),
+        ]);
+        for k in &keys {
+            let now: Vec<&str> = leaving
+                .replicas(k.as_bytes(), rf)
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect();
+            let pending = leaving.pending(k.as_bytes(), rf);
+            if now.contains(&"b") {
+                assert_eq!(pending.len(), 1, "{k}");
+                assert!(!now.contains(&pending[0].id.as_str()));
+            } else {
+                assert!(pending.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_transition_counts_as_routed_only_once_every_live_member_lists_it() {
+        let mut members: BTreeMap<_, _> = [
+            member("a", NodeState::Available, true),
+            member("b", NodeState::Available, true),
+            member("c", NodeState::Bootstrapping, true),
+            member("d", NodeState::Available, false),
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let c = NodeId::from("c");
+        let entry = "c:1:BOOTSTRAPPING".to_owned();
+        let view = ClusterView::build(c.clone(), members.clone(), 1);
+        assert_eq!(view.transitions(), std::slice::from_ref(&entry));
+        assert!(!view.all_route_with(&c, NodeState::Bootstrapping));
+        members.get_mut(&NodeId::from("a")).unwrap().seen = vec![entry.clone()];
+        let view = ClusterView::build(c.clone(), members.clone(), 2);
+        assert!(!view.all_route_with(&c, NodeState::Bootstrapping));
+        // The down member d is not waited for; a stale generation is not enough.
+        members.get_mut(&NodeId::from("b")).unwrap().seen = vec!["c:0:BOOTSTRAPPING".into()];
+        let view = ClusterView::build(c.clone(), members.clone(), 3);
+        assert!(!view.all_route_with(&c, NodeState::Bootstrapping));
+        members.get_mut(&NodeId::from("b")).unwrap().seen = vec![entry];
+        let view = ClusterView::build(c.clone(), members, 4);
+        assert!(view.all_route_with(&c, NodeState::Bootstrapping));
+        assert!(!view.all_route_with(&c, NodeState::Leaving));
     }
 }

@@ -29,6 +29,8 @@ pub enum Op {
     internal_apply,
     /// An internal read received from a coordinator.
     internal_read,
+    /// A range stream served to a bootstrapping node.
+    internal_stream,
     /// Cluster, node, health, readiness and metrics routes.
     admin,
     /// No route matched.
@@ -100,6 +102,18 @@ pub struct Metrics {
     latency: Family<OpLabels, Histogram>,
     errors: Family<ErrorLabels, Counter>,
     replica_calls: Family<ReplicaLabels, Counter>,
+    stream: StreamCounters,
+}
+
+/// Streaming and clean-up counters (`kvnode_stream_*`, `kvnode_cleanup_*`).
+#[derive(Debug, Default)]
+struct StreamCounters {
+    sent_bytes: Counter,
+    sent_items: Counter,
+    received_bytes: Counter,
+    received_items: Counter,
+    retries: Counter,
+    cleanup_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -139,12 +153,48 @@ impl Metrics {
             "Replica operations issued by this node as coordinator; target=remote are the forwarded requests",
             replica_calls.clone(),
         );
+        let stream = StreamCounters::default();
+        for (name, help, counter) in [
+            (
+                "stream_sent_bytes",
+                "Frame bytes this node sent as a stream source",
+                &stream.sent_bytes,
+            ),
+            (
+                "stream_sent_items",
+                "Items this node sent as a stream source",
+                &stream.sent_items,
+            ),
+            (
+                "stream_received_bytes",
+                "Key and value bytes this node received and applied from streams",
+                &stream.received_bytes,
+            ),
+            (
+                "stream_received_items",
+                "Items this node received and applied from streams",
+                &stream.received_items,
+            ),
+            (
+                "stream_retries",
+                "Stream attempts that failed and were resumed or moved to another source",
+                &stream.retries,
+            ),
+            (
+                "cleanup_deleted_items",
+                "Items deleted because this node no longer replicates their range",
+                &stream.cleanup_deleted,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
         Self {
             registry,
             requests,
             latency,
             errors,
             replica_calls,
+            stream,
         }
     }
 
@@ -174,17 +224,60 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition of every metric, the engine's included.
-    pub fn encode(&self, engine: &Stats) -> Result<String, std::fmt::Error> {
+    /// Counts a frame sent by a stream source.
+    pub fn stream_sent(&self, bytes: usize, items: u64) {
+        self.stream.sent_bytes.inc_by(bytes as u64);
+        self.stream.sent_items.inc_by(items);
+    }
+
+    /// Counts items received and applied from a stream.
+    pub fn stream_received(&self, bytes: usize, items: u64) {
+        self.stream.received_bytes.inc_by(bytes as u64);
+        self.stream.received_items.inc_by(items);
+    }
+
+    /// Counts a failed stream attempt.
+    pub fn stream_retry(&self) {
+        self.stream.retries.inc();
+    }
+
+    /// Counts items dropped by clean-up.
+    pub fn cleanup_deleted(&self, items: u64) {
+        self.stream.cleanup_deleted.inc_by(items);
+    }
+
+    /// The Prometheus text exposition of every metric, the engine's and the
+    /// incoming streams' range counts (`(state, ranges)`) included.
+    pub fn encode(
+        &self,
+        engine: &Stats,
+        stream_ranges: &[(&str, usize)],
+    ) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         // The exposition must end with its EOF marker: the engine's families go before it.
         let body_len = out.strip_suffix("# EOF\n").map_or(out.len(), str::len);
         out.truncate(body_len);
         encode_engine(&mut out, engine)?;
+        encode_stream_ranges(&mut out, stream_ranges)?;
         out.push_str("# EOF\n");
         Ok(out)
     }
+}
+
+/// Writes the incoming ranges by state, read fresh from the progress
+/// report like the engine's statistics.
+fn encode_stream_ranges(out: &mut String, ranges: &[(&str, usize)]) -> std::fmt::Result {
+    use std::fmt::Write;
+    writeln!(
+        out,
+        "# HELP kvnode_stream_ranges Ranges of this node's current bootstrap or take-over, by state"
+    )?;
+    writeln!(out, "# TYPE kvnode_stream_ranges gauge")?;
+    for (state, n) in ranges {
+        writeln!(out, "kvnode_stream_ranges{{state=\"{state}\"}} {n}")?;
+    }
+    Ok(())
 }
 
 /// Writes `stats` as OpenMetrics families.
@@ -336,12 +429,16 @@ mod tests {
         m.request(Op::get, 200, 0.001);
         m.error("bad_request");
         m.replica_call(ReplicaOp::apply, Target::remote, Outcome::timeout);
-        let text = m.encode(&Stats::default()).unwrap();
+        m.stream_received(100, 3);
+        let text = m.encode(&Stats::default(), &[("done", 2)]).unwrap();
         for needle in [
             "kvnode_requests_total{op=\"get\",status=\"200\"} 1",
             "kvnode_request_duration_seconds_bucket{le=",
             "kvnode_errors_total{kind=\"bad_request\"} 1",
             "kvnode_replica_calls_total{op=\"apply\",target=\"remote\",outcome=\"timeout\"} 1",
+            "kvnode_stream_received_items_total 3",
+            "kvnode_stream_received_bytes_total 100",
+            "kvnode_stream_ranges{state=\"done\"} 2",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

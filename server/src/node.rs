@@ -4,20 +4,23 @@
 //! # Joining
 //!
 //! A node whose data dir has never served (no `node.json`) starts JOINING
-//! and turns AVAILABLE once it has heard from another verified member and
-//! let a few gossip rounds pass, so that it routes with the whole ring, not
-//! with a ring of one. A node alone (no seeds but itself) is AVAILABLE at
-//! once. A restarted node (same id, its `node.json` present) is AVAILABLE at
-//! once: it already owns its ranges and holds their data. Streaming data to a
-//! node that joins a populated ring is the bootstrap work (BOOTSTRAPPING)
-//! that comes next; here a new node is expected to own nothing yet.
+//! and bootstraps ([`stream::bootstrap`](crate::stream::bootstrap)): it
+//! learns the ring, announces balanced tokens as BOOTSTRAPPING, streams its
+//! ranges and turns AVAILABLE. A node alone (no seeds but itself) is
+//! AVAILABLE at once with tokens derived from its id. A restarted node
+//! (same id, `node.json` saying it was AVAILABLE) is AVAILABLE at once with
+//! its recorded tokens: it already holds its ranges. A node restarted in
+//! the middle of its bootstrap starts over with the same tokens.
 //!
 //! # Data dir
 //!
 //! ```text
-//! <data_dir>/node.json   {"node_id": ".."}: whose data this is; written when first AVAILABLE
+//! <data_dir>/node.json   {"node_id": "..", "tokens": [..], "available": bool}
 //! <data_dir>/engine/     the strata-engine database
 //! ```
+//!
+//! `node.json` without `tokens` (written before bootstrapping existed) means
+//! an AVAILABLE node with derived tokens.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -34,10 +37,10 @@ use crate::hlc::Hlc;
 use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
-
-/// Gossip rounds a joining node waits after first hearing from the cluster,
-/// so that every member's record has reached it.
-const SETTLE_ROUNDS: u32 = 5;
+use crate::stream::bootstrap::Bootstrap;
+use crate::stream::receiver::Receiver;
+use crate::stream::{cleanup, handoff, Progress};
+use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +68,21 @@ pub enum NodeError {
     Serve(#[from] std::io::Error),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct NodeMarker {
-    node_id: String,
+/// What `node.json` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMarker {
+    /// Whose data this is.
+    pub node_id: String,
+    /// The node's tokens; absent in markers of derived-token nodes.
+    #[serde(default)]
+    pub tokens: Option<Vec<u64>>,
+    /// Whether the node finished joining (false: bootstrap interrupted).
+    #[serde(default = "yes")]
+    pub available: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then stops accepting,
@@ -82,23 +97,64 @@ pub async fn run(
         path: config.data_dir.clone(),
         reason: e.to_string(),
     })?;
-    let marker_path = config.data_dir.join("node.json");
-    let served_before = read_marker(&marker_path, &config.node_id)?;
+    let marker_path = marker_path(&config);
+    let marker = read_marker(&marker_path, &config.node_id)?;
     let storage = Storage::open(&config.data_dir.join("engine"))?;
     let alone = config.other_seeds().next().is_none();
-    let initial = if served_before || alone {
-        NodeState::Available
-    } else {
-        NodeState::Joining
+    let derived = || Member::derived(config.node_id.as_str(), config.vnodes).tokens;
+    let (initial, tokens) = match &marker {
+        Some(m) if m.available => (
+            NodeState::Available,
+            m.tokens.clone().unwrap_or_else(derived),
+        ),
+        Some(m) => (NodeState::Joining, m.tokens.clone().unwrap_or_else(derived)),
+        None if alone => (NodeState::Available, derived()),
+        None => (NodeState::Joining, derived()),
     };
-    let membership = Membership::start(&config, initial).await?;
-    if initial == NodeState::Available {
-        write_marker(&marker_path, &config.node_id)?;
-    } else {
-        tokio::spawn(join(membership.clone(), config.clone(), marker_path));
-    }
+    let membership = Membership::start(&config, initial, tokens.clone()).await?;
     let metrics = Arc::new(Metrics::new());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let progress = Arc::new(Progress::default());
+    if initial == NodeState::Available {
+        write_marker(
+            &marker_path,
+            &NodeMarker {
+                node_id: config.node_id.clone(),
+                tokens: Some(tokens),
+                available: true,
+            },
+        )?;
+    }
     let hlc = Arc::new(Hlc::new());
+    let receiver = Receiver::new(
+        storage.clone(),
+        config.secret.clone(),
+        (metrics.clone(), progress.clone(), hlc.clone()),
+        config.replica_timeout,
+    )?;
+    if initial != NodeState::Available {
+        let bootstrap = Bootstrap {
+            membership: membership.clone(),
+            config: config.clone(),
+            receiver: receiver.clone(),
+            progress: progress.clone(),
+            marker_path,
+            recorded_tokens: marker.and_then(|m| m.tokens),
+        };
+        tokio::spawn(bootstrap.run());
+    }
+    tokio::spawn(handoff::take_over(
+        membership.clone(),
+        config.clone(),
+        receiver,
+        progress.clone(),
+    ));
+    tokio::spawn(cleanup::run(
+        membership.clone(),
+        storage.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
     let coordinator = Coordinator::new(CoordinatorParts {
         storage: storage.clone(),
         membership: membership.clone(),
@@ -116,6 +172,8 @@ pub async fn run(
         metrics,
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
+        progress,
+        stop: stop.clone(),
     };
     tracing::info!(
         node = %config.node_id,
@@ -125,8 +183,15 @@ pub async fn run(
         state = initial.as_str(),
         "kvnode serving"
     );
+    // Stops on the caller's signal, or once a decommission is done.
+    let stopping = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop.notified() => {}
+        }
+    };
     let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopping)
         .await;
     tracing::info!("http drained; leaving gossip and flushing the engine");
     membership.shutdown().await;
@@ -139,31 +204,14 @@ pub async fn run(
     Ok(())
 }
 
-/// JOINING -> AVAILABLE once the cluster has been heard from and has settled.
-async fn join(membership: Arc<Membership>, config: Arc<Config>, marker_path: PathBuf) {
-    let mut waited = 0u32;
-    loop {
-        tokio::time::sleep(config.gossip_interval).await;
-        let view = membership.view();
-        if view.members.keys().any(|id| id != membership.self_id()) {
-            break;
-        }
-        waited += 1;
-        if waited.is_multiple_of(100) {
-            tracing::warn!(seeds = ?config.seeds, "still waiting to hear from a seed");
-        }
-    }
-    tokio::time::sleep(config.gossip_interval * SETTLE_ROUNDS).await;
-    if let Err(e) = write_marker(&marker_path, &config.node_id) {
-        tracing::error!(error = %e, "cannot record the node id in the data dir; staying JOINING");
-        return;
-    }
-    membership.set_state(NodeState::Available).await;
+/// Where `node.json` lives.
+pub(crate) fn marker_path(config: &Config) -> PathBuf {
+    config.data_dir.join("node.json")
 }
 
-/// Whether this data dir has served as `node_id` before. A dir that belongs
-/// to another node id is refused: its data sits under another node's tokens.
-fn read_marker(path: &Path, node_id: &str) -> Result<bool, NodeError> {
+/// This data dir's marker, if it has one. A dir that belongs to another
+/// node id is refused: its data sits under another node's tokens.
+pub(crate) fn read_marker(path: &Path, node_id: &str) -> Result<Option<NodeMarker>, NodeError> {
     let err = |reason: String| NodeError::DataDir {
         path: path.to_owned(),
         reason,
@@ -178,22 +226,20 @@ fn read_marker(path: &Path, node_id: &str) -> Result<bool, NodeError> {
                     marker.node_id
                 )));
             }
-            Ok(true)
+            Ok(Some(marker))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(e.to_string())),
     }
 }
 
-fn write_marker(path: &Path, node_id: &str) -> Result<(), NodeError> {
+/// Records `marker` in `node.json`.
+pub(crate) fn write_marker(path: &Path, marker: &NodeMarker) -> Result<(), NodeError> {
     let err = |reason: String| NodeError::DataDir {
         path: path.to_owned(),
         reason,
     };
-    let marker = serde_json::to_vec(&NodeMarker {
-        node_id: node_id.to_owned(),
-    })
-    .map_err(|e| err(e.to_string()))?;
+    let marker = serde_json::to_vec(marker).map_err(|e| err(e.to_string()))?;
     // Write then rename, so a crash never leaves a torn marker.
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, marker).map_err(|e| err(e.to_string()))?;
@@ -210,9 +256,18 @@ mod tests {
     fn a_data_dir_belongs_to_one_node() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.json");
-        assert!(!read_marker(&path, "a").unwrap());
-        write_marker(&path, "a").unwrap();
-        assert!(read_marker(&path, "a").unwrap());
+        assert!(read_marker(&path, "a").unwrap().is_none());
+        let marker = NodeMarker {
+            node_id: "a".into(),
+            tokens: Some(vec![1, 2]),
+            available: false,
+        };
+        write_marker(&path, &marker).unwrap();
+        assert_eq!(read_marker(&path, "a").unwrap(), Some(marker));
+        // A marker from before bootstrapping: available, derived tokens.
+        std::fs::write(&path, br#"{"node_id":"a"}"#).unwrap();
+        let old = read_marker(&path, "a").unwrap().unwrap();
+        assert!(old.available && old.tokens.is_none());
         assert!(matches!(
             read_marker(&path, "b"),
             Err(NodeError::DataDir { .. })

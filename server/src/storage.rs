@@ -42,7 +42,7 @@
 use std::path::Path;
 
 use parking_lot::Mutex;
-use strata_engine::{Db, Options};
+use strata_engine::{Db, Options, Snapshot, WriteBatch, WriteOptions};
 use strata_ring::token;
 
 /// The only record format this build reads and writes. Do not change: on disk.
@@ -54,6 +54,9 @@ const FLAG_TOMBSTONE: u8 = 0b0000_0001;
 /// Read-compare-write stripes. Enough that unrelated keys rarely wait on each
 /// other under a few hundred concurrent writes; each is one small mutex.
 const LOCK_STRIPES: usize = 512;
+/// Deletes per engine write in [`Storage::retain`]: one WAL record each,
+/// small enough not to hold the write path long.
+const DELETE_BATCH: usize = 1000;
 
 /// One versioned item: a value or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +107,9 @@ pub enum StorageError {
     /// A stored value does not decode.
     #[error("stored record: {0}")]
     Corrupt(#[from] CodecError),
+    /// A blocking task running engine work failed (panicked or was cancelled).
+    #[error("engine task: {0}")]
+    Task(String),
 }
 
 impl Record {
@@ -244,6 +250,43 @@ impl Storage {
         Ok(Applied::Stored)
     }
 
+    /// A consistent view of the whole engine as of now (streaming reads
+    /// one); it never blocks writers.
+    pub fn snapshot(&self) -> Snapshot {
+        self.db.snapshot()
+    }
+
+    /// Deletes every item whose token `keep` refuses; returns how many.
+    ///
+    /// This is not a true range delete (the engine has none): it scans a
+    /// snapshot and deletes key by key in batches of [`DELETE_BATCH`], so
+    /// it costs a read of the whole engine and a tombstone per item, until
+    /// compaction drops them. Blocks: call it from a blocking context.
+    pub fn retain(&self, keep: impl Fn(u64) -> bool) -> Result<u64, StorageError> {
+        let mut batch = WriteBatch::new();
+        let (mut in_batch, mut deleted) = (0usize, 0u64);
+        for item in self.db.snapshot().range::<&[u8]>(..) {
+            let (key, _) = item?;
+            let token = key.first_chunk::<8>().map_or(0, |t| u64::from_be_bytes(*t));
+            if keep(token) {
+                continue;
+            }
+            batch.delete(&key);
+            in_batch += 1;
+            if in_batch == DELETE_BATCH {
+                self.db
+                    .write(std::mem::take(&mut batch), &WriteOptions::default())?;
+                deleted += in_batch as u64;
+                in_batch = 0;
+            }
+        }
+        if in_batch > 0 {
+            self.db.write(batch, &WriteOptions::default())?;
+            deleted += in_batch as u64;
+        }
+        Ok(deleted)
+    }
+
     /// The engine's report: tree shape, I/O, stalls, bloom verdicts.
     pub fn stats(&self) -> strata_engine::Stats {
         self.db.stats()
@@ -377,6 +420,38 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(s.read(b"hot").unwrap().unwrap().version, 499 * 4 + 3);
+    }
+
+    /// Items stored whose token `accept` accepts.
+    fn count(s: &Storage, accept: impl Fn(u64) -> bool) -> u64 {
+        let mut n = 0;
+        for item in s.db.snapshot().range::<&[u8]>(..) {
+            let (key, _) = item.unwrap();
+            n += u64::from(accept(u64::from_be_bytes(key[..8].try_into().unwrap())));
+        }
+        n
+    }
+
+    #[test]
+    fn retain_deletes_exactly_the_refused_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for k in 0..2500u32 {
+            s.apply(format!("k{k}").as_bytes(), &Record::value(1, b"v".to_vec()))
+                .unwrap();
+        }
+        let keep = |t: u64| t < u64::MAX / 2;
+        let kept = count(&s, keep);
+        let deleted = s.retain(keep).unwrap();
+        assert_eq!(kept + deleted, 2500);
+        assert_eq!(count(&s, |_| true), kept);
+        for k in 0..2500u32 {
+            let key = format!("k{k}");
+            assert_eq!(
+                s.read(key.as_bytes()).unwrap().is_some(),
+                keep(token(key.as_bytes()))
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/node`,
 //! `GET /health` (the process answers), `GET /ready` (this node is
-//! AVAILABLE) and `GET /metrics` (Prometheus text).
+//! AVAILABLE), `GET /metrics` (Prometheus text), and
+//! `POST /admin/v1/decommission` (behind the cluster secret: this node
+//! hands its ranges over and leaves; 202, or 409 with the reason).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,6 +12,10 @@ use serde::Serialize;
 
 use super::{ApiError, AppState};
 use crate::membership::NodeState;
+use crate::stream::handoff;
+
+/// Path of the decommission route.
+pub const DECOMMISSION_PATH: &str = "/admin/v1/decommission";
 
 /// One member in `/v1/cluster`.
 #[derive(Debug, Serialize)]
@@ -63,6 +69,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "gossip_addr": state.config.gossip_advertise.to_string(),
         "data_dir": state.config.data_dir.display().to_string(),
         "tokens": state.membership.tokens().len(),
+        "streaming": state.progress.report(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
         "engine": engine_json(&state.storage.stats()),
@@ -131,7 +138,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = state
         .metrics
-        .encode(&state.storage.stats())
+        .encode(&state.storage.stats(), &state.progress.counts())
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
     Ok((
         [(
@@ -139,6 +146,25 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
+    )
+        .into_response())
+}
+
+/// `POST /admin/v1/decommission`: starts handing this node's ranges over;
+/// the node stops once it is LEFT.
+pub async fn decommission(State(state): State<AppState>) -> Result<Response, ApiError> {
+    handoff::check(&state.membership)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_decommission", e.to_string()))?;
+    tracing::info!("decommission requested");
+    tokio::spawn(handoff::leave(
+        state.membership.clone(),
+        state.config.clone(),
+        crate::node::marker_path(&state.config),
+        state.stop.clone(),
+    ));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "leaving" })),
     )
         .into_response())
 }

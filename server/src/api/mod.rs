@@ -3,7 +3,8 @@
 //!
 //! One file per route group: [`kv`] (the client API), [`compat`] (the seeds'
 //! APIs), [`cluster`] (cluster, node, health, readiness, metrics) and
-//! [`internal`] (node-to-node, behind the cluster secret).
+//! [`internal`] (node-to-node, behind the cluster secret; so is the
+//! decommission route in [`cluster`]).
 
 pub mod cluster;
 pub mod compat;
@@ -28,6 +29,8 @@ use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
 use crate::storage::Storage;
+use crate::stream::sender::{self, STREAM_PATH};
+use crate::stream::Progress;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -47,6 +50,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Requests in flight; bounds the work a burst can start.
     pub in_flight: Arc<Semaphore>,
+    /// Progress of this node's incoming streams.
+    pub progress: Arc<Progress>,
+    /// Asks the node to stop (after a decommission).
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 /// The node's router: every route, the request bounds and the metrics.
@@ -54,6 +61,8 @@ pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route(internal::APPLY_PATH, post(internal::apply))
         .route(internal::READ_PATH, post(internal::read))
+        .route(STREAM_PATH, get(sender::stream))
+        .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,
@@ -145,10 +154,13 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_apply
     } else if path == internal::READ_PATH {
         Op::internal_read
+    } else if path == STREAM_PATH {
+        Op::internal_stream
     } else if matches!(
         path,
         "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
-    ) {
+    ) || path == cluster::DECOMMISSION_PATH
+    {
         Op::admin
     } else {
         Op::unmatched

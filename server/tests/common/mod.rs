@@ -46,6 +46,8 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("KVNODE_CLUSTER_SECRET", SECRET)
+            // Short, so that tests see old owners drop what they gave away.
+            .env("KVNODE_CLEANUP_GRACE_MS", "1500")
             .env("KVNODE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -86,6 +88,20 @@ impl NodeProc {
         }
     }
 
+    /// Waits for the process to exit on its own; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(start.elapsed() < timeout, "{} still running", self.id);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Starts the process again: same id, ports and data dir.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
@@ -116,7 +132,7 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub client: reqwest::Client,
     // Dropped after the nodes (fields drop in order), so they die first.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Free ports: bound to 0, read, released. Held together so that one call
@@ -164,15 +180,94 @@ impl Cluster {
             .pool_max_idle_per_host(64)
             .build()
             .unwrap();
-        let cluster = Cluster {
-            nodes,
-            client,
-            _dir: dir,
-        };
+        let cluster = Cluster { nodes, client, dir };
         for i in 0..n {
             cluster.wait_until_sees(i, n, Duration::from_secs(30)).await;
         }
         cluster
+    }
+
+    /// Starts one more node, seeded by the first, with an empty data dir;
+    /// does not wait for it. Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let (http, gossip) = free_ports(1)[0];
+        let id = format!("node{}", self.nodes.len() + 1);
+        let mut node = NodeProc {
+            data_dir: self.dir.path().join(&id),
+            log: self.dir.path().join(format!("{id}.log")),
+            id,
+            http,
+            gossip,
+            seeds: self.nodes[0].gossip.to_string(),
+            child: None,
+        };
+        node.spawn();
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Node `i`'s `/v1/node` document.
+    pub async fn node_info(&self, i: usize) -> Option<Value> {
+        let r = self
+            .client
+            .get(self.nodes[i].url("/v1/node"))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice(&r.bytes().await.ok()?).ok()
+    }
+
+    /// A counter's value in node `i`'s `/metrics` (0 if absent).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let Ok(r) = self.client.get(self.nodes[i].url("/metrics")).send().await else {
+            return 0.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The record node `i` itself stores for `key` (no routing).
+    pub async fn local_record(
+        &self,
+        i: usize,
+        key: &str,
+    ) -> Option<strata_server::storage::Record> {
+        let r = self
+            .client
+            .post(self.nodes[i].url("/internal/v1/read"))
+            .bearer_auth(SECRET)
+            .body(key.to_owned())
+            .send()
+            .await
+            .ok()?;
+        if r.status() != 200 {
+            return None;
+        }
+        strata_server::storage::Record::decode(&r.bytes().await.ok()?).ok()
+    }
+
+    /// Waits until node `i` answers `/ready`; returns how long it took.
+    pub async fn wait_ready(&self, i: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let ready = self
+                .client
+                .get(self.nodes[i].url("/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{} not ready in {timeout:?}",
+                self.nodes[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The members of node `i`'s view: (id, state, status).

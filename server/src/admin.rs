@@ -1,0 +1,96 @@
+//! Operator commands that talk to a running node: `kvnode decommission`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::api::cluster::DECOMMISSION_PATH;
+
+/// Flags of `kvnode decommission`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DecommissionArgs {
+    /// HTTP address of the node that should leave the cluster.
+    #[arg(long)]
+    pub node: SocketAddr,
+    /// The cluster secret (prefer the variable: a flag shows in `ps`).
+    #[arg(long, env = "KVNODE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+    /// Give up waiting for the node to stop after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The node could not be reached or answered garbage.
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    /// The node refused.
+    #[error("node refused ({status}): {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Its explanation.
+        body: String,
+    },
+    /// The node was still up at the deadline.
+    #[error("node still running after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Asks the node to leave, then follows it until its process stops.
+pub async fn decommission(args: DecommissionArgs) -> Result<(), AdminError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = format!("http://{}", args.node);
+    let r = client
+        .post(format!("{base}{DECOMMISSION_PATH}"))
+        .bearer_auth(&args.cluster_secret)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(AdminError::Refused {
+            status: r.status().as_u16(),
+            body: r.text().await.unwrap_or_default(),
+        });
+    }
+    println!(
+        "{} is LEAVING: its ranges stream to their new owners",
+        args.node
+    );
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let state = match client.get(format!("{base}/v1/node")).send().await {
+            Ok(r) => match r
+                .bytes()
+                .await
+                .map(|b| serde_json::from_slice::<serde_json::Value>(&b))
+            {
+                Ok(Ok(v)) => v
+                    .get("state")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("?")
+                    .to_owned(),
+                _ => continue,
+            },
+            Err(_) => {
+                println!(
+                    "{} left the ring and stopped after {:.1} s",
+                    args.node,
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+        };
+        if state != last {
+            println!("{:>6.1} s  {}", start.elapsed().as_secs_f64(), state);
+            last = state;
+        }
+    }
+    Err(AdminError::Timeout(deadline))
+}

@@ -1,0 +1,233 @@
+//! A new node's way in: JOINING (learn the ring) -> BOOTSTRAPPING (announce
+//! tokens, receive ranges) -> AVAILABLE. See the module doc of
+//! [`stream`](super) for why nothing acknowledged is missing at the end.
+//!
+//! 1. Wait to hear from the cluster, then a few gossip rounds so every
+//!    member's record has arrived.
+//! 2. Wait for the turn: joins are serialized (no other member
+//!    BOOTSTRAPPING or LEAVING, no live JOINING member with a smaller id),
+//!    because two nodes allocating tokens against the same ring would pick
+//!    nearly the same places.
+//! 3. With no ring yet (the cluster is forming), turn AVAILABLE with
+//!    derived tokens: there is nothing to stream.
+//! 4. Otherwise allocate balanced tokens against the ring, record them in
+//!    the data dir (a restart re-announces the same ones) and publish
+//!    BOOTSTRAPPING with them.
+//! 5. Wait until every live member routes by a view holding the
+//!    announcement, with no older write in flight (`seen`).
+//! 6. Stream each range gained by the plan, preferring the replica that
+//!    gives it up, then the others.
+//! 7. Record the completion in the data dir and publish AVAILABLE.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_ring::{plan, Member, NodeId};
+
+use super::receiver::Receiver;
+use super::Progress;
+use crate::config::Config;
+use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::node::{write_marker, NodeMarker};
+
+/// Gossip rounds a joining node waits after first hearing from the cluster,
+/// so that every member's record has reached it.
+const SETTLE_ROUNDS: u32 = 5;
+/// Pause between two bootstrap passes when a range could not be received.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// What the bootstrap works with.
+pub struct Bootstrap {
+    /// This node's membership.
+    pub membership: Arc<Membership>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Pulls ranges.
+    pub receiver: Receiver,
+    /// Progress of the pulls.
+    pub progress: Arc<Progress>,
+    /// `node.json`.
+    pub marker_path: PathBuf,
+    /// Tokens recorded by an interrupted bootstrap, to announce again.
+    pub recorded_tokens: Option<Vec<u64>>,
+}
+
+impl Bootstrap {
+    /// Runs the sequence of the module doc to AVAILABLE.
+    pub async fn run(self) {
+        let me = self.membership.self_id().clone();
+        self.wait_for_cluster().await;
+        self.wait_for_turn(&me).await;
+        let view = self.membership.view();
+        let Some(ring) = view.ring.clone() else {
+            tracing::info!("no ring yet: forming the cluster with derived tokens");
+            self.finish(self.membership.tokens()).await;
+            return;
+        };
+        let tokens = match self.recorded_tokens.clone() {
+            Some(t) => t,
+            None => match ring.allocate(&me, self.config.vnodes, self.config.replication_factor) {
+                Ok(member) => member.tokens,
+                Err(e) => {
+                    tracing::error!(error = %e, "token allocation failed; staying JOINING");
+                    return;
+                }
+            },
+        };
+        let marker = NodeMarker {
+            node_id: me.to_string(),
+            tokens: Some(tokens.clone()),
+            available: false,
+        };
+        if let Err(e) = write_marker(&self.marker_path, &marker) {
+            tracing::error!(error = %e, "cannot record the tokens; staying JOINING");
+            return;
+        }
+        self.membership
+            .set_state_and_tokens(NodeState::Bootstrapping, tokens.clone())
+            .await;
+        let announced = Instant::now();
+        self.wait_until_routed(&me).await;
+        tracing::info!(
+            after_ms = announced.elapsed().as_millis() as u64,
+            "every member routes writes to this node; streaming"
+        );
+        loop {
+            match self.stream_all(&me, &tokens).await {
+                Ok(()) => break,
+                Err(missing) => {
+                    tracing::error!(missing, "ranges not received; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+        self.finish(tokens).await;
+    }
+
+    async fn wait_for_cluster(&self) {
+        let mut waited = 0u32;
+        loop {
+            tokio::time::sleep(self.config.gossip_interval).await;
+            let view = self.membership.view();
+            if view
+                .members
+                .keys()
+                .any(|id| id != self.membership.self_id())
+            {
+                break;
+            }
+            waited += 1;
+            if waited.is_multiple_of(100) {
+                tracing::warn!(seeds = ?self.config.seeds, "still waiting to hear from a seed");
+            }
+        }
+        tokio::time::sleep(self.config.gossip_interval * SETTLE_ROUNDS).await;
+    }
+
+    async fn wait_for_turn(&self, me: &NodeId) {
+        loop {
+            let view = self.membership.view();
+            let blocker = view.members.values().find(|m| {
+                m.id != *me
+                    && m.live
+                    && (m.state.in_transition() || (m.state == NodeState::Joining && m.id < *me))
+            });
+            match blocker {
+                None => return,
+                Some(m) => {
+                    tracing::debug!(node = %m.id, state = m.state.as_str(), "waiting for its join to finish");
+                }
+            }
+            tokio::time::sleep(self.config.gossip_interval).await;
+        }
+    }
+
+    async fn wait_until_routed(&self, me: &NodeId) {
+        let start = Instant::now();
+        let mut logged = Duration::ZERO;
+        while !self
+            .membership
+            .view()
+            .all_route_with(me, NodeState::Bootstrapping)
+        {
+            if start.elapsed() - logged > Duration::from_secs(5) {
+                logged = start.elapsed();
+                tracing::warn!("waiting for every member to route by the announcement");
+            }
+            tokio::time::sleep(self.config.gossip_interval).await;
+        }
+    }
+
+    /// Streams every range this node gains; `Err(n)` if `n` failed. A
+    /// retry pulls every range again, received ones included: applying is
+    /// last-writer-wins, so that costs only time, and a plan recomputed from
+    /// a newer view (a source gone DOWN) needs no bookkeeping.
+    async fn stream_all(&self, me: &NodeId, tokens: &[u64]) -> Result<(), usize> {
+        let view = self.membership.view();
+        let Some(ring) = view.ring.clone() else {
+            return Err(1);
+        };
+        let grown = match ring.add(Member::new(me.clone(), tokens.to_vec())) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot add this node to the ring");
+                return Err(1);
+            }
+        };
+        let plan = plan(&ring, &grown, self.config.replication_factor);
+        let moves: Vec<_> = plan.incoming(me).cloned().collect();
+        self.progress.plan(moves.iter().map(|m| m.range()));
+        tracing::info!(ranges = moves.len(), "bootstrap plan");
+        let started = Instant::now();
+        let jobs = moves
+            .iter()
+            .map(|m| {
+                // The replica giving the range up first: it holds every
+                // write the others might lack (see the module doc of
+                // `stream`).
+                let mut sources: Vec<MemberInfo> = m
+                    .lost()
+                    .chain(m.from().iter().filter(|n| !m.lost().any(|l| l == *n)))
+                    .filter_map(|id| view.members.get(id))
+                    .filter(|s| s.id != *me && s.state.in_ring())
+                    .cloned()
+                    .collect();
+                // Down sources last: the failure detector may be wrong.
+                sources.sort_by_key(|s| !s.live);
+                (m.range(), sources)
+            })
+            .collect();
+        let (entries, failed) = self.receiver.pull_all(jobs).await;
+        let report = self.progress.report();
+        tracing::info!(
+            entries,
+            bytes = report
+                .get("bytes")
+                .and_then(|b| b.as_u64())
+                .unwrap_or_default(),
+            seconds = started.elapsed().as_secs_f64(),
+            "bootstrap streams finished"
+        );
+        if failed == 0 {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    async fn finish(&self, tokens: Vec<u64>) {
+        let marker = NodeMarker {
+            node_id: self.membership.self_id().to_string(),
+            tokens: Some(tokens.clone()),
+            available: true,
+        };
+        if let Err(e) = write_marker(&self.marker_path, &marker) {
+            tracing::error!(error = %e, "cannot record the node in the data dir; staying put");
+            return;
+        }
+        self.membership
+            .set_state_and_tokens(NodeState::Available, tokens)
+            .await;
+    }
+}

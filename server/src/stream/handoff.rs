@@ -1,0 +1,204 @@
+//! Decommission: the bootstrap in reverse. The leaving node publishes
+//! LEAVING; the nodes that gain its ranges pull them (the same
+//! [`Receiver`]); then it publishes LEFT and stops.
+//!
+//! 1. The leaver publishes LEAVING. The future ring no longer holds it, so
+//!    coordinators send each write to the key's new replicas as pending
+//!    replicas, counted as for a join.
+//! 2. Every AVAILABLE node watches for LEAVING members ([`take_over`]).
+//!    One that gains ranges waits, as a joining node does, until every
+//!    member routes by the LEAVING state with no older write in flight,
+//!    then pulls each range it gains, from the leaver first (it holds
+//!    every write the others might lack), and publishes the leaver's
+//!    incarnation under `pulled`.
+//! 3. The leaver ([`leave`]) waits until every node that gains a range
+//!    lists it under `pulled`, publishes LEFT, lets gossip carry it for a
+//!    few rounds and asks the process to stop.
+//!
+//! The argument of [`stream`](super) holds with the leaver in the role of
+//! the replica that gives ranges up.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_ring::{plan, NodeId};
+use tokio::sync::Notify;
+
+use super::receiver::Receiver;
+use super::Progress;
+use crate::config::Config;
+use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::node::{write_marker, NodeMarker};
+
+/// Gossip rounds the leaver keeps gossiping after publishing LEFT, so that
+/// every member drops it from the ring before it goes silent.
+const LEFT_ROUNDS: u32 = 10;
+
+/// Why a decommission cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecommissionError {
+    /// Only an AVAILABLE node can leave.
+    #[error("node is {0}, not AVAILABLE")]
+    NotAvailable(&'static str),
+    /// Another node is joining or leaving.
+    #[error("{0} is {1}: one transition at a time")]
+    Busy(NodeId, &'static str),
+    /// The ring would be empty.
+    #[error("the last node of the ring cannot leave it")]
+    LastNode,
+}
+
+/// Checks that this node may leave now.
+pub fn check(membership: &Membership) -> Result<(), DecommissionError> {
+    let state = membership.state();
+    if state != NodeState::Available {
+        return Err(DecommissionError::NotAvailable(state.as_str()));
+    }
+    let view = membership.view();
+    if let Some(m) = view
+        .members
+        .values()
+        .find(|m| m.live && m.state.in_transition())
+    {
+        return Err(DecommissionError::Busy(m.id.clone(), m.state.as_str()));
+    }
+    let others = view.ring.as_ref().map_or(0, |r| {
+        r.members().iter().filter(|m| m.id != view.self_id).count()
+    });
+    if others == 0 {
+        return Err(DecommissionError::LastNode);
+    }
+    Ok(())
+}
+
+/// The leaver's side: LEAVING, wait for the new owners, LEFT, stop.
+pub async fn leave(
+    membership: Arc<Membership>,
+    config: Arc<Config>,
+    marker_path: PathBuf,
+    stop: Arc<Notify>,
+) {
+    let me = membership.self_id().clone();
+    membership.set_state(NodeState::Leaving).await;
+    let started = Instant::now();
+    let mut logged = Duration::ZERO;
+    loop {
+        tokio::time::sleep(config.gossip_interval).await;
+        let view = membership.view();
+        let Some(ring) = view.ring.clone() else {
+            continue;
+        };
+        let Ok(shrunk) = ring.remove(&me) else {
+            continue;
+        };
+        let Some(incarnation) = view.members.get(&me).map(MemberInfo::incarnation) else {
+            continue;
+        };
+        let plan = plan(&ring, &shrunk, config.replication_factor);
+        let gainers: BTreeSet<&NodeId> = plan.moves().iter().flat_map(|m| m.gained()).collect();
+        let waiting: Vec<&NodeId> = gainers
+            .into_iter()
+            .filter(|id| {
+                !view
+                    .members
+                    .get(*id)
+                    .is_some_and(|m| m.pulled.contains(&incarnation))
+            })
+            .collect();
+        if waiting.is_empty() {
+            break;
+        }
+        if started.elapsed() - logged > Duration::from_secs(5) {
+            logged = started.elapsed();
+            tracing::info!(
+                ?waiting,
+                "waiting for the new owners to take the ranges over"
+            );
+        }
+    }
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "every new owner holds its ranges; leaving the ring"
+    );
+    // A later start of this data dir must join anew: its tokens are gone
+    // from the ring and its data is stale.
+    let marker = NodeMarker {
+        node_id: me.to_string(),
+        tokens: None,
+        available: false,
+    };
+    if let Err(e) = write_marker(&marker_path, &marker) {
+        tracing::error!(error = %e, "cannot record the departure in the data dir");
+    }
+    membership.set_state(NodeState::Left).await;
+    tokio::time::sleep(config.gossip_interval * LEFT_ROUNDS).await;
+    tracing::info!("LEFT; stopping");
+    stop.notify_one();
+}
+
+/// Every node's side: takes over the ranges of LEAVING members, once each.
+pub async fn take_over(
+    membership: Arc<Membership>,
+    config: Arc<Config>,
+    receiver: Receiver,
+    progress: Arc<Progress>,
+) {
+    let me = membership.self_id().clone();
+    loop {
+        tokio::time::sleep(config.gossip_interval).await;
+        if membership.state() != NodeState::Available {
+            continue;
+        }
+        let view = membership.view();
+        let Some(leaver) = view
+            .members
+            .values()
+            .find(|m| m.live && m.state == NodeState::Leaving && m.id != me)
+            .cloned()
+        else {
+            continue;
+        };
+        let incarnation = leaver.incarnation();
+        if view
+            .members
+            .get(&me)
+            .is_some_and(|m| m.pulled.contains(&incarnation))
+        {
+            continue;
+        }
+        if !view.all_route_with(&leaver.id, NodeState::Leaving) {
+            continue;
+        }
+        let Some(ring) = view.ring.clone() else {
+            continue;
+        };
+        let Ok(shrunk) = ring.remove(&leaver.id) else {
+            continue;
+        };
+        let plan = plan(&ring, &shrunk, config.replication_factor);
+        let moves: Vec<_> = plan.incoming(&me).cloned().collect();
+        progress.plan(moves.iter().map(|m| m.range()));
+        tracing::info!(leaver = %leaver.id, ranges = moves.len(), "taking over a leaving node's ranges");
+        let jobs = moves
+            .iter()
+            .map(|m| {
+                let mut sources: Vec<MemberInfo> = std::iter::once(&leaver.id)
+                    .chain(m.from().iter().filter(|n| **n != leaver.id))
+                    .filter_map(|id| view.members.get(id))
+                    .filter(|s| s.id != me && s.state.in_ring())
+                    .cloned()
+                    .collect();
+                sources.sort_by_key(|s| !s.live);
+                (m.range(), sources)
+            })
+            .collect();
+        let (entries, failed) = receiver.pull_all(jobs).await;
+        if failed == 0 {
+            membership.mark_pulled(incarnation).await;
+            tracing::info!(leaver = %leaver.id, entries, "took over the leaving node's ranges");
+        }
+    }
+}
