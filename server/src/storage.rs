@@ -42,7 +42,7 @@
 use std::path::Path;
 
 use parking_lot::Mutex;
-use strata_engine::{Db, Options, Snapshot, WriteBatch, WriteOptions};
+use strata_engine::{Db, Options, Snapshot};
 use strata_ring::token;
 
 /// The only record format this build reads and writes. Do not change: on disk.
@@ -54,9 +54,6 @@ const FLAG_TOMBSTONE: u8 = 0b0000_0001;
 /// Read-compare-write stripes. Enough that unrelated keys rarely wait on each
 /// other under a few hundred concurrent writes; each is one small mutex.
 const LOCK_STRIPES: usize = 512;
-/// Deletes per engine write in [`Storage::retain`]: one WAL record each,
-/// small enough not to hold the write path long.
-const DELETE_BATCH: usize = 1000;
 
 /// One versioned item: a value or a tombstone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,30 +256,26 @@ impl Storage {
     /// Deletes every item whose token `keep` refuses; returns how many.
     ///
     /// This is not a true range delete (the engine has none): it scans a
-    /// snapshot and deletes key by key in batches of [`DELETE_BATCH`], so
-    /// it costs a read of the whole engine and a tombstone per item, until
-    /// compaction drops them. Blocks: call it from a blocking context.
+    /// snapshot and deletes key by key, so it costs a read of the whole
+    /// engine and a tombstone per item, until compaction drops them. Each
+    /// delete happens under the key's stripe lock and only if the item is
+    /// still the one the snapshot saw: a record that arrived since (a write
+    /// for a range this node has started to gain, say) is never deleted by
+    /// a pass that began before it. Blocks: call it from a blocking context.
     pub fn retain(&self, keep: impl Fn(u64) -> bool) -> Result<u64, StorageError> {
-        let mut batch = WriteBatch::new();
-        let (mut in_batch, mut deleted) = (0usize, 0u64);
+        let mut deleted = 0u64;
         for item in self.db.snapshot().range::<&[u8]>(..) {
-            let (key, _) = item?;
+            let (key, seen) = item?;
             let token = key.first_chunk::<8>().map_or(0, |t| u64::from_be_bytes(*t));
             if keep(token) {
                 continue;
             }
-            batch.delete(&key);
-            in_batch += 1;
-            if in_batch == DELETE_BATCH {
-                self.db
-                    .write(std::mem::take(&mut batch), &WriteOptions::default())?;
-                deleted += in_batch as u64;
-                in_batch = 0;
+            let stripe = usize::try_from(token % LOCK_STRIPES as u64).unwrap_or_default();
+            let _guard = self.stripes.get(stripe).map(Mutex::lock);
+            if self.db.get(&key)?.as_deref() == Some(seen.as_slice()) {
+                self.db.delete(&key)?;
+                deleted += 1;
             }
-        }
-        if in_batch > 0 {
-            self.db.write(batch, &WriteOptions::default())?;
-            deleted += in_batch as u64;
         }
         Ok(deleted)
     }
@@ -444,6 +437,7 @@ mod tests {
         let kept = count(&s, keep);
         let deleted = s.retain(keep).unwrap();
         assert_eq!(kept + deleted, 2500);
+        assert!(deleted > 0 && kept > 0);
         assert_eq!(count(&s, |_| true), kept);
         for k in 0..2500u32 {
             let key = format!("k{k}");
@@ -451,6 +445,39 @@ mod tests {
                 s.read(key.as_bytes()).unwrap().is_some(),
                 keep(token(key.as_bytes()))
             );
+        }
+    }
+
+    #[test]
+    fn retain_never_deletes_a_record_newer_than_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for k in 0..200u32 {
+            s.apply(
+                format!("k{k}").as_bytes(),
+                &Record::value(1, b"old".to_vec()),
+            )
+            .unwrap();
+        }
+        // Every key is refused, and while the pass runs each key it visits
+        // gets a newer record first (as a write arriving mid-pass would).
+        let s2 = s.clone();
+        let deleted = s
+            .retain(|t| {
+                for k in 0..200u32 {
+                    let key = format!("k{k}");
+                    if token(key.as_bytes()) == t {
+                        s2.apply(key.as_bytes(), &Record::value(2, b"new".to_vec()))
+                            .unwrap();
+                    }
+                }
+                false
+            })
+            .unwrap();
+        assert_eq!(deleted, 0);
+        for k in 0..200u32 {
+            let r = s.read(format!("k{k}").as_bytes()).unwrap().unwrap();
+            assert_eq!(r.value.as_deref(), Some(&b"new"[..]));
         }
     }
 
