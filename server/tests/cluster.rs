@@ -17,6 +17,7 @@ const CONCURRENCY: usize = 32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_keys_written_through_any_node_are_read_through_another() {
+    let _serial = common::SERIAL.lock().await;
     let cluster = Arc::new(Cluster::start(3).await);
     let n = 10_000usize;
     let start = Instant::now();
@@ -72,6 +73,7 @@ async fn ten_thousand_keys_written_through_any_node_are_read_through_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_routed_around_and_rejoins_with_its_data() {
+    let _serial = common::SERIAL.lock().await;
     let mut cluster = Cluster::start(3).await;
     for k in 0..200 {
         let r = cluster
@@ -153,4 +155,49 @@ async fn a_killed_node_is_routed_around_and_rejoins_with_its_data() {
     let r = cluster.get(0, "old-1", "one").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), b"v1".as_slice());
+}
+
+/// With RF 3 on 3 nodes every node holds every key, so routing mistakes
+/// would go unseen; with RF 2 each key must land on exactly two nodes, and
+/// any node must find it, replica or not.
+#[tokio::test]
+async fn with_rf_2_each_key_lives_on_exactly_two_nodes_and_reads_from_any() {
+    let _serial = common::SERIAL.lock().await;
+    let cluster = Cluster::start_with_rf(3, 2).await;
+    for k in 0..300usize {
+        let r = cluster
+            .put(
+                k % 3,
+                &format!("rf2-{k}"),
+                format!("v{k}").as_bytes(),
+                "all",
+            )
+            .await;
+        assert_eq!(r.status(), 204);
+    }
+    let mut holders_per_node = [0usize; 3];
+    for k in 0..300usize {
+        let key = format!("rf2-{k}");
+        let mut holders = 0;
+        for (i, held) in holders_per_node.iter_mut().enumerate() {
+            if cluster.local_record(i, &key).await.is_some() {
+                holders += 1;
+                *held += 1;
+            }
+        }
+        assert_eq!(
+            holders, 2,
+            "{key} is on {holders} nodes, not its 2 replicas"
+        );
+        for i in 0..3 {
+            let r = cluster.get(i, &key, "quorum").await;
+            assert_eq!(r.status(), 200, "{key} through node{}", i + 1);
+            assert_eq!(r.bytes().await.unwrap(), format!("v{k}").as_bytes());
+        }
+    }
+    // Every node is a replica of some keys and not of others.
+    assert!(
+        holders_per_node.iter().all(|&n| n > 0 && n < 300),
+        "{holders_per_node:?}"
+    );
 }

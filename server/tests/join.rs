@@ -65,10 +65,6 @@ fn record(acked: &Acked, key: String, version: u64, value: Vec<u8>) {
     }
 }
 
-/// The two tests each run a cluster under load; side by side on 2 cores
-/// the failure detector flaps. One at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Starts writers that overwrite random keys through the given nodes until
 /// stopped, recording every acknowledged write.
 fn start_load(client: reqwest::Client, bases: Vec<String>, acked: Acked) -> Load {
@@ -187,7 +183,7 @@ async fn assert_all_readable(cluster: &Cluster, nodes: &[usize], acked: &Acked) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::SERIAL.lock().await;
     let mut cluster = Cluster::start(3).await;
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let bases: Vec<String> = (0..3).map(|i| cluster.nodes[i].url("")).collect();
@@ -338,7 +334,7 @@ async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_killed_mid_bootstrap_restarts_and_the_cluster_ends_correct() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::SERIAL.lock().await;
     let mut cluster = Cluster::start(3).await;
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let bases: Vec<String> = (0..3).map(|i| cluster.nodes[i].url("")).collect();

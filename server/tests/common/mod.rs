@@ -20,6 +20,10 @@ use serde_json::Value;
 /// The secret every test cluster shares.
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// Held by each test that runs a cluster under load: several such clusters
+/// side by side on 2 cores make the failure detector flap. One at a time.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One kvnode process.
 pub struct NodeProc {
     pub id: String,
@@ -27,6 +31,8 @@ pub struct NodeProc {
     pub gossip: SocketAddr,
     pub data_dir: PathBuf,
     seeds: String,
+    /// Replication factor the node is started with.
+    rf: u8,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -46,6 +52,7 @@ impl NodeProc {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .env("KVNODE_CLUSTER_SECRET", SECRET)
+            .env("KVNODE_REPLICATION_FACTOR", self.rf.to_string())
             // Short, so that tests see old owners drop what they gave away.
             .env("KVNODE_CLEANUP_GRACE_MS", "1500")
             .env("KVNODE_LOG", "info")
@@ -154,6 +161,11 @@ fn free_ports(n: usize) -> Vec<(SocketAddr, SocketAddr)> {
 impl Cluster {
     /// Starts `n` nodes and waits until each is ready and sees all `n` up.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with_rf(n, 3).await
+    }
+
+    /// [`Cluster::start`] with replication factor `rf`.
+    pub async fn start_with_rf(n: usize, rf: u8) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let seeds = ports[0].1.to_string();
@@ -169,6 +181,7 @@ impl Cluster {
                     http,
                     gossip,
                     seeds: seeds.clone(),
+                    rf,
                     child: None,
                 };
                 node.spawn();
@@ -199,6 +212,7 @@ impl Cluster {
             http,
             gossip,
             seeds: self.nodes[0].gossip.to_string(),
+            rf: self.nodes[0].rf,
             child: None,
         };
         node.spawn();
