@@ -64,7 +64,7 @@ use crate::memtable::Memtable;
 use crate::options::{Options, WriteOptions};
 use crate::snapshot::Snapshot;
 use crate::sstable::TableBuilder;
-use crate::stats::{Counters, LevelStats, LevelWork, Stats, TableInfo};
+use crate::stats::{as_micros, Counters, LevelStats, LevelWork, Stats, TableInfo};
 use crate::version::{FileMeta, Version, VersionEdit, VersionSet, NUM_LEVELS};
 use crate::wal::{LogReader, LogWriter};
 
@@ -810,7 +810,7 @@ impl Core {
             LevelWork {
                 written,
                 compactions: 1,
-                micros: micros(start.elapsed()),
+                micros: as_micros(start.elapsed()),
                 ..LevelWork::default()
             },
         );
@@ -903,7 +903,7 @@ impl Core {
                 read_lower,
                 written,
                 compactions: 1,
-                micros: micros(start.elapsed()),
+                micros: as_micros(start.elapsed()),
                 ..LevelWork::default()
             },
         );
@@ -978,10 +978,6 @@ impl Core {
         stats.background_error = self.background_error().map(|e| e.to_string());
         stats
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Writes `mem` to table `number` and returns its manifest entry.

@@ -50,10 +50,7 @@ impl Counters {
 
     pub(crate) fn add_time(count: &AtomicU64, micros: &AtomicU64, elapsed: Duration) {
         count.fetch_add(1, Ordering::Relaxed);
-        micros.fetch_add(
-            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        micros.fetch_add(as_micros(elapsed), Ordering::Relaxed);
     }
 
     pub(crate) fn record_compaction(&self, output_level: usize, work: LevelWork) {
@@ -204,6 +201,11 @@ impl Stats {
             ..Stats::default()
         }
     }
+}
+
+/// `d` in whole microseconds, saturating.
+pub(crate) fn as_micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

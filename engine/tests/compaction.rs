@@ -203,6 +203,24 @@ fn next_file_numbers(dir: &Path) -> std::ops::Range<u64> {
     max + 1..max + 500
 }
 
+/// Puts a directory where each of the next tables would go, so creating
+/// them fails as on a full or broken disk. Returns what to remove after.
+fn block_next_tables(dir: &Path) -> Vec<std::path::PathBuf> {
+    let blockers: Vec<_> = next_file_numbers(dir)
+        .map(|n| dir.join(format!("{n:06}.sst")))
+        .collect();
+    for b in &blockers {
+        std::fs::create_dir(b).unwrap();
+    }
+    blockers
+}
+
+fn unblock(blockers: &[std::path::PathBuf]) {
+    for b in blockers {
+        std::fs::remove_dir(b).unwrap();
+    }
+}
+
 #[test]
 fn a_failed_flush_stops_writes_keeps_reads_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,14 +228,7 @@ fn a_failed_flush_stops_writes_keeps_reads_and_loses_nothing() {
     for i in 0..1000 {
         db.put(key(i), value(i, 0)).unwrap();
     }
-    // A directory where each of the next tables would go makes creating
-    // them fail, as a full or broken disk would.
-    let blockers: Vec<_> = next_file_numbers(dir.path())
-        .map(|n| dir.path().join(format!("{n:06}.sst")))
-        .collect();
-    for b in &blockers {
-        std::fs::create_dir(b).unwrap();
-    }
+    let blockers = block_next_tables(dir.path());
     let err = db.flush().unwrap_err();
     assert!(matches!(err, strata_engine::Error::Background(_)), "{err}");
     assert!(db.put(b"after", b"x").is_err(), "writes must stop");
@@ -226,9 +237,7 @@ fn a_failed_flush_stops_writes_keeps_reads_and_loses_nothing() {
     assert_eq!(db.get(key(7)).unwrap(), Some(value(7, 0)), "reads go on");
 
     drop(db);
-    for b in &blockers {
-        std::fs::remove_dir(b).unwrap();
-    }
+    unblock(&blockers);
     let db = Db::open(dir.path(), small_tree()).unwrap();
     for i in 0..1000 {
         assert_eq!(db.get(key(i)).unwrap(), Some(value(i, 0)));
@@ -249,21 +258,14 @@ fn a_failed_compaction_stops_writes_and_loses_nothing() {
     }
     // Settled, so that no background job creates a file while we block names.
     db.wait_for_compactions().unwrap();
-    let blockers: Vec<_> = next_file_numbers(dir.path())
-        .map(|n| dir.path().join(format!("{n:06}.sst")))
-        .collect();
-    for b in &blockers {
-        std::fs::create_dir(b).unwrap();
-    }
+    let blockers = block_next_tables(dir.path());
     assert!(db.compact_range::<&[u8]>(..).is_err());
     assert!(db.put(b"after", b"x").is_err(), "writes must stop");
     assert!(db.stats().background_error.is_some());
     assert_eq!(db.get(key(2)).unwrap(), Some(value(2, 1)), "reads go on");
 
     drop(db);
-    for b in &blockers {
-        std::fs::remove_dir(b).unwrap();
-    }
+    unblock(&blockers);
     let db = Db::open(dir.path(), small_tree()).unwrap();
     for i in 0..3000 {
         assert_eq!(db.get(key(i)).unwrap(), Some(value(i, 1 - i % 2)));

@@ -54,6 +54,15 @@ async fn put(client: &reqwest::Client, base: &str, key: &str, value: &[u8]) -> R
         .ok_or_else(|| format!("{key}: no version"))
 }
 
+/// How many of the test's keys node `i`'s own engine holds.
+async fn held_keys(cluster: &Cluster, i: usize) -> usize {
+    let mut held = 0;
+    for k in 0..KEYS {
+        held += usize::from(cluster.local_record(i, &format!("key-{k}")).await.is_some());
+    }
+    held
+}
+
 /// Records an acknowledged write if it wins last-writer-wins over the one
 /// recorded: the higher version, and on equal versions (two coordinators'
 /// clocks can stamp the same one) the greater value, as `storage` orders them.
@@ -236,15 +245,7 @@ async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
     let info = cluster.node_info(joiner).await.unwrap();
     let streamed = info["streaming"]["items"].as_u64().unwrap();
     let bytes = info["streaming"]["bytes"].as_u64().unwrap();
-    let mut held = 0usize;
-    for k in 0..KEYS {
-        held += usize::from(
-            cluster
-                .local_record(joiner, &format!("key-{k}"))
-                .await
-                .is_some(),
-        );
-    }
+    let held = held_keys(&cluster, joiner).await;
     let ranges = info["streaming"]["ranges"].as_array().unwrap();
     assert!(!ranges.is_empty());
     assert!(ranges.iter().all(|r| r["state"] == "done"), "{ranges:?}");
@@ -324,10 +325,7 @@ async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
     assert_all_readable(&cluster, &[0, 2, 3], &acked).await;
     // RF 3 on three nodes: each of them now holds every key itself.
     for i in [0, 2, 3] {
-        let mut held = 0;
-        for k in 0..KEYS {
-            held += usize::from(cluster.local_record(i, &format!("key-{k}")).await.is_some());
-        }
+        let held = held_keys(&cluster, i).await;
         assert_eq!(held, KEYS, "{} holds {held} keys", cluster.nodes[i].id);
     }
 }
@@ -390,14 +388,6 @@ async fn a_joiner_killed_mid_bootstrap_restarts_and_the_cluster_ends_correct() {
         cluster.wait_until_sees(i, 4, Duration::from_secs(20)).await;
     }
     assert_all_readable(&cluster, &[0, 1, 2, 3], &acked).await;
-    let mut held = 0usize;
-    for k in 0..KEYS {
-        held += usize::from(
-            cluster
-                .local_record(joiner, &format!("key-{k}"))
-                .await
-                .is_some(),
-        );
-    }
+    let held = held_keys(&cluster, joiner).await;
     assert!(held > KEYS / 2 && held < KEYS, "node4 holds {held} keys");
 }

@@ -196,6 +196,7 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Vec<FileMeta>>
         grandparents: &c.grandparents,
         grandparent_index: 0,
         overlapped_bytes: 0,
+        max_overlap: c.max_grandparent_overlap,
     };
     let result = merge(c, env, &mut out);
     match result {
@@ -307,6 +308,8 @@ struct Outputs<'a> {
     grandparent_index: usize,
     /// Bytes of grandparent tables the current output overlaps.
     overlapped_bytes: u64,
+    /// Past this overlap, the current output is cut.
+    max_overlap: u64,
 }
 
 impl Outputs<'_> {
@@ -355,7 +358,7 @@ impl Outputs<'_> {
             }
             self.grandparent_index += 1;
         }
-        if self.overlapped_bytes > picker::max_grandparent_overlap(self.env.options) {
+        if self.overlapped_bytes > self.max_overlap {
             self.overlapped_bytes = 0;
             true
         } else {

@@ -262,16 +262,20 @@ impl Cluster {
         strata_server::storage::Record::decode(&r.bytes().await.ok()?).ok()
     }
 
+    /// Whether node `i` answers `/ready` with 200.
+    pub async fn is_ready(&self, i: usize) -> bool {
+        self.client
+            .get(self.nodes[i].url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+
     /// Waits until node `i` answers `/ready`; returns how long it took.
     pub async fn wait_ready(&self, i: usize, timeout: Duration) -> Duration {
         let start = Instant::now();
         loop {
-            let ready = self
-                .client
-                .get(self.nodes[i].url("/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
+            let ready = self.is_ready(i).await;
             if ready {
                 return start.elapsed();
             }
@@ -312,12 +316,7 @@ impl Cluster {
     pub async fn wait_until_sees(&self, i: usize, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let ready = self
-                .client
-                .get(self.nodes[i].url("/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
+            let ready = self.is_ready(i).await;
             if ready {
                 if let Some(view) = self.view(i).await {
                     let up = view
