@@ -101,7 +101,9 @@ fn check_levels(db: &Db) {
     }
 }
 
-fn run(ops: Vec<Op>) -> Db {
+/// Runs `ops` against a fresh database and the model; returns the database
+/// with its directory, which must outlive it.
+fn run(ops: Vec<Op>) -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut db = Db::open(dir.path(), options()).unwrap();
     let mut model = Model::new();
@@ -221,7 +223,7 @@ fn run(ops: Vec<Op>) -> Db {
     for (snap, at) in &snapshots {
         check_all(&|| snap.range::<Vec<u8>>(..), at);
     }
-    db
+    (db, dir)
 }
 
 proptest! {
@@ -252,7 +254,7 @@ fn large_overwrite_workload_matches_model() {
     for i in 0..6 {
         ops.push(Op::CheckSnapshot(i));
     }
-    let db = run(ops);
+    let (db, _dir) = run(ops);
     db.wait_for_compactions().unwrap();
     // Counters restart at the reopen; the tree's shape shows the compactions.
     assert!(
