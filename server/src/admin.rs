@@ -1,20 +1,21 @@
-//! Operator commands that talk to a running node: `kvnode decommission`.
+//! Operator commands that talk to a running node: `kvnode decommission` and
+//! `kvnode cleanup`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::api::cluster::DECOMMISSION_PATH;
+use crate::api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
 
-/// Flags of `kvnode decommission`.
+/// Flags of `kvnode decommission` and `kvnode cleanup`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct DecommissionArgs {
-    /// HTTP address of the node that should leave the cluster.
+pub struct AdminArgs {
+    /// HTTP address of the node to act on.
     #[arg(long)]
     pub node: SocketAddr,
     /// The cluster secret (prefer the variable: a flag shows in `ps`).
     #[arg(long, env = "KVNODE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: String,
-    /// Give up waiting for the node to stop after this many seconds.
+    /// Give up waiting for the node after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
 }
@@ -40,22 +41,8 @@ pub enum AdminError {
 }
 
 /// Asks the node to leave, then follows it until its process stops.
-pub async fn decommission(args: DecommissionArgs) -> Result<(), AdminError> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let base = format!("http://{}", args.node);
-    let r = client
-        .post(format!("{base}{DECOMMISSION_PATH}"))
-        .bearer_auth(&args.cluster_secret)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        return Err(AdminError::Refused {
-            status: r.status().as_u16(),
-            body: r.text().await.unwrap_or_default(),
-        });
-    }
+pub async fn decommission(args: AdminArgs) -> Result<(), AdminError> {
+    let (client, base) = post(&args, DECOMMISSION_PATH).await?;
     println!(
         "{} is LEAVING: its ranges stream to their new owners",
         args.node
@@ -93,4 +80,65 @@ pub async fn decommission(args: DecommissionArgs) -> Result<(), AdminError> {
         }
     }
     Err(AdminError::Timeout(deadline))
+}
+
+/// Asks the node to drop the items it does not replicate, then follows the
+/// pass until it ends.
+pub async fn cleanup(args: AdminArgs) -> Result<(), AdminError> {
+    let (client, base) = post(&args, CLEANUP_PATH).await?;
+    println!("{}: clean-up started", args.node);
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let body = client
+            .get(format!("{base}/v1/node"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let Ok(node) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            continue;
+        };
+        let status = node.get("cleanup").cloned().unwrap_or_default();
+        if status.get("running").and_then(serde_json::Value::as_bool) == Some(false) {
+            return match status.get("last_refusal").and_then(|r| r.as_str()) {
+                Some(reason) => Err(AdminError::Refused {
+                    status: 409,
+                    body: format!("the pass stopped: {reason}"),
+                }),
+                None => {
+                    let deleted = status.get("last_deleted").cloned().unwrap_or_default();
+                    println!(
+                        "{}: clean-up done in {:.1} s, {deleted} items deleted",
+                        args.node,
+                        start.elapsed().as_secs_f64()
+                    );
+                    Ok(())
+                }
+            };
+        }
+    }
+    Err(AdminError::Timeout(deadline))
+}
+
+/// Posts to an admin route with the secret; the client and the node's base
+/// URL for what follows.
+async fn post(args: &AdminArgs, path: &str) -> Result<(reqwest::Client, String), AdminError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = format!("http://{}", args.node);
+    let r = client
+        .post(format!("{base}{path}"))
+        .bearer_auth(&args.cluster_secret)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(AdminError::Refused {
+            status: r.status().as_u16(),
+            body: r.text().await.unwrap_or_default(),
+        });
+    }
+    Ok((client, base))
 }

@@ -47,6 +47,9 @@ pub mod defaults {
     /// A ring must hold still this long before old owners drop ranges they
     /// gave away: time for a person to stop a bad join before data goes.
     pub const CLEANUP_GRACE_MS: u64 = 60_000;
+    /// Members a node tracks in gossip. Far above any cluster this design
+    /// is for, and small enough that a full digest stays a few KiB.
+    pub const MAX_MEMBERS: usize = 256;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
 }
@@ -117,6 +120,14 @@ pub struct NodeArgs {
     /// no longer replicates, in ms [default: 60000].
     #[arg(long, env = "KVNODE_CLEANUP_GRACE_MS")]
     pub cleanup_grace_ms: Option<u64>,
+    /// Whether this node drops ranges it no longer replicates by itself,
+    /// once a ring change completes [default: true]; with false, only
+    /// `kvnode cleanup` does.
+    #[arg(long, env = "KVNODE_AUTO_CLEANUP")]
+    pub auto_cleanup: Option<bool>,
+    /// Most members this node tracks in gossip [default: 256].
+    #[arg(long, env = "KVNODE_MAX_MEMBERS")]
+    pub max_members: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -142,6 +153,8 @@ struct FileConfig {
     max_concurrent_requests: Option<usize>,
     gossip_interval_ms: Option<u64>,
     cleanup_grace_ms: Option<u64>,
+    auto_cleanup: Option<bool>,
+    max_members: Option<usize>,
 }
 
 /// Why a configuration is refused.
@@ -222,6 +235,10 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Stillness of the ring before clean-up.
     pub cleanup_grace: Duration,
+    /// Whether clean-up runs by itself after a ring change.
+    pub auto_cleanup: bool,
+    /// Most members tracked in gossip.
+    pub max_members: usize,
 }
 
 impl Config {
@@ -367,6 +384,14 @@ impl Config {
         if max_concurrent_requests == 0 {
             return invalid("max_concurrent_requests", "must be positive");
         }
+        let max_members = args
+            .max_members
+            .or(file.max_members)
+            .unwrap_or(defaults::MAX_MEMBERS);
+        if max_members < 2 {
+            return invalid("max_members", "must be at least 2");
+        }
+        let auto_cleanup = args.auto_cleanup.or(file.auto_cleanup).unwrap_or(true);
         Ok(Self {
             node_id,
             listen,
@@ -385,6 +410,8 @@ impl Config {
             max_concurrent_requests,
             gossip_interval,
             cleanup_grace,
+            auto_cleanup,
+            max_members,
         })
     }
 

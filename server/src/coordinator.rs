@@ -242,7 +242,7 @@ impl Coordinator {
         // costs no network hop.
         let mut candidates: Vec<MemberInfo> = replicas
             .iter()
-            .filter(|m| m.live && m.state == NodeState::Available)
+            .filter(|m| m.readable() && m.state == NodeState::Available)
             .map(|m| (*m).clone())
             .collect();
         candidates.sort_by_key(|m| m.id != view.self_id);

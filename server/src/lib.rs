@@ -37,6 +37,7 @@ pub mod auth;
 pub mod config;
 pub mod coordinator;
 pub mod demo;
+pub mod gossip_transport;
 pub mod hlc;
 pub mod membership;
 pub mod metrics;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use strata_server::admin::DecommissionArgs;
+use strata_server::admin::AdminArgs;
 use strata_server::config::{Config, NodeArgs};
 use strata_server::demo::DemoArgs;
 
@@ -21,7 +21,10 @@ enum Command {
     /// Start a local cluster of child kvnode processes on loopback ports.
     Demo(DemoArgs),
     /// Make a running node hand its ranges over, leave the ring and stop.
-    Decommission(DecommissionArgs),
+    Decommission(AdminArgs),
+    /// Make a running node drop the items of ranges it no longer replicates
+    /// (after checking that every view agrees and every replica is up).
+    Cleanup(AdminArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Decommission(args)) => {
                 Ok(strata_server::admin::decommission(args).await?)
             }
+            Some(Command::Cleanup(args)) => Ok(strata_server::admin::cleanup(args).await?),
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)

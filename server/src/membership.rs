@@ -14,11 +14,26 @@
 //! | `sig`    | HMAC-SHA256 of the above under the cluster secret (`auth`) |
 //! | `seen`   | the transitions this node routes by (below); not signed |
 //! | `pulled` | `id:generation` of LEAVING nodes whose ranges this node has taken over; not signed |
+//! | `health` | empty, or why this node's engine refuses writes (a full disk, say); not signed |
+//! | `ring`   | digest of the ring this node routes by ([`ring_digest`]); not signed |
 //!
-//! A record whose signature does not verify is ignored, so an outsider who
-//! can send gossip datagrams cannot add a member that would receive internal
-//! traffic. Of several generations of one node id (a restart), the newest
-//! counts.
+//! # Trust
+//!
+//! Every gossip datagram is sealed under a key derived from the cluster
+//! secret ([`gossip_transport`](crate::gossip_transport)), so nothing from
+//! outside the cluster reaches this module. Within it:
+//!
+//! - A node's own record is written only by itself: chitchat (patched) drops
+//!   peers' deltas about this node, and this node builds its own entry of
+//!   the view from what it published, never from gossip.
+//! - A member record must carry a signature that verifies. One that stops
+//!   verifying (tampered with, or replaced by a bad one) never removes the
+//!   member: its last verified record stays, and the rejection is warned
+//!   about and counted. A record that never verified is ignored.
+//! - Of several generations of one node id (a restart), the newest counts.
+//! - At most `max_members` members are tracked (chitchat holds no more node
+//!   states either); past it, new ones are ignored, warned about and counted.
+//! - A member that leaves the view is logged at warn level with the reason.
 //!
 //! The ring holds every member in a state that owns data (AVAILABLE and
 //! LEAVING), whether up or down: a down node still owns its ranges, and the
@@ -47,7 +62,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
@@ -58,6 +72,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::ClusterSecret;
 use crate::config::{defaults, Config};
+use crate::gossip_transport::{GossipKey, SealedTransport};
+use crate::metrics::GossipMetrics;
 
 const KEY_HTTP: &str = "http";
 const KEY_STATE: &str = "state";
@@ -65,6 +81,8 @@ const KEY_TOKENS: &str = "tokens";
 const KEY_SIG: &str = "sig";
 const KEY_SEEN: &str = "seen";
 const KEY_PULLED: &str = "pulled";
+const KEY_HEALTH: &str = "health";
+const KEY_RING: &str = "ring";
 
 /// The lifecycle of a node, as published in gossip. DOWN is not a state a
 /// node publishes: it is what the failure detector concludes
@@ -136,6 +154,10 @@ pub struct MemberInfo {
     pub seen: Vec<String>,
     /// Leaving nodes (`id:generation`) whose ranges this member has taken over.
     pub pulled: Vec<String>,
+    /// Why its engine refuses writes, if it does: it is not sent reads.
+    pub degraded: Option<String>,
+    /// The digest of the ring it routes by ([`ring_digest`]).
+    pub ring: String,
 }
 
 impl MemberInfo {
@@ -150,6 +172,27 @@ impl MemberInfo {
     pub fn serving(&self) -> bool {
         self.live && self.state.in_ring()
     }
+
+    /// Whether reads may be sent to it: serving, and its engine healthy (a
+    /// read-only engine may have missed writes).
+    pub fn readable(&self) -> bool {
+        self.serving() && self.degraded.is_none()
+    }
+}
+
+/// A digest of a ring (members and their tokens), for comparing views
+/// across members.
+pub fn ring_digest(ring: Option<&Ring>) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for member in ring.map(Ring::members).unwrap_or_default() {
+        hasher.update(member.id.as_str().as_bytes());
+        hasher.update(&[0]);
+        for token in &member.tokens {
+            hasher.update(&token.to_be_bytes());
+        }
+        hasher.update(&[0xff]);
+    }
+    format!("{:016x}", hasher.digest())
 }
 
 /// An immutable snapshot of the membership and the ring built from it.
@@ -170,7 +213,11 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    fn build(self_id: NodeId, members: BTreeMap<NodeId, MemberInfo>, epoch: u64) -> Self {
+    pub(crate) fn build(
+        self_id: NodeId,
+        members: BTreeMap<NodeId, MemberInfo>,
+        epoch: u64,
+    ) -> Self {
         let ring = ring_of(&members, NodeState::in_ring);
         let future_ring = if members.values().any(|m| m.state.in_transition()) {
             ring_of(&members, |s| {
@@ -296,6 +343,18 @@ pub struct Membership {
     published_seen: Mutex<Vec<String>>,
     /// What this node publishes under `pulled`.
     pulled: Mutex<Vec<String>>,
+    /// What this node publishes under `health`.
+    health: Mutex<Option<String>>,
+    /// What this node last published under `ring`.
+    published_ring: Mutex<String>,
+    /// The last record of each member (by chitchat id) whose signature
+    /// verified, kept while a newer one does not.
+    verified: Mutex<std::collections::HashMap<ChitchatId, MemberInfo>>,
+    /// Members whose current record was rejected, with the signature that
+    /// failed, so each rejection is warned about once.
+    rejected: Mutex<std::collections::HashMap<ChitchatId, String>>,
+    max_members: usize,
+    metrics: GossipMetrics,
 }
 
 /// A write in flight under a view's epoch; see [`Membership::begin_write`].
@@ -333,6 +392,7 @@ impl Membership {
         config: &Config,
         state: NodeState,
         tokens: Vec<u64>,
+        metrics: GossipMetrics,
     ) -> Result<Arc<Self>, MembershipError> {
         let self_id = NodeId::from(config.node_id.clone());
         let generation = SystemTime::now()
@@ -361,6 +421,7 @@ impl Membership {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_nodes: config.max_members,
         };
         let tokens_text = tokens
             .iter()
@@ -382,8 +443,17 @@ impl Membership {
             (KEY_SIG.to_owned(), sig),
             (KEY_SEEN.to_owned(), String::new()),
             (KEY_PULLED.to_owned(), String::new()),
+            (KEY_HEALTH.to_owned(), String::new()),
+            (KEY_RING.to_owned(), String::new()),
         ];
-        let handle = spawn_chitchat(chitchat_config, initial, &UdpTransport)
+        let transport = SealedTransport::new(
+            GossipKey::derive(&config.secret, &config.cluster_id),
+            &config.node_id,
+            generation,
+            config.max_members,
+            metrics.clone(),
+        );
+        let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(|e| MembershipError::Gossip {
                 addr: config.gossip_listen,
@@ -406,6 +476,12 @@ impl Membership {
             writes: Mutex::new(BTreeMap::new()),
             published_seen: Mutex::new(Vec::new()),
             pulled: Mutex::new(Vec::new()),
+            health: Mutex::new(None),
+            published_ring: Mutex::new(String::new()),
+            verified: Mutex::new(std::collections::HashMap::new()),
+            rejected: Mutex::new(std::collections::HashMap::new()),
+            max_members: config.max_members,
+            metrics,
         });
         me.refresh().await;
         let weak = Arc::downgrade(&me);
@@ -511,6 +587,26 @@ impl Membership {
         tracing::info!(state = state.as_str(), "node state published");
     }
 
+    /// Publishes whether this node's engine takes writes: `Some(reason)`
+    /// while it does not, so that coordinators stop sending it reads.
+    pub async fn set_health(&self, degraded: Option<String>) {
+        if *self.health.lock() == degraded {
+            return;
+        }
+        *self.health.lock() = degraded.clone();
+        let text = degraded.clone().unwrap_or_default();
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| c.self_node_state().set(KEY_HEALTH, &text))
+                .await;
+        }
+        self.refresh().await;
+        match degraded {
+            Some(reason) => tracing::warn!(%reason, "published: degraded"),
+            None => tracing::info!("published: healthy again"),
+        }
+    }
+
     /// Stops gossip and the refresh task. Peers will see this node go down.
     pub async fn shutdown(&self) {
         if let Some(task) = self.refresher.lock().take() {
@@ -524,22 +620,74 @@ impl Membership {
     }
 
     async fn refresh(&self) {
-        let members = {
+        let (members, rejected) = {
             let guard = self.handle.lock().await;
             let Some(handle) = guard.as_ref() else { return };
             let chitchat = handle.chitchat();
             let chitchat = chitchat.lock().await;
             let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
+            let mut verified = self.verified.lock();
+            verified.retain(|id, _| chitchat.node_state(id).is_some());
+            let mut rejected = BTreeMap::new();
             let mut members: BTreeMap<NodeId, MemberInfo> = BTreeMap::new();
             for (id, node_state) in chitchat.node_states() {
+                if *id.node_id == *self.self_id.as_str() {
+                    // This node's entry comes from what it published; an
+                    // entry of another process under this id is an impostor
+                    // or a stale run, and never routes.
+                    continue;
+                }
                 let get = |k: &str| node_state.get(k);
-                let Some(info) = self.verify_member(
+                let info = match self.verify_member(
                     id,
                     [get(KEY_HTTP), get(KEY_STATE), get(KEY_TOKENS), get(KEY_SIG)],
-                    [get(KEY_SEEN), get(KEY_PULLED)],
                     live.contains(id),
-                ) else {
-                    continue;
+                ) {
+                    Ok(info) => {
+                        verified.insert(id.clone(), info.clone());
+                        self.rejected.lock().remove(id);
+                        info
+                    }
+                    Err(reason) => {
+                        let sig = get(KEY_SIG).unwrap_or_default().to_owned();
+                        let first_time =
+                            self.rejected.lock().insert(id.clone(), sig.clone()) != Some(sig);
+                        if first_time {
+                            self.metrics.record_rejected();
+                        }
+                        match verified.get(id) {
+                            Some(last) => {
+                                if first_time {
+                                    tracing::warn!(
+                                        node = %&*id.node_id,
+                                        %reason,
+                                        "member record does not verify; keeping its last verified one"
+                                    );
+                                }
+                                let mut last = last.clone();
+                                last.live = live.contains(id);
+                                last
+                            }
+                            None => {
+                                if first_time {
+                                    tracing::warn!(
+                                        node = %&*id.node_id,
+                                        %reason,
+                                        "ignoring a member record that never verified"
+                                    );
+                                }
+                                rejected.insert(NodeId::from(&*id.node_id), reason);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let info = MemberInfo {
+                    seen: list(get(KEY_SEEN)),
+                    pulled: list(get(KEY_PULLED)),
+                    degraded: get(KEY_HEALTH).filter(|h| !h.is_empty()).map(str::to_owned),
+                    ring: get(KEY_RING).unwrap_or_default().to_owned(),
+                    ..info
                 };
                 match members.get(&info.id) {
                     Some(seen) if seen.generation >= info.generation => {}
@@ -548,18 +696,73 @@ impl Membership {
                     }
                 }
             }
-            members
+            (members, rejected)
         };
+        let members = self.bounded(members);
+        let me = self.self_info();
+        let mut members = members;
+        members.insert(me.id.clone(), me);
         let unchanged = {
             let current = self.view.read();
             current.members == members
         };
         if !unchanged {
-            log_changes(&self.view.read().members, &members);
+            log_changes(&self.view.read().members, &members, &rejected);
             let epoch = self.view.read().epoch + 1;
             *self.view.write() = Arc::new(ClusterView::build(self.self_id.clone(), members, epoch));
         }
         self.publish_seen().await;
+        self.publish_ring().await;
+    }
+
+    /// Keeps at most `max_members` members (this node counts as one): those
+    /// already in the view first, then the rest in id order.
+    fn bounded(&self, mut members: BTreeMap<NodeId, MemberInfo>) -> BTreeMap<NodeId, MemberInfo> {
+        let room = self.max_members.saturating_sub(1);
+        if members.len() <= room {
+            return members;
+        }
+        let view = self.view();
+        let (known, new): (Vec<NodeId>, Vec<NodeId>) = members
+            .keys()
+            .cloned()
+            .partition(|id| view.members.contains_key(id));
+        for id in known.into_iter().chain(new).skip(room) {
+            members.remove(&id);
+            self.metrics.member_ignored();
+            tracing::warn!(node = %id, max_members = self.max_members, "member ignored: max_members reached");
+        }
+        members
+    }
+
+    /// This node as it published itself.
+    fn self_info(&self) -> MemberInfo {
+        MemberInfo {
+            id: self.self_id.clone(),
+            http_addr: self.http_addr,
+            state: self.state(),
+            tokens: self.tokens(),
+            live: true,
+            generation: self.generation,
+            seen: self.published_seen.lock().clone(),
+            pulled: self.pulled.lock().clone(),
+            degraded: self.health.lock().clone(),
+            ring: self.published_ring.lock().clone(),
+        }
+    }
+
+    /// Publishes the digest of the current view's ring under `ring`.
+    async fn publish_ring(&self) {
+        let digest = ring_digest(self.view().ring.as_ref());
+        if *self.published_ring.lock() == digest {
+            return;
+        }
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| c.self_node_state().set(KEY_RING, &digest))
+                .await;
+        }
+        *self.published_ring.lock() = digest;
     }
 
     /// Publishes the current view's transitions under `seen`, once no write
@@ -587,33 +790,38 @@ impl Membership {
         *self.published_seen.lock() = seen;
     }
 
+    /// The signed part of a member's record, checked. The unsigned keys are
+    /// filled in by the caller.
     fn verify_member(
         &self,
         id: &ChitchatId,
         [http, state, tokens, sig]: [Option<&str>; 4],
-        [seen, pulled]: [Option<&str>; 2],
         live: bool,
-    ) -> Option<MemberInfo> {
-        let (http, state, tokens, sig) = (http?, state?, tokens?, sig?);
+    ) -> Result<MemberInfo, String> {
+        let (Some(http), Some(state), Some(tokens), Some(sig)) = (http, state, tokens, sig) else {
+            return Err("the record is incomplete".into());
+        };
         let message = signed_message(&id.node_id, id.generation_id, http, state, tokens);
         if !self.secret.verify(&message, sig) {
-            tracing::debug!(node = %&*id.node_id, "ignoring a member record with a bad signature");
-            return None;
+            return Err("bad signature".into());
         }
         let tokens: Option<Vec<u64>> = if tokens.is_empty() {
             Some(Vec::new())
         } else {
             tokens.split(',').map(|t| t.parse().ok()).collect()
         };
-        Some(MemberInfo {
+        let bad = |what: &str| format!("signed, but its {what} does not parse");
+        Ok(MemberInfo {
             id: NodeId::from(&*id.node_id),
-            http_addr: http.parse().ok()?,
-            state: NodeState::parse(state)?,
-            tokens: tokens?,
-            live: live || *id.node_id == *self.self_id.as_str(),
+            http_addr: http.parse().map_err(|_| bad("address"))?,
+            state: NodeState::parse(state).ok_or_else(|| bad("state"))?,
+            tokens: tokens.ok_or_else(|| bad("tokens"))?,
+            live,
             generation: id.generation_id,
-            seen: list(seen),
-            pulled: list(pulled),
+            seen: Vec::new(),
+            pulled: Vec::new(),
+            degraded: None,
+            ring: String::new(),
         })
     }
 }
@@ -636,18 +844,30 @@ fn signed_message(
     format!("kvnode-member-v1|{node_id}|{generation}|{http}|{state}|{tokens}").into_bytes()
 }
 
-fn log_changes(old: &BTreeMap<NodeId, MemberInfo>, new: &BTreeMap<NodeId, MemberInfo>) {
+fn log_changes(
+    old: &BTreeMap<NodeId, MemberInfo>,
+    new: &BTreeMap<NodeId, MemberInfo>,
+    rejected: &BTreeMap<NodeId, String>,
+) {
     for (id, m) in new {
-        let before = old.get(id).map(|o| (o.state, o.live));
-        if before != Some((m.state, m.live)) {
+        let before = old.get(id).map(|o| (o.state, o.live, o.degraded.is_some()));
+        if before != Some((m.state, m.live, m.degraded.is_some())) {
             tracing::info!(
                 node = %id,
                 state = m.state.as_str(),
                 live = m.live,
+                degraded = m.degraded.as_deref().unwrap_or(""),
                 addr = %m.http_addr,
                 "member changed"
             );
         }
+    }
+    for id in old.keys().filter(|id| !new.contains_key(*id)) {
+        let reason = rejected.get(id).map_or(
+            "its gossip state is gone (garbage-collected after being down)",
+            String::as_str,
+        );
+        tracing::warn!(node = %id, %reason, "member left the view");
     }
 }
 
@@ -667,6 +887,8 @@ mod tests {
             generation: 1,
             seen: Vec::new(),
             pulled: Vec::new(),
+            degraded: None,
+            ring: String::new(),
         }
     }
 

@@ -71,6 +71,75 @@ pub enum Target {
     remote,
 }
 
+/// What became of a gossip datagram.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum GossipOutcome {
+    /// Sent, or received and accepted.
+    ok,
+    /// Dropped: not sealed under this cluster's key, or altered.
+    unauthenticated,
+    /// Dropped: seen before, or from an older incarnation of its sender.
+    replayed,
+    /// Dropped: not a gossip datagram, or a sealed message that does not parse.
+    malformed,
+    /// Not sent: the message would not fit the datagram bound.
+    oversized,
+}
+
+/// Which way a gossip datagram went.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// Received.
+    received,
+    /// Sent.
+    sent,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GossipLabels {
+    direction: Direction,
+    outcome: GossipOutcome,
+}
+
+/// The gossip transport's counters (`kvnode_gossip_*`), shared with it.
+#[derive(Debug, Clone, Default)]
+pub struct GossipMetrics {
+    datagrams: Family<GossipLabels, Counter>,
+    bytes: Family<GossipLabels, Counter>,
+    members_ignored: Counter,
+    records_rejected: Counter,
+}
+
+impl GossipMetrics {
+    fn count(&self, direction: Direction, outcome: GossipOutcome, bytes: usize) {
+        let labels = GossipLabels { direction, outcome };
+        self.datagrams.get_or_create(&labels).inc();
+        self.bytes.get_or_create(&labels).inc_by(bytes as u64);
+    }
+
+    /// Counts a datagram received, with what became of it.
+    pub fn datagram_in(&self, outcome: GossipOutcome, bytes: usize) {
+        self.count(Direction::received, outcome, bytes);
+    }
+
+    /// Counts a datagram sent (or not, if `oversized`).
+    pub fn datagram_out(&self, outcome: GossipOutcome, bytes: usize) {
+        self.count(Direction::sent, outcome, bytes);
+    }
+
+    /// Counts a member left out of the view because the bound was reached.
+    pub fn member_ignored(&self) {
+        self.members_ignored.inc();
+    }
+
+    /// Counts a member record whose signature did not verify.
+    pub fn record_rejected(&self) {
+        self.records_rejected.inc();
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: Op,
@@ -103,6 +172,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     replica_calls: Family<ReplicaLabels, Counter>,
     stream: StreamCounters,
+    gossip: GossipMetrics,
 }
 
 /// Streaming and clean-up counters (`kvnode_stream_*`, `kvnode_cleanup_*`).
@@ -188,6 +258,27 @@ impl Metrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        let gossip = GossipMetrics::default();
+        registry.register(
+            "gossip_datagrams",
+            "Gossip datagrams, by direction and outcome (dropped ones by reason)",
+            gossip.datagrams.clone(),
+        );
+        registry.register(
+            "gossip_bytes",
+            "Gossip datagram bytes, by direction and outcome",
+            gossip.bytes.clone(),
+        );
+        registry.register(
+            "gossip_members_ignored",
+            "Member records left out of the view because max_members was reached",
+            gossip.members_ignored.clone(),
+        );
+        registry.register(
+            "gossip_records_rejected",
+            "Member records whose signature did not verify (the last verified one was kept)",
+            gossip.records_rejected.clone(),
+        );
         Self {
             registry,
             requests,
@@ -195,6 +286,7 @@ impl Metrics {
             errors,
             replica_calls,
             stream,
+            gossip,
         }
     }
 
@@ -239,6 +331,11 @@ impl Metrics {
     /// Counts a failed stream attempt.
     pub fn stream_retry(&self) {
         self.stream.retries.inc();
+    }
+
+    /// The gossip counters, for the transport and the membership.
+    pub fn gossip(&self) -> GossipMetrics {
+        self.gossip.clone()
     }
 
     /// Counts items dropped by clean-up.

@@ -38,8 +38,9 @@ use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
 use crate::stream::bootstrap::Bootstrap;
+use crate::stream::cleanup::Cleaner;
 use crate::stream::receiver::Receiver;
-use crate::stream::{cleanup, handoff, Progress};
+use crate::stream::{handoff, Progress};
 use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
@@ -111,8 +112,8 @@ pub async fn run(
         None if alone => (NodeState::Available, derived()),
         None => (NodeState::Joining, derived()),
     };
-    let membership = Membership::start(&config, initial, tokens.clone()).await?;
     let metrics = Arc::new(Metrics::new());
+    let membership = Membership::start(&config, initial, tokens.clone(), metrics.gossip()).await?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let progress = Arc::new(Progress::default());
     if initial == NodeState::Available {
@@ -149,11 +150,17 @@ pub async fn run(
         receiver,
         progress.clone(),
     ));
-    tokio::spawn(cleanup::run(
+    let cleaner = Cleaner::new(
         membership.clone(),
         storage.clone(),
         config.clone(),
         metrics.clone(),
+    );
+    tokio::spawn(cleaner.clone().run_auto());
+    tokio::spawn(publish_health(
+        membership.clone(),
+        storage.clone(),
+        config.gossip_interval,
     ));
     let coordinator = Coordinator::new(CoordinatorParts {
         storage: storage.clone(),
@@ -173,6 +180,7 @@ pub async fn run(
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
         config: config.clone(),
         progress,
+        cleaner,
         stop: stop.clone(),
     };
     tracing::info!(
@@ -202,6 +210,18 @@ pub async fn run(
     flushed?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Publishes this node's engine health in gossip, and keeps it current: a
+/// read-only engine (a full disk) must not be sent reads, and clears by
+/// itself once the engine takes writes again.
+async fn publish_health(membership: Arc<Membership>, storage: Storage, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        membership.set_health(storage.write_error()).await;
+    }
 }
 
 /// Where `node.json` lives.

@@ -197,6 +197,25 @@ pub enum Applied {
     Stale,
 }
 
+/// One batch of a [`Storage::retain`] pass, done.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    /// Items this batch deleted.
+    pub deleted: u64,
+    /// Items the pass deleted so far.
+    pub total: u64,
+}
+
+/// Why a [`Storage::retain`] pass stopped before the end.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("stopped after deleting {deleted} items: {reason}")]
+pub struct RetainStopped {
+    /// Items deleted before it stopped.
+    pub deleted: u64,
+    /// Why.
+    pub reason: String,
+}
+
 /// The node's engine, addressed by user keys and merged by last-writer-wins.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -261,21 +280,55 @@ impl Storage {
     /// delete happens under the key's stripe lock and only if the item is
     /// still the one the snapshot saw: a record that arrived since (a write
     /// for a range this node has started to gain, say) is never deleted by
-    /// a pass that began before it. Blocks: call it from a blocking context.
-    pub fn retain(&self, keep: impl Fn(u64) -> bool) -> Result<u64, StorageError> {
+    /// a pass that began before it.
+    ///
+    /// After every `batch` items examined, `between` hears how many the
+    /// batch deleted and may stop the pass with a reason (the ring changed,
+    /// say). Blocks: call it from a blocking context.
+    pub fn retain(
+        &self,
+        keep: impl Fn(u64) -> bool,
+        batch: usize,
+        mut between: impl FnMut(Batch) -> Result<(), String>,
+    ) -> Result<u64, RetainStopped> {
         let mut deleted = 0u64;
+        let mut in_batch = (0usize, 0u64);
+        let stopped = |deleted: u64, reason: String| RetainStopped { deleted, reason };
         for item in self.db.snapshot().range::<&[u8]>(..) {
-            let (key, seen) = item?;
+            let (key, seen) = item.map_err(|e| stopped(deleted, e.to_string()))?;
+            in_batch.0 += 1;
             let token = key.first_chunk::<8>().map_or(0, |t| u64::from_be_bytes(*t));
-            if keep(token) {
-                continue;
+            if !keep(token) {
+                let stripe = usize::try_from(token % LOCK_STRIPES as u64).unwrap_or_default();
+                let _guard = self.stripes.get(stripe).map(Mutex::lock);
+                let current = self
+                    .db
+                    .get(&key)
+                    .map_err(|e| stopped(deleted, e.to_string()))?;
+                if current.as_deref() == Some(seen.as_slice()) {
+                    self.db
+                        .delete(&key)
+                        .map_err(|e| stopped(deleted, e.to_string()))?;
+                    deleted += 1;
+                    in_batch.1 += 1;
+                }
             }
-            let stripe = usize::try_from(token % LOCK_STRIPES as u64).unwrap_or_default();
-            let _guard = self.stripes.get(stripe).map(Mutex::lock);
-            if self.db.get(&key)?.as_deref() == Some(seen.as_slice()) {
-                self.db.delete(&key)?;
-                deleted += 1;
+            if in_batch.0 >= batch {
+                between(Batch {
+                    deleted: in_batch.1,
+                    total: deleted,
+                })
+                .map_err(|reason| stopped(deleted, reason))?;
+                in_batch = (0, 0);
             }
+        }
+        if in_batch.1 > 0 {
+            // The last, partial batch is reported; the pass is over, so its
+            // answer changes nothing.
+            let _ = between(Batch {
+                deleted: in_batch.1,
+                total: deleted,
+            });
         }
         Ok(deleted)
     }
@@ -283,6 +336,11 @@ impl Storage {
     /// The engine's report: tree shape, I/O, stalls, bloom verdicts.
     pub fn stats(&self) -> strata_engine::Stats {
         self.db.stats()
+    }
+
+    /// Why the engine refuses writes, if it does (a full disk, say).
+    pub fn write_error(&self) -> Option<String> {
+        self.db.background_error().map(|e| e.to_string())
     }
 
     /// Makes everything written so far durable in tables (shutdown).
@@ -435,7 +493,14 @@ mod tests {
         }
         let keep = |t: u64| t < u64::MAX / 2;
         let kept = count(&s, keep);
-        let deleted = s.retain(keep).unwrap();
+        let mut batches = 0;
+        let deleted = s
+            .retain(keep, 100, |_| {
+                batches += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(batches >= 25, "{batches}");
         assert_eq!(kept + deleted, 2500);
         assert!(deleted > 0 && kept > 0);
         assert_eq!(count(&s, |_| true), kept);
@@ -463,22 +528,49 @@ mod tests {
         // gets a newer record first (as a write arriving mid-pass would).
         let s2 = s.clone();
         let deleted = s
-            .retain(|t| {
-                for k in 0..200u32 {
-                    let key = format!("k{k}");
-                    if token(key.as_bytes()) == t {
-                        s2.apply(key.as_bytes(), &Record::value(2, b"new".to_vec()))
-                            .unwrap();
+            .retain(
+                |t| {
+                    for k in 0..200u32 {
+                        let key = format!("k{k}");
+                        if token(key.as_bytes()) == t {
+                            s2.apply(key.as_bytes(), &Record::value(2, b"new".to_vec()))
+                                .unwrap();
+                        }
                     }
-                }
-                false
-            })
+                    false
+                },
+                64,
+                |_| Ok(()),
+            )
             .unwrap();
         assert_eq!(deleted, 0);
         for k in 0..200u32 {
             let r = s.read(format!("k{k}").as_bytes()).unwrap().unwrap();
             assert_eq!(r.value.as_deref(), Some(&b"new"[..]));
         }
+    }
+
+    #[test]
+    fn retain_stops_between_batches_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        for k in 0..1000u32 {
+            s.apply(format!("k{k}").as_bytes(), &Record::value(1, b"v".to_vec()))
+                .unwrap();
+        }
+        let stopped = s
+            .retain(
+                |_| false,
+                100,
+                |b| {
+                    assert_eq!(b.deleted, 100);
+                    Err("the ring changed".into())
+                },
+            )
+            .unwrap_err();
+        assert_eq!(stopped.deleted, 100);
+        assert_eq!(stopped.reason, "the ring changed");
+        assert_eq!(count(&s, |_| true), 900);
     }
 
     #[test]

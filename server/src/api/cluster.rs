@@ -2,7 +2,9 @@
 //! `GET /health` (the process answers), `GET /ready` (this node is
 //! AVAILABLE), `GET /metrics` (Prometheus text), and
 //! `POST /admin/v1/decommission` (behind the cluster secret: this node
-//! hands its ranges over and leaves; 202, or 409 with the reason).
+//! hands its ranges over and leaves; 202, or 409 with the reason) and
+//! `POST /admin/v1/cleanup` (behind the secret too: this node drops the
+//! items it does not replicate; 202, or 409 with the reason).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -16,6 +18,8 @@ use crate::stream::handoff;
 
 /// Path of the decommission route.
 pub const DECOMMISSION_PATH: &str = "/admin/v1/decommission";
+/// Path of the clean-up route.
+pub const CLEANUP_PATH: &str = "/admin/v1/cleanup";
 
 /// One member in `/v1/cluster`.
 #[derive(Debug, Serialize)]
@@ -70,6 +74,8 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "data_dir": state.config.data_dir.display().to_string(),
         "tokens": state.membership.tokens().len(),
         "streaming": state.progress.report(),
+        "cleanup": state.cleaner.status(),
+        "degraded": state.storage.write_error(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
         "engine": engine_json(&state.storage.stats()),
@@ -119,9 +125,18 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /ready`: 200 only when this node is AVAILABLE.
+/// `GET /ready`: 200 only when this node is AVAILABLE and its engine takes
+/// writes.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let node_state = state.membership.state();
+    if let Some(reason) = state.storage.write_error() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded",
+            format!("the engine refuses writes: {reason}"),
+        )
+        .into_response();
+    }
     if node_state == NodeState::Available {
         Json(serde_json::json!({ "status": "ready", "state": node_state.as_str() })).into_response()
     } else {
@@ -165,6 +180,21 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "leaving" })),
+    )
+        .into_response())
+}
+
+/// `POST /admin/v1/cleanup`: starts a clean-up pass over the current ring;
+/// its outcome shows under `"cleanup"` in `GET /v1/node`.
+pub async fn cleanup(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state
+        .cleaner
+        .start_manual()
+        .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "cannot_clean_up", reason))?;
+    tracing::info!("clean-up requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "cleaning" })),
     )
         .into_response())
 }

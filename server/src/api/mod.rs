@@ -29,6 +29,7 @@ use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
 use crate::storage::Storage;
+use crate::stream::cleanup::Cleaner;
 use crate::stream::sender::{self, STREAM_PATH};
 use crate::stream::Progress;
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Progress of this node's incoming streams.
     pub progress: Arc<Progress>,
+    /// Clean-up passes.
+    pub cleaner: Arc<Cleaner>,
     /// Asks the node to stop (after a decommission).
     pub stop: Arc<tokio::sync::Notify>,
 }
@@ -63,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route(internal::READ_PATH, post(internal::read))
         .route(STREAM_PATH, get(sender::stream))
         .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
+        .route(cluster::CLEANUP_PATH, post(cluster::cleanup))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,
@@ -160,6 +164,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         path,
         "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
     ) || path == cluster::DECOMMISSION_PATH
+        || path == cluster::CLEANUP_PATH
     {
         Op::admin
     } else {

@@ -115,6 +115,20 @@ impl NodeProc {
         self.spawn();
     }
 
+    /// The process's resident set and its peak, in KiB (`VmRSS`, `VmHWM`).
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }

@@ -41,6 +41,10 @@ pub struct ChitchatConfig {
     /// compresses the digest. This MUST stay `V0` until every node in the cluster runs a version
     /// able to decode the newer format.
     pub protocol_version: ProtocolVersion,
+    /// (kvnode patch) The most nodes this node keeps state for. A digest
+    /// naming more is not allowed to create new node states, so a peer
+    /// cannot grow this node's memory and digests without bound.
+    pub max_nodes: usize,
 }
 
 impl ChitchatConfig {
@@ -59,6 +63,7 @@ impl ChitchatConfig {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_nodes: usize::MAX,
         }
     }
 }
@@ -79,6 +84,7 @@ impl Default for ChitchatConfig {
             catchup_callback: None,
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
+            max_nodes: usize::MAX,
         }
     }
 }

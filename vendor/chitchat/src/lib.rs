@@ -135,7 +135,11 @@ impl Chitchat {
         }
     }
 
-    fn process_delta(&mut self, delta: Delta) {
+    fn process_delta(&mut self, mut delta: Delta) {
+        // (kvnode patch) A node's own state is written by itself only: a
+        // peer's delta about this node, true or forged, is never applied.
+        let self_id = self.config.chitchat_id.clone();
+        delta.node_deltas.retain(|node_delta| node_delta.chitchat_id != self_id);
         let was_reset_triggered = self.cluster_state.apply_delta(delta);
         if was_reset_triggered {
             if let Some(catchup_callback) = &self.config.catchup_callback {
@@ -209,6 +213,13 @@ impl Chitchat {
     /// update.
     fn report_heartbeat(&mut self, chitchat_id: &ChitchatId, heartbeat: Heartbeat) {
         if chitchat_id == self.self_chitchat_id() {
+            return;
+        }
+
+        // (kvnode patch) Past max_nodes, a digest may not create node states.
+        if self.cluster_state.node_state(chitchat_id).is_none()
+            && self.cluster_state.node_states().len() >= self.config.max_nodes
+        {
             return;
         }
 

@@ -1,0 +1,675 @@
+//! Sealed gossip: the UDP transport chitchat runs on, with every datagram
+//! encrypted and authenticated under a key derived from the cluster secret.
+//!
+//! chitchat itself has no authentication, so before this module anyone who
+//! could reach the gossip port could rewrite the cluster's membership. Here
+//! nothing received is parsed into state before it has been proven to come
+//! from a holder of the secret, and proven fresh:
+//!
+//! - **Key.** HKDF-SHA256 of the cluster secret (salt `kvnode-gossip-v1`,
+//!   info the cluster id) gives a 256-bit XChaCha20-Poly1305 key. The AEAD
+//!   also hides the layout (ids, addresses, tokens) from onlookers.
+//! - **Freshness.** Each sender numbers its datagrams (`counter`, from 1)
+//!   within its incarnation (`epoch`: the start time in ms that is also its
+//!   chitchat generation). A receiver keeps, per sender, the newest epoch and
+//!   a window of the last [`REPLAY_WINDOW`] counters: a datagram of an older
+//!   epoch, below the window, or already seen is dropped. The window moves
+//!   only after a datagram authenticates, so a forger cannot push it.
+//!   A receiver that restarts forgets its windows; a datagram captured from
+//!   a sender's current incarnation could then be replayed once. It carries
+//!   only chitchat state at versions the receiver will soon have anyway.
+//! - **Size.** No datagram exceeds [`MAX_DATAGRAM`] (the largest IPv4 UDP
+//!   payload), whatever chitchat hands over: a message is cut into at most
+//!   [`MAX_FRAGMENTS`] fragments, each sealed on its own, and one that would
+//!   need more is dropped and counted. Reassembly holds at most one message
+//!   per authenticated sender, and there are at most `max_senders` of them.
+//!
+//! Dropped datagrams are counted by reason (`kvnode_gossip_datagrams_total`).
+//!
+//! # Datagram layout
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  version (1)
+//!      1     8  sender: xxh3-64 of the sender's node id, big-endian
+//!      9     8  epoch: the sender's incarnation (start time, ms), big-endian
+//!     17     8  counter: this datagram's number within the epoch, big-endian
+//!     25     1  fragment index (0-based)
+//!     26     1  fragment count (1..=MAX_FRAGMENTS)
+//!     27    24  XChaCha20 nonce (random)
+//!     51     n  ciphertext of this fragment of the serialized chitchat envelope
+//!   51+n    16  Poly1305 tag over bytes 0..51 (associated data) and the ciphertext
+//! ```
+//!
+//! The fragments of one message carry consecutive counters, so the first
+//! one's counter (`counter - index`) names the message.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
+use chitchat::ChitchatEnvelope;
+use rand::RngCore;
+
+use crate::auth::ClusterSecret;
+use crate::metrics::{GossipMetrics, GossipOutcome};
+
+/// The largest datagram this transport sends: the largest UDP payload IPv4
+/// can carry. chitchat sizes its own messages to this same bound, so most
+/// messages need two fragments only when they are nearly full.
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Fragments one message may take. chitchat's messages fit in two; four
+/// leaves room without letting a peer make a receiver buffer much.
+pub const MAX_FRAGMENTS: u8 = 4;
+/// Counters remembered per sender: datagrams reordered further than this
+/// are dropped as replays.
+pub const REPLAY_WINDOW: u64 = 128;
+
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const HEADER_LEN: usize = 27 + NONCE_LEN;
+const TAG_LEN: usize = 16;
+/// Plaintext bytes one datagram carries.
+const FRAGMENT_CAPACITY: usize = MAX_DATAGRAM - HEADER_LEN - TAG_LEN;
+
+/// The gossip key, derived from the cluster secret and the cluster id.
+#[derive(Clone)]
+pub struct GossipKey(XChaCha20Poly1305);
+
+impl std::fmt::Debug for GossipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GossipKey(..)")
+    }
+}
+
+impl GossipKey {
+    /// Derives the key every member of `cluster_id` holding `secret` shares.
+    pub fn derive(secret: &ClusterSecret, cluster_id: &str) -> Self {
+        let hkdf =
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(b"kvnode-gossip-v1"), secret.expose().as_bytes());
+        let mut key = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
+        if hkdf.expand(cluster_id.as_bytes(), &mut key).is_err() {
+            unreachable!("HKDF-SHA256 expands to 32 bytes");
+        }
+        Self(XChaCha20Poly1305::new(&key.into()))
+    }
+}
+
+/// The clear part of a datagram, authenticated with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// xxh3-64 of the sender's node id.
+    pub sender: u64,
+    /// The sender's incarnation.
+    pub epoch: u64,
+    /// The datagram's number within the epoch.
+    pub counter: u64,
+    /// This fragment's index.
+    pub fragment: u8,
+    /// The message's fragment count.
+    pub fragments: u8,
+}
+
+impl Header {
+    fn encode(&self, nonce: &[u8; NONCE_LEN]) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        let fields = [VERSION]
+            .into_iter()
+            .chain(self.sender.to_be_bytes())
+            .chain(self.epoch.to_be_bytes())
+            .chain(self.counter.to_be_bytes())
+            .chain([self.fragment, self.fragments])
+            .chain(nonce.iter().copied());
+        for (slot, byte) in out.iter_mut().zip(fields) {
+            *slot = byte;
+        }
+        out
+    }
+}
+
+/// Why a datagram was dropped before it reached chitchat.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatagramError {
+    /// Shorter than a header and a tag.
+    #[error("datagram of {0} bytes is too short")]
+    Short(usize),
+    /// An unknown version byte.
+    #[error("unknown gossip datagram version {0}")]
+    Version(u8),
+    /// A fragment index or count out of bounds.
+    #[error("fragment {index} of {count} is out of bounds")]
+    Fragment {
+        /// The index.
+        index: u8,
+        /// The count.
+        count: u8,
+    },
+    /// The tag does not verify: not sealed under this cluster's key, or altered.
+    #[error("datagram does not authenticate")]
+    Unauthenticated,
+}
+
+/// Seals `plaintext` (one fragment) under `key` with a fresh random nonce.
+pub fn seal(key: &GossipKey, header: &Header, plaintext: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let clear = header.encode(&nonce);
+    let payload = Payload {
+        msg: plaintext,
+        aad: &clear,
+    };
+    let sealed = match key.0.encrypt(XNonce::from_slice(&nonce), payload) {
+        Ok(sealed) => sealed,
+        // XChaCha20-Poly1305 only refuses messages of more than 256 GiB.
+        Err(_) => unreachable!("a fragment is far below the AEAD's length limit"),
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+    out.extend_from_slice(&clear);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// Checks and decrypts one datagram: its header and its fragment's plaintext.
+/// Says nothing about freshness ([`ReplayWindow`] does).
+pub fn open(key: &GossipKey, datagram: &[u8]) -> Result<(Header, Vec<u8>), DatagramError> {
+    let short = DatagramError::Short(datagram.len());
+    let (clear, sealed) = datagram
+        .split_first_chunk::<HEADER_LEN>()
+        .ok_or(short.clone())?;
+    if sealed.len() < TAG_LEN {
+        return Err(short);
+    }
+    let (version, rest) = clear.split_first().ok_or(short.clone())?;
+    if *version != VERSION {
+        return Err(DatagramError::Version(*version));
+    }
+    let mut fields = rest.chunks_exact(8).take(3).map(|c| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        u64::from_be_bytes(word)
+    });
+    let (Some(sender), Some(epoch), Some(counter)) = (fields.next(), fields.next(), fields.next())
+    else {
+        return Err(short);
+    };
+    let (fragment, fragments) = match clear.get(25..27) {
+        Some(&[index, count]) => (index, count),
+        _ => return Err(short),
+    };
+    if fragments == 0 || fragments > MAX_FRAGMENTS || fragment >= fragments {
+        return Err(DatagramError::Fragment {
+            index: fragment,
+            count: fragments,
+        });
+    }
+    let nonce = clear.get(27..).ok_or(short)?;
+    let plaintext = key
+        .0
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: clear,
+            },
+        )
+        .map_err(|_| DatagramError::Unauthenticated)?;
+    let header = Header {
+        sender,
+        epoch,
+        counter,
+        fragment,
+        fragments,
+    };
+    Ok((header, plaintext))
+}
+
+/// The freshness state of one sender: its newest epoch and which of the
+/// last [`REPLAY_WINDOW`] counters have been seen.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayWindow {
+    epoch: u64,
+    highest: u64,
+    seen: u128,
+}
+
+impl ReplayWindow {
+    /// Records `(epoch, counter)` and says whether it is fresh. Call it only
+    /// for datagrams that authenticated.
+    pub fn accept(&mut self, epoch: u64, counter: u64) -> bool {
+        if epoch < self.epoch {
+            return false;
+        }
+        if epoch > self.epoch {
+            *self = Self {
+                epoch,
+                highest: counter,
+                seen: 1,
+            };
+            return true;
+        }
+        if counter > self.highest {
+            let shift = counter - self.highest;
+            self.seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.highest = counter;
+            return true;
+        }
+        let age = self.highest - counter;
+        if age >= REPLAY_WINDOW {
+            return false;
+        }
+        let bit = 1u128 << age;
+        if self.seen & bit != 0 {
+            return false;
+        }
+        self.seen |= bit;
+        true
+    }
+}
+
+/// A message being reassembled from its fragments.
+#[derive(Debug)]
+struct Partial {
+    epoch: u64,
+    first: u64,
+    parts: Vec<Option<Vec<u8>>>,
+}
+
+#[derive(Debug, Default)]
+struct SenderState {
+    window: ReplayWindow,
+    partial: Option<Partial>,
+    last_seen: Option<Instant>,
+}
+
+/// Turns authenticated datagrams into whole, fresh messages.
+#[derive(Debug)]
+pub struct Receiver {
+    key: GossipKey,
+    senders: HashMap<u64, SenderState>,
+    max_senders: usize,
+}
+
+impl Receiver {
+    /// A receiver that tracks at most `max_senders` senders (the least
+    /// recently heard one is forgotten first).
+    pub fn new(key: GossipKey, max_senders: usize) -> Self {
+        Self {
+            key,
+            senders: HashMap::new(),
+            max_senders: max_senders.max(1),
+        }
+    }
+
+    /// Takes one datagram: a whole message once its last fragment arrives,
+    /// `Ok(None)` while fragments are missing, or why it was dropped.
+    pub fn receive(&mut self, datagram: &[u8]) -> Result<Option<Vec<u8>>, GossipOutcome> {
+        let (header, plaintext) = open(&self.key, datagram).map_err(|e| match e {
+            DatagramError::Unauthenticated => GossipOutcome::unauthenticated,
+            _ => GossipOutcome::malformed,
+        })?;
+        let first = header
+            .counter
+            .checked_sub(u64::from(header.fragment))
+            .ok_or(GossipOutcome::malformed)?;
+        if !self.senders.contains_key(&header.sender) && self.senders.len() >= self.max_senders {
+            let oldest = self
+                .senders
+                .iter()
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.senders.remove(&oldest);
+            }
+        }
+        let state = self.senders.entry(header.sender).or_default();
+        if !state.window.accept(header.epoch, header.counter) {
+            return Err(GossipOutcome::replayed);
+        }
+        state.last_seen = Some(Instant::now());
+        if header.fragments == 1 {
+            return Ok(Some(plaintext));
+        }
+        let same = state.partial.as_ref().is_some_and(|p| {
+            p.epoch == header.epoch
+                && p.first == first
+                && p.parts.len() == usize::from(header.fragments)
+        });
+        if !same {
+            state.partial = Some(Partial {
+                epoch: header.epoch,
+                first,
+                parts: vec![None; usize::from(header.fragments)],
+            });
+        }
+        let Some(partial) = state.partial.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(slot) = partial.parts.get_mut(usize::from(header.fragment)) {
+            *slot = Some(plaintext);
+        }
+        if partial.parts.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let whole = state
+            .partial
+            .take()
+            .map(|p| p.parts.into_iter().flatten().flatten().collect());
+        Ok(whole)
+    }
+}
+
+/// Seals a whole message into its datagrams, numbering them from
+/// `*counter + 1`. `None` if it needs more than [`MAX_FRAGMENTS`].
+pub fn seal_message(
+    key: &GossipKey,
+    sender: u64,
+    epoch: u64,
+    counter: &mut u64,
+    message: &[u8],
+) -> Option<Vec<Vec<u8>>> {
+    let fragments = message.len().div_ceil(FRAGMENT_CAPACITY).max(1);
+    let fragments = u8::try_from(fragments)
+        .ok()
+        .filter(|&n| n <= MAX_FRAGMENTS)?;
+    let chunks: Vec<&[u8]> = if message.is_empty() {
+        vec![message]
+    } else {
+        message.chunks(FRAGMENT_CAPACITY).collect()
+    };
+    Some(
+        chunks
+            .into_iter()
+            .zip(0..fragments)
+            .map(|(chunk, fragment)| {
+                *counter += 1;
+                let header = Header {
+                    sender,
+                    epoch,
+                    counter: *counter,
+                    fragment,
+                    fragments,
+                };
+                seal(key, &header, chunk)
+            })
+            .collect(),
+    )
+}
+
+/// The id a node's datagrams carry.
+pub fn sender_id(node_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(node_id.as_bytes())
+}
+
+/// chitchat's [`Transport`], sealing every datagram.
+#[derive(Debug, Clone)]
+pub struct SealedTransport {
+    key: GossipKey,
+    sender: u64,
+    epoch: u64,
+    max_senders: usize,
+    metrics: GossipMetrics,
+}
+
+impl SealedTransport {
+    /// A transport for the node `node_id` in its incarnation `epoch`.
+    pub fn new(
+        key: GossipKey,
+        node_id: &str,
+        epoch: u64,
+        max_senders: usize,
+        metrics: GossipMetrics,
+    ) -> Self {
+        Self {
+            key,
+            sender: sender_id(node_id),
+            epoch,
+            max_senders,
+            metrics,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for SealedTransport {
+    async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = tokio::net::UdpSocket::bind(listen_addr)
+            .await
+            .with_context(|| format!("failed to bind to {listen_addr}/UDP for gossip"))?;
+        Ok(Box::new(SealedSocket {
+            socket,
+            transport: self.clone(),
+            counter: 0,
+            receiver: Receiver::new(self.key.clone(), self.max_senders),
+            buf_send: Vec::new(),
+            buf_recv: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
+        }))
+    }
+}
+
+struct SealedSocket {
+    socket: tokio::net::UdpSocket,
+    transport: SealedTransport,
+    counter: u64,
+    receiver: Receiver,
+    buf_send: Vec<u8>,
+    buf_recv: Box<[u8]>,
+}
+
+/// Errors a UDP socket reports for one peer (an ICMP unreachable, say)
+/// that do not mean the socket is broken.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::OutOfMemory
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+#[async_trait::async_trait]
+impl Socket for SealedSocket {
+    fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.socket
+            .local_addr()
+            .context("failed to get the gossip socket's address")
+    }
+
+    async fn send(
+        &mut self,
+        to: SocketAddr,
+        envelope: ChitchatEnvelope,
+    ) -> anyhow::Result<SendOutcome> {
+        self.buf_send.clear();
+        envelope.serialize(&mut self.buf_send);
+        let t = &self.transport;
+        let Some(datagrams) =
+            seal_message(&t.key, t.sender, t.epoch, &mut self.counter, &self.buf_send)
+        else {
+            tracing::warn!(
+                bytes = self.buf_send.len(),
+                %to,
+                "gossip message too large for {MAX_FRAGMENTS} datagrams; dropped"
+            );
+            t.metrics.datagram_out(GossipOutcome::oversized, 0);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        };
+        for datagram in &datagrams {
+            match self.socket.send_to(datagram, to).await {
+                Ok(sent) => t.metrics.datagram_out(GossipOutcome::ok, sent),
+                Err(e) if is_transient(&e) => {
+                    tracing::debug!(error = %e, %to, "gossip send failed");
+                }
+                Err(e) => return Err(e).context("failed to send a gossip datagram"),
+            }
+        }
+        Ok(SendOutcome {
+            num_bytes_sent: self.buf_send.len(),
+        })
+    }
+
+    async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+        loop {
+            let (len, from_addr) = match self.socket.recv_from(&mut self.buf_recv).await {
+                Ok(received) => received,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e).context("gossip socket failed"),
+            };
+            let datagram = self.buf_recv.get(..len).unwrap_or_default();
+            let metrics = &self.transport.metrics;
+            let message = match self.receiver.receive(datagram) {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    metrics.datagram_in(GossipOutcome::ok, len);
+                    continue;
+                }
+                Err(outcome) => {
+                    metrics.datagram_in(outcome, len);
+                    tracing::debug!(%from_addr, len, ?outcome, "gossip datagram dropped");
+                    continue;
+                }
+            };
+            let mut bytes = message.as_slice();
+            match ChitchatEnvelope::deserialize(&mut bytes) {
+                Ok(envelope) => {
+                    metrics.datagram_in(GossipOutcome::ok, len);
+                    return Ok(RecvOutcome {
+                        from_addr,
+                        envelope,
+                        num_bytes_received: message.len(),
+                    });
+                }
+                Err(e) => {
+                    // Sealed by a holder of the secret, yet not chitchat: a
+                    // member of another version, or one misbehaving.
+                    metrics.datagram_in(GossipOutcome::malformed, len);
+                    tracing::warn!(%from_addr, error = %e, "authenticated gossip message does not parse");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    fn key(secret: &str) -> GossipKey {
+        GossipKey::derive(&ClusterSecret::new(secret.into()), "strata")
+    }
+
+    fn header(counter: u64) -> Header {
+        Header {
+            sender: 7,
+            epoch: 100,
+            counter,
+            fragment: 0,
+            fragments: 1,
+        }
+    }
+
+    #[test]
+    fn sealed_datagrams_open_only_under_the_same_key_and_cluster() {
+        let k = key("0123456789abcdef");
+        let sealed = seal(&k, &header(1), b"hello");
+        assert_eq!(open(&k, &sealed).unwrap(), (header(1), b"hello".to_vec()));
+        assert_eq!(
+            open(&key("0123456789abcdeX"), &sealed),
+            Err(DatagramError::Unauthenticated)
+        );
+        let other_cluster = GossipKey::derive(&ClusterSecret::new("0123456789abcdef".into()), "x");
+        assert_eq!(
+            open(&other_cluster, &sealed),
+            Err(DatagramError::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn every_flipped_bit_and_every_truncation_is_refused() {
+        let k = key("0123456789abcdef");
+        let sealed = seal(&k, &header(9), b"some gossip state");
+        for i in 0..sealed.len() {
+            for bit in 0..8 {
+                let mut bad = sealed.clone();
+                bad[i] ^= 1 << bit;
+                assert!(open(&k, &bad).is_err(), "byte {i} bit {bit}");
+            }
+        }
+        for len in 0..sealed.len() {
+            assert!(open(&k, &sealed[..len]).is_err(), "len {len}");
+        }
+    }
+
+    #[test]
+    fn the_window_refuses_replays_old_epochs_and_counters_below_it() {
+        let mut w = ReplayWindow::default();
+        assert!(w.accept(5, 1));
+        assert!(!w.accept(5, 1));
+        assert!(w.accept(5, 3));
+        assert!(w.accept(5, 2), "reordered within the window");
+        assert!(!w.accept(5, 2));
+        assert!(w.accept(5, 3 + REPLAY_WINDOW));
+        assert!(!w.accept(5, 3), "below the window");
+        assert!(w.accept(5, 4), "the oldest counter still in the window");
+        assert!(!w.accept(4, 1_000_000), "an older incarnation");
+        assert!(w.accept(6, 1), "a restart");
+        assert!(!w.accept(5, 10_000));
+    }
+
+    #[test]
+    fn the_receiver_drops_forgeries_and_replays_and_reassembles_fragments() {
+        let k = key("0123456789abcdef");
+        let mut receiver = Receiver::new(k.clone(), 8);
+        let mut counter = 0;
+        let small = seal_message(&k, 1, 10, &mut counter, b"one").unwrap();
+        assert_eq!(small.len(), 1);
+        assert_eq!(receiver.receive(&small[0]), Ok(Some(b"one".to_vec())));
+        assert_eq!(receiver.receive(&small[0]), Err(GossipOutcome::replayed));
+
+        let forged = seal_message(&key("another secret!!"), 1, 10, &mut 50, b"x").unwrap();
+        assert_eq!(
+            receiver.receive(&forged[0]),
+            Err(GossipOutcome::unauthenticated)
+        );
+        assert_eq!(receiver.receive(b"junk"), Err(GossipOutcome::malformed));
+
+        let big: Vec<u8> = (0..FRAGMENT_CAPACITY * 2 + 10)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let parts = seal_message(&k, 1, 10, &mut counter, &big).unwrap();
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|d| d.len() <= MAX_DATAGRAM));
+        // Out of order: the message is whole when its last missing part lands.
+        assert_eq!(receiver.receive(&parts[2]), Ok(None));
+        assert_eq!(receiver.receive(&parts[0]), Ok(None));
+        assert_eq!(receiver.receive(&parts[1]), Ok(Some(big.clone())));
+        assert_eq!(receiver.receive(&parts[1]), Err(GossipOutcome::replayed));
+
+        let too_big = vec![0u8; FRAGMENT_CAPACITY * usize::from(MAX_FRAGMENTS) + 1];
+        assert!(seal_message(&k, 1, 10, &mut counter, &too_big).is_none());
+    }
+
+    #[test]
+    fn senders_are_bounded() {
+        let k = key("0123456789abcdef");
+        let mut receiver = Receiver::new(k.clone(), 4);
+        for sender in 0..100 {
+            let d = seal_message(&k, sender, 1, &mut 0, b"m").unwrap();
+            assert!(receiver.receive(&d[0]).unwrap().is_some());
+        }
+        assert_eq!(receiver.senders.len(), 4);
+    }
+}
