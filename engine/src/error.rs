@@ -152,3 +152,35 @@ impl DecodeError {
         Error::corruption(file, offset, self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> Error {
+        Error::io("x", std::io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn only_exhausted_resources_are_retryable() {
+        for code in [libc::ENOSPC, libc::EDQUOT, libc::EMFILE, libc::ENFILE] {
+            assert!(os(code).is_retryable(), "{}", os(code));
+            // Group commit hands clones to the writers: they classify alike.
+            assert!(os(code).clone().is_retryable(), "{}", os(code));
+        }
+        for code in [
+            libc::EIO,
+            libc::EEXIST,
+            libc::EISDIR,
+            libc::EACCES,
+            libc::EROFS,
+        ] {
+            assert!(!os(code).is_retryable(), "{}", os(code));
+            assert!(!os(code).clone().is_retryable(), "{}", os(code));
+        }
+        assert!(Error::Retrying("full".into()).is_retryable());
+        assert!(!Error::Background("broken".into()).is_retryable());
+        assert!(!Error::corruption("x", 0, "bad").is_retryable());
+        assert!(!Error::InvalidArgument("big".into()).is_retryable());
+    }
+}
