@@ -1,5 +1,6 @@
 //! The database: open and recovery, the group-commit write path, reads,
-//! back-pressure, and the background flush and compaction threads.
+//! back-pressure, and the background flush and compaction threads; the
+//! recovery from background errors is in `db/recovery.rs`.
 //!
 //! # Write path
 //!

@@ -208,14 +208,15 @@ impl Core {
     }
 
     /// Clears the error after a successful retry, unless it turned fatal or
-    /// another failure came in meanwhile (that failed work was not retried).
+    /// another failure came in meanwhile (that failed work was not retried),
+    /// or the database is closing (a compaction may have given up early).
     fn clear_background_error(&self, failures_before_retry: u64) {
         let mut bg = self.bg.lock();
         let retried_all = bg
             .error
             .as_ref()
             .is_some_and(|e| e.retryable && e.failures == failures_before_retry);
-        if retried_all {
+        if retried_all && !bg.shutdown {
             bg.error = None;
             Counters::add(&self.counters.recoveries, 1);
             self.bg_cv.notify_all();
