@@ -1,5 +1,6 @@
 //! The database: open and recovery, the group-commit write path, reads,
-//! back-pressure, and the background flush and compaction threads.
+//! back-pressure, and the background flush and compaction threads; the
+//! recovery from background errors is in `db/recovery.rs`.
 //!
 //! # Write path
 //!
@@ -32,10 +33,24 @@
 //!
 //! # Background errors
 //!
-//! A failed WAL append, flush or compaction is recorded as the database's
-//! background error: every later write fails with it, [`Db::stats`] shows it
-//! and [`Db::background_error`] returns it. Reads go on: every acknowledged
-//! write is still in a table or in a WAL that the next open replays.
+//! A failed WAL append or sync, flush or background compaction is recorded
+//! as the database's background error: every later write fails fast,
+//! [`Db::health`], [`Db::background_error`] and [`Db::stats`] show it. Reads
+//! go on: every acknowledged write is still in a memtable, a table, or a WAL
+//! that the next open replays. What happens next depends on the failure
+//! ([`Error::is_retryable`] is the one classification):
+//!
+//! - *Retryable* (a full disk or quota, no file descriptors): writes fail
+//!   with [`Error::Retrying`] while the `strata-recover` thread retries the
+//!   failed work with a backoff from 100 ms to 1 s. Once a retry succeeds
+//!   the error clears and writes resume, with no reopen. The retry is in
+//!   `db/recovery.rs`, with why it is safe.
+//! - *Fatal* (anything else: `EIO`, corruption): writes fail with
+//!   [`Error::Background`] until the database is reopened, which replays
+//!   what is really on disk.
+//!
+//! A write whose WAL append failed returns the error and is never applied to
+//! the memtable, so no reader sees it; recovery cuts its bytes off the log.
 //!
 //! # Recovery
 //!
@@ -57,6 +72,7 @@ use crate::batch::{BatchRecords, WriteBatch};
 use crate::compaction::{self, picker, Compaction};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
+use crate::health::Health;
 use crate::iter::KeyBounds;
 use crate::iterator::{Iter, ReadView};
 use crate::key::MAX_SEQUENCE;
@@ -67,6 +83,10 @@ use crate::sstable::TableBuilder;
 use crate::stats::{as_micros, Counters, LevelStats, LevelWork, Stats, TableInfo};
 use crate::version::{FileMeta, Version, VersionEdit, VersionSet, NUM_LEVELS};
 use crate::wal::{LogReader, LogWriter};
+
+mod recovery;
+
+use recovery::{BgError, Job};
 
 /// A leader stops adding followers' batches to its group past this size, so
 /// that one huge group does not delay the writers at its head for long.
@@ -152,12 +172,16 @@ struct LogState {
     wal: LogWriter,
     /// Sequence of the last write appended to the WAL.
     last_seq: u64,
+    /// Set when an append to or a sync of `wal` failed: the length up to
+    /// which it holds whole records. Recovery cuts the rest off and moves
+    /// writes to a fresh WAL (see `recovery`).
+    damaged: Option<u64>,
 }
 
 #[derive(Default)]
 struct BgState {
-    /// Set once a flush fails; writes are refused from then on.
-    error: Option<Error>,
+    /// Set once a background job fails; writes are refused while it is.
+    error: Option<BgError>,
     shutdown: bool,
     /// Bumped whenever the table version changes, so that the compactor
     /// never sleeps through the change that gave it work.
@@ -263,7 +287,11 @@ impl Db {
             })),
             visible_seq: AtomicU64::new(last_seq),
             queue: Mutex::new(VecDeque::new()),
-            log: Mutex::new(LogState { wal, last_seq }),
+            log: Mutex::new(LogState {
+                wal,
+                last_seq,
+                damaged: None,
+            }),
             versions: Mutex::new(versions),
             bg: Mutex::new(BgState::default()),
             bg_cv: Condvar::new(),
@@ -279,9 +307,10 @@ impl Db {
             core: core.clone(),
             threads: Mutex::new(Vec::new()),
         };
-        let loops: [(&str, BackgroundLoop); 2] = [
+        let loops: [(&str, BackgroundLoop); 3] = [
             ("strata-flush", Core::flush_loop),
             ("strata-compact", Core::compaction_loop),
+            ("strata-recover", Core::recovery_loop),
         ];
         for (name, body) in loops {
             let core = core.clone();
@@ -413,10 +442,18 @@ impl Db {
             .collect()
     }
 
-    /// The error that stopped background work (and with it all writes), if
-    /// any. Reads are still served; reopening the database retries the work.
+    /// The error every write fails with while background work is stopped:
+    /// [`Error::Retrying`] while the database retries a transient failure by
+    /// itself, [`Error::Background`] after a fatal one (reopening the
+    /// database then retries the work). Reads are served either way.
     pub fn background_error(&self) -> Option<Error> {
         self.inner.core.background_error()
+    }
+
+    /// Whether writes are accepted now, and if not, whether they will come
+    /// back by themselves; see [`Health`] for an example.
+    pub fn health(&self) -> Health {
+        self.inner.core.health()
     }
 
     /// The directory the database lives in.
@@ -580,6 +617,7 @@ impl Core {
         }
         merged.set_sequence(first);
         Counters::add(&self.counters.wal_bytes, merged.encoded().len() as u64);
+        let whole_len = log.wal.len();
         let appended = log.wal.add_record(merged.encoded()).and_then(|()| {
             if sync {
                 log.wal.sync()
@@ -588,9 +626,14 @@ impl Core {
             }
         });
         if let Err(e) = appended {
-            // The WAL may now hold part of a record; nothing after it can be
-            // trusted to be recoverable, so stop taking writes.
-            self.set_background_error(e.clone());
+            // The WAL may now end in part of this record, and after a failed
+            // sync the kernel may have dropped earlier unsynced pages: nothing
+            // more may go into this log. The group is not applied (its
+            // writers get the error), and writes stop until recovery has cut
+            // the record off and moved to a fresh WAL. Its sequence numbers
+            // are reused by later writes: the record that held them is gone.
+            log.damaged = Some(whole_len);
+            self.set_background_error(e.clone(), Job::Write);
             return Err(e);
         }
         let mem = self.super_version.read().mem.clone();
@@ -603,13 +646,15 @@ impl Core {
     }
 
     fn background_error(&self) -> Option<Error> {
-        self.bg.lock().error.clone()
+        self.bg.lock().error.as_ref().map(BgError::write_error)
     }
 
-    fn set_background_error(&self, e: Error) {
-        let mut bg = self.bg.lock();
-        bg.error.get_or_insert(Error::Background(e.to_string()));
-        self.bg_cv.notify_all();
+    fn health(&self) -> Health {
+        self.bg
+            .lock()
+            .error
+            .as_ref()
+            .map_or(Health::Ok, BgError::health)
     }
 
     /// Ensures the memtable can take the next group (see "Back-pressure" in
@@ -673,12 +718,38 @@ impl Core {
     /// Freezes the memtable and starts a new one with its own WAL.
     /// REQUIRES: `log` is the locked log state (so the memtable cannot change).
     fn rotate(&self, log: &mut LogState) -> Result<()> {
-        let number = self.versions.lock().new_file_number();
-        let wal = LogWriter::create(&file_name::log_path(&self.dir, number))?;
-        file_name::sync_dir(&self.dir)?;
+        let (number, wal) = self.create_wal()?;
         // The frozen memtable's log must be durable before a later log can be,
         // or a power loss could keep newer writes and lose older ones.
-        log.wal.sync()?;
+        if let Err(e) = log.wal.sync() {
+            // Unused and empty; a reopen would delete it too.
+            let _ = std::fs::remove_file(file_name::log_path(&self.dir, number));
+            // After a failed sync the log may have lost unsynced writes that
+            // the memtable still holds: recovery must flush them.
+            log.damaged = Some(log.wal.len());
+            self.set_background_error(e.clone(), Job::Write);
+            return Err(e);
+        }
+        self.switch_wal(log, number, wal);
+        Ok(())
+    }
+
+    /// Creates the next WAL file, durably named in the directory.
+    fn create_wal(&self) -> Result<(u64, LogWriter)> {
+        let number = self.versions.lock().new_file_number();
+        let path = file_name::log_path(&self.dir, number);
+        let wal = LogWriter::create(&path)?;
+        if let Err(e) = file_name::sync_dir(&self.dir) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok((number, wal))
+    }
+
+    /// Makes `wal` (numbered `number`) the WAL, moves the memtable to the
+    /// frozen ones (where the flusher finds it) and starts an empty one whose
+    /// writes go to the new WAL.
+    fn switch_wal(&self, log: &mut LogState, number: u64, wal: LogWriter) {
         log.wal = wal;
         {
             // Built from the super version under the write lock: a flush or
@@ -696,7 +767,6 @@ impl Core {
         }
         let _bg = self.bg.lock();
         self.bg_cv.notify_all();
-        Ok(())
     }
 
     /// Logs `edit` to the manifest and swaps the resulting version in for
@@ -736,7 +806,7 @@ impl Core {
         let mut bg = self.bg.lock();
         loop {
             if let Some(e) = &bg.error {
-                return Err(e.clone());
+                return Err(e.write_error());
             }
             if self.super_version.read().imms.is_empty() && !bg.flushing {
                 return Ok(());
@@ -746,8 +816,9 @@ impl Core {
     }
 
     /// The body of the `strata-flush` thread: flushes frozen memtables, oldest
-    /// first, until shutdown. A failure is recorded and stops the thread's
-    /// work; the frozen memtable's WAL still holds its writes.
+    /// first, until shutdown. A failure is recorded and pauses the thread's
+    /// work (the recovery thread retries it); the frozen memtable's WAL still
+    /// holds its writes.
     fn flush_loop(&self) {
         loop {
             let imm = {
@@ -765,20 +836,29 @@ impl Core {
                     self.bg_cv.wait(&mut bg);
                 }
             };
-            if let Err(e) = self.flush_memtable(&imm) {
-                self.set_background_error(e);
+            if let Err(e) = self.run_flush(imm) {
+                self.set_background_error(e, Job::Flush);
             }
-            // Usually the last reference: freeing a memtable's million
-            // entries takes a while, and is part of the flush.
-            drop(imm);
-            let mut bg = self.bg.lock();
-            bg.flushing = false;
-            self.bg_cv.notify_all();
         }
     }
 
+    /// Flushes `imm`, which the caller took under the `bg` lock, setting
+    /// `flushing`; clears `flushing` when done, success or not.
+    fn run_flush(&self, imm: Arc<Memtable>) -> Result<()> {
+        let result = self.flush_memtable(&imm);
+        // Usually the last reference: freeing a memtable's million
+        // entries takes a while, and is part of the flush.
+        drop(imm);
+        let mut bg = self.bg.lock();
+        bg.flushing = false;
+        self.bg_cv.notify_all();
+        result
+    }
+
     /// Writes the oldest frozen memtable to an L0 table, records it in the
-    /// manifest, swaps it out of the super version and deletes its WAL.
+    /// manifest, swaps it out of the super version and deletes its WAL. An
+    /// empty memtable (frozen by recovery after the first append to its WAL
+    /// failed) needs no table: its edit only moves the log number on.
     fn flush_memtable(&self, imm: &Arc<Memtable>) -> Result<()> {
         let newer_log = {
             let sv = self.super_version.read();
@@ -791,29 +871,44 @@ impl Core {
                 None => sv.mem.log_number(),
             }
         };
-        // The versions lock is not held while the table is written: rotation needs it.
-        let number = self.versions.lock().new_file_number();
         let start = Instant::now();
-        let meta = build_table(&self.dir, &self.options, number, imm)?;
-        let written = meta.size;
-        self.install(
+        let meta = if imm.is_empty() {
+            None
+        } else {
+            // The versions lock is not held while the table is written: rotation needs it.
+            let number = self.versions.lock().new_file_number();
+            Some(build_table(&self.dir, &self.options, number, imm)?)
+        };
+        let written = meta.as_ref().map(|m| m.size);
+        let table = meta.as_ref().map(|m| m.number);
+        let installed = self.install(
             VersionEdit {
                 log_number: Some(newer_log),
                 last_sequence: Some(self.visible_seq.load(Ordering::Acquire)),
-                added: vec![(0, meta)],
+                added: meta.into_iter().map(|m| (0, m)).collect(),
                 ..VersionEdit::default()
             },
             Some(imm),
-        )?;
-        self.counters.record_compaction(
-            0,
-            LevelWork {
-                written,
-                compactions: 1,
-                micros: as_micros(start.elapsed()),
-                ..LevelWork::default()
-            },
         );
+        if let Err(e) = installed {
+            if let Some(number) = table {
+                // Never installed, so garbage: on a full disk, a retry needs
+                // the space. The next open would delete it too.
+                let _ = std::fs::remove_file(file_name::table_path(&self.dir, number));
+            }
+            return Err(e);
+        }
+        if let Some(written) = written {
+            self.counters.record_compaction(
+                0,
+                LevelWork {
+                    written,
+                    compactions: 1,
+                    micros: as_micros(start.elapsed()),
+                    ..LevelWork::default()
+                },
+            );
+        }
         let old_log = file_name::log_path(&self.dir, imm.log_number());
         match std::fs::remove_file(&old_log) {
             Ok(()) => Ok(()),
@@ -824,16 +919,18 @@ impl Core {
 
     /// The body of the `strata-compact` thread: runs the most overdue
     /// compaction until none is due, then sleeps until the version changes.
+    /// Pauses while a background error is set (the recovery thread retries a
+    /// compaction that failed).
     fn compaction_loop(&self) {
         loop {
-            let seen = {
+            let (seen, paused) = {
                 let bg = self.bg.lock();
                 if bg.shutdown {
                     return;
                 }
-                bg.version_changes
+                (bg.version_changes, bg.error.is_some())
             };
-            let ran = if self.background_error().is_some() {
+            let ran = if paused {
                 Ok(false)
             } else {
                 let mut pointers = self.compaction.lock();
@@ -847,11 +944,13 @@ impl Core {
                 Ok(true) => {}
                 Ok(false) => {
                     let mut bg = self.bg.lock();
-                    if !bg.shutdown && bg.version_changes == seen {
+                    // Also awake when the error cleared since `paused` was
+                    // read: that notification has come and gone.
+                    if !bg.shutdown && bg.version_changes == seen && bg.error.is_some() == paused {
                         self.bg_cv.wait(&mut bg);
                     }
                 }
-                Err(e) => self.set_background_error(e),
+                Err(e) => self.set_background_error(e, Job::Compaction),
             }
         }
     }
@@ -927,9 +1026,15 @@ impl Core {
             let version = self.super_version.read().version.clone();
             if let Some(c) = picker::pick_range(&version, &self.options, level, bounds) {
                 if let Err(e) = self.run_compaction(&c, false) {
-                    // A table that cannot be written means a failing disk,
-                    // whoever asked for the compaction.
-                    self.set_background_error(e.clone());
+                    // A table that cannot be written for a reason that will
+                    // not pass means a failing disk, whoever asked for the
+                    // compaction. A transient failure only fails this call: a
+                    // failed compaction installs nothing and leaves nothing
+                    // to redo, and if the disk really is full, the next WAL
+                    // append or flush finds out and suspends writes itself.
+                    if !e.is_retryable() {
+                        self.set_background_error(e.clone(), Job::Compaction);
+                    }
                     return Err(e);
                 }
             }
@@ -941,7 +1046,7 @@ impl Core {
         let mut bg = self.bg.lock();
         loop {
             if let Some(e) = &bg.error {
-                return Err(e.clone());
+                return Err(e.write_error());
             }
             let version = self.super_version.read().version.clone();
             let due = (0..NUM_LEVELS).any(|l| picker::score(&version, &self.options, l) >= 1.0);

@@ -40,6 +40,8 @@ pub(crate) struct Counters {
     pub(crate) bloom_checks: AtomicU64,
     pub(crate) bloom_negatives: AtomicU64,
     pub(crate) bloom_false_positives: AtomicU64,
+    pub(crate) background_errors: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
     pub(crate) levels: Mutex<[LevelWork; NUM_LEVELS]>,
 }
 
@@ -156,8 +158,14 @@ pub struct Stats {
     pub memtable_bytes: u64,
     /// Frozen memtables waiting to be flushed.
     pub immutable_memtables: usize,
-    /// The error that stopped background work, if any; writes fail while it is set.
+    /// The error that stopped background work, if any; writes fail while it
+    /// is set ([`Db::health`](crate::Db::health) tells whether for good).
     pub background_error: Option<String>,
+    /// Background jobs that failed, counting each failed retry.
+    pub background_errors: u64,
+    /// Times a retryable background error cleared because a retry
+    /// succeeded, each ending one spell of refused writes.
+    pub recoveries: u64,
 }
 
 impl Stats {
@@ -197,6 +205,8 @@ impl Stats {
             bloom_checks: get(&c.bloom_checks),
             bloom_negatives: get(&c.bloom_negatives),
             bloom_false_positives: get(&c.bloom_false_positives),
+            background_errors: get(&c.background_errors),
+            recoveries: get(&c.recoveries),
             levels,
             ..Stats::default()
         }
@@ -277,8 +287,13 @@ impl fmt::Display for Stats {
                     self.bloom_negatives + self.bloom_false_positives,
                 ),
         )?;
+        write!(
+            f,
+            "\nBackground errors: {} failed jobs, {} recoveries",
+            self.background_errors, self.recoveries
+        )?;
         if let Some(e) = &self.background_error {
-            write!(f, "\nBackground error: {e}")?;
+            write!(f, "; now: {e}")?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use strata_engine::{Db, Options, WriteBatch, WriteOptions};
+use strata_engine::{Db, Health, Options, WriteBatch, WriteOptions};
 
 fn small_tree() -> Options {
     Options {
@@ -235,6 +235,23 @@ fn a_failed_flush_stops_writes_keeps_reads_and_loses_nothing() {
     assert!(db.background_error().is_some());
     assert!(db.stats().background_error.is_some());
     assert_eq!(db.get(key(7)).unwrap(), Some(value(7, 0)), "reads go on");
+    // Not a transient error (a directory where the table goes): no retry
+    // clears it, however long the recovery thread's backoff runs.
+    assert!(
+        matches!(db.health(), Health::Fatal { .. }),
+        "{:?}",
+        db.health()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let err = db.put(b"after", b"x").unwrap_err();
+    assert!(matches!(err, strata_engine::Error::Background(_)), "{err}");
+    assert!(!err.is_retryable());
+    assert!(
+        matches!(db.health(), Health::Fatal { .. }),
+        "{:?}",
+        db.health()
+    );
+    assert_eq!(db.stats().recoveries, 0);
 
     drop(db);
     unblock(&blockers);

@@ -35,6 +35,11 @@ pub(crate) struct VersionSet {
     current: Arc<Version>,
     /// [`MAX_MANIFEST_BYTES`], except in tests.
     max_manifest_bytes: u64,
+    /// An append to or a sync of `manifest` failed: it may end in part of an
+    /// edit, and an edit appended after that would sit behind the tear,
+    /// where recovery reports corruption. The next edit goes to a new
+    /// MANIFEST instead.
+    manifest_broken: bool,
 }
 
 /// The state a manifest replay accumulates.
@@ -134,6 +139,7 @@ impl VersionSet {
             last_sequence: replay.last_sequence,
             current: Arc::new(version),
             max_manifest_bytes: MAX_MANIFEST_BYTES,
+            manifest_broken: false,
         };
         let snapshot = set.snapshot_edit();
         set.manifest.add_record(&snapshot.encode())?;
@@ -210,6 +216,12 @@ impl VersionSet {
     /// resulting version. On error nothing is installed.
     /// REQUIRES: every table the edit adds is written and fsynced.
     pub(crate) fn log_and_apply(&mut self, mut edit: VersionEdit) -> Result<Arc<Version>> {
+        if self.manifest_broken {
+            // The new MANIFEST describes the current state without the failed
+            // edit, which was never installed; the broken one is deleted.
+            self.roll_manifest()?;
+            self.manifest_broken = false;
+        }
         edit.next_file_number = Some(self.next_file_number);
         let mut levels = self.current.levels.clone();
         // Tables the edit deletes; a trivial move re-adds one at a deeper level.
@@ -231,8 +243,14 @@ impl VersionSet {
             }
         }
         file_name::sync_dir(&self.dir)?;
-        self.manifest.add_record(&edit.encode())?;
-        self.manifest.sync()?;
+        let logged = self
+            .manifest
+            .add_record(&edit.encode())
+            .and_then(|()| self.manifest.sync());
+        if let Err(e) = logged {
+            self.manifest_broken = true;
+            return Err(e);
+        }
         if let Some(n) = edit.log_number {
             self.log_number = n;
         }

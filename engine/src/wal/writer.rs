@@ -53,6 +53,20 @@ impl LogWriter {
         self.len
     }
 
+    /// Cuts the file back to `len` bytes and makes the cut durable: after a
+    /// failed append or sync, `len` is where the last record known whole
+    /// ends, and the cut removes whatever part of the failed record reached
+    /// the file. REQUIRES: the writer is not appended to afterwards (its block
+    /// position no longer matches the file); it is only being retired.
+    pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
+        self.file
+            .set_len(len)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.len = len;
+        Ok(())
+    }
+
     /// Makes every appended record durable (fdatasync).
     pub(crate) fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
