@@ -338,9 +338,13 @@ impl Storage {
         self.db.stats()
     }
 
-    /// Why the engine refuses writes, if it does (a full disk, say).
+    /// Why the engine refuses writes, if it does: `retrying: ...` for a full
+    /// disk and the like, which clears by itself; `fatal: ...` otherwise.
     pub fn write_error(&self) -> Option<String> {
-        self.db.background_error().map(|e| e.to_string())
+        match self.db.health() {
+            strata_engine::Health::Ok => None,
+            degraded => Some(degraded.to_string()),
+        }
     }
 
     /// Makes everything written so far durable in tables (shutdown).

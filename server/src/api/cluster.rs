@@ -33,6 +33,8 @@ pub struct MemberReport {
     /// Fraction of the token space it holds a replica of (sums to
     /// `min(rf, ring members)` over the ring); `null` when not in the ring.
     ownership: Option<f64>,
+    /// Why its engine refuses writes, as it publishes; `null` when healthy.
+    degraded: Option<String>,
 }
 
 /// `GET /v1/cluster`.
@@ -50,6 +52,7 @@ pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
             http_addr: m.http_addr.to_string(),
             tokens: m.tokens.len(),
             ownership: ownership.as_ref().and_then(|o| o.get(&m.id)),
+            degraded: m.degraded.clone(),
         })
         .collect();
     Json(serde_json::json!({
