@@ -347,12 +347,8 @@ pub struct Membership {
     health: Mutex<Option<String>>,
     /// What this node last published under `ring`.
     published_ring: Mutex<String>,
-    /// The last record of each member (by chitchat id) whose signature
-    /// verified, kept while a newer one does not.
-    verified: Mutex<std::collections::HashMap<ChitchatId, MemberInfo>>,
-    /// Members whose current record was rejected, with the signature that
-    /// failed, so each rejection is warned about once.
-    rejected: Mutex<std::collections::HashMap<ChitchatId, String>>,
+    /// The last verified record of each member.
+    records: Mutex<Records>,
     max_members: usize,
     metrics: GossipMetrics,
 }
@@ -478,8 +474,7 @@ impl Membership {
             pulled: Mutex::new(Vec::new()),
             health: Mutex::new(None),
             published_ring: Mutex::new(String::new()),
-            verified: Mutex::new(std::collections::HashMap::new()),
-            rejected: Mutex::new(std::collections::HashMap::new()),
+            records: Mutex::new(Records::default()),
             max_members: config.max_members,
             metrics,
         });
@@ -626,8 +621,8 @@ impl Membership {
             let chitchat = handle.chitchat();
             let chitchat = chitchat.lock().await;
             let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
-            let mut verified = self.verified.lock();
-            verified.retain(|id, _| chitchat.node_state(id).is_some());
+            let mut records = self.records.lock();
+            records.forget_unless(|id| chitchat.node_state(id).is_some());
             let mut rejected = BTreeMap::new();
             let mut members: BTreeMap<NodeId, MemberInfo> = BTreeMap::new();
             for (id, node_state) in chitchat.node_states() {
@@ -638,48 +633,31 @@ impl Membership {
                     continue;
                 }
                 let get = |k: &str| node_state.get(k);
-                let info = match self.verify_member(
-                    id,
-                    [get(KEY_HTTP), get(KEY_STATE), get(KEY_TOKENS), get(KEY_SIG)],
-                    live.contains(id),
-                ) {
-                    Ok(info) => {
-                        verified.insert(id.clone(), info.clone());
-                        self.rejected.lock().remove(id);
-                        info
-                    }
-                    Err(reason) => {
-                        let sig = get(KEY_SIG).unwrap_or_default().to_owned();
-                        let first_time =
-                            self.rejected.lock().insert(id.clone(), sig.clone()) != Some(sig);
-                        if first_time {
+                let signed = [get(KEY_HTTP), get(KEY_STATE), get(KEY_TOKENS), get(KEY_SIG)];
+                let info = match records.admit(&self.secret, id, signed, live.contains(id)) {
+                    Admitted::Verified(info) => info,
+                    Admitted::Kept { last, reason, news } => {
+                        if news {
                             self.metrics.record_rejected();
+                            tracing::warn!(
+                                node = %&*id.node_id,
+                                %reason,
+                                "member record does not verify; keeping its last verified one"
+                            );
                         }
-                        match verified.get(id) {
-                            Some(last) => {
-                                if first_time {
-                                    tracing::warn!(
-                                        node = %&*id.node_id,
-                                        %reason,
-                                        "member record does not verify; keeping its last verified one"
-                                    );
-                                }
-                                let mut last = last.clone();
-                                last.live = live.contains(id);
-                                last
-                            }
-                            None => {
-                                if first_time {
-                                    tracing::warn!(
-                                        node = %&*id.node_id,
-                                        %reason,
-                                        "ignoring a member record that never verified"
-                                    );
-                                }
-                                rejected.insert(NodeId::from(&*id.node_id), reason);
-                                continue;
-                            }
+                        last
+                    }
+                    Admitted::Refused { reason, news } => {
+                        if news {
+                            self.metrics.record_rejected();
+                            tracing::warn!(
+                                node = %&*id.node_id,
+                                %reason,
+                                "ignoring a member record that never verified"
+                            );
                         }
+                        rejected.insert(NodeId::from(&*id.node_id), reason);
+                        continue;
                     }
                 };
                 let info = MemberInfo {
@@ -789,11 +767,76 @@ impl Membership {
         }
         *self.published_seen.lock() = seen;
     }
+}
+
+/// The last verified record of each member (by chitchat id), kept while a
+/// newer one fails verification, so that a bad record never removes a member.
+#[derive(Debug, Default)]
+struct Records {
+    verified: std::collections::HashMap<ChitchatId, MemberInfo>,
+    /// The signature of each member's current, rejected record: a rejection
+    /// is news (warned about, counted) once per bad record.
+    rejected: std::collections::HashMap<ChitchatId, String>,
+}
+
+/// What [`Records::admit`] made of a member's record.
+#[derive(Debug, PartialEq)]
+enum Admitted {
+    /// It verifies.
+    Verified(MemberInfo),
+    /// It does not, and the member's last verified record stands in.
+    Kept {
+        last: MemberInfo,
+        reason: String,
+        news: bool,
+    },
+    /// It does not, and none of this member ever did.
+    Refused { reason: String, news: bool },
+}
+
+impl Records {
+    /// Checks a member's signed fields (`http`, `state`, `tokens`, `sig`).
+    fn admit(
+        &mut self,
+        secret: &ClusterSecret,
+        id: &ChitchatId,
+        signed: [Option<&str>; 4],
+        live: bool,
+    ) -> Admitted {
+        match Self::verify(secret, id, signed, live) {
+            Ok(info) => {
+                self.verified.insert(id.clone(), info.clone());
+                self.rejected.remove(id);
+                Admitted::Verified(info)
+            }
+            Err(reason) => {
+                let sig = signed[3].unwrap_or_default().to_owned();
+                let news = self.rejected.insert(id.clone(), sig.clone()) != Some(sig);
+                match self.verified.get(id) {
+                    Some(last) => Admitted::Kept {
+                        last: MemberInfo {
+                            live,
+                            ..last.clone()
+                        },
+                        reason,
+                        news,
+                    },
+                    None => Admitted::Refused { reason, news },
+                }
+            }
+        }
+    }
+
+    /// Forgets members gossip no longer holds.
+    fn forget_unless(&mut self, mut held: impl FnMut(&ChitchatId) -> bool) {
+        self.verified.retain(|id, _| held(id));
+        self.rejected.retain(|id, _| held(id));
+    }
 
     /// The signed part of a member's record, checked. The unsigned keys are
     /// filled in by the caller.
-    fn verify_member(
-        &self,
+    fn verify(
+        secret: &ClusterSecret,
         id: &ChitchatId,
         [http, state, tokens, sig]: [Option<&str>; 4],
         live: bool,
@@ -802,7 +845,7 @@ impl Membership {
             return Err("the record is incomplete".into());
         };
         let message = signed_message(&id.node_id, id.generation_id, http, state, tokens);
-        if !self.secret.verify(&message, sig) {
+        if !secret.verify(&message, sig) {
             return Err("bad signature".into());
         }
         let tokens: Option<Vec<u64>> = if tokens.is_empty() {
@@ -890,6 +933,72 @@ mod tests {
             degraded: None,
             ring: String::new(),
         }
+    }
+
+    #[test]
+    fn a_record_that_stops_verifying_keeps_the_last_verified_one() {
+        let secret = ClusterSecret::new("0123456789abcdef".into());
+        let id = ChitchatId::new("b".to_owned(), 5, "127.0.0.1:2".parse().unwrap());
+        let good_sig = secret.sign(&signed_message("b", 5, "127.0.0.1:9", "AVAILABLE", "1,2"));
+        let good = [
+            Some("127.0.0.1:9"),
+            Some("AVAILABLE"),
+            Some("1,2"),
+            Some(good_sig.as_str()),
+        ];
+        let mut records = Records::default();
+        let Admitted::Verified(first) = records.admit(&secret, &id, good, true) else {
+            panic!("a good record must verify");
+        };
+        assert_eq!(first.tokens, [1, 2]);
+        // A forged signature, then a forged state under the good signature.
+        let forged = [good[0], good[1], good[2], Some("00ff")];
+        let moved = [good[0], Some("LEFT"), good[2], good[3]];
+        for (n, bad) in [forged, forged, moved].into_iter().enumerate() {
+            match records.admit(&secret, &id, bad, false) {
+                Admitted::Kept { last, news, .. } => {
+                    assert_eq!(
+                        last,
+                        MemberInfo {
+                            live: false,
+                            ..first.clone()
+                        }
+                    );
+                    // The same bad record is news once; a new one again.
+                    assert_eq!(news, n != 1, "round {n}");
+                }
+                other => panic!("round {n}: {other:?}"),
+            }
+        }
+        // A member that never verified is refused, not invented.
+        let stranger = ChitchatId::new("c".to_owned(), 1, "127.0.0.1:3".parse().unwrap());
+        assert!(matches!(
+            records.admit(&secret, &stranger, forged, true),
+            Admitted::Refused { news: true, .. }
+        ));
+        // Gossip forgets b: so do the records.
+        records.forget_unless(|i| *i != id);
+        assert!(matches!(
+            records.admit(&secret, &id, forged, true),
+            Admitted::Refused { .. }
+        ));
+        assert!(matches!(
+            records.admit(&secret, &id, good, true),
+            Admitted::Verified(_)
+        ));
+    }
+
+    #[test]
+    fn ring_digests_differ_exactly_when_rings_do() {
+        let ring = |ids: &[&str]| Ring::new(ids.iter().map(|id| Member::derived(*id, 8))).ok();
+        let abc = ring_digest(ring(&["a", "b", "c"]).as_ref());
+        assert_eq!(abc, ring_digest(ring(&["c", "b", "a"]).as_ref()));
+        assert_ne!(abc, ring_digest(ring(&["a", "b"]).as_ref()));
+        assert_ne!(abc, ring_digest(None));
+        let mut moved = Member::derived("c", 8);
+        moved.tokens[0] ^= 1;
+        let other = Ring::new([Member::derived("a", 8), Member::derived("b", 8), moved]).ok();
+        assert_ne!(abc, ring_digest(other.as_ref()));
     }
 
     #[test]
