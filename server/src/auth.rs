@@ -1,15 +1,17 @@
-//! The cluster secret: what makes a request or a gossiped member record come
-//! from a node rather than from anyone who can reach the port.
+//! The cluster secret: what makes a request, a gossip datagram or a
+//! gossiped member record come from a node rather than from anyone who can
+//! reach the port.
 //!
 //! - Internal HTTP routes require `Authorization: Bearer <secret>`, compared
 //!   in constant time ([`ClusterSecret::verify_bearer`]).
-//! - Gossip (chitchat over UDP) has no authentication of its own, and its
-//!   message codec is private to the crate, so a transport cannot sign the
-//!   datagrams. Instead each node signs the record it publishes (id, address,
+//! - Gossip datagrams are sealed under a key derived from the secret
+//!   ([`gossip_transport`](crate::gossip_transport)): nothing from outside
+//!   the cluster reaches membership.
+//! - Each node also signs the record it publishes (id, generation, address,
 //!   state, tokens) with an HMAC-SHA256 under the secret
-//!   ([`ClusterSecret::sign`]); `membership` ignores records whose signature
-//!   does not verify. A forged member can therefore never receive internal
-//!   traffic, and so never learn the secret.
+//!   ([`ClusterSecret::sign`]); `membership` admits a member only on a
+//!   record that verifies, and keeps its last verified record when a newer
+//!   one does not.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
