@@ -103,8 +103,20 @@ async fn forged_tampered_replayed_and_oversized_gossip_changes_nothing() {
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
 
-    // A datagram sealed under the right secret (as one captured from a
-    // member would be), replayed, and tampered with.
+    // Nothing was answered: an anonymous SYN used to return every member's
+    // address, state, tokens and signature.
+    let mut reply = vec![0u8; MAX_DATAGRAM];
+    let answered =
+        tokio::time::timeout(Duration::from_millis(500), attacker.recv_from(&mut reply)).await;
+    assert!(
+        answered.is_err(),
+        "the cluster answered an attacker: {answered:?}"
+    );
+
+    // From here on, a holder of the secret (its own socket, since it is
+    // answered). A datagram sealed under the right secret, as one captured
+    // from a member would be, replayed, and tampered with.
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let harmless = syn(&[], 0);
     let sealed = seal_message(&good, insider, 2, &mut counter_out, &harmless).unwrap();
     for target in &targets {
