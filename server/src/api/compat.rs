@@ -48,15 +48,14 @@ pub async fn post_data(
             format!("value exceeds max_value_size ({limit} bytes)"),
         ));
     }
+    // The echo is serialised first so that the strings can then move into
+    // the write without a copy; it is sent only if the write succeeds.
+    let echo = (StatusCode::CREATED, Json(&item)).into_response();
     state
         .coordinator
-        .write(
-            Bytes::copy_from_slice(item.key.as_bytes()),
-            Some(item.value.as_bytes().to_vec()),
-            level,
-        )
+        .write(Bytes::from(item.key), Some(Bytes::from(item.value)), level)
         .await?;
-    Ok((StatusCode::CREATED, Json(item)).into_response())
+    Ok(echo)
 }
 
 /// `GET /v1/data/{key}`: the item as JSON, or 404.
@@ -78,7 +77,7 @@ pub async fn get_data(State(state): State<AppState>, uri: Uri) -> Result<Json<It
             "no value for this key",
         ));
     };
-    let value = String::from_utf8(value).map_err(|_| {
+    let value = String::from_utf8(value.to_vec()).map_err(|_| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "not_utf8",

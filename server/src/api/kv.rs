@@ -54,7 +54,7 @@ pub async fn put_value(
     let value = read_value(&state, body).await?;
     let version = state
         .coordinator
-        .write(key, Some(value.to_vec()), consistency)
+        .write(key, Some(value), consistency)
         .await?;
     Ok(written(version))
 }

@@ -259,7 +259,7 @@ impl Cluster {
         if r.status() != 200 {
             return None;
         }
-        strata_server::storage::Record::decode(&r.bytes().await.ok()?).ok()
+        strata_server::storage::Record::decode(r.bytes().await.ok()?).ok()
     }
 
     /// Whether node `i` answers `/ready` with 200.
