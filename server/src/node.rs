@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorParts};
@@ -171,6 +172,7 @@ pub async fn run(
         hlc,
         metrics,
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+        body_budget: Arc::new(BodyBudget::new(config.edges.max_inflight_body_bytes)),
         config: config.clone(),
         progress,
         stop: stop.clone(),

@@ -27,8 +27,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::kv::check_key;
-use super::{read_body, ApiError, AppState};
-use crate::storage::{CodecError, EncodedRecord, Record, RECORD_HEADER_LEN};
+use super::{read_body, ApiError, AppState, BodyLimit};
+use crate::storage::{CodecError, EncodedRecord, Record};
 
 /// Path of the apply route.
 pub const APPLY_PATH: &str = "/internal/v1/apply";
@@ -93,12 +93,7 @@ pub async fn require_secret(State(state): State<AppState>, req: Request, next: N
 
 /// `POST /internal/v1/apply`.
 pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let limits = state.config.limits;
-    let body = read_body(
-        body,
-        4 + limits.max_key_size + RECORD_HEADER_LEN + limits.max_value_size,
-    )
-    .await?;
+    let body = read_body(body, BodyLimit::Body(state.config.limits.apply_body_size())).await?;
     let (key, record) =
         decode_apply(body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
     check_key(&state, &key)?;
@@ -113,7 +108,7 @@ pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response
 
 /// `POST /internal/v1/read`.
 pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let key = read_body(body, state.config.limits.max_key_size).await?;
+    let key = read_body(body, BodyLimit::Body(state.config.limits.max_key_size)).await?;
     check_key(&state, &key)?;
     match state.storage.read_encoded(&key) {
         Ok(Some(record)) => Ok((
