@@ -129,6 +129,10 @@ pub struct CoordinatorParts {
     pub metrics: Arc<Metrics>,
     /// Deadline of one replica call.
     pub replica_timeout: Duration,
+    /// How long an idle pooled connection to a replica is kept. Below the
+    /// replicas' own idle limit (their header and idle timeouts), or a call
+    /// could go out on a connection the replica is closing at that moment.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Coordinator {
@@ -138,7 +142,7 @@ impl Coordinator {
             .timeout(parts.replica_timeout)
             .connect_timeout(parts.replica_timeout)
             .pool_max_idle_per_host(128)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(parts.pool_idle_timeout)
             .tcp_nodelay(true)
             .build()?;
         Ok(Self {

@@ -165,6 +165,13 @@ pub async fn run(
         secret: config.secret.clone(),
         metrics: metrics.clone(),
         replica_timeout: config.replica_timeout,
+        // Every node is assumed to run the same edges: half of the shorter
+        // of the two limits after which a node closes an idle connection.
+        pool_idle_timeout: config
+            .edges
+            .header_read_timeout
+            .min(config.edges.idle_timeout)
+            / 2,
     })?;
     let state = AppState {
         coordinator,
