@@ -52,6 +52,59 @@ pub mod defaults {
     pub const MAX_MEMBERS: usize = 256;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
+
+    // The edges of the HTTP server (issue 11): memory and connections.
+
+    /// Share of the machine's memory that request bodies in flight may hold:
+    /// a sixteenth. A body of n bytes costs this node about 2n to 3n while
+    /// it is in flight (the read buffer, the collected body, the apply body
+    /// shared by the replicas, the engine's WAL batch), so a sixteenth keeps
+    /// a full budget well under a quarter of RAM and leaves the rest to the
+    /// memtables, the page cache of the tables and other processes.
+    pub const INFLIGHT_BODY_RAM_DIVISOR: u64 = 16;
+    /// Least budget: a small machine still takes a few dozen maximal
+    /// bodies at once (64 × 1 MiB values).
+    pub const MIN_INFLIGHT_BODY_BYTES: usize = 64 << 20;
+    /// Most budget: past 1 GiB of bodies in flight the disk, not memory, is
+    /// what limits a node, and more only lengthens the queues.
+    pub const MAX_INFLIGHT_BODY_BYTES: usize = 1 << 30;
+
+    /// The body budget of this machine: RAM / 16 within [64 MiB, 1 GiB], or
+    /// the least budget if the RAM size is unknown. It is the RAM the kernel
+    /// reports, not a cgroup limit: set the budget in a container.
+    pub fn max_inflight_body_bytes() -> usize {
+        // SAFETY: sysconf has no preconditions; -1 (unknown) is handled.
+        let (pages, page_size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let ram = u64::try_from(pages)
+            .ok()
+            .zip(u64::try_from(page_size).ok())
+            .map_or(0, |(p, s)| p.saturating_mul(s));
+        usize::try_from(ram / INFLIGHT_BODY_RAM_DIVISOR)
+            .unwrap_or(usize::MAX)
+            .clamp(MIN_INFLIGHT_BODY_BYTES, MAX_INFLIGHT_BODY_BYTES)
+    }
+
+    /// A request head must be complete this long after the connection is
+    /// ready for it. Hyper's timer also runs while a keep-alive connection
+    /// waits for its next request, so this bounds idle connections too. Ten
+    /// seconds is generous for any real client's head, which is one packet,
+    /// and short enough that a slowloris connection costs little.
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+    /// A connection with no request in flight is closed after this long.
+    /// The same as the header timeout, which already ends idle keep-alive
+    /// connections at that age; set it lower to close them sooner. Clients
+    /// that pool connections (the coordinators' replica calls included)
+    /// must let idle ones go before this, or they race the close.
+    pub const IDLE_TIMEOUT_MS: u64 = 10_000;
+    /// Descriptors kept back from client connections when the connection
+    /// limit is derived from the descriptor limit: the engine's WAL,
+    /// MANIFEST and the tables being written, gossip, streaming, logs.
+    pub const FD_RESERVE: u64 = 256;
 }
 
 /// The flags (each also an environment variable) that configure a node.
@@ -128,6 +181,23 @@ pub struct NodeArgs {
     /// Most members this node tracks in gossip [default: 256].
     #[arg(long, env = "KVNODE_MAX_MEMBERS")]
     pub max_members: Option<usize>,
+    /// Bytes of request bodies in flight, client and internal together;
+    /// requests past it get 503 with Retry-After [default: RAM / 16 within
+    /// 64 MiB..1 GiB].
+    #[arg(long, env = "KVNODE_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: Option<usize>,
+    /// Time to receive a whole request head, in ms; it also bounds the wait
+    /// for the next request on a keep-alive connection [default: 10000].
+    #[arg(long, env = "KVNODE_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// A connection with no request in flight is closed after this many ms
+    /// [default: 10000].
+    #[arg(long, env = "KVNODE_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Connections served at once; more wait in the listen backlog
+    /// [default: (descriptor limit - 256) / replication factor].
+    #[arg(long, env = "KVNODE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// The TOML file: the same keys as the flags, all optional.
@@ -155,6 +225,10 @@ struct FileConfig {
     cleanup_grace_ms: Option<u64>,
     auto_cleanup: Option<bool>,
     max_members: Option<usize>,
+    max_inflight_body_bytes: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
 }
 
 /// Why a configuration is refused.
@@ -198,6 +272,14 @@ pub struct Limits {
     pub max_body_size: usize,
 }
 
+impl Limits {
+    /// Largest internal apply body: a maximal key and record with their
+    /// framing (`api::internal`).
+    pub fn apply_body_size(&self) -> usize {
+        4 + self.max_key_size + RECORD_HEADER_LEN + self.max_value_size
+    }
+}
+
 /// A validated node configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -239,6 +321,22 @@ pub struct Config {
     pub auto_cleanup: bool,
     /// Most members tracked in gossip.
     pub max_members: usize,
+    /// The HTTP server's edges.
+    pub edges: Edges,
+}
+
+/// What bounds the HTTP server's memory and connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Edges {
+    /// Bytes of request bodies in flight.
+    pub max_inflight_body_bytes: usize,
+    /// Time to receive a request head (and to wait for the next one).
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit with no request in flight.
+    pub idle_timeout: Duration,
+    /// Connections served at once; `None` derives it from the descriptor
+    /// limit when the node starts (see `listener`).
+    pub max_connections: Option<usize>,
 }
 
 impl Config {
@@ -392,6 +490,38 @@ impl Config {
             return invalid("max_members", "must be at least 2");
         }
         let auto_cleanup = args.auto_cleanup.or(file.auto_cleanup).unwrap_or(true);
+        let edges = Edges {
+            max_inflight_body_bytes: args
+                .max_inflight_body_bytes
+                .or(file.max_inflight_body_bytes)
+                .unwrap_or_else(defaults::max_inflight_body_bytes),
+            header_read_timeout: ms(
+                args.header_read_timeout_ms,
+                file.header_read_timeout_ms,
+                defaults::HEADER_READ_TIMEOUT_MS,
+            ),
+            idle_timeout: ms(
+                args.idle_timeout_ms,
+                file.idle_timeout_ms,
+                defaults::IDLE_TIMEOUT_MS,
+            ),
+            max_connections: args.max_connections.or(file.max_connections),
+        };
+        // A quarter of the budget is kept for replica traffic (`api::budget`),
+        // and the rest must still take the largest body a route accepts.
+        let largest_body = limits.max_body_size.max(limits.apply_body_size());
+        if edges.max_inflight_body_bytes / 4 < largest_body {
+            return invalid(
+                "max_inflight_body_bytes",
+                "must be at least 4 times the largest request body",
+            );
+        }
+        if edges.header_read_timeout.is_zero() || edges.idle_timeout.is_zero() {
+            return invalid("timeouts", "must be positive");
+        }
+        if edges.max_connections == Some(0) {
+            return invalid("max_connections", "must be positive");
+        }
         Ok(Self {
             node_id,
             listen,
@@ -412,6 +542,7 @@ impl Config {
             cleanup_grace,
             auto_cleanup,
             max_members,
+            edges,
         })
     }
 
@@ -482,6 +613,27 @@ mod tests {
         assert_eq!(c.data_dir, Path::new("kvnode-data/node1"));
         assert_eq!(c.replication_factor.get(), 3);
         assert!(c.seeds.is_empty());
+        let budget = c.edges.max_inflight_body_bytes;
+        assert!(
+            (defaults::MIN_INFLIGHT_BODY_BYTES..=defaults::MAX_INFLIGHT_BODY_BYTES)
+                .contains(&budget),
+            "{budget}"
+        );
+        assert_eq!(c.edges.max_connections, None);
+    }
+
+    #[test]
+    fn edge_settings_come_from_flags_and_the_file() {
+        let file = parse_file(
+            Path::new("k.toml"),
+            "max_inflight_body_bytes = 67108864\nidle_timeout_ms = 500\nmax_connections = 9",
+        )
+        .unwrap();
+        let c = Config::resolve(args(&["--header-read-timeout-ms", "250"]), file).unwrap();
+        assert_eq!(c.edges.max_inflight_body_bytes, 64 << 20);
+        assert_eq!(c.edges.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(c.edges.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.edges.max_connections, Some(9));
     }
 
     #[test]
@@ -548,6 +700,9 @@ mod tests {
             &["--max-value-size", "10", "--max-body-size", "5"],
             &["--cluster-secret", "short"],
             &["--node-id", "a|b"],
+            &["--max-inflight-body-bytes", "8000000"],
+            &["--header-read-timeout-ms", "0"],
+            &["--max-connections", "0"],
         ] {
             assert!(
                 Config::resolve(args(argv), FileConfig::default()).is_err(),

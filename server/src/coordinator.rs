@@ -31,7 +31,7 @@ use axum::body::Bytes;
 use strata_ring::ReplicationFactor;
 use tokio::sync::mpsc;
 
-use crate::api::internal::{encode_apply, APPLY_PATH, READ_PATH};
+use crate::api::internal::{decode_apply, encode_apply, APPLY_PATH, READ_PATH};
 use crate::auth::ClusterSecret;
 use crate::hlc::Hlc;
 use crate::membership::{MemberInfo, Membership, NodeState};
@@ -129,6 +129,10 @@ pub struct CoordinatorParts {
     pub metrics: Arc<Metrics>,
     /// Deadline of one replica call.
     pub replica_timeout: Duration,
+    /// How long an idle pooled connection to a replica is kept. Below the
+    /// replicas' own idle limit (their header and idle timeouts), or a call
+    /// could go out on a connection the replica is closing at that moment.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Coordinator {
@@ -138,7 +142,7 @@ impl Coordinator {
             .timeout(parts.replica_timeout)
             .connect_timeout(parts.replica_timeout)
             .pool_max_idle_per_host(128)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(parts.pool_idle_timeout)
             .tcp_nodelay(true)
             .build()?;
         Ok(Self {
@@ -158,7 +162,7 @@ impl Coordinator {
     pub async fn write(
         &self,
         key: Bytes,
-        value: Option<Vec<u8>>,
+        value: Option<Bytes>,
         consistency: Consistency,
     ) -> Result<u64, CoordinatorError> {
         let view = self.inner.membership.view();
@@ -189,18 +193,22 @@ impl Coordinator {
             });
         }
         let version = self.inner.hlc.now();
-        let record = Arc::new(match value {
+        let record = match value {
             Some(v) => Record::value(version, v),
             None => Record::tombstone(version),
-        });
+        };
+        // Encoded once; every replica call shares these bytes. The client's
+        // body is released as soon as this is built.
+        let body = encode_apply(&key, &record);
+        drop(record);
         let (tx, mut rx) = mpsc::channel(up.len().max(1));
         let sent = up.len();
         for member in up {
-            let (this, key, record, tx) = (self.clone(), key.clone(), record.clone(), tx.clone());
+            let (this, body, tx) = (self.clone(), body.clone(), tx.clone());
             // Spawned, not joined: the calls past the required acks must
             // still complete after the client has its answer.
             tokio::spawn(async move {
-                let ok = this.apply_on(&member, key, &record, ReplicaOp::apply).await;
+                let ok = this.apply_on(&member, body, ReplicaOp::apply).await;
                 let _ = tx.send(ok).await;
             });
         }
@@ -326,31 +334,37 @@ impl Coordinator {
     /// Sends `newest` to every answering replica that returned something
     /// older, in the background.
     fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Option<Record>)]) {
+        let mut body = None;
         for (member, record) in answers {
             if record.as_ref() == Some(newest) {
                 continue;
             }
-            let (this, key, record, member) =
-                (self.clone(), key.clone(), newest.clone(), member.clone());
+            let body = body
+                .get_or_insert_with(|| encode_apply(key, newest))
+                .clone();
+            let (this, member) = (self.clone(), member.clone());
             tokio::spawn(async move {
-                this.apply_on(&member, key, &record, ReplicaOp::repair)
-                    .await;
+                this.apply_on(&member, body, ReplicaOp::repair).await;
             });
         }
     }
 
-    /// Applies `record` on one replica; whether it acknowledged.
-    async fn apply_on(
-        &self,
-        member: &MemberInfo,
-        key: Bytes,
-        record: &Record,
-        op: ReplicaOp,
-    ) -> bool {
+    /// Applies an apply `body` ([`encode_apply`]) on one replica; whether it
+    /// acknowledged.
+    async fn apply_on(&self, member: &MemberInfo, body: Bytes, op: ReplicaOp) -> bool {
         let inner = &self.inner;
         if member.id == *inner.membership.self_id() {
-            let (storage, record) = (inner.storage.clone(), record.clone());
-            let result = tokio::task::spawn_blocking(move || storage.apply(&key, &record)).await;
+            // The local replica decodes the very bytes the remote ones
+            // receive, so its record is a slice of them and the engine
+            // stores that slice as it is.
+            let storage = inner.storage.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let (key, record) = decode_apply(body).map_err(|e| e.to_string())?;
+                storage
+                    .apply_encoded(&key, &record)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
             let ok = match result {
                 Ok(Ok(_)) => true,
                 Ok(Err(e)) => {
@@ -369,7 +383,7 @@ impl Coordinator {
             .client
             .post(format!("http://{}{APPLY_PATH}", member.http_addr))
             .bearer_auth(inner.secret.expose())
-            .body(encode_apply(&key, record))
+            .body(body)
             .send()
             .await;
         let result = match response {
@@ -438,7 +452,7 @@ impl Coordinator {
                     .bytes()
                     .await
                     .map_err(|e| remote_failure(&member.id, &e))?;
-                match Record::decode(&body) {
+                match Record::decode(body) {
                     Ok(record) => Ok(Some(record)),
                     Err(e) => {
                         tracing::warn!(node = %member.id, error = %e, "replica sent a bad record");

@@ -28,7 +28,7 @@
 //! consistency), [`membership`] (gossip and the ring), [`storage`] (the
 //! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
 //! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`stream`] (bootstrap streaming, decommission and clean-up),
+//! shutdown), [`listener`] (the accept loop and its connection limits), [`stream`] (bootstrap streaming, decommission and clean-up),
 //! [`demo`] (a local cluster), [`admin`] (operator commands).
 
 pub mod admin;
@@ -39,6 +39,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod gossip_transport;
 pub mod hlc;
+pub mod listener;
 pub mod membership;
 pub mod metrics;
 pub mod node;

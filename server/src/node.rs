@@ -30,10 +30,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorParts};
 use crate::hlc::Hlc;
+use crate::listener::{self, ServeLimits};
 use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
@@ -170,6 +172,13 @@ pub async fn run(
         secret: config.secret.clone(),
         metrics: metrics.clone(),
         replica_timeout: config.replica_timeout,
+        // Every node is assumed to run the same edges: half of the shorter
+        // of the two limits after which a node closes an idle connection.
+        pool_idle_timeout: config
+            .edges
+            .header_read_timeout
+            .min(config.edges.idle_timeout)
+            / 2,
     })?;
     let state = AppState {
         coordinator,
@@ -178,6 +187,7 @@ pub async fn run(
         hlc,
         metrics,
         in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+        body_budget: Arc::new(BodyBudget::new(config.edges.max_inflight_body_bytes)),
         config: config.clone(),
         progress,
         cleaner,
@@ -198,15 +208,26 @@ pub async fn run(
             () = stop.notified() => {}
         }
     };
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(stopping)
-        .await;
+    let fd_limit = listener::raise_fd_limit();
+    let limits = ServeLimits {
+        max_connections: config.edges.max_connections.unwrap_or_else(|| {
+            listener::default_max_connections(fd_limit, config.replication_factor.get())
+        }),
+        header_read_timeout: config.edges.header_read_timeout,
+        idle_timeout: config.edges.idle_timeout,
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = limits.max_connections,
+        max_inflight_body_bytes = config.edges.max_inflight_body_bytes,
+        "http limits"
+    );
+    listener::serve(listener, api::router(state), limits, stopping).await;
     tracing::info!("http drained; leaving gossip and flushing the engine");
     membership.shutdown().await;
     let flushed = tokio::task::spawn_blocking(move || storage.flush())
         .await
         .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?;
-    served?;
     flushed?;
     tracing::info!("stopped");
     Ok(())

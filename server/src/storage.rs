@@ -41,6 +41,7 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use strata_engine::{Db, Options, Snapshot};
 use strata_ring::token;
@@ -60,8 +61,53 @@ const LOCK_STRIPES: usize = 512;
 pub struct Record {
     /// Hybrid-logical-clock timestamp of the write.
     pub version: u64,
-    /// `None` is a tombstone (the item was deleted at `version`).
-    pub value: Option<Vec<u8>>,
+    /// `None` is a tombstone (the item was deleted at `version`). Shared,
+    /// not owned: a value travels from the request body to the replicas
+    /// and back out of a read as slices of the buffers it arrived in.
+    pub value: Option<Bytes>,
+}
+
+/// A record together with its encoding, both over one buffer. What crosses
+/// the network between nodes is exactly what the engine stores, so a
+/// replicated write is encoded once by its coordinator and never again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRecord {
+    record: Record,
+    bytes: Bytes,
+}
+
+impl EncodedRecord {
+    /// Checks `bytes` and keeps them; the record's value is a slice of them.
+    pub fn decode(bytes: Bytes) -> Result<Self, CodecError> {
+        Ok(Self {
+            record: Record::decode(bytes.clone())?,
+            bytes,
+        })
+    }
+
+    /// The decoded record.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The decoded record, without its encoding.
+    pub fn into_record(self) -> Record {
+        self.record
+    }
+}
+
+impl From<&Record> for EncodedRecord {
+    fn from(record: &Record) -> Self {
+        Self {
+            record: record.clone(),
+            bytes: Bytes::from(record.encode()),
+        }
+    }
 }
 
 /// Why bytes are not a record.
@@ -111,10 +157,10 @@ pub enum StorageError {
 
 impl Record {
     /// A live value written at `version`.
-    pub fn value(version: u64, value: Vec<u8>) -> Self {
+    pub fn value(version: u64, value: impl Into<Bytes>) -> Self {
         Self {
             version,
-            value: Some(value),
+            value: Some(value.into()),
         }
     }
 
@@ -128,8 +174,19 @@ impl Record {
 
     /// The record's bytes, laid out as the module doc draws them.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Length of [`Record::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER_LEN + self.value.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Appends the encoding to `out` (for wire formats that embed a record).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let value = self.value.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(RECORD_HEADER_LEN + value.len());
         out.push(RECORD_FORMAT);
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(if self.value.is_none() {
@@ -138,11 +195,11 @@ impl Record {
             0
         });
         out.extend_from_slice(value);
-        out
     }
 
     /// Parses [`Record::encode`]'s output; any other bytes are an error.
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+    /// The value is a slice of `bytes`, not a copy.
+    pub fn decode(bytes: Bytes) -> Result<Self, CodecError> {
         let (header, value) = bytes
             .split_first_chunk::<RECORD_HEADER_LEN>()
             .ok_or(CodecError::TooShort { len: bytes.len() })?;
@@ -160,7 +217,7 @@ impl Record {
             }
             return Ok(Self::tombstone(version));
         }
-        Ok(Self::value(version, value.to_vec()))
+        Ok(Self::value(version, bytes.slice(RECORD_HEADER_LEN..)))
     }
 
     /// Whether this record wins over `other` under last-writer-wins. Ties on
@@ -245,8 +302,14 @@ impl Storage {
 
     /// The record stored for `key`, tombstones included.
     pub fn read(&self, key: &[u8]) -> Result<Option<Record>, StorageError> {
+        Ok(self.read_encoded(key)?.map(EncodedRecord::into_record))
+    }
+
+    /// [`Storage::read`], keeping the stored bytes (to send them on as they
+    /// are).
+    pub fn read_encoded(&self, key: &[u8]) -> Result<Option<EncodedRecord>, StorageError> {
         match self.db.get(engine_key(key))? {
-            Some(bytes) => Ok(Some(Record::decode(&bytes)?)),
+            Some(bytes) => Ok(Some(EncodedRecord::decode(Bytes::from(bytes))?)),
             None => Ok(None),
         }
     }
@@ -254,15 +317,28 @@ impl Storage {
     /// Stores `record` for `key` if it supersedes what is stored. Blocks on
     /// the engine's write path: call it from a blocking context.
     pub fn apply(&self, key: &[u8], record: &Record) -> Result<Applied, StorageError> {
+        self.apply_encoded(key, &EncodedRecord::from(record))
+    }
+
+    /// [`Storage::apply`] of a record already encoded (a replicated write):
+    /// its bytes go to the engine as they are.
+    pub fn apply_encoded(
+        &self,
+        key: &[u8],
+        record: &EncodedRecord,
+    ) -> Result<Applied, StorageError> {
         let ekey = engine_key(key);
         let stripe = usize::try_from(token(key) % LOCK_STRIPES as u64).unwrap_or_default();
         let _guard = self.stripes.get(stripe).map(Mutex::lock);
         if let Some(bytes) = self.db.get(&ekey)? {
-            if !record.supersedes(&Record::decode(&bytes)?) {
+            if !record
+                .record()
+                .supersedes(&Record::decode(Bytes::from(bytes))?)
+            {
                 return Ok(Applied::Stale);
             }
         }
-        self.db.put(&ekey, record.encode())?;
+        self.db.put(&ekey, record.bytes())?;
         Ok(Applied::Stored)
     }
 
@@ -367,7 +443,7 @@ mod tests {
             Record::value(42 << 16 | 7, vec![0xff; 1000]),
             Record::tombstone(1234),
         ] {
-            assert_eq!(Record::decode(&record.encode()).unwrap(), record);
+            assert_eq!(Record::decode(record.encode().into()).unwrap(), record);
         }
     }
 
@@ -376,26 +452,26 @@ mod tests {
         let good = Record::value(99, b"v".to_vec()).encode();
         for len in 0..RECORD_HEADER_LEN {
             assert_eq!(
-                Record::decode(&good[..len]),
+                Record::decode(Bytes::copy_from_slice(&good[..len])),
                 Err(CodecError::TooShort { len })
             );
         }
         let mut bad = good.clone();
         bad[0] = 2;
         assert_eq!(
-            Record::decode(&bad),
+            Record::decode(bad.clone().into()),
             Err(CodecError::UnknownFormat { format: 2 })
         );
         let mut bad = good.clone();
         bad[9] = 0x80;
         assert_eq!(
-            Record::decode(&bad),
+            Record::decode(bad.clone().into()),
             Err(CodecError::UnknownFlags { flags: 0x80 })
         );
         let mut bad = good;
         bad[9] = FLAG_TOMBSTONE;
         assert_eq!(
-            Record::decode(&bad),
+            Record::decode(bad.clone().into()),
             Err(CodecError::TombstoneWithValue { len: 1 })
         );
         // Every single-byte flip either decodes to something or errors.
@@ -404,7 +480,7 @@ mod tests {
             for bit in 0..8 {
                 let mut b = good.clone();
                 b[i] ^= 1 << bit;
-                let _ = Record::decode(&b);
+                let _ = Record::decode(b.into());
             }
         }
     }

@@ -186,7 +186,7 @@ async fn internal_routes_refuse_requests_without_the_cluster_secret() {
 
     let r = read(Some(&format!("Bearer {SECRET}"))).await.unwrap();
     assert_eq!(r.status(), 200);
-    let record = Record::decode(&r.bytes().await.unwrap()).unwrap();
+    let record = Record::decode(r.bytes().await.unwrap()).unwrap();
     assert_eq!(record.value.as_deref(), Some(&b"v"[..]));
     // With the secret, a malformed apply is a 400, not a crash.
     let r = c

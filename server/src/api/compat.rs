@@ -13,7 +13,7 @@ use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
 use super::kv::{check_key, consistency};
-use super::{read_body, ApiError, AppState};
+use super::{read_body, ApiError, AppState, BodyLimit};
 
 /// The JSON item of `/v1/data`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,7 +32,7 @@ pub async fn post_data(
     body: Body,
 ) -> Result<Response, ApiError> {
     let level = consistency(uri.query())?;
-    let body = read_body(body, state.config.limits.max_body_size).await?;
+    let body = read_body(body, BodyLimit::Body(state.config.limits.max_body_size)).await?;
     let item: Item = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "bad_json",
@@ -40,23 +40,18 @@ pub async fn post_data(
         )
     })?;
     check_key(&state, item.key.as_bytes())?;
-    let limit = state.config.limits.max_value_size;
-    if item.value.len() > limit {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            format!("value exceeds max_value_size ({limit} bytes)"),
-        ));
+    let limit = BodyLimit::value(&state.config.limits);
+    if item.value.len() > limit.bytes() {
+        return Err(limit.too_large());
     }
+    // The echo is serialised first so that the strings can then move into
+    // the write without a copy; it is sent only if the write succeeds.
+    let echo = (StatusCode::CREATED, Json(&item)).into_response();
     state
         .coordinator
-        .write(
-            Bytes::copy_from_slice(item.key.as_bytes()),
-            Some(item.value.as_bytes().to_vec()),
-            level,
-        )
+        .write(Bytes::from(item.key), Some(Bytes::from(item.value)), level)
         .await?;
-    Ok((StatusCode::CREATED, Json(item)).into_response())
+    Ok(echo)
 }
 
 /// `GET /v1/data/{key}`: the item as JSON, or 404.
@@ -78,7 +73,7 @@ pub async fn get_data(State(state): State<AppState>, uri: Uri) -> Result<Json<It
             "no value for this key",
         ));
     };
-    let value = String::from_utf8(value).map_err(|_| {
+    let value = String::from_utf8(value.to_vec()).map_err(|_| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "not_utf8",

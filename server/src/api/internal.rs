@@ -10,22 +10,25 @@
 //! +------------------+-----------+-------------------------------+
 //! ```
 //!
-//! Merged by last-writer-wins: 204 whether it was newer or stale.
+//! Merged by last-writer-wins: 204 whether it was newer or stale. The
+//! record part is stored as it arrives (no decode-and-re-encode), and a
+//! coordinator encodes one body per write for all its replicas, its own
+//! included.
 //!
 //! # `POST /internal/v1/read`
 //!
 //! Body: the key bytes. 200 with the record (storage's layout, tombstones
 //! included), or 404 if this node holds nothing for the key.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::kv::check_key;
-use super::{read_body, ApiError, AppState};
-use crate::storage::{CodecError, Record, RECORD_HEADER_LEN};
+use super::{read_body, ApiError, AppState, BodyLimit};
+use crate::storage::{CodecError, EncodedRecord, Record};
 
 /// Path of the apply route.
 pub const APPLY_PATH: &str = "/internal/v1/apply";
@@ -47,27 +50,28 @@ pub enum WireError {
     Record(#[from] CodecError),
 }
 
-/// Encodes an apply body.
-pub fn encode_apply(key: &[u8], record: &Record) -> Vec<u8> {
-    let record = record.encode();
-    let mut out = Vec::with_capacity(4 + key.len() + record.len());
+/// Encodes an apply body: the one copy of the value a write makes on its
+/// way from the client's body to the replicas. Cloning the result shares it.
+pub fn encode_apply(key: &[u8], record: &Record) -> Bytes {
+    let mut out = Vec::with_capacity(4 + key.len() + record.encoded_len());
     // Keys are bounded by max_key_size (checked on entry, far below 4 GiB).
     out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes());
     out.extend_from_slice(key);
-    out.extend_from_slice(&record);
-    out
+    record.encode_into(&mut out);
+    Bytes::from(out)
 }
 
-/// Decodes an apply body into key and record.
-pub fn decode_apply(body: &[u8]) -> Result<(&[u8], Record), WireError> {
+/// Decodes an apply body into key and record, both slices of `body`.
+pub fn decode_apply(body: Bytes) -> Result<(Bytes, EncodedRecord), WireError> {
     let truncated = WireError::Truncated { len: body.len() };
     let (len, rest) = body.split_first_chunk::<4>().ok_or(truncated.clone())?;
     let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| truncated.clone())?;
     if rest.len() < len {
         return Err(truncated);
     }
-    let (key, record) = rest.split_at(len);
-    Ok((key, Record::decode(record)?))
+    let key = body.slice(4..4 + len);
+    let record = EncodedRecord::decode(body.slice(4 + len..))?;
+    Ok((key, record))
 }
 
 /// Refuses a request without the cluster secret.
@@ -89,18 +93,13 @@ pub async fn require_secret(State(state): State<AppState>, req: Request, next: N
 
 /// `POST /internal/v1/apply`.
 pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let limits = state.config.limits;
-    let body = read_body(
-        body,
-        4 + limits.max_key_size + RECORD_HEADER_LEN + limits.max_value_size,
-    )
-    .await?;
+    let body = read_body(body, BodyLimit::Body(state.config.limits.apply_body_size())).await?;
     let (key, record) =
-        decode_apply(&body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
-    check_key(&state, key)?;
-    state.hlc.update(record.version);
-    let (storage, key) = (state.storage.clone(), key.to_vec());
-    tokio::task::spawn_blocking(move || storage.apply(&key, &record))
+        decode_apply(body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
+    check_key(&state, &key)?;
+    state.hlc.update(record.record().version);
+    let storage = state.storage.clone();
+    tokio::task::spawn_blocking(move || storage.apply_encoded(&key, &record))
         .await
         .map_err(|e| ApiError::internal(format!("apply task: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -109,12 +108,12 @@ pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response
 
 /// `POST /internal/v1/read`.
 pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let key = read_body(body, state.config.limits.max_key_size).await?;
+    let key = read_body(body, BodyLimit::Body(state.config.limits.max_key_size)).await?;
     check_key(&state, &key)?;
-    match state.storage.read(&key) {
+    match state.storage.read_encoded(&key) {
         Ok(Some(record)) => Ok((
             [(header::CONTENT_TYPE, "application/octet-stream")],
-            record.encode(),
+            record.bytes().clone(),
         )
             .into_response()),
         Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
@@ -132,20 +131,23 @@ mod tests {
     fn apply_bodies_round_trip() {
         let record = Record::value(42, b"v".to_vec());
         let body = encode_apply(b"key", &record);
-        let (key, decoded) = decode_apply(&body).unwrap();
-        assert_eq!((key, decoded), (&b"key"[..], record));
+        let (key, decoded) = decode_apply(body.clone()).unwrap();
+        assert_eq!((&key[..], decoded.record()), (&b"key"[..], &record));
+        // The stored bytes are the tail of the body, not a copy of it.
+        assert_eq!(decoded.bytes().as_ref(), &body[4 + 3..]);
+        assert_eq!(decoded.bytes().as_ptr(), body[4 + 3..].as_ptr());
     }
 
     #[test]
     fn bad_apply_bodies_are_errors() {
         let body = encode_apply(b"key", &Record::tombstone(1));
         for len in 0..body.len() {
-            assert!(decode_apply(body.get(..len).unwrap()).is_err(), "len {len}");
+            assert!(decode_apply(body.slice(..len)).is_err(), "len {len}");
         }
-        let mut huge = body.clone();
+        let mut huge = body.to_vec();
         huge.splice(0..4, u32::MAX.to_be_bytes());
         assert!(matches!(
-            decode_apply(&huge),
+            decode_apply(huge.into()),
             Err(WireError::Truncated { .. })
         ));
     }

@@ -11,7 +11,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
-use super::{read_body, ApiError, AppState};
+use super::{read_body, ApiError, AppState, BodyLimit};
 use crate::coordinator::Consistency;
 
 /// Header carrying the stored version (HLC timestamp) of a value.
@@ -51,10 +51,10 @@ pub async fn put_value(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (key, consistency) = key_and_consistency(&state, &uri)?;
-    let value = read_value(&state, body).await?;
+    let value = read_body(body, BodyLimit::value(&state.config.limits)).await?;
     let version = state
         .coordinator
-        .write(key, Some(value.to_vec()), consistency)
+        .write(key, Some(value), consistency)
         .await?;
     Ok(written(version))
 }
@@ -76,22 +76,6 @@ fn written(version: u64) -> Response {
 
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no value for this key")
-}
-
-/// Reads a value body, refusing one over the value limit with a 413.
-pub async fn read_value(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
-    let limit = state.config.limits.max_value_size;
-    read_body(body, limit).await.map_err(|e| {
-        if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "value_too_large",
-                format!("value exceeds max_value_size ({limit} bytes)"),
-            )
-        } else {
-            e
-        }
-    })
 }
 
 fn key_and_consistency(state: &AppState, uri: &Uri) -> Result<(Bytes, Consistency), ApiError> {

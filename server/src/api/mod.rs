@@ -4,8 +4,15 @@
 //! One file per route group: [`kv`] (the client API), [`compat`] (the seeds'
 //! APIs), [`cluster`] (cluster, node, health, readiness, metrics) and
 //! [`internal`] (node-to-node, behind the cluster secret; so is the
-//! decommission route in [`cluster`]).
+//! decommission route in [`cluster`]); [`budget`] is the byte budget of
+//! bodies in flight.
+//!
+//! Before a handler runs, [`bound_and_measure`] admits the request: a body
+//! declared larger than its route takes is refused with 413 before a byte
+//! of it is read, and a body that does not fit the node's budget with 503
+//! and `Retry-After`.
 
+pub mod budget;
 pub mod cluster;
 pub mod compat;
 pub mod internal;
@@ -23,7 +30,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use self::budget::{BodyBudget, BodyPermit};
+use crate::config::{Config, Limits};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::hlc::Hlc;
 use crate::membership::Membership;
@@ -51,6 +59,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Requests in flight; bounds the work a burst can start.
     pub in_flight: Arc<Semaphore>,
+    /// Bytes of request bodies in flight; bounds the memory a burst takes.
+    pub body_budget: Arc<BodyBudget>,
     /// Progress of this node's incoming streams.
     pub progress: Arc<Progress>,
     /// Clean-up passes.
@@ -104,7 +114,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Bounds a request (concurrency, deadline) and records its metrics.
+/// Bounds a request (body bytes, concurrency, deadline) and records its
+/// metrics.
 async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let op = op_of(req.method(), req.uri().path());
@@ -115,24 +126,27 @@ async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Ne
     // replica timeouts fired. They are bounded anyway, by the coordinators'
     // own client limits times the replication factor.
     let internal = req.uri().path().starts_with("/internal/");
-    let response = match tokio::time::timeout(deadline, async {
-        // The semaphore is never closed, so acquire only fails if it were.
-        let _permit = if internal {
-            None
-        } else {
-            Some(state.in_flight.acquire().await)
-        };
-        next.run(req).await
-    })
-    .await
-    {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("no answer within {} ms", deadline.as_millis()),
-        )
-        .into_response(),
+    let response = match admit(&state, &req, internal) {
+        Err(refusal) => refusal.into_response(),
+        Ok(_body_permit) => match tokio::time::timeout(deadline, async {
+            // The semaphore is never closed, so acquire only fails if it were.
+            let _permit = if internal {
+                None
+            } else {
+                Some(state.in_flight.acquire().await)
+            };
+            next.run(req).await
+        })
+        .await
+        {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!("no answer within {} ms", deadline.as_millis()),
+            )
+            .into_response(),
+        },
     };
     if let Some(kind) = response.extensions().get::<ErrorKind>() {
         state.metrics.error(kind.0);
@@ -143,6 +157,102 @@ async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Ne
         start.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// Reserves the request's body in the budget, or refuses it: 413 if its
+/// declared length is over its route's limit, 503 if it does not fit now.
+/// Routes that read no body reserve nothing.
+fn admit<'a>(
+    state: &'a AppState,
+    req: &Request,
+    internal: bool,
+) -> Result<Option<BodyPermit<'a>>, ApiError> {
+    let Some(limit) = route_body_limit(req.method(), req.uri().path(), &state.config.limits) else {
+        return Ok(None);
+    };
+    // Hyper reports a valid Content-Length as the exact size; a chunked
+    // body has none and may take up to the limit.
+    let declared = http_body::Body::size_hint(req.body()).exact();
+    let bytes = match declared.map(usize::try_from) {
+        Some(Ok(n)) if n <= limit.bytes() => n,
+        Some(_) => return Err(limit.too_large()),
+        None => limit.bytes(),
+    };
+    state
+        .body_budget
+        .try_reserve(bytes, internal)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("request bodies in flight are at this node's budget; retry in {RETRY_AFTER_SECS} s"),
+            )
+            .retry_after(RETRY_AFTER_SECS)
+        })
+}
+
+/// What a refused body is told to wait. Bodies in flight last about as long
+/// as a write does (milliseconds to the replica timeout, 2 s): a second
+/// lets most of them finish without making a client wait long.
+const RETRY_AFTER_SECS: u32 = 1;
+
+/// The most a route reads of a request body; `None` for routes that read
+/// none. The handlers read with the same limits.
+fn route_body_limit(method: &axum::http::Method, path: &str, limits: &Limits) -> Option<BodyLimit> {
+    use axum::http::Method;
+    let writes_value = matches!(*method, Method::PUT)
+        && (path.starts_with("/v1/kv/") || path.starts_with("/block/"));
+    if writes_value {
+        Some(BodyLimit::value(limits))
+    } else if *method == Method::POST && path == "/v1/data" {
+        Some(BodyLimit::Body(limits.max_body_size))
+    } else if *method == Method::POST && path == internal::APPLY_PATH {
+        Some(BodyLimit::Body(limits.apply_body_size()))
+    } else if *method == Method::POST && path == internal::READ_PATH {
+        Some(BodyLimit::Body(limits.max_key_size))
+    } else {
+        None
+    }
+}
+
+/// The most a request body may hold, and which 413 a larger one gets.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyLimit {
+    /// A raw value: `value_too_large`, naming `max_value_size`.
+    Value(usize),
+    /// Any other body: `body_too_large`.
+    Body(usize),
+}
+
+impl BodyLimit {
+    /// The limit of a raw value body.
+    pub fn value(limits: &Limits) -> Self {
+        Self::Value(limits.max_value_size)
+    }
+
+    /// The limit in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Value(n) | Self::Body(n) => n,
+        }
+    }
+
+    /// The 413 of a body over this limit.
+    pub fn too_large(self) -> ApiError {
+        match self {
+            Self::Value(n) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!("value exceeds max_value_size ({n} bytes)"),
+            ),
+            Self::Body(n) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {n} bytes"),
+            ),
+        }
+    }
 }
 
 fn op_of(method: &axum::http::Method, path: &str) -> Op {
@@ -194,6 +304,8 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Seconds for `Retry-After`, on refusals a retry can get past.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -204,7 +316,14 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// 400 with `kind`.
@@ -241,26 +360,30 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("close"),
             );
         }
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         response.extensions_mut().insert(ErrorKind(self.kind));
         response
     }
 }
 
-/// Reads a whole body, refusing one larger than `limit` with a JSON 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // to_bytes reports an over-limit body and a broken connection alike;
-        // the source tells them apart.
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body exceeds {limit} bytes"),
-            )
-        } else {
-            ApiError::bad_request("bad_body", format!("reading the request body: {e}"))
-        }
-    })
+/// Reads a whole body, refusing one larger than `limit` with a JSON 413
+/// (a chunked one: a declared length was refused on admission).
+pub async fn read_body(body: Body, limit: BodyLimit) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit.bytes())
+        .await
+        .map_err(|e| {
+            // to_bytes reports an over-limit body and a broken connection alike;
+            // the source tells them apart.
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                limit.too_large()
+            } else {
+                ApiError::bad_request("bad_body", format!("reading the request body: {e}"))
+            }
+        })
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use strata_ring::TokenRange;
 
 use super::sender::{encode_hex, STREAM_PATH};
@@ -222,7 +223,7 @@ impl Receiver {
                         let bytes: usize = entries
                             .iter()
                             .map(|e| {
-                                e.engine_key.len() + e.record.value.as_ref().map_or(0, Vec::len)
+                                e.engine_key.len() + e.record.value.as_ref().map_or(0, Bytes::len)
                             })
                             .sum();
                         let last = entries.last().map(|e| (e.engine_key.clone(), e.token()));

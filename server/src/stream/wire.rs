@@ -36,6 +36,7 @@
 //! caught; the decoder refuses a length over [`MAX_PAYLOAD`] before
 //! buffering it, so a corrupt length cannot make it allocate without bound.
 
+use bytes::Bytes;
 use strata_ring::token;
 
 use crate::storage::{CodecError, Record};
@@ -246,7 +247,8 @@ fn decode_entries(mut payload: &[u8]) -> Result<Vec<Entry>, WireError> {
         }
         entries.push(Entry {
             engine_key: key.to_vec(),
-            record: Record::decode(record)?,
+            // A copy: a chunk's buffer is reused for the next frames.
+            record: Record::decode(Bytes::copy_from_slice(record))?,
         });
     }
     Ok(entries)

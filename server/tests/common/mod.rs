@@ -33,6 +33,8 @@ pub struct NodeProc {
     seeds: String,
     /// Replication factor the node is started with.
     rf: u8,
+    /// Extra `KVNODE_*` settings.
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -44,7 +46,10 @@ impl NodeProc {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        // KVNODE_TEST_BIN runs another build (an older one, to compare).
+        let bin = std::env::var_os("KVNODE_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_kvnode").into());
+        let child = Command::new(bin)
             .args(["--node-id", &self.id])
             .args(["--listen", &self.http.to_string()])
             .args(["--gossip-listen", &self.gossip.to_string()])
@@ -56,6 +61,7 @@ impl NodeProc {
             // Short, so that tests see old owners drop what they gave away.
             .env("KVNODE_CLEANUP_GRACE_MS", "1500")
             .env("KVNODE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -115,18 +121,9 @@ impl NodeProc {
         self.spawn();
     }
 
-    /// The process's resident set and its peak, in KiB (`VmRSS`, `VmHWM`).
-    pub fn rss_kib(&self) -> (u64, u64) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+    /// The process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -180,6 +177,15 @@ impl Cluster {
 
     /// [`Cluster::start`] with replication factor `rf`.
     pub async fn start_with_rf(n: usize, rf: u8) -> Cluster {
+        Cluster::start_with(n, rf, &[]).await
+    }
+
+    /// [`Cluster::start_with_rf`] with extra `KVNODE_*` settings.
+    pub async fn start_with(n: usize, rf: u8, env: &[(&str, &str)]) -> Cluster {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(n);
         let seeds = ports[0].1.to_string();
@@ -196,6 +202,7 @@ impl Cluster {
                     gossip,
                     seeds: seeds.clone(),
                     rf,
+                    env: env.clone(),
                     child: None,
                 };
                 node.spawn();
@@ -227,6 +234,7 @@ impl Cluster {
             gossip,
             seeds: self.nodes[0].gossip.to_string(),
             rf: self.nodes[0].rf,
+            env: self.nodes[0].env.clone(),
             child: None,
         };
         node.spawn();
@@ -273,7 +281,7 @@ impl Cluster {
         if r.status() != 200 {
             return None;
         }
-        strata_server::storage::Record::decode(&r.bytes().await.ok()?).ok()
+        strata_server::storage::Record::decode(r.bytes().await.ok()?).ok()
     }
 
     /// Whether node `i` answers `/ready` with 200.
@@ -387,6 +395,17 @@ impl Cluster {
             .await
             .unwrap()
     }
+}
+
+/// `field` (kB) of /proc/<pid>/status, in bytes (`VmRSS`, `RssAnon`, ...).
+pub fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .expect(field)
+        * 1024
 }
 
 /// Asserts a JSON error body with `status` and `kind`.

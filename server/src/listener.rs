@@ -1,0 +1,377 @@
+//! The HTTP server's accept loop and connections: what bounds the sockets a
+//! node holds, where `axum::serve` bounded none.
+//!
+//! - **Connection limit.** A slot is taken before `accept`, so when every
+//!   slot is in use the loop stops accepting and the kernel's listen backlog
+//!   holds new connections (and refuses them once full) instead of this
+//!   process running out of descriptors. The default limit is derived from
+//!   the descriptor limit, which [`raise_fd_limit`] first raises to its hard
+//!   maximum ([`default_max_connections`]).
+//! - **Header timeout.** Hyper's `header_read_timeout`: a request head must
+//!   be complete within it. Hyper starts the timer whenever the connection
+//!   is ready for a request (on accept and after each response), so it also
+//!   ends a keep-alive connection that waits that long for its next request.
+//!   A slowloris connection is closed without an answer.
+//! - **Idle timeout.** A connection with no request in flight for this long
+//!   is closed; a request is in flight from its head until its response's
+//!   last byte is handed to the socket. Closing is hyper's graceful close:
+//!   an answer being written is finished first.
+//! - **Accept errors** (`EMFILE`, `ENFILE`, `ECONNABORTED`, ...) back off,
+//!   10 ms doubling to 1 s, instead of spinning on a socket that cannot be
+//!   accepted.
+//! - **Lingering close.** After the last answer, the write side is shut and
+//!   what the client still sends is read and dropped for up to
+//!   [`LINGER`]: a client may still be sending a body the server refused
+//!   (a 413 on its `Content-Length`), and closing a socket with unread data
+//!   makes the kernel send a reset that can destroy the answer before the
+//!   client reads it.
+//! - **Graceful shutdown**: stop accepting, ask every connection to close
+//!   after its request in flight, and wait for all of them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::defaults::FD_RESERVE;
+
+/// How long a closing connection reads and drops what the client still
+/// sends (see the module doc). Long enough for a refused 1 MiB body on a
+/// slow link to arrive; short, as it holds a connection slot.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// First pause after a failed `accept`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause after failed `accept`s in a row.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What bounds the server's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to receive a request head (and to wait for the next one).
+    pub header_read_timeout: Duration,
+    /// Time a connection may sit with no request in flight.
+    pub idle_timeout: Duration,
+}
+
+/// Raises this process's soft descriptor limit to its hard limit; returns
+/// the soft limit in force afterwards.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "getrlimit(RLIMIT_NOFILE)");
+        return FD_RESERVE;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given, nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            // An unlimited hard limit cannot be the soft one on Linux; the
+            // soft one stays as it was.
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                hard = limit.rlim_max,
+                "could not raise the descriptor limit"
+            );
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The connection limit for a descriptor limit: what is left after
+/// [`FD_RESERVE`], divided by the replication factor, because a request on
+/// each connection may hold a connection to each other replica of its key.
+pub fn default_max_connections(fd_limit: u64, replication_factor: usize) -> usize {
+    let per_connection = u64::try_from(replication_factor.max(1)).unwrap_or(u64::MAX);
+    let n = fd_limit.saturating_sub(FD_RESERVE) / per_connection;
+    usize::try_from(n).unwrap_or(usize::MAX).max(1)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits until every connection has closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    // acquire_many takes a u32; no host has 4 billion descriptors.
+    let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(max as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = accept(&listener, &slots) => accepted,
+        };
+        match accepted {
+            Ok((stream, slot)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let connection = serve_connection(
+                    stream,
+                    builder.clone(),
+                    router.clone(),
+                    limits.idle_timeout,
+                    stop_rx.clone(),
+                );
+                tokio::spawn(async move {
+                    connection.await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pause_ms = backoff.as_millis(), "accept failed");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    drop(listener);
+    let open = max as usize - slots.available_permits();
+    tracing::info!(
+        connections = open,
+        "stopped accepting; draining connections"
+    );
+    // Receivers only end with their connections; none left is fine.
+    let _ = stop_tx.send(true);
+    // Every connection holds its slot until it has closed.
+    let _all = slots.acquire_many(max).await;
+}
+
+/// A free slot, then a connection for it.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> std::io::Result<(TcpStream, OwnedSemaphorePermit)> {
+    // The semaphore is never closed.
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (stream, _) = listener.accept().await?;
+    Ok((stream, slot))
+}
+
+/// Serves one connection to its end, then closes it with a linger.
+async fn serve_connection(
+    stream: TcpStream,
+    builder: http1::Builder,
+    router: Router,
+    idle_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (activity, load) = watch::channel(Load::default());
+    let activity = Arc::new(activity);
+    let service = Tracked {
+        inner: TowerToHyperService::new(router),
+        activity: activity.clone(),
+    };
+    let mut conn = builder.serve_connection(TokioIo::new(stream), service);
+    let idle = idle(load, idle_timeout);
+    tokio::pin!(idle);
+    let mut closing = false;
+    let served = loop {
+        tokio::select! {
+            served = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break served,
+            () = &mut idle, if !closing => {
+                closing = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = stop.wait_for(|stop| *stop), if !closing => {
+                closing = true;
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = served {
+        // Timeouts, resets, malformed requests: the client's doing, and
+        // hyper has answered what it could.
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    linger(conn.into_parts().io.into_inner()).await;
+}
+
+/// Shuts the write side, then reads and drops until the client closes or
+/// [`LINGER`] passes.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Requests on one connection.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    /// Requests whose response has not been fully handed to the socket.
+    in_flight: usize,
+    /// Requests ever started, so that a request that starts and ends while
+    /// the idle timer is not looking still counts as activity.
+    started: u64,
+}
+
+/// Resolves once the connection has had no request in flight for
+/// `timeout`.
+async fn idle(mut load: watch::Receiver<Load>, timeout: Duration) {
+    loop {
+        let Ok(now) = load.wait_for(|l| l.in_flight == 0).await.map(|l| *l) else {
+            return;
+        };
+        let busy = tokio::time::timeout(timeout, load.wait_for(|l| l.started != now.started));
+        if busy.await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The router as a hyper service that counts its requests in flight.
+struct Tracked {
+    inner: TowerToHyperService<Router>,
+    activity: Arc<watch::Sender<Load>>,
+}
+
+/// A request in flight; it ends when dropped.
+struct InFlight(Arc<watch::Sender<Load>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|l| l.in_flight -= 1);
+    }
+}
+
+type ServiceFuture = Pin<
+    Box<dyn Future<Output = Result<hyper::Response<TrackedBody>, std::convert::Infallible>> + Send>,
+>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
+    type Response = hyper::Response<TrackedBody>;
+    type Error = std::convert::Infallible;
+    type Future = ServiceFuture;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        self.activity.send_modify(|l| {
+            l.in_flight += 1;
+            l.started += 1;
+        });
+        let in_flight = InFlight(self.activity.clone());
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request in flight until hyper drops it,
+/// after its last byte.
+struct TrackedBody {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_leave_descriptors_for_replica_calls_and_the_engine() {
+        assert_eq!(default_max_connections(1024, 3), (1024 - 256) / 3);
+        assert_eq!(default_max_connections(1024, 1), 1024 - 256);
+        assert_eq!(default_max_connections(100, 3), 1);
+        assert_eq!(
+            default_max_connections(u64::MAX, 3),
+            (u64::MAX - 256) as usize / 3
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_only_after_a_quiet_timeout() {
+        let (tx, rx) = watch::channel(Load::default());
+        let timeout = Duration::from_secs(5);
+        let idle = tokio::spawn(idle(rx, timeout));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A request that starts and ends between two looks restarts the
+        // clock.
+        tx.send_modify(|l| {
+            l.in_flight += 1;
+            l.started += 1;
+        });
+        tx.send_modify(|l| l.in_flight -= 1);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!idle.is_finished());
+        // A request in flight holds it off however long it takes.
+        tx.send_modify(|l| {
+            l.in_flight += 1;
+            l.started += 1;
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!idle.is_finished());
+        tx.send_modify(|l| l.in_flight -= 1);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!idle.is_finished());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(idle.is_finished());
+    }
+}
