@@ -216,11 +216,24 @@ impl Chitchat {
             return;
         }
 
-        // (kvnode patch) Past max_nodes, a digest may not create node states.
+        // (kvnode patch) Past max_nodes, a digest may not create node states,
+        // except that a newer incarnation of a node takes the slot of an
+        // older one (so a node that restarts often cannot lock itself out).
         if self.cluster_state.node_state(chitchat_id).is_none()
             && self.cluster_state.node_states().len() >= self.config.max_nodes
         {
-            return;
+            let older = self
+                .cluster_state
+                .node_states()
+                .keys()
+                .find(|id| {
+                    id.node_id == chitchat_id.node_id && id.generation_id < chitchat_id.generation_id
+                })
+                .cloned();
+            match older {
+                Some(older) => self.cluster_state.remove_node(&older),
+                None => return,
+            }
         }
 
         let should_init_if_absent = self
