@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub(crate) use edit::{FileMeta, VersionEdit, NUM_LEVELS};
-pub(crate) use set::VersionSet;
+pub(crate) use set::{ManifestState, VersionSet};
 
 use crate::iter::{Direction, KeyBounds, Source};
 use crate::key::user_key;
