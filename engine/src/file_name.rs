@@ -133,6 +133,11 @@ pub(crate) fn set_current(dir: &Path, manifest_number: u64) -> Result<()> {
     sync_dir(dir)
 }
 
+/// The path of the MANIFEST that `CURRENT` names.
+pub(crate) fn current_manifest(dir: &Path) -> Result<PathBuf> {
+    Ok(dir.join(manifest_name(read_current(dir)?)))
+}
+
 /// The manifest number named by `CURRENT`.
 pub(crate) fn read_current(dir: &Path) -> Result<u64> {
     let path = current_path(dir);

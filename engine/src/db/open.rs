@@ -12,9 +12,13 @@
 //!    reader kept alive until the close), or when every entry it holds is
 //!    found, the same, in the recovered state (a flush or compaction that
 //!    crashed before its edit). Otherwise it holds writes nothing else has.
-//!    If the MANIFEST lost a torn last edit, that edit was the one that
-//!    added it, and it had been acted on (its WAL deleted): corruption. If
-//!    not, it is set aside in `lost/` and the open goes on.
+//!    Unless the recovery mode dropped WAL records (which may be those
+//!    writes; the table is then set aside in `lost/`), the MANIFEST lost
+//!    the edit that added it, after the edit was acted on (its WAL
+//!    deleted): corruption, whether the edit was torn or vanished whole.
+//!    One false alarm is possible: a compaction input kept alive by an
+//!    iterator across a MANIFEST roll (which forgets deletions) and a
+//!    crash; `Db::repair` then loses nothing.
 //! 4. Only now write: a fresh MANIFEST (`CURRENT` switched to it once it is
 //!    synced), L0 tables of the replayed memtables, an edit naming them
 //!    (synced), and a new WAL.
@@ -94,14 +98,18 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         }
         match orphan_is_obsolete(path, &version, &memtables)? {
             Some(true) => {}
-            Some(false) if state.torn_tail.is_some() && report.skipped.is_empty() => {
-                let torn = state.torn_tail.as_ref();
+            Some(false) if report.skipped.is_empty() => {
+                // Either the torn tail dropped the edit that added it, or an
+                // edit vanished whole: the MANIFEST lost a synced edit.
+                let manifest = file_name::current_manifest(dir)?;
+                let offset = state.torn_tail.as_ref().map_or(0, |t| t.offset);
                 return Err(Error::corruption(
-                    torn.map_or_else(|| path.clone(), |t| t.file.clone()),
-                    torn.map_or(0, |t| t.offset),
+                    manifest,
+                    offset,
                     format!(
-                        "the damaged last edit had been acted on: table {number} holds writes \
-                         that neither the other tables nor the WALs have; run Db::repair"
+                        "an edit that had been acted on is missing: table {number} holds \
+                         writes that neither the manifest's tables nor the WALs have; \
+                         run Db::repair"
                     ),
                 ));
             }
