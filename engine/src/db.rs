@@ -1069,7 +1069,7 @@ fn build_table(dir: &Path, options: &Options, number: u64, mem: &Memtable) -> Re
             largest: built.largest,
         }),
         Err(e) => {
-            // A partial table is garbage; the next open would delete it anyway.
+            // A partial table is garbage; left behind, the next open would set it aside in lost/.
             let _ = std::fs::remove_file(&path);
             Err(e)
         }
