@@ -55,8 +55,11 @@
 //! # Recovery
 //!
 //! `open` replays the MANIFEST (tables), then every WAL at or after the
-//! manifest's log number into a memtable, writes what it recovered to L0
-//! tables, and starts a new WAL. Only the newest WAL may end in a torn record.
+//! manifest's log number into memtables, writes what it recovered to L0
+//! tables, and starts a new WAL. Only the newest WAL and the MANIFEST may
+//! end in a torn record; what counts as damage, what each
+//! [`RecoveryMode`](crate::RecoveryMode) does with it, and why an open never
+//! deletes what it cannot prove obsolete are in `db/open.rs`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -71,20 +74,25 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::batch::{BatchRecords, WriteBatch};
 use crate::compaction::{self, picker, Compaction};
 use crate::error::{Error, Result};
-use crate::file_name::{self, FileKind};
+use crate::file_name;
 use crate::health::Health;
 use crate::iter::KeyBounds;
 use crate::iterator::{Iter, ReadView};
 use crate::key::MAX_SEQUENCE;
 use crate::memtable::Memtable;
 use crate::options::{Options, WriteOptions};
+use crate::recovery_report::RecoveryReport;
 use crate::snapshot::Snapshot;
 use crate::sstable::TableBuilder;
 use crate::stats::{as_micros, Counters, LevelStats, LevelWork, Stats, TableInfo};
 use crate::version::{FileMeta, Version, VersionEdit, VersionSet, NUM_LEVELS};
-use crate::wal::{LogReader, LogWriter};
+use crate::wal::LogWriter;
 
+mod open;
 mod recovery;
+mod repair;
+
+pub use repair::RepairReport;
 
 use recovery::{BgError, Job};
 
@@ -164,6 +172,8 @@ struct Core {
     /// Set on shutdown so that a running compaction gives up early.
     cancel: AtomicBool,
     counters: Arc<Counters>,
+    /// What the open that started this database recovered past.
+    recovery_report: RecoveryReport,
     /// Holds the flock on `LOCK` for as long as the database is open.
     _lock: File,
 }
@@ -216,66 +226,14 @@ impl Db {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         let lock = lock_dir(&dir)?;
-        let mut files = list_files(&dir)?;
-        let max_number = files
-            .iter()
-            .filter_map(|(_, kind)| match kind {
-                FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let mut versions = VersionSet::recover(&dir, options.create_if_missing, max_number)?;
-
-        // Replay every WAL the manifest does not cover, oldest first.
-        let mut logs: Vec<u64> = files
-            .iter()
-            .filter_map(|(_, kind)| match kind {
-                FileKind::Log(n) if *n >= versions.log_number() => Some(*n),
-                _ => None,
-            })
-            .collect();
-        logs.sort_unstable();
-        let mut last_seq = versions.last_sequence();
-        let mut mem = Memtable::new(0);
-        let mut added = Vec::new();
-        for (i, &number) in logs.iter().enumerate() {
-            let newest = i + 1 == logs.len();
-            replay_log(&dir, number, newest, &mem, &mut last_seq)?;
-            if mem.approximate_size() >= options.write_buffer_size {
-                added.push(write_level0(&dir, &options, &mut versions, &mem)?);
-                mem = Memtable::new(0);
-            }
-        }
-        if !mem.is_empty() {
-            added.push(write_level0(&dir, &options, &mut versions, &mem)?);
-        }
-        let log_number = versions.new_file_number();
-        let version = versions.log_and_apply(VersionEdit {
-            log_number: Some(log_number),
-            last_sequence: Some(last_seq),
-            added: added.into_iter().map(|meta| (0, meta)).collect(),
-            ..VersionEdit::default()
-        })?;
-        let wal = LogWriter::create(&file_name::log_path(&dir, log_number))?;
-        file_name::sync_dir(&dir)?;
-
-        // Everything recovered is in tables now: old logs, orphaned tables
-        // (a flush that crashed before its manifest edit) and old manifests go.
-        files = list_files(&dir)?;
-        let live: std::collections::HashSet<u64> = version.live_files().collect();
-        for (path, kind) in files {
-            let obsolete = match kind {
-                FileKind::Log(n) => n < log_number,
-                FileKind::Table(n) => !live.contains(&n),
-                FileKind::Manifest(n) => n != versions.manifest_number(),
-                FileKind::Temp => true,
-                FileKind::Current | FileKind::Lock => false,
-            };
-            if obsolete {
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            }
-        }
+        let open::Recovered {
+            versions,
+            version,
+            wal,
+            log_number,
+            last_seq,
+            report,
+        } = open::recover(&dir, &options)?;
 
         let counters = Arc::new(Counters::default());
         let core = Arc::new(Core {
@@ -298,6 +256,7 @@ impl Db {
             compaction: Mutex::new(Default::default()),
             cancel: AtomicBool::new(false),
             counters,
+            recovery_report: report,
             _lock: lock,
             dir,
             options,
@@ -454,6 +413,14 @@ impl Db {
     /// back by themselves; see [`Health`] for an example.
     pub fn health(&self) -> Health {
         self.inner.core.health()
+    }
+
+    /// What this open found damaged on disk and got past (a torn tail, or
+    /// what the [`RecoveryMode`](crate::RecoveryMode) let it skip), and the
+    /// files it moved into `lost/` instead of deleting. Empty after a clean
+    /// open; see [`RecoveryReport`].
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.core.recovery_report
     }
 
     /// The directory the database lives in.
@@ -1102,47 +1069,11 @@ fn build_table(dir: &Path, options: &Options, number: u64, mem: &Memtable) -> Re
             largest: built.largest,
         }),
         Err(e) => {
-            // A partial table is garbage; the next open would delete it anyway.
+            // A partial table is garbage; left behind, the next open would set it aside in lost/.
             let _ = std::fs::remove_file(&path);
             Err(e)
         }
     }
-}
-
-fn write_level0(
-    dir: &Path,
-    options: &Options,
-    versions: &mut VersionSet,
-    mem: &Memtable,
-) -> Result<FileMeta> {
-    let number = versions.new_file_number();
-    build_table(dir, options, number, mem)
-}
-
-/// Replays one WAL into `mem`, raising `last_seq` to the newest sequence seen.
-fn replay_log(
-    dir: &Path,
-    number: u64,
-    newest: bool,
-    mem: &Memtable,
-    last_seq: &mut u64,
-) -> Result<()> {
-    let path = file_name::log_path(dir, number);
-    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let mut reader = LogReader::new(
-        std::io::BufReader::with_capacity(1 << 16, file),
-        &path,
-        newest,
-    );
-    while let Some(record) = reader.next_record()? {
-        let corrupt = |e: crate::error::DecodeError| e.at(&path, 0);
-        for rec in BatchRecords::decode(&record).map_err(corrupt)? {
-            let rec = rec.map_err(corrupt)?;
-            mem.insert(&rec);
-            *last_seq = (*last_seq).max(rec.seq);
-        }
-    }
-    Ok(())
 }
 
 /// Takes the directory's `LOCK` so that two openers never share the files.
@@ -1159,17 +1090,4 @@ fn lock_dir(dir: &Path) -> Result<File> {
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
-}
-
-/// The database's files in `dir`, with what each is.
-fn list_files(dir: &Path) -> Result<Vec<(PathBuf, FileKind)>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if let Some(kind) = entry.file_name().to_str().and_then(file_name::parse) {
-            out.push((entry.path(), kind));
-        }
-    }
-    Ok(out)
 }

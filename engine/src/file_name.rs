@@ -7,7 +7,14 @@
 //! 000007.log        write-ahead log
 //! 000008.sst        table
 //! CURRENT.tmp       a CURRENT being written; never read
+//! lost/             files an open or a repair would not delete (see below)
 //! ```
+//!
+//! `lost/` holds the tables, logs and manifests that recovery no longer
+//! needs but could not prove worthless: an open that met damage moves what
+//! it would otherwise delete there, and [`Db::repair`](crate::Db::repair)
+//! moves the files it could not read there. Nothing reads `lost/` again; it
+//! is evidence for an operator, who may delete it.
 
 use std::fs::File;
 use std::io::Write;
@@ -66,6 +73,44 @@ pub(crate) fn parse(name: &str) -> Option<FileKind> {
     }
 }
 
+pub(crate) fn lost_dir(dir: &Path) -> PathBuf {
+    dir.join("lost")
+}
+
+/// Moves `path` (a file in `dir`) into `dir/lost/`, under its own name or,
+/// if that is taken by an earlier set-aside, with a `.N` suffix. Returns
+/// where it went. The caller syncs `dir` afterwards.
+pub(crate) fn set_aside(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let lost = lost_dir(dir);
+    std::fs::create_dir_all(&lost).map_err(|e| Error::io(&lost, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut target = lost.join(&name);
+    let mut n = 1u32;
+    while target.exists() {
+        target = lost.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &target).map_err(|e| Error::io(path, e))?;
+    sync_dir(&lost)?;
+    Ok(target)
+}
+
+/// The database's files in `dir`, with what each is.
+pub(crate) fn list(dir: &Path) -> Result<Vec<(PathBuf, FileKind)>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if let Some(kind) = entry.file_name().to_str().and_then(parse) {
+            out.push((entry.path(), kind));
+        }
+    }
+    Ok(out)
+}
+
 /// Makes directory entries (creations, renames, deletions) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -86,6 +131,11 @@ pub(crate) fn set_current(dir: &Path, manifest_number: u64) -> Result<()> {
     let current = current_path(dir);
     std::fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
     sync_dir(dir)
+}
+
+/// The path of the MANIFEST that `CURRENT` names.
+pub(crate) fn current_manifest(dir: &Path) -> Result<PathBuf> {
+    Ok(dir.join(manifest_name(read_current(dir)?)))
 }
 
 /// The manifest number named by `CURRENT`.
@@ -128,5 +178,24 @@ mod tests {
         assert_eq!(read_current(dir.path()).unwrap(), 9);
         std::fs::write(current_path(dir.path()), "garbage").unwrap();
         assert!(read_current(dir.path()).unwrap_err().is_corruption());
+        assert!(
+            !dir.path().join("CURRENT.tmp").exists(),
+            "the temporary file is renamed, not left behind"
+        );
+    }
+
+    #[test]
+    fn set_aside_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("000007.log");
+        std::fs::write(&first, "one").unwrap();
+        let a = set_aside(dir.path(), &first).unwrap();
+        std::fs::write(&first, "two").unwrap();
+        let b = set_aside(dir.path(), &first).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"one");
+        assert_eq!(std::fs::read(&b).unwrap(), b"two");
+        assert!(!first.exists());
+        assert_eq!(parse("lost"), None, "the directory is not a database file");
     }
 }

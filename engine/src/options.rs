@@ -49,6 +49,33 @@ pub struct Options {
     pub level1_target_size: u64,
     /// Compaction outputs are cut into tables of about this size.
     pub target_table_size: u64,
+    /// What `open` does with a damaged write-ahead log; see [`RecoveryMode`].
+    pub recovery_mode: RecoveryMode,
+}
+
+/// What [`Db::open`](crate::Db::open) does when a write-ahead log is damaged
+/// (after RocksDB's `WALRecoveryMode`). Every mode drops a torn tail of the
+/// newest log (an interrupted append, which no synced write was
+/// acknowledged for) and reports it in the
+/// [`RecoveryReport`](crate::RecoveryReport). Damage to the MANIFEST fails
+/// the open in every mode (see `version/set.rs` for why); use
+/// [`Db::repair`](crate::Db::repair) then.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// Any damage but a torn tail fails the open with
+    /// [`Error::Corruption`] naming the file and offset. Nothing is lost
+    /// without the caller knowing.
+    #[default]
+    AbsoluteConsistency,
+    /// Replay stops at the first damage: the database opens holding every
+    /// write before it and none after it (later logs are not replayed), a
+    /// consistent point in time. The stop is reported.
+    PointInTime,
+    /// Damaged records are skipped and replay goes on after them: the most
+    /// data back, but a write after a skipped one may survive while the
+    /// skipped one does not. Each skip is reported with its bytes.
+    SkipCorrupted,
 }
 
 impl Default for Options {
@@ -66,6 +93,7 @@ impl Default for Options {
             level0_stop_trigger: 12,
             level1_target_size: 256 << 20,
             target_table_size: 64 << 20,
+            recovery_mode: RecoveryMode::AbsoluteConsistency,
         }
     }
 }

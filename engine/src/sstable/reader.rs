@@ -93,6 +93,11 @@ impl Table {
         &self.path
     }
 
+    /// Entries and the newest sequence in the table, from the properties block.
+    pub(crate) fn entries_and_largest_seq(&self) -> (u64, u64) {
+        (self.properties.entries, self.properties.largest_seq)
+    }
+
     pub(crate) fn key_range(&self) -> (&[u8], &[u8]) {
         (&self.properties.smallest_key, &self.properties.largest_key)
     }

@@ -148,16 +148,44 @@ mod tests {
     }
 
     #[test]
-    fn damage_is_an_error() {
-        let enc = sample().encode();
-        for cut in 1..enc.len() {
-            // A cut may land on a field boundary and still decode: then it must
-            // decode to a prefix of the fields, which the manifest CRC prevents anyway.
-            if let Ok(e) = VersionEdit::decode(&enc[..cut]) {
-                assert_ne!(e, sample());
+    fn every_truncation_is_an_error_or_a_field_prefix() {
+        let e = sample();
+        let enc = e.encode();
+        let mut decoded_prefixes = 0;
+        for cut in 0..enc.len() {
+            match VersionEdit::decode(&enc[..cut]) {
+                // A cut on a field boundary decodes to exactly the fields
+                // before it, in encoding order (the manifest's CRC is what
+                // rejects such a record; this checks nothing is invented).
+                Ok(got) => {
+                    decoded_prefixes += 1;
+                    assert_ne!(got, e, "cut at {cut} decoded to the whole edit");
+                    assert_eq!(got.encode(), enc[..cut], "cut at {cut}");
+                }
+                Err(DecodeError(reason)) => assert!(!reason.is_empty()),
             }
         }
-        assert!(VersionEdit::decode(&[99, 1]).is_err());
-        assert!(VersionEdit::decode(&[TAG_DELETED_FILE as u8, 7, 1]).is_err());
+        // log, next file, sequence, two deletions: six boundaries with the empty one.
+        assert_eq!(decoded_prefixes, 6);
+    }
+
+    #[test]
+    fn bad_fields_are_errors() {
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("unknown tag", vec![99, 1]),
+            ("level out of range", vec![TAG_DELETED_FILE as u8, 7, 1]),
+            ("varint past the end", vec![TAG_LOG_NUMBER as u8, 0x80]),
+            (
+                "key shorter than its tag",
+                vec![TAG_NEW_FILE as u8, 0, 1, 1, 3, b'a', b'b', b'c', 0],
+            ),
+            (
+                "length past the end",
+                vec![TAG_NEW_FILE as u8, 0, 1, 1, 40, 1],
+            ),
+        ];
+        for (what, bytes) in cases {
+            assert!(VersionEdit::decode(&bytes).is_err(), "{what}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub(crate) use edit::{FileMeta, VersionEdit, NUM_LEVELS};
-pub(crate) use set::VersionSet;
+pub(crate) use set::{ManifestState, VersionSet};
 
 use crate::iter::{Direction, KeyBounds, Source};
 use crate::key::user_key;
@@ -64,7 +64,7 @@ impl Drop for TableFile {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
             // A failed delete leaves garbage, not damage: the next open
-            // removes every table the manifest does not name.
+            // removes it (an edit of its manifest deleted it).
             let _ = std::fs::remove_file(self.table.path());
         }
     }

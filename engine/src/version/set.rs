@@ -2,13 +2,38 @@
 //! came to be, and the file-number and sequence counters that must survive a
 //! restart.
 //!
-//! Recovery replays the MANIFEST named by `CURRENT` (tolerating a torn last
-//! record: an edit that was never acknowledged), opens every table it names,
-//! and then starts a fresh MANIFEST holding one edit that describes the whole
-//! state, switching `CURRENT` to it atomically. So a MANIFEST never grows
-//! across restarts and an old one is garbage once `CURRENT` moves on.
+//! Recovery first reads the MANIFEST named by `CURRENT` without changing
+//! anything on disk ([`ManifestState::read`]); only once the whole open has
+//! found nothing it must refuse does it start a fresh MANIFEST holding one
+//! edit that describes the whole state, switching `CURRENT` to it
+//! atomically ([`VersionSet::create`]). So a MANIFEST never grows across
+//! restarts, and an open that fails leaves the files as it found them.
+//!
+//! # Damage in the MANIFEST
+//!
+//! A torn tail (the last edit's append was interrupted: it runs past the
+//! end of the file, or the file ends in zeros) is dropped, and reported:
+//! that edit was never synced, so nothing was built on it *as long as the
+//! files agree*. The open checks that they do (`db/open.rs`): a table the
+//! dropped edit deleted must still exist, and a table it added that holds
+//! writes found nowhere else (its WAL already deleted, as a flush does once
+//! its edit is synced) means the edit *was* synced and has been damaged
+//! since. Both fail the open as corruption of the MANIFEST.
+//!
+//! Any other damage (a whole record with a bad checksum, an edit that does
+//! not decode, damage before the last record) fails the open in every
+//! [`RecoveryMode`](crate::RecoveryMode), skip included. Unlike a WAL
+//! record, an edit is not independent of the ones around it: skipping one
+//! that added a flushed table loses that table's writes (its WAL is gone),
+//! skipping one that deleted compacted tables resurrects stale data and
+//! overlapping tables in a level, and every later edit is relative to the
+//! state it skipped. Stopping at the damage instead drops every later edit
+//! with the same effect. The file numbers, levels and key ranges an edit
+//! carries cannot be guessed back, but every table can be read back:
+//! [`Db::repair`](crate::Db::repair) rebuilds a MANIFEST from the tables
+//! themselves, which is the remedy the error points to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +42,7 @@ use super::{FileMeta, TableFile, Version, VersionEdit, NUM_LEVELS};
 use crate::error::{Error, Result};
 use crate::file_name::{self, manifest_name};
 use crate::key::compare_internal;
+use crate::recovery_report::Damage;
 use crate::sstable::Table;
 use crate::wal::{LogReader, LogWriter};
 
@@ -49,6 +75,9 @@ struct Replay {
     next_file_number: u64,
     last_sequence: u64,
     levels: [BTreeMap<u64, FileMeta>; NUM_LEVELS],
+    /// Tables an edit deleted (and no later edit added back): garbage by
+    /// the word of a synced edit, even if a reader kept the file alive.
+    deleted: HashSet<u64>,
 }
 
 impl Replay {
@@ -66,8 +95,10 @@ impl Replay {
             if let Some(l) = self.levels.get_mut(level) {
                 l.remove(&number);
             }
+            self.deleted.insert(number);
         }
         for (level, meta) in edit.added {
+            self.deleted.remove(&meta.number);
             if let Some(l) = self.levels.get_mut(level) {
                 l.insert(meta.number, meta);
             }
@@ -75,68 +106,139 @@ impl Replay {
     }
 }
 
-impl VersionSet {
-    /// Loads the state of the database in `dir`, or creates an empty one.
-    /// `max_file_number_seen` is the highest number of any file in `dir`: a
-    /// crash can leave files (a new WAL, a half-written table or manifest)
-    /// that the manifest never heard of, and their numbers must not be reused.
-    pub(crate) fn recover(
-        dir: &Path,
-        create_if_missing: bool,
-        max_file_number_seen: u64,
-    ) -> Result<Self> {
+/// What the MANIFEST named by `CURRENT` records, read without writing anything.
+pub(crate) struct ManifestState {
+    replay: Replay,
+    /// The interrupted last edit that was dropped, if any.
+    pub(crate) torn_tail: Option<Damage>,
+}
+
+impl ManifestState {
+    /// Reads the MANIFEST of the database in `dir`, or an empty state if
+    /// there is none and `create_if_missing`. Any damage but a torn tail is
+    /// [`Error::Corruption`] (see the module docs).
+    pub(crate) fn read(dir: &Path, create_if_missing: bool) -> Result<Self> {
         let mut replay = Replay {
             next_file_number: 2,
             ..Replay::default()
         };
-        let mut old_manifest = None;
-        if file_name::current_path(dir).exists() {
-            let number = file_name::read_current(dir)?;
-            let path = dir.join(manifest_name(number));
-            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            let mut reader = LogReader::new(std::io::BufReader::new(file), &path, true);
-            let mut records = 0u64;
-            while let Some(record) = reader.next_record()? {
-                let edit = VersionEdit::decode(&record).map_err(|e| e.at(&path, 0))?;
-                replay.apply(edit);
-                records += 1;
+        if !file_name::current_path(dir).exists() {
+            if !create_if_missing {
+                return Err(Error::InvalidArgument(format!(
+                    "no database at {} and create_if_missing is false",
+                    dir.display()
+                )));
             }
-            if records == 0 {
-                return Err(Error::corruption(
-                    &path,
-                    0,
-                    "manifest holds no version edit",
-                ));
-            }
-            old_manifest = Some(number);
-            replay.next_file_number = replay.next_file_number.max(number + 1);
-        } else if !create_if_missing {
-            return Err(Error::InvalidArgument(format!(
-                "no database at {} and create_if_missing is false",
-                dir.display()
-            )));
+            return Ok(ManifestState {
+                replay,
+                torn_tail: None,
+            });
         }
+        let number = file_name::read_current(dir)?;
+        let path = dir.join(manifest_name(number));
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut reader = LogReader::new(std::io::BufReader::new(file), &path, true);
+        let mut records = 0u64;
+        while let Some(record) = reader.next_record()? {
+            let edit =
+                VersionEdit::decode(&record).map_err(|e| e.at(&path, reader.record_offset()))?;
+            replay.apply(edit);
+            records += 1;
+        }
+        let torn_tail = reader.torn_tail().map(|t| Damage {
+            file: path.clone(),
+            offset: t.offset,
+            bytes: t.bytes,
+            reason: t.reason.to_string(),
+        });
+        if records == 0 {
+            // Even the snapshot edit every MANIFEST starts with is gone:
+            // there is no state to fall back to.
+            return Err(Error::corruption(
+                &path,
+                0,
+                "manifest holds no version edit",
+            ));
+        }
+        replay.next_file_number = replay.next_file_number.max(number + 1);
+        Ok(ManifestState { replay, torn_tail })
+    }
 
-        replay.next_file_number = replay.next_file_number.max(max_file_number_seen + 1);
+    /// WAL files numbered below this hold nothing that is not in a table.
+    pub(crate) fn log_number(&self) -> u64 {
+        self.replay.log_number
+    }
+
+    pub(crate) fn last_sequence(&self) -> u64 {
+        self.replay.last_sequence
+    }
+
+    pub(crate) fn next_file_number(&self) -> u64 {
+        self.replay.next_file_number
+    }
+
+    /// True when an edit of this MANIFEST deleted table `number`.
+    pub(crate) fn deleted_by_edit(&self, number: u64) -> bool {
+        self.replay.deleted.contains(&number)
+    }
+
+    /// Opens every table the MANIFEST names into a version. A missing table
+    /// behind a dropped torn tail means that edit had been synced (it was
+    /// acted on): corruption of the MANIFEST, not of the table.
+    pub(crate) fn open_version(&self, dir: &Path) -> Result<Version> {
         let mut version = Version::default();
-        for (level, files) in replay.levels.iter().enumerate() {
+        for (level, files) in self.replay.levels.iter().enumerate() {
             for meta in files.values() {
-                let file = open_table(dir, meta.clone())?;
+                let file =
+                    open_table(dir, meta.clone()).map_err(|e| match (&self.torn_tail, &e) {
+                        (Some(torn), Error::Corruption { reason, .. })
+                            if reason == MISSING_TABLE =>
+                        {
+                            Error::corruption(
+                                &torn.file,
+                                torn.offset,
+                                format!(
+                                    "the damaged last edit had been acted on: table {} \
+                                     is missing without it; run Db::repair",
+                                    meta.number
+                                ),
+                            )
+                        }
+                        _ => e,
+                    })?;
                 if let Some(l) = version.levels.get_mut(level) {
                     l.push(file);
                 }
             }
         }
         sort_levels(&mut version);
+        Ok(version)
+    }
+}
 
-        let manifest_number = replay.next_file_number;
+impl VersionSet {
+    /// Starts a fresh MANIFEST in `dir` holding one edit that describes
+    /// `version` and the counters, syncs it, and only then points `CURRENT`
+    /// at it. Older MANIFESTs are left for the caller to remove once the
+    /// open has succeeded. `next_file_number` must be above the number of
+    /// every file in `dir`: a crash can leave files (a new WAL, a
+    /// half-written table or manifest) that no manifest heard of, and their
+    /// numbers must not be reused.
+    pub(crate) fn create(
+        dir: &Path,
+        version: Version,
+        log_number: u64,
+        last_sequence: u64,
+        next_file_number: u64,
+    ) -> Result<Self> {
+        let manifest_number = next_file_number;
         let mut set = VersionSet {
             dir: dir.to_path_buf(),
             manifest: LogWriter::create(&dir.join(manifest_name(manifest_number)))?,
             manifest_number,
             next_file_number: manifest_number + 1,
-            log_number: replay.log_number,
-            last_sequence: replay.last_sequence,
+            log_number,
+            last_sequence,
             current: Arc::new(version),
             max_manifest_bytes: MAX_MANIFEST_BYTES,
             manifest_broken: false,
@@ -145,10 +247,6 @@ impl VersionSet {
         set.manifest.add_record(&snapshot.encode())?;
         set.manifest.sync()?;
         file_name::set_current(dir, manifest_number)?;
-        if let Some(old) = old_manifest {
-            let path = dir.join(manifest_name(old));
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-        }
         Ok(set)
     }
 
@@ -197,15 +295,6 @@ impl VersionSet {
         let n = self.next_file_number;
         self.next_file_number += 1;
         n
-    }
-
-    /// WAL files numbered below this hold nothing that is not in a table.
-    pub(crate) fn log_number(&self) -> u64 {
-        self.log_number
-    }
-
-    pub(crate) fn last_sequence(&self) -> u64 {
-        self.last_sequence
     }
 
     pub(crate) fn manifest_number(&self) -> u64 {
@@ -272,12 +361,14 @@ impl VersionSet {
     }
 }
 
+const MISSING_TABLE: &str = "table named by the manifest is missing";
+
 /// Opens a table and checks it holds what the manifest says it does.
 fn open_table(dir: &Path, meta: FileMeta) -> Result<Arc<TableFile>> {
     let path = file_name::table_path(dir, meta.number);
     let table = Table::open(&path).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            Error::corruption(&path, 0, "table named by the manifest is missing")
+            Error::corruption(&path, 0, MISSING_TABLE)
         }
         other => other,
     })?;
@@ -312,7 +403,7 @@ mod tests {
     #[test]
     fn a_long_manifest_is_replaced_and_recovers_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
-        let mut set = VersionSet::recover(dir.path(), true, 0).unwrap();
+        let mut set = VersionSet::create(dir.path(), Version::default(), 0, 0, 2).unwrap();
         set.max_manifest_bytes = 256;
         let first = set.manifest_number();
         for seq in 1..=50u64 {
@@ -340,8 +431,15 @@ mod tests {
         assert_eq!(manifests, 1, "old manifests are deleted");
         let next = set.new_file_number();
         drop(set);
-        let mut set = VersionSet::recover(dir.path(), false, 0).unwrap();
-        assert_eq!(set.last_sequence(), 50);
-        assert!(set.new_file_number() > next, "file numbers never go back");
+        let state = ManifestState::read(dir.path(), false).unwrap();
+        assert!(state.torn_tail.is_none());
+        assert_eq!(state.last_sequence(), 50);
+        // `next` was handed out after the last edit, so the manifest cannot
+        // know it; the open's scan of the directory protects the file it
+        // names. Every number the manifest saw stays used.
+        assert!(
+            state.next_file_number() >= next,
+            "file numbers never go back"
+        );
     }
 }

@@ -19,9 +19,11 @@
 //! in the next block. A reader can therefore resynchronise at any block and a
 //! torn write damages only the record it was writing.
 //!
-//! Recovery rules live in [`reader`]: a record cut short by the end of the
-//! newest file (a crash mid-append) ends the log cleanly; any other damage is
-//! [`Error::Corruption`](crate::Error::Corruption) with the file and offset.
+//! Recovery rules live in [`reader`]: a record cut short by the end of a
+//! file that may be torn (the newest WAL, the MANIFEST) ends the log and is
+//! reported as a torn tail; any other damage, a whole record with a bad
+//! checksum included, is [`Error::Corruption`](crate::Error::Corruption)
+//! with the file and offset.
 
 pub(crate) mod reader;
 pub(crate) mod writer;

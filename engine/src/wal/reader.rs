@@ -1,12 +1,31 @@
 //! Reads records back from a log file. See the [module docs](super) for the layout.
 //!
-//! Damage is classified, not skipped: a fragment that runs past the end of
-//! the file, a partial header at the end, a bad checksum on the very last
-//! fragment, or an all-zero tail are what a crash in the middle of an append
-//! leaves behind. When the reader is told the file may have such a *torn
-//! tail* (it is the newest log), it ends there cleanly; every other
-//! inconsistency, and a torn tail in a file that must be complete, is
-//! reported as corruption with its offset.
+//! Damage is classified, not skipped:
+//!
+//! - A *torn tail* is what an interrupted append leaves at the end of the
+//!   file: a partial fragment header, a fragment whose payload runs past the
+//!   end of the file, a record whose later fragments never arrived, or a
+//!   tail of zeros (space the file system allocated before the data reached
+//!   it). Only a file allowed to have one (the newest log, the manifest)
+//!   ends there; [`LogReader::torn_tail`] then says where and how much was
+//!   dropped, so the caller can report it.
+//! - Anything else is [`Error::Corruption`] with the offset: a whole
+//!   fragment whose checksum fails (even the very last one: an append that
+//!   was cut short cannot produce a fragment of full length, so its bytes
+//!   changed after they were written), a fragment type that does not exist,
+//!   a length that crosses a block boundary, fragments out of order. A
+//!   payload that "runs past the end" while some prefix of the bytes that
+//!   are there matches its checksum is a damaged length field (one that now
+//!   swallows the records after it), not a tear: that record was whole, and
+//!   is reported as corruption too. A real tear passes this test by chance
+//!   with a probability of at most 2^-17 (one 2^-32 chance per byte of a
+//!   32 KiB block), and then fails the open rather than losing anything.
+//!
+//! After a corruption a caller that chose to skip damage (see
+//! [`RecoveryMode`](crate::RecoveryMode)) calls
+//! [`LogReader::skip_damage`]: the reader drops the rest of the block (a
+//! damaged length cannot be trusted to find the next fragment) and every
+//! continuation fragment up to the next record start, and counts the bytes.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,6 +47,16 @@ enum Fragment {
     Torn { offset: u64, reason: &'static str },
 }
 
+/// The interrupted append a reader dropped at the end of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TornTail {
+    /// Where the torn record starts.
+    pub(crate) offset: u64,
+    /// Bytes from there to the end of the file.
+    pub(crate) bytes: u64,
+    pub(crate) reason: &'static str,
+}
+
 /// Reads logical records from a log file in order.
 pub(crate) struct LogReader<R> {
     src: R,
@@ -40,10 +69,20 @@ pub(crate) struct LogReader<R> {
     /// `block` is the last one: the source returned less than a full block.
     at_last_block: bool,
     tolerate_torn_tail: bool,
+    /// Set when the file ended in a torn tail that was tolerated.
+    torn: Option<TornTail>,
+    /// File offset of the last record returned.
+    record_offset: u64,
+    /// Start of the damage being skipped, from [`LogReader::skip_damage`]
+    /// until the next record start or the end of the file.
+    skipping_from: Option<u64>,
+    /// Bytes skipped as damage so far.
+    skipped_bytes: u64,
 }
 
 impl<R: Read> LogReader<R> {
-    /// `tolerate_torn_tail`: true only for the newest log, the one a crash may have cut.
+    /// `tolerate_torn_tail`: true only for a file a crash may have cut while
+    /// it was being appended to (the newest log, the manifest).
     pub(crate) fn new(src: R, path: &Path, tolerate_torn_tail: bool) -> Self {
         LogReader {
             src,
@@ -53,6 +92,43 @@ impl<R: Read> LogReader<R> {
             block_start: 0,
             at_last_block: false,
             tolerate_torn_tail,
+            torn: None,
+            record_offset: 0,
+            skipping_from: None,
+            skipped_bytes: 0,
+        }
+    }
+
+    /// The torn tail the reader dropped, once [`next_record`](Self::next_record)
+    /// returned `None`.
+    pub(crate) fn torn_tail(&self) -> Option<&TornTail> {
+        self.torn.as_ref()
+    }
+
+    /// File offset of the record [`next_record`](Self::next_record) returned last.
+    pub(crate) fn record_offset(&self) -> u64 {
+        self.record_offset
+    }
+
+    /// Bytes dropped by [`skip_damage`](Self::skip_damage) so far (counted
+    /// once the reader found the next record or the end of the file).
+    pub(crate) fn skipped_bytes(&self) -> u64 {
+        self.skipped_bytes
+    }
+
+    /// After `next_record` reported corruption at `offset`, moves past the
+    /// damage: to the next block, then past continuation fragments to the
+    /// next record start. The bytes skipped are counted in
+    /// [`skipped_bytes`](Self::skipped_bytes).
+    pub(crate) fn skip_damage(&mut self, offset: u64) {
+        self.skipping_from.get_or_insert(offset);
+        self.pos = self.block.len();
+    }
+
+    /// Ends a skip at `offset` (a record start or the end of the file).
+    fn end_skip(&mut self, offset: u64) {
+        if let Some(from) = self.skipping_from.take() {
+            self.skipped_bytes += offset.saturating_sub(from);
         }
     }
 
@@ -63,7 +139,10 @@ impl<R: Read> LogReader<R> {
             match self.next_fragment()? {
                 Fragment::Eof => {
                     return match assembled {
-                        None => Ok(None),
+                        None => {
+                            self.end_skip(self.offset());
+                            Ok(None)
+                        }
                         Some((_, offset)) => {
                             self.torn(offset, "log ends inside a fragmented record")
                         }
@@ -79,14 +158,27 @@ impl<R: Read> LogReader<R> {
                     end,
                     offset,
                 } => {
+                    if self.skipping_from.is_some() {
+                        if matches!(kind, FragmentType::Middle | FragmentType::Last) {
+                            // The rest of a record whose start was damaged.
+                            continue;
+                        }
+                        self.end_skip(offset);
+                    }
                     let payload = self.block.get(start..end).unwrap_or_default();
                     match (kind, assembled.as_mut()) {
-                        (FragmentType::Full, None) => return Ok(Some(payload.to_vec())),
+                        (FragmentType::Full, None) => {
+                            self.record_offset = offset;
+                            return Ok(Some(payload.to_vec()));
+                        }
                         (FragmentType::First, None) => assembled = Some((payload.to_vec(), offset)),
                         (FragmentType::Middle, Some((buf, _))) => buf.extend_from_slice(payload),
                         (FragmentType::Last, Some((buf, _))) => {
                             buf.extend_from_slice(payload);
-                            return Ok(assembled.map(|(buf, _)| buf));
+                            return Ok(assembled.map(|(buf, start)| {
+                                self.record_offset = start;
+                                buf
+                            }));
                         }
                         (FragmentType::Full | FragmentType::First, Some(_)) => {
                             return Err(
@@ -105,11 +197,22 @@ impl<R: Read> LogReader<R> {
     }
 
     fn torn(&mut self, offset: u64, reason: &'static str) -> Result<Option<Vec<u8>>> {
-        if self.tolerate_torn_tail {
-            Ok(None)
-        } else {
-            Err(self.corrupt(offset, reason))
+        if !self.tolerate_torn_tail {
+            return Err(self.corrupt(offset, reason));
         }
+        // Every torn case is found in the file's last block, so its end is the file's.
+        let end = self.block_start + self.block.len() as u64;
+        if self.skipping_from.is_some() {
+            // The damage being skipped runs into the tear: count it once, as damage.
+            self.end_skip(end);
+            return Ok(None);
+        }
+        self.torn = Some(TornTail {
+            offset,
+            bytes: end.saturating_sub(offset),
+            reason,
+        });
+        Ok(None)
     }
 
     fn corrupt(&self, offset: u64, reason: &str) -> Error {
@@ -171,27 +274,28 @@ impl<R: Read> LogReader<R> {
                     Err(self.corrupt(offset, "zeroed fragment header followed by data"))
                 };
             }
+            let kind = FragmentType::try_from(kind_byte)
+                .map_err(|_| self.corrupt(offset, "unknown fragment type"))?;
+            if end > BLOCK_SIZE {
+                // No writer ever produces this, torn or not.
+                return Err(self.corrupt(offset, "fragment length crosses a block boundary"));
+            }
             if end > self.block.len() {
-                if self.at_last_block {
+                let present = self.block.get(start..).unwrap_or_default();
+                if self.at_last_block && !some_prefix_has_crc(kind_byte, present, crc) {
                     return Ok(Fragment::Torn {
                         offset,
                         reason: "fragment runs past the end of the log",
                     });
                 }
-                return Err(self.corrupt(offset, "fragment length crosses a block boundary"));
+                // A short block that is not the last cannot happen; a whole
+                // payload inside what is there means the length was damaged.
+                return Err(self.corrupt(offset, "fragment length does not match its payload"));
             }
             let payload = self.block.get(start..end).unwrap_or_default();
             if fragment_crc(kind_byte, payload) != crc {
-                if self.at_last_block && end == self.block.len() {
-                    return Ok(Fragment::Torn {
-                        offset,
-                        reason: "checksum mismatch in the last fragment",
-                    });
-                }
                 return Err(self.corrupt(offset, "fragment checksum mismatch"));
             }
-            let kind = FragmentType::try_from(kind_byte)
-                .map_err(|_| self.corrupt(offset, "unknown fragment type"))?;
             self.pos = end;
             return Ok(Fragment::Data {
                 kind,
@@ -224,4 +328,18 @@ impl<R: Read> LogReader<R> {
             self.read_block()?;
         }
     }
+}
+
+/// True when `crc` is the checksum of a fragment of type `kind` whose
+/// payload is some prefix of `present` (the empty one included).
+fn some_prefix_has_crc(kind: u8, present: &[u8], crc: u32) -> bool {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[kind]);
+    if super::mask_crc(h.clone().finalize()) == crc {
+        return true;
+    }
+    present.iter().any(|b| {
+        h.update(std::slice::from_ref(b));
+        super::mask_crc(h.clone().finalize()) == crc
+    })
 }

@@ -1,0 +1,424 @@
+//! Opening a database: what recovery reads, what it refuses, and what it
+//! removes.
+//!
+//! # Order
+//!
+//! 1. Read the MANIFEST and open its tables, changing nothing on disk.
+//! 2. Replay every WAL at or after the manifest's log number, oldest first,
+//!    into memtables, still changing nothing. Damage is handled by the
+//!    [`RecoveryMode`] (the newest log's torn tail is dropped in every mode).
+//! 3. Check every table the MANIFEST does not name (an *orphan*). It is
+//!    provably obsolete when an edit deleted it (a compaction input that a
+//!    reader kept alive until the close), or when every entry it holds is
+//!    found, the same, in the recovered state (a flush or compaction that
+//!    crashed before its edit). Otherwise it holds writes nothing else has.
+//!    Unless the recovery mode dropped WAL records (which may be those
+//!    writes; the table is then set aside in `lost/`), the MANIFEST lost
+//!    the edit that added it, after the edit was acted on (its WAL
+//!    deleted): corruption, whether the edit was torn or vanished whole.
+//!    One false alarm is possible: a compaction input kept alive by an
+//!    iterator across a MANIFEST roll (which forgets deletions) and a
+//!    crash; `Db::repair` then loses nothing.
+//! 4. Only now write: a fresh MANIFEST (`CURRENT` switched to it once it is
+//!    synced), L0 tables of the replayed memtables, an edit naming them
+//!    (synced), and a new WAL.
+//! 5. Remove what is obsolete. An open that met any damage, a torn tail
+//!    included, removes no table and no WAL: they go into `lost/` (see
+//!    [`file_name::set_aside`]), as does an orphan it could not read, and
+//!    the old MANIFEST. A clean open deletes them, which is safe because
+//!    the edit covering them was synced in step 4.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{BatchRecords, Record};
+use crate::error::{Error, Result};
+use crate::file_name::{self, FileKind};
+use crate::iter::{Direction, KeyBounds, Source};
+use crate::memtable::{Lookup, Memtable};
+use crate::options::{Options, RecoveryMode};
+use crate::recovery_report::{Damage, RecoveryReport};
+use crate::sstable::{Table, TableSource};
+use crate::stats::Counters;
+use crate::version::{ManifestState, Version, VersionEdit, VersionSet};
+use crate::wal::{LogReader, LogWriter};
+
+/// What a successful recovery hands the database.
+pub(super) struct Recovered {
+    pub(super) versions: VersionSet,
+    pub(super) version: Arc<Version>,
+    /// The new WAL, numbered `log_number`.
+    pub(super) wal: LogWriter,
+    pub(super) log_number: u64,
+    pub(super) last_seq: u64,
+    pub(super) report: RecoveryReport,
+}
+
+/// Steps 1 to 5 of the module docs. REQUIRES: the caller holds the lock on `dir`.
+pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
+    let files = file_name::list(dir)?;
+    let max_number = files
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let state = ManifestState::read(dir, options.create_if_missing)?;
+    let version = state.open_version(dir)?;
+    let mut report = RecoveryReport::default();
+    report.torn_tails.extend(state.torn_tail.clone());
+
+    let mut logs: Vec<u64> = files
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            FileKind::Log(n) if *n >= state.log_number() => Some(*n),
+            _ => None,
+        })
+        .collect();
+    logs.sort_unstable();
+    let mut last_seq = state.last_sequence();
+    let memtables = replay_logs(dir, &logs, options, &mut last_seq, &mut report)?;
+
+    let live: HashSet<u64> = version.live_files().collect();
+    let mut orphans_to_keep = HashSet::new();
+    for (path, kind) in &files {
+        let FileKind::Table(number) = *kind else {
+            continue;
+        };
+        if live.contains(&number) {
+            continue;
+        }
+        if state.deleted_by_edit(number) {
+            // A compaction input a reader kept alive past its edit.
+            continue;
+        }
+        match orphan_is_obsolete(path, &version, &memtables)? {
+            Some(true) => {}
+            Some(false) if report.skipped.is_empty() => {
+                // Either the torn tail dropped the edit that added it, or an
+                // edit vanished whole: the MANIFEST lost a synced edit.
+                let manifest = file_name::current_manifest(dir)?;
+                let offset = state.torn_tail.as_ref().map_or(0, |t| t.offset);
+                return Err(Error::corruption(
+                    manifest,
+                    offset,
+                    format!(
+                        "an edit that had been acted on is missing: table {number} holds \
+                         writes that neither the manifest's tables nor the WALs have; \
+                         run Db::repair"
+                    ),
+                ));
+            }
+            // Not provably garbage: it holds writes found nowhere else (the
+            // WAL records the mode dropped, or an edit lost without a trace
+            // in the MANIFEST), or it cannot be read.
+            Some(false) | None => {
+                orphans_to_keep.insert(number);
+            }
+        }
+    }
+
+    let next_file_number = state.next_file_number().max(max_number + 1);
+    let mut versions = VersionSet::create(
+        dir,
+        version,
+        state.log_number(),
+        state.last_sequence(),
+        next_file_number,
+    )?;
+    let mut added = Vec::new();
+    for mem in memtables.iter().filter(|m| !m.is_empty()) {
+        let number = versions.new_file_number();
+        added.push((0, super::build_table(dir, options, number, mem)?));
+    }
+    let log_number = versions.new_file_number();
+    let version = versions.log_and_apply(VersionEdit {
+        log_number: Some(log_number),
+        last_sequence: Some(last_seq),
+        added,
+        ..VersionEdit::default()
+    })?;
+    let wal = LogWriter::create(&file_name::log_path(dir, log_number))?;
+    file_name::sync_dir(dir)?;
+
+    let live: HashSet<u64> = version.live_files().collect();
+    let damaged = !report.is_clean() || !orphans_to_keep.is_empty();
+    for (path, kind) in file_name::list(dir)? {
+        let (obsolete, keep_aside) = match kind {
+            FileKind::Log(n) => (n < log_number, damaged),
+            FileKind::Table(n) => (!live.contains(&n), damaged || orphans_to_keep.contains(&n)),
+            FileKind::Manifest(n) => (n != versions.manifest_number(), damaged),
+            FileKind::Temp => (true, false),
+            FileKind::Current | FileKind::Lock => (false, false),
+        };
+        if !obsolete {
+            continue;
+        }
+        if keep_aside {
+            report.set_aside.push(file_name::set_aside(dir, &path)?);
+        } else {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    if !report.set_aside.is_empty() {
+        file_name::sync_dir(dir)?;
+    }
+    Ok(Recovered {
+        versions,
+        version,
+        wal,
+        log_number,
+        last_seq,
+        report,
+    })
+}
+
+/// Replays `logs` (numbers, oldest first) into memtables of about
+/// `write_buffer_size` each, raising `last_seq` to the newest sequence seen,
+/// handling damage as `options.recovery_mode` says and noting it in `report`.
+/// The memtables stay in memory until the open has checked everything: the
+/// database held as much before it closed.
+pub(super) fn replay_logs(
+    dir: &Path,
+    logs: &[u64],
+    options: &Options,
+    last_seq: &mut u64,
+    report: &mut RecoveryReport,
+) -> Result<Vec<Memtable>> {
+    let mut memtables = vec![Memtable::new(0)];
+    for (i, &number) in logs.iter().enumerate() {
+        let path = file_name::log_path(dir, number);
+        let newest = i + 1 == logs.len();
+        let mut replay = LogReplay::open(&path, newest)?;
+        let stopped = loop {
+            let mem = memtables.last().map_or(0, Memtable::approximate_size);
+            if mem >= options.write_buffer_size {
+                memtables.push(Memtable::new(0));
+            }
+            let Some(mem) = memtables.last() else {
+                break false;
+            };
+            match replay.next(mem, last_seq) {
+                Ok(true) => report.wal_records_replayed += 1,
+                Ok(false) => break false,
+                Err(Error::Corruption {
+                    file,
+                    offset,
+                    reason,
+                }) => match options.recovery_mode {
+                    RecoveryMode::AbsoluteConsistency => {
+                        return Err(Error::Corruption {
+                            file,
+                            offset,
+                            reason,
+                        })
+                    }
+                    RecoveryMode::PointInTime => {
+                        let len = std::fs::metadata(&path)
+                            .map_err(|e| Error::io(&path, e))?
+                            .len();
+                        report.skipped.push(Damage {
+                            file,
+                            offset,
+                            bytes: len.saturating_sub(offset),
+                            reason: format!("{reason}; replay stopped here"),
+                        });
+                        break true;
+                    }
+                    RecoveryMode::SkipCorrupted => {
+                        replay.skip(offset, reason);
+                    }
+                },
+                Err(e) => return Err(e),
+            }
+        };
+        report.skipped.extend(replay.finish());
+        report.torn_tails.extend(replay.torn_tail());
+        if stopped {
+            report.logs_not_replayed.extend(
+                logs.iter()
+                    .skip(i + 1)
+                    .map(|&n| file_name::log_path(dir, n)),
+            );
+            break;
+        }
+    }
+    Ok(memtables)
+}
+
+/// One WAL being replayed.
+struct LogReplay {
+    path: PathBuf,
+    reader: LogReader<std::io::BufReader<File>>,
+    /// Damage skipped so far, in file order.
+    skipped: Vec<Skipped>,
+    /// The record that passed its checksum but did not decode, if the last
+    /// error was one: skipping it means dropping just that record.
+    bad_record: Option<Damage>,
+    /// A record was read since the last skip: a new corruption is a new stretch.
+    read_since_skip: bool,
+}
+
+enum Skipped {
+    /// A whole record that did not decode.
+    Record(Damage),
+    /// Bytes the reader skipped from `offset`; its size is the growth of
+    /// the reader's running count, known once the reader found the next
+    /// record or the end of the file.
+    Stretch {
+        offset: u64,
+        reason: String,
+        count_before: u64,
+    },
+}
+
+impl LogReplay {
+    fn open(path: &Path, newest: bool) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(LogReplay {
+            path: path.to_path_buf(),
+            reader: LogReader::new(
+                std::io::BufReader::with_capacity(1 << 16, file),
+                path,
+                newest,
+            ),
+            skipped: Vec::new(),
+            bad_record: None,
+            read_since_skip: true,
+        })
+    }
+
+    /// Applies the next record to `mem`; false at the end of the log. A
+    /// batch is applied whole or not at all.
+    fn next(&mut self, mem: &Memtable, last_seq: &mut u64) -> Result<bool> {
+        let Some(record) = self.reader.next_record()? else {
+            return Ok(false);
+        };
+        self.read_since_skip = true;
+        let offset = self.reader.record_offset();
+        let decoded: Result<Vec<Record<'_>>, _> =
+            BatchRecords::decode(&record).and_then(|records| records.collect());
+        match decoded {
+            Ok(records) => {
+                for rec in &records {
+                    mem.insert(rec);
+                    *last_seq = (*last_seq).max(rec.seq);
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                self.bad_record = Some(Damage {
+                    file: self.path.clone(),
+                    offset,
+                    bytes: record.len() as u64,
+                    reason: e.0.to_string(),
+                });
+                Err(e.at(&self.path, offset))
+            }
+        }
+    }
+
+    /// Moves past the corruption `next` reported at `offset` (skip-corrupted mode).
+    fn skip(&mut self, offset: u64, reason: String) {
+        if let Some(bad) = self.bad_record.take() {
+            // The reader is already past it.
+            self.skipped.push(Skipped::Record(bad));
+            return;
+        }
+        let count_before = self.reader.skipped_bytes();
+        self.reader.skip_damage(offset);
+        if self.read_since_skip {
+            self.skipped.push(Skipped::Stretch {
+                offset,
+                reason,
+                count_before,
+            });
+        }
+        // Otherwise this is more of the stretch being skipped: the reader
+        // counts it from that stretch's start.
+        self.read_since_skip = false;
+    }
+
+    /// The damage skipped in this log, each with its size.
+    fn finish(&mut self) -> Vec<Damage> {
+        let mut count_after = self.reader.skipped_bytes();
+        let mut out = Vec::with_capacity(self.skipped.len());
+        // Backwards: a stretch's size is the count at the next stretch's
+        // start (or the final count) minus the count at its own start.
+        for skipped in self.skipped.drain(..).rev() {
+            out.push(match skipped {
+                Skipped::Record(d) => d,
+                Skipped::Stretch {
+                    offset,
+                    reason,
+                    count_before,
+                } => {
+                    let bytes = count_after.saturating_sub(count_before);
+                    count_after = count_before;
+                    Damage {
+                        file: self.path.clone(),
+                        offset,
+                        bytes,
+                        reason,
+                    }
+                }
+            });
+        }
+        out.reverse();
+        out
+    }
+
+    fn torn_tail(&self) -> Option<Damage> {
+        self.reader.torn_tail().map(|t| Damage {
+            file: self.path.clone(),
+            offset: t.offset,
+            bytes: t.bytes,
+            reason: t.reason.to_string(),
+        })
+    }
+}
+
+/// Whether the orphan table at `path` is provably obsolete: every entry it
+/// holds is what the recovered state (`memtables`, then `version`) gives for
+/// its key at its sequence, so dropping it changes no read at any
+/// sequence. `None` when it cannot be read.
+fn orphan_is_obsolete(
+    path: &Path,
+    version: &Version,
+    memtables: &[Memtable],
+) -> Result<Option<bool>> {
+    let Ok(table) = Table::open(path) else {
+        return Ok(None);
+    };
+    let counters = Counters::default();
+    let mut source = TableSource::new(Arc::new(table), &KeyBounds::prefix(b""), Direction::Forward);
+    loop {
+        let entry = match source.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(Some(true)),
+            Err(e) if e.is_corruption() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let seq = entry.seq();
+        let found = match memtables
+            .iter()
+            .rev()
+            .find_map(|m| m.get(&entry.user_key, seq))
+        {
+            Some(found) => Some(found),
+            None => version.get(&entry.user_key, seq, &counters)?,
+        };
+        let same = match found {
+            Some(Lookup::Deleted) => entry.is_deletion(),
+            Some(Lookup::Value(v)) => !entry.is_deletion() && v == entry.value,
+            None => false,
+        };
+        if !same {
+            return Ok(Some(false));
+        }
+    }
+}

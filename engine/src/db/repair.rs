@@ -1,0 +1,247 @@
+//! [`Db::repair`]: rebuilds a database whose MANIFEST, tables or logs are
+//! damaged into one that opens, keeping every item that can still be read
+//! (after LevelDB's `RepairDB`).
+//!
+//! 1. Every table is read whole: each data block's checksum, each entry,
+//!    and the entry count against the properties block. A table that fails
+//!    is set aside in `lost/`; the others keep their contents.
+//! 2. Every WAL is replayed, oldest first, skipping damaged records (as
+//!    [`RecoveryMode::SkipCorrupted`](crate::RecoveryMode::SkipCorrupted)
+//!    does, and any log may end torn), into new tables.
+//! 3. The manifest is not trusted, so levels are not known: every table
+//!    goes into L0, where lookups search the highest file number first. So
+//!    the tables are renamed to fresh numbers in the order of the newest
+//!    sequence each holds, and a newer version of a key is found before an
+//!    older one. Compaction sorts L0 into levels afterwards.
+//! 4. A fresh MANIFEST naming every table is synced and `CURRENT` switched
+//!    to it; only then are the old MANIFESTs, the unreadable tables and the
+//!    damaged logs moved into `lost/`, and the logs that replayed whole
+//!    deleted (their writes are in tables named by a synced edit).
+//!
+//! A crash during a repair leaves either the old `CURRENT` or the new one,
+//! and running the repair again finishes the job.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{build_table, lock_dir, open, Db};
+use crate::error::{Error, Result};
+use crate::file_name::{self, FileKind};
+use crate::iter::{Direction, KeyBounds, Source};
+use crate::options::{Options, RecoveryMode};
+use crate::recovery_report::{Damage, RecoveryReport};
+use crate::sstable::{Table, TableSource};
+use crate::version::{FileMeta, Version, VersionEdit, VersionSet};
+
+/// What [`Db::repair`] kept and what it could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// Tables that read back whole and are in the repaired database, by
+    /// their new names (step 3 of the module docs renames them).
+    pub tables_kept: Vec<PathBuf>,
+    /// Tables that did not read back whole, with where the damage is; each
+    /// is now in `lost/` and none of its items are in the database.
+    pub tables_set_aside: Vec<Damage>,
+    /// WAL records (write batches) replayed into new tables.
+    pub wal_records_recovered: u64,
+    /// Stretches of logs that could not be read (torn tails included),
+    /// with their files, offsets and sizes: the writes in them are lost.
+    pub wal_damage: Vec<Damage>,
+    /// Every file moved into `lost/`, where it went.
+    pub set_aside: Vec<PathBuf>,
+}
+
+impl RepairReport {
+    /// Bytes of log records lost.
+    pub fn wal_bytes_lost(&self) -> u64 {
+        self.wal_damage.iter().map(|d| d.bytes).sum()
+    }
+
+    /// True when nothing was lost: every table and every log record read back.
+    pub fn lost_nothing(&self) -> bool {
+        self.tables_set_aside.is_empty() && self.wal_damage.is_empty()
+    }
+}
+
+impl Db {
+    /// Rebuilds the database in `path` from whatever of its tables and logs
+    /// can still be read, for when [`Db::open`] reports corruption that the
+    /// [`RecoveryMode`] cannot get past (a damaged MANIFEST, a damaged
+    /// table). The database must not be open. Damaged files are kept in
+    /// `path/lost/`, never deleted; the report says what was lost.
+    ///
+    /// ```
+    /// use strata_engine::{Db, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # { let db = Db::open(dir.path(), Options::default())?; db.put(b"k", b"v")?; }
+    /// let report = Db::repair(dir.path())?;
+    /// if !report.lost_nothing() {
+    ///     eprintln!(
+    ///         "lost {} log bytes and {} tables; damaged files are in lost/",
+    ///         report.wal_bytes_lost(),
+    ///         report.tables_set_aside.len()
+    ///     );
+    /// }
+    /// let db = Db::open(dir.path(), Options::default())?;
+    /// assert_eq!(db.get(b"k")?.as_deref(), Some(&b"v"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
+        let dir = path.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::InvalidArgument(format!(
+                "no database directory at {}",
+                dir.display()
+            )));
+        }
+        let _lock = lock_dir(dir)?;
+        let files = file_name::list(dir)?;
+        let mut next_number = 1 + files
+            .iter()
+            .filter_map(|(_, kind)| match kind {
+                FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut report = RepairReport::default();
+
+        // Step 1.
+        let mut tables: Vec<(PathBuf, u64)> = Vec::new();
+        let mut unreadable = Vec::new();
+        for (path, kind) in &files {
+            if let FileKind::Table(_) = kind {
+                match salvage_table(path)? {
+                    Ok(largest_seq) => tables.push((path.clone(), largest_seq)),
+                    Err(damage) => {
+                        unreadable.push(path.clone());
+                        report.tables_set_aside.push(damage);
+                    }
+                }
+            }
+        }
+
+        // Step 2.
+        let mut logs: Vec<u64> = files
+            .iter()
+            .filter_map(|(_, kind)| match kind {
+                FileKind::Log(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        logs.sort_unstable();
+        let options = Options {
+            recovery_mode: RecoveryMode::SkipCorrupted,
+            ..Options::default()
+        };
+        let mut last_seq = tables.iter().map(|(_, s)| *s).max().unwrap_or(0);
+        let mut replayed = RecoveryReport::default();
+        let memtables = open::replay_logs(dir, &logs, &options, &mut last_seq, &mut replayed)?;
+        report.wal_records_recovered = replayed.wal_records_replayed;
+        report.wal_damage = replayed.torn_tails;
+        report.wal_damage.extend(replayed.skipped);
+        for mem in memtables.iter().filter(|m| !m.is_empty()) {
+            let meta = build_table(dir, &options, next_number, mem)?;
+            next_number += 1;
+            let path = file_name::table_path(dir, meta.number);
+            let table = Table::open(&path)?;
+            tables.push((path, table.entries_and_largest_seq().1));
+        }
+
+        // Step 3.
+        tables.sort_by_key(|(_, largest_seq)| *largest_seq);
+        let mut added = Vec::with_capacity(tables.len());
+        for (old, _) in tables {
+            let number = next_number;
+            next_number += 1;
+            let new = file_name::table_path(dir, number);
+            std::fs::rename(&old, &new).map_err(|e| Error::io(&old, e))?;
+            let table = Table::open(&new)?;
+            let (smallest, largest) = table.key_range();
+            let size = std::fs::metadata(&new)
+                .map_err(|e| Error::io(&new, e))?
+                .len();
+            added.push((
+                0,
+                FileMeta {
+                    number,
+                    size,
+                    smallest: smallest.to_vec(),
+                    largest: largest.to_vec(),
+                },
+            ));
+            report.tables_kept.push(new);
+        }
+        file_name::sync_dir(dir)?;
+
+        // Step 4.
+        let mut versions = VersionSet::create(dir, Version::default(), 0, last_seq, next_number)?;
+        let log_number = versions.new_file_number();
+        versions.log_and_apply(VersionEdit {
+            log_number: Some(log_number),
+            last_sequence: Some(last_seq),
+            added,
+            ..VersionEdit::default()
+        })?;
+        let damaged_logs: HashSet<PathBuf> =
+            report.wal_damage.iter().map(|d| d.file.clone()).collect();
+        let unreadable: HashSet<PathBuf> = unreadable.into_iter().collect();
+        for (path, kind) in files {
+            let aside = match kind {
+                FileKind::Log(_) => damaged_logs.contains(&path),
+                FileKind::Table(_) => unreadable.contains(&path),
+                FileKind::Manifest(_) => true,
+                FileKind::Temp | FileKind::Current | FileKind::Lock => continue,
+            };
+            if aside {
+                report.set_aside.push(file_name::set_aside(dir, &path)?);
+            } else if let FileKind::Log(_) = kind {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        file_name::sync_dir(dir)?;
+        Ok(report)
+    }
+}
+
+/// Reads the table at `path` whole. `Ok(Err(damage))` when it is damaged;
+/// the outer error is for I/O that failed.
+fn salvage_table(path: &Path) -> Result<Result<u64, Damage>> {
+    let damaged = |e: Error| match e {
+        Error::Corruption {
+            file,
+            offset,
+            reason,
+        } => Ok(Err(Damage {
+            bytes: std::fs::metadata(&file).map_or(0, |m| m.len()),
+            file,
+            offset,
+            reason,
+        })),
+        other => Err(other),
+    };
+    let table = match Table::open(path) {
+        Ok(table) => Arc::new(table),
+        Err(e) => return damaged(e),
+    };
+    let (entries, largest_seq) = table.entries_and_largest_seq();
+    let mut source = TableSource::new(table, &KeyBounds::prefix(b""), Direction::Forward);
+    let mut seen = 0u64;
+    loop {
+        match source.next_entry() {
+            Ok(Some(_)) => seen += 1,
+            Ok(None) => break,
+            Err(e) => return damaged(e),
+        }
+    }
+    if seen != entries {
+        return damaged(Error::corruption(
+            path,
+            0,
+            format!("table holds {seen} entries, its properties say {entries}"),
+        ));
+    }
+    Ok(Ok(largest_seq))
+}
