@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{retry_503, version_of, Cluster};
 use parking_lot::Mutex;
 use strata_server::storage::Record;
 
@@ -109,34 +109,8 @@ impl LoadReport {
     }
 }
 
-async fn put(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    value: &[u8],
-    cl: &str,
-) -> Result<u64, String> {
-    let r = client
-        .put(format!("{base}/v1/kv/{key}?consistency={cl}"))
-        .body(value.to_vec())
-        .send()
-        .await
-        .map_err(|e| format!("{key}: {e}"))?;
-    if r.status() != 204 {
-        let status = r.status();
-        return Err(format!(
-            "{key}: {status} {}",
-            r.text().await.unwrap_or_default()
-        ));
-    }
-    r.headers()
-        .get("x-kvnode-version")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .ok_or_else(|| format!("{key}: no version"))
-}
-
-/// [`put`], tried up to `tries` times 100 ms apart; the version and the
-/// attempts beyond the first, or the last error.
+/// PUTs `value` at `cl` through `base`, retried on a 503 up to `tries` times
+/// (`retry_503`); the version and the retries, or the last error.
 async fn put_retrying(
     client: &reqwest::Client,
     base: &str,
@@ -144,17 +118,18 @@ async fn put_retrying(
     value: &[u8],
     (cl, tries): (&str, u32),
 ) -> (Result<u64, String>, u32) {
-    let mut retries = 0;
-    loop {
-        match put(client, base, key, value, cl).await {
-            Ok(version) => return (Ok(version), retries),
-            Err(e) if retries + 1 >= tries => return (Err(e), retries),
-            Err(_) => {
-                retries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let url = format!("{base}/v1/kv/{key}?consistency={cl}");
+    let (answer, retries) = retry_503(tries, || client.put(&url).body(value.to_vec())).await;
+    let result = match answer {
+        Err(e) => Err(format!("{key}: {e}")),
+        Ok(r) if r.status() == 204 => version_of(&r).ok_or_else(|| format!("{key}: no version")),
+        Ok(r) => Err(format!(
+            "{key}: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        )),
+    };
+    (result, retries)
 }
 
 /// Writes every key once at ALL, 16 writers at a time, so that before the
@@ -302,28 +277,12 @@ async fn assert_all_readable(cluster: &Cluster, nodes: &[usize], writes: &Shared
             let mut retried = 0u64;
             for (i, (key, (version, value), given_up)) in chunk.into_iter().enumerate() {
                 let base = &bases[i % bases.len()];
-                // A 503 is a replica briefly marked DOWN on a busy machine:
-                // unavailability, not loss. Ask again for a while.
-                let mut tries = 0;
-                let r = loop {
-                    let r = client
-                        .get(format!("{base}/v1/kv/{key}?consistency=all"))
-                        .send()
-                        .await
-                        .unwrap();
-                    tries += 1;
-                    if r.status() != 503 || tries == ALL_TRIES {
-                        break r;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                };
-                retried += u64::from(tries > 1);
+                let url = format!("{base}/v1/kv/{key}?consistency=all");
+                let (r, tries) = retry_503(ALL_TRIES, || client.get(&url)).await;
+                let r = r.unwrap();
+                retried += u64::from(tries > 0);
                 assert_eq!(r.status(), 200, "{key} at ALL via {base}");
-                let got: u64 = r.headers()["x-kvnode-version"]
-                    .to_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                let got = version_of(&r).unwrap();
                 let body = r.bytes().await.unwrap();
                 if got == version {
                     assert_eq!(body, value, "{key}");
@@ -413,23 +372,7 @@ async fn a_node_joins_then_one_leaves_under_quorum_writes_losing_nothing() {
 
     // Old owners drop what node4 took: exactly one old replica per key it
     // now replicates, once the ring has held still for the grace period.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut deleted = 0.0;
-        for i in 0..3 {
-            deleted += cluster
-                .metric(i, "kvnode_cleanup_deleted_items_total")
-                .await;
-        }
-        if deleted as usize == held {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "old owners deleted {deleted} items, node4 holds {held}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cluster.wait_cleaned_up(&[0, 1, 2], held).await;
     // Clean-up deleted exactly the keys outside each node's ranges.
     cluster.assert_holdings(&[0, 1, 2, 3], &latest, true).await;
     let retried = assert_all_readable(&cluster, &[0, 1, 2, 3], &writes).await;

@@ -419,6 +419,27 @@ impl Cluster {
         stale
     }
 
+    /// Waits until `nodes` have deleted `items` items in all in clean-up
+    /// passes (`kvnode_cleanup_deleted_items_total`), and fails if they
+    /// have not within 20 s.
+    pub async fn wait_cleaned_up(&self, nodes: &[usize], items: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut deleted = 0.0;
+            for &i in nodes {
+                deleted += self.metric(i, "kvnode_cleanup_deleted_items_total").await;
+            }
+            if deleted as usize == items {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clean-up deleted {deleted} items, not {items}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Whether node `i` answers `/ready` with 200.
     pub async fn is_ready(&self, i: usize) -> bool {
         self.client
@@ -554,6 +575,39 @@ impl Cluster {
             .await
             .unwrap()
     }
+}
+
+/// Sends the request `build` makes until the answer is not a 503, at most
+/// `tries` times, 100 ms apart: on a busy machine the failure detector can
+/// mark a replica DOWN for a moment, and a coordinator then refuses the
+/// level it needs. That is unavailability, not loss, so tests ride it out
+/// for a bounded time and count it, never more. A connection error is
+/// retried too. Returns the last answer (or error) and the retries.
+pub async fn retry_503(
+    tries: u32,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> (Result<reqwest::Response, reqwest::Error>, u32) {
+    let mut retries = 0;
+    loop {
+        let answer = build().send().await;
+        let unavailable = answer.as_ref().map_or(true, |r| r.status() == 503);
+        if !unavailable || retries + 1 >= tries {
+            return (answer, retries);
+        }
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The version header of a write or read answer.
+pub fn version_of(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("x-kvnode-version")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The record the node at `http` stores for `key` (`POST /internal/v1/read`):
