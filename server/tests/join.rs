@@ -257,7 +257,9 @@ impl Load {
 /// that was given up on (it may have reached a replica). Returns how many
 /// reads needed a retry (a 503 while a replica looked down).
 async fn assert_all_readable(cluster: &Cluster, nodes: &[usize], writes: &Shared) -> u64 {
-    let expected: Vec<(String, (u64, Vec<u8>), Vec<Vec<u8>>)> = {
+    // (key, newest acknowledged (version, value), values given up on)
+    type Expected = (String, (u64, Vec<u8>), Vec<Vec<u8>>);
+    let expected: Vec<Expected> = {
         let writes = writes.lock();
         writes
             .acked
