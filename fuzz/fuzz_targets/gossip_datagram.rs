@@ -16,13 +16,19 @@ use strata_server::gossip_transport::{seal_message, GossipKey, Receiver};
 fn key() -> &'static GossipKey {
     static KEY: OnceLock<GossipKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        GossipKey::derive(&ClusterSecret::new("fuzz-secret-0123456789".into()), "strata")
+        GossipKey::derive(
+            &ClusterSecret::new("fuzz-secret-0123456789".into()),
+            "strata",
+        )
     })
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut receiver = Receiver::new(key().clone(), 4);
-    assert!(receiver.receive(data).is_err(), "unsealed bytes were accepted");
+    assert!(
+        receiver.receive(data).is_err(),
+        "unsealed bytes were accepted"
+    );
 
     let mut bytes = data;
     let _ = ChitchatEnvelope::deserialize(&mut bytes);

@@ -544,6 +544,18 @@ impl Membership {
         self.refresh().await;
     }
 
+    /// Sets this node's state to `to` if it is `from`, in one step against
+    /// concurrent callers; whether it did. Nothing is published: the caller
+    /// follows with [`Membership::set_state`].
+    pub fn swap_state(&self, from: NodeState, to: NodeState) -> bool {
+        let mut state = self.state.lock();
+        if *state != from {
+            return false;
+        }
+        *state = to;
+        true
+    }
+
     /// Publishes a new state for this node.
     pub async fn set_state(&self, state: NodeState) {
         let tokens = self.tokens();

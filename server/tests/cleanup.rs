@@ -9,7 +9,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, SECRET};
-use strata_server::api::internal::{encode_apply, APPLY_PATH};
 use strata_server::storage::Record;
 
 /// Runs `kvnode cleanup` against node `i`; its exit status and output.
@@ -46,19 +45,13 @@ async fn operator_cleanup_deletes_exactly_the_items_outside_the_nodes_ranges() {
     let mut strays = [0usize; 3];
     for (k, held) in holders.iter().enumerate() {
         let outsider = held.iter().position(|h| !h).unwrap();
-        let body = encode_apply(
-            format!("k{k}").as_bytes(),
-            &Record::value(1, b"stray".to_vec()),
-        );
-        let r = cluster
-            .client
-            .post(cluster.nodes[outsider].url(APPLY_PATH))
-            .bearer_auth(SECRET)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
+        cluster
+            .apply_local(
+                outsider,
+                &format!("k{k}"),
+                &Record::value(1, b"stray".to_vec()),
+            )
+            .await;
         strays[outsider] += 1;
     }
 

@@ -171,7 +171,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 /// `POST /admin/v1/decommission`: starts handing this node's ranges over;
 /// the node stops once it is LEFT.
 pub async fn decommission(State(state): State<AppState>) -> Result<Response, ApiError> {
-    handoff::check(&state.membership)
+    handoff::begin(&state.membership)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_decommission", e.to_string()))?;
     tracing::info!("decommission requested");
     tokio::spawn(handoff::leave(

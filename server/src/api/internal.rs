@@ -19,12 +19,22 @@
 //!
 //! Body: the key bytes. 200 with the record (storage's layout, tombstones
 //! included), or 404 if this node holds nothing for the key.
+//!
+//! # `GET /internal/v1/tokens`
+//!
+//! This node's id and the tokens it publishes, as JSON:
+//! `{"id": "n1", "tokens": [u64, ...]}`. No node calls it; it lets an
+//! operator or a test build the ring (`strata_ring::Ring::new`) from each
+//! member's own word and check which node should hold which key, without
+//! trusting any node's view. Behind the secret because gossip hides the
+//! membership from onlookers too.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::Json;
 
 use super::kv::check_key;
 use super::{read_body, ApiError, AppState, BodyLimit};
@@ -34,6 +44,8 @@ use crate::storage::{CodecError, EncodedRecord, Record};
 pub const APPLY_PATH: &str = "/internal/v1/apply";
 /// Path of the read route.
 pub const READ_PATH: &str = "/internal/v1/read";
+/// Path of the tokens route.
+pub const TOKENS_PATH: &str = "/internal/v1/tokens";
 
 /// Why an apply body does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +131,14 @@ pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response,
         Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
         Err(e) => Err(ApiError::internal(e.to_string())),
     }
+}
+
+/// `GET /internal/v1/tokens`.
+pub async fn tokens(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "id": state.membership.self_id().as_str(),
+        "tokens": state.membership.tokens(),
+    }))
 }
 
 #[cfg(test)]

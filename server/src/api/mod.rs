@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route(internal::APPLY_PATH, post(internal::apply))
         .route(internal::READ_PATH, post(internal::read))
+        .route(internal::TOKENS_PATH, get(internal::tokens))
         .route(STREAM_PATH, get(sender::stream))
         .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
         .route(cluster::CLEANUP_PATH, post(cluster::cleanup))

@@ -51,8 +51,20 @@ pub enum DecommissionError {
     LastNode,
 }
 
+/// Checks that this node may leave now and, if so, claims the leave: this
+/// node's state turns LEAVING at once, so that a second request racing this
+/// one is refused as not AVAILABLE instead of starting a second leave.
+/// [`leave`] then publishes the state.
+pub fn begin(membership: &Membership) -> Result<(), DecommissionError> {
+    check(membership)?;
+    if !membership.swap_state(NodeState::Available, NodeState::Leaving) {
+        return Err(DecommissionError::NotAvailable(membership.state().as_str()));
+    }
+    Ok(())
+}
+
 /// Checks that this node may leave now.
-pub fn check(membership: &Membership) -> Result<(), DecommissionError> {
+fn check(membership: &Membership) -> Result<(), DecommissionError> {
     let state = membership.state();
     if state != NodeState::Available {
         return Err(DecommissionError::NotAvailable(state.as_str()));

@@ -76,6 +76,8 @@ pub struct Receiver {
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
     hlc: Arc<Hlc>,
+    /// [`IDLE_TIMEOUT`]; shorter in tests, which stall a source on purpose.
+    idle_timeout: Duration,
 }
 
 impl Receiver {
@@ -99,6 +101,7 @@ impl Receiver {
             metrics,
             progress,
             hlc,
+            idle_timeout: IDLE_TIMEOUT,
         })
     }
 
@@ -197,18 +200,19 @@ impl Receiver {
             .get(url)
             .bearer_auth(self.secret.expose())
             .send();
-        let mut response = tokio::time::timeout(IDLE_TIMEOUT, request)
+        let idle = self.idle_timeout;
+        let mut response = tokio::time::timeout(idle, request)
             .await
-            .map_err(|_| StreamError::Idle(IDLE_TIMEOUT))??;
+            .map_err(|_| StreamError::Idle(idle))??;
         if !response.status().is_success() {
             return Err(StreamError::Status(response.status()));
         }
         let mut decoder = Decoder::default();
         let mut received = 0u64;
         loop {
-            let chunk = tokio::time::timeout(IDLE_TIMEOUT, response.chunk())
+            let chunk = tokio::time::timeout(idle, response.chunk())
                 .await
-                .map_err(|_| StreamError::Idle(IDLE_TIMEOUT))??;
+                .map_err(|_| StreamError::Idle(idle))??;
             let Some(chunk) = chunk else {
                 return Err(StreamError::Cut);
             };
@@ -263,3 +267,7 @@ impl Receiver {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "receiver_tests.rs"]
+mod tests;

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Tries of one local read before a test fails: enough to ride out a
+/// node that is briefly too busy to answer.
+const LOCAL_READ_TRIES: usize = 20;
+
 /// The secret every test cluster shares.
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
@@ -76,6 +80,24 @@ impl NodeProc {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP: the process stays alive, holds its sockets and answers
+    /// nothing, as a node stuck in a long pause does.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`NodeProc::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = i32::try_from(self.pid()).unwrap();
+        // SAFETY: kill(2) on our own unreaped child with a valid signal.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
     }
 
     /// SIGTERM, and wait for a clean exit.
@@ -264,24 +286,158 @@ impl Cluster {
             .unwrap_or(0.0)
     }
 
-    /// The record node `i` itself stores for `key` (no routing).
+    /// The record node `i` itself stores for `key` (no routing): `None`
+    /// only on a 404. Anything else (a refused connection, a 5xx, bytes that
+    /// do not decode) is asked again a few times and then fails the test: an
+    /// error must never pass for "this node does not hold the key".
     pub async fn local_record(
         &self,
         i: usize,
         key: &str,
     ) -> Option<strata_server::storage::Record> {
-        let r = self
-            .client
-            .post(self.nodes[i].url("/internal/v1/read"))
-            .bearer_auth(SECRET)
-            .body(key.to_owned())
-            .send()
-            .await
-            .ok()?;
-        if r.status() != 200 {
-            return None;
+        read_local(self.client.clone(), self.nodes[i].http, key.to_owned()).await
+    }
+
+    /// [`Cluster::local_record`] of each of `keys` on node `i`, 32 at a time.
+    pub async fn local_records(
+        &self,
+        i: usize,
+        keys: &[String],
+    ) -> Vec<Option<strata_server::storage::Record>> {
+        let mut out = vec![None; keys.len()];
+        for (c, chunk) in keys.chunks(32).enumerate() {
+            let mut set = tokio::task::JoinSet::new();
+            for (j, key) in chunk.iter().enumerate() {
+                let (client, http, key) = (self.client.clone(), self.nodes[i].http, key.clone());
+                set.spawn(async move { (j, read_local(client, http, key).await) });
+            }
+            while let Some(done) = set.join_next().await {
+                let (j, record) = done.unwrap();
+                out[c * 32 + j] = record;
+            }
         }
-        strata_server::storage::Record::decode(r.bytes().await.ok()?).ok()
+        out
+    }
+
+    /// The ring that the given nodes' own published tokens make
+    /// (`GET /internal/v1/tokens` on each), independent of any node's view.
+    pub async fn ring_of(&self, nodes: &[usize]) -> strata_ring::Ring {
+        let mut members = Vec::new();
+        for &i in nodes {
+            let r = self
+                .client
+                .get(self.nodes[i].url("/internal/v1/tokens"))
+                .bearer_auth(SECRET)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!(v["id"], self.nodes[i].id.as_str());
+            let tokens: Vec<u64> = v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap())
+                .collect();
+            assert!(
+                !tokens.is_empty(),
+                "{} publishes no tokens",
+                self.nodes[i].id
+            );
+            members.push(strata_ring::Member::new(self.nodes[i].id.as_str(), tokens));
+        }
+        strata_ring::Ring::new(members).unwrap()
+    }
+
+    /// Node indices of the replicas of `key` in `ring`.
+    pub fn replicas_of(&self, ring: &strata_ring::Ring, key: &str) -> Vec<usize> {
+        let rf = strata_ring::ReplicationFactor::new(usize::from(self.nodes[0].rf)).unwrap();
+        ring.replicas(key.as_bytes(), rf)
+            .map(|id| self.nodes.iter().position(|n| n.id == id.as_str()).unwrap())
+            .collect()
+    }
+
+    /// What each of `nodes` holds itself of `keys`, checked against the ring
+    /// their published tokens make, before anything reads through a
+    /// coordinator (a QUORUM or ALL read would repair the replicas it asks,
+    /// and hide a copy that a join or leave lost):
+    ///
+    /// - every replica of every key holds a record of it (the keys were all
+    ///   written at ALL before the change, so a missing copy is a range a
+    ///   stream skipped or a clean-up dropped);
+    /// - for each key, at least a quorum of its replicas hold a record at
+    ///   least as new as `latest` (the newest acknowledged), so a QUORUM read
+    ///   finds it;
+    /// - with `cleaned`, no node holds a key it does not replicate: clean-up
+    ///   deleted exactly the keys outside its ranges.
+    ///
+    /// Returns the copies that are older than `latest` (a replica a
+    /// coordinator skipped while it looked down), for the test to report.
+    pub async fn assert_holdings(
+        &self,
+        nodes: &[usize],
+        latest: &std::collections::HashMap<String, strata_server::storage::Record>,
+        cleaned: bool,
+    ) -> usize {
+        let ring = self.ring_of(nodes).await;
+        let mut keys: Vec<String> = latest.keys().cloned().collect();
+        keys.sort();
+        let mut held = Vec::new();
+        for &i in nodes {
+            held.push((i, self.local_records(i, &keys).await));
+        }
+        let mut stale = 0;
+        for (k, key) in keys.iter().enumerate() {
+            let want = &latest[key];
+            let replicas = self.replicas_of(&ring, key);
+            let mut current = 0;
+            for (i, records) in &held {
+                let record = records[k].as_ref();
+                let id = &self.nodes[*i].id;
+                if replicas.contains(i) {
+                    let record =
+                        record.unwrap_or_else(|| panic!("{id} replicates {key} and has no copy"));
+                    if want.supersedes(record) {
+                        stale += 1;
+                    } else {
+                        current += 1;
+                    }
+                } else if cleaned {
+                    assert!(
+                        record.is_none(),
+                        "{id} does not replicate {key}, clean-up left {record:?}"
+                    );
+                }
+            }
+            let quorum = replicas.len() / 2 + 1;
+            assert!(
+                current >= quorum,
+                "{key}: {current} of its replicas {replicas:?} hold {want:?} or newer"
+            );
+        }
+        stale
+    }
+
+    /// Waits until `nodes` have deleted `items` items in all in clean-up
+    /// passes (`kvnode_cleanup_deleted_items_total`), and fails if they
+    /// have not within 20 s.
+    pub async fn wait_cleaned_up(&self, nodes: &[usize], items: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut deleted = 0.0;
+            for &i in nodes {
+                deleted += self.metric(i, "kvnode_cleanup_deleted_items_total").await;
+            }
+            if deleted as usize == items {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "clean-up deleted {deleted} items, not {items}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Whether node `i` answers `/ready` with 200.
@@ -388,6 +544,30 @@ impl Cluster {
             .unwrap()
     }
 
+    pub async fn delete(&self, i: usize, key: &str, cl: &str) -> reqwest::Response {
+        self.client
+            .delete(self.nodes[i].url(&format!("/v1/kv/{key}?consistency={cl}")))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stores `record` for `key` on node `i` alone, merged by
+    /// last-writer-wins (`POST /internal/v1/apply`), as a replication call
+    /// does: a way to make one replica stale, newer, or hold a stray copy.
+    pub async fn apply_local(&self, i: usize, key: &str, record: &strata_server::storage::Record) {
+        let body = strata_server::api::internal::encode_apply(key.as_bytes(), record);
+        let r = self
+            .client
+            .post(self.nodes[i].url(strata_server::api::internal::APPLY_PATH))
+            .bearer_auth(SECRET)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "apply {key} on {}", self.nodes[i].id);
+    }
+
     pub async fn get(&self, i: usize, key: &str, cl: &str) -> reqwest::Response {
         self.client
             .get(self.nodes[i].url(&format!("/v1/kv/{key}?consistency={cl}")))
@@ -395,6 +575,70 @@ impl Cluster {
             .await
             .unwrap()
     }
+}
+
+/// Sends the request `build` makes until the answer is not a 503, at most
+/// `tries` times, 100 ms apart: on a busy machine the failure detector can
+/// mark a replica DOWN for a moment, and a coordinator then refuses the
+/// level it needs. That is unavailability, not loss, so tests ride it out
+/// for a bounded time and count it, never more. A connection error is
+/// retried too. Returns the last answer (or error) and the retries.
+pub async fn retry_503(
+    tries: u32,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> (Result<reqwest::Response, reqwest::Error>, u32) {
+    let mut retries = 0;
+    loop {
+        let answer = build().send().await;
+        let unavailable = answer.as_ref().map_or(true, |r| r.status() == 503);
+        if !unavailable || retries + 1 >= tries {
+            return (answer, retries);
+        }
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The version header of a write or read answer.
+pub fn version_of(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get("x-kvnode-version")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The record the node at `http` stores for `key` (`POST /internal/v1/read`):
+/// see [`Cluster::local_record`].
+async fn read_local(
+    client: reqwest::Client,
+    http: SocketAddr,
+    key: String,
+) -> Option<strata_server::storage::Record> {
+    let mut last = String::new();
+    for _ in 0..LOCAL_READ_TRIES {
+        let r = client
+            .post(format!("http://{http}/internal/v1/read"))
+            .bearer_auth(SECRET)
+            .body(key.clone())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 404 => return None,
+            Ok(r) if r.status() == 200 => {
+                let bytes = r.bytes().await.expect("record body");
+                return Some(
+                    strata_server::storage::Record::decode(bytes).expect("a stored record"),
+                );
+            }
+            Ok(r) => last = format!("status {}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{http} cannot say whether it holds {key}: {last}");
 }
 
 /// `field` (kB) of /proc/<pid>/status, in bytes (`VmRSS`, `RssAnon`, ...).
