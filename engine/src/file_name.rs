@@ -7,6 +7,7 @@
 //! 000007.log        write-ahead log
 //! 000008.sst        table
 //! CURRENT.tmp       a CURRENT being written; never read
+//! SPACE.probe       written and deleted by a recovery retry to prove the disk has room
 //! lost/             files an open or a repair would not delete (see below)
 //! ```
 //!
@@ -48,6 +49,21 @@ pub(crate) fn current_path(dir: &Path) -> PathBuf {
     dir.join("CURRENT")
 }
 
+/// The file a recovery retry writes to prove the disk has room again.
+const SPACE_PROBE: &str = "SPACE.probe";
+
+/// Writes `bytes` to a fresh file in `dir`, syncs it and deletes it: an
+/// error (`ENOSPC`, `EMFILE`) says the disk or the process has no room yet.
+pub(crate) fn probe_space(dir: &Path, bytes: usize) -> Result<()> {
+    let path = dir.join(SPACE_PROBE);
+    let written = File::create(&path)
+        .and_then(|mut f| f.write_all(&vec![0u8; bytes]).and_then(|()| f.sync_data()));
+    // Removed whatever happened: it holds nothing, and space is what is short.
+    let removed = std::fs::remove_file(&path);
+    written.map_err(|e| Error::io(&path, e))?;
+    removed.map_err(|e| Error::io(&path, e))
+}
+
 pub(crate) fn lock_path(dir: &Path) -> PathBuf {
     dir.join("LOCK")
 }
@@ -58,7 +74,7 @@ pub(crate) fn parse(name: &str) -> Option<FileKind> {
     match name {
         "CURRENT" => Some(FileKind::Current),
         "LOCK" => Some(FileKind::Lock),
-        "CURRENT.tmp" => Some(FileKind::Temp),
+        "CURRENT.tmp" | SPACE_PROBE => Some(FileKind::Temp),
         _ => {
             if let Some(n) = name.strip_prefix("MANIFEST-") {
                 number(n).map(FileKind::Manifest)

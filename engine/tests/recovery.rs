@@ -83,6 +83,44 @@ fn assert_holds(db: &Db, model: &BTreeMap<Vec<u8>, Vec<u8>>) {
 }
 
 #[test]
+fn a_full_disk_with_nothing_to_flush_stays_read_only_until_space_returns() {
+    let test = "a_full_disk_with_nothing_to_flush_stays_read_only_until_space_returns";
+    let Some(fs) = Tmpfs::mount(test, "8m") else {
+        return;
+    };
+    let dir = fs.path().join("db");
+    let db = Db::open(&dir, options()).unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..500 {
+        db.put(key(i), value(i, 0)).unwrap();
+        model.insert(key(i), value(i, 0));
+    }
+    // An empty memtable: a retry has nothing to flush, so only a check for
+    // room can tell that the disk is still full.
+    db.flush().unwrap();
+    let ballast = Ballast::fill(fs.path());
+    let failed = db.put(key(9_999), value(9_999, 0)).unwrap_err();
+    assert!(failed.is_retryable(), "{failed}");
+    // Several retries (100, 200, 400, 800 ms apart): writes stay refused
+    // the whole time, never back on for a moment.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1_700) {
+        assert!(
+            matches!(db.health(), Health::Retrying { .. }),
+            "health {:?} while the disk is full",
+            db.health()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_suspended(&db, &model);
+    assert_eq!(db.stats().recoveries, 0);
+    ballast.delete();
+    let resumed = wait_for_writes(&db);
+    eprintln!("{test}: writes resumed {resumed:?} after the space was freed");
+    assert_holds(&db, &model);
+}
+
+#[test]
 fn a_failed_wal_append_on_a_full_disk_suspends_writes_until_space_returns() {
     let test = "a_failed_wal_append_on_a_full_disk_suspends_writes_until_space_returns";
     let Some(fs) = Tmpfs::mount(test, "8m") else {

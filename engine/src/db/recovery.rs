@@ -8,6 +8,10 @@
 //!
 //! # What a retry does
 //!
+//! 0. It writes, syncs and deletes a [`SPACE_PROBE_BYTES`] file. Without
+//!    this, a retry that needs no space (a WAL append failed with nothing
+//!    yet to flush) would succeed on a disk that is still full, and writes
+//!    would come back only to fail again.
 //! 1. If a WAL append or sync failed, the log may end in part of the failed
 //!    record (and after a failed sync the kernel may have dropped unsynced
 //!    pages), so it takes no more records. The retry cuts the log back to
@@ -41,6 +45,7 @@ use std::time::{Duration, Instant};
 use super::Core;
 use crate::compaction::picker;
 use crate::error::{Error, Result};
+use crate::file_name;
 use crate::health::Health;
 use crate::stats::Counters;
 
@@ -50,6 +55,10 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// The backoff doubles up to this: a retry of a large flush writes a lot
 /// before it fails again, and a second is still a short outage.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Room a retry must find before it runs: two WAL blocks. Less than that
+/// and the next write would fail again at once.
+pub(crate) const SPACE_PROBE_BYTES: usize = 64 * 1024;
 
 /// The background job that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +167,9 @@ impl Core {
         }
     }
 
-    /// The three steps in the module docs.
+    /// The steps in the module docs.
     fn retry_failed_work(&self, redo_compaction: bool) -> Result<()> {
+        file_name::probe_space(&self.dir, SPACE_PROBE_BYTES)?;
         self.replace_damaged_wal()?;
         self.flush_frozen_memtables()?;
         if redo_compaction {
