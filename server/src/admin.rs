@@ -1,7 +1,8 @@
-//! Operator commands that talk to a running node: `kvnode decommission` and
-//! `kvnode cleanup`.
+//! Operator commands: `kvnode decommission` and `kvnode cleanup` talk to a
+//! running node; `kvnode repair-engine` works on a stopped node's data dir.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
@@ -38,6 +39,12 @@ pub enum AdminError {
     /// The node was still up at the deadline.
     #[error("node still running after {0:?}")]
     Timeout(Duration),
+    /// The engine could not be repaired (it is open elsewhere, say).
+    #[error("repair: {0}")]
+    Repair(#[from] strata_engine::Error),
+    /// The data dir's `node.json` could not be updated.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
 }
 
 /// Asks the node to leave, then follows it until its process stops.
@@ -141,4 +148,63 @@ async fn post(args: &AdminArgs, path: &str) -> Result<(reqwest::Client, String),
         });
     }
     Ok((client, base))
+}
+
+/// Flags of `kvnode repair-engine`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepairArgs {
+    /// The stopped node's data dir (holding `node.json` and `engine/`).
+    #[arg(long, env = "KVNODE_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Keep the node AVAILABLE at its next start even if the repair lost
+    /// data (for a node that has no replicas to stream from).
+    #[arg(long)]
+    pub keep_available: bool,
+}
+
+/// Salvages every readable table and log record of a stopped node's engine
+/// into a fresh manifest and prints what was lost. If anything was, the node
+/// is marked to stream its ranges again from their replicas when it next
+/// starts, so it never serves with data silently missing.
+pub fn repair_engine(args: &RepairArgs) -> Result<(), AdminError> {
+    let engine = args.data_dir.join("engine");
+    let report = strata_engine::Db::repair(&engine)?;
+    println!(
+        "{}: {} tables kept, {} WAL records recovered",
+        engine.display(),
+        report.tables_kept.len(),
+        report.wal_records_recovered
+    );
+    for damage in &report.tables_set_aside {
+        println!(
+            "  table set aside: {} at offset {}: {}",
+            damage.file.display(),
+            damage.offset,
+            damage.reason
+        );
+    }
+    for damage in &report.wal_damage {
+        println!(
+            "  log bytes lost: {} bytes of {} from offset {}: {}",
+            damage.bytes,
+            damage.file.display(),
+            damage.offset,
+            damage.reason
+        );
+    }
+    for file in &report.set_aside {
+        println!("  kept aside: {}", file.display());
+    }
+    if report.lost_nothing() {
+        println!("nothing was lost");
+    } else if args.keep_available {
+        println!("data was lost; --keep-available: the node will serve without it");
+    } else if crate::node::mark_for_restream(&args.data_dir)? {
+        println!(
+            "data was lost: the node will stream its ranges again from their replicas when it next starts, and serves only once it has"
+        );
+    } else {
+        println!("data was lost; this data dir never served, so there is nothing to stream back");
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use strata_server::admin::AdminArgs;
+use strata_server::admin::{AdminArgs, RepairArgs};
 use strata_server::config::{Config, NodeArgs};
 use strata_server::demo::DemoArgs;
 
@@ -25,6 +25,9 @@ enum Command {
     /// Make a running node drop the items of ranges it no longer replicates
     /// (after checking that every view agrees and every replica is up).
     Cleanup(AdminArgs),
+    /// Salvage a stopped node's damaged engine: every readable table and log
+    /// record into a fresh manifest, the damaged files kept aside.
+    RepairEngine(RepairArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(strata_server::admin::decommission(args).await?)
             }
             Some(Command::Cleanup(args)) => Ok(strata_server::admin::cleanup(args).await?),
+            Some(Command::RepairEngine(args)) => Ok(strata_server::admin::repair_engine(&args)?),
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)

@@ -60,6 +60,22 @@ pub enum NodeError {
     /// The engine failed to open or flush.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The engine found damage it will not recover past on its own: the node
+    /// refuses to start rather than serve with data silently missing.
+    #[error(
+        "the engine in {dir} is damaged: {source}. Nothing was deleted. Stop here and run \
+         `kvnode repair-engine --data-dir {data_dir}`: it salvages every readable table and log \
+         record, keeps the damaged files in {dir}/lost/, and marks the node to stream its ranges \
+         again from their replicas when it next starts"
+    )]
+    EngineDamaged {
+        /// The engine's directory.
+        dir: PathBuf,
+        /// The node's data dir, for the command to run.
+        data_dir: PathBuf,
+        /// What the engine found (the file, the offset, the reason).
+        source: strata_engine::Error,
+    },
     /// Gossip failed to start.
     #[error(transparent)]
     Membership(#[from] MembershipError),
@@ -102,7 +118,17 @@ pub async fn run(
     })?;
     let marker_path = marker_path(&config);
     let marker = read_marker(&marker_path, &config.node_id)?;
-    let storage = Storage::open(&config.data_dir.join("engine"))?;
+    let engine_dir = config.data_dir.join("engine");
+    let storage = Storage::open(&engine_dir).map_err(|e| match e {
+        StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
+            NodeError::EngineDamaged {
+                dir: engine_dir.clone(),
+                data_dir: config.data_dir.clone(),
+                source,
+            }
+        }
+        other => NodeError::Storage(other),
+    })?;
     let alone = config.other_seeds().next().is_none();
     let derived = || Member::derived(config.node_id.as_str(), config.vnodes).tokens;
     let (initial, tokens) = match &marker {
@@ -243,6 +269,33 @@ async fn publish_health(membership: Arc<Membership>, storage: Storage, every: st
         tick.tick().await;
         membership.set_health(storage.write_error()).await;
     }
+}
+
+/// Marks the node of `data_dir` to stream its ranges again from their
+/// replicas when it next starts (its engine lost data in a repair). Returns
+/// false if the dir has no `node.json`: a node that never served has
+/// nothing to stream back.
+pub(crate) fn mark_for_restream(data_dir: &Path) -> Result<bool, NodeError> {
+    let path = data_dir.join("node.json");
+    let err = |reason: String| NodeError::DataDir {
+        path: path.clone(),
+        reason,
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let marker: NodeMarker =
+        serde_json::from_slice(&bytes).map_err(|e| err(format!("bad node.json: {e}")))?;
+    write_marker(
+        &path,
+        &NodeMarker {
+            available: false,
+            ..marker
+        },
+    )?;
+    Ok(true)
 }
 
 /// Where `node.json` lives.

@@ -296,6 +296,17 @@ impl Storage {
     /// Opens (creating if needed) the engine in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = Db::open(dir, Options::default())?;
+        let report = db.recovery_report();
+        if !report.is_clean() {
+            // Under the default (absolute consistency) only torn tails get
+            // here: the interrupted last appends of a crash.
+            tracing::warn!(
+                dropped_bytes = report.dropped_bytes(),
+                set_aside = ?report.set_aside,
+                torn_tails = ?report.torn_tails,
+                "engine recovered past damage; files it would not delete are in lost/"
+            );
+        }
         let stripes = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Self { db, stripes })
     }

@@ -148,6 +148,11 @@ impl NodeProc {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Everything the node has logged, across its restarts.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
