@@ -16,27 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
-bin=${2:-}
-if [ -z "$bin" ]; then
-  cargo build --release -p strata-server --bin kvnode
-  bin=target/release/kvnode
-fi
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (Debian package)"
-  apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
-fi
-dir=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-export KVNODE_CLUSTER_SECRET=edge-attacks-secret-0123456789 KVNODE_LOG=warn
-for i in 1 2 3; do
-  port=$((7758 + 2 * i))
-  "$bin" --node-id "n$i" --listen "127.0.0.1:$port" --seeds 127.0.0.1:7761 \
-    --data-dir "$dir/n$i" >"$dir/n$i.log" 2>&1 &
-  pids+=($!)
-  until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.2; done
-done
+source scripts/cluster.sh
+bin=$(kvnode_binary "${2:-}")
+ensure_wrk
+start_cluster "$bin" 7760
 sleep 2
 node1=${pids[0]}
 status() { awk -v f="$2:" '$1 == f { printf "%.0f MiB", $2 / 1024 }' "/proc/$1/status"; }

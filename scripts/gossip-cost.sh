@@ -15,28 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
-bin=${2:-}
-if [ -z "$bin" ]; then
-  cargo build --release -p strata-server --bin kvnode
-  bin=target/release/kvnode
-fi
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (Debian package) for the load phase"
-  apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
-fi
-dir=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"; }
-trap cleanup EXIT
-export KVNODE_CLUSTER_SECRET=gossip-cost-secret-0123456789 KVNODE_LOG=warn
-for i in 1 2 3; do
-  port=$((7748 + 2 * i))
-  "$bin" --node-id "n$i" --listen "127.0.0.1:$port" --seeds 127.0.0.1:7751 \
-    --data-dir "$dir/n$i" >"$dir/n$i.log" 2>&1 &
-  pids+=($!)
-  # Joiners wait for the node before them, as an operator would.
-  until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.2; done
-done
+source scripts/cluster.sh
+bin=$(kvnode_binary "${2:-}")
+ensure_wrk
+start_cluster "$bin" 7750
 sleep 3
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

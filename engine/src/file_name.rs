@@ -69,6 +69,19 @@ pub(crate) fn lock_path(dir: &Path) -> PathBuf {
 }
 
 /// What a directory entry is, if it belongs to the database.
+/// The highest file number among `files` (0 if none): new files are
+/// numbered above it.
+pub(crate) fn highest_number(files: &[(PathBuf, FileKind)]) -> u64 {
+    files
+        .iter()
+        .filter_map(|(_, kind)| match kind {
+            FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 pub(crate) fn parse(name: &str) -> Option<FileKind> {
     let number = |s: &str| s.parse::<u64>().ok();
     match name {

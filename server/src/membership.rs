@@ -180,6 +180,26 @@ impl MemberInfo {
     }
 }
 
+#[cfg(test)]
+impl MemberInfo {
+    /// An up member with 8 tokens derived from its id, for unit tests.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_test(id: &str, state: NodeState, generation: u64) -> Self {
+        Self {
+            id: NodeId::from(id),
+            http_addr: "127.0.0.1:1".parse().unwrap(),
+            state,
+            tokens: Member::derived(id, 8).tokens,
+            live: true,
+            generation,
+            seen: Vec::new(),
+            pulled: Vec::new(),
+            degraded: None,
+            ring: String::new(),
+        }
+    }
+}
+
 /// A digest of a ring (members and their tokens), for comparing views
 /// across members.
 pub fn ring_digest(ring: Option<&Ring>) -> String {
@@ -934,16 +954,8 @@ mod tests {
 
     fn member(id: &str, state: NodeState, live: bool) -> MemberInfo {
         MemberInfo {
-            id: NodeId::from(id),
-            http_addr: "127.0.0.1:1".parse().unwrap(),
-            state,
-            tokens: Member::derived(id, 8).tokens,
             live,
-            generation: 1,
-            seen: Vec::new(),
-            pulled: Vec::new(),
-            degraded: None,
-            ring: String::new(),
+            ..MemberInfo::for_test(id, state, 1)
         }
     }
 

@@ -59,14 +59,7 @@ pub(super) struct Recovered {
 /// Steps 1 to 5 of the module docs. REQUIRES: the caller holds the lock on `dir`.
 pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     let files = file_name::list(dir)?;
-    let max_number = files
-        .iter()
-        .filter_map(|(_, kind)| match kind {
-            FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
+    let max_number = file_name::highest_number(&files);
     let state = ManifestState::read(dir, options.create_if_missing)?;
     let version = state.open_version(dir)?;
     let mut report = RecoveryReport::default();

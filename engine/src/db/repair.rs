@@ -98,14 +98,7 @@ impl Db {
         }
         let _lock = lock_dir(dir)?;
         let files = file_name::list(dir)?;
-        let mut next_number = 1 + files
-            .iter()
-            .filter_map(|(_, kind)| match kind {
-                FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
+        let mut next_number = 1 + file_name::highest_number(&files);
         let mut report = RepairReport::default();
 
         // Step 1.

@@ -367,18 +367,7 @@ mod tests {
     use crate::membership::MemberInfo;
 
     fn info(id: &str, state: NodeState, generation: u64) -> MemberInfo {
-        MemberInfo {
-            id: NodeId::from(id),
-            http_addr: "127.0.0.1:1".parse().unwrap(),
-            state,
-            tokens: Member::derived(id, 16).tokens,
-            live: true,
-            generation,
-            seen: Vec::new(),
-            pulled: Vec::new(),
-            degraded: None,
-            ring: String::new(),
-        }
+        MemberInfo::for_test(id, state, generation)
     }
 
     fn view(members: &[MemberInfo], epoch: u64) -> ClusterView {
