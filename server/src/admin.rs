@@ -199,7 +199,9 @@ pub fn repair_engine(args: &RepairArgs) -> Result<(), AdminError> {
         println!("nothing was lost");
     } else if args.keep_available {
         println!("data was lost; --keep-available: the node will serve without it");
-    } else if crate::node::mark_for_restream(&args.data_dir)? {
+    } else if crate::marker::mark_for_restream(&args.data_dir)
+        .map_err(crate::node::NodeError::from)?
+    {
         println!(
             "data was lost: the node will stream its ranges again from their replicas when it next starts, and serves only once it has"
         );

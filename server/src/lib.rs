@@ -40,6 +40,7 @@ pub mod demo;
 pub mod gossip_transport;
 pub mod hlc;
 pub mod listener;
+pub mod marker;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -15,18 +15,14 @@
 //! # Data dir
 //!
 //! ```text
-//! <data_dir>/node.json   {"node_id": "..", "tokens": [..], "available": bool}
+//! <data_dir>/node.json   whose data this is ([`marker`](crate::marker))
 //! <data_dir>/engine/     the strata-engine database
 //! ```
-//!
-//! `node.json` without `tokens` (written before bootstrapping existed) means
-//! an AVAILABLE node with derived tokens.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -36,6 +32,7 @@ use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorParts};
 use crate::hlc::Hlc;
 use crate::listener::{self, ServeLimits};
+use crate::marker::{marker_path, read_marker, write_marker, MarkerError, NodeMarker};
 use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::storage::{Storage, StorageError};
@@ -76,6 +73,9 @@ pub enum NodeError {
         /// What the engine found (the file, the offset, the reason).
         source: strata_engine::Error,
     },
+    /// `node.json` could not be read or written, or names another node.
+    #[error(transparent)]
+    Marker(#[from] MarkerError),
     /// Gossip failed to start.
     #[error(transparent)]
     Membership(#[from] MembershipError),
@@ -85,23 +85,6 @@ pub enum NodeError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
-}
-
-/// What `node.json` records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeMarker {
-    /// Whose data this is.
-    pub node_id: String,
-    /// The node's tokens; absent in markers of derived-token nodes.
-    #[serde(default)]
-    pub tokens: Option<Vec<u64>>,
-    /// Whether the node finished joining (false: bootstrap interrupted).
-    #[serde(default = "yes")]
-    pub available: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then stops accepting,
@@ -268,105 +251,5 @@ async fn publish_health(membership: Arc<Membership>, storage: Storage, every: st
     loop {
         tick.tick().await;
         membership.set_health(storage.write_error()).await;
-    }
-}
-
-/// Marks the node of `data_dir` to stream its ranges again from their
-/// replicas when it next starts (its engine lost data in a repair). Returns
-/// false if the dir has no `node.json`: a node that never served has
-/// nothing to stream back.
-pub(crate) fn mark_for_restream(data_dir: &Path) -> Result<bool, NodeError> {
-    let path = data_dir.join("node.json");
-    let err = |reason: String| NodeError::DataDir {
-        path: path.clone(),
-        reason,
-    };
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(err(e.to_string())),
-    };
-    let marker: NodeMarker =
-        serde_json::from_slice(&bytes).map_err(|e| err(format!("bad node.json: {e}")))?;
-    write_marker(
-        &path,
-        &NodeMarker {
-            available: false,
-            ..marker
-        },
-    )?;
-    Ok(true)
-}
-
-/// Where `node.json` lives.
-pub(crate) fn marker_path(config: &Config) -> PathBuf {
-    config.data_dir.join("node.json")
-}
-
-/// This data dir's marker, if it has one. A dir that belongs to another
-/// node id is refused: its data sits under another node's tokens.
-pub(crate) fn read_marker(path: &Path, node_id: &str) -> Result<Option<NodeMarker>, NodeError> {
-    let err = |reason: String| NodeError::DataDir {
-        path: path.to_owned(),
-        reason,
-    };
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let marker: NodeMarker =
-                serde_json::from_slice(&bytes).map_err(|e| err(format!("bad node.json: {e}")))?;
-            if marker.node_id != node_id {
-                return Err(err(format!(
-                    "belongs to node {:?}, not {node_id:?}",
-                    marker.node_id
-                )));
-            }
-            Ok(Some(marker))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(e.to_string())),
-    }
-}
-
-/// Records `marker` in `node.json`.
-pub(crate) fn write_marker(path: &Path, marker: &NodeMarker) -> Result<(), NodeError> {
-    let err = |reason: String| NodeError::DataDir {
-        path: path.to_owned(),
-        reason,
-    };
-    let marker = serde_json::to_vec(marker).map_err(|e| err(e.to_string()))?;
-    // Write then rename, so a crash never leaves a torn marker.
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, marker).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn a_data_dir_belongs_to_one_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("node.json");
-        assert!(read_marker(&path, "a").unwrap().is_none());
-        let marker = NodeMarker {
-            node_id: "a".into(),
-            tokens: Some(vec![1, 2]),
-            available: false,
-        };
-        write_marker(&path, &marker).unwrap();
-        assert_eq!(read_marker(&path, "a").unwrap(), Some(marker));
-        // A marker from before bootstrapping: available, derived tokens.
-        std::fs::write(&path, br#"{"node_id":"a"}"#).unwrap();
-        let old = read_marker(&path, "a").unwrap().unwrap();
-        assert!(old.available && old.tokens.is_none());
-        assert!(matches!(
-            read_marker(&path, "b"),
-            Err(NodeError::DataDir { .. })
-        ));
-        std::fs::write(&path, b"{").unwrap();
-        assert!(read_marker(&path, "a").is_err());
     }
 }

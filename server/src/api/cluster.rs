@@ -177,7 +177,7 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
     tokio::spawn(handoff::leave(
         state.membership.clone(),
         state.config.clone(),
-        crate::node::marker_path(&state.config),
+        crate::marker::marker_path(&state.config),
         state.stop.clone(),
     ));
     Ok((

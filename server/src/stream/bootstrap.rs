@@ -28,8 +28,8 @@ use strata_ring::{plan, Member, NodeId};
 use super::receiver::Receiver;
 use super::Progress;
 use crate::config::Config;
+use crate::marker::{write_marker, NodeMarker};
 use crate::membership::{MemberInfo, Membership, NodeState};
-use crate::node::{write_marker, NodeMarker};
 
 /// Gossip rounds a joining node waits after first hearing from the cluster,
 /// so that every member's record has reached it.

@@ -29,8 +29,8 @@ use tokio::sync::Notify;
 use super::receiver::Receiver;
 use super::Progress;
 use crate::config::Config;
+use crate::marker::{write_marker, NodeMarker};
 use crate::membership::{MemberInfo, Membership, NodeState};
-use crate::node::{write_marker, NodeMarker};
 
 /// Gossip rounds the leaver keeps gossiping after publishing LEFT, so that
 /// every member drops it from the ring before it goes silent.
