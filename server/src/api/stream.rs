@@ -1,6 +1,6 @@
 //! `GET /internal/v1/stream?start=S&end=E[&after=HEX]`: the token range
 //! `(S, E]` of this node's engine as [`frames`](crate::peer::frames), read
-//! from one snapshot by [`sender`](crate::stream::sender); `after` (an
+//! from one snapshot by [`crate::stream::sender`]; `after` (an
 //! engine key, hex) resumes a cut stream past the last key applied.
 
 use axum::body::{Body, Bytes, HttpBody};
