@@ -1,4 +1,4 @@
-//! Stream frames (`stream::wire::Decoder`), as a joining node receives them
+//! Stream frames (`peer::frames::Decoder`), as a joining node receives them
 //! from a source, in pieces of any size. The first byte picks the piece
 //! size. Decoding in pieces must give the same frames, and the same error,
 //! as decoding the bytes whole; every entry decoded carries its own token;
@@ -7,9 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strata_server::stream::wire::{Decoder, Frame, FrameBuilder, WireError};
+use strata_server::peer::frames::{Decoder, Frame, FrameBuilder, FrameError};
 
-fn decode(data: &[u8], piece: usize) -> (Vec<Frame>, Option<WireError>) {
+fn decode(data: &[u8], piece: usize) -> (Vec<Frame>, Option<FrameError>) {
     let mut decoder = Decoder::default();
     let mut frames = Vec::new();
     for chunk in data.chunks(piece.max(1)) {

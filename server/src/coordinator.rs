@@ -1,7 +1,7 @@
 //! Replication and consistency: any node coordinates any request. It takes
 //! the key's preference list from the ring, sends to the replicas in
-//! parallel (its own engine directly, others over pooled HTTP with a timeout
-//! per call) and answers once the consistency level's replicas have.
+//! parallel (its own engine directly, others through the [`Peer`], with a
+//! timeout per call) and answers once the consistency level's replicas have.
 //!
 //! - **Writes** go to every replica that is up; the answer comes after
 //!   [`Consistency::required`] acks, and the other calls finish in the
@@ -25,17 +25,16 @@
 //! replication factor stores each key on every member.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use strata_ring::ReplicationFactor;
 use tokio::sync::mpsc;
 
-use crate::api::internal::{decode_apply, encode_apply, APPLY_PATH, READ_PATH};
-use crate::auth::ClusterSecret;
 use crate::hlc::Hlc;
 use crate::membership::{MemberInfo, Membership, NodeState};
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
+use crate::peer::wire::{decode_apply, encode_apply};
+use crate::peer::{Peer, PeerError};
 use crate::storage::{Record, Storage};
 
 /// How many replicas must answer.
@@ -106,10 +105,9 @@ pub struct Coordinator {
 struct Inner {
     storage: Storage,
     membership: Arc<Membership>,
-    client: reqwest::Client,
+    peer: Arc<dyn Peer>,
     hlc: Arc<Hlc>,
     rf: ReplicationFactor,
-    secret: ClusterSecret,
     metrics: Arc<Metrics>,
 }
 
@@ -123,39 +121,25 @@ pub struct CoordinatorParts {
     pub hlc: Arc<Hlc>,
     /// Replicas per key.
     pub rf: ReplicationFactor,
-    /// For the `Authorization` header of internal calls.
-    pub secret: ClusterSecret,
+    /// Replica calls to the other nodes.
+    pub peer: Arc<dyn Peer>,
     /// Replica call counters.
     pub metrics: Arc<Metrics>,
-    /// Deadline of one replica call.
-    pub replica_timeout: Duration,
-    /// How long an idle pooled connection to a replica is kept. Below the
-    /// replicas' own idle limit (their header and idle timeouts), or a call
-    /// could go out on a connection the replica is closing at that moment.
-    pub pool_idle_timeout: Duration,
 }
 
 impl Coordinator {
-    /// A coordinator with its own connection pool.
-    pub fn new(parts: CoordinatorParts) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(parts.replica_timeout)
-            .connect_timeout(parts.replica_timeout)
-            .pool_max_idle_per_host(128)
-            .pool_idle_timeout(parts.pool_idle_timeout)
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self {
+    /// A coordinator of `parts`.
+    pub fn new(parts: CoordinatorParts) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 storage: parts.storage,
                 membership: parts.membership,
-                client,
+                peer: parts.peer,
                 hlc: parts.hlc,
                 rf: parts.rf,
-                secret: parts.secret,
                 metrics: parts.metrics,
             }),
-        })
+        }
     }
 
     /// Writes `value` (`None` deletes) under `key`; returns the version.
@@ -379,20 +363,9 @@ impl Coordinator {
             inner.metrics.replica_call(op, Target::local, outcome(ok));
             return ok;
         }
-        let response = inner
-            .client
-            .post(format!("http://{}{APPLY_PATH}", member.http_addr))
-            .bearer_auth(inner.secret.expose())
-            .body(body)
-            .send()
-            .await;
-        let result = match response {
-            Ok(r) if r.status().is_success() => Outcome::ok,
-            Ok(r) => {
-                tracing::warn!(node = %member.id, status = %r.status(), "replica refused apply");
-                Outcome::error
-            }
-            Err(e) => remote_failure(&member.id, &e),
+        let result = match inner.peer.apply(member.endpoint(), body).await {
+            Ok(()) => Outcome::ok,
+            Err(e) => remote_failure(&member.id, "apply", &e),
         };
         inner.metrics.replica_call(op, Target::remote, result);
         result == Outcome::ok
@@ -418,9 +391,9 @@ impl Coordinator {
                 .replica_call(ReplicaOp::read, Target::local, outcome(answer.is_some()));
             return answer;
         }
-        let (answer, result) = match self.remote_read(member, key).await {
+        let (answer, result) = match inner.peer.read(member.endpoint(), key).await {
             Ok(answer) => (Some(answer), Outcome::ok),
-            Err(result) => (None, result),
+            Err(e) => (None, remote_failure(&member.id, "read", &e)),
         };
         inner
             .metrics
@@ -429,42 +402,6 @@ impl Coordinator {
             inner.hlc.update(record.version);
         }
         answer
-    }
-
-    async fn remote_read(
-        &self,
-        member: &MemberInfo,
-        key: Bytes,
-    ) -> Result<Option<Record>, Outcome> {
-        let inner = &self.inner;
-        let response = inner
-            .client
-            .post(format!("http://{}{READ_PATH}", member.http_addr))
-            .bearer_auth(inner.secret.expose())
-            .body(key)
-            .send()
-            .await
-            .map_err(|e| remote_failure(&member.id, &e))?;
-        match response.status() {
-            reqwest::StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => {
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| remote_failure(&member.id, &e))?;
-                match Record::decode(body) {
-                    Ok(record) => Ok(Some(record)),
-                    Err(e) => {
-                        tracing::warn!(node = %member.id, error = %e, "replica sent a bad record");
-                        Err(Outcome::error)
-                    }
-                }
-            }
-            s => {
-                tracing::warn!(node = %member.id, status = %s, "replica refused read");
-                Err(Outcome::error)
-            }
-        }
     }
 }
 
@@ -476,12 +413,22 @@ fn outcome(ok: bool) -> Outcome {
     }
 }
 
-fn remote_failure(node: &strata_ring::NodeId, e: &reqwest::Error) -> Outcome {
-    tracing::debug!(%node, error = %e, "replica call failed");
-    if e.is_timeout() {
-        Outcome::timeout
-    } else {
-        Outcome::error
+/// The metrics outcome of a failed replica call; logs it, loudly when the
+/// replica answered wrong rather than not at all.
+fn remote_failure(node: &strata_ring::NodeId, call: &str, e: &PeerError) -> Outcome {
+    match e {
+        PeerError::Timeout => {
+            tracing::debug!(%node, call, error = %e, "replica call failed");
+            Outcome::timeout
+        }
+        PeerError::Unreachable(_) => {
+            tracing::debug!(%node, call, error = %e, "replica call failed");
+            Outcome::error
+        }
+        PeerError::Refused { .. } | PeerError::BadAnswer(_) => {
+            tracing::warn!(%node, call, error = %e, "replica refused the call");
+            Outcome::error
+        }
     }
 }
 

@@ -28,7 +28,8 @@
 //! consistency), [`membership`] (gossip and the ring), [`storage`] (the
 //! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
 //! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`listener`] (the accept loop and its connection limits), [`stream`] (bootstrap streaming, decommission and clean-up),
+//! shutdown), [`listener`] (the accept loop and its connection limits), [`peer`] (calls to
+//! other nodes and their wire formats), [`stream`] (bootstrap streaming, decommission and clean-up),
 //! [`demo`] (a local cluster), [`admin`] (operator commands).
 
 pub mod admin;
@@ -44,6 +45,7 @@ pub mod marker;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod peer;
 pub mod storage;
 pub mod stream;
 

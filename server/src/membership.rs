@@ -74,6 +74,7 @@ use crate::auth::ClusterSecret;
 use crate::config::{defaults, Config};
 use crate::gossip_transport::{GossipKey, SealedTransport};
 use crate::metrics::GossipMetrics;
+use crate::peer::Endpoint;
 
 const KEY_HTTP: &str = "http";
 const KEY_STATE: &str = "state";
@@ -161,6 +162,14 @@ pub struct MemberInfo {
 }
 
 impl MemberInfo {
+    /// Where calls to this member go.
+    pub fn endpoint(&self) -> Endpoint<'_> {
+        Endpoint {
+            id: &self.id,
+            addr: self.http_addr,
+        }
+    }
+
     /// This member as named in `pulled`.
     pub fn incarnation(&self) -> String {
         format!("{}:{}", self.id, self.generation)

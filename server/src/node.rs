@@ -35,6 +35,8 @@ use crate::listener::{self, ServeLimits};
 use crate::marker::{marker_path, read_marker, write_marker, MarkerError, NodeMarker};
 use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
+use crate::peer::http::HttpPeer;
+use crate::peer::Peer;
 use crate::storage::{Storage, StorageError};
 use crate::stream::bootstrap::Bootstrap;
 use crate::stream::cleanup::Cleaner;
@@ -138,12 +140,22 @@ pub async fn run(
         )?;
     }
     let hlc = Arc::new(Hlc::new());
+    let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
+        config.secret.clone(),
+        config.replica_timeout,
+        // Every node is assumed to run the same edges: half of the shorter
+        // of the two limits after which a node closes an idle connection.
+        config
+            .edges
+            .header_read_timeout
+            .min(config.edges.idle_timeout)
+            / 2,
+    )?);
     let receiver = Receiver::new(
         storage.clone(),
-        config.secret.clone(),
+        peer.clone(),
         (metrics.clone(), progress.clone(), hlc.clone()),
-        config.replica_timeout,
-    )?;
+    );
     if initial != NodeState::Available {
         let bootstrap = Bootstrap {
             membership: membership.clone(),
@@ -178,17 +190,9 @@ pub async fn run(
         membership: membership.clone(),
         hlc: hlc.clone(),
         rf: config.replication_factor,
-        secret: config.secret.clone(),
+        peer,
         metrics: metrics.clone(),
-        replica_timeout: config.replica_timeout,
-        // Every node is assumed to run the same edges: half of the shorter
-        // of the two limits after which a node closes an idle connection.
-        pool_idle_timeout: config
-            .edges
-            .header_read_timeout
-            .min(config.edges.idle_timeout)
-            / 2,
-    })?;
+    });
     let state = AppState {
         coordinator,
         membership: membership.clone(),

@@ -28,7 +28,7 @@
 //! - `flags` bit 0 is the tombstone flag; the other bits must be zero. A
 //!   tombstone carries no value bytes.
 //!
-//! The same bytes travel between nodes (`api::internal`), so this codec is
+//! The same bytes travel between nodes (`peer::wire`), so this codec is
 //! also the replication wire format. The engine checksums its blocks; this
 //! layer only has to refuse bytes that do not parse, and never panic on them.
 //!

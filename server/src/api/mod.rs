@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod compat;
 pub mod internal;
 pub mod kv;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +37,9 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
+use crate::peer::wire::{APPLY_PATH, READ_PATH, STREAM_PATH};
 use crate::storage::Storage;
 use crate::stream::cleanup::Cleaner;
-use crate::stream::sender::{self, STREAM_PATH};
 use crate::stream::Progress;
 
 /// What every handler can reach. Cheap to clone.
@@ -72,10 +73,10 @@ pub struct AppState {
 /// The node's router: every route, the request bounds and the metrics.
 pub fn router(state: AppState) -> Router {
     let internal = Router::new()
-        .route(internal::APPLY_PATH, post(internal::apply))
-        .route(internal::READ_PATH, post(internal::read))
+        .route(APPLY_PATH, post(internal::apply))
+        .route(READ_PATH, post(internal::read))
         .route(internal::TOKENS_PATH, get(internal::tokens))
-        .route(STREAM_PATH, get(sender::stream))
+        .route(STREAM_PATH, get(stream::stream))
         .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
         .route(cluster::CLEANUP_PATH, post(cluster::cleanup))
         .route_layer(middleware::from_fn_with_state(
@@ -208,9 +209,9 @@ fn route_body_limit(method: &axum::http::Method, path: &str, limits: &Limits) ->
         Some(BodyLimit::value(limits))
     } else if *method == Method::POST && path == "/v1/data" {
         Some(BodyLimit::Body(limits.max_body_size))
-    } else if *method == Method::POST && path == internal::APPLY_PATH {
+    } else if *method == Method::POST && path == APPLY_PATH {
         Some(BodyLimit::Body(limits.apply_body_size()))
-    } else if *method == Method::POST && path == internal::READ_PATH {
+    } else if *method == Method::POST && path == READ_PATH {
         Some(BodyLimit::Body(limits.max_key_size))
     } else {
         None
@@ -265,9 +266,9 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
             Method::DELETE => Op::delete,
             _ => Op::unmatched,
         }
-    } else if path == internal::APPLY_PATH {
+    } else if path == APPLY_PATH {
         Op::internal_apply
-    } else if path == internal::READ_PATH {
+    } else if path == READ_PATH {
         Op::internal_read
     } else if path == STREAM_PATH {
         Op::internal_stream

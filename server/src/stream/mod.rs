@@ -2,7 +2,7 @@
 //! share of the ring and turns AVAILABLE without an acknowledged write
 //! missing, while clients keep writing.
 //!
-//! - [`wire`]: the checksummed, length-prefixed frames a range travels in.
+//! - The frames a range travels in are [`peer::frames`](crate::peer::frames).
 //! - [`sender`]: the source's `/internal/v1/stream` route, reading an engine
 //!   snapshot of a token range.
 //! - [`receiver`]: pulls a range, resumes a cut stream, switches source.
@@ -46,7 +46,6 @@ pub mod cleanup;
 pub mod handoff;
 pub mod receiver;
 pub mod sender;
-pub mod wire;
 
 use std::time::{Duration, Instant};
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use strata_ring::TokenRange;
 
-use super::sender::{encode_hex, STREAM_PATH};
-use super::wire::{Decoder, Frame, WireError};
 use super::Progress;
-use crate::auth::ClusterSecret;
 use crate::hlc::Hlc;
 use crate::membership::MemberInfo;
 use crate::metrics::Metrics;
+use crate::peer::frames::{Decoder, Frame, FrameError};
+use crate::peer::wire::encode_hex;
+use crate::peer::{Peer, PeerError};
 use crate::storage::{Storage, StorageError};
 use std::sync::Arc;
 
@@ -33,21 +33,18 @@ const RANGES_AT_ONCE: usize = 4;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StreamError {
-    /// Connecting, or reading the body.
-    #[error("http: {0}")]
-    Http(#[from] reqwest::Error),
-    /// The source answered with an error status.
-    #[error("source answered {0}")]
-    Status(reqwest::StatusCode),
+    /// The source refused, or could not be reached or read.
+    #[error("source: {0}")]
+    Peer(#[from] PeerError),
     /// No bytes for [`IDLE_TIMEOUT`].
     #[error("stream idle for {0:?}")]
     Idle(Duration),
     /// The body ended without an end frame.
     #[error("stream cut before its end frame")]
     Cut,
-    /// The bytes do not decode.
-    #[error("wire: {0}")]
-    Wire(#[from] WireError),
+    /// The frames do not decode.
+    #[error("frames: {0}")]
+    Frame(#[from] FrameError),
     /// The end frame counts other entries than were received.
     #[error("source says it sent {sent} entries, {received} arrived")]
     Count {
@@ -70,9 +67,8 @@ pub enum StreamError {
 /// Pulls ranges into this node's engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Receiver {
-    client: reqwest::Client,
+    peer: Arc<dyn Peer>,
     storage: Storage,
-    secret: ClusterSecret,
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
     hlc: Arc<Hlc>,
@@ -81,28 +77,22 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver with its own HTTP client: no total deadline (a range
-    /// takes as long as it takes), a connect deadline and an idle deadline
-    /// per read instead.
+    /// A receiver that pulls through `peer`, with an idle deadline per
+    /// read of a stream rather than one for the whole range (a range takes
+    /// as long as it takes).
     pub fn new(
         storage: Storage,
-        secret: ClusterSecret,
+        peer: Arc<dyn Peer>,
         (metrics, progress, hlc): (Arc<Metrics>, Arc<Progress>, Arc<Hlc>),
-        connect_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self {
-            client,
+    ) -> Self {
+        Self {
+            peer,
             storage,
-            secret,
             metrics,
             progress,
             hlc,
             idle_timeout: IDLE_TIMEOUT,
-        })
+        }
     }
 
     /// Pulls every `(range, sources)` job, [`RANGES_AT_ONCE`] at a time;
@@ -185,32 +175,15 @@ impl Receiver {
         after: &mut Option<Vec<u8>>,
         applied: &mut u64,
     ) -> Result<(), StreamError> {
-        let mut url = format!(
-            "http://{}{STREAM_PATH}?start={}&end={}",
-            source.http_addr,
-            range.start(),
-            range.end()
-        );
-        if let Some(a) = after.as_deref() {
-            url.push_str("&after=");
-            url.push_str(&encode_hex(a));
-        }
-        let request = self
-            .client
-            .get(url)
-            .bearer_auth(self.secret.expose())
-            .send();
         let idle = self.idle_timeout;
-        let mut response = tokio::time::timeout(idle, request)
+        let request = self.peer.stream(source.endpoint(), range, after.as_deref());
+        let mut body = tokio::time::timeout(idle, request)
             .await
             .map_err(|_| StreamError::Idle(idle))??;
-        if !response.status().is_success() {
-            return Err(StreamError::Status(response.status()));
-        }
         let mut decoder = Decoder::default();
         let mut received = 0u64;
         loop {
-            let chunk = tokio::time::timeout(idle, response.chunk())
+            let chunk = tokio::time::timeout(idle, body.next_chunk())
                 .await
                 .map_err(|_| StreamError::Idle(idle))??;
             let Some(chunk) = chunk else {

@@ -21,10 +21,12 @@ use parking_lot::Mutex;
 use strata_ring::NodeId;
 
 use super::*;
+use crate::auth::ClusterSecret;
 use crate::membership::NodeState;
+use crate::peer::frames::{end_frame, FrameBuilder, HEADER_LEN};
+use crate::peer::http::HttpPeer;
+use crate::peer::wire::{decode_hex, STREAM_PATH};
 use crate::storage::{engine_key, Record};
-use crate::stream::sender::decode_hex;
-use crate::stream::wire::{end_frame, FrameBuilder, HEADER_LEN};
 
 /// Entries per frame the stub sends: small, so a range is many frames.
 const FRAME_ENTRIES: usize = 10;
@@ -212,17 +214,21 @@ async fn start(stub: Arc<Stub>, id: &str) -> MemberInfo {
 fn receiver(dir: &std::path::Path) -> (Receiver, Storage, Arc<Metrics>) {
     let storage = Storage::open(dir).unwrap();
     let metrics = Arc::new(Metrics::new());
+    let peer = HttpPeer::new(
+        ClusterSecret::new("a-test-secret-of-some-length".into()),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let mut receiver = Receiver::new(
         storage.clone(),
-        ClusterSecret::new("a-test-secret-of-some-length".into()),
+        Arc::new(peer),
         (
             metrics.clone(),
             Arc::new(Progress::default()),
             Arc::new(Hlc::new()),
         ),
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    );
     receiver.idle_timeout = Duration::from_millis(300);
     (receiver, storage, metrics)
 }
@@ -355,7 +361,7 @@ async fn a_source_that_keeps_failing_fails_the_range_rather_than_finish_it_wrong
     let started = std::time::Instant::now();
     let result = receiver.pull(range(), &[source]).await;
     assert!(
-        matches!(result, Err(StreamError::Wire(WireError::Checksum))),
+        matches!(result, Err(StreamError::Frame(FrameError::Checksum))),
         "{result:?}"
     );
     // Bounded: ROUNDS x TRIES_PER_SOURCE attempts with their backoffs.

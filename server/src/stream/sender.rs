@@ -1,65 +1,38 @@
-//! The source side: `GET /internal/v1/stream?start=S&end=E[&after=HEX]`
-//! streams the token range `(S, E]` of this node's engine, read from one
-//! snapshot, in engine-key order, as [`wire`](super::wire) frames; `after`
-//! (an engine key, hex) resumes a cut stream past the last key applied.
+//! The source side of a range stream: walks one engine snapshot of a token
+//! range `(S, E]`, in engine-key order, and hands it out as
+//! [`frames`](crate::peer::frames), resuming past an engine key when asked.
+//! The route that serves it is `api::stream`.
 //!
-//! A blocking task walks the snapshot and hands frames to the response body
-//! through a channel of [`CHANNEL_FRAMES`] frames: when the receiver reads
-//! slowly, TCP fills, the body stops polling, the channel fills and the
-//! walk waits. Memory stays at a few frames whatever the range's size, and
-//! the node keeps serving: the snapshot never blocks writers.
+//! A blocking task walks the snapshot and hands frames on through a channel
+//! of [`CHANNEL_FRAMES`] frames: when the receiver reads slowly, TCP fills,
+//! the body stops polling, the channel fills and the walk waits. Memory
+//! stays at a few frames whatever the range's size, and the node keeps
+//! serving: the snapshot never blocks writers.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
-use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use bytes::Bytes;
+use strata_engine::Snapshot;
 use strata_ring::TokenRange;
 use tokio::sync::mpsc;
 
-use super::wire::{end_frame, FrameBuilder};
-use crate::api::{ApiError, AppState};
+use crate::metrics::Metrics;
+use crate::peer::frames::{end_frame, FrameBuilder};
 
-/// Path of the stream route.
-pub const STREAM_PATH: &str = "/internal/v1/stream";
 /// Frames queued between the snapshot walk and the socket.
 const CHANNEL_FRAMES: usize = 4;
 
-/// The stream route's query.
-#[derive(Debug, Deserialize)]
-pub struct StreamQuery {
-    /// Range start (exclusive).
-    pub start: u64,
-    /// Range end (inclusive); equal to `start` for the whole ring.
-    pub end: u64,
-    /// Resume after this engine key, hex.
-    pub after: Option<String>,
-}
-
-/// `GET /internal/v1/stream`.
-pub async fn stream(
-    State(state): State<AppState>,
-    Query(q): Query<StreamQuery>,
-) -> Result<Response, ApiError> {
-    let after = match &q.after {
-        Some(hex) => {
-            Some(decode_hex(hex).ok_or_else(|| ApiError::bad_request("bad_after", "not hex"))?)
-        }
-        None => None,
-    };
-    let range = TokenRange::new(q.start, q.end);
-    let snapshot = state.storage.snapshot();
-    let metrics = state.metrics.clone();
+/// The frames of `range` in `snapshot`, past the engine key `after` when
+/// given, ending with an end frame; an error item (and no end frame) if the
+/// snapshot cannot be read, so that the receiver sees a cut stream.
+pub fn frames_of(
+    snapshot: Snapshot,
+    range: TokenRange,
+    after: Option<Vec<u8>>,
+    metrics: Arc<Metrics>,
+) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_FRAMES);
-    // Debug, not info: a join asks each source for a few hundred ranges.
-    tracing::debug!(
-        start = q.start,
-        end = q.end,
-        resume = after.is_some(),
-        "streaming a range"
-    );
     tokio::task::spawn_blocking(move || {
         let mut builder = FrameBuilder::default();
         let mut sent = 0u64;
@@ -97,11 +70,7 @@ pub async fn stream(
         }
         send(end_frame(sent), 0);
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::new(ChannelBody(rx)),
-    )
-        .into_response())
+    rx
 }
 
 /// Lower and upper bounds of an engine key range.
@@ -131,46 +100,6 @@ pub fn engine_bounds(range: TokenRange, after: Option<&[u8]>) -> Vec<KeyBounds> 
             };
             Some((lo, hi))
         })
-        .collect()
-}
-
-/// A response body fed by a channel: polled by hyper only when the socket
-/// can take more, which is the flow control.
-struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-impl HttpBody for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(http_body::Frame::data)))
-    }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn encode_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// Bytes of a hex string; `None` if it is not hex.
-pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
 }
 
@@ -213,14 +142,5 @@ mod tests {
         let b = engine_bounds(range, Some(&mid));
         assert_eq!(b.len(), 2);
         assert_eq!(b[0].0, Bound::Excluded(mid));
-    }
-
-    #[test]
-    fn hex_round_trips_and_refuses_junk() {
-        let bytes = vec![0, 1, 0xab, 0xff];
-        assert_eq!(decode_hex(&encode_hex(&bytes)).unwrap(), bytes);
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
-        assert_eq!(decode_hex("é1"), None);
     }
 }

@@ -561,10 +561,10 @@ impl Cluster {
     /// last-writer-wins (`POST /internal/v1/apply`), as a replication call
     /// does: a way to make one replica stale, newer, or hold a stray copy.
     pub async fn apply_local(&self, i: usize, key: &str, record: &strata_server::storage::Record) {
-        let body = strata_server::api::internal::encode_apply(key.as_bytes(), record);
+        let body = strata_server::peer::wire::encode_apply(key.as_bytes(), record);
         let r = self
             .client
-            .post(self.nodes[i].url(strata_server::api::internal::APPLY_PATH))
+            .post(self.nodes[i].url(strata_server::peer::wire::APPLY_PATH))
             .bearer_auth(SECRET)
             .body(body)
             .send()

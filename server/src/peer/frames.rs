@@ -94,7 +94,7 @@ pub enum Frame {
 /// Why stream bytes are refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum WireError {
+pub enum FrameError {
     /// A kind byte this build does not know.
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
@@ -188,17 +188,17 @@ impl Decoder {
     }
 
     /// The next complete frame, `None` if more bytes are needed.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, WireError> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         let Some((header, rest)) = self.buf.split_first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
         let [kind, l0, l1, l2, l3, c0, c1, c2, c3] = *header;
         if kind != KIND_RECORDS && kind != KIND_END {
-            return Err(WireError::UnknownKind(kind));
+            return Err(FrameError::UnknownKind(kind));
         }
         let len = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
         if len > MAX_PAYLOAD {
-            return Err(WireError::TooLarge(len));
+            return Err(FrameError::TooLarge(len));
         }
         let Some(payload) = rest.get(..len) else {
             return Ok(None);
@@ -207,13 +207,13 @@ impl Decoder {
         crc.update(&[kind, l0, l1, l2, l3]);
         crc.update(payload);
         if crc.finalize() != u32::from_be_bytes([c0, c1, c2, c3]) {
-            return Err(WireError::Checksum);
+            return Err(FrameError::Checksum);
         }
         let frame = if kind == KIND_END {
             let entries = payload
                 .try_into()
                 .map(u64::from_be_bytes)
-                .map_err(|_| WireError::BadEnd)?;
+                .map_err(|_| FrameError::BadEnd)?;
             Frame::End { entries }
         } else {
             Frame::Records(decode_entries(payload)?)
@@ -223,27 +223,29 @@ impl Decoder {
     }
 }
 
-fn take_len<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], WireError> {
-    let (len, rest) = bytes.split_first_chunk::<4>().ok_or(WireError::Truncated)?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| WireError::Truncated)?;
+fn take_len<'a>(bytes: &mut &'a [u8]) -> Result<&'a [u8], FrameError> {
+    let (len, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(FrameError::Truncated)?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| FrameError::Truncated)?;
     if rest.len() < len {
-        return Err(WireError::Truncated);
+        return Err(FrameError::Truncated);
     }
     let (field, rest) = rest.split_at(len);
     *bytes = rest;
     Ok(field)
 }
 
-fn decode_entries(mut payload: &[u8]) -> Result<Vec<Entry>, WireError> {
+fn decode_entries(mut payload: &[u8]) -> Result<Vec<Entry>, FrameError> {
     let mut entries = Vec::new();
     while !payload.is_empty() {
         let key = take_len(&mut payload)?;
         let record = take_len(&mut payload)?;
-        let (tok, user_key) = key.split_first_chunk::<8>().ok_or(WireError::BadKey)?;
+        let (tok, user_key) = key.split_first_chunk::<8>().ok_or(FrameError::BadKey)?;
         // A key under the wrong token would be stored where no read finds
         // it, and would escape clean-up of its real range.
         if u64::from_be_bytes(*tok) != token(user_key) {
-            return Err(WireError::BadKey);
+            return Err(FrameError::BadKey);
         }
         entries.push(Entry {
             engine_key: key.to_vec(),
@@ -285,7 +287,7 @@ mod tests {
         (entries, bytes)
     }
 
-    fn decode_all(bytes: &[u8], piece: usize) -> Result<(Vec<Entry>, Option<u64>), WireError> {
+    fn decode_all(bytes: &[u8], piece: usize) -> Result<(Vec<Entry>, Option<u64>), FrameError> {
         let mut d = Decoder::default();
         let (mut out, mut end) = (Vec::new(), None);
         for chunk in bytes.chunks(piece) {
@@ -343,7 +345,7 @@ mod tests {
         header.extend_from_slice(&u32::MAX.to_be_bytes());
         header.extend_from_slice(&[0; 4]);
         d.push(&header);
-        assert_eq!(d.next_frame(), Err(WireError::TooLarge(u32::MAX as usize)));
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge(u32::MAX as usize)));
 
         let mut builder = FrameBuilder::default();
         let mut key = engine_key(b"k");
@@ -351,6 +353,6 @@ mod tests {
         builder.push(&key, &Record::value(1, b"v".to_vec()).encode());
         let mut d = Decoder::default();
         d.push(&builder.take());
-        assert_eq!(d.next_frame(), Err(WireError::BadKey));
+        assert_eq!(d.next_frame(), Err(FrameError::BadKey));
     }
 }

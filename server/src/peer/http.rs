@@ -1,0 +1,142 @@
+//! The real transport: pooled HTTP with the cluster secret.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_ring::TokenRange;
+
+use super::wire::{encode_hex, APPLY_PATH, READ_PATH, STREAM_PATH};
+use super::{Chunks, Endpoint, Peer, PeerError};
+use crate::auth::ClusterSecret;
+use crate::storage::Record;
+
+/// Calls peers over HTTP, sharing one connection pool. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HttpPeer {
+    client: reqwest::Client,
+    secret: ClusterSecret,
+    /// Deadline of one apply or read.
+    replica_timeout: Duration,
+}
+
+impl HttpPeer {
+    /// A peer client. `replica_timeout` bounds connecting and each apply
+    /// and read (not streams: a range takes as long as it takes).
+    /// `pool_idle_timeout` is how long an idle pooled connection is kept:
+    /// below the peers' own idle limit (their header and idle timeouts), or
+    /// a call could go out on a connection the peer is closing at that
+    /// moment.
+    pub fn new(
+        secret: ClusterSecret,
+        replica_timeout: Duration,
+        pool_idle_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(replica_timeout)
+            .pool_max_idle_per_host(128)
+            .pool_idle_timeout(pool_idle_timeout)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            client,
+            secret,
+            replica_timeout,
+        })
+    }
+
+    async fn post(
+        &self,
+        to: Endpoint<'_>,
+        path: &str,
+        body: Bytes,
+    ) -> Result<reqwest::Response, PeerError> {
+        let response = self
+            .client
+            .post(format!("http://{}{path}", to.addr))
+            .bearer_auth(self.secret.expose())
+            .timeout(self.replica_timeout)
+            .body(body)
+            .send()
+            .await
+            .map_err(failure)?;
+        Ok(response)
+    }
+}
+
+#[async_trait]
+impl Peer for HttpPeer {
+    async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        let response = self.post(to, APPLY_PATH, body).await?;
+        refused(&response)
+    }
+
+    async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError> {
+        let response = self.post(to, READ_PATH, key).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        refused(&response)?;
+        let body = response.bytes().await.map_err(failure)?;
+        Record::decode(body)
+            .map(Some)
+            .map_err(|e| PeerError::BadAnswer(e.to_string()))
+    }
+
+    async fn stream(
+        &self,
+        to: Endpoint<'_>,
+        range: TokenRange,
+        after: Option<&[u8]>,
+    ) -> Result<Box<dyn Chunks>, PeerError> {
+        let mut url = format!(
+            "http://{}{STREAM_PATH}?start={}&end={}",
+            to.addr,
+            range.start(),
+            range.end()
+        );
+        if let Some(a) = after {
+            url.push_str("&after=");
+            url.push_str(&encode_hex(a));
+        }
+        let response = self
+            .client
+            .get(url)
+            .bearer_auth(self.secret.expose())
+            .send()
+            .await
+            .map_err(failure)?;
+        refused(&response)?;
+        Ok(Box::new(Body(response)))
+    }
+}
+
+/// A streamed response body.
+struct Body(reqwest::Response);
+
+#[async_trait]
+impl Chunks for Body {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, PeerError> {
+        self.0.chunk().await.map_err(failure)
+    }
+}
+
+/// An error status as [`PeerError::Refused`].
+fn refused(response: &reqwest::Response) -> Result<(), PeerError> {
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(PeerError::Refused {
+            status: status.as_u16(),
+        })
+    }
+}
+
+fn failure(e: reqwest::Error) -> PeerError {
+    if e.is_timeout() {
+        PeerError::Timeout
+    } else {
+        PeerError::Unreachable(e.to_string())
+    }
+}

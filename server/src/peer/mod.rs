@@ -1,0 +1,76 @@
+//! How this node talks to the others: the [`Peer`] trait, the seam between
+//! the replication and streaming logic (`coordinator`, `stream`) and the
+//! network. [`http::HttpPeer`] is the real transport.
+//!
+//! - [`wire`]: the apply and read bodies, the internal paths, hex.
+//! - [`frames`]: the checksummed frames a streamed range travels in.
+
+pub mod frames;
+pub mod http;
+pub mod wire;
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use strata_ring::{NodeId, TokenRange};
+
+use crate::storage::Record;
+
+/// The member a call goes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint<'a> {
+    /// Its id (what a simulated cluster knows it by).
+    pub id: &'a NodeId,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+}
+
+/// Why a call to a peer failed. The kinds are what the coordinator counts
+/// apart in its replica-call metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// No answer within the call's deadline; it may or may not have taken
+    /// effect.
+    #[error("timed out")]
+    Timeout,
+    /// The peer answered with an error status.
+    #[error("refused with status {status}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// No connection, or it broke before the answer was whole.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// An answer that does not decode.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+}
+
+/// The body of a range stream, piece by piece as it arrives.
+#[async_trait]
+pub trait Chunks: Send {
+    /// The next piece; `None` once the body ended.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, PeerError>;
+}
+
+/// Calls to other nodes. Every call acts on that node's own engine only.
+#[async_trait]
+pub trait Peer: Send + Sync {
+    /// Applies an apply body ([`wire::encode_apply`]) with last-writer-wins.
+    async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError>;
+
+    /// The record the peer holds for `key`, tombstones included.
+    async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError>;
+
+    /// Opens the stream of `range` past the engine key `after`: the body is
+    /// [`frames`]. No deadline beyond connecting: the caller bounds its waits.
+    async fn stream(
+        &self,
+        to: Endpoint<'_>,
+        range: TokenRange,
+        after: Option<&[u8]>,
+    ) -> Result<Box<dyn Chunks>, PeerError>;
+}
