@@ -28,15 +28,15 @@
 //! consistency), [`membership`] (gossip and the ring), [`storage`] (the
 //! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
 //! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`listener`] (the accept loop and its connection limits), [`stream`] (bootstrap streaming, decommission and clean-up),
-//! [`demo`] (a local cluster), [`admin`] (operator commands).
+//! shutdown), [`listener`] (the accept loop and its connection limits),
+//! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
+//! binary's subcommands (`demo`, `decommission`, `cleanup`, `repair-engine`)
+//! live with it, in `src/bin/kvnode/`.
 
-pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod coordinator;
-pub mod demo;
 pub mod gossip_transport;
 pub mod hlc;
 pub mod listener;
@@ -46,5 +46,6 @@ pub mod node;
 pub mod storage;
 pub mod stream;
 
+pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
 pub use api::router;
-pub use node::{run, NodeError};
+pub use node::{mark_for_restream, run, NodeError};

@@ -275,7 +275,7 @@ async fn publish_health(membership: Arc<Membership>, storage: Storage, every: st
 /// replicas when it next starts (its engine lost data in a repair). Returns
 /// false if the dir has no `node.json`: a node that never served has
 /// nothing to stream back.
-pub(crate) fn mark_for_restream(data_dir: &Path) -> Result<bool, NodeError> {
+pub fn mark_for_restream(data_dir: &Path) -> Result<bool, NodeError> {
     let path = data_dir.join("node.json");
     let err = |reason: String| NodeError::DataDir {
         path: path.clone(),
