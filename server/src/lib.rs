@@ -10,9 +10,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use strata_server::config::{Config, NodeArgs};
+//! use strata_server::config::{Config, Settings};
 //!
-//! let config = Config::load(NodeArgs::default())?;
+//! let config = Config::load(Settings::default())?;
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
 //! strata_server::run(config, listener, async {
 //!     let _ = tokio::signal::ctrl_c().await;

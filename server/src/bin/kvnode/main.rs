@@ -9,7 +9,7 @@ use admin::{AdminArgs, RepairArgs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use demo::DemoArgs;
-use strata_server::config::{Config, NodeArgs};
+use strata_server::config::{Config, Settings};
 
 /// A ring-routed, replicated HTTP key-value node.
 #[derive(Parser)]
@@ -18,7 +18,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    node: NodeArgs,
+    node: Settings,
 }
 
 #[derive(Subcommand)]
