@@ -136,7 +136,7 @@ pub struct Settings {
     /// Gossip address other nodes use [default: advertise IP, gossip port].
     #[arg(long, env = "KVNODE_GOSSIP_ADVERTISE")]
     pub gossip_advertise: Option<SocketAddr>,
-    /// Data directory [default: ./kvnode-data/<node id>].
+    /// Data directory (default: `./kvnode-data/<node id>`).
     #[arg(long, env = "KVNODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Gossip addresses (host:port) of seed nodes, comma-separated.

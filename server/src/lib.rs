@@ -24,11 +24,11 @@
 //! Then `curl -X PUT --data-binary v http://127.0.0.1:7700/v1/kv/k` and
 //! `curl http://127.0.0.1:7700/v1/kv/k`.
 //!
-//! Modules, one role each: [`api`] (routes), [`coordinator`] (replication and
-//! consistency), [`membership`] (gossip and the ring), [`storage`] (the
-//! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
-//! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`listener`] (the accept loop and its connection limits),
+//! Modules, one role each: [`api`] (routes), `coordinator` (replication and
+//! consistency), `membership` (gossip and the ring), [`storage`] (the
+//! engine behind the node's key layout), `hlc` (versions), [`auth`] (the
+//! cluster secret), [`config`], `metrics`, `node` (startup and
+//! shutdown), `listener` (the accept loop and its connection limits),
 //! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
 //! binary's subcommands (`demo`, `decommission`, `cleanup`, `repair-engine`)
 //! live with it, in `src/bin/kvnode/`.
@@ -36,13 +36,13 @@
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod coordinator;
+mod coordinator;
 pub mod gossip_transport;
-pub mod hlc;
-pub mod listener;
-pub mod membership;
-pub mod metrics;
-pub mod node;
+mod hlc;
+mod listener;
+mod membership;
+mod metrics;
+mod node;
 pub mod storage;
 pub mod stream;
 
