@@ -2,8 +2,10 @@
 //! variables and a TOML file, resolved into one validated [`Config`].
 //!
 //! Precedence, highest first: flag, environment variable, file, default.
-//! clap reads the flag or the variable; [`Config::resolve`] lays the file and
-//! the defaults under them and checks the invariants once.
+//! Every setting is declared once, in [`Settings`]: clap reads it from its
+//! flag or variable, serde from the file, [`Settings::or`] lays the first
+//! over the second, and `Config::resolve` fills in the defaults and checks
+//! the invariants, one small function per job.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -107,11 +109,16 @@ pub mod defaults {
     pub const FD_RESERVE: u64 = 256;
 }
 
-/// The flags (each also an environment variable) that configure a node.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct NodeArgs {
+/// Every setting of a node, all optional: the flags (each also a `KVNODE_*`
+/// variable) and the TOML file (keys as the long flags, with underscores)
+/// are both read into this one struct.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
     /// TOML configuration file (keys as the long flags, with underscores).
     #[arg(long, env = "KVNODE_CONFIG")]
+    // Names the file, so it is never a key inside one.
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Unique, stable id of this node (a first node derives its tokens from
     /// it; a joining node allocates its own).
@@ -129,7 +136,7 @@ pub struct NodeArgs {
     /// Gossip address other nodes use [default: advertise IP, gossip port].
     #[arg(long, env = "KVNODE_GOSSIP_ADVERTISE")]
     pub gossip_advertise: Option<SocketAddr>,
-    /// Data directory [default: ./kvnode-data/<node id>].
+    /// Data directory (default: `./kvnode-data/<node id>`).
     #[arg(long, env = "KVNODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Gossip addresses (host:port) of seed nodes, comma-separated.
@@ -200,35 +207,49 @@ pub struct NodeArgs {
     pub max_connections: Option<usize>,
 }
 
-/// The TOML file: the same keys as the flags, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    node_id: Option<String>,
-    listen: Option<SocketAddr>,
-    advertise: Option<SocketAddr>,
-    gossip_listen: Option<SocketAddr>,
-    gossip_advertise: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    seeds: Option<Vec<String>>,
-    cluster_id: Option<String>,
-    vnodes: Option<u32>,
-    replication_factor: Option<usize>,
-    cluster_secret: Option<String>,
-    max_key_size: Option<usize>,
-    max_value_size: Option<usize>,
-    max_body_size: Option<usize>,
-    request_timeout_ms: Option<u64>,
-    replica_timeout_ms: Option<u64>,
-    max_concurrent_requests: Option<usize>,
-    gossip_interval_ms: Option<u64>,
-    cleanup_grace_ms: Option<u64>,
-    auto_cleanup: Option<bool>,
-    max_members: Option<usize>,
-    max_inflight_body_bytes: Option<usize>,
-    header_read_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    max_connections: Option<usize>,
+/// Lays `$high` over `$low`, field by field. The struct literal names every
+/// field, so a setting added to [`Settings`] but not here fails to compile.
+macro_rules! merge {
+    ($high:expr, $low:expr; $($field:ident),* $(,)?) => {{
+        let (high, low) = ($high, $low);
+        Settings { $($field: high.$field.or(low.$field)),* }
+    }};
+}
+
+impl Settings {
+    /// Each setting of `self`, or of `lower` where `self` leaves it unset:
+    /// flags and variables over the file.
+    #[must_use]
+    pub fn or(self, lower: Self) -> Self {
+        merge!(self, lower;
+        config,
+        node_id,
+        listen,
+        advertise,
+        gossip_listen,
+        gossip_advertise,
+        data_dir,
+        seeds,
+        cluster_id,
+        vnodes,
+        replication_factor,
+        cluster_secret,
+        max_key_size,
+        max_value_size,
+        max_body_size,
+        request_timeout_ms,
+        replica_timeout_ms,
+        max_concurrent_requests,
+        gossip_interval_ms,
+        cleanup_grace_ms,
+        auto_cleanup,
+        max_members,
+        max_inflight_body_bytes,
+        header_read_timeout_ms,
+        idle_timeout_ms,
+        max_connections
+        )
+    }
 }
 
 /// Why a configuration is refused.
@@ -273,6 +294,28 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The size limits, each within what the engine and the key layout take.
+    fn resolve(s: &Settings) -> Result<Self, ConfigError> {
+        let limits = Self {
+            max_key_size: s.max_key_size.unwrap_or(defaults::MAX_KEY_SIZE),
+            max_value_size: s.max_value_size.unwrap_or(defaults::MAX_VALUE_SIZE),
+            max_body_size: s.max_body_size.unwrap_or(defaults::MAX_BODY_SIZE),
+        };
+        if limits.max_key_size == 0 || limits.max_key_size > strata_engine::MAX_KEY_SIZE_LIMIT - 8 {
+            return invalid(
+                "max_key_size",
+                "must be 1..=engine limit - 8 (token prefix)",
+            );
+        }
+        if limits.max_value_size > strata_engine::MAX_VALUE_SIZE_LIMIT - RECORD_HEADER_LEN {
+            return invalid("max_value_size", "exceeds the engine's value limit");
+        }
+        if limits.max_body_size < limits.max_value_size {
+            return invalid("max_body_size", "must be at least max_value_size");
+        }
+        Ok(limits)
+    }
+
     /// Largest internal apply body: a maximal key and record with their
     /// framing (`api::internal`).
     pub fn apply_body_size(&self) -> usize {
@@ -339,173 +382,17 @@ pub struct Edges {
     pub max_connections: Option<usize>,
 }
 
-impl Config {
-    /// Reads the file named by `args.config` (if any) and resolves.
-    pub fn load(args: NodeArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_file(path, &text)?
-            }
-            None => FileConfig::default(),
-        };
-        Self::resolve(args, file)
-    }
-
-    fn resolve(args: NodeArgs, file: FileConfig) -> Result<Self, ConfigError> {
-        let node_id = args
-            .node_id
-            .or(file.node_id)
-            .unwrap_or_else(|| defaults::NODE_ID.to_owned());
-        if node_id.is_empty() || node_id.len() > 128 || node_id.contains(['|', ',']) {
-            return invalid("node_id", "1 to 128 characters, without '|' or ','");
-        }
-        let listen = args
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 7700)));
-        let advertise = args.advertise.or(file.advertise).unwrap_or(listen);
-        if advertise.ip().is_unspecified() || advertise.port() == 0 {
-            return invalid(
-                "advertise",
-                "must be a reachable address (set it when listening on 0.0.0.0 or port 0)",
-            );
-        }
-        let gossip_listen = match args.gossip_listen.or(file.gossip_listen) {
-            Some(addr) => addr,
-            None => SocketAddr::new(listen.ip(), next_port(listen.port())?),
-        };
-        let gossip_advertise = match args.gossip_advertise.or(file.gossip_advertise) {
-            Some(addr) => addr,
-            None => SocketAddr::new(advertise.ip(), gossip_listen.port()),
-        };
-        if gossip_advertise.ip().is_unspecified() || gossip_advertise.port() == 0 {
-            return invalid("gossip_advertise", "must be a reachable address");
-        }
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| Path::new(defaults::DATA_ROOT).join(&node_id));
-        let seeds: Vec<String> = args
-            .seeds
-            .or(file.seeds)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        let cluster_id = args
-            .cluster_id
-            .or(file.cluster_id)
-            .unwrap_or_else(|| defaults::CLUSTER_ID.to_owned());
-        let vnodes = args.vnodes.or(file.vnodes).unwrap_or(defaults::VNODES);
-        if !(1..=1024).contains(&vnodes) {
-            return invalid("vnodes", "must be 1..=1024");
-        }
-        let rf = args
-            .replication_factor
-            .or(file.replication_factor)
-            .unwrap_or(defaults::REPLICATION_FACTOR);
-        let replication_factor = ReplicationFactor::new(rf).map_err(|e| ConfigError::Invalid {
-            field: "replication_factor",
-            reason: e.to_string(),
-        })?;
-        let secret = match args.cluster_secret.or(file.cluster_secret) {
-            Some(s) if s.len() < 16 => return invalid("cluster_secret", "at least 16 characters"),
-            Some(s) => ClusterSecret::new(s),
-            None if seeds.iter().any(|s| !is_self(s, gossip_advertise)) => {
-                return invalid(
-                    "cluster_secret",
-                    "required when joining other nodes (--seeds): set KVNODE_CLUSTER_SECRET",
-                )
-            }
-            None => ClusterSecret::random(),
-        };
-        let limits = Limits {
-            max_key_size: args
-                .max_key_size
-                .or(file.max_key_size)
-                .unwrap_or(defaults::MAX_KEY_SIZE),
-            max_value_size: args
-                .max_value_size
-                .or(file.max_value_size)
-                .unwrap_or(defaults::MAX_VALUE_SIZE),
-            max_body_size: args
-                .max_body_size
-                .or(file.max_body_size)
-                .unwrap_or(defaults::MAX_BODY_SIZE),
-        };
-        if limits.max_key_size == 0 || limits.max_key_size > strata_engine::MAX_KEY_SIZE_LIMIT - 8 {
-            return invalid(
-                "max_key_size",
-                "must be 1..=engine limit - 8 (token prefix)",
-            );
-        }
-        if limits.max_value_size > strata_engine::MAX_VALUE_SIZE_LIMIT - RECORD_HEADER_LEN {
-            return invalid("max_value_size", "exceeds the engine's value limit");
-        }
-        if limits.max_body_size < limits.max_value_size {
-            return invalid("max_body_size", "must be at least max_value_size");
-        }
-        let ms =
-            |v: Option<u64>, w: Option<u64>, d: u64| Duration::from_millis(v.or(w).unwrap_or(d));
-        let request_timeout = ms(
-            args.request_timeout_ms,
-            file.request_timeout_ms,
-            defaults::REQUEST_TIMEOUT_MS,
-        );
-        let replica_timeout = ms(
-            args.replica_timeout_ms,
-            file.replica_timeout_ms,
-            defaults::REPLICA_TIMEOUT_MS,
-        );
-        let gossip_interval = ms(
-            args.gossip_interval_ms,
-            file.gossip_interval_ms,
-            defaults::GOSSIP_INTERVAL_MS,
-        );
-        let cleanup_grace = ms(
-            args.cleanup_grace_ms,
-            file.cleanup_grace_ms,
-            defaults::CLEANUP_GRACE_MS,
-        );
-        if request_timeout.is_zero() || replica_timeout.is_zero() || gossip_interval.is_zero() {
-            return invalid("timeouts", "must be positive");
-        }
-        let max_concurrent_requests = args
-            .max_concurrent_requests
-            .or(file.max_concurrent_requests)
-            .unwrap_or(defaults::MAX_CONCURRENT_REQUESTS);
-        if max_concurrent_requests == 0 {
-            return invalid("max_concurrent_requests", "must be positive");
-        }
-        let max_members = args
-            .max_members
-            .or(file.max_members)
-            .unwrap_or(defaults::MAX_MEMBERS);
-        if max_members < 2 {
-            return invalid("max_members", "must be at least 2");
-        }
-        let auto_cleanup = args.auto_cleanup.or(file.auto_cleanup).unwrap_or(true);
-        let edges = Edges {
-            max_inflight_body_bytes: args
+impl Edges {
+    /// The server's edges; the body budget must still take the largest body
+    /// a route accepts.
+    fn resolve(s: &Settings, limits: &Limits) -> Result<Self, ConfigError> {
+        let edges = Self {
+            max_inflight_body_bytes: s
                 .max_inflight_body_bytes
-                .or(file.max_inflight_body_bytes)
                 .unwrap_or_else(defaults::max_inflight_body_bytes),
-            header_read_timeout: ms(
-                args.header_read_timeout_ms,
-                file.header_read_timeout_ms,
-                defaults::HEADER_READ_TIMEOUT_MS,
-            ),
-            idle_timeout: ms(
-                args.idle_timeout_ms,
-                file.idle_timeout_ms,
-                defaults::IDLE_TIMEOUT_MS,
-            ),
-            max_connections: args.max_connections.or(file.max_connections),
+            header_read_timeout: millis(s.header_read_timeout_ms, defaults::HEADER_READ_TIMEOUT_MS),
+            idle_timeout: millis(s.idle_timeout_ms, defaults::IDLE_TIMEOUT_MS),
+            max_connections: s.max_connections,
         };
         // A quarter of the budget is kept for replica traffic (`api::budget`),
         // and the rest must still take the largest body a route accepts.
@@ -522,13 +409,69 @@ impl Config {
         if edges.max_connections == Some(0) {
             return invalid("max_connections", "must be positive");
         }
+        Ok(edges)
+    }
+}
+
+impl Config {
+    /// Reads the file named by `settings.config` (if any), lays `settings`
+    /// over it and resolves.
+    pub fn load(settings: Settings) -> Result<Self, ConfigError> {
+        let file = match &settings.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_file(path, &text)?
+            }
+            None => Settings::default(),
+        };
+        Self::resolve(settings.or(file))
+    }
+
+    /// Fills in the defaults and checks the invariants, one job at a time.
+    fn resolve(s: Settings) -> Result<Self, ConfigError> {
+        let node_id = node_id(&s)?;
+        let Addresses {
+            listen,
+            advertise,
+            gossip_listen,
+            gossip_advertise,
+        } = addresses(&s)?;
+        let Cluster {
+            seeds,
+            cluster_id,
+            vnodes,
+            replication_factor,
+            secret,
+            max_members,
+            auto_cleanup,
+        } = cluster(&s, gossip_advertise)?;
+        let limits = Limits::resolve(&s)?;
+        let Timeouts {
+            request_timeout,
+            replica_timeout,
+            gossip_interval,
+            cleanup_grace,
+        } = timeouts(&s)?;
+        let max_concurrent_requests = checked(
+            "max_concurrent_requests",
+            s.max_concurrent_requests,
+            defaults::MAX_CONCURRENT_REQUESTS,
+            |n| n > 0,
+            "must be positive",
+        )?;
+        let edges = Edges::resolve(&s, &limits)?;
         Ok(Self {
+            data_dir: s
+                .data_dir
+                .unwrap_or_else(|| Path::new(defaults::DATA_ROOT).join(&node_id)),
             node_id,
             listen,
             advertise,
             gossip_listen,
             gossip_advertise,
-            data_dir,
             seeds,
             cluster_id,
             vnodes,
@@ -554,7 +497,168 @@ impl Config {
     }
 }
 
-fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+/// This node's id: it goes into gossip keys, where '|' and ',' separate.
+fn node_id(s: &Settings) -> Result<String, ConfigError> {
+    let node_id = s
+        .node_id
+        .clone()
+        .unwrap_or_else(|| defaults::NODE_ID.to_owned());
+    if node_id.is_empty() || node_id.len() > 128 || node_id.contains(['|', ',']) {
+        return invalid("node_id", "1 to 128 characters, without '|' or ','");
+    }
+    Ok(node_id)
+}
+
+/// Where this node listens and where other nodes reach it.
+struct Addresses {
+    listen: SocketAddr,
+    advertise: SocketAddr,
+    gossip_listen: SocketAddr,
+    gossip_advertise: SocketAddr,
+}
+
+/// The HTTP and gossip addresses. An unset advertised address follows the
+/// listen one, so it must then be reachable (not 0.0.0.0, not port 0).
+fn addresses(s: &Settings) -> Result<Addresses, ConfigError> {
+    let listen = s
+        .listen
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 7700)));
+    let advertise = s.advertise.unwrap_or(listen);
+    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        return invalid(
+            "advertise",
+            "must be a reachable address (set it when listening on 0.0.0.0 or port 0)",
+        );
+    }
+    let gossip_listen = match s.gossip_listen {
+        Some(addr) => addr,
+        None => SocketAddr::new(listen.ip(), next_port(listen.port())?),
+    };
+    let gossip_advertise = s
+        .gossip_advertise
+        .unwrap_or_else(|| SocketAddr::new(advertise.ip(), gossip_listen.port()));
+    if gossip_advertise.ip().is_unspecified() || gossip_advertise.port() == 0 {
+        return invalid("gossip_advertise", "must be a reachable address");
+    }
+    Ok(Addresses {
+        listen,
+        advertise,
+        gossip_listen,
+        gossip_advertise,
+    })
+}
+
+/// The cluster this node belongs to, and how it places and keeps keys.
+struct Cluster {
+    seeds: Vec<String>,
+    cluster_id: String,
+    vnodes: u32,
+    replication_factor: ReplicationFactor,
+    secret: ClusterSecret,
+    max_members: usize,
+    auto_cleanup: bool,
+}
+
+fn cluster(s: &Settings, gossip_advertise: SocketAddr) -> Result<Cluster, ConfigError> {
+    let seeds: Vec<String> = s
+        .seeds
+        .iter()
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let rf = s.replication_factor.unwrap_or(defaults::REPLICATION_FACTOR);
+    let replication_factor = ReplicationFactor::new(rf).map_err(|e| ConfigError::Invalid {
+        field: "replication_factor",
+        reason: e.to_string(),
+    })?;
+    Ok(Cluster {
+        secret: secret(s.cluster_secret.clone(), &seeds, gossip_advertise)?,
+        seeds,
+        cluster_id: s
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| defaults::CLUSTER_ID.to_owned()),
+        vnodes: checked(
+            "vnodes",
+            s.vnodes,
+            defaults::VNODES,
+            |v| (1..=1024).contains(&v),
+            "must be 1..=1024",
+        )?,
+        replication_factor,
+        max_members: checked(
+            "max_members",
+            s.max_members,
+            defaults::MAX_MEMBERS,
+            |m| m >= 2,
+            "must be at least 2",
+        )?,
+        auto_cleanup: s.auto_cleanup.unwrap_or(true),
+    })
+}
+
+/// The cluster secret. Other nodes would refuse a random one, so joining
+/// them requires it; a node alone makes one up.
+fn secret(
+    given: Option<String>,
+    seeds: &[String],
+    gossip_advertise: SocketAddr,
+) -> Result<ClusterSecret, ConfigError> {
+    match given {
+        Some(s) if s.len() < 16 => invalid("cluster_secret", "at least 16 characters"),
+        Some(s) => Ok(ClusterSecret::new(s)),
+        None if seeds.iter().any(|s| !is_self(s, gossip_advertise)) => invalid(
+            "cluster_secret",
+            "required when joining other nodes (--seeds): set KVNODE_CLUSTER_SECRET",
+        ),
+        None => Ok(ClusterSecret::random()),
+    }
+}
+
+/// How long requests, replica calls, gossip rounds and the clean-up grace last.
+struct Timeouts {
+    request_timeout: Duration,
+    replica_timeout: Duration,
+    gossip_interval: Duration,
+    cleanup_grace: Duration,
+}
+
+fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
+    let t = Timeouts {
+        request_timeout: millis(s.request_timeout_ms, defaults::REQUEST_TIMEOUT_MS),
+        replica_timeout: millis(s.replica_timeout_ms, defaults::REPLICA_TIMEOUT_MS),
+        gossip_interval: millis(s.gossip_interval_ms, defaults::GOSSIP_INTERVAL_MS),
+        cleanup_grace: millis(s.cleanup_grace_ms, defaults::CLEANUP_GRACE_MS),
+    };
+    if t.request_timeout.is_zero() || t.replica_timeout.is_zero() || t.gossip_interval.is_zero() {
+        return invalid("timeouts", "must be positive");
+    }
+    Ok(t)
+}
+
+/// A setting in milliseconds, or its default.
+fn millis(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default))
+}
+
+/// A setting, or its default, refused with `reason` unless `ok` holds.
+fn checked<T: Copy>(
+    field: &'static str,
+    value: Option<T>,
+    default: T,
+    ok: impl FnOnce(T) -> bool,
+    reason: &str,
+) -> Result<T, ConfigError> {
+    let value = value.unwrap_or(default);
+    if ok(value) {
+        Ok(value)
+    } else {
+        invalid(field, reason)
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     toml::from_str(text).map_err(|source| ConfigError::Parse {
         path: path.to_owned(),
         source: Box::new(source),
@@ -595,18 +699,23 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        node: NodeArgs,
+        node: Settings,
     }
 
-    fn args(argv: &[&str]) -> NodeArgs {
+    fn args(argv: &[&str]) -> Settings {
         Cli::try_parse_from(std::iter::once("kvnode").chain(argv.iter().copied()))
             .unwrap()
             .node
     }
 
+    /// Resolves flags over a file, as [`Config::load`] does.
+    fn resolve(args: Settings, file: Settings) -> Result<Config, ConfigError> {
+        Config::resolve(args.or(file))
+    }
+
     #[test]
     fn no_arguments_make_a_single_local_node() {
-        let c = Config::resolve(NodeArgs::default(), FileConfig::default()).unwrap();
+        let c = resolve(Settings::default(), Settings::default()).unwrap();
         assert_eq!(c.listen.to_string(), defaults::LISTEN);
         assert_eq!(c.gossip_listen.to_string(), "127.0.0.1:7701");
         assert_eq!(c.node_id, "node1");
@@ -629,7 +738,7 @@ mod tests {
             "max_inflight_body_bytes = 67108864\nidle_timeout_ms = 500\nmax_connections = 9",
         )
         .unwrap();
-        let c = Config::resolve(args(&["--header-read-timeout-ms", "250"]), file).unwrap();
+        let c = resolve(args(&["--header-read-timeout-ms", "250"]), file).unwrap();
         assert_eq!(c.edges.max_inflight_body_bytes, 64 << 20);
         assert_eq!(c.edges.header_read_timeout, Duration::from_millis(250));
         assert_eq!(c.edges.idle_timeout, Duration::from_millis(500));
@@ -649,7 +758,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let c = Config::resolve(
+        let c = resolve(
             args(&["--node-id", "from-flag", "--listen", "127.0.0.1:9100"]),
             file,
         )
@@ -670,6 +779,14 @@ mod tests {
     }
 
     #[test]
+    fn a_file_cannot_name_another_file() {
+        assert!(matches!(
+            parse_file(Path::new("k.toml"), "config = \"other.toml\""),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
     fn seeds_come_comma_separated() {
         let a = args(&["--seeds", "127.0.0.1:1,127.0.0.1:2"]);
         assert_eq!(a.seeds.unwrap().len(), 2);
@@ -677,7 +794,7 @@ mod tests {
 
     #[test]
     fn joining_others_requires_a_secret() {
-        let e = Config::resolve(args(&["--seeds", "127.0.0.1:9999"]), FileConfig::default());
+        let e = resolve(args(&["--seeds", "127.0.0.1:9999"]), Settings::default());
         assert!(matches!(
             e,
             Err(ConfigError::Invalid {
@@ -686,9 +803,7 @@ mod tests {
             })
         ));
         // Listing only itself as a seed is a cluster of one: no secret needed.
-        assert!(
-            Config::resolve(args(&["--seeds", "127.0.0.1:7701"]), FileConfig::default()).is_ok()
-        );
+        assert!(resolve(args(&["--seeds", "127.0.0.1:7701"]), Settings::default()).is_ok());
     }
 
     #[test]
@@ -705,7 +820,7 @@ mod tests {
             &["--max-connections", "0"],
         ] {
             assert!(
-                Config::resolve(args(argv), FileConfig::default()).is_err(),
+                resolve(args(argv), Settings::default()).is_err(),
                 "{argv:?}"
             );
         }

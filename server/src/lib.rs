@@ -10,9 +10,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use strata_server::config::{Config, NodeArgs};
+//! use strata_server::config::{Config, Settings};
 //!
-//! let config = Config::load(NodeArgs::default())?;
+//! let config = Config::load(Settings::default())?;
 //! let listener = tokio::net::TcpListener::bind(config.listen).await?;
 //! strata_server::run(config, listener, async {
 //!     let _ = tokio::signal::ctrl_c().await;
@@ -24,30 +24,32 @@
 //! Then `curl -X PUT --data-binary v http://127.0.0.1:7700/v1/kv/k` and
 //! `curl http://127.0.0.1:7700/v1/kv/k`.
 //!
-//! Modules, one role each: [`api`] (routes), [`coordinator`] (replication and
-//! consistency), [`membership`] (gossip and the ring), [`storage`] (the
-//! engine behind the node's key layout), [`hlc`] (versions), [`auth`] (the
-//! cluster secret), [`config`], [`metrics`], [`node`] (startup and
-//! shutdown), [`listener`] (the accept loop and its connection limits), [`peer`] (calls to
-//! other nodes and their wire formats), [`stream`] (bootstrap streaming, decommission and clean-up),
-//! [`demo`] (a local cluster), [`admin`] (operator commands).
+//! Modules, one role each: [`api`] (routes), `coordinator` (replication and
+//! consistency), `membership` (gossip and the ring), [`storage`] (the
+//! engine behind the node's key layout), `hlc` (versions), [`auth`] (the
+//! cluster secret), [`config`], `metrics`, `node` (startup and
+//! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
+//! (calls to other nodes and their wire formats), `marker` (`node.json`),
+//! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
+//! binary's subcommands (`demo`, `decommission`, `cleanup`, `repair-engine`)
+//! live with it, in `src/bin/kvnode/`.
 
-pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod coordinator;
-pub mod demo;
+mod coordinator;
 pub mod gossip_transport;
-pub mod hlc;
-pub mod listener;
-pub mod marker;
-pub mod membership;
-pub mod metrics;
-pub mod node;
+mod hlc;
+mod listener;
+mod marker;
+mod membership;
+mod metrics;
+mod node;
 pub mod peer;
 pub mod storage;
 pub mod stream;
 
+pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
 pub use api::router;
+pub use marker::{mark_for_restream, MarkerError};
 pub use node::{run, NodeError};

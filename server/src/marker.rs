@@ -96,7 +96,7 @@ pub(crate) fn read_marker(path: &Path, node_id: &str) -> Result<Option<NodeMarke
 /// replicas when it next starts (its engine lost data in a repair). Returns
 /// false if the dir has no `node.json`: a node that never served has
 /// nothing to stream back.
-pub(crate) fn mark_for_restream(data_dir: &Path) -> Result<bool, MarkerError> {
+pub fn mark_for_restream(data_dir: &Path) -> Result<bool, MarkerError> {
     let path = data_dir.join("node.json");
     let Some(marker) = load(&path)? else {
         return Ok(false);

@@ -1,19 +1,28 @@
-//! The node's Prometheus metrics and their text exposition (`GET /metrics`).
+//! The node's Prometheus metrics and their OpenMetrics exposition
+//! (`GET /metrics`).
 //!
 //! `prometheus-client` (the Prometheus project's own Rust client) rather than
 //! a hand-rolled registry: it gets the text format, label escaping and
 //! histogram buckets right, and costs one small dependency.
 //!
-//! Engine statistics (`strata_engine::Db::stats()`) are read fresh at scrape
-//! time and written as `strata_engine_*` families next to the registry's,
-//! rather than copied into counters that could drift from the engine's own.
+//! Engine statistics (`strata_engine::Db::stats()`) and the incoming ranges
+//! by state are read fresh at each scrape by two collectors in the registry
+//! (`strata_engine_*`, `kvnode_stream_ranges`), rather than copied into
+//! counters that could drift from their sources.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
-use prometheus_client::metrics::counter::Counter;
+use std::fmt;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::Registry;
-use strata_engine::Stats;
+use strata_engine::{LevelStats, Stats};
 
 /// A client or internal operation, as labelled in metrics.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -166,6 +175,8 @@ struct ReplicaLabels {
 /// Every metric the node exports.
 #[derive(Debug)]
 pub struct Metrics {
+    /// The root: `kvnode_*` families in one sub-registry, the engine's
+    /// collector in another.
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
     latency: Family<OpLabels, Histogram>,
@@ -195,7 +206,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("kvnode");
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("kvnode");
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register(
             "requests",
@@ -280,7 +292,7 @@ impl Metrics {
             gossip.records_rejected.clone(),
         );
         Self {
-            registry,
+            registry: root,
             requests,
             latency,
             errors,
@@ -343,175 +355,202 @@ impl Metrics {
         self.stream.cleanup_deleted.inc_by(items);
     }
 
-    /// The Prometheus text exposition of every metric, the engine's and the
-    /// incoming streams' range counts (`(state, ranges)`) included.
-    pub fn encode(
-        &self,
-        engine: &Stats,
-        stream_ranges: &[(&str, usize)],
-    ) -> Result<String, std::fmt::Error> {
+    /// Adds the families read at each scrape: the engine's statistics from
+    /// `engine` and the incoming ranges by state from `stream_ranges`.
+    pub fn with_sources(
+        mut self,
+        engine: impl Fn() -> Stats + Send + Sync + 'static,
+        stream_ranges: impl Fn() -> RangeCounts + Send + Sync + 'static,
+    ) -> Self {
+        self.registry
+            .sub_registry_with_prefix("kvnode")
+            .register_collector(Box::new(StreamRangesCollector(Source(Box::new(
+                stream_ranges,
+            )))));
+        self.registry
+            .sub_registry_with_prefix("strata_engine")
+            .register_collector(Box::new(EngineCollector(Source(Box::new(engine)))));
+        self
+    }
+
+    /// The OpenMetrics text exposition of every metric, ending in `# EOF`.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        // The exposition must end with its EOF marker: the engine's families go before it.
-        let body_len = out.strip_suffix("# EOF\n").map_or(out.len(), str::len);
-        out.truncate(body_len);
-        encode_engine(&mut out, engine)?;
-        encode_stream_ranges(&mut out, stream_ranges)?;
-        out.push_str("# EOF\n");
         Ok(out)
     }
 }
 
-/// Writes the incoming ranges by state, read fresh from the progress
-/// report like the engine's statistics.
-fn encode_stream_ranges(out: &mut String, ranges: &[(&str, usize)]) -> std::fmt::Result {
-    use std::fmt::Write;
-    writeln!(
-        out,
-        "# HELP kvnode_stream_ranges Ranges of this node's current bootstrap or take-over, by state"
-    )?;
-    writeln!(out, "# TYPE kvnode_stream_ranges gauge")?;
-    for (state, n) in ranges {
-        writeln!(out, "kvnode_stream_ranges{{state=\"{state}\"}} {n}")?;
+/// Incoming ranges by state name, as `stream::Progress::counts` reports them.
+pub type RangeCounts = [(&'static str, usize); 4];
+
+/// What a collector reads at each scrape. A closure rather than the node's
+/// types, so that metrics stays below the modules it measures.
+struct Source<T>(Box<dyn Fn() -> T + Send + Sync>);
+
+impl<T> fmt::Debug for Source<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Source")
     }
-    Ok(())
 }
 
-/// Writes `stats` as OpenMetrics families.
-fn encode_engine(out: &mut String, stats: &Stats) -> std::fmt::Result {
-    use std::fmt::Write;
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        writeln!(out, "# HELP strata_engine_{name} {help}")?;
-        writeln!(out, "# TYPE strata_engine_{name} {kind}")?;
-        let suffix = if kind == "counter" { "_total" } else { "" };
-        for (labels, value) in samples {
-            writeln!(out, "strata_engine_{name}{suffix}{labels} {value}")?;
+/// `kvnode_stream_ranges`: the ranges of this node's current bootstrap or
+/// take-over, by state.
+#[derive(Debug)]
+struct StreamRangesCollector(Source<RangeCounts>);
+
+impl Collector for StreamRangesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "stream_ranges",
+            "Ranges of this node's current bootstrap or take-over, by state",
+            None,
+            ConstGauge::<u64>::TYPE,
+        )?;
+        for (state, ranges) in (self.0 .0)() {
+            ConstGauge::new(ranges as u64).encode(family.encode_family(&[("state", state)])?)?;
         }
-        Ok::<(), std::fmt::Error>(())
-    };
-    let per_level = |f: &dyn Fn(&strata_engine::LevelStats) -> f64| -> Vec<(String, f64)> {
-        stats
-            .levels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (format!("{{level=\"{i}\"}}"), f(l)))
-            .collect()
-    };
-    let one = |v: f64| vec![(String::new(), v)];
-    family(
-        "level_tables",
-        "gauge",
-        "Live tables per level.",
-        &per_level(&|l| l.tables as f64),
-    )?;
-    family(
-        "level_bytes",
-        "gauge",
-        "Bytes of live tables per level.",
-        &per_level(&|l| l.bytes as f64),
-    )?;
-    family(
-        "level_score",
-        "gauge",
-        "Compaction urgency per level (due at 1).",
-        &per_level(&|l| l.score),
-    )?;
-    family(
-        "level_written_bytes",
-        "counter",
-        "Bytes written into each level by flushes and compactions.",
-        &per_level(&|l| l.written_bytes as f64),
-    )?;
-    family(
-        "user_written_bytes",
-        "counter",
-        "Key and value bytes of accepted writes.",
-        &one(stats.user_bytes_written as f64),
-    )?;
-    family(
-        "wal_written_bytes",
-        "counter",
-        "Bytes appended to write-ahead logs.",
-        &one(stats.wal_bytes_written as f64),
-    )?;
-    family(
-        "compacted_read_bytes",
-        "counter",
-        "Bytes compactions read.",
-        &one(stats.bytes_compacted_read as f64),
-    )?;
-    family(
-        "flushes",
-        "counter",
-        "Memtables flushed.",
-        &one(stats.flushes as f64),
-    )?;
-    family(
-        "compactions",
-        "counter",
-        "Compactions run.",
-        &one(stats.compactions as f64),
-    )?;
-    family(
-        "write_amplification",
-        "gauge",
-        "Table bytes written per user byte.",
-        &one(stats.write_amplification()),
-    )?;
-    family(
-        "stall_stops",
-        "counter",
-        "Write groups stopped by back-pressure.",
-        &one(stats.stall_stops as f64),
-    )?;
-    family(
-        "stall_stop_seconds",
-        "counter",
-        "Time writers spent stopped.",
-        &one(stats.stall_stop_time.as_secs_f64()),
-    )?;
-    family(
-        "stall_slowdowns",
-        "counter",
-        "Write groups delayed by back-pressure.",
-        &one(stats.stall_slowdowns as f64),
-    )?;
-    family(
-        "bloom_checks",
-        "counter",
-        "Table lookups that consulted a bloom filter.",
-        &one(stats.bloom_checks as f64),
-    )?;
-    family(
-        "bloom_negatives",
-        "counter",
-        "Lookups a bloom filter ruled out.",
-        &one(stats.bloom_negatives as f64),
-    )?;
-    family(
-        "bloom_false_positives",
-        "counter",
-        "Lookups a bloom filter let through in vain.",
-        &one(stats.bloom_false_positives as f64),
-    )?;
-    family(
-        "memtable_bytes",
-        "gauge",
-        "Bytes in the active memtable.",
-        &one(stats.memtable_bytes as f64),
-    )?;
-    family(
-        "immutable_memtables",
-        "gauge",
-        "Frozen memtables waiting for a flush.",
-        &one(stats.immutable_memtables as f64),
-    )?;
-    family(
-        "background_error",
-        "gauge",
-        "1 while a background error stops writes.",
-        &one(f64::from(u8::from(stats.background_error.is_some()))),
-    )
+        Ok(())
+    }
+}
+
+/// `strata_engine_*`: the engine's statistics.
+#[derive(Debug)]
+struct EngineCollector(Source<Stats>);
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let stats = (self.0 .0)();
+        let e = &mut encoder;
+        let levels = stats.levels.as_slice();
+        per_level(e, "level_tables", "Live tables per level.", levels, |l| {
+            ConstGauge::new(l.tables as u64)
+        })?;
+        per_level(
+            e,
+            "level_bytes",
+            "Bytes of live tables per level.",
+            levels,
+            |l| ConstGauge::new(l.bytes),
+        )?;
+        per_level(
+            e,
+            "level_score",
+            "Compaction urgency per level (due at 1).",
+            levels,
+            |l| ConstGauge::new(l.score),
+        )?;
+        per_level(
+            e,
+            "level_written_bytes",
+            "Bytes written into each level by flushes and compactions.",
+            levels,
+            |l| ConstCounter::new(l.written_bytes),
+        )?;
+        for (name, help, value) in [
+            (
+                "user_written_bytes",
+                "Key and value bytes of accepted writes.",
+                stats.user_bytes_written,
+            ),
+            (
+                "wal_written_bytes",
+                "Bytes appended to write-ahead logs.",
+                stats.wal_bytes_written,
+            ),
+            (
+                "compacted_read_bytes",
+                "Bytes compactions read.",
+                stats.bytes_compacted_read,
+            ),
+            ("flushes", "Memtables flushed.", stats.flushes),
+            ("compactions", "Compactions run.", stats.compactions),
+            (
+                "stall_stops",
+                "Write groups stopped by back-pressure.",
+                stats.stall_stops,
+            ),
+            (
+                "stall_slowdowns",
+                "Write groups delayed by back-pressure.",
+                stats.stall_slowdowns,
+            ),
+            (
+                "bloom_checks",
+                "Table lookups that consulted a bloom filter.",
+                stats.bloom_checks,
+            ),
+            (
+                "bloom_negatives",
+                "Lookups a bloom filter ruled out.",
+                stats.bloom_negatives,
+            ),
+            (
+                "bloom_false_positives",
+                "Lookups a bloom filter let through in vain.",
+                stats.bloom_false_positives,
+            ),
+        ] {
+            single(e, name, help, &ConstCounter::new(value))?;
+        }
+        single(
+            e,
+            "stall_stop_seconds",
+            "Time writers spent stopped.",
+            &ConstCounter::new(stats.stall_stop_time.as_secs_f64()),
+        )?;
+        single(
+            e,
+            "write_amplification",
+            "Table bytes written per user byte.",
+            &ConstGauge::new(stats.write_amplification()),
+        )?;
+        for (name, help, value) in [
+            (
+                "memtable_bytes",
+                "Bytes in the active memtable.",
+                stats.memtable_bytes,
+            ),
+            (
+                "immutable_memtables",
+                "Frozen memtables waiting for a flush.",
+                stats.immutable_memtables as u64,
+            ),
+            (
+                "background_error",
+                "1 while a background error stops writes.",
+                u64::from(stats.background_error.is_some()),
+            ),
+        ] {
+            single(e, name, help, &ConstGauge::new(value))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one family of a single, unlabelled sample.
+fn single(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Writes one family with a sample per level, labelled `level`.
+fn per_level<M: EncodeMetric + TypedMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    levels: &[LevelStats],
+    metric: impl Fn(&LevelStats) -> M,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+    for (level, stats) in levels.iter().enumerate() {
+        metric(stats).encode(family.encode_family(&[("level", level)])?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -527,7 +566,15 @@ mod tests {
         m.error("bad_request");
         m.replica_call(ReplicaOp::apply, Target::remote, Outcome::timeout);
         m.stream_received(100, 3);
-        let text = m.encode(&Stats::default(), &[("done", 2)]).unwrap();
+        let mut stats = Stats::default();
+        stats.levels = vec![LevelStats::default(); 2];
+        stats.flushes = 5;
+        stats.stall_stop_time = std::time::Duration::from_millis(1500);
+        let m = m.with_sources(
+            move || stats.clone(),
+            || [("pending", 1), ("streaming", 0), ("done", 2), ("failed", 0)],
+        );
+        let text = m.encode().unwrap();
         for needle in [
             "kvnode_requests_total{op=\"get\",status=\"200\"} 1",
             "kvnode_request_duration_seconds_bucket{le=",
@@ -536,8 +583,17 @@ mod tests {
             "kvnode_stream_received_items_total 3",
             "kvnode_stream_received_bytes_total 100",
             "kvnode_stream_ranges{state=\"done\"} 2",
+            "# TYPE strata_engine_level_tables gauge",
+            "strata_engine_level_tables{level=\"1\"} 0",
+            "# TYPE strata_engine_flushes counter",
+            "strata_engine_flushes_total 5",
+            "strata_engine_stall_stop_seconds_total 1.5",
+            "strata_engine_background_error 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        // One exposition: the EOF marker once, last, after every family.
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
     }
 }

@@ -125,10 +125,19 @@ pub async fn run(
         None if alone => (NodeState::Available, derived()),
         None => (NodeState::Joining, derived()),
     };
-    let metrics = Arc::new(Metrics::new());
+    let progress = Arc::new(Progress::default());
+    let metrics = Arc::new(Metrics::new().with_sources(
+        {
+            let storage = storage.clone();
+            move || storage.stats()
+        },
+        {
+            let progress = progress.clone();
+            move || progress.counts()
+        },
+    ));
     let membership = Membership::start(&config, initial, tokens.clone(), metrics.gossip()).await?;
     let stop = Arc::new(tokio::sync::Notify::new());
-    let progress = Arc::new(Progress::default());
     if initial == NodeState::Available {
         write_marker(
             &marker_path,

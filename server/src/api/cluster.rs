@@ -156,7 +156,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let text = state
         .metrics
-        .encode(&state.storage.stats(), &state.progress.counts())
+        .encode()
         .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
     Ok((
         [(

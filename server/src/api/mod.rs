@@ -1,23 +1,23 @@
 //! The HTTP surface: the router, the shared state its handlers use, the JSON
 //! error type, and the middleware that bounds and measures every request.
 //!
-//! One file per route group: [`kv`] (the client API), [`compat`] (the seeds'
-//! APIs), [`cluster`] (cluster, node, health, readiness, metrics) and
+//! One file per route group: `kv` (the client API), `compat` (the seeds'
+//! APIs), `cluster` (cluster, node, health, readiness, metrics) and
 //! [`internal`] (node-to-node, behind the cluster secret; so is the
-//! decommission route in [`cluster`]); [`budget`] is the byte budget of
+//! decommission route in `cluster`); `budget` is the byte budget of
 //! bodies in flight.
 //!
-//! Before a handler runs, [`bound_and_measure`] admits the request: a body
+//! Before a handler runs, `bound_and_measure` admits the request: a body
 //! declared larger than its route takes is refused with 413 before a byte
 //! of it is read, and a body that does not fit the node's budget with 503
 //! and `Retry-After`.
 
-pub mod budget;
-pub mod cluster;
-pub mod compat;
+pub(crate) mod budget;
+pub(crate) mod cluster;
+pub(crate) mod compat;
 pub mod internal;
-pub mod kv;
-pub mod stream;
+pub(crate) mod kv;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,28 +46,28 @@ use crate::stream::Progress;
 #[derive(Clone)]
 pub struct AppState {
     /// Replication and consistency.
-    pub coordinator: Coordinator,
+    pub(crate) coordinator: Coordinator,
     /// The cluster view and this node's state.
-    pub membership: Arc<Membership>,
+    pub(crate) membership: Arc<Membership>,
     /// This node's engine (internal routes only: clients go through the
     /// coordinator).
-    pub storage: Storage,
+    pub(crate) storage: Storage,
     /// This node's clock.
-    pub hlc: Arc<Hlc>,
+    pub(crate) hlc: Arc<Hlc>,
     /// Metrics.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The configuration.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// Requests in flight; bounds the work a burst can start.
-    pub in_flight: Arc<Semaphore>,
+    pub(crate) in_flight: Arc<Semaphore>,
     /// Bytes of request bodies in flight; bounds the memory a burst takes.
-    pub body_budget: Arc<BodyBudget>,
+    pub(crate) body_budget: Arc<BodyBudget>,
     /// Progress of this node's incoming streams.
-    pub progress: Arc<Progress>,
+    pub(crate) progress: Arc<Progress>,
     /// Clean-up passes.
-    pub cleaner: Arc<Cleaner>,
+    pub(crate) cleaner: Arc<Cleaner>,
     /// Asks the node to stop (after a decommission).
-    pub stop: Arc<tokio::sync::Notify>,
+    pub(crate) stop: Arc<tokio::sync::Notify>,
 }
 
 /// The node's router: every route, the request bounds and the metrics.

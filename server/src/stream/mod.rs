@@ -3,12 +3,12 @@
 //! missing, while clients keep writing.
 //!
 //! - The frames a range travels in are [`peer::frames`](crate::peer::frames).
-//! - [`sender`]: the source's `/internal/v1/stream` route, reading an engine
+//! - `sender`: the source's `/internal/v1/stream` route, reading an engine
 //!   snapshot of a token range.
-//! - [`receiver`]: pulls a range, resumes a cut stream, switches source.
-//! - [`bootstrap`]: the joining node's sequence, and its proof below.
-//! - [`cleanup`]: old owners drop what they no longer replicate.
-//! - [`handoff`]: decommission, the same streams in reverse.
+//! - `receiver`: pulls a range, resumes a cut stream, switches source.
+//! - `bootstrap`: the joining node's sequence, and its proof below.
+//! - `cleanup`: old owners drop what they no longer replicate.
+//! - `handoff`: decommission, the same streams in reverse.
 //!
 //! # Why nothing acknowledged is missing when a node turns AVAILABLE
 //!
@@ -41,11 +41,11 @@
 //! is last-writer-wins (`storage`), so a write received both ways, or a
 //! range streamed twice after a resume, lands once.
 
-pub mod bootstrap;
-pub mod cleanup;
-pub mod handoff;
-pub mod receiver;
-pub mod sender;
+pub(crate) mod bootstrap;
+pub(crate) mod cleanup;
+pub(crate) mod handoff;
+pub(crate) mod receiver;
+pub(crate) mod sender;
 
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ use strata_ring::TokenRange;
 
 /// Where a range's transfer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeState {
+pub(crate) enum RangeState {
     /// Planned, not started.
     Pending,
     /// Receiving.
@@ -90,7 +90,7 @@ struct RangeProgress {
 
 /// Per-range progress of this node's incoming streams, for `/v1/node`.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     ranges: Mutex<Vec<RangeProgress>>,
 }
 

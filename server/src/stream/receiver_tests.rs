@@ -268,9 +268,7 @@ async fn pull(scripts: Vec<Vec<Act>>) -> (Vec<Arc<Stub>>, u64, u64) {
     let want = stubs[0].in_range(range());
     assert!(want.len() > KEYS / 4 && want.len() < KEYS * 3 / 4);
     assert_holds_exactly(&storage, &want);
-    let text = metrics
-        .encode(&strata_engine::Stats::default(), &[])
-        .unwrap();
+    let text = metrics.encode().unwrap();
     let retries = text.lines().find_map(|l| {
         l.strip_prefix("kvnode_stream_retries_total ")
             .map(|n| n.parse::<f64>().unwrap() as u64)

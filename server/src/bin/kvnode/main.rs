@@ -1,10 +1,15 @@
-//! `kvnode`: parses arguments, sets up logging and hands over to the library.
+//! `kvnode`: parses arguments, sets up logging and hands over to the library
+//! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
+//! commands against a node or its data dir).
 
+mod admin;
+mod demo;
+
+use admin::{AdminArgs, RepairArgs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use strata_server::admin::{AdminArgs, RepairArgs};
-use strata_server::config::{Config, NodeArgs};
-use strata_server::demo::DemoArgs;
+use demo::DemoArgs;
+use strata_server::config::{Config, Settings};
 
 /// A ring-routed, replicated HTTP key-value node.
 #[derive(Parser)]
@@ -13,7 +18,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    node: NodeArgs,
+    node: Settings,
 }
 
 #[derive(Subcommand)]
@@ -45,12 +50,10 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Some(Command::Demo(args)) => Ok(strata_server::demo::run(args).await?),
-            Some(Command::Decommission(args)) => {
-                Ok(strata_server::admin::decommission(args).await?)
-            }
-            Some(Command::Cleanup(args)) => Ok(strata_server::admin::cleanup(args).await?),
-            Some(Command::RepairEngine(args)) => Ok(strata_server::admin::repair_engine(&args)?),
+            Some(Command::Demo(args)) => Ok(demo::run(args).await?),
+            Some(Command::Decommission(args)) => Ok(admin::decommission(args).await?),
+            Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await?),
+            Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args)?),
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::auth::ClusterSecret;
+use strata_server::auth::ClusterSecret;
 
 /// Flags of `kvnode demo`.
 #[derive(Debug, Clone, clap::Args)]

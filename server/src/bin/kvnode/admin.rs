@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
+use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH};
 
 /// Flags of `kvnode decommission` and `kvnode cleanup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -44,7 +44,7 @@ pub enum AdminError {
     Repair(#[from] strata_engine::Error),
     /// The data dir's `node.json` could not be updated.
     #[error(transparent)]
-    Node(#[from] crate::node::NodeError),
+    Marker(#[from] strata_server::MarkerError),
 }
 
 /// Asks the node to leave, then follows it until its process stops.
@@ -199,9 +199,7 @@ pub fn repair_engine(args: &RepairArgs) -> Result<(), AdminError> {
         println!("nothing was lost");
     } else if args.keep_available {
         println!("data was lost; --keep-available: the node will serve without it");
-    } else if crate::marker::mark_for_restream(&args.data_dir)
-        .map_err(crate::node::NodeError::from)?
-    {
+    } else if strata_server::mark_for_restream(&args.data_dir)? {
         println!(
             "data was lost: the node will stream its ranges again from their replicas when it next starts, and serves only once it has"
         );
