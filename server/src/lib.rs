@@ -48,6 +48,7 @@ mod node;
 pub mod peer;
 pub mod storage;
 pub mod stream;
+mod tasks;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
 pub use api::router;

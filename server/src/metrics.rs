@@ -184,6 +184,12 @@ pub struct Metrics {
     replica_calls: Family<ReplicaLabels, Counter>,
     stream: StreamCounters,
     gossip: GossipMetrics,
+    task_failures: Family<TaskLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: &'static str,
 }
 
 /// Streaming and clean-up counters (`kvnode_stream_*`, `kvnode_cleanup_*`).
@@ -291,6 +297,12 @@ impl Metrics {
             "Member records whose signature did not verify (the last verified one was kept)",
             gossip.records_rejected.clone(),
         );
+        let task_failures = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "task_failures",
+            "Background tasks of the node that failed (panicked), by task",
+            task_failures.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -299,6 +311,7 @@ impl Metrics {
             replica_calls,
             stream,
             gossip,
+            task_failures,
         }
     }
 
@@ -310,6 +323,11 @@ impl Metrics {
         self.latency
             .get_or_create(&OpLabels { op })
             .observe(seconds);
+    }
+
+    /// Counts a background task that failed.
+    pub fn task_failed(&self, task: &'static str) {
+        self.task_failures.get_or_create(&TaskLabels { task }).inc();
     }
 
     /// Counts one error response of `kind`.

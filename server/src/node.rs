@@ -42,6 +42,7 @@ use crate::stream::bootstrap::Bootstrap;
 use crate::stream::cleanup::Cleaner;
 use crate::stream::receiver::Receiver;
 use crate::stream::{handoff, Progress};
+use crate::tasks::Tasks;
 use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
@@ -149,6 +150,7 @@ pub async fn run(
         )?;
     }
     let hlc = Arc::new(Hlc::new());
+    let tasks = Tasks::new(metrics.clone());
     let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
         config.secret.clone(),
         config.replica_timeout,
@@ -174,26 +176,28 @@ pub async fn run(
             marker_path,
             recorded_tokens: marker.and_then(|m| m.tokens),
         };
-        tokio::spawn(bootstrap.run());
+        tasks.spawn("bootstrap", bootstrap.run());
     }
-    tokio::spawn(handoff::take_over(
-        membership.clone(),
-        config.clone(),
-        receiver,
-        progress.clone(),
-    ));
+    tasks.spawn(
+        "take_over",
+        handoff::take_over(
+            membership.clone(),
+            config.clone(),
+            receiver,
+            progress.clone(),
+        ),
+    );
     let cleaner = Cleaner::new(
         membership.clone(),
         storage.clone(),
         config.clone(),
         metrics.clone(),
     );
-    tokio::spawn(cleaner.clone().run_auto());
-    tokio::spawn(publish_health(
-        membership.clone(),
-        storage.clone(),
-        config.gossip_interval,
-    ));
+    tasks.spawn("cleanup", cleaner.clone().run_auto());
+    tasks.spawn(
+        "health",
+        publish_health(membership.clone(), storage.clone(), config.gossip_interval),
+    );
     let coordinator = Coordinator::new(CoordinatorParts {
         storage: storage.clone(),
         membership: membership.clone(),
@@ -213,6 +217,7 @@ pub async fn run(
         config: config.clone(),
         progress,
         cleaner,
+        tasks: tasks.clone(),
         stop: stop.clone(),
     };
     tracing::info!(
@@ -245,7 +250,8 @@ pub async fn run(
         "http limits"
     );
     listener::serve(listener, api::router(state), limits, stopping).await;
-    tracing::info!("http drained; leaving gossip and flushing the engine");
+    tracing::info!("http drained; stopping tasks, leaving gossip and flushing the engine");
+    tasks.shutdown(TASK_SHUTDOWN).await;
     membership.shutdown().await;
     let flushed = tokio::task::spawn_blocking(move || storage.flush())
         .await
@@ -254,6 +260,11 @@ pub async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping node waits for its tasks once they are cancelled:
+/// they stop at their next `.await`, so this is only reached by one stuck
+/// in blocking work (an engine scan of a clean-up pass).
+const TASK_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Publishes this node's engine health in gossip, and keeps it current: a
 /// read-only engine (a full disk) must not be sent reads, and clears by

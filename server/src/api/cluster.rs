@@ -78,6 +78,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "tokens": state.membership.tokens().len(),
         "streaming": state.progress.report(),
         "cleanup": state.cleaner.status(),
+        "tasks": state.tasks.report(),
         "degraded": state.storage.write_error(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
@@ -174,12 +175,15 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
     handoff::begin(&state.membership)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_decommission", e.to_string()))?;
     tracing::info!("decommission requested");
-    tokio::spawn(handoff::leave(
-        state.membership.clone(),
-        state.config.clone(),
-        crate::marker::marker_path(&state.config),
-        state.stop.clone(),
-    ));
+    state.tasks.spawn(
+        "leave",
+        handoff::leave(
+            state.membership.clone(),
+            state.config.clone(),
+            crate::marker::marker_path(&state.config),
+            state.stop.clone(),
+        ),
+    );
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "leaving" })),
