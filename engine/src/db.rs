@@ -604,8 +604,12 @@ impl Core {
             return Err(e);
         }
         let mem = self.super_version.read().mem.clone();
-        for record in BatchRecords::decode(merged.encoded()).map_err(|e| e.at(&self.dir, 0))? {
-            mem.insert(&record.map_err(|e| e.at(&self.dir, 0))?);
+        // The batch was encoded here a moment ago, so a decoding error is a
+        // bug, not damage; it is still reported as where the record went.
+        let wal = log.wal.path().to_owned();
+        let at = |e: crate::error::DecodeError| e.at(&wal, whole_len);
+        for record in BatchRecords::decode(merged.encoded()).map_err(at)? {
+            mem.insert(&record.map_err(at)?);
         }
         log.last_seq = last;
         self.visible_seq.store(last, Ordering::Release);

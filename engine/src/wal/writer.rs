@@ -48,6 +48,11 @@ impl LogWriter {
         Ok(())
     }
 
+    /// The log file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Bytes appended so far.
     pub(crate) fn len(&self) -> u64 {
         self.len
