@@ -176,6 +176,14 @@ fn open_damaged(
     outcome
 }
 
+/// The name and bytes of the last (highest-numbered) file in `dir` whose
+/// name `matches` accepts.
+fn last_file(dir: &Path, matches: impl Fn(&str) -> bool) -> (String, Vec<u8>) {
+    let path = files_with(dir, matches).pop().unwrap();
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    (name, std::fs::read(&path).unwrap())
+}
+
 #[test]
 fn manifest_damage_in_the_last_records_never_loses_flushed_data() {
     let test = "manifest_damage_in_the_last_records_never_loses_flushed_data";
@@ -187,14 +195,7 @@ fn manifest_damage_in_the_last_records_never_loses_flushed_data() {
         // only record of where these writes are.
         db.flush().unwrap();
     }
-    let manifest_name = files_with(pristine.path(), |n| n.starts_with("MANIFEST-"))
-        .pop()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let good = std::fs::read(pristine.path().join(&manifest_name)).unwrap();
+    let (manifest_name, good) = last_file(pristine.path(), |n| n.starts_with("MANIFEST-"));
     let starts = record_starts(&good);
     assert!(starts.len() >= 3, "snapshot, open and flush edits");
     let from = starts[starts.len() - 2];
@@ -230,14 +231,7 @@ fn wal_damage_in_the_last_records_is_corruption_or_a_reported_tear() {
         let db = Db::open(pristine.path(), Options::default()).unwrap();
         write_synced(&db, 0..n);
     }
-    let log_name = files_with(pristine.path(), |n| n.ends_with(".log"))
-        .pop()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let good = std::fs::read(pristine.path().join(&log_name)).unwrap();
+    let (log_name, good) = last_file(pristine.path(), |n| n.ends_with(".log"));
     let starts = record_starts(&good);
     assert_eq!(starts.len(), n, "one record per synced write");
     let from = starts[n - 2];
