@@ -43,10 +43,11 @@ impl Table {
     /// Maps the file and validates footer, index, filter and properties.
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: table files are written once, fsynced and renamed into the
-        // manifest before any reader opens them, and are never modified or
-        // truncated afterwards; they are only unlinked, which leaves an
-        // existing mapping valid.
+        // SAFETY: a table file is written once and fsynced, and only then
+        // recorded in the MANIFEST, before any reader opens it; it is never
+        // modified or truncated afterwards, only unlinked, which leaves an
+        // existing mapping valid. (Repair renames tables, but only while the
+        // database is closed.)
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let corrupt = |offset: u64, e: DecodeError| e.at(path, offset);
         let len = mmap.len();
