@@ -3,7 +3,7 @@
 //! Every long-lived task of a node (bootstrap, take-over, clean-up, the
 //! health publisher, a decommission's leave) is spawned through [`Tasks`]:
 //! it has a name, its state (running, finished, cancelled, failed) is in
-//! `GET /v1/node` under `"tasks"`, a panic is counted in
+//! `GET /v1/node` under `"tasks"`, an error or a panic is counted in
 //! `kvnode_task_failures_total{task}`, and [`Tasks::shutdown`] cancels them
 //! all with one token and joins them, so a node stops only once its tasks
 //! have. A task is cancelled at its next `.await`, the same point at which
@@ -32,8 +32,26 @@ pub(crate) enum TaskState {
     Finished,
     /// Stopped by [`Tasks::shutdown`].
     Cancelled,
-    /// Panicked.
+    /// Returned an error or panicked.
     Failed,
+}
+
+/// What a task returns: nothing, or a result whose error marks it failed.
+pub(crate) trait TaskResult: Send + 'static {
+    /// Why the task failed, if it did.
+    fn error(self) -> Option<String>;
+}
+
+impl TaskResult for () {
+    fn error(self) -> Option<String> {
+        None
+    }
+}
+
+impl<E: std::fmt::Display + Send + 'static> TaskResult for Result<(), E> {
+    fn error(self) -> Option<String> {
+        self.err().map(|e| e.to_string())
+    }
 }
 
 /// One task as `/v1/node` shows it.
@@ -74,11 +92,12 @@ impl Tasks {
     }
 
     /// Runs `task` under `name` until it returns, panics or the set shuts
-    /// down. After shutdown has begun, nothing new starts.
-    pub(crate) fn spawn(
+    /// down. A task that returns an error or panics is `failed`, with its
+    /// error. After shutdown has begun, nothing new starts.
+    pub(crate) fn spawn<R: TaskResult>(
         &self,
         name: &'static str,
-        task: impl Future<Output = ()> + Send + 'static,
+        task: impl Future<Output = R> + Send + 'static,
     ) {
         if self.inner.cancel.is_cancelled() {
             tracing::debug!(task = name, "not started: the node is stopping");
@@ -95,8 +114,9 @@ impl Tasks {
                     handle.abort();
                     (TaskState::Cancelled, None)
                 }
-                joined = &mut handle => match joined {
-                    Ok(()) => (TaskState::Finished, None),
+                joined = &mut handle => match joined.map(TaskResult::error) {
+                    Ok(None) => (TaskState::Finished, None),
+                    Ok(Some(e)) => (TaskState::Failed, Some(e)),
                     Err(e) => (TaskState::Failed, Some(e.to_string())),
                 },
             };
@@ -163,11 +183,15 @@ mod tests {
             std::future::pending::<()>().await;
         });
         tasks.spawn("short", async {});
-        tasks.spawn("broken", async { panic!("boom") });
+        tasks.spawn::<()>("broken", async { panic!("boom") });
+        tasks.spawn("refused", async { Err::<(), _>("no room") });
         // Let the short and the broken ones end.
         for _ in 0..100 {
             let r = tasks.report();
-            if r["short"].state != TaskState::Running && r["broken"].state != TaskState::Running {
+            if ["short", "broken", "refused"]
+                .iter()
+                .all(|t| r[*t].state != TaskState::Running)
+            {
                 break;
             }
             tokio::task::yield_now().await;
@@ -180,6 +204,8 @@ mod tests {
             r["broken"].error.as_deref().unwrap().contains("panic"),
             "{r:?}"
         );
+        assert_eq!(r["refused"].state, TaskState::Failed);
+        assert_eq!(r["refused"].error.as_deref(), Some("no room"));
         assert_eq!(r["forever"].state, TaskState::Running);
         assert!(!dropped.load(Ordering::SeqCst));
 

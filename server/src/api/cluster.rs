@@ -196,7 +196,7 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
 pub async fn cleanup(State(state): State<AppState>) -> Result<Response, ApiError> {
     state
         .cleaner
-        .start_manual()
+        .start_manual(&state.tasks)
         .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "cannot_clean_up", reason))?;
     tracing::info!("clean-up requested");
     Ok((

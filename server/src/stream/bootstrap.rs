@@ -28,7 +28,7 @@ use strata_ring::{plan, Member, NodeId};
 use super::receiver::Receiver;
 use super::Progress;
 use crate::config::Config;
-use crate::marker::{write_marker, NodeMarker};
+use crate::marker::{write_marker, MarkerError, NodeMarker};
 use crate::membership::{MemberInfo, Membership, NodeState};
 
 /// Gossip rounds a joining node waits after first hearing from the cluster,
@@ -36,6 +36,18 @@ use crate::membership::{MemberInfo, Membership, NodeState};
 const SETTLE_ROUNDS: u32 = 5;
 /// Pause between two bootstrap passes when a range could not be received.
 const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Why a bootstrap stopped short of AVAILABLE; the node stays JOINING and
+/// the error is its task's (`GET /v1/node`, `"tasks"`).
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// No tokens could be allocated against the ring.
+    #[error("token allocation failed: {0}")]
+    Allocate(#[from] strata_ring::RingError),
+    /// The tokens or the completion could not be recorded in the data dir.
+    #[error("cannot record the bootstrap in the data dir: {0}")]
+    Marker(#[from] MarkerError),
+}
 
 /// What the bootstrap works with.
 pub struct Bootstrap {
@@ -55,35 +67,28 @@ pub struct Bootstrap {
 
 impl Bootstrap {
     /// Runs the sequence of the module doc to AVAILABLE.
-    pub async fn run(self) {
+    pub async fn run(self) -> Result<(), BootstrapError> {
         let me = self.membership.self_id().clone();
         self.wait_for_cluster().await;
         self.wait_for_turn(&me).await;
         let view = self.membership.view();
         let Some(ring) = view.ring.clone() else {
             tracing::info!("no ring yet: forming the cluster with derived tokens");
-            self.finish(self.membership.tokens()).await;
-            return;
+            return self.finish(self.membership.tokens()).await;
         };
         let tokens = match self.recorded_tokens.clone() {
             Some(t) => t,
-            None => match ring.allocate(&me, self.config.vnodes, self.config.replication_factor) {
-                Ok(member) => member.tokens,
-                Err(e) => {
-                    tracing::error!(error = %e, "token allocation failed; staying JOINING");
-                    return;
-                }
-            },
+            None => {
+                ring.allocate(&me, self.config.vnodes, self.config.replication_factor)?
+                    .tokens
+            }
         };
         let marker = NodeMarker {
             node_id: me.to_string(),
             tokens: Some(tokens.clone()),
             available: false,
         };
-        if let Err(e) = write_marker(&self.marker_path, &marker) {
-            tracing::error!(error = %e, "cannot record the tokens; staying JOINING");
-            return;
-        }
+        write_marker(&self.marker_path, &marker)?;
         self.membership
             .set_state_and_tokens(NodeState::Bootstrapping, tokens.clone())
             .await;
@@ -102,7 +107,7 @@ impl Bootstrap {
                 }
             }
         }
-        self.finish(tokens).await;
+        self.finish(tokens).await
     }
 
     async fn wait_for_cluster(&self) {
@@ -216,18 +221,16 @@ impl Bootstrap {
         }
     }
 
-    async fn finish(&self, tokens: Vec<u64>) {
+    async fn finish(&self, tokens: Vec<u64>) -> Result<(), BootstrapError> {
         let marker = NodeMarker {
             node_id: self.membership.self_id().to_string(),
             tokens: Some(tokens.clone()),
             available: true,
         };
-        if let Err(e) = write_marker(&self.marker_path, &marker) {
-            tracing::error!(error = %e, "cannot record the node in the data dir; staying put");
-            return;
-        }
+        write_marker(&self.marker_path, &marker)?;
         self.membership
             .set_state_and_tokens(NodeState::Available, tokens)
             .await;
+        Ok(())
     }
 }

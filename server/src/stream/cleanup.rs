@@ -40,6 +40,7 @@ use crate::config::Config;
 use crate::membership::{ring_digest, ClusterView, Membership, NodeState};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
+use crate::tasks::Tasks;
 
 /// How often the ring is looked at, in gossip rounds.
 const CHECK_ROUNDS: u32 = 5;
@@ -106,12 +107,14 @@ impl Cleaner {
     /// Starts an operator's pass over the current ring in the background;
     /// refuses at once, with the reason, if one is running or the guard
     /// does not hold.
-    pub fn start_manual(self: &Arc<Self>) -> Result<(), String> {
+    pub fn start_manual(self: &Arc<Self>, tasks: &Tasks) -> Result<(), String> {
         let view = self.membership.view();
         let ring = self.guard(&view)?;
         self.begin()?;
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.pass(ring, Scope::NotReplicated).await });
+        tasks.spawn("cleanup_pass", async move {
+            me.pass(ring, Scope::NotReplicated).await;
+        });
         Ok(())
     }
 
