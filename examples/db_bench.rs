@@ -12,6 +12,7 @@
 //! - `readrandom`: `--reads` random gets of existing keys (default `--num`).
 //! - `readseq`: one full forward scan.
 //! - `seekrandom`: `--reads` random range seeks, reading the first entry.
+//! - `compact`: one manual compaction of the whole key space.
 //! - `stats`: prints the engine's compaction and stall report.
 //! - `fillsync`: `--sync-ops` puts with `sync: true` split over each thread
 //!   count of `--sync-threads`, with group commit, then with every write
@@ -20,7 +21,8 @@
 //! Keys are 16 bytes (`--key-size`), values `--value-size` bytes. After each
 //! fill the tool waits (untimed) for compactions to finish and reports write
 //! amplification (table bytes written per user byte, WAL excluded) and the
-//! space the database takes.
+//! space the database takes. `--noop-filter` sets a compaction filter that
+//! keeps every entry, to measure what consulting one costs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +30,7 @@ use std::time::Instant;
 use clap::Parser;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use strata::engine::{Db, Options, WriteOptions};
+use strata::engine::{CompactionFilter, Db, FilterDecision, Options, WriteOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Throughput benchmarks for strata-engine")]
@@ -64,6 +66,18 @@ struct Args {
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Set a compaction filter that keeps every entry.
+    #[arg(long)]
+    noop_filter: bool,
+}
+
+/// Keeps everything: what remains is the cost of asking.
+struct KeepAll;
+
+impl CompactionFilter for KeepAll {
+    fn filter(&self, _level: usize, _key: &[u8], _value: &[u8]) -> FilterDecision {
+        FilterDecision::Keep
+    }
 }
 
 struct Bench {
@@ -83,6 +97,10 @@ impl Bench {
     fn options(&self) -> Options {
         Options {
             write_buffer_size: self.args.write_buffer_mb << 20,
+            compaction_filter: self
+                .args
+                .noop_filter
+                .then(|| Arc::new(KeepAll) as Arc<dyn CompactionFilter>),
             ..Options::default()
         }
     }
@@ -149,6 +167,28 @@ impl Bench {
                 "{:<24}   write amplification {write_amp:.2}, {:.1} MiB on disk",
                 "",
                 bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
+    }
+
+    fn compact(&mut self) {
+        let db = self.db();
+        let before = db.stats().bytes_compacted_written;
+        let start = Instant::now();
+        db.compact_range::<&[u8]>(..).expect("compaction");
+        let secs = start.elapsed().as_secs_f64();
+        let written = db.stats().bytes_compacted_written - before;
+        self.report(
+            "compact",
+            self.args.num,
+            secs,
+            &format!(",\"written_bytes\":{written}"),
+        );
+        if !self.args.json {
+            println!(
+                "{:<24}   {:.1} MiB written",
+                "",
+                written as f64 / (1024.0 * 1024.0)
             );
         }
     }
@@ -309,6 +349,7 @@ fn main() {
             "readseq" => bench.read_seq(),
             "seekrandom" => bench.seek_random(),
             "fillsync" => bench.fill_sync(),
+            "compact" => bench.compact(),
             "stats" => println!("{}", bench.db().stats()),
             other => eprintln!("unknown benchmark {other:?}, skipped"),
         }

@@ -951,21 +951,22 @@ impl Core {
             new_file_number: &next_number,
             cancel: &self.cancel,
         };
-        let Some(outputs) = compaction::run(c, &env)? else {
+        let Some(compaction::Output { tables, filtered }) = compaction::run(c, &env)? else {
             return Ok(());
         };
-        let written = outputs.iter().map(|m| m.size).sum();
-        let created: Vec<PathBuf> = outputs
+        let written = tables.iter().map(|m| m.size).sum();
+        let created: Vec<PathBuf> = tables
             .iter()
             .map(|m| file_name::table_path(&self.dir, m.number))
             .collect();
-        if let Err(e) = self.install(c.edit(outputs), None) {
+        if let Err(e) = self.install(c.edit(tables), None) {
             for path in created {
                 // Never installed, so garbage; the next open would delete it too.
                 let _ = std::fs::remove_file(path);
             }
             return Err(e);
         }
+        self.counters.record_filtered(filtered);
         self.counters.record_compaction(
             c.output_level(),
             LevelWork {
@@ -983,6 +984,7 @@ impl Core {
     fn compact_range(&self, bounds: &KeyBounds) -> Result<()> {
         self.flush()?;
         let mut _pointers = self.compaction.lock();
+        let written_from = self.versions.lock().next_file_number();
         let deepest = {
             let version = self.super_version.read().version.clone();
             (1..NUM_LEVELS)
@@ -991,26 +993,47 @@ impl Core {
                 .unwrap_or(1)
         };
         for level in 0..deepest {
-            if let Some(e) = self.background_error() {
-                return Err(e);
-            }
             let version = self.super_version.read().version.clone();
             if let Some(c) = picker::pick_range(&version, &self.options, level, bounds) {
-                if let Err(e) = self.run_compaction(&c, false) {
-                    // A table that cannot be written for a reason that will
-                    // not pass means a failing disk, whoever asked for the
-                    // compaction. A transient failure only fails this call: a
-                    // failed compaction installs nothing and leaves nothing
-                    // to redo, and if the disk really is full, the next WAL
-                    // append or flush finds out and suspends writes itself.
-                    if !e.is_retryable() {
-                        self.set_background_error(e.clone(), Job::Compaction);
-                    }
-                    return Err(e);
-                }
+                self.run_manual_compaction(&c)?;
+            }
+        }
+        if self.options.compaction_filter.is_some() {
+            // See "bottom rewrite" in `compaction`: without it, tables that
+            // reached the deepest level by trivial moves, or were there
+            // before, would never meet the filter.
+            let version = self.super_version.read().version.clone();
+            let rewrites = picker::pick_bottom_rewrites(
+                &version,
+                &self.options,
+                deepest,
+                bounds,
+                written_from,
+            );
+            for c in &rewrites {
+                self.run_manual_compaction(c)?;
             }
         }
         Ok(())
+    }
+
+    /// Runs one step of a manual compaction, always rewriting its inputs.
+    /// REQUIRES: the caller holds `self.compaction`.
+    fn run_manual_compaction(&self, c: &Compaction) -> Result<()> {
+        if let Some(e) = self.background_error() {
+            return Err(e);
+        }
+        self.run_compaction(c, false).inspect_err(|e| {
+            // A table that cannot be written for a reason that will not
+            // pass means a failing disk, whoever asked for the compaction.
+            // A transient failure only fails this call: a failed compaction
+            // installs nothing and leaves nothing to redo, and if the disk
+            // really is full, the next WAL append or flush finds out and
+            // suspends writes itself.
+            if !e.is_retryable() {
+                self.set_background_error(e.clone(), Job::Compaction);
+            }
+        })
     }
 
     fn wait_for_compactions(&self) -> Result<()> {

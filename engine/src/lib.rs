@@ -46,6 +46,7 @@ mod wal;
 pub mod fuzzing;
 
 pub use batch::WriteBatch;
+pub use compaction::{CompactionFilter, FilterDecision};
 pub use db::Db;
 pub use db::RepairReport;
 pub use error::{Error, Result};

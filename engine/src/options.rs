@@ -1,5 +1,8 @@
 //! Tuning knobs, with the reason for each default.
 
+use std::sync::Arc;
+
+use crate::compaction::CompactionFilter;
 use crate::error::{Error, Result};
 
 /// Largest key any configuration may allow: keys live in memory whole and in
@@ -51,6 +54,11 @@ pub struct Options {
     pub target_table_size: u64,
     /// What `open` does with a damaged write-ahead log; see [`RecoveryMode`].
     pub recovery_mode: RecoveryMode,
+    /// Asked about the newest value of each key a compaction writes; see
+    /// [`CompactionFilter`] for what it may do and when it runs. The same
+    /// filter must be set at every open: entries it removed stay removed,
+    /// and entries it has not seen yet are only filtered if it is set.
+    pub compaction_filter: Option<Arc<dyn CompactionFilter>>,
 }
 
 /// What [`Db::open`](crate::Db::open) does when a write-ahead log is damaged
@@ -94,6 +102,7 @@ impl Default for Options {
             level1_target_size: 256 << 20,
             target_table_size: 64 << 20,
             recovery_mode: RecoveryMode::AbsoluteConsistency,
+            compaction_filter: None,
         }
     }
 }

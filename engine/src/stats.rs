@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::compaction::FilterCounts;
 use crate::version::NUM_LEVELS;
 
 /// Per-level compaction totals, by the level a compaction wrote to.
@@ -42,6 +43,9 @@ pub(crate) struct Counters {
     pub(crate) bloom_false_positives: AtomicU64,
     pub(crate) background_errors: AtomicU64,
     pub(crate) recoveries: AtomicU64,
+    pub(crate) filter_removed: AtomicU64,
+    pub(crate) filter_changed: AtomicU64,
+    pub(crate) filter_panics: AtomicU64,
     pub(crate) levels: Mutex<[LevelWork; NUM_LEVELS]>,
 }
 
@@ -53,6 +57,12 @@ impl Counters {
     pub(crate) fn add_time(count: &AtomicU64, micros: &AtomicU64, elapsed: Duration) {
         count.fetch_add(1, Ordering::Relaxed);
         micros.fetch_add(as_micros(elapsed), Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_filtered(&self, counts: FilterCounts) {
+        Self::add(&self.filter_removed, counts.removed);
+        Self::add(&self.filter_changed, counts.changed);
+        Self::add(&self.filter_panics, counts.panics);
     }
 
     pub(crate) fn record_compaction(&self, output_level: usize, work: LevelWork) {
@@ -166,6 +176,12 @@ pub struct Stats {
     /// Times a retryable background error cleared because a retry
     /// succeeded, each ending one spell of refused writes.
     pub recoveries: u64,
+    /// Entries the compaction filter removed, in installed compactions.
+    pub compaction_filter_removed: u64,
+    /// Entries whose value the compaction filter changed.
+    pub compaction_filter_changed: u64,
+    /// Calls of the compaction filter that panicked (the entry was kept).
+    pub compaction_filter_panics: u64,
 }
 
 impl Stats {
@@ -207,6 +223,9 @@ impl Stats {
             bloom_false_positives: get(&c.bloom_false_positives),
             background_errors: get(&c.background_errors),
             recoveries: get(&c.recoveries),
+            compaction_filter_removed: get(&c.filter_removed),
+            compaction_filter_changed: get(&c.filter_changed),
+            compaction_filter_panics: get(&c.filter_panics),
             levels,
             ..Stats::default()
         }
@@ -295,7 +314,13 @@ impl fmt::Display for Stats {
         if let Some(e) = &self.background_error {
             write!(f, "; now: {e}")?;
         }
-        Ok(())
+        write!(
+            f,
+            "\nCompaction filter: {} removed, {} changed, {} panics",
+            self.compaction_filter_removed,
+            self.compaction_filter_changed,
+            self.compaction_filter_panics
+        )
     }
 }
 

@@ -49,6 +49,15 @@ pub mod defaults {
     /// A ring must hold still this long before old owners drop ranges they
     /// gave away: time for a person to stop a bad join before data goes.
     pub const CLEANUP_GRACE_MS: u64 = 60_000;
+    /// Record tombstones are kept this long (Cassandra's `gc_grace_seconds`):
+    /// every replica must have received a delete within it, or the replica
+    /// that missed it brings the value back (`storage`, "Tombstone GC").
+    pub const TOMBSTONE_GRACE_MS: u64 = 10 * 24 * 3_600_000;
+    /// No grace is accepted below this without the test-only override:
+    /// nothing repairs replicas on a schedule yet, so a short grace would
+    /// let a replica that was paused or partitioned for longer resurrect
+    /// deleted keys.
+    pub const MIN_TOMBSTONE_GRACE_MS: u64 = 3_600_000;
     /// Members a node tracks in gossip. Far above any cluster this design
     /// is for, and small enough that a full digest stays a few KiB.
     pub const MAX_MEMBERS: usize = 256;
@@ -180,6 +189,16 @@ pub struct Settings {
     /// no longer replicates, in ms [default: 60000].
     #[arg(long, env = "KVNODE_CLEANUP_GRACE_MS")]
     pub cleanup_grace_ms: Option<u64>,
+    /// How old a tombstone's version must be before compaction purges it,
+    /// in ms [default: 10 days; at least 1 hour]. It must exceed the
+    /// longest time a replica can miss a delete and not be repaired; with
+    /// no repair scheduler yet, that is until the key is read at ALL.
+    #[arg(long, env = "KVNODE_TOMBSTONE_GRACE_MS")]
+    pub tombstone_grace_ms: Option<u64>,
+    /// Tests only: accept a --tombstone-grace-ms under 1 hour, at the risk
+    /// of deleted keys coming back [default: false].
+    #[arg(long, env = "KVNODE_ALLOW_SHORT_TOMBSTONE_GRACE")]
+    pub allow_short_tombstone_grace: Option<bool>,
     /// Whether this node drops ranges it no longer replicates by itself,
     /// once a ring change completes [default: true]; with false, only
     /// `kvnode cleanup` does.
@@ -242,6 +261,8 @@ impl Settings {
         max_concurrent_requests,
         gossip_interval_ms,
         cleanup_grace_ms,
+        tombstone_grace_ms,
+        allow_short_tombstone_grace,
         auto_cleanup,
         max_members,
         max_inflight_body_bytes,
@@ -360,6 +381,8 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Stillness of the ring before clean-up.
     pub cleanup_grace: Duration,
+    /// Age past which compaction purges a tombstone.
+    pub tombstone_grace: Duration,
     /// Whether clean-up runs by itself after a ring change.
     pub auto_cleanup: bool,
     /// Most members tracked in gossip.
@@ -454,6 +477,7 @@ impl Config {
             replica_timeout,
             gossip_interval,
             cleanup_grace,
+            tombstone_grace,
         } = timeouts(&s)?;
         let max_concurrent_requests = checked(
             "max_concurrent_requests",
@@ -483,6 +507,7 @@ impl Config {
             max_concurrent_requests,
             gossip_interval,
             cleanup_grace,
+            tombstone_grace,
             auto_cleanup,
             max_members,
             edges,
@@ -616,12 +641,14 @@ fn secret(
     }
 }
 
-/// How long requests, replica calls, gossip rounds and the clean-up grace last.
+/// How long requests, replica calls, gossip rounds and the clean-up and
+/// tombstone graces last.
 struct Timeouts {
     request_timeout: Duration,
     replica_timeout: Duration,
     gossip_interval: Duration,
     cleanup_grace: Duration,
+    tombstone_grace: Duration,
 }
 
 fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
@@ -630,9 +657,18 @@ fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
         replica_timeout: millis(s.replica_timeout_ms, defaults::REPLICA_TIMEOUT_MS),
         gossip_interval: millis(s.gossip_interval_ms, defaults::GOSSIP_INTERVAL_MS),
         cleanup_grace: millis(s.cleanup_grace_ms, defaults::CLEANUP_GRACE_MS),
+        tombstone_grace: millis(s.tombstone_grace_ms, defaults::TOMBSTONE_GRACE_MS),
     };
     if t.request_timeout.is_zero() || t.replica_timeout.is_zero() || t.gossip_interval.is_zero() {
         return invalid("timeouts", "must be positive");
+    }
+    let floor = Duration::from_millis(defaults::MIN_TOMBSTONE_GRACE_MS);
+    if t.tombstone_grace < floor && s.allow_short_tombstone_grace != Some(true) {
+        return invalid(
+            "tombstone_grace_ms",
+            "must be at least 3600000 (1 hour): a replica that misses a delete for longer \
+             than the grace brings the key back",
+        );
     }
     Ok(t)
 }
@@ -771,6 +807,33 @@ mod tests {
     }
 
     #[test]
+    fn the_tombstone_grace_has_a_floor_that_only_tests_lower() {
+        let c = resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(c.tombstone_grace, Duration::from_secs(10 * 24 * 3600));
+        let c = resolve(
+            args(&["--tombstone-grace-ms", "3600000"]),
+            Settings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.tombstone_grace, Duration::from_secs(3600));
+        let file = parse_file(
+            Path::new("k.toml"),
+            "tombstone_grace_ms = 2000\nallow_short_tombstone_grace = true",
+        )
+        .unwrap();
+        let c = resolve(Settings::default(), file).unwrap();
+        assert_eq!(c.tombstone_grace, Duration::from_secs(2));
+        let e = resolve(args(&["--tombstone-grace-ms", "2000"]), Settings::default());
+        assert!(matches!(
+            e,
+            Err(ConfigError::Invalid {
+                field: "tombstone_grace_ms",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(matches!(
             parse_file(Path::new("k.toml"), "node_idd = \"x\""),
@@ -818,6 +881,13 @@ mod tests {
             &["--max-inflight-body-bytes", "8000000"],
             &["--header-read-timeout-ms", "0"],
             &["--max-connections", "0"],
+            &["--tombstone-grace-ms", "3599999"],
+            &[
+                "--tombstone-grace-ms",
+                "1000",
+                "--allow-short-tombstone-grace",
+                "false",
+            ],
         ] {
             assert!(
                 resolve(args(argv), Settings::default()).is_err(),

@@ -56,7 +56,13 @@ impl Hlc {
     }
 }
 
-fn wall_ms() -> u64 {
+/// The wall-clock milliseconds of a timestamp (its high 48 bits).
+pub(crate) fn physical_ms(timestamp: u64) -> u64 {
+    timestamp >> LOGICAL_BITS
+}
+
+/// Milliseconds since the Unix epoch by this host's clock.
+pub(crate) fn wall_ms() -> u64 {
     // A clock before 1970 is a broken host; counting from zero keeps the HLC
     // monotonic (the logical part carries it) instead of failing writes.
     let ms = SystemTime::now()

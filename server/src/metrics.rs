@@ -508,6 +508,21 @@ impl Collector for EngineCollector {
                 "Lookups a bloom filter let through in vain.",
                 stats.bloom_false_positives,
             ),
+            (
+                "compaction_filter_removed",
+                "Entries the compaction filter removed: in kvnode, tombstones purged past the grace.",
+                stats.compaction_filter_removed,
+            ),
+            (
+                "compaction_filter_changed",
+                "Entries whose value the compaction filter changed.",
+                stats.compaction_filter_changed,
+            ),
+            (
+                "compaction_filter_panics",
+                "Compaction filter calls that panicked (the entry was kept).",
+                stats.compaction_filter_panics,
+            ),
         ] {
             single(e, name, help, &ConstCounter::new(value))?;
         }
@@ -587,6 +602,7 @@ mod tests {
         let mut stats = Stats::default();
         stats.levels = vec![LevelStats::default(); 2];
         stats.flushes = 5;
+        stats.compaction_filter_removed = 7;
         stats.stall_stop_time = std::time::Duration::from_millis(1500);
         let m = m.with_sources(
             move || stats.clone(),
@@ -607,6 +623,7 @@ mod tests {
             "strata_engine_flushes_total 5",
             "strata_engine_stall_stop_seconds_total 1.5",
             "strata_engine_background_error 0",
+            "strata_engine_compaction_filter_removed_total 7",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

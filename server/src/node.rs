@@ -105,7 +105,7 @@ pub async fn run(
     let marker_path = marker_path(&config);
     let marker = read_marker(&marker_path, &config.node_id)?;
     let engine_dir = config.data_dir.join("engine");
-    let storage = Storage::open(&engine_dir).map_err(|e| match e {
+    let storage = Storage::open(&engine_dir, config.tombstone_grace).map_err(|e| match e {
         StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
             NodeError::EngineDamaged {
                 dir: engine_dir.clone(),

@@ -38,13 +38,39 @@
 //! [`Record::supersedes`]: higher version, then tombstone over value, then the
 //! larger value bytes. The order is total, so every replica that has seen the
 //! same set of writes holds the same record whatever the order of arrival.
+//!
+//! # Tombstone GC
+//!
+//! A tombstone must stay until every replica has it: a replica that still
+//! holds the old value would otherwise hand it back (a read repair or a
+//! stream from it would find no tombstone to lose against). So tombstones
+//! are purged only once their version's wall-clock time is older than the
+//! grace (`--tombstone-grace-ms`, 10 days by default), by an engine
+//! compaction filter: no scan, and only as compaction rewrites the tables
+//! that hold them (`POST /admin/v1/compact` forces a pass over everything).
+//! Purging one over an older value in a deeper table leaves an engine
+//! deletion marker, so the value never comes back from the engine itself.
+//! The engine counts them as `strata_engine_compaction_filter_removed_total`
+//! (the filter removes nothing else).
+//!
+//! The grace must be longer than the longest time a replica can go without
+//! receiving a delete. Today nothing bounds that time: there are no hints
+//! and no repair scheduler, and only a read at QUORUM or ALL repairs a
+//! stale replica. Until a repair cycle exists and is shorter, the grace is
+//! the operator's promise that every deleted key is read at ALL (or the
+//! stale replica rebuilt) within it, and `config` refuses a grace under an
+//! hour. A node whose clock runs ahead purges early by as much.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use strata_engine::{Db, Options, Snapshot};
+use strata_engine::{CompactionFilter, Db, FilterDecision, Options, Snapshot};
 use strata_ring::token;
+
+use crate::hlc;
 
 /// The only record format this build reads and writes. Do not change: on disk.
 pub const RECORD_FORMAT: u8 = 1;
@@ -200,24 +226,10 @@ impl Record {
     /// Parses [`Record::encode`]'s output; any other bytes are an error.
     /// The value is a slice of `bytes`, not a copy.
     pub fn decode(bytes: Bytes) -> Result<Self, CodecError> {
-        let (header, value) = bytes
-            .split_first_chunk::<RECORD_HEADER_LEN>()
-            .ok_or(CodecError::TooShort { len: bytes.len() })?;
-        let [format, v0, v1, v2, v3, v4, v5, v6, v7, flags] = *header;
-        if format != RECORD_FORMAT {
-            return Err(CodecError::UnknownFormat { format });
+        match parse(&bytes)? {
+            (version, true) => Ok(Self::tombstone(version)),
+            (version, false) => Ok(Self::value(version, bytes.slice(RECORD_HEADER_LEN..))),
         }
-        if flags & !FLAG_TOMBSTONE != 0 {
-            return Err(CodecError::UnknownFlags { flags });
-        }
-        let version = u64::from_be_bytes([v0, v1, v2, v3, v4, v5, v6, v7]);
-        if flags & FLAG_TOMBSTONE != 0 {
-            if !value.is_empty() {
-                return Err(CodecError::TombstoneWithValue { len: value.len() });
-            }
-            return Ok(Self::tombstone(version));
-        }
-        Ok(Self::value(version, bytes.slice(RECORD_HEADER_LEN..)))
     }
 
     /// Whether this record wins over `other` under last-writer-wins. Ties on
@@ -234,6 +246,56 @@ impl Record {
             self.value.is_none(),
             self.value.as_deref().unwrap_or_default(),
         )
+    }
+}
+
+/// Checks `bytes` as [`Record::decode`] does, without copying: the
+/// version, and whether the record is a tombstone.
+fn parse(bytes: &[u8]) -> Result<(u64, bool), CodecError> {
+    let (header, value) = bytes
+        .split_first_chunk::<RECORD_HEADER_LEN>()
+        .ok_or(CodecError::TooShort { len: bytes.len() })?;
+    let [format, v0, v1, v2, v3, v4, v5, v6, v7, flags] = *header;
+    if format != RECORD_FORMAT {
+        return Err(CodecError::UnknownFormat { format });
+    }
+    if flags & !FLAG_TOMBSTONE != 0 {
+        return Err(CodecError::UnknownFlags { flags });
+    }
+    let version = u64::from_be_bytes([v0, v1, v2, v3, v4, v5, v6, v7]);
+    let tombstone = flags & FLAG_TOMBSTONE != 0;
+    if tombstone && !value.is_empty() {
+        return Err(CodecError::TombstoneWithValue { len: value.len() });
+    }
+    Ok((version, tombstone))
+}
+
+/// The compaction filter that purges tombstones past the grace (see
+/// "Tombstone GC" in the module docs).
+#[derive(Debug)]
+struct TombstoneGc {
+    grace_ms: u64,
+}
+
+impl CompactionFilter for TombstoneGc {
+    fn filter(&self, _level: usize, _key: &[u8], value: &[u8]) -> FilterDecision {
+        match parse(value) {
+            // The clock is read only for tombstones, which are few.
+            Ok((version, true)) if self.expired(version, hlc::wall_ms()) => FilterDecision::Remove,
+            // Bytes that do not parse are kept: reads report them.
+            _ => FilterDecision::Keep,
+        }
+    }
+
+    fn name(&self) -> &str {
+        "kvnode tombstone GC"
+    }
+}
+
+impl TombstoneGc {
+    /// Whether a tombstone at `version` is past the grace at `now_ms`.
+    fn expired(&self, version: u64, now_ms: u64) -> bool {
+        hlc::physical_ms(version).saturating_add(self.grace_ms) < now_ms
     }
 }
 
@@ -293,9 +355,17 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Opens (creating if needed) the engine in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = Db::open(dir, Options::default())?;
+    /// Opens (creating if needed) the engine in `dir`; compactions purge
+    /// tombstones older than `tombstone_grace` (see the module docs).
+    pub fn open(dir: &Path, tombstone_grace: Duration) -> Result<Self, StorageError> {
+        let gc = TombstoneGc {
+            grace_ms: u64::try_from(tombstone_grace.as_millis()).unwrap_or(u64::MAX),
+        };
+        let options = Options {
+            compaction_filter: Some(Arc::new(gc)),
+            ..Options::default()
+        };
+        let db = Db::open(dir, options)?;
         let report = db.recovery_report();
         if !report.is_clean() {
             // Under the default (absolute consistency) only torn tails get
@@ -438,6 +508,13 @@ impl Storage {
     pub fn flush(&self) -> Result<(), StorageError> {
         Ok(self.db.flush()?)
     }
+
+    /// Compacts the whole engine, purging the tombstones past the grace
+    /// on the way. Blocks for as long as it takes to rewrite every table:
+    /// call it from a blocking context.
+    pub fn compact(&self) -> Result<(), StorageError> {
+        Ok(self.db.compact_range::<&[u8]>(..)?)
+    }
 }
 
 #[cfg(test)]
@@ -445,6 +522,15 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
+
+    /// The smallest grace `config` allows without the test-only override.
+    const GRACE: Duration = Duration::from_secs(3600);
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// An HLC version `ago_ms` before now.
+    fn version_ago(ago_ms: u64) -> u64 {
+        (hlc::wall_ms() - ago_ms) << 16
+    }
 
     #[test]
     fn records_round_trip() {
@@ -544,8 +630,8 @@ mod tests {
     #[test]
     fn apply_is_idempotent_and_order_independent() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Storage::open(&dir.path().join("a")).unwrap();
-        let b = Storage::open(&dir.path().join("b")).unwrap();
+        let a = Storage::open(&dir.path().join("a"), GRACE).unwrap();
+        let b = Storage::open(&dir.path().join("b"), GRACE).unwrap();
         let writes = [
             Record::value(5, b"five".to_vec()),
             Record::tombstone(7),
@@ -567,7 +653,7 @@ mod tests {
     #[test]
     fn concurrent_applies_keep_the_newest() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(dir.path(), GRACE).unwrap();
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let s = s.clone();
@@ -602,7 +688,7 @@ mod tests {
     #[test]
     fn retain_deletes_exactly_the_refused_tokens() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(dir.path(), GRACE).unwrap();
         for k in 0..2500u32 {
             s.apply(format!("k{k}").as_bytes(), &Record::value(1, b"v".to_vec()))
                 .unwrap();
@@ -632,7 +718,7 @@ mod tests {
     #[test]
     fn retain_never_deletes_a_record_newer_than_its_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(dir.path(), GRACE).unwrap();
         for k in 0..200u32 {
             s.apply(
                 format!("k{k}").as_bytes(),
@@ -669,7 +755,7 @@ mod tests {
     #[test]
     fn retain_stops_between_batches_when_told() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(dir.path(), GRACE).unwrap();
         for k in 0..1000u32 {
             s.apply(format!("k{k}").as_bytes(), &Record::value(1, b"v".to_vec()))
                 .unwrap();
@@ -692,8 +778,89 @@ mod tests {
     #[test]
     fn a_corrupt_stored_value_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::open(dir.path()).unwrap();
+        let s = Storage::open(dir.path(), GRACE).unwrap();
         s.db.put(engine_key(b"k"), b"junk").unwrap();
         assert!(matches!(s.read(b"k"), Err(StorageError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_gc_filter_removes_only_tombstones_past_the_grace() {
+        let gc = TombstoneGc { grace_ms: HOUR_MS };
+        let decide = |record: &Record| gc.filter(1, b"k", &record.encode());
+        assert_eq!(
+            decide(&Record::tombstone(version_ago(HOUR_MS + 60_000))),
+            FilterDecision::Remove
+        );
+        assert_eq!(
+            decide(&Record::tombstone(version_ago(HOUR_MS - 60_000))),
+            FilterDecision::Keep
+        );
+        assert_eq!(
+            decide(&Record::value(version_ago(100 * HOUR_MS), b"v".to_vec())),
+            FilterDecision::Keep
+        );
+        // A clock that ran ahead stamped this one in the future.
+        assert_eq!(
+            decide(&Record::tombstone((hlc::wall_ms() + HOUR_MS) << 16)),
+            FilterDecision::Keep
+        );
+        let mut junk = Record::tombstone(0).encode();
+        junk[0] = 9;
+        assert_eq!(gc.filter(1, b"k", &junk), FilterDecision::Keep);
+        assert_eq!(gc.filter(1, b"k", b""), FilterDecision::Keep);
+        assert!(gc.expired(version_ago(HOUR_MS + 1), hlc::wall_ms() + 1));
+    }
+
+    #[test]
+    fn a_purged_tombstone_does_not_let_the_value_under_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), GRACE).unwrap();
+        let keys: Vec<String> = (0..200).map(|k| format!("k{k}")).collect();
+        for key in &keys {
+            s.apply(
+                key.as_bytes(),
+                &Record::value(version_ago(3 * HOUR_MS), b"old".to_vec()),
+            )
+            .unwrap();
+        }
+        // The values sink into a table below the tombstones that follow.
+        s.compact().unwrap();
+        let (expired, fresh) = keys.split_at(150);
+        for key in expired {
+            s.apply(key.as_bytes(), &Record::tombstone(version_ago(2 * HOUR_MS)))
+                .unwrap();
+        }
+        for key in fresh {
+            s.apply(key.as_bytes(), &Record::tombstone(version_ago(60_000)))
+                .unwrap();
+        }
+        s.compact().unwrap();
+        for key in expired {
+            assert_eq!(s.read(key.as_bytes()).unwrap(), None, "{key}");
+        }
+        for key in fresh {
+            assert!(
+                s.read(key.as_bytes())
+                    .unwrap()
+                    .is_some_and(|r| r.value.is_none()),
+                "{key} lost its tombstone within the grace"
+            );
+        }
+        assert_eq!(s.stats().compaction_filter_removed, 150);
+        assert_eq!(
+            count(&s, |_| true),
+            50,
+            "only the fresh tombstones are left"
+        );
+        // And so it stays after a reopen, and after another compaction.
+        drop(s);
+        let s = Storage::open(dir.path(), GRACE).unwrap();
+        s.compact().unwrap();
+        for key in expired {
+            assert_eq!(s.read(key.as_bytes()).unwrap(), None, "{key}");
+        }
+        for key in fresh {
+            assert!(s.read(key.as_bytes()).unwrap().is_some(), "{key}");
+        }
     }
 }

@@ -15,6 +15,9 @@
 //! - it is a tombstone at or below `smallest_snapshot` and no level below
 //!   the output holds the key (there is nothing left for it to hide).
 //!
+//! A [`CompactionFilter`] set in the options then decides about the newest
+//! value of each key; see `filter` for its rules.
+//!
 //! # Outputs
 //!
 //! The merged stream is cut into tables of about `target_table_size`, and
@@ -26,7 +29,13 @@
 //! A *trivial move* needs no merge: when the inputs overlap nothing one level
 //! down (and not too much two levels down), the manifest just records them at
 //! the next level.
+//!
+//! A *bottom rewrite* merges tables of the deepest level in use into that
+//! same level: manual compaction runs one when a filter is set, so that the
+//! filter reaches entries that no compaction would otherwise rewrite
+//! (RocksDB's `BottommostLevelCompaction::kIfHaveCompactionFilter`).
 
+pub(crate) mod filter;
 pub(crate) mod picker;
 
 use std::path::{Path, PathBuf};
@@ -37,10 +46,13 @@ use crate::error::Result;
 use crate::file_name;
 use crate::iter::merge::MergingSource;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
-use crate::key::{append_tagged, compare_internal};
+use crate::key::{append_tagged, compare_internal, pack_tag, ValueKind};
 use crate::options::Options;
 use crate::sstable::{TableBuilder, TableSource};
 use crate::version::{FileMeta, TableFile, Version, VersionEdit, NUM_LEVELS};
+
+pub(crate) use filter::FilterCounts;
+pub use filter::{CompactionFilter, FilterDecision};
 
 /// How often (in entries) a running compaction checks whether to give up.
 const CANCEL_CHECK_INTERVAL: u64 = 4096;
@@ -51,11 +63,14 @@ pub(crate) struct Compaction {
     /// level hold this key?" for tombstones.
     version: Arc<Version>,
     level: usize,
+    /// `level + 1`, or `level` itself for a bottom rewrite.
+    output_level: usize,
     /// Tables of `level` to push down.
     inputs: Vec<Arc<TableFile>>,
-    /// Tables of `level + 1` overlapping the inputs, rewritten with them.
+    /// Tables of the output level overlapping the inputs, rewritten with
+    /// them (none for a bottom rewrite, whose inputs are that level's).
     lower: Vec<Arc<TableFile>>,
-    /// Tables of `level + 2` overlapping the whole compaction.
+    /// Tables of the level below the output overlapping the whole compaction.
     grandparents: Vec<Arc<TableFile>>,
     max_grandparent_overlap: u64,
 }
@@ -79,6 +94,7 @@ impl Compaction {
         Compaction {
             version,
             level,
+            output_level: level + 1,
             inputs,
             lower,
             grandparents,
@@ -86,8 +102,28 @@ impl Compaction {
         }
     }
 
+    /// Rewrites `inputs`, tables of `level`, into `level` itself.
+    /// REQUIRES: no level below `level` holds a table (so nothing below can
+    /// overlap the outputs and no output needs cutting for it).
+    pub(crate) fn bottom_rewrite(
+        version: Arc<Version>,
+        level: usize,
+        inputs: Vec<Arc<TableFile>>,
+        options: &Options,
+    ) -> Self {
+        Compaction {
+            version,
+            level,
+            output_level: level,
+            inputs,
+            lower: Vec::new(),
+            grandparents: Vec::new(),
+            max_grandparent_overlap: picker::max_grandparent_overlap(options),
+        }
+    }
+
     pub(crate) fn output_level(&self) -> usize {
-        self.level + 1
+        self.output_level
     }
 
     /// The largest internal key among the tables of `level`.
@@ -151,7 +187,11 @@ impl Compaction {
         self.inputs
             .iter()
             .map(|f| (self.level, f.meta.number))
-            .chain(self.lower.iter().map(|f| (self.level + 1, f.meta.number)))
+            .chain(
+                self.lower
+                    .iter()
+                    .map(|f| (self.output_level, f.meta.number)),
+            )
             .collect()
     }
 }
@@ -182,10 +222,17 @@ pub(crate) struct Env<'a> {
     pub(crate) cancel: &'a AtomicBool,
 }
 
+/// What a finished compaction wrote.
+pub(crate) struct Output {
+    pub(crate) tables: Vec<FileMeta>,
+    /// What the options' filter decided, if one is set.
+    pub(crate) filtered: FilterCounts,
+}
+
 /// Merges the compaction's inputs into new tables of its output level and
 /// returns them, or `None` if it was cancelled. On error or cancellation the
 /// partial outputs are deleted.
-pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Vec<FileMeta>>> {
+pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Output>> {
     let mut out = Outputs {
         env,
         builder: None,
@@ -198,9 +245,10 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Vec<FileMeta>>
         overlapped_bytes: 0,
         max_overlap: c.max_grandparent_overlap,
     };
-    let result = merge(c, env, &mut out);
+    let mut filtered = FilterCounts::default();
+    let result = merge(c, env, &mut out, &mut filtered);
     match result {
-        Ok(true) => out.finish().map(Some),
+        Ok(true) => out.finish().map(|tables| Some(Output { tables, filtered })),
         Ok(false) => {
             out.abandon();
             Ok(None)
@@ -212,8 +260,14 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Vec<FileMeta>>
     }
 }
 
-/// Streams the merged inputs into `out`; false if cancelled.
-fn merge(c: &Compaction, env: &Env<'_>, out: &mut Outputs<'_>) -> Result<bool> {
+/// Streams the merged inputs into `out`, through the options' filter;
+/// false if cancelled.
+fn merge(
+    c: &Compaction,
+    env: &Env<'_>,
+    out: &mut Outputs<'_>,
+    filtered: &mut FilterCounts,
+) -> Result<bool> {
     let everything = KeyBounds {
         lower: std::ops::Bound::Unbounded,
         upper: std::ops::Bound::Unbounded,
@@ -235,12 +289,13 @@ fn merge(c: &Compaction, env: &Env<'_>, out: &mut Outputs<'_>) -> Result<bool> {
     let mut current_key: Option<Vec<u8>> = None;
     let mut last_seq_for_key = u64::MAX;
     let mut seen = 0u64;
-    while let Some(entry) = merged.next_entry()? {
+    while let Some(mut entry) = merged.next_entry()? {
         seen += 1;
         if seen.is_multiple_of(CANCEL_CHECK_INTERVAL) && env.cancel.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        if current_key.as_deref() != Some(entry.user_key.as_slice()) {
+        let newest = current_key.as_deref() != Some(entry.user_key.as_slice());
+        if newest {
             current_key = Some(entry.user_key.clone());
             last_seq_for_key = u64::MAX;
         }
@@ -249,9 +304,24 @@ fn merge(c: &Compaction, env: &Env<'_>, out: &mut Outputs<'_>) -> Result<bool> {
             && entry.seq() <= env.smallest_snapshot
             && base.is_base_level_for(&entry.user_key);
         last_seq_for_key = entry.seq();
-        if !(shadowed || dead_tombstone) {
-            out.add(&entry)?;
+        if shadowed || dead_tombstone {
+            continue;
         }
+        let offered = newest && !entry.is_deletion() && entry.seq() <= env.smallest_snapshot;
+        if let (true, Some(filter)) = (offered, env.options.compaction_filter.as_deref()) {
+            match filtered.decide(filter, c.output_level(), &entry.user_key, &entry.value) {
+                FilterDecision::Keep => {}
+                FilterDecision::ChangeValue(value) => entry.value = value,
+                // Older versions of the key in this compaction are shadowed
+                // by this entry's sequence all the same (`last_seq_for_key`).
+                FilterDecision::Remove if base.is_base_level_for(&entry.user_key) => continue,
+                FilterDecision::Remove => {
+                    entry.tag = pack_tag(entry.seq(), ValueKind::Deletion);
+                    entry.value.clear();
+                }
+            }
+        }
+        out.add(&entry)?;
     }
     Ok(true)
 }

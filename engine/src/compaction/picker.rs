@@ -96,19 +96,42 @@ pub(crate) fn pick_range(
     level: usize,
     bounds: &KeyBounds,
 ) -> Option<Compaction> {
-    let overlapping: Vec<Arc<TableFile>> = version
-        .files(level)
-        .iter()
-        .filter(|f| bounds.overlaps(f.smallest_user_key(), f.largest_user_key()))
-        .cloned()
-        .collect();
-    if overlapping.is_empty() {
-        return None;
-    }
+    let mut overlapping = overlapping(version, level, bounds).peekable();
+    overlapping.peek()?;
     let inputs = if level == 0 {
         version.files(0).to_vec()
     } else {
-        overlapping
+        overlapping.cloned().collect()
     };
     Some(Compaction::new(version.clone(), level, inputs, options))
+}
+
+/// One bottom rewrite per table of `level` within `bounds` numbered below
+/// `written_from` (tables from `written_from` on were just written by a
+/// compaction, which already ran the filter over them). One table each, so
+/// that no output can reach over a table left out.
+/// REQUIRES: `level` is at least 1 and no deeper level holds a table.
+pub(crate) fn pick_bottom_rewrites(
+    version: &Arc<Version>,
+    options: &Options,
+    level: usize,
+    bounds: &KeyBounds,
+    written_from: u64,
+) -> Vec<Compaction> {
+    overlapping(version, level, bounds)
+        .filter(|f| f.meta.number < written_from)
+        .map(|f| Compaction::bottom_rewrite(version.clone(), level, vec![f.clone()], options))
+        .collect()
+}
+
+/// Tables of `level` holding keys within `bounds`.
+fn overlapping<'a>(
+    version: &'a Version,
+    level: usize,
+    bounds: &'a KeyBounds,
+) -> impl Iterator<Item = &'a Arc<TableFile>> {
+    version
+        .files(level)
+        .iter()
+        .filter(|f| bounds.overlaps(f.smallest_user_key(), f.largest_user_key()))
 }

@@ -56,18 +56,32 @@ fn compact(
     smallest_snapshot: u64,
     cancel: bool,
 ) -> Option<(Vec<OwnedRow>, Vec<FileMeta>)> {
-    let options = options();
+    compact_with(dir, c, smallest_snapshot, cancel, &options())
+        .map(|(rows, metas, _)| (rows, metas))
+}
+
+/// [`compact`] with `options`, also returning what the filter decided.
+fn compact_with(
+    dir: &Path,
+    c: &Compaction,
+    smallest_snapshot: u64,
+    cancel: bool,
+    options: &Options,
+) -> Option<(Vec<OwnedRow>, Vec<FileMeta>, FilterCounts)> {
     let next = AtomicU64::new(1000);
     let new_file_number = || next.fetch_add(1, Ordering::Relaxed);
     let cancel = AtomicBool::new(cancel);
     let env = Env {
         dir,
-        options: &options,
+        options,
         smallest_snapshot,
         new_file_number: &new_file_number,
         cancel: &cancel,
     };
-    let metas = run(c, &env).unwrap()?;
+    let Output {
+        tables: metas,
+        filtered,
+    } = run(c, &env).unwrap()?;
     let mut rows = Vec::new();
     for m in &metas {
         let t = Table::open(&file_name::table_path(dir, m.number)).unwrap();
@@ -85,7 +99,7 @@ fn compact(
             ));
         }
     }
-    Some((rows, metas))
+    Some((rows, metas, filtered))
 }
 
 fn version(levels: Vec<(usize, Arc<TableFile>)>) -> Arc<Version> {
@@ -234,4 +248,175 @@ fn a_cancelled_compaction_leaves_no_files() {
     assert!(compact(dir.path(), &c, 100, true).is_none());
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(files.len(), 1, "only the input table remains");
+}
+
+/// Removes values starting with `-`, changes those starting with `+` to
+/// `changed`, panics on `!`, and records every value it is offered.
+#[derive(Default)]
+struct TestFilter {
+    offered: parking_lot::Mutex<Vec<(usize, String, String)>>,
+}
+
+impl CompactionFilter for TestFilter {
+    fn filter(&self, level: usize, key: &[u8], value: &[u8]) -> FilterDecision {
+        let value = String::from_utf8(value.to_vec()).unwrap();
+        self.offered.lock().push((
+            level,
+            String::from_utf8(key.to_vec()).unwrap(),
+            value.clone(),
+        ));
+        match value.as_bytes().first() {
+            Some(b'-') => FilterDecision::Remove,
+            Some(b'+') => FilterDecision::ChangeValue(b"changed".to_vec()),
+            Some(b'!') => panic!("a filter that panics"),
+            _ => FilterDecision::Keep,
+        }
+    }
+}
+
+fn filtered_options(filter: &Arc<TestFilter>) -> Options {
+    Options {
+        compaction_filter: Some(filter.clone()),
+        ..options()
+    }
+}
+
+#[test]
+fn the_filter_sees_only_the_newest_value_of_each_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = table(
+        dir.path(),
+        1,
+        &[("a", 5, Some("-old")), ("b", 1, Some("x"))],
+    );
+    let new = table(dir.path(), 2, &[("a", 9, Some("keep")), ("b", 3, None)]);
+    let v = version(vec![(0, old), (0, new)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, _, counts) =
+        compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
+    assert_eq!(rows, vec![row("a", 9, Some("keep"))]);
+    // Not a@5 (shadowed), not b's tombstone (deletions are never offered).
+    assert_eq!(
+        *filter.offered.lock(),
+        vec![(1, "a".to_string(), "keep".to_string())]
+    );
+    assert_eq!(counts, FilterCounts::default());
+}
+
+#[test]
+fn a_removed_entry_leaves_a_deletion_marker_over_deeper_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let l0 = table(
+        dir.path(),
+        3,
+        &[("b", 8, Some("-gone")), ("c", 9, Some("-gone"))],
+    );
+    let l2 = table(dir.path(), 1, &[("b", 2, Some("old"))]);
+    let v = version(vec![(0, l0), (2, l2)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, _, counts) =
+        compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
+    // b@2 in L2 would come back without the marker; c hides nothing, so it
+    // simply goes.
+    assert_eq!(rows, vec![row("b", 8, None)]);
+    assert_eq!(counts.removed, 2);
+}
+
+#[test]
+fn a_removed_entry_takes_its_older_versions_in_the_compaction_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = table(dir.path(), 1, &[("a", 5, Some("older"))]);
+    let new = table(dir.path(), 2, &[("a", 9, Some("-newest"))]);
+    let v = version(vec![(0, old), (0, new)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, _, _) =
+        compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
+    assert_eq!(rows, vec![], "a@5 must not resurface");
+}
+
+#[test]
+fn a_changed_value_keeps_its_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), 1, &[("a", 4, Some("+x")), ("b", 5, Some("y"))]);
+    let v = version(vec![(1, t)]);
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, _, counts) =
+        compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
+    assert_eq!(
+        rows,
+        vec![row("a", 4, Some("changed")), row("b", 5, Some("y"))]
+    );
+    assert_eq!(counts.changed, 1);
+    assert_eq!(filter.offered.lock()[0].0, 2, "offered at the output level");
+}
+
+#[test]
+fn a_panicking_filter_keeps_the_entry_and_the_compaction_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(
+        dir.path(),
+        1,
+        &[
+            ("a", 4, Some("!boom")),
+            ("b", 5, Some("-drop")),
+            ("c", 6, Some("z")),
+        ],
+    );
+    let v = version(vec![(1, t)]);
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, _, counts) =
+        compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
+    assert_eq!(
+        rows,
+        vec![row("a", 4, Some("!boom")), row("c", 6, Some("z"))]
+    );
+    assert_eq!(
+        counts,
+        FilterCounts {
+            removed: 1,
+            changed: 0,
+            panics: 1
+        }
+    );
+}
+
+#[test]
+fn entries_above_the_smallest_snapshot_are_not_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(
+        dir.path(),
+        1,
+        &[("a", 7, Some("-new")), ("a", 3, Some("-old"))],
+    );
+    let v = version(vec![(1, t)]);
+    let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, _, _) = compact_with(dir.path(), &c, 5, false, &filtered_options(&filter)).unwrap();
+    // A reader at 5 still reads a@3 from the output; a@7 is not visible to
+    // it, and a@3 is not the newest version: neither is offered.
+    assert_eq!(
+        rows,
+        vec![row("a", 7, Some("-new")), row("a", 3, Some("-old"))]
+    );
+    assert!(filter.offered.lock().is_empty());
+}
+
+#[test]
+fn a_bottom_rewrite_writes_to_its_own_level_and_drops_removed_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = table(dir.path(), 1, &[("a", 4, Some("-x")), ("b", 5, Some("y"))]);
+    let v = version(vec![(3, t)]);
+    let c = Compaction::bottom_rewrite(v.clone(), 3, v.files(3).to_vec(), &options());
+    let filter = Arc::new(TestFilter::default());
+    let (rows, metas, _) =
+        compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
+    assert_eq!(rows, vec![row("b", 5, Some("y"))]);
+    let edit = c.edit(metas);
+    assert_eq!(edit.deleted, vec![(3, 1)]);
+    assert!(edit.added.iter().all(|(level, _)| *level == 3));
 }

@@ -291,6 +291,12 @@ impl VersionSet {
         Ok(())
     }
 
+    /// The number the next new file gets: every file numbered at or above
+    /// it was created later.
+    pub(crate) fn next_file_number(&self) -> u64 {
+        self.next_file_number
+    }
+
     pub(crate) fn new_file_number(&mut self) -> u64 {
         let n = self.next_file_number;
         self.next_file_number += 1;

@@ -4,7 +4,9 @@
 //! `POST /admin/v1/decommission` (behind the cluster secret: this node
 //! hands its ranges over and leaves; 202, or 409 with the reason) and
 //! `POST /admin/v1/cleanup` (behind the secret too: this node drops the
-//! items it does not replicate; 202, or 409 with the reason).
+//! items it does not replicate; 202, or 409 with the reason) and
+//! `POST /admin/v1/compact` (behind the secret: this node compacts its
+//! whole engine, purging the tombstones past the grace; 200 once done).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -20,6 +22,8 @@ use crate::stream::handoff;
 pub const DECOMMISSION_PATH: &str = "/admin/v1/decommission";
 /// Path of the clean-up route.
 pub const CLEANUP_PATH: &str = "/admin/v1/cleanup";
+/// Path of the compaction route.
+pub const COMPACT_PATH: &str = "/admin/v1/compact";
 
 /// One member in `/v1/cluster`.
 #[derive(Debug, Serialize)]
@@ -204,4 +208,21 @@ pub async fn cleanup(State(state): State<AppState>) -> Result<Response, ApiError
         Json(serde_json::json!({ "status": "cleaning" })),
     )
         .into_response())
+}
+
+/// `POST /admin/v1/compact`: compacts this node's engine now, rather than
+/// when the tree's shape calls for it, and answers once it is done with
+/// the tombstones purged by this node's engine since it started.
+pub async fn compact(State(state): State<AppState>) -> Result<Response, ApiError> {
+    tracing::info!("compaction requested");
+    let storage = state.storage.clone();
+    tokio::task::spawn_blocking(move || storage.compact())
+        .await
+        .map_err(|e| ApiError::internal(format!("compaction task: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({
+        "status": "compacted",
+        "tombstones_purged": state.storage.stats().compaction_filter_removed,
+    }))
+    .into_response())
 }

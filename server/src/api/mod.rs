@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route(STREAM_PATH, get(stream::stream))
         .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
         .route(cluster::CLEANUP_PATH, post(cluster::cleanup))
+        .route(cluster::COMPACT_PATH, post(cluster::compact))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,

@@ -212,7 +212,7 @@ async fn start(stub: Arc<Stub>, id: &str) -> MemberInfo {
 
 /// A receiver into a fresh engine in `dir`, with a short idle deadline.
 fn receiver(dir: &std::path::Path) -> (Receiver, Storage, Arc<Metrics>) {
-    let storage = Storage::open(dir).unwrap();
+    let storage = Storage::open(dir, Duration::from_secs(3600)).unwrap();
     let metrics = Arc::new(Metrics::new());
     let peer = HttpPeer::new(
         ClusterSecret::new("a-test-secret-of-some-length".into()),

@@ -36,6 +36,9 @@ pub struct DemoArgs {
     /// Keys written before the join, so that there is data to stream.
     #[arg(long, default_value_t = 20_000)]
     pub keys: u32,
+    /// Every node's --tombstone-grace-ms [default: the node's, 10 days].
+    #[arg(long)]
+    pub tombstone_grace_ms: Option<u64>,
 }
 
 /// Why the demo failed.
@@ -103,6 +106,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             .arg(args.data_dir.join(&id))
             // The secret goes through the environment: flags show in `ps`.
             .env("KVNODE_CLUSTER_SECRET", secret.expose())
+            .envs(
+                args.tombstone_grace_ms
+                    .map(|ms| ("KVNODE_TOMBSTONE_GRACE_MS", ms.to_string())),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log))
