@@ -73,7 +73,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::ClusterSecret;
 use crate::config::{defaults, Config};
-use crate::gossip_transport::{GossipKey, SealedTransport};
+use crate::gossip_transport::SealedTransport;
 use crate::hlc::TagWatch;
 use crate::metrics::GossipMetrics;
 use crate::peer::Endpoint;
@@ -476,13 +476,7 @@ impl Membership {
             (KEY_RING.to_owned(), String::new()),
             (KEY_TAG.to_owned(), config.node_tag.to_string()),
         ];
-        let transport = SealedTransport::new(
-            GossipKey::derive(&config.secret, &config.cluster_id),
-            &config.node_id,
-            generation,
-            config.max_members,
-            metrics.clone(),
-        );
+        let transport = SealedTransport::new(config, generation, metrics.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(|e| MembershipError::Gossip {
