@@ -16,8 +16,9 @@
 //!   epoch, below the window, or already seen is dropped. The window moves
 //!   only after a datagram authenticates, so a forger cannot push it.
 //!   A receiver that restarts forgets its windows; a datagram captured from
-//!   a sender's current incarnation could then be replayed once. It carries
-//!   only chitchat state at versions the receiver will soon have anyway.
+//!   a sender's current incarnation could then be replayed once, within the
+//!   maximum clock offset of its sealing (below). It carries only chitchat
+//!   state at versions the receiver will soon have anyway.
 //! - **Size.** No datagram exceeds [`MAX_DATAGRAM`] (the largest IPv4 UDP
 //!   payload), whatever chitchat hands over: a message is cut into at most
 //!   [`MAX_FRAGMENTS`] fragments, each sealed on its own, and one that would
@@ -33,8 +34,15 @@
 //!   would let an older write beat a newer one (`hlc`). The receiver warns,
 //!   at most once per sender every 10 s, naming the peer's address and the
 //!   offset. The offset measured includes the datagram's flight time, which
-//!   on a LAN is far below the maximum. A sender that is refused hears
-//!   nothing back: the refusing side's log is where it is said.
+//!   on a LAN is far below the maximum. A refused sender would hear
+//!   nothing more from the receiver, so with each warning the receiver also
+//!   sends it a *clock notice*, an empty message whose header carries the
+//!   receiver's clock: the sender refuses that in turn and warns too. An
+//!   empty message is never chitchat (whose messages start with a magic
+//!   number), and one that arrives within the offset is dropped unread.
+//!   A datagram replayed long after it was sealed is refused here as well,
+//!   which gives freshness across a receiver's restart (see above), at the
+//!   cost of a misleading warning about its sender's clock.
 //!
 //! Dropped datagrams are counted by reason (`kvnode_gossip_datagrams_total`).
 //!
@@ -335,8 +343,7 @@ pub enum Dropped {
     ClockOffset {
         /// The sender's clock minus this node's, ms (positive: it runs ahead).
         offset_ms: i64,
-        /// Whether to warn: the first such datagram of this sender in
-        /// [`OFFSET_WARNING_EVERY_MS`].
+        /// Whether to warn: the first such datagram of this sender in 10 s.
         warn: bool,
     },
 }
@@ -557,6 +564,28 @@ struct SealedSocket {
     buf_recv: Box<[u8]>,
 }
 
+impl SealedSocket {
+    /// Says why `peer`'s gossip is refused: a warning here, and a clock
+    /// notice to the peer, which hears nothing else from this node.
+    async fn refuse_clock(&mut self, peer: SocketAddr, offset_ms: i64, now_ms: u64) {
+        let t = &self.transport;
+        tracing::warn!(
+            %peer,
+            offset_ms,
+            max_offset_ms = t.max_offset.as_millis(),
+            "refusing gossip from a peer whose wall clock is off from this node's by more \
+             than the maximum clock offset; check the clocks (NTP) of both hosts"
+        );
+        let notice = seal_message(&t.key, t.sender, t.epoch, &mut self.counter, now_ms, &[]);
+        for datagram in notice.into_iter().flatten() {
+            match self.socket.send_to(&datagram, peer).await {
+                Ok(sent) => t.metrics.datagram_out(GossipOutcome::ok, sent),
+                Err(e) => tracing::debug!(error = %e, %peer, "clock notice not sent"),
+            }
+        }
+    }
+}
+
 /// Errors a UDP socket reports for one peer (an ICMP unreachable, say)
 /// that do not mean the socket is broken.
 fn is_transient(e: &io::Error) -> bool {
@@ -633,24 +662,23 @@ impl Socket for SealedSocket {
                 }
                 Err(dropped) => {
                     metrics.datagram_in(dropped.outcome(), len);
+                    tracing::debug!(%from_addr, len, ?dropped, "gossip datagram dropped");
                     if let Dropped::ClockOffset {
                         offset_ms,
                         warn: true,
                     } = dropped
                     {
-                        tracing::warn!(
-                            peer = %from_addr,
-                            offset_ms,
-                            max_offset_ms = self.transport.max_offset.as_millis(),
-                            "refusing gossip from a peer whose wall clock is off from this \
-                             node's by more than the maximum clock offset; check the clocks \
-                             (NTP) of both hosts"
-                        );
+                        self.refuse_clock(from_addr, offset_ms, now_ms).await;
                     }
-                    tracing::debug!(%from_addr, len, ?dropped, "gossip datagram dropped");
                     continue;
                 }
             };
+            let metrics = &self.transport.metrics;
+            if message.is_empty() {
+                // A clock notice: its header said all it had to.
+                metrics.datagram_in(GossipOutcome::ok, len);
+                continue;
+            }
             let mut bytes = message.as_slice();
             match ChitchatEnvelope::deserialize(&mut bytes) {
                 Ok(envelope) => {

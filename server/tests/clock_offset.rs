@@ -2,8 +2,8 @@
 //! other and say so. A node whose clock runs 2 s ahead (the test-only
 //! `--clock-skew-ms`) never becomes a member of a cluster with the default
 //! maximum offset of 500 ms, nor the cluster of it, while a node with a true
-//! clock joins the same cluster beside it; the refusing node's log names the
-//! peer and the offset, and not once per datagram.
+//! clock joins the same cluster beside it; both sides' logs name the peer
+//! and the offset, and not once per datagram.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -74,24 +74,37 @@ async fn a_node_whose_clock_is_2_s_ahead_is_refused_and_the_offset_named() {
         "{refused} datagrams refused for their clock"
     );
 
-    let log = plain(&cluster.nodes[0].log_text());
-    let peer = format!("peer={}", cluster.nodes[skewed].gossip);
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("maximum clock offset") && l.contains(&peer))
-        .collect();
-    assert!(!warnings.is_empty(), "no warning naming {peer} in\n{log}");
-    for line in &warnings {
-        let offset: i64 = line
-            .split("offset_ms=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no offset in {line}"));
-        // 2 s, less the datagram's flight and a truncated ms.
-        assert!((1_500..=2_000).contains(&offset), "{line}");
-    }
-    // At most one warning per peer every 10 s.
+    // Each side names the other and the offset as it measures it: the seed
+    // from the joiner's gossip, the joiner from the seed's clock notices.
+    let seed_addr = cluster.nodes[0].gossip;
+    let skewed_addr = cluster.nodes[skewed].gossip;
     let most = started.elapsed().as_secs() / 10 + 1;
-    assert!(warnings.len() as u64 <= most, "{warnings:#?}");
+    for (i, peer, offsets) in [
+        (0, skewed_addr, 1_500..=2_000),
+        (skewed, seed_addr, -2_500..=-2_000),
+    ] {
+        let log = plain(&cluster.nodes[i].log_text());
+        let peer = format!("peer={peer}");
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("maximum clock offset") && l.contains(&peer))
+            .collect();
+        assert!(
+            !warnings.is_empty(),
+            "node{} names no {peer}:\n{log}",
+            i + 1
+        );
+        for line in &warnings {
+            let offset: i64 = line
+                .split("offset_ms=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no offset in {line}"));
+            // 2 s, give or take the datagram's flight and a truncated ms.
+            assert!(offsets.contains(&offset), "{line}");
+        }
+        // At most one warning per peer every 10 s.
+        assert!(warnings.len() as u64 <= most, "{warnings:#?}");
+    }
 }
