@@ -24,7 +24,6 @@
 //!   [`MAX_FRAGMENTS`] fragments, each sealed on its own, and one that would
 //!   need more is dropped and counted. Reassembly holds at most one message
 //!   per authenticated sender, and there are at most `max_senders` of them.
-//!
 //! - **Clock offset.** Each datagram carries its sender's wall clock (ms)
 //!   when it was sealed. A receiver compares it, once the datagram has
 //!   authenticated, with its own wall clock, and drops a datagram off by more
@@ -33,8 +32,20 @@
 //!   members of each other's views, because last-writer-wins between them
 //!   would let an older write beat a newer one (`hlc`). The receiver warns,
 //!   at most once per sender every 10 s, naming the peer's address and the
-//!   offset. The offset measured includes the datagram's flight time, which
-//!   on a LAN is far below the maximum. A refused sender would hear
+//!   offset.
+//!
+//!   The offset measured is the true one less the datagram's delay (flight,
+//!   and the time it queued in either process), so a datagram that seems
+//!   to come from a clock *ahead* proves it, while one that seems to come
+//!   from a clock *behind* may only be late: on a loaded host a receiver
+//!   that falls half a second behind its socket would otherwise refuse its
+//!   healthy peers and mark them down. So a sender that seems behind is
+//!   refused only if none of its datagrams was within the offset in the
+//!   last 5 s (`LATE_GRACE_MS`); a sender that is behind for real keeps
+//!   being refused, and the refusal is mutual all the same, since it sees
+//!   the receiver's datagrams (and clock notices) come from ahead.
+//!
+//!   A refused sender would hear
 //!   nothing more from the receiver, so with each warning the receiver also
 //!   sends it a *clock notice*, an empty message whose header carries the
 //!   receiver's clock: the sender refuses that in turn and warns too. An
@@ -103,6 +114,11 @@ const NONCE_LEN: usize = 24;
 const FRAGMENT_AT: usize = 1 + 4 * 8;
 const HEADER_LEN: usize = FRAGMENT_AT + 2 + NONCE_LEN;
 const TAG_LEN: usize = 16;
+/// How long after a sender's last datagram within the clock offset its
+/// datagrams that seem to come from a clock behind are taken as late
+/// instead (see the module doc), in ms. Longer than any stall after which
+/// the failure detector still holds a node up.
+const LATE_GRACE_MS: u64 = 5_000;
 /// Plaintext bytes one datagram carries.
 const FRAGMENT_CAPACITY: usize = MAX_DATAGRAM - HEADER_LEN - TAG_LEN;
 
@@ -327,6 +343,8 @@ struct SenderState {
     last_seen: Option<Instant>,
     /// Local wall-clock ms of the last warning about this sender's clock.
     offset_warned_ms: Option<u64>,
+    /// Local wall-clock ms of this sender's last datagram within the offset.
+    in_sync_ms: Option<u64>,
 }
 
 /// Why [`Receiver::receive`] dropped a datagram.
@@ -408,22 +426,29 @@ impl Receiver {
         let state = self.senders.entry(header.sender).or_default();
         // Before the window, so that a refused sender's datagrams never
         // move it.
-        if header.sent_ms.abs_diff(now_ms) > self.max_offset_ms {
+        let offset_ms = signed_difference(header.sent_ms, now_ms);
+        let off = offset_ms.unsigned_abs() > self.max_offset_ms;
+        let late = off
+            && offset_ms < 0
+            && state
+                .in_sync_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) <= LATE_GRACE_MS);
+        if off && !late {
             let warn = state
                 .offset_warned_ms
                 .is_none_or(|at| now_ms.abs_diff(at) >= OFFSET_WARNING_EVERY_MS);
             if warn {
                 state.offset_warned_ms = Some(now_ms);
             }
-            return Err(Dropped::ClockOffset {
-                offset_ms: signed_difference(header.sent_ms, now_ms),
-                warn,
-            });
+            return Err(Dropped::ClockOffset { offset_ms, warn });
         }
         if !state.window.accept(header.epoch, header.counter) {
             return Err(Dropped::Replayed);
         }
         state.last_seen = Some(Instant::now());
+        if !off {
+            state.in_sync_ms = Some(now_ms);
+        }
         if header.fragments == 1 {
             return Ok(Some(plaintext));
         }
@@ -863,6 +888,43 @@ mod tests {
         // Refusing it did not spend its counter: once the clocks agree it
         // is taken.
         assert!(receiver.receive(&d[0], NOW).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_sender_recently_in_sync_that_seems_behind_is_late_not_off() {
+        let k = key("0123456789abcdef");
+        let mut receiver = receiver(&k, 8);
+        let mut counter = 0;
+        let mut at = |sent_ms: u64| seal_message(&k, 1, 10, &mut counter, sent_ms, b"m").unwrap();
+        assert!(receiver.receive(&at(NOW)[0], NOW).unwrap().is_some());
+        // Datagrams that queued 2 s (a stalled receiver) are taken for 5 s.
+        let late = at(NOW + 3_000);
+        assert!(receiver.receive(&late[0], NOW + 5_000).unwrap().is_some());
+        // Even late, a datagram from ahead proves a clock ahead.
+        assert!(matches!(
+            receiver.receive(&at(NOW + 6_000)[0], NOW + 5_000),
+            Err(Dropped::ClockOffset {
+                offset_ms: 1_000,
+                ..
+            })
+        ));
+        // 5 s after the last datagram within the offset, behind is behind.
+        assert!(matches!(
+            receiver.receive(&at(NOW + 3_001)[0], NOW + 5_001),
+            Err(Dropped::ClockOffset {
+                offset_ms: -2_000,
+                ..
+            })
+        ));
+        // A datagram within the offset starts the grace again.
+        assert!(receiver
+            .receive(&at(NOW + 5_100)[0], NOW + 5_200)
+            .unwrap()
+            .is_some());
+        assert!(receiver
+            .receive(&at(NOW + 4_000)[0], NOW + 6_000)
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //!   logical counter below it), so every version on disk keeps its meaning
 //!   and whatever reads a version's age (a tombstone grace) reads `v >> 16`.
 //! - **logical**: counts the versions one node hands out within one ms. 256
-//!   per ms is 256,000 writes a second from one coordinator, several times
-//!   what a node serves over HTTP; past it the clock borrows the next ms
+//!   per ms is 256,000 writes a second from one coordinator, 30 times the
+//!   QUORUM PUTs one coordinator served in the README's measurement (7,884
+//!   a second) and above the ~90,000 requests a second of a node alone;
+//!   past it the clock borrows the next ms
 //!   (`(ms, 255)` is followed by `(ms + 1, 0)`), which keeps versions unique
 //!   and monotonic and only runs this node's versions slightly ahead of its
 //!   wall clock until the load drops.
@@ -26,15 +28,19 @@
 //!   key in the same ms with the same counter still produce different
 //!   versions, so last-writer-wins never has to compare values. The tag is
 //!   the low byte of the xxh3-64 of the node id ([`derived_tag`]) unless
-//!   `--node-tag` sets it. 8 bits rather than more: a 16-bit counter in front
-//!   would have given nothing (it is never the limit), while the chance that
-//!   two of n nodes derive the same tag is about n²/512 (1 % for 3 nodes,
-//!   16 % for 10); members publish their tags, a node warns when a live
-//!   member shares its own ([`TagWatch`]), and `--node-tag` settles it.
-//!   Nodes that share a tag tie only when they also write the same key in
-//!   the same ms with the same counter, and such a tie falls back to the
-//!   deterministic tie-break of `storage::Record::supersedes` (tombstone
-//!   over value, then the larger value bytes), as every tie did before tags.
+//!   `--node-tag` sets it.
+//!
+//! Why 8 + 8: each bit moved from the counter to the tag halves the writes
+//! per ms before the clock borrows, and at 4 counter bits (16,000 writes a
+//! second) a busy coordinator's versions would drift ahead of its clock;
+//! each bit moved the other way doubles the odds that two nodes derive one
+//! tag, which at 8 bits are 1.2 % for 3 nodes and 16 % for 10 (birthday
+//! odds over 256 values). Members publish their tags, a node warns when a
+//! live member shares its own ([`TagWatch`]), and `--node-tag` settles it.
+//! Nodes that share a tag tie only when they also write the same key in the
+//! same ms with the same counter, and such a tie falls back to the
+//! deterministic tie-break of `storage::Record::supersedes` (tombstone over
+//! value, then the larger value bytes), as every tie did before tags.
 //!
 //! The ms and logical parts together are the clock proper: they strictly
 //! increase, and [`Hlc::update`] folds in every version a node receives, so
