@@ -347,6 +347,37 @@ struct SenderState {
     in_sync_ms: Option<u64>,
 }
 
+impl SenderState {
+    /// Checks the clock of this sender's datagram sealed at `sent_ms` and
+    /// received at `now_ms`: whether it is within `max_offset_ms`, or taken
+    /// as late (`false`), or why it is refused (see the module doc).
+    fn check_clock(
+        &mut self,
+        sent_ms: u64,
+        now_ms: u64,
+        max_offset_ms: u64,
+    ) -> Result<bool, Dropped> {
+        let offset_ms = signed_difference(sent_ms, now_ms);
+        if offset_ms.unsigned_abs() <= max_offset_ms {
+            return Ok(true);
+        }
+        let late = offset_ms < 0
+            && self
+                .in_sync_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) <= LATE_GRACE_MS);
+        if late {
+            return Ok(false);
+        }
+        let warn = self
+            .offset_warned_ms
+            .is_none_or(|at| now_ms.abs_diff(at) >= OFFSET_WARNING_EVERY_MS);
+        if warn {
+            self.offset_warned_ms = Some(now_ms);
+        }
+        Err(Dropped::ClockOffset { offset_ms, warn })
+    }
+}
+
 /// Why [`Receiver::receive`] dropped a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -426,27 +457,12 @@ impl Receiver {
         let state = self.senders.entry(header.sender).or_default();
         // Before the window, so that a refused sender's datagrams never
         // move it.
-        let offset_ms = signed_difference(header.sent_ms, now_ms);
-        let off = offset_ms.unsigned_abs() > self.max_offset_ms;
-        let late = off
-            && offset_ms < 0
-            && state
-                .in_sync_ms
-                .is_some_and(|at| now_ms.saturating_sub(at) <= LATE_GRACE_MS);
-        if off && !late {
-            let warn = state
-                .offset_warned_ms
-                .is_none_or(|at| now_ms.abs_diff(at) >= OFFSET_WARNING_EVERY_MS);
-            if warn {
-                state.offset_warned_ms = Some(now_ms);
-            }
-            return Err(Dropped::ClockOffset { offset_ms, warn });
-        }
+        let in_sync = state.check_clock(header.sent_ms, now_ms, self.max_offset_ms)?;
         if !state.window.accept(header.epoch, header.counter) {
             return Err(Dropped::Replayed);
         }
         state.last_seen = Some(Instant::now());
-        if !off {
+        if in_sync {
             state.in_sync_ms = Some(now_ms);
         }
         if header.fragments == 1 {
