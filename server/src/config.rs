@@ -15,6 +15,7 @@ use serde::Deserialize;
 use strata_ring::ReplicationFactor;
 
 use crate::auth::ClusterSecret;
+use crate::hlc::derived_tag;
 use crate::storage::RECORD_HEADER_LEN;
 
 /// Defaults, each with its reason.
@@ -63,6 +64,15 @@ pub mod defaults {
     pub const MAX_MEMBERS: usize = 256;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
+    /// Most a peer's wall clock may differ from this node's before gossip
+    /// with it is refused: CockroachDB's default. NTP keeps hosts within a
+    /// few ms of each other, so half a second apart means a broken clock,
+    /// not drift, and a write it stamps could silently lose to an older one
+    /// for that long.
+    pub const MAX_CLOCK_OFFSET_MS: u64 = 500;
+    /// Largest test-only clock skew: a day is far past any offset a test
+    /// needs, and keeps the arithmetic on ms far from overflow.
+    pub const MAX_CLOCK_SKEW_MS: i64 = 86_400_000;
 
     // The edges of the HTTP server (issue 11): memory and connections.
 
@@ -224,6 +234,26 @@ pub struct Settings {
     /// [default: (descriptor limit - 256) / replication factor].
     #[arg(long, env = "KVNODE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// This node's tag in the low bits of every version it writes, 0..=255,
+    /// which keeps two nodes' writes in one ms from tying. Set it when two
+    /// nodes derive the same one (a warning says so) [default: derived from
+    /// the node id].
+    #[arg(long, env = "KVNODE_NODE_TAG")]
+    pub node_tag: Option<u8>,
+    /// Most a peer's wall clock may differ from this node's, in ms: gossip
+    /// with a peer further off is refused, and versions further ahead are
+    /// warned about [default: 500].
+    #[arg(long, env = "KVNODE_MAX_CLOCK_OFFSET_MS")]
+    pub max_clock_offset_ms: Option<u64>,
+    /// For tests only: shifts this node's wall clock by this many ms (its
+    /// versions and its gossip), to play a host whose clock is off.
+    #[arg(
+        long,
+        env = "KVNODE_CLOCK_SKEW_MS",
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// Lays `$high` over `$low`, field by field. The struct literal names every
@@ -268,7 +298,10 @@ impl Settings {
         max_inflight_body_bytes,
         header_read_timeout_ms,
         idle_timeout_ms,
-        max_connections
+        max_connections,
+        node_tag,
+        max_clock_offset_ms,
+        clock_skew_ms
         )
     }
 }
@@ -389,6 +422,12 @@ pub struct Config {
     pub max_members: usize,
     /// The HTTP server's edges.
     pub edges: Edges,
+    /// This node's tag in its versions (`hlc`).
+    pub node_tag: u8,
+    /// Most a peer's wall clock may differ from this node's.
+    pub max_clock_offset: Duration,
+    /// Shift of this node's wall clock, in ms: 0 but in tests.
+    pub clock_skew_ms: i64,
 }
 
 /// What bounds the HTTP server's memory and connections.
@@ -487,6 +526,11 @@ impl Config {
             "must be positive",
         )?;
         let edges = Edges::resolve(&s, &limits)?;
+        let Clocks {
+            node_tag,
+            max_clock_offset,
+            clock_skew_ms,
+        } = clocks(&s, &node_id)?;
         Ok(Self {
             data_dir: s
                 .data_dir
@@ -511,6 +555,9 @@ impl Config {
             auto_cleanup,
             max_members,
             edges,
+            node_tag,
+            max_clock_offset,
+            clock_skew_ms,
         })
     }
 
@@ -671,6 +718,33 @@ fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
         );
     }
     Ok(t)
+}
+
+/// This node's tag in its versions, and how far off clocks may be.
+struct Clocks {
+    node_tag: u8,
+    max_clock_offset: Duration,
+    clock_skew_ms: i64,
+}
+
+fn clocks(s: &Settings, node_id: &str) -> Result<Clocks, ConfigError> {
+    Ok(Clocks {
+        node_tag: s.node_tag.unwrap_or_else(|| derived_tag(node_id)),
+        max_clock_offset: Duration::from_millis(checked(
+            "max_clock_offset_ms",
+            s.max_clock_offset_ms,
+            defaults::MAX_CLOCK_OFFSET_MS,
+            |ms| ms > 0,
+            "must be positive",
+        )?),
+        clock_skew_ms: checked(
+            "clock_skew_ms",
+            s.clock_skew_ms,
+            0,
+            |ms| (-defaults::MAX_CLOCK_SKEW_MS..=defaults::MAX_CLOCK_SKEW_MS).contains(&ms),
+            "must be within a day",
+        )?,
+    })
 }
 
 /// A setting in milliseconds, or its default.
@@ -834,6 +908,26 @@ mod tests {
     }
 
     #[test]
+    fn the_node_tag_is_derived_from_the_id_unless_set() {
+        let c = resolve(args(&["--node-id", "n7"]), Settings::default()).unwrap();
+        assert_eq!(c.node_tag, derived_tag("n7"));
+        assert_eq!(c.max_clock_offset, Duration::from_millis(500));
+        assert_eq!(c.clock_skew_ms, 0);
+        let file = parse_file(
+            Path::new("k.toml"),
+            "node_tag = 3\nmax_clock_offset_ms = 250",
+        )
+        .unwrap();
+        let c = resolve(args(&["--clock-skew-ms", "-2000"]), file).unwrap();
+        assert_eq!(c.node_tag, 3);
+        assert_eq!(c.max_clock_offset, Duration::from_millis(250));
+        assert_eq!(c.clock_skew_ms, -2000);
+        for tag in ["256", "-1"] {
+            assert!(Cli::try_parse_from(["kvnode", "--node-tag", tag]).is_err());
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(matches!(
             parse_file(Path::new("k.toml"), "node_idd = \"x\""),
@@ -888,6 +982,8 @@ mod tests {
                 "--allow-short-tombstone-grace",
                 "false",
             ],
+            &["--max-clock-offset-ms", "0"],
+            &["--clock-skew-ms", "-86400001"],
         ] {
             assert!(
                 resolve(args(argv), Settings::default()).is_err(),

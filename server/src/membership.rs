@@ -16,6 +16,7 @@
 //! | `pulled` | `id:generation` of LEAVING nodes whose ranges this node has taken over; not signed |
 //! | `health` | empty, or why this node's engine refuses writes (a full disk, say); not signed |
 //! | `ring`   | digest of the ring this node routes by ([`ring_digest`]); not signed |
+//! | `tag`    | the node tag in its versions (`hlc`), decimal; a live member sharing this node's is warned about; not signed |
 //!
 //! # Trust
 //!
@@ -72,7 +73,8 @@ use tokio::task::JoinHandle;
 
 use crate::auth::ClusterSecret;
 use crate::config::{defaults, Config};
-use crate::gossip_transport::{GossipKey, SealedTransport};
+use crate::gossip_transport::SealedTransport;
+use crate::hlc::TagWatch;
 use crate::metrics::GossipMetrics;
 use crate::peer::Endpoint;
 
@@ -84,6 +86,7 @@ const KEY_SEEN: &str = "seen";
 const KEY_PULLED: &str = "pulled";
 const KEY_HEALTH: &str = "health";
 const KEY_RING: &str = "ring";
+const KEY_TAG: &str = "tag";
 
 /// The lifecycle of a node, as published in gossip. DOWN is not a state a
 /// node publishes: it is what the failure detector concludes
@@ -380,6 +383,7 @@ pub struct Membership {
     records: Mutex<Records>,
     max_members: usize,
     metrics: GossipMetrics,
+    tags: TagWatch,
 }
 
 /// A write in flight under a view's epoch; see [`Membership::begin_write`].
@@ -470,14 +474,9 @@ impl Membership {
             (KEY_PULLED.to_owned(), String::new()),
             (KEY_HEALTH.to_owned(), String::new()),
             (KEY_RING.to_owned(), String::new()),
+            (KEY_TAG.to_owned(), config.node_tag.to_string()),
         ];
-        let transport = SealedTransport::new(
-            GossipKey::derive(&config.secret, &config.cluster_id),
-            &config.node_id,
-            generation,
-            config.max_members,
-            metrics.clone(),
-        );
+        let transport = SealedTransport::new(config, generation, metrics.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
             .await
             .map_err(|e| MembershipError::Gossip {
@@ -506,6 +505,7 @@ impl Membership {
             records: Mutex::new(Records::default()),
             max_members: config.max_members,
             metrics,
+            tags: TagWatch::new(config.node_tag),
         });
         me.refresh().await;
         let weak = Arc::downgrade(&me);
@@ -666,6 +666,16 @@ impl Membership {
             records.forget_unless(|id| chitchat.node_state(id).is_some());
             let mut rejected = BTreeMap::new();
             let mut members: BTreeMap<NodeId, MemberInfo> = BTreeMap::new();
+            self.tags.observe(
+                live.iter()
+                    .filter(|id| *id.node_id != *self.self_id.as_str())
+                    .map(|id| {
+                        (
+                            &*id.node_id,
+                            chitchat.node_state(id).and_then(|n| n.get(KEY_TAG)),
+                        )
+                    }),
+            );
             for (id, node_state) in chitchat.node_states() {
                 if *id.node_id == *self.self_id.as_str() {
                     // This node's entry comes from what it published; an

@@ -94,6 +94,9 @@ pub enum GossipOutcome {
     malformed,
     /// Not sent: the message would not fit the datagram bound.
     oversized,
+    /// Dropped: its sender's wall clock differs from this node's by more
+    /// than the maximum clock offset.
+    clock_offset,
 }
 
 /// Which way a gossip datagram went.
@@ -185,6 +188,7 @@ pub struct Metrics {
     stream: StreamCounters,
     gossip: GossipMetrics,
     task_failures: Family<TaskLabels, Counter>,
+    hlc_remote_ahead: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -303,6 +307,13 @@ impl Metrics {
             "Background tasks of the node that failed (panicked), by task",
             task_failures.clone(),
         );
+        let hlc_remote_ahead = Counter::default();
+        registry.register(
+            "hlc_remote_ahead",
+            "Versions received that were more than the maximum clock offset ahead of this \
+             node's wall clock (folded into its clock all the same)",
+            hlc_remote_ahead.clone(),
+        );
         Self {
             registry: root,
             requests,
@@ -312,6 +323,7 @@ impl Metrics {
             stream,
             gossip,
             task_failures,
+            hlc_remote_ahead,
         }
     }
 
@@ -366,6 +378,11 @@ impl Metrics {
     /// The gossip counters, for the transport and the membership.
     pub fn gossip(&self) -> GossipMetrics {
         self.gossip.clone()
+    }
+
+    /// The counter of versions received too far ahead, for the clock.
+    pub fn hlc_remote_ahead(&self) -> Counter {
+        self.hlc_remote_ahead.clone()
     }
 
     /// Counts items dropped by clean-up.
@@ -599,6 +616,8 @@ mod tests {
         m.error("bad_request");
         m.replica_call(ReplicaOp::apply, Target::remote, Outcome::timeout);
         m.stream_received(100, 3);
+        m.hlc_remote_ahead().inc();
+        m.gossip().datagram_in(GossipOutcome::clock_offset, 60);
         let mut stats = Stats::default();
         stats.levels = vec![LevelStats::default(); 2];
         stats.flushes = 5;
@@ -617,6 +636,8 @@ mod tests {
             "kvnode_stream_received_items_total 3",
             "kvnode_stream_received_bytes_total 100",
             "kvnode_stream_ranges{state=\"done\"} 2",
+            "kvnode_hlc_remote_ahead_total 1",
+            "kvnode_gossip_datagrams_total{direction=\"received\",outcome=\"clock_offset\"} 1",
             "# TYPE strata_engine_level_tables gauge",
             "strata_engine_level_tables{level=\"1\"} 0",
             "# TYPE strata_engine_flushes counter",

@@ -149,7 +149,7 @@ pub async fn run(
             },
         )?;
     }
-    let hlc = Arc::new(Hlc::new());
+    let hlc = Arc::new(Hlc::for_node(&config, metrics.hlc_remote_ahead()));
     let tasks = Tasks::new(metrics.clone());
     let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
         config.secret.clone(),

@@ -281,7 +281,9 @@ impl CompactionFilter for TombstoneGc {
     fn filter(&self, _level: usize, _key: &[u8], value: &[u8]) -> FilterDecision {
         match parse(value) {
             // The clock is read only for tombstones, which are few.
-            Ok((version, true)) if self.expired(version, hlc::wall_ms()) => FilterDecision::Remove,
+            Ok((version, true)) if self.expired(version, hlc::WallClock::default().now_ms()) => {
+                FilterDecision::Remove
+            }
             // Bytes that do not parse are kept: reads report them.
             _ => FilterDecision::Keep,
         }
@@ -295,7 +297,7 @@ impl CompactionFilter for TombstoneGc {
 impl TombstoneGc {
     /// Whether a tombstone at `version` is past the grace at `now_ms`.
     fn expired(&self, version: u64, now_ms: u64) -> bool {
-        hlc::physical_ms(version).saturating_add(self.grace_ms) < now_ms
+        hlc::ms(version).saturating_add(self.grace_ms) < now_ms
     }
 }
 
@@ -529,7 +531,7 @@ mod tests {
 
     /// An HLC version `ago_ms` before now.
     fn version_ago(ago_ms: u64) -> u64 {
-        (hlc::wall_ms() - ago_ms) << 16
+        (hlc::WallClock::default().now_ms() - ago_ms) << 16
     }
 
     #[test]
@@ -801,14 +803,19 @@ mod tests {
         );
         // A clock that ran ahead stamped this one in the future.
         assert_eq!(
-            decide(&Record::tombstone((hlc::wall_ms() + HOUR_MS) << 16)),
+            decide(&Record::tombstone(
+                (hlc::WallClock::default().now_ms() + HOUR_MS) << 16
+            )),
             FilterDecision::Keep
         );
         let mut junk = Record::tombstone(0).encode();
         junk[0] = 9;
         assert_eq!(gc.filter(1, b"k", &junk), FilterDecision::Keep);
         assert_eq!(gc.filter(1, b"k", b""), FilterDecision::Keep);
-        assert!(gc.expired(version_ago(HOUR_MS + 1), hlc::wall_ms() + 1));
+        assert!(gc.expired(
+            version_ago(HOUR_MS + 1),
+            hlc::WallClock::default().now_ms() + 1
+        ));
     }
 
     #[test]

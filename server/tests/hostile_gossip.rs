@@ -45,6 +45,15 @@ fn fake_members(n: usize) -> Vec<ChitchatId> {
         .collect()
 }
 
+/// This host's wall clock, ms: an insider's datagrams carry it, or they
+/// would be refused for their clock alone.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
 async fn counter(cluster: &Cluster, i: usize, outcome: &str) -> f64 {
     cluster
         .metric(
@@ -95,7 +104,8 @@ async fn forged_tampered_replayed_and_oversized_gossip_changes_nothing() {
     attacks.push(fake_digest[..MAX_DATAGRAM.min(fake_digest.len())].to_vec());
     // The same, sealed under a wrong secret.
     for message in [&huge_heartbeat, &fake_digest] {
-        attacks.extend(seal_message(&wrong, insider, 1, &mut counter_out, message).unwrap());
+        attacks
+            .extend(seal_message(&wrong, insider, 1, &mut counter_out, now_ms(), message).unwrap());
     }
     for datagram in &attacks {
         for target in &targets {
@@ -119,7 +129,7 @@ async fn forged_tampered_replayed_and_oversized_gossip_changes_nothing() {
     // from a member would be, replayed, and tampered with.
     let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let harmless = syn(&[], 0);
-    let sealed = seal_message(&good, insider, 2, &mut counter_out, &harmless).unwrap();
+    let sealed = seal_message(&good, insider, 2, &mut counter_out, now_ms(), &harmless).unwrap();
     for target in &targets {
         attacker.send_to(&sealed[0], target).await.unwrap();
         attacker.send_to(&sealed[0], target).await.unwrap();
@@ -130,7 +140,9 @@ async fn forged_tampered_replayed_and_oversized_gossip_changes_nothing() {
     }
     // An insider that names 3,000 fake members: bounded by max_members, and
     // unsigned, so none of them becomes a member.
-    for datagram in seal_message(&good, insider, 2, &mut counter_out, &fake_digest).unwrap() {
+    for datagram in
+        seal_message(&good, insider, 2, &mut counter_out, now_ms(), &fake_digest).unwrap()
+    {
         for target in &targets {
             attacker.send_to(&datagram, target).await.unwrap();
         }

@@ -251,6 +251,12 @@ impl Cluster {
     /// Starts one more node, seeded by the first, with an empty data dir;
     /// does not wait for it. Returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with(&[])
+    }
+
+    /// [`Cluster::add_node`] with extra `KVNODE_*` settings on top of the
+    /// first node's.
+    pub fn add_node_with(&mut self, env: &[(&str, &str)]) -> usize {
         let (http, gossip) = free_ports(1)[0];
         let id = format!("node{}", self.nodes.len() + 1);
         let mut node = NodeProc {
@@ -261,7 +267,12 @@ impl Cluster {
             gossip,
             seeds: self.nodes[0].gossip.to_string(),
             rf: self.nodes[0].rf,
-            env: self.nodes[0].env.clone(),
+            env: self.nodes[0]
+                .env
+                .iter()
+                .cloned()
+                .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+                .collect(),
             child: None,
         };
         node.spawn();
