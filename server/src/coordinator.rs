@@ -23,6 +23,9 @@
 //! The required count is taken of the preference list, whose length is
 //! `min(replication factor, ring members)`: a cluster smaller than its
 //! replication factor stores each key on every member.
+//!
+//! The coordinator routes by a [`Routing`] (the view and the write gate),
+//! not by gossip, so that it can be driven over views built by hand.
 
 use std::sync::Arc;
 
@@ -31,10 +34,11 @@ use strata_ring::ReplicationFactor;
 use tokio::sync::mpsc;
 
 use crate::hlc::Hlc;
-use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::membership::{MemberInfo, NodeState};
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
 use crate::peer::wire::{decode_apply, encode_apply};
 use crate::peer::{Peer, PeerError};
+use crate::routing::Routing;
 use crate::storage::{Record, Storage};
 
 /// How many replicas must answer.
@@ -104,7 +108,7 @@ pub struct Coordinator {
 
 struct Inner {
     storage: Storage,
-    membership: Arc<Membership>,
+    routing: Arc<Routing>,
     peer: Arc<dyn Peer>,
     hlc: Arc<Hlc>,
     rf: ReplicationFactor,
@@ -115,8 +119,8 @@ struct Inner {
 pub struct CoordinatorParts {
     /// This node's engine.
     pub storage: Storage,
-    /// The cluster view.
-    pub membership: Arc<Membership>,
+    /// The cluster view and the write gate.
+    pub(crate) routing: Arc<Routing>,
     /// This node's clock.
     pub hlc: Arc<Hlc>,
     /// Replicas per key.
@@ -133,7 +137,7 @@ impl Coordinator {
         Self {
             inner: Arc::new(Inner {
                 storage: parts.storage,
-                membership: parts.membership,
+                routing: parts.routing,
                 peer: parts.peer,
                 hlc: parts.hlc,
                 rf: parts.rf,
@@ -149,14 +153,14 @@ impl Coordinator {
         value: Option<Bytes>,
         consistency: Consistency,
     ) -> Result<u64, CoordinatorError> {
-        let view = self.inner.membership.view();
+        let view = self.inner.routing.view();
         if view.ring.is_none() {
             return Err(CoordinatorError::NoRing);
         }
         // Counted until the answer, so that this node acknowledges no write
         // routed by this view after it has told the cluster it routes by a
         // newer one (membership's `seen`).
-        let _in_flight = self.inner.membership.begin_write(view.epoch);
+        let _in_flight = self.inner.routing.begin_write(view.epoch);
         let replicas = view.replicas(&key, self.inner.rf);
         let pending = view.pending(&key, self.inner.rf);
         // Cassandra's rule: each pending replica adds one to the acks
@@ -224,7 +228,7 @@ impl Coordinator {
         key: Bytes,
         consistency: Consistency,
     ) -> Result<Option<Record>, CoordinatorError> {
-        let view = self.inner.membership.view();
+        let view = self.inner.routing.view();
         if view.ring.is_none() {
             return Err(CoordinatorError::NoRing);
         }
@@ -337,7 +341,7 @@ impl Coordinator {
     /// acknowledged.
     async fn apply_on(&self, member: &MemberInfo, body: Bytes, op: ReplicaOp) -> bool {
         let inner = &self.inner;
-        if member.id == *inner.membership.self_id() {
+        if member.id == *inner.routing.self_id() {
             // The local replica decodes the very bytes the remote ones
             // receive, so its record is a slice of them and the engine
             // stores that slice as it is.
@@ -375,7 +379,7 @@ impl Coordinator {
     /// answered, `None` if it failed.
     async fn read_on(&self, member: &MemberInfo, key: Bytes) -> Option<Option<Record>> {
         let inner = &self.inner;
-        if member.id == *inner.membership.self_id() {
+        if member.id == *inner.routing.self_id() {
             // The engine's read path does not wait on writers (memtable and
             // mmapped tables), so it runs inline rather than on the blocking
             // pool, whose hand-off would cost more than the read.

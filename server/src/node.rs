@@ -200,7 +200,7 @@ pub async fn run(
     );
     let coordinator = Coordinator::new(CoordinatorParts {
         storage: storage.clone(),
-        membership: membership.clone(),
+        routing: membership.routing(),
         hlc: hlc.clone(),
         rf: config.replication_factor,
         peer,
