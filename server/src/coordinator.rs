@@ -5,7 +5,8 @@
 //!
 //! - **Writes** go to every replica that is up; the answer comes after
 //!   [`Consistency::required`] acks, and the other calls finish in the
-//!   background. A replica that is down is skipped (there are no hints: it
+//!   background ([`background`]: a bounded set the node drains when it
+//!   stops). A replica that is down is skipped (there are no hints: it
 //!   catches up through read repair and, later, repair streaming).
 //! - **Reads** ask only as many replicas as the level needs, this node first
 //!   when it is one, and ask the next replica when one fails. The newest
@@ -27,12 +28,17 @@
 //! The coordinator routes by a [`Routing`] (the view and the write gate),
 //! not by gossip, so that it can be driven over views built by hand.
 
+mod background;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use strata_ring::ReplicationFactor;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
+use self::background::Background;
 use crate::hlc::Hlc;
 use crate::membership::{MemberInfo, NodeState};
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
@@ -113,6 +119,7 @@ struct Inner {
     hlc: Arc<Hlc>,
     rf: ReplicationFactor,
     metrics: Arc<Metrics>,
+    background: Background,
 }
 
 /// The pieces a coordinator works with.
@@ -129,6 +136,9 @@ pub struct CoordinatorParts {
     pub peer: Arc<dyn Peer>,
     /// Replica call counters.
     pub metrics: Arc<Metrics>,
+    /// Most replica calls in flight that may outlive their request
+    /// ([`background`]).
+    pub max_background_calls: usize,
 }
 
 impl Coordinator {
@@ -142,8 +152,16 @@ impl Coordinator {
                 hlc: parts.hlc,
                 rf: parts.rf,
                 metrics: parts.metrics,
+                background: Background::new(parts.max_background_calls),
             }),
         }
+    }
+
+    /// Waits up to `deadline` for the replica calls still in flight (tail
+    /// writes, read repairs) and cancels the rest; for a node that has
+    /// stopped taking requests.
+    pub(crate) async fn shutdown(&self, deadline: Duration) {
+        self.inner.background.shutdown(deadline).await;
     }
 
     /// Writes `value` (`None` deletes) under `key`; returns the version.
@@ -192,10 +210,12 @@ impl Coordinator {
         let (tx, mut rx) = mpsc::channel(up.len().max(1));
         let sent = up.len();
         for member in up {
+            // Any call may end up past the required acks, still running
+            // after the client has its answer, so each is started in the
+            // background set with room of its own (see `background`).
+            let permit = self.inner.background.reserve().await;
             let (this, body, tx) = (self.clone(), body.clone(), tx.clone());
-            // Spawned, not joined: the calls past the required acks must
-            // still complete after the client has its answer.
-            tokio::spawn(async move {
+            self.inner.background.spawn(permit, async move {
                 let ok = this.apply_on(&member, body, ReplicaOp::apply).await;
                 let _ = tx.send(ok).await;
             });
@@ -250,50 +270,44 @@ impl Coordinator {
             });
         }
         let mut untried = candidates.into_iter();
-        let (tx, mut rx) = mpsc::channel::<(MemberInfo, Option<Option<Record>>)>(needed.max(1));
-        let mut in_flight = 0usize;
-        let spawn_read = |member: MemberInfo, in_flight: &mut usize| {
-            let (this, key, tx) = (self.clone(), key.clone(), tx.clone());
-            *in_flight += 1;
-            tokio::spawn(async move {
+        // Owned by this read: a read that is dropped (its client gone)
+        // cancels its calls, and none outlives the answer.
+        let mut calls = JoinSet::new();
+        let start_read = |member: MemberInfo, calls: &mut JoinSet<_>| {
+            let (this, key) = (self.clone(), key.clone());
+            calls.spawn(async move {
                 let answer = this.read_on(&member, key).await;
-                let _ = tx.send((member, answer)).await;
+                (member, answer)
             });
         };
         let mut answers: Vec<(MemberInfo, Option<Record>)> = Vec::with_capacity(needed);
         let first: Vec<MemberInfo> = untried.by_ref().take(needed).collect();
         for member in first {
             if member.id == view.self_id {
-                // The local replica is read in place: a task and a channel
-                // per read would cost more than the read (a third of a
-                // single node's GET throughput).
+                // The local replica is read in place: a task per read would
+                // cost more than the read (a third of a single node's GET
+                // throughput).
                 match self.read_on(&member, key.clone()).await {
                     Some(record) => answers.push((member, record)),
                     None => {
                         if let Some(next) = untried.next() {
-                            spawn_read(next, &mut in_flight);
+                            start_read(next, &mut calls);
                         }
                     }
                 }
             } else {
-                spawn_read(member, &mut in_flight);
+                start_read(member, &mut calls);
             }
         }
-        while in_flight > 0 && answers.len() < needed {
-            let Some((member, answer)) = rx.recv().await else {
+        while answers.len() < needed {
+            let Some(joined) = calls.join_next().await else {
                 break;
             };
-            in_flight -= 1;
-            match answer {
-                Some(record) => {
-                    answers.push((member, record));
-                    if answers.len() >= needed {
-                        break;
-                    }
-                }
-                None => {
+            match joined {
+                Ok((member, Some(record))) => answers.push((member, record)),
+                Ok((_, None)) | Err(_) => {
                     if let Some(next) = untried.next() {
-                        spawn_read(next, &mut in_flight);
+                        start_read(next, &mut calls);
                     }
                 }
             }
@@ -320,18 +334,24 @@ impl Coordinator {
     }
 
     /// Sends `newest` to every answering replica that returned something
-    /// older, in the background.
+    /// older, in the background; skipped (and counted) for a replica when
+    /// the background set is full.
     fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Option<Record>)]) {
         let mut body = None;
         for (member, record) in answers {
             if record.as_ref() == Some(newest) {
                 continue;
             }
+            let Some(permit) = self.inner.background.try_reserve() else {
+                self.inner.metrics.read_repair_skipped();
+                tracing::debug!(node = %member.id, "read repair skipped: background set full");
+                continue;
+            };
             let body = body
                 .get_or_insert_with(|| encode_apply(key, newest))
                 .clone();
             let (this, member) = (self.clone(), member.clone());
-            tokio::spawn(async move {
+            self.inner.background.spawn(permit, async move {
                 this.apply_on(&member, body, ReplicaOp::repair).await;
             });
         }
@@ -435,7 +455,6 @@ fn remote_failure(node: &strata_ring::NodeId, call: &str, e: &PeerError) -> Outc
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
