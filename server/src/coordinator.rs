@@ -26,9 +26,12 @@
 //! replication factor stores each key on every member.
 //!
 //! The coordinator routes by a [`Routing`] (the view and the write gate),
-//! not by gossip, so that it can be driven over views built by hand.
+//! not by gossip, so `tests` drive real coordinators over views built by
+//! hand and a simulated network (`peer::sim`).
 
 mod background;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -453,40 +456,5 @@ fn remote_failure(node: &strata_ring::NodeId, call: &str, e: &PeerError) -> Outc
             tracing::warn!(%node, call, error = %e, "replica refused the call");
             Outcome::error
         }
-    }
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consistency_arithmetic() {
-        use Consistency::*;
-        let table = [
-            // (replicas, one, quorum, all)
-            (1, 1, 1, 1),
-            (2, 1, 2, 2),
-            (3, 1, 2, 3),
-            (4, 1, 3, 4),
-            (5, 1, 3, 5),
-        ];
-        for (n, one, quorum, all) in table {
-            assert_eq!(One.required(n), one);
-            assert_eq!(Quorum.required(n), quorum);
-            assert_eq!(All.required(n), all);
-        }
-        // Two quorums of the same list always share a replica.
-        for n in 1..=8 {
-            assert!(2 * Quorum.required(n) > n);
-        }
-    }
-
-    #[test]
-    fn consistency_parses_case_insensitively() {
-        assert_eq!(Consistency::parse("QUORUM"), Some(Consistency::Quorum));
-        assert_eq!(Consistency::parse("one"), Some(Consistency::One));
-        assert_eq!(Consistency::parse("All"), Some(Consistency::All));
-        assert_eq!(Consistency::parse("two"), None);
-        assert_eq!(Consistency::parse(""), None);
     }
 }
