@@ -309,6 +309,8 @@ impl Coordinator {
             match joined {
                 Ok((member, Some(record))) => answers.push((member, record)),
                 Ok((_, None)) | Err(_) => {
+                    // A call that panicked is a failed one; the panic hook
+                    // has reported it.
                     if let Some(next) = untried.next() {
                         start_read(next, &mut calls);
                     }

@@ -29,31 +29,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// Room for one call in the set.
 pub(crate) type Permit = OwnedSemaphorePermit;
 
 /// The bounded set of replica calls that may outlive their request.
+///
+/// The permits are the set's bookkeeping as well as its bound: a call holds
+/// one until it ends, so once every permit is back no call is running, and
+/// [`Background::shutdown`] waits for exactly that. Nothing else is kept per
+/// call, so starting one takes no lock shared by every write.
 #[derive(Debug)]
 pub(crate) struct Background {
     /// One permit per call that may be in flight.
     permits: Arc<Semaphore>,
-    /// The calls, so that shutdown can wait for them and cancel the rest.
-    calls: Mutex<JoinSet<()>>,
+    /// How many permits there are.
+    limit: u32,
     /// Set once shutdown begins: repairs stop starting.
     closing: AtomicBool,
+    /// Ends the calls still running at the shutdown deadline.
+    cancel: CancellationToken,
 }
 
 impl Background {
     /// A set of at most `limit` calls in flight (at least one).
     pub(crate) fn new(limit: usize) -> Self {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX).max(1);
         Self {
-            permits: Arc::new(Semaphore::new(limit.clamp(1, Semaphore::MAX_PERMITS))),
-            calls: Mutex::new(JoinSet::new()),
+            permits: Arc::new(Semaphore::new(limit as usize)),
+            limit,
             closing: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -76,58 +84,41 @@ impl Background {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// Runs `call` in the set; `permit` is released when it ends.
+    /// Runs `call` in the set; `permit` is released when it ends, panics
+    /// included.
     pub(crate) fn spawn(&self, permit: Permit, call: impl Future<Output = ()> + Send + 'static) {
-        let mut calls = self.calls.lock();
-        // Finished calls are collected here, so the set holds only the ones
-        // running.
-        while let Some(done) = calls.try_join_next() {
-            log_panic(done);
-        }
-        calls.spawn(async move {
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
             let _permit = permit;
-            call.await;
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = call => {}
+            }
         });
     }
 
-    /// Calls in flight.
-    #[cfg(test)]
+    /// Calls in flight, or with room taken and about to start.
     pub(crate) fn in_flight(&self) -> usize {
-        let mut calls = self.calls.lock();
-        while let Some(done) = calls.try_join_next() {
-            log_panic(done);
-        }
-        calls.len()
+        (self.limit as usize).saturating_sub(self.permits.available_permits())
     }
 
     /// Stops starting repairs, waits up to `deadline` for every call in
     /// flight to end and cancels the rest; how many were cancelled.
     pub(crate) async fn shutdown(&self, deadline: Duration) -> usize {
         self.closing.store(true, Ordering::Release);
-        let mut calls = std::mem::take(&mut *self.calls.lock());
-        let drained = tokio::time::timeout(deadline, async {
-            while let Some(done) = calls.join_next().await {
-                log_panic(done);
-            }
-        })
-        .await;
-        let cancelled = calls.len();
-        if drained.is_err() {
-            tracing::warn!(
-                cancelled,
-                "replica calls still in flight at the shutdown deadline"
-            );
+        let all_back = self.permits.acquire_many(self.limit);
+        if tokio::time::timeout(deadline, all_back).await.is_ok() {
+            return 0;
         }
-        calls.shutdown().await;
+        let cancelled = self.in_flight();
+        tracing::warn!(
+            cancelled,
+            "replica calls still in flight at the shutdown deadline"
+        );
+        self.cancel.cancel();
+        // A cancelled call ends at its next poll and gives its permit back.
+        let _ = self.permits.acquire_many(self.limit).await;
         cancelled
-    }
-}
-
-fn log_panic(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            tracing::error!(error = %e, "background replica call panicked");
-        }
     }
 }
 
@@ -135,7 +126,7 @@ fn log_panic(done: Result<(), tokio::task::JoinError>) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -158,8 +149,20 @@ mod tests {
         // Room came when the shorter call ended, not before.
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         assert_eq!(ended.load(Ordering::SeqCst), 1);
+        assert_eq!(set.in_flight(), 2, "the longer call, and this room");
         drop(permit);
         assert!(set.try_reserve().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_panics_gives_its_room_back() {
+        let set = Background::new(1);
+        set.spawn(set.reserve().await, async { panic!("boom") });
+        let start = tokio::time::Instant::now();
+        drop(set.reserve().await);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(set.in_flight(), 0);
+        assert_eq!(set.shutdown(Duration::from_secs(1)).await, 0);
     }
 
     #[tokio::test(start_paused = true)]
