@@ -45,6 +45,12 @@ pub mod defaults {
     pub const REPLICA_TIMEOUT_MS: u64 = 2_000;
     /// Requests in flight before new ones wait (bounds memory and threads).
     pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+    /// Replica calls that may outlive their request (every replica call of
+    /// a write, and read repairs). The calls of a full load of writes at
+    /// the default replication factor (1024 × 3) fit with a third to spare
+    /// for tails; past it a write waits for a slow replica's calls to end
+    /// (its replica timeout) rather than pile up their bodies in memory.
+    pub const MAX_BACKGROUND_REPLICA_CALLS: usize = 4096;
     /// Fast gossip makes failure detection take ~2 s; on UDP it is cheap.
     pub const GOSSIP_INTERVAL_MS: u64 = 100;
     /// A ring must hold still this long before old owners drop ranges they
@@ -192,6 +198,11 @@ pub struct Settings {
     /// Requests handled at once; more wait [default: 1024].
     #[arg(long, env = "KVNODE_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Replica calls in flight that may outlive their request (a write's
+    /// calls past its acks, read repairs); writes wait past it, read
+    /// repairs are skipped and counted [default: 4096].
+    #[arg(long, env = "KVNODE_MAX_BACKGROUND_REPLICA_CALLS")]
+    pub max_background_replica_calls: Option<usize>,
     /// Gossip round interval in ms [default: 100].
     #[arg(long, env = "KVNODE_GOSSIP_INTERVAL_MS")]
     pub gossip_interval_ms: Option<u64>,
@@ -289,6 +300,7 @@ impl Settings {
         request_timeout_ms,
         replica_timeout_ms,
         max_concurrent_requests,
+        max_background_replica_calls,
         gossip_interval_ms,
         cleanup_grace_ms,
         tombstone_grace_ms,
@@ -410,6 +422,8 @@ pub struct Config {
     pub replica_timeout: Duration,
     /// Requests handled at once.
     pub max_concurrent_requests: usize,
+    /// Replica calls in flight that may outlive their request.
+    pub max_background_replica_calls: usize,
     /// Gossip round interval.
     pub gossip_interval: Duration,
     /// Stillness of the ring before clean-up.
@@ -525,6 +539,13 @@ impl Config {
             |n| n > 0,
             "must be positive",
         )?;
+        let max_background_replica_calls = checked(
+            "max_background_replica_calls",
+            s.max_background_replica_calls,
+            defaults::MAX_BACKGROUND_REPLICA_CALLS,
+            |n| n > 0,
+            "must be positive",
+        )?;
         let edges = Edges::resolve(&s, &limits)?;
         let Clocks {
             node_tag,
@@ -549,6 +570,7 @@ impl Config {
             request_timeout,
             replica_timeout,
             max_concurrent_requests,
+            max_background_replica_calls,
             gossip_interval,
             cleanup_grace,
             tombstone_grace,

@@ -5,7 +5,8 @@
 //!
 //! - **Writes** go to every replica that is up; the answer comes after
 //!   [`Consistency::required`] acks, and the other calls finish in the
-//!   background. A replica that is down is skipped (there are no hints: it
+//!   background ([`background`]: a bounded set the node drains when it
+//!   stops). A replica that is down is skipped (there are no hints: it
 //!   catches up through read repair and, later, repair streaming).
 //! - **Reads** ask only as many replicas as the level needs, this node first
 //!   when it is one, and ask the next replica when one fails. The newest
@@ -23,18 +24,30 @@
 //! The required count is taken of the preference list, whose length is
 //! `min(replication factor, ring members)`: a cluster smaller than its
 //! replication factor stores each key on every member.
+//!
+//! The coordinator routes by a [`Routing`] (the view and the write gate),
+//! not by gossip, so `tests` drive real coordinators over views built by
+//! hand and a simulated network (`peer::sim`).
+
+mod background;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use strata_ring::ReplicationFactor;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
+use self::background::Background;
 use crate::hlc::Hlc;
-use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::membership::{MemberInfo, NodeState};
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
 use crate::peer::wire::{decode_apply, encode_apply};
 use crate::peer::{Peer, PeerError};
+use crate::routing::Routing;
 use crate::storage::{Record, Storage};
 
 /// How many replicas must answer.
@@ -104,19 +117,20 @@ pub struct Coordinator {
 
 struct Inner {
     storage: Storage,
-    membership: Arc<Membership>,
+    routing: Arc<Routing>,
     peer: Arc<dyn Peer>,
     hlc: Arc<Hlc>,
     rf: ReplicationFactor,
     metrics: Arc<Metrics>,
+    background: Background,
 }
 
 /// The pieces a coordinator works with.
 pub struct CoordinatorParts {
     /// This node's engine.
     pub storage: Storage,
-    /// The cluster view.
-    pub membership: Arc<Membership>,
+    /// The cluster view and the write gate.
+    pub(crate) routing: Arc<Routing>,
     /// This node's clock.
     pub hlc: Arc<Hlc>,
     /// Replicas per key.
@@ -125,6 +139,9 @@ pub struct CoordinatorParts {
     pub peer: Arc<dyn Peer>,
     /// Replica call counters.
     pub metrics: Arc<Metrics>,
+    /// Most replica calls in flight that may outlive their request
+    /// ([`background`]).
+    pub max_background_calls: usize,
 }
 
 impl Coordinator {
@@ -133,13 +150,21 @@ impl Coordinator {
         Self {
             inner: Arc::new(Inner {
                 storage: parts.storage,
-                membership: parts.membership,
+                routing: parts.routing,
                 peer: parts.peer,
                 hlc: parts.hlc,
                 rf: parts.rf,
                 metrics: parts.metrics,
+                background: Background::new(parts.max_background_calls),
             }),
         }
+    }
+
+    /// Waits up to `deadline` for the replica calls still in flight (tail
+    /// writes, read repairs) and cancels the rest; for a node that has
+    /// stopped taking requests.
+    pub(crate) async fn shutdown(&self, deadline: Duration) {
+        self.inner.background.shutdown(deadline).await;
     }
 
     /// Writes `value` (`None` deletes) under `key`; returns the version.
@@ -149,14 +174,14 @@ impl Coordinator {
         value: Option<Bytes>,
         consistency: Consistency,
     ) -> Result<u64, CoordinatorError> {
-        let view = self.inner.membership.view();
+        let view = self.inner.routing.view();
         if view.ring.is_none() {
             return Err(CoordinatorError::NoRing);
         }
         // Counted until the answer, so that this node acknowledges no write
         // routed by this view after it has told the cluster it routes by a
         // newer one (membership's `seen`).
-        let _in_flight = self.inner.membership.begin_write(view.epoch);
+        let _in_flight = self.inner.routing.begin_write(view.epoch);
         let replicas = view.replicas(&key, self.inner.rf);
         let pending = view.pending(&key, self.inner.rf);
         // Cassandra's rule: each pending replica adds one to the acks
@@ -188,10 +213,12 @@ impl Coordinator {
         let (tx, mut rx) = mpsc::channel(up.len().max(1));
         let sent = up.len();
         for member in up {
+            // Any call may end up past the required acks, still running
+            // after the client has its answer, so each is started in the
+            // background set with room of its own (see `background`).
+            let permit = self.inner.background.reserve().await;
             let (this, body, tx) = (self.clone(), body.clone(), tx.clone());
-            // Spawned, not joined: the calls past the required acks must
-            // still complete after the client has its answer.
-            tokio::spawn(async move {
+            self.inner.background.spawn(permit, async move {
                 let ok = this.apply_on(&member, body, ReplicaOp::apply).await;
                 let _ = tx.send(ok).await;
             });
@@ -224,7 +251,7 @@ impl Coordinator {
         key: Bytes,
         consistency: Consistency,
     ) -> Result<Option<Record>, CoordinatorError> {
-        let view = self.inner.membership.view();
+        let view = self.inner.routing.view();
         if view.ring.is_none() {
             return Err(CoordinatorError::NoRing);
         }
@@ -246,50 +273,46 @@ impl Coordinator {
             });
         }
         let mut untried = candidates.into_iter();
-        let (tx, mut rx) = mpsc::channel::<(MemberInfo, Option<Option<Record>>)>(needed.max(1));
-        let mut in_flight = 0usize;
-        let spawn_read = |member: MemberInfo, in_flight: &mut usize| {
-            let (this, key, tx) = (self.clone(), key.clone(), tx.clone());
-            *in_flight += 1;
-            tokio::spawn(async move {
+        // Owned by this read: a read that is dropped (its client gone)
+        // cancels its calls, and none outlives the answer.
+        let mut calls = JoinSet::new();
+        let start_read = |member: MemberInfo, calls: &mut JoinSet<_>| {
+            let (this, key) = (self.clone(), key.clone());
+            calls.spawn(async move {
                 let answer = this.read_on(&member, key).await;
-                let _ = tx.send((member, answer)).await;
+                (member, answer)
             });
         };
         let mut answers: Vec<(MemberInfo, Option<Record>)> = Vec::with_capacity(needed);
         let first: Vec<MemberInfo> = untried.by_ref().take(needed).collect();
         for member in first {
             if member.id == view.self_id {
-                // The local replica is read in place: a task and a channel
-                // per read would cost more than the read (a third of a
-                // single node's GET throughput).
+                // The local replica is read in place: a task per read would
+                // cost more than the read (a third of a single node's GET
+                // throughput).
                 match self.read_on(&member, key.clone()).await {
                     Some(record) => answers.push((member, record)),
                     None => {
                         if let Some(next) = untried.next() {
-                            spawn_read(next, &mut in_flight);
+                            start_read(next, &mut calls);
                         }
                     }
                 }
             } else {
-                spawn_read(member, &mut in_flight);
+                start_read(member, &mut calls);
             }
         }
-        while in_flight > 0 && answers.len() < needed {
-            let Some((member, answer)) = rx.recv().await else {
+        while answers.len() < needed {
+            let Some(joined) = calls.join_next().await else {
                 break;
             };
-            in_flight -= 1;
-            match answer {
-                Some(record) => {
-                    answers.push((member, record));
-                    if answers.len() >= needed {
-                        break;
-                    }
-                }
-                None => {
+            match joined {
+                Ok((member, Some(record))) => answers.push((member, record)),
+                Ok((_, None)) | Err(_) => {
+                    // A call that panicked is a failed one; the panic hook
+                    // has reported it.
                     if let Some(next) = untried.next() {
-                        spawn_read(next, &mut in_flight);
+                        start_read(next, &mut calls);
                     }
                 }
             }
@@ -316,18 +339,24 @@ impl Coordinator {
     }
 
     /// Sends `newest` to every answering replica that returned something
-    /// older, in the background.
+    /// older, in the background; skipped (and counted) for a replica when
+    /// the background set is full.
     fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Option<Record>)]) {
         let mut body = None;
         for (member, record) in answers {
             if record.as_ref() == Some(newest) {
                 continue;
             }
+            let Some(permit) = self.inner.background.try_reserve() else {
+                self.inner.metrics.read_repair_skipped();
+                tracing::debug!(node = %member.id, "read repair skipped: background set full");
+                continue;
+            };
             let body = body
                 .get_or_insert_with(|| encode_apply(key, newest))
                 .clone();
             let (this, member) = (self.clone(), member.clone());
-            tokio::spawn(async move {
+            self.inner.background.spawn(permit, async move {
                 this.apply_on(&member, body, ReplicaOp::repair).await;
             });
         }
@@ -337,7 +366,7 @@ impl Coordinator {
     /// acknowledged.
     async fn apply_on(&self, member: &MemberInfo, body: Bytes, op: ReplicaOp) -> bool {
         let inner = &self.inner;
-        if member.id == *inner.membership.self_id() {
+        if member.id == *inner.routing.self_id() {
             // The local replica decodes the very bytes the remote ones
             // receive, so its record is a slice of them and the engine
             // stores that slice as it is.
@@ -375,7 +404,7 @@ impl Coordinator {
     /// answered, `None` if it failed.
     async fn read_on(&self, member: &MemberInfo, key: Bytes) -> Option<Option<Record>> {
         let inner = &self.inner;
-        if member.id == *inner.membership.self_id() {
+        if member.id == *inner.routing.self_id() {
             // The engine's read path does not wait on writers (memtable and
             // mmapped tables), so it runs inline rather than on the blocking
             // pool, whose hand-off would cost more than the read.
@@ -429,41 +458,5 @@ fn remote_failure(node: &strata_ring::NodeId, call: &str, e: &PeerError) -> Outc
             tracing::warn!(%node, call, error = %e, "replica refused the call");
             Outcome::error
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consistency_arithmetic() {
-        use Consistency::*;
-        let table = [
-            // (replicas, one, quorum, all)
-            (1, 1, 1, 1),
-            (2, 1, 2, 2),
-            (3, 1, 2, 3),
-            (4, 1, 3, 4),
-            (5, 1, 3, 5),
-        ];
-        for (n, one, quorum, all) in table {
-            assert_eq!(One.required(n), one);
-            assert_eq!(Quorum.required(n), quorum);
-            assert_eq!(All.required(n), all);
-        }
-        // Two quorums of the same list always share a replica.
-        for n in 1..=8 {
-            assert!(2 * Quorum.required(n) > n);
-        }
-    }
-
-    #[test]
-    fn consistency_parses_case_insensitively() {
-        assert_eq!(Consistency::parse("QUORUM"), Some(Consistency::Quorum));
-        assert_eq!(Consistency::parse("one"), Some(Consistency::One));
-        assert_eq!(Consistency::parse("All"), Some(Consistency::All));
-        assert_eq!(Consistency::parse("two"), None);
-        assert_eq!(Consistency::parse(""), None);
     }
 }

@@ -267,8 +267,14 @@ impl TagWatch {
 impl Hlc {
     /// A clock of tag 0 on the system clock, for tests elsewhere.
     pub(crate) fn new() -> Self {
+        Self::tagged(0)
+    }
+
+    /// A clock of `tag` on the system clock, for tests that play several
+    /// nodes.
+    pub(crate) fn tagged(tag: u8) -> Self {
         Self::build(
-            0,
+            tag,
             WallClock::default(),
             Duration::from_millis(crate::config::defaults::MAX_CLOCK_OFFSET_MS),
             Counter::default(),

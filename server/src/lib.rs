@@ -25,7 +25,8 @@
 //! `curl http://127.0.0.1:7700/v1/kv/k`.
 //!
 //! Modules, one role each: [`api`] (routes), `coordinator` (replication and
-//! consistency), `membership` (gossip and the ring), [`storage`] (the
+//! consistency), `routing` (the view requests route by, which `membership`
+//! publishes), `membership` (gossip and the ring), [`storage`] (the
 //! engine behind the node's key layout), `hlc` (versions), [`auth`] (the
 //! cluster secret), [`config`], `metrics`, `node` (startup and
 //! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
@@ -46,6 +47,7 @@ mod membership;
 mod metrics;
 mod node;
 pub mod peer;
+mod routing;
 pub mod storage;
 pub mod stream;
 mod tasks;

@@ -53,7 +53,7 @@
 //! was not also sent to it. So each node publishes under `seen` the
 //! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member) of the
 //! view it routes by, and only once no write that began under an older view
-//! is still in flight ([`Membership::begin_write`]): a member that lists a
+//! is still in flight ([`Routing::begin_write`]): a member that lists a
 //! transition will not acknowledge another write that skips its pending
 //! replica. `seen` is not signed: a forged one can only make a node stream
 //! early, it grants no access.
@@ -77,6 +77,7 @@ use crate::gossip_transport::SealedTransport;
 use crate::hlc::TagWatch;
 use crate::metrics::GossipMetrics;
 use crate::peer::Endpoint;
+use crate::routing::Routing;
 
 const KEY_HTTP: &str = "http";
 const KEY_STATE: &str = "state";
@@ -240,7 +241,7 @@ pub struct ClusterView {
     /// members, not LEAVING ones. `None` when there are no transitions (it
     /// would equal `ring`).
     pub future_ring: Option<Ring>,
-    /// Counts view changes on this node, for [`Membership::begin_write`].
+    /// Counts view changes on this node, for [`Routing::begin_write`].
     pub epoch: u64,
 }
 
@@ -361,7 +362,8 @@ pub enum MembershipError {
 /// latest [`ClusterView`].
 pub struct Membership {
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
-    view: RwLock<Arc<ClusterView>>,
+    /// The view this node routes by, and its write gate.
+    routing: Arc<Routing>,
     state: Mutex<NodeState>,
     self_id: NodeId,
     generation: u64,
@@ -369,8 +371,6 @@ pub struct Membership {
     tokens: RwLock<Vec<u64>>,
     secret: ClusterSecret,
     refresher: Mutex<Option<JoinHandle<()>>>,
-    /// Writes in flight, by the epoch of the view they route by.
-    writes: Mutex<BTreeMap<u64, usize>>,
     /// What this node last published under `seen`.
     published_seen: Mutex<Vec<String>>,
     /// What this node publishes under `pulled`.
@@ -384,25 +384,6 @@ pub struct Membership {
     max_members: usize,
     metrics: GossipMetrics,
     tags: TagWatch,
-}
-
-/// A write in flight under a view's epoch; see [`Membership::begin_write`].
-#[must_use = "the write counts as in flight while the guard lives"]
-pub struct WriteGuard<'a> {
-    membership: &'a Membership,
-    epoch: u64,
-}
-
-impl Drop for WriteGuard<'_> {
-    fn drop(&mut self) {
-        let mut writes = self.membership.writes.lock();
-        if let Some(count) = writes.get_mut(&self.epoch) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                writes.remove(&self.epoch);
-            }
-        }
-    }
 }
 
 impl std::fmt::Debug for Membership {
@@ -485,7 +466,7 @@ impl Membership {
             })?;
         let me = Arc::new(Self {
             handle: tokio::sync::Mutex::new(Some(handle)),
-            view: RwLock::new(Arc::new(ClusterView::build(
+            routing: Arc::new(Routing::new(ClusterView::build(
                 self_id.clone(),
                 BTreeMap::new(),
                 0,
@@ -497,7 +478,6 @@ impl Membership {
             tokens: RwLock::new(tokens),
             secret: config.secret.clone(),
             refresher: Mutex::new(None),
-            writes: Mutex::new(BTreeMap::new()),
             published_seen: Mutex::new(Vec::new()),
             pulled: Mutex::new(Vec::new()),
             health: Mutex::new(None),
@@ -525,7 +505,14 @@ impl Membership {
 
     /// The current view. Cheap: an `Arc` clone.
     pub fn view(&self) -> Arc<ClusterView> {
-        self.view.read().clone()
+        self.routing.view()
+    }
+
+    /// The view this node routes by and its write gate, for the code that
+    /// routes without needing gossip (the coordinator), or waits for the
+    /// next view ([`Routing::subscribe`]).
+    pub(crate) fn routing(&self) -> Arc<Routing> {
+        self.routing.clone()
     }
 
     /// This node's id.
@@ -541,17 +528,6 @@ impl Membership {
     /// This node's tokens.
     pub fn tokens(&self) -> Vec<u64> {
         self.tokens.read().clone()
-    }
-
-    /// Counts a write routed by the view of `epoch` as in flight until the
-    /// guard drops: this node publishes a newer view under `seen` only once
-    /// the writes routed by older views are done.
-    pub fn begin_write(&self, epoch: u64) -> WriteGuard<'_> {
-        *self.writes.lock().entry(epoch).or_default() += 1;
-        WriteGuard {
-            membership: self,
-            epoch,
-        }
     }
 
     /// Publishes that this node has taken over the ranges of `leaver`
@@ -731,15 +707,14 @@ impl Membership {
         let me = self.self_info();
         let mut members = members;
         members.insert(me.id.clone(), me);
-        let unchanged = {
-            let current = self.view.read();
-            current.members == members
-        };
-        if !unchanged {
-            log_changes(&self.view.read().members, &members, &rejected);
-            let epoch = self.view.read().epoch + 1;
-            *self.view.write() = Arc::new(ClusterView::build(self.self_id.clone(), members, epoch));
-        }
+        self.routing.publish_with(|current| {
+            if current.members == members {
+                return None;
+            }
+            log_changes(&current.members, &members, &rejected);
+            let epoch = current.epoch + 1;
+            Some(ClusterView::build(self.self_id.clone(), members, epoch))
+        });
         self.publish_seen().await;
         self.publish_ring().await;
     }
@@ -798,12 +773,7 @@ impl Membership {
     /// routed by an older view is in flight (see the module doc).
     async fn publish_seen(&self) {
         let view = self.view();
-        let older_in_flight = self
-            .writes
-            .lock()
-            .first_key_value()
-            .is_some_and(|(&epoch, _)| epoch < view.epoch);
-        if older_in_flight {
+        if self.routing.writes_before(view.epoch) {
             return;
         }
         let seen = view.transitions();

@@ -185,6 +185,7 @@ pub struct Metrics {
     latency: Family<OpLabels, Histogram>,
     errors: Family<ErrorLabels, Counter>,
     replica_calls: Family<ReplicaLabels, Counter>,
+    read_repairs_skipped: Counter,
     stream: StreamCounters,
     gossip: GossipMetrics,
     task_failures: Family<TaskLabels, Counter>,
@@ -244,6 +245,12 @@ impl Metrics {
             "replica_calls",
             "Replica operations issued by this node as coordinator; target=remote are the forwarded requests",
             replica_calls.clone(),
+        );
+        let read_repairs_skipped = Counter::default();
+        registry.register(
+            "read_repairs_skipped",
+            "Read repairs not sent because max_background_replica_calls were in flight",
+            read_repairs_skipped.clone(),
         );
         let stream = StreamCounters::default();
         for (name, help, counter) in [
@@ -320,6 +327,7 @@ impl Metrics {
             latency,
             errors,
             replica_calls,
+            read_repairs_skipped,
             stream,
             gossip,
             task_failures,
@@ -356,6 +364,11 @@ impl Metrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts a read repair skipped for want of room in the background set.
+    pub fn read_repair_skipped(&self) {
+        self.read_repairs_skipped.inc();
     }
 
     /// Counts a frame sent by a stream source.
@@ -618,6 +631,7 @@ mod tests {
         m.stream_received(100, 3);
         m.hlc_remote_ahead().inc();
         m.gossip().datagram_in(GossipOutcome::clock_offset, 60);
+        m.read_repair_skipped();
         let mut stats = Stats::default();
         stats.levels = vec![LevelStats::default(); 2];
         stats.flushes = 5;
@@ -634,6 +648,7 @@ mod tests {
             "kvnode_errors_total{kind=\"bad_request\"} 1",
             "kvnode_replica_calls_total{op=\"apply\",target=\"remote\",outcome=\"timeout\"} 1",
             "kvnode_stream_received_items_total 3",
+            "kvnode_read_repairs_skipped_total 1",
             "kvnode_stream_received_bytes_total 100",
             "kvnode_stream_ranges{state=\"done\"} 2",
             "kvnode_hlc_remote_ahead_total 1",

@@ -200,14 +200,15 @@ pub async fn run(
     );
     let coordinator = Coordinator::new(CoordinatorParts {
         storage: storage.clone(),
-        membership: membership.clone(),
+        routing: membership.routing(),
         hlc: hlc.clone(),
         rf: config.replication_factor,
         peer,
         metrics: metrics.clone(),
+        max_background_calls: config.max_background_replica_calls,
     });
     let state = AppState {
-        coordinator,
+        coordinator: coordinator.clone(),
         membership: membership.clone(),
         storage: storage.clone(),
         hlc,
@@ -251,6 +252,8 @@ pub async fn run(
     );
     listener::serve(listener, api::router(state), limits, stopping).await;
     tracing::info!("http drained; stopping tasks, leaving gossip and flushing the engine");
+    // Tail writes first: their local applies must land before the flush.
+    coordinator.shutdown(TASK_SHUTDOWN).await;
     tasks.shutdown(TASK_SHUTDOWN).await;
     membership.shutdown().await;
     let flushed = tokio::task::spawn_blocking(move || storage.flush())

@@ -4,9 +4,13 @@
 //!
 //! - [`wire`]: the apply and read bodies, the internal paths, hex.
 //! - [`frames`]: the checksummed frames a streamed range travels in.
+//! - `sim` (tests only): a simulated network of in-process nodes with
+//!   scripted faults.
 
 pub mod frames;
 pub mod http;
+#[cfg(test)]
+pub(crate) mod sim;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -1,0 +1,493 @@
+//! A simulated network for in-process tests: [`SimNet`] holds a cluster of
+//! nodes, each with its own real [`Storage`] (an engine in a temporary
+//! directory) and clock, and [`SimPeer`] is the [`Peer`] through which one of
+//! them calls the others. Calls are decoded with [`wire`](super::wire) and
+//! applied to the target's engine, as `api::internal` does for HTTP.
+//!
+//! A script decides what becomes of each call: a [`Fault`] per link (any
+//! caller to a node, or one caller to one node), for every call or for the
+//! next few, and partitions that cut a set of nodes off from the rest. A
+//! call that gets no answer times out after the net's replica timeout, as
+//! [`HttpPeer`](super::http::HttpPeer) does. Randomness (jitter) comes from
+//! one seeded generator and time from tokio's clock, so a test under
+//! `#[tokio::test(start_paused = true)]` runs the same way every time and
+//! its delays cost no wall time. Every call is logged ([`SimNet::calls`])
+//! for tests to check where calls went.
+//!
+//! Streams are not simulated: [`Peer::stream`] is refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use strata_ring::{NodeId, TokenRange};
+
+use super::wire::decode_apply;
+use super::{Chunks, Endpoint, Peer, PeerError};
+use crate::hlc::Hlc;
+use crate::storage::{Record, Storage};
+
+/// What becomes of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// It never arrives: the caller waits out its deadline.
+    DropRequest,
+    /// It arrives and takes effect, but the answer is lost: the caller
+    /// waits out its deadline.
+    DropAnswer,
+    /// No connection: the caller learns at once, nothing arrives.
+    Unreachable,
+    /// Answered at once with this error status; nothing takes effect.
+    Refuse(u16),
+    /// It arrives this much later. Past the deadline it is a timeout, and it
+    /// never arrives (the request was still queued when the caller gave up).
+    Delay(Duration),
+    /// It arrives after a delay drawn below this from the seeded generator,
+    /// so that concurrent calls overtake each other.
+    Jitter(Duration),
+}
+
+/// The calls a [`Fault`] applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Every call to this node.
+    To(NodeId),
+    /// Calls from the first node to the second.
+    Between(NodeId, NodeId),
+}
+
+/// The kind of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    /// [`Peer::apply`].
+    Apply,
+    /// [`Peer::read`].
+    Read,
+}
+
+/// A call as the net saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Call {
+    /// The caller.
+    pub(crate) from: NodeId,
+    /// The node called.
+    pub(crate) to: NodeId,
+    /// Apply or read.
+    pub(crate) kind: CallKind,
+    /// What the script did to it (`None`: delivered at once).
+    pub(crate) fault: Option<Fault>,
+}
+
+/// A fault on a link, for every call or for the next `left`.
+#[derive(Debug)]
+struct Rule {
+    link: Link,
+    fault: Fault,
+    left: Option<usize>,
+}
+
+impl Rule {
+    fn matches(&self, from: &NodeId, to: &NodeId) -> bool {
+        match &self.link {
+            Link::To(t) => t == to,
+            Link::Between(f, t) => f == from && t == to,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Script {
+    /// Later rules win over earlier ones.
+    rules: Vec<Rule>,
+    /// Nodes cut off from the others (and still connected among themselves).
+    cut: BTreeSet<NodeId>,
+    rng: StdRng,
+}
+
+/// One simulated node.
+#[derive(Debug)]
+struct SimNode {
+    storage: Storage,
+    hlc: Arc<Hlc>,
+}
+
+/// A simulated cluster of nodes and the network between them.
+#[derive(Debug)]
+pub(crate) struct SimNet {
+    nodes: BTreeMap<NodeId, SimNode>,
+    /// Deadline of a call, as the replica timeout.
+    timeout: Duration,
+    script: Mutex<Script>,
+    calls: Mutex<Vec<Call>>,
+    /// Holds the engines' directories until the net is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl SimNet {
+    /// A net of `ids`, each with an empty engine, whose calls time out after
+    /// `timeout` and whose jitter is drawn from `seed`.
+    pub(crate) fn new(ids: &[&str], timeout: Duration, seed: u64) -> std::io::Result<Arc<Self>> {
+        let dir = tempfile::tempdir()?;
+        let mut nodes = BTreeMap::new();
+        let grace = Duration::from_millis(crate::config::defaults::TOMBSTONE_GRACE_MS);
+        for (tag, id) in (0..=u8::MAX).zip(ids) {
+            let storage =
+                Storage::open(&dir.path().join(id), grace).map_err(std::io::Error::other)?;
+            let hlc = Arc::new(Hlc::tagged(tag));
+            nodes.insert(NodeId::from(*id), SimNode { storage, hlc });
+        }
+        Ok(Arc::new(Self {
+            nodes,
+            timeout,
+            script: Mutex::new(Script {
+                rules: Vec::new(),
+                cut: BTreeSet::new(),
+                rng: StdRng::seed_from_u64(seed),
+            }),
+            calls: Mutex::new(Vec::new()),
+            _dir: dir,
+        }))
+    }
+
+    /// The peer `from` calls the others through.
+    pub(crate) fn peer(self: &Arc<Self>, from: &str) -> SimPeer {
+        SimPeer {
+            from: NodeId::from(from),
+            net: self.clone(),
+        }
+    }
+
+    /// The engine of `id`.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is not in the net: a mistake in the test.
+    pub(crate) fn storage(&self, id: &str) -> Storage {
+        self.node(id).storage.clone()
+    }
+
+    /// The clock of `id` (see [`SimNet::storage`] on panics).
+    pub(crate) fn hlc(&self, id: &str) -> Arc<Hlc> {
+        self.node(id).hlc.clone()
+    }
+
+    fn node(&self, id: &str) -> &SimNode {
+        self.nodes
+            .get(&NodeId::from(id))
+            .unwrap_or_else(|| panic!("no node {id} in the simulated net"))
+    }
+
+    /// Every call on `link` meets `fault`, until [`SimNet::heal`].
+    pub(crate) fn fault(&self, link: Link, fault: Fault) {
+        self.script.lock().rules.push(Rule {
+            link,
+            fault,
+            left: None,
+        });
+    }
+
+    /// The next `times` calls on `link` meet `fault`.
+    pub(crate) fn fault_times(&self, link: Link, fault: Fault, times: usize) {
+        self.script.lock().rules.push(Rule {
+            link,
+            fault,
+            left: Some(times),
+        });
+    }
+
+    /// Cuts `ids` off from the other nodes, both ways: calls across the cut
+    /// are dropped.
+    pub(crate) fn partition(&self, ids: &[&str]) {
+        self.script
+            .lock()
+            .cut
+            .extend(ids.iter().map(|id| NodeId::from(*id)));
+    }
+
+    /// Clears every fault and partition.
+    pub(crate) fn heal(&self) {
+        let mut script = self.script.lock();
+        script.rules.clear();
+        script.cut.clear();
+    }
+
+    /// Every call so far, in the order they were made.
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.calls.lock().clone()
+    }
+
+    /// What the script does to the next call from `from` to `to`, drawn
+    /// and logged now.
+    fn route(&self, from: &NodeId, to: &NodeId, kind: CallKind) -> Fate {
+        let fault = {
+            let mut script = self.script.lock();
+            let fault = if script.cut.contains(from) != script.cut.contains(to) {
+                Some(Fault::DropRequest)
+            } else {
+                let rule = script
+                    .rules
+                    .iter_mut()
+                    .rev()
+                    .find(|r| r.matches(from, to) && r.left != Some(0));
+                rule.map(|r| {
+                    if let Some(left) = &mut r.left {
+                        *left -= 1;
+                    }
+                    r.fault
+                })
+            };
+            match fault {
+                Some(Fault::Jitter(max)) => {
+                    let max = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+                    // Logged as drawn, so that two runs of one seed compare.
+                    Some(Fault::Delay(Duration::from_micros(
+                        script.rng.gen_range(0..=max),
+                    )))
+                }
+                other => other,
+            }
+        };
+        self.calls.lock().push(Call {
+            from: from.clone(),
+            to: to.clone(),
+            kind,
+            fault,
+        });
+        match fault {
+            None => Fate::After(Duration::ZERO),
+            Some(Fault::Unreachable) => Fate::Unreachable,
+            Some(Fault::Refuse(status)) => Fate::Refused(status),
+            Some(Fault::DropRequest) => Fate::Lost { lands: false },
+            Some(Fault::DropAnswer) => Fate::Lost { lands: true },
+            Some(Fault::Delay(delay) | Fault::Jitter(delay)) if delay < self.timeout => {
+                Fate::After(delay)
+            }
+            Some(Fault::Delay(_) | Fault::Jitter(_)) => Fate::Lost { lands: false },
+        }
+    }
+
+    /// Carries one call from `from` to `to` through the script; `deliver`
+    /// is what the target does with it.
+    async fn call<T>(
+        &self,
+        from: &NodeId,
+        to: &NodeId,
+        kind: CallKind,
+        deliver: impl FnOnce(&SimNode) -> Result<T, PeerError>,
+    ) -> Result<T, PeerError> {
+        let Some(node) = self.nodes.get(to) else {
+            return Err(PeerError::Unreachable(format!("no node {to}")));
+        };
+        match self.route(from, to, kind) {
+            Fate::Unreachable => Err(PeerError::Unreachable("connection refused".into())),
+            Fate::Refused(status) => Err(refused(status)),
+            Fate::Lost { lands } => {
+                if lands {
+                    let _ = deliver(node);
+                }
+                tokio::time::sleep(self.timeout).await;
+                Err(PeerError::Timeout)
+            }
+            Fate::After(delay) => {
+                tokio::time::sleep(delay).await;
+                deliver(node)
+            }
+        }
+    }
+}
+
+/// What happens to one call, once the script has decided.
+enum Fate {
+    /// Delivered and answered after this long.
+    After(Duration),
+    /// No answer within the deadline; whether it took effect.
+    Lost { lands: bool },
+    /// No connection.
+    Unreachable,
+    /// Answered with this error status.
+    Refused(u16),
+}
+
+/// The [`Peer`] of one node of a [`SimNet`].
+#[derive(Debug, Clone)]
+pub(crate) struct SimPeer {
+    from: NodeId,
+    net: Arc<SimNet>,
+}
+
+#[async_trait]
+impl Peer for SimPeer {
+    async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        self.net
+            .call(&self.from, to.id, CallKind::Apply, move |node| {
+                // What `api::internal::apply` answers: 400 for a body that
+                // does not decode, 500 for an engine error.
+                let (key, record) = decode_apply(body).map_err(|_| refused(400))?;
+                node.hlc.update(record.record().version);
+                node.storage
+                    .apply_encoded(&key, &record)
+                    .map_err(|_| refused(500))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError> {
+        self.net
+            .call(&self.from, to.id, CallKind::Read, move |node| {
+                node.storage.read(&key).map_err(|_| refused(500))
+            })
+            .await
+    }
+
+    async fn stream(
+        &self,
+        _to: Endpoint<'_>,
+        _range: TokenRange,
+        _after: Option<&[u8]>,
+    ) -> Result<Box<dyn Chunks>, PeerError> {
+        Err(PeerError::Unreachable(
+            "streams are not simulated".to_owned(),
+        ))
+    }
+}
+
+fn refused(status: u16) -> PeerError {
+    PeerError::Refused { status }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::peer::wire::encode_apply;
+
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn to(id: &NodeId) -> Endpoint<'_> {
+        Endpoint {
+            id,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_fault_answers_as_a_real_peer_would_and_lands_only_when_it_should() {
+        let net = SimNet::new(&["a", "b"], TIMEOUT, 1).unwrap();
+        let peer = net.peer("a");
+        let b = NodeId::from("b");
+        let cases = [
+            (None, Ok(()), true, Duration::ZERO),
+            (
+                Some(Fault::Unreachable),
+                Err("unreachable"),
+                false,
+                Duration::ZERO,
+            ),
+            (
+                Some(Fault::Refuse(503)),
+                Err("refused"),
+                false,
+                Duration::ZERO,
+            ),
+            (Some(Fault::DropRequest), Err("timeout"), false, TIMEOUT),
+            (Some(Fault::DropAnswer), Err("timeout"), true, TIMEOUT),
+            (
+                Some(Fault::Delay(Duration::from_millis(300))),
+                Ok(()),
+                true,
+                Duration::from_millis(300),
+            ),
+            (
+                Some(Fault::Delay(TIMEOUT * 2)),
+                Err("timeout"),
+                false,
+                TIMEOUT,
+            ),
+        ];
+        for (n, (fault, expected, lands, takes)) in cases.into_iter().enumerate() {
+            net.heal();
+            if let Some(fault) = fault {
+                net.fault(Link::To(b.clone()), fault);
+            }
+            let key = format!("k{n}");
+            let start = Instant::now();
+            let got = peer
+                .apply(to(&b), encode_apply(key.as_bytes(), &Record::value(7, "v")))
+                .await;
+            let kind = got.map_err(|e| match e {
+                PeerError::Timeout => "timeout",
+                PeerError::Refused { .. } => "refused",
+                PeerError::Unreachable(_) => "unreachable",
+                _ => "other",
+            });
+            assert_eq!(kind, expected, "{fault:?}");
+            assert_eq!(start.elapsed(), takes, "{fault:?}");
+            let stored = net.storage("b").read(key.as_bytes()).unwrap();
+            assert_eq!(stored.is_some(), lands, "{fault:?}");
+        }
+        // An apply that landed folded its version into the target's clock.
+        assert!(net.hlc("b").now() > 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counted_faults_run_out_and_partitions_cut_both_ways_until_healed() {
+        let net = SimNet::new(&["a", "b", "c"], TIMEOUT, 1).unwrap();
+        let (a, b, c) = (NodeId::from("a"), NodeId::from("b"), NodeId::from("c"));
+        net.fault_times(Link::Between(a.clone(), b.clone()), Fault::Refuse(500), 2);
+        for expect_ok in [false, false, true] {
+            let got = net.peer("a").read(to(&b), Bytes::from("k")).await;
+            assert_eq!(got.is_ok(), expect_ok);
+        }
+        // Only the link a -> b was faulty.
+        assert!(net.peer("c").read(to(&b), Bytes::from("k")).await.is_ok());
+
+        net.partition(&["c"]);
+        let across = [(&a, &c), (&c, &a), (&b, &c)];
+        for (from, target) in across {
+            let got = net
+                .peer(from.as_str())
+                .read(to(target), Bytes::from("k"))
+                .await;
+            assert_eq!(got, Err(PeerError::Timeout), "{from} -> {target}");
+        }
+        assert!(net.peer("a").read(to(&b), Bytes::from("k")).await.is_ok());
+        net.heal();
+        assert!(net.peer("a").read(to(&c), Bytes::from("k")).await.is_ok());
+        let unknown = NodeId::from("z");
+        assert!(matches!(
+            net.peer("a").read(to(&unknown), Bytes::from("k")).await,
+            Err(PeerError::Unreachable(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_is_drawn_from_the_seed() {
+        let delays = |seed| async move {
+            let net = SimNet::new(&["a", "b"], TIMEOUT, seed).unwrap();
+            let b = NodeId::from("b");
+            net.fault(
+                Link::To(b.clone()),
+                Fault::Jitter(Duration::from_millis(50)),
+            );
+            for _ in 0..8 {
+                net.peer("a").read(to(&b), Bytes::from("k")).await.unwrap();
+            }
+            net.calls().into_iter().map(|c| c.fault).collect::<Vec<_>>()
+        };
+        let first = delays(7).await;
+        assert_eq!(first, delays(7).await);
+        assert_ne!(first, delays(8).await);
+        assert!(first
+            .iter()
+            .all(|f| matches!(f, Some(Fault::Delay(d)) if *d <= Duration::from_millis(50))));
+    }
+}
