@@ -16,6 +16,7 @@
 //! | `pulled` | `id:generation` of LEAVING nodes whose ranges this node has taken over; not signed |
 //! | `health` | empty, or why this node's engine refuses writes (a full disk, say); not signed |
 //! | `ring`   | digest of the ring this node routes by ([`ring_digest`]); not signed |
+//! | `removed`, `removed_sig` | members removed for good, signed apart ([`removal`](crate::removal)) |
 //!
 //! # Trust
 //!
@@ -37,7 +38,9 @@
 //!
 //! The ring holds every member in a state that owns data (AVAILABLE and
 //! LEAVING), whether up or down: a down node still owns its ranges, and the
-//! coordinator routes around it rather than moving its data.
+//! coordinator routes around it rather than moving its data. A member that
+//! a verified removal fences ([`removal`](crate::removal)) is taken out of
+//! the members first, into [`ClusterView::removed`].
 //!
 //! # Pending ranges
 //!
@@ -75,6 +78,7 @@ use crate::config::{defaults, Config};
 use crate::gossip_transport::{GossipKey, SealedTransport};
 use crate::metrics::GossipMetrics;
 use crate::peer::Endpoint;
+use crate::removal::{self, Removal, RemoveError, Removed};
 
 const KEY_HTTP: &str = "http";
 const KEY_STATE: &str = "state";
@@ -84,6 +88,8 @@ const KEY_SEEN: &str = "seen";
 const KEY_PULLED: &str = "pulled";
 const KEY_HEALTH: &str = "health";
 const KEY_RING: &str = "ring";
+const KEY_REMOVED: &str = "removed";
+const KEY_REMOVED_SIG: &str = "removed_sig";
 
 /// The lifecycle of a node, as published in gossip. DOWN is not a state a
 /// node publishes: it is what the failure detector concludes
@@ -239,6 +245,8 @@ pub struct ClusterView {
     pub future_ring: Option<Ring>,
     /// Counts view changes on this node, for [`Membership::begin_write`].
     pub epoch: u64,
+    /// Members fenced by a removal, out of `members` and the rings.
+    pub removed: BTreeMap<NodeId, Removed>,
 }
 
 impl ClusterView {
@@ -261,15 +269,18 @@ impl ClusterView {
             ring,
             future_ring,
             epoch,
+            removed: BTreeMap::new(),
         }
     }
 
-    /// The transitions in this view, as published under `seen`.
+    /// The transitions in this view, as published under `seen`: removals
+    /// count as one too.
     pub fn transitions(&self) -> Vec<String> {
         self.members
             .values()
             .filter(|m| m.state.in_transition())
             .map(transition)
+            .chain(self.removed.values().map(|r| r.removal.transition()))
             .collect()
     }
 
@@ -279,11 +290,20 @@ impl ClusterView {
         let Some(member) = self.members.get(id).filter(|m| m.state == state) else {
             return false;
         };
-        let t = transition(member);
+        self.all_list(&transition(member), id)
+    }
+
+    /// Whether every live member routes by a view without the member that
+    /// `removal` removed (see [`removal`](crate::removal)).
+    pub fn all_route_without(&self, removal: &Removal) -> bool {
+        self.removed.contains_key(&removal.id) && self.all_list(&removal.transition(), &removal.id)
+    }
+
+    fn all_list(&self, entry: &str, except: &NodeId) -> bool {
         self.members
             .values()
-            .filter(|m| m.live && m.state != NodeState::Left && m.id != *id)
-            .all(|m| m.seen.contains(&t))
+            .filter(|m| m.live && m.state != NodeState::Left && m.id != *except)
+            .all(|m| m.seen.iter().any(|s| s == entry))
     }
 
     /// The replicas of `key` in the future ring that are not replicas now:
@@ -376,6 +396,9 @@ pub struct Membership {
     health: Mutex<Option<String>>,
     /// What this node last published under `ring`.
     published_ring: Mutex<String>,
+    /// What this node publishes under `removed`: its own removals and
+    /// every verified one it adopted.
+    removals: Mutex<Vec<Removal>>,
     /// The last verified record of each member.
     records: Mutex<Records>,
     max_members: usize,
@@ -470,6 +493,13 @@ impl Membership {
             (KEY_PULLED.to_owned(), String::new()),
             (KEY_HEALTH.to_owned(), String::new()),
             (KEY_RING.to_owned(), String::new()),
+            (KEY_REMOVED.to_owned(), String::new()),
+            (
+                KEY_REMOVED_SIG.to_owned(),
+                config
+                    .secret
+                    .sign(&removal::signed_message(&config.node_id, generation, "")),
+            ),
         ];
         let transport = SealedTransport::new(
             GossipKey::derive(&config.secret, &config.cluster_id),
@@ -503,6 +533,7 @@ impl Membership {
             pulled: Mutex::new(Vec::new()),
             health: Mutex::new(None),
             published_ring: Mutex::new(String::new()),
+            removals: Mutex::new(Vec::new()),
             records: Mutex::new(Records::default()),
             max_members: config.max_members,
             metrics,
@@ -541,6 +572,69 @@ impl Membership {
     /// This node's tokens.
     pub fn tokens(&self) -> Vec<u64> {
         self.tokens.read().clone()
+    }
+
+    /// This run's generation (start time in ms).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Removes the DOWN member `id` for good: publishes its incarnation
+    /// under `removed` ([`removal`](crate::removal)).
+    pub async fn remove(&self, id: &NodeId) -> Result<Removal, RemoveError> {
+        let view = self.view();
+        if *id == self.self_id {
+            return Err(RemoveError::IsSelf(id.clone()));
+        }
+        if let Some(r) = view.removed.get(id) {
+            return Err(RemoveError::AlreadyRemoved(
+                id.clone(),
+                r.removal.to_string(),
+            ));
+        }
+        let member = view
+            .members
+            .get(id)
+            .ok_or_else(|| RemoveError::Unknown(id.clone()))?;
+        if member.live {
+            return Err(RemoveError::Live(id.clone(), member.state.as_str()));
+        }
+        let removal = Removal::of(member);
+        self.publish_removals([removal.clone()]).await;
+        tracing::warn!(node = %id, removal = %removal, "member removed for good");
+        self.refresh().await;
+        Ok(removal)
+    }
+
+    /// Adds `new` to what this node publishes under `removed`, signed.
+    async fn publish_removals(&self, new: impl IntoIterator<Item = Removal>) {
+        let text = {
+            let mut removals = self.removals.lock();
+            let before = removals.len();
+            for r in new {
+                if !removals.contains(&r) {
+                    removals.push(r);
+                }
+            }
+            if removals.len() == before {
+                return;
+            }
+            removal::encode(&removals)
+        };
+        let sig = self.secret.sign(&removal::signed_message(
+            self.self_id.as_str(),
+            self.generation,
+            &text,
+        ));
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| {
+                    let node = c.self_node_state();
+                    node.set(KEY_REMOVED, &text);
+                    node.set(KEY_REMOVED_SIG, &sig);
+                })
+                .await;
+        }
     }
 
     /// Counts a write routed by the view of `epoch` as in flight until the
@@ -656,7 +750,7 @@ impl Membership {
     }
 
     async fn refresh(&self) {
-        let (members, rejected) = {
+        let (members, rejected, heard) = {
             let guard = self.handle.lock().await;
             let Some(handle) = guard.as_ref() else { return };
             let chitchat = handle.chitchat();
@@ -666,6 +760,7 @@ impl Membership {
             records.forget_unless(|id| chitchat.node_state(id).is_some());
             let mut rejected = BTreeMap::new();
             let mut members: BTreeMap<NodeId, MemberInfo> = BTreeMap::new();
+            let mut heard: Vec<Removal> = Vec::new();
             for (id, node_state) in chitchat.node_states() {
                 if *id.node_id == *self.self_id.as_str() {
                     // This node's entry comes from what it published; an
@@ -701,6 +796,17 @@ impl Membership {
                         continue;
                     }
                 };
+                let removed = get(KEY_REMOVED).unwrap_or_default();
+                let message = removal::signed_message(&id.node_id, id.generation_id, removed);
+                if self
+                    .secret
+                    .verify(&message, get(KEY_REMOVED_SIG).unwrap_or_default())
+                {
+                    heard.extend(removal::decode(removed));
+                } else if !removed.is_empty() {
+                    self.metrics.record_rejected();
+                    tracing::warn!(node = %&*id.node_id, "ignoring a removal list that does not verify");
+                }
                 let info = MemberInfo {
                     seen: list(get(KEY_SEEN)),
                     pulled: list(get(KEY_PULLED)),
@@ -715,20 +821,33 @@ impl Membership {
                     }
                 }
             }
-            (members, rejected)
+            (members, rejected, heard)
         };
+        self.publish_removals(heard).await;
         let members = self.bounded(members);
         let me = self.self_info();
         let mut members = members;
         members.insert(me.id.clone(), me);
+        let (members, removed) = removal::partition(members, &self.removals.lock());
+        let mut rejected = rejected;
+        for r in removed.values() {
+            rejected.insert(
+                r.removal.id.clone(),
+                format!("removed for good as {}", r.removal),
+            );
+        }
         let unchanged = {
             let current = self.view.read();
-            current.members == members
+            current.members == members && current.removed == removed
         };
         if !unchanged {
             log_changes(&self.view.read().members, &members, &rejected);
             let epoch = self.view.read().epoch + 1;
-            *self.view.write() = Arc::new(ClusterView::build(self.self_id.clone(), members, epoch));
+            let view = ClusterView {
+                removed,
+                ..ClusterView::build(self.self_id.clone(), members, epoch)
+            };
+            *self.view.write() = Arc::new(view);
         }
         self.publish_seen().await;
         self.publish_ring().await;

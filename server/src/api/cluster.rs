@@ -4,9 +4,12 @@
 //! `POST /admin/v1/decommission` (behind the cluster secret: this node
 //! hands its ranges over and leaves; 202, or 409 with the reason) and
 //! `POST /admin/v1/cleanup` (behind the secret too: this node drops the
-//! items it does not replicate; 202, or 409 with the reason).
+//! items it does not replicate; 202, or 409 with the reason) and
+//! `POST /admin/v1/removenode/{id}` (behind the secret: the cluster removes
+//! the DOWN member `id` for good, see [`removal`](crate::removal); 202, or
+//! 409 with the reason).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,11 +18,14 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::membership::NodeState;
 use crate::stream::handoff;
+use crate::stream::plan::waiting_for;
 
 /// Path of the decommission route.
 pub const DECOMMISSION_PATH: &str = "/admin/v1/decommission";
 /// Path of the clean-up route.
 pub const CLEANUP_PATH: &str = "/admin/v1/cleanup";
+/// Path of the removenode route; the member's id follows, as one segment.
+pub const REMOVENODE_PATH: &str = "/admin/v1/removenode";
 
 /// One member in `/v1/cluster`.
 #[derive(Debug, Serialize)]
@@ -55,11 +61,35 @@ pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
             degraded: m.degraded.clone(),
         })
         .collect();
+    // Who still has to take a removed member's ranges over.
+    let removed: Vec<serde_json::Value> = view
+        .removed
+        .values()
+        .map(|r| {
+            let waiting: Vec<String> = r
+                .rings(view.ring.as_ref())
+                .map(|(before, after)| {
+                    waiting_for(&view.members, &before, &after, rf, &r.removal.incarnation())
+                })
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            serde_json::json!({
+                "id": r.removal.id.as_str(),
+                "removal": r.removal.to_string(),
+                "state": r.last.state.as_str(),
+                "status": if r.last.live { "UP" } else { "DOWN" },
+                "waiting_for": waiting,
+            })
+        })
+        .collect();
     Json(serde_json::json!({
         "cluster_id": state.config.cluster_id,
         "coordinator": view.self_id.as_str(),
         "replication_factor": rf.get(),
         "members": members,
+        "removed": removed,
     }))
 }
 
@@ -187,6 +217,25 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "leaving" })),
+    )
+        .into_response())
+}
+
+/// `POST /admin/v1/removenode/{id}`: removes the DOWN member `id` for good.
+/// Its surviving replicas re-replicate its ranges; `GET /v1/cluster` lists
+/// under `"removed"` the nodes still pulling them.
+pub async fn removenode(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let removal = state
+        .membership
+        .remove(&strata_ring::NodeId::from(id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_remove", e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "removed", "removal": removal.to_string() })),
     )
         .into_response())
 }
