@@ -256,7 +256,7 @@ fn next_departure(view: &ClusterView, me: &NodeId) -> Option<Departure> {
     let removed = || {
         view.removed
             .values()
-            .filter(|r| !pulled(&r.removal.incarnation()))
+            .filter(|r| r.removal.id != *me && !pulled(&r.removal.incarnation()))
             .filter(|r| view.all_route_without(&r.removal))
             .find_map(|r| {
                 let (before, after) = r.rings(Some(ring))?;
