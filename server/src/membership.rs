@@ -53,8 +53,8 @@
 //! A streaming node must know when that moment has passed on *every*
 //! member, because its snapshot source must already hold every write that
 //! was not also sent to it. So each node publishes under `seen` the
-//! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member) of the
-//! view it routes by, and only once no write that began under an older view
+//! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member,
+//! `id:generation:REMOVED` of each removed one) of the view it routes by, and only once no write that began under an older view
 //! is still in flight ([`Membership::begin_write`]): a member that lists a
 //! transition will not acknowledge another write that skips its pending
 //! replica. `seen` is not signed: a forged one can only make a node stream
@@ -1241,6 +1241,42 @@ mod tests {
                 assert!(pending.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn a_removal_is_a_transition_routed_once_every_live_member_lists_it() {
+        let dead = member("d", NodeState::Available, false);
+        let removal = Removal::of(&dead);
+        let mut members: BTreeMap<_, _> = [
+            member("a", NodeState::Available, true),
+            member("b", NodeState::Available, true),
+            member("c", NodeState::Available, false),
+            dead,
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let build = |members: &BTreeMap<NodeId, MemberInfo>, epoch| {
+            let (kept, removed) =
+                removal::partition(members.clone(), std::slice::from_ref(&removal));
+            ClusterView {
+                removed,
+                ..ClusterView::build(NodeId::from("a"), kept, epoch)
+            }
+        };
+        let view = build(&members, 1);
+        let ring = view.ring.as_ref().unwrap();
+        assert!(!ring.contains(&NodeId::from("d")) && view.future_ring.is_none());
+        assert_eq!(view.transitions(), ["d:1:REMOVED"]);
+        assert!(!view.all_route_without(&removal));
+        // The down member c is not waited for.
+        for id in ["a", "b"] {
+            members.get_mut(&NodeId::from(id)).unwrap().seen = vec!["d:1:REMOVED".into()];
+        }
+        assert!(build(&members, 2).all_route_without(&removal));
+        // A removal this view does not hold is never routed by.
+        let other = Removal::of(&member("e", NodeState::Available, false));
+        assert!(!build(&members, 3).all_route_without(&other));
     }
 
     #[test]
