@@ -8,7 +8,7 @@
 //!   before anything reads through a coordinator (which would repair), with
 //!   no acknowledged write lost.
 //! - The removed member restarted from its data dir refuses to serve, stops,
-//!   and refuses to start again.
+//!   and refuses to start again; wiped, it joins as a new node.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -386,5 +386,18 @@ async fn a_dead_member_removed_under_load_is_re_replicated_and_fenced() {
     assert!(
         log.contains("was removed from the cluster for good"),
         "{log}"
+    );
+
+    // Wiped, the same id joins again as a new node: a newer run with other
+    // tokens, which no removal fences.
+    std::fs::remove_dir_all(&cluster.nodes[victim].data_dir).unwrap();
+    cluster.nodes[victim].restart();
+    cluster.wait_ready(victim, Duration::from_secs(60)).await;
+    for i in 0..4 {
+        cluster.wait_until_sees(i, 4, Duration::from_secs(30)).await;
+    }
+    assert_eq!(
+        put_many(&cluster, &[0, 1, 2, 3], "rejoined", 30, true).await,
+        30
     );
 }
