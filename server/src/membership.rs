@@ -582,24 +582,7 @@ impl Membership {
     /// Removes the DOWN member `id` for good: publishes its incarnation
     /// under `removed` ([`removal`](crate::removal)).
     pub async fn remove(&self, id: &NodeId) -> Result<Removal, RemoveError> {
-        let view = self.view();
-        if *id == self.self_id {
-            return Err(RemoveError::IsSelf(id.clone()));
-        }
-        if let Some(r) = view.removed.get(id) {
-            return Err(RemoveError::AlreadyRemoved(
-                id.clone(),
-                r.removal.to_string(),
-            ));
-        }
-        let member = view
-            .members
-            .get(id)
-            .ok_or_else(|| RemoveError::Unknown(id.clone()))?;
-        if member.live {
-            return Err(RemoveError::Live(id.clone(), member.state.as_str()));
-        }
-        let removal = Removal::of(member);
+        let removal = removal::removable(&self.view(), id)?;
         self.publish_removals([removal.clone()]).await;
         tracing::warn!(node = %id, removal = %removal, "member removed for good");
         self.refresh().await;

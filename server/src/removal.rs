@@ -64,7 +64,7 @@ use std::fmt;
 
 use strata_ring::{Member, NodeId, Ring};
 
-use crate::membership::{MemberInfo, NodeState};
+use crate::membership::{ClusterView, MemberInfo, NodeState};
 
 /// One removed incarnation, as published under `removed`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -187,6 +187,28 @@ impl Removed {
     }
 }
 
+/// The removal of `id`, if `view` allows it: a known member, DOWN, not
+/// this node, not removed already.
+pub(crate) fn removable(view: &ClusterView, id: &NodeId) -> Result<Removal, RemoveError> {
+    if *id == view.self_id {
+        return Err(RemoveError::IsSelf(id.clone()));
+    }
+    if let Some(r) = view.removed.get(id) {
+        return Err(RemoveError::AlreadyRemoved(
+            id.clone(),
+            r.removal.to_string(),
+        ));
+    }
+    let member = view
+        .members
+        .get(id)
+        .ok_or_else(|| RemoveError::Unknown(id.clone()))?;
+    if member.live {
+        return Err(RemoveError::Live(id.clone(), member.state.as_str()));
+    }
+    Ok(Removal::of(member))
+}
+
 /// Splits `members` into those that route and those fenced by `removals`.
 pub(crate) fn partition(
     members: BTreeMap<NodeId, MemberInfo>,
@@ -293,6 +315,57 @@ mod tests {
         let mut fresh = member("a", NodeState::Available, 8);
         fresh.tokens[0] ^= 1;
         assert!(!removal.fences(&fresh));
+    }
+
+    #[test]
+    fn only_a_known_down_other_member_not_removed_yet_can_be_removed() {
+        let members: BTreeMap<_, _> = [
+            member("a", NodeState::Available, 1),
+            member("b", NodeState::Available, 1),
+            MemberInfo {
+                live: false,
+                ..member("c", NodeState::Bootstrapping, 4)
+            },
+            MemberInfo {
+                live: false,
+                ..member("d", NodeState::Available, 2)
+            },
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let (kept, removed) = partition(
+            members.clone(),
+            &[Removal::of(&members[&NodeId::from("d")])],
+        );
+        let view = ClusterView {
+            removed,
+            ..ClusterView::build(NodeId::from("a"), kept, 1)
+        };
+        let id = NodeId::from;
+        assert_eq!(
+            removable(&view, &id("a")),
+            Err(RemoveError::IsSelf(id("a")))
+        );
+        assert_eq!(
+            removable(&view, &id("b")),
+            Err(RemoveError::Live(id("b"), "AVAILABLE"))
+        );
+        assert_eq!(
+            removable(&view, &id("x")),
+            Err(RemoveError::Unknown(id("x")))
+        );
+        assert!(matches!(
+            removable(&view, &id("d")),
+            Err(RemoveError::AlreadyRemoved(..))
+        ));
+        // A dead joiner: its incarnation, with the tokens it announced.
+        let c = &members[&id("c")];
+        assert_eq!(removable(&view, &id("c")), Ok(Removal::of(c)));
+        assert_eq!(
+            Removal::of(c).to_string(),
+            format!("c:4:{}", tokens_digest(&c.tokens))
+        );
     }
 
     #[test]
