@@ -31,8 +31,10 @@
 //! cluster secret), [`config`], `metrics`, `node` (startup and
 //! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
 //! (calls to other nodes and their wire formats), `marker` (`node.json`),
+//! `removal` (members removed for good, and fencing them),
 //! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
-//! binary's subcommands (`demo`, `decommission`, `cleanup`, `repair-engine`)
+//! binary's subcommands (`demo`, `decommission`, `removenode`, `cleanup`,
+//! `repair-engine`)
 //! live with it, in `src/bin/kvnode/`.
 
 pub mod api;
@@ -47,12 +49,13 @@ mod membership;
 mod metrics;
 mod node;
 pub mod peer;
+mod removal;
 mod routing;
 pub mod storage;
 pub mod stream;
 mod tasks;
 
-pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
+pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
 pub use api::router;
 pub use marker::{mark_for_restream, MarkerError};
 pub use node::{run, NodeError};

@@ -2,8 +2,12 @@
 //! the node finished joining.
 //!
 //! ```text
-//! <data_dir>/node.json   {"node_id": "..", "tokens": [..], "available": bool}
+//! <data_dir>/node.json   {"node_id": "..", "tokens": [..], "available": bool, "removed": bool}
 //! ```
+//!
+//! `removed` (absent: false) says that the cluster removed this node for
+//! good (`kvnode removenode`): its data is stale, and the node refuses to
+//! start from the dir again.
 //!
 //! A marker without `tokens` (written before bootstrapping existed) means
 //! an AVAILABLE node with derived tokens.
@@ -65,6 +69,9 @@ pub struct NodeMarker {
     /// Whether the node finished joining (false: bootstrap interrupted).
     #[serde(default = "yes")]
     pub available: bool,
+    /// Whether the cluster removed this node for good (module doc).
+    #[serde(default)]
+    pub removed: bool,
 }
 
 fn yes() -> bool {
@@ -179,6 +186,7 @@ mod tests {
             node_id: node_id.into(),
             tokens: Some(vec![1, 2]),
             available,
+            removed: false,
         }
     }
 
@@ -193,7 +201,7 @@ mod tests {
         // A marker from before bootstrapping: available, derived tokens.
         std::fs::write(&path, br#"{"node_id":"a"}"#).unwrap();
         let old = read_marker(&path, "a").unwrap().unwrap();
-        assert!(old.available && old.tokens.is_none());
+        assert!(old.available && old.tokens.is_none() && !old.removed);
         assert!(matches!(
             read_marker(&path, "b"),
             Err(MarkerError::OtherNode { .. })

@@ -17,6 +17,7 @@
 //! | `health` | empty, or why this node's engine refuses writes (a full disk, say); not signed |
 //! | `ring`   | digest of the ring this node routes by ([`ring_digest`]); not signed |
 //! | `tag`    | the node tag in its versions (`hlc`), decimal; a live member sharing this node's is warned about; not signed |
+//! | `removed`, `removed_sig` | members removed for good, signed apart ([`removal`](crate::removal)) |
 //!
 //! # Trust
 //!
@@ -38,7 +39,9 @@
 //!
 //! The ring holds every member in a state that owns data (AVAILABLE and
 //! LEAVING), whether up or down: a down node still owns its ranges, and the
-//! coordinator routes around it rather than moving its data.
+//! coordinator routes around it rather than moving its data. A member that
+//! a verified removal fences ([`removal`](crate::removal)) is taken out of
+//! the members first, into [`ClusterView::removed`].
 //!
 //! # Pending ranges
 //!
@@ -51,8 +54,8 @@
 //! A streaming node must know when that moment has passed on *every*
 //! member, because its snapshot source must already hold every write that
 //! was not also sent to it. So each node publishes under `seen` the
-//! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member) of the
-//! view it routes by, and only once no write that began under an older view
+//! transitions (`id:generation:STATE` of each BOOTSTRAPPING or LEAVING member,
+//! `id:generation:REMOVED` of each removed one) of the view it routes by, and only once no write that began under an older view
 //! is still in flight ([`Routing::begin_write`]): a member that lists a
 //! transition will not acknowledge another write that skips its pending
 //! replica. `seen` is not signed: a forged one can only make a node stream
@@ -77,6 +80,7 @@ use crate::gossip_transport::SealedTransport;
 use crate::hlc::TagWatch;
 use crate::metrics::GossipMetrics;
 use crate::peer::Endpoint;
+use crate::removal::{self, Removal, RemoveError, Removed};
 use crate::routing::Routing;
 
 const KEY_HTTP: &str = "http";
@@ -88,6 +92,8 @@ const KEY_PULLED: &str = "pulled";
 const KEY_HEALTH: &str = "health";
 const KEY_RING: &str = "ring";
 const KEY_TAG: &str = "tag";
+const KEY_REMOVED: &str = "removed";
+const KEY_REMOVED_SIG: &str = "removed_sig";
 
 /// The lifecycle of a node, as published in gossip. DOWN is not a state a
 /// node publishes: it is what the failure detector concludes
@@ -243,6 +249,8 @@ pub struct ClusterView {
     pub future_ring: Option<Ring>,
     /// Counts view changes on this node, for [`Routing::begin_write`].
     pub epoch: u64,
+    /// Members fenced by a removal, out of `members` and the rings.
+    pub removed: BTreeMap<NodeId, Removed>,
 }
 
 impl ClusterView {
@@ -265,15 +273,18 @@ impl ClusterView {
             ring,
             future_ring,
             epoch,
+            removed: BTreeMap::new(),
         }
     }
 
-    /// The transitions in this view, as published under `seen`.
+    /// The transitions in this view, as published under `seen`: removals
+    /// count as one too.
     pub fn transitions(&self) -> Vec<String> {
         self.members
             .values()
             .filter(|m| m.state.in_transition())
             .map(transition)
+            .chain(self.removed.values().map(|r| r.removal.transition()))
             .collect()
     }
 
@@ -283,11 +294,20 @@ impl ClusterView {
         let Some(member) = self.members.get(id).filter(|m| m.state == state) else {
             return false;
         };
-        let t = transition(member);
+        self.all_list(&transition(member), id)
+    }
+
+    /// Whether every live member routes by a view without the member that
+    /// `removal` removed (see [`removal`](crate::removal)).
+    pub fn all_route_without(&self, removal: &Removal) -> bool {
+        self.removed.contains_key(&removal.id) && self.all_list(&removal.transition(), &removal.id)
+    }
+
+    fn all_list(&self, entry: &str, except: &NodeId) -> bool {
         self.members
             .values()
-            .filter(|m| m.live && m.state != NodeState::Left && m.id != *id)
-            .all(|m| m.seen.contains(&t))
+            .filter(|m| m.live && m.state != NodeState::Left && m.id != *except)
+            .all(|m| m.seen.iter().any(|s| s == entry))
     }
 
     /// The replicas of `key` in the future ring that are not replicas now:
@@ -379,6 +399,9 @@ pub struct Membership {
     health: Mutex<Option<String>>,
     /// What this node last published under `ring`.
     published_ring: Mutex<String>,
+    /// What this node publishes under `removed`: its own removals and
+    /// every verified one it adopted.
+    removals: Mutex<Vec<Removal>>,
     /// The last verified record of each member.
     records: Mutex<Records>,
     max_members: usize,
@@ -456,6 +479,13 @@ impl Membership {
             (KEY_HEALTH.to_owned(), String::new()),
             (KEY_RING.to_owned(), String::new()),
             (KEY_TAG.to_owned(), config.node_tag.to_string()),
+            (KEY_REMOVED.to_owned(), String::new()),
+            (
+                KEY_REMOVED_SIG.to_owned(),
+                config
+                    .secret
+                    .sign(&removal::signed_message(&config.node_id, generation, "")),
+            ),
         ];
         let transport = SealedTransport::new(config, generation, metrics.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
@@ -482,6 +512,7 @@ impl Membership {
             pulled: Mutex::new(Vec::new()),
             health: Mutex::new(None),
             published_ring: Mutex::new(String::new()),
+            removals: Mutex::new(Vec::new()),
             records: Mutex::new(Records::default()),
             max_members: config.max_members,
             metrics,
@@ -528,6 +559,52 @@ impl Membership {
     /// This node's tokens.
     pub fn tokens(&self) -> Vec<u64> {
         self.tokens.read().clone()
+    }
+
+    /// This run's generation (start time in ms).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Removes the DOWN member `id` for good: publishes its incarnation
+    /// under `removed` ([`removal`](crate::removal)).
+    pub async fn remove(&self, id: &NodeId) -> Result<Removal, RemoveError> {
+        let removal = removal::removable(&self.view(), id)?;
+        self.publish_removals([removal.clone()]).await;
+        tracing::warn!(node = %id, removal = %removal, "member removed for good");
+        self.refresh().await;
+        Ok(removal)
+    }
+
+    /// Adds `new` to what this node publishes under `removed`, signed.
+    async fn publish_removals(&self, new: impl IntoIterator<Item = Removal>) {
+        let text = {
+            let mut removals = self.removals.lock();
+            let before = removals.len();
+            for r in new {
+                if !removals.contains(&r) {
+                    removals.push(r);
+                }
+            }
+            if removals.len() == before {
+                return;
+            }
+            removal::encode(&removals)
+        };
+        let sig = self.secret.sign(&removal::signed_message(
+            self.self_id.as_str(),
+            self.generation,
+            &text,
+        ));
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| {
+                    let node = c.self_node_state();
+                    node.set(KEY_REMOVED, &text);
+                    node.set(KEY_REMOVED_SIG, &sig);
+                })
+                .await;
+        }
     }
 
     /// Publishes that this node has taken over the ranges of `leaver`
@@ -632,7 +709,7 @@ impl Membership {
     }
 
     async fn refresh(&self) {
-        let (members, rejected) = {
+        let (members, rejected, heard) = {
             let guard = self.handle.lock().await;
             let Some(handle) = guard.as_ref() else { return };
             let chitchat = handle.chitchat();
@@ -652,6 +729,7 @@ impl Membership {
                         )
                     }),
             );
+            let mut heard: Vec<Removal> = Vec::new();
             for (id, node_state) in chitchat.node_states() {
                 if *id.node_id == *self.self_id.as_str() {
                     // This node's entry comes from what it published; an
@@ -687,6 +765,17 @@ impl Membership {
                         continue;
                     }
                 };
+                let removed = get(KEY_REMOVED).unwrap_or_default();
+                let message = removal::signed_message(&id.node_id, id.generation_id, removed);
+                if self
+                    .secret
+                    .verify(&message, get(KEY_REMOVED_SIG).unwrap_or_default())
+                {
+                    heard.extend(removal::decode(removed));
+                } else if !removed.is_empty() {
+                    self.metrics.record_rejected();
+                    tracing::warn!(node = %&*id.node_id, "ignoring a removal list that does not verify");
+                }
                 let info = MemberInfo {
                     seen: list(get(KEY_SEEN)),
                     pulled: list(get(KEY_PULLED)),
@@ -701,19 +790,31 @@ impl Membership {
                     }
                 }
             }
-            (members, rejected)
+            (members, rejected, heard)
         };
+        self.publish_removals(heard).await;
         let members = self.bounded(members);
         let me = self.self_info();
         let mut members = members;
         members.insert(me.id.clone(), me);
+        let (members, removed) = removal::partition(members, &self.removals.lock());
+        let mut rejected = rejected;
+        for r in removed.values() {
+            rejected.insert(
+                r.removal.id.clone(),
+                format!("removed for good as {}", r.removal),
+            );
+        }
         self.routing.publish_with(|current| {
-            if current.members == members {
+            if current.members == members && current.removed == removed {
                 return None;
             }
             log_changes(&current.members, &members, &rejected);
             let epoch = current.epoch + 1;
-            Some(ClusterView::build(self.self_id.clone(), members, epoch))
+            Some(ClusterView {
+                removed,
+                ..ClusterView::build(self.self_id.clone(), members, epoch)
+            })
         });
         self.publish_seen().await;
         self.publish_ring().await;
@@ -1102,6 +1203,42 @@ mod tests {
                 assert!(pending.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn a_removal_is_a_transition_routed_once_every_live_member_lists_it() {
+        let dead = member("d", NodeState::Available, false);
+        let removal = Removal::of(&dead);
+        let mut members: BTreeMap<_, _> = [
+            member("a", NodeState::Available, true),
+            member("b", NodeState::Available, true),
+            member("c", NodeState::Available, false),
+            dead,
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let build = |members: &BTreeMap<NodeId, MemberInfo>, epoch| {
+            let (kept, removed) =
+                removal::partition(members.clone(), std::slice::from_ref(&removal));
+            ClusterView {
+                removed,
+                ..ClusterView::build(NodeId::from("a"), kept, epoch)
+            }
+        };
+        let view = build(&members, 1);
+        let ring = view.ring.as_ref().unwrap();
+        assert!(!ring.contains(&NodeId::from("d")) && view.future_ring.is_none());
+        assert_eq!(view.transitions(), ["d:1:REMOVED"]);
+        assert!(!view.all_route_without(&removal));
+        // The down member c is not waited for.
+        for id in ["a", "b"] {
+            members.get_mut(&NodeId::from(id)).unwrap().seen = vec!["d:1:REMOVED".into()];
+        }
+        assert!(build(&members, 2).all_route_without(&removal));
+        // A removal this view does not hold is never routed by.
+        let other = Removal::of(&member("e", NodeState::Available, false));
+        assert!(!build(&members, 3).all_route_without(&other));
     }
 
     #[test]

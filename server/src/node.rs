@@ -79,6 +79,18 @@ pub enum NodeError {
     /// `node.json` could not be read or written, or names another node.
     #[error(transparent)]
     Marker(#[from] MarkerError),
+    /// The cluster removed this node for good (`kvnode removenode`).
+    #[error(
+        "node {node_id} was removed from the cluster for good (kvnode removenode): the data in \
+         {data_dir} is stale and this node will not serve it. To bring the machine back, wipe \
+         the data dir and start it again: it joins as a new node"
+    )]
+    Removed {
+        /// This node's id.
+        node_id: String,
+        /// Its data dir.
+        data_dir: PathBuf,
+    },
     /// Gossip failed to start.
     #[error(transparent)]
     Membership(#[from] MembershipError),
@@ -104,6 +116,13 @@ pub async fn run(
     })?;
     let marker_path = marker_path(&config);
     let marker = read_marker(&marker_path, &config.node_id)?;
+    let removed = || NodeError::Removed {
+        node_id: config.node_id.clone(),
+        data_dir: config.data_dir.clone(),
+    };
+    if marker.as_ref().is_some_and(|m| m.removed) {
+        return Err(removed());
+    }
     let engine_dir = config.data_dir.join("engine");
     let storage = Storage::open(&engine_dir, config.tombstone_grace).map_err(|e| match e {
         StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
@@ -146,6 +165,7 @@ pub async fn run(
                 node_id: config.node_id.clone(),
                 tokens: Some(tokens),
                 available: true,
+                removed: false,
             },
         )?;
     }
@@ -173,7 +193,7 @@ pub async fn run(
             config: config.clone(),
             receiver: receiver.clone(),
             progress: progress.clone(),
-            marker_path,
+            marker_path: marker_path.clone(),
             recorded_tokens: marker.and_then(|m| m.tokens),
         };
         tasks.spawn("bootstrap", bootstrap.run());
@@ -194,6 +214,15 @@ pub async fn run(
         metrics.clone(),
     );
     tasks.spawn("cleanup", cleaner.clone().run_auto());
+    tasks.spawn(
+        "fence",
+        stop_if_removed(
+            membership.clone(),
+            marker_path.clone(),
+            stop.clone(),
+            config.gossip_interval,
+        ),
+    );
     tasks.spawn(
         "health",
         publish_health(membership.clone(), storage.clone(), config.gossip_interval),
@@ -261,7 +290,43 @@ pub async fn run(
         .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?;
     flushed?;
     tracing::info!("stopped");
+    if read_marker(&marker_path, &config.node_id)?.is_some_and(|m| m.removed) {
+        return Err(removed());
+    }
     Ok(())
+}
+
+/// Watches for this node's own removal ([`removal`](crate::removal)): once
+/// a verified removal fences it, it records that in `node.json`, so that it
+/// never starts from this data dir again, and stops the node.
+async fn stop_if_removed(
+    membership: Arc<Membership>,
+    marker_path: PathBuf,
+    stop: Arc<tokio::sync::Notify>,
+    every: std::time::Duration,
+) {
+    let me = membership.self_id().clone();
+    let removal = loop {
+        tokio::time::sleep(every).await;
+        if let Some(r) = membership.view().removed.get(&me) {
+            break r.removal.clone();
+        }
+    };
+    tracing::error!(
+        %removal,
+        "THIS NODE WAS REMOVED FROM THE CLUSTER (kvnode removenode): its data is stale; \
+         refusing to serve and stopping. Wipe the data dir to join again as a new node"
+    );
+    let marker = NodeMarker {
+        node_id: me.to_string(),
+        tokens: Some(membership.tokens()),
+        available: false,
+        removed: true,
+    };
+    if let Err(e) = write_marker(&marker_path, &marker) {
+        tracing::error!(error = %e, "cannot record the removal in the data dir");
+    }
+    stop.notify_one();
 }
 
 /// How long a stopping node waits for its tasks once they are cancelled:

@@ -7,8 +7,11 @@
 //! items it does not replicate; 202, or 409 with the reason) and
 //! `POST /admin/v1/compact` (behind the secret: this node compacts its
 //! whole engine, purging the tombstones past the grace; 200 once done).
+//! `POST /admin/v1/removenode/{id}` (behind the secret: the cluster removes
+//! the DOWN member `id` for good, see [`removal`](crate::removal); 202, or
+//! 409 with the reason).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,6 +20,7 @@ use serde::Serialize;
 use super::{ApiError, AppState};
 use crate::membership::NodeState;
 use crate::stream::handoff;
+use crate::stream::plan::waiting_for;
 
 /// Path of the decommission route.
 pub const DECOMMISSION_PATH: &str = "/admin/v1/decommission";
@@ -24,6 +28,8 @@ pub const DECOMMISSION_PATH: &str = "/admin/v1/decommission";
 pub const CLEANUP_PATH: &str = "/admin/v1/cleanup";
 /// Path of the compaction route.
 pub const COMPACT_PATH: &str = "/admin/v1/compact";
+/// Path of the removenode route; the member's id follows, as one segment.
+pub const REMOVENODE_PATH: &str = "/admin/v1/removenode";
 
 /// One member in `/v1/cluster`.
 #[derive(Debug, Serialize)]
@@ -59,11 +65,35 @@ pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
             degraded: m.degraded.clone(),
         })
         .collect();
+    // Who still has to take a removed member's ranges over.
+    let removed: Vec<serde_json::Value> = view
+        .removed
+        .values()
+        .map(|r| {
+            let waiting: Vec<String> = r
+                .rings(view.ring.as_ref())
+                .map(|(before, after)| {
+                    waiting_for(&view.members, &before, &after, rf, &r.removal.incarnation())
+                })
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            serde_json::json!({
+                "id": r.removal.id.as_str(),
+                "removal": r.removal.to_string(),
+                "state": r.last.state.as_str(),
+                "status": if r.last.live { "UP" } else { "DOWN" },
+                "waiting_for": waiting,
+            })
+        })
+        .collect();
     Json(serde_json::json!({
         "cluster_id": state.config.cluster_id,
         "coordinator": view.self_id.as_str(),
         "replication_factor": rf.get(),
         "members": members,
+        "removed": removed,
     }))
 }
 
@@ -191,6 +221,25 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "status": "leaving" })),
+    )
+        .into_response())
+}
+
+/// `POST /admin/v1/removenode/{id}`: removes the DOWN member `id` for good.
+/// Its surviving replicas re-replicate its ranges; `GET /v1/cluster` lists
+/// under `"removed"` the nodes still pulling them.
+pub async fn removenode(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let removal = state
+        .membership
+        .remove(&strata_ring::NodeId::from(id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_remove", e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "status": "removed", "removal": removal.to_string() })),
     )
         .into_response())
 }

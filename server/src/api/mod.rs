@@ -4,7 +4,7 @@
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
 //! APIs), `cluster` (cluster, node, health, readiness, metrics) and
 //! [`internal`] (node-to-node, behind the cluster secret; so is the
-//! decommission route in `cluster`); `budget` is the byte budget of
+//! decommission, clean-up and removenode routes in `cluster`); `budget` is the byte budget of
 //! bodies in flight.
 //!
 //! Before a handler runs, `bound_and_measure` admits the request: a body
@@ -82,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
         .route(cluster::CLEANUP_PATH, post(cluster::cleanup))
         .route(cluster::COMPACT_PATH, post(cluster::compact))
+        .route(
+            &format!("{}/{{id}}", cluster::REMOVENODE_PATH),
+            post(cluster::removenode),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,
@@ -280,6 +284,9 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
     ) || path == cluster::DECOMMISSION_PATH
         || path == cluster::CLEANUP_PATH
+        || path
+            .strip_prefix(cluster::REMOVENODE_PATH)
+            .is_some_and(|id| id.starts_with('/'))
     {
         Op::admin
     } else {

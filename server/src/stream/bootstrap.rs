@@ -16,20 +16,21 @@
 //! 5. Wait until every live member routes by a view holding the
 //!    announcement, with no older write in flight (`seen`).
 //! 6. Stream each range gained by the plan, preferring the replica that
-//!    gives it up, then the others.
+//!    gives it up, then the others ([`plan_pulls`]).
 //! 7. Record the completion in the data dir and publish AVAILABLE.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_ring::{plan, Member, NodeId};
+use strata_ring::{Member, NodeId};
 
+use super::plan::plan_pulls;
 use super::receiver::Receiver;
 use super::Progress;
 use crate::config::Config;
 use crate::marker::{write_marker, MarkerError, NodeMarker};
-use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::membership::{Membership, NodeState};
 
 /// Gossip rounds a joining node waits after first hearing from the cluster,
 /// so that every member's record has reached it.
@@ -78,15 +79,23 @@ impl Bootstrap {
         };
         let tokens = match self.recorded_tokens.clone() {
             Some(t) => t,
+            // Allocated under the id and this run's generation: a wiped node
+            // rejoining under a removed id must not land on the removed
+            // tokens, which stay fenced (`removal`), even against the same ring.
             None => {
-                ring.allocate(&me, self.config.vnodes, self.config.replication_factor)?
-                    .tokens
+                ring.allocate(
+                    &NodeId::from(format!("{me}@{}", self.membership.generation())),
+                    self.config.vnodes,
+                    self.config.replication_factor,
+                )?
+                .tokens
             }
         };
         let marker = NodeMarker {
             node_id: me.to_string(),
             tokens: Some(tokens.clone()),
             available: false,
+            removed: false,
         };
         write_marker(&self.marker_path, &marker)?;
         self.membership
@@ -180,29 +189,17 @@ impl Bootstrap {
                 return Err(1);
             }
         };
-        let plan = plan(&ring, &grown, self.config.replication_factor);
-        let moves: Vec<_> = plan.incoming(me).cloned().collect();
-        self.progress.plan(moves.iter().map(|m| m.range()));
-        tracing::info!(ranges = moves.len(), "bootstrap plan");
+        let jobs = plan_pulls(
+            &view.members,
+            &ring,
+            &grown,
+            self.config.replication_factor,
+            me,
+            None,
+        );
+        self.progress.plan(jobs.iter().map(|(range, _)| *range));
+        tracing::info!(ranges = jobs.len(), "bootstrap plan");
         let started = Instant::now();
-        let jobs = moves
-            .iter()
-            .map(|m| {
-                // The replica giving the range up first: it holds every
-                // write the others might lack (see the module doc of
-                // `stream`).
-                let mut sources: Vec<MemberInfo> = m
-                    .lost()
-                    .chain(m.from().iter().filter(|n| !m.lost().any(|l| l == *n)))
-                    .filter_map(|id| view.members.get(id))
-                    .filter(|s| s.id != *me && s.state.in_ring())
-                    .cloned()
-                    .collect();
-                // Down sources last: the failure detector may be wrong.
-                sources.sort_by_key(|s| !s.live);
-                (m.range(), sources)
-            })
-            .collect();
         let (entries, failed) = self.receiver.pull_all(jobs).await;
         let report = self.progress.report();
         tracing::info!(
@@ -226,6 +223,7 @@ impl Bootstrap {
             node_id: self.membership.self_id().to_string(),
             tokens: Some(tokens.clone()),
             available: true,
+            removed: false,
         };
         write_marker(&self.marker_path, &marker)?;
         self.membership

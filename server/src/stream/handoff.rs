@@ -17,20 +17,29 @@
 //!
 //! The argument of [`stream`](super) holds with the leaver in the role of
 //! the replica that gives ranges up.
+//!
+//! [`take_over`] also takes over the ranges of a member removed for good
+//! ([`removal`](crate::removal)): the same pulls, gated the same way on
+//! `seen`, with the removed member never a source.
+//!
+//! A decommission needs every member up: a DOWN member cannot take its
+//! share or serve as a source, and it would block the leave for ever. It
+//! is refused, naming `kvnode removenode`, until the member is back or
+//! removed.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_ring::{plan, NodeId};
+use strata_ring::{NodeId, Ring};
 use tokio::sync::Notify;
 
+use super::plan::{plan_pulls, waiting_for};
 use super::receiver::Receiver;
 use super::Progress;
 use crate::config::Config;
 use crate::marker::{write_marker, NodeMarker};
-use crate::membership::{MemberInfo, Membership, NodeState};
+use crate::membership::{ClusterView, MemberInfo, Membership, NodeState};
 
 /// Gossip rounds the leaver keeps gossiping after publishing LEFT, so that
 /// every member drops it from the ring before it goes silent.
@@ -49,6 +58,12 @@ pub enum DecommissionError {
     /// The ring would be empty.
     #[error("the last node of the ring cannot leave it")]
     LastNode,
+    /// A member is DOWN: it can neither take ranges nor give them.
+    #[error(
+        "{0} is DOWN ({1}): bring it back, or remove it for good with `kvnode removenode {0}`, \
+         then decommission"
+    )]
+    MemberDown(NodeId, &'static str),
 }
 
 /// Checks that this node may leave now and, if so, claims the leave: this
@@ -70,6 +85,16 @@ fn check(membership: &Membership) -> Result<(), DecommissionError> {
         return Err(DecommissionError::NotAvailable(state.as_str()));
     }
     let view = membership.view();
+    if let Some(m) = view
+        .members
+        .values()
+        .find(|m| !m.live && m.state != NodeState::Left)
+    {
+        return Err(DecommissionError::MemberDown(
+            m.id.clone(),
+            m.state.as_str(),
+        ));
+    }
     if let Some(m) = view
         .members
         .values()
@@ -109,17 +134,13 @@ pub async fn leave(
         let Some(incarnation) = view.members.get(&me).map(MemberInfo::incarnation) else {
             continue;
         };
-        let plan = plan(&ring, &shrunk, config.replication_factor);
-        let gainers: BTreeSet<&NodeId> = plan.moves().iter().flat_map(|m| m.gained()).collect();
-        let waiting: Vec<&NodeId> = gainers
-            .into_iter()
-            .filter(|id| {
-                !view
-                    .members
-                    .get(*id)
-                    .is_some_and(|m| m.pulled.contains(&incarnation))
-            })
-            .collect();
+        let waiting = waiting_for(
+            &view.members,
+            &ring,
+            &shrunk,
+            config.replication_factor,
+            &incarnation,
+        );
         if waiting.is_empty() {
             break;
         }
@@ -141,6 +162,7 @@ pub async fn leave(
         node_id: me.to_string(),
         tokens: None,
         available: false,
+        removed: false,
     };
     if let Err(e) = write_marker(&marker_path, &marker) {
         tracing::error!(error = %e, "cannot record the departure in the data dir");
@@ -151,7 +173,8 @@ pub async fn leave(
     stop.notify_one();
 }
 
-/// Every node's side: takes over the ranges of LEAVING members, once each.
+/// Every node's side: takes over the ranges of LEAVING and removed
+/// members, once each.
 pub async fn take_over(
     membership: Arc<Membership>,
     config: Arc<Config>,
@@ -165,52 +188,86 @@ pub async fn take_over(
             continue;
         }
         let view = membership.view();
-        let Some(leaver) = view
-            .members
-            .values()
-            .find(|m| m.live && m.state == NodeState::Leaving && m.id != me)
-            .cloned()
-        else {
+        let Some(departure) = next_departure(&view, &me) else {
             continue;
         };
-        let incarnation = leaver.incarnation();
-        if view
-            .members
-            .get(&me)
-            .is_some_and(|m| m.pulled.contains(&incarnation))
-        {
-            continue;
-        }
-        if !view.all_route_with(&leaver.id, NodeState::Leaving) {
-            continue;
-        }
-        let Some(ring) = view.ring.clone() else {
-            continue;
-        };
-        let Ok(shrunk) = ring.remove(&leaver.id) else {
-            continue;
-        };
-        let plan = plan(&ring, &shrunk, config.replication_factor);
-        let moves: Vec<_> = plan.incoming(&me).cloned().collect();
-        progress.plan(moves.iter().map(|m| m.range()));
-        tracing::info!(leaver = %leaver.id, ranges = moves.len(), "taking over a leaving node's ranges");
-        let jobs = moves
-            .iter()
-            .map(|m| {
-                let mut sources: Vec<MemberInfo> = std::iter::once(&leaver.id)
-                    .chain(m.from().iter().filter(|n| **n != leaver.id))
-                    .filter_map(|id| view.members.get(id))
-                    .filter(|s| s.id != me && s.state.in_ring())
-                    .cloned()
-                    .collect();
-                sources.sort_by_key(|s| !s.live);
-                (m.range(), sources)
-            })
-            .collect();
+        let jobs = plan_pulls(
+            &view.members,
+            &departure.before,
+            &departure.after,
+            config.replication_factor,
+            &me,
+            departure.excluded.as_ref(),
+        );
+        progress.plan(jobs.iter().map(|(range, _)| *range));
+        tracing::info!(
+            node = %departure.incarnation,
+            why = departure.why,
+            ranges = jobs.len(),
+            "taking over a departing node's ranges"
+        );
         let (entries, failed) = receiver.pull_all(jobs).await;
         if failed == 0 {
-            membership.mark_pulled(incarnation).await;
-            tracing::info!(leaver = %leaver.id, entries, "took over the leaving node's ranges");
+            membership.mark_pulled(departure.incarnation.clone()).await;
+            tracing::info!(node = %departure.incarnation, entries, "took over the departing node's ranges");
         }
     }
+}
+
+/// A member whose ranges move to the others without it joining in.
+struct Departure {
+    /// Its run, as listed under `pulled` once its ranges are taken over.
+    incarnation: String,
+    /// The ring with it.
+    before: Ring,
+    /// The ring without it.
+    after: Ring,
+    /// Never a source: a removed member.
+    excluded: Option<NodeId>,
+    /// For the log.
+    why: &'static str,
+}
+
+/// The first LEAVING or removed member whose ranges this node has not
+/// taken over yet, once every live member routes by its departure (the
+/// gate of [`stream`](super) on `seen`).
+fn next_departure(view: &ClusterView, me: &NodeId) -> Option<Departure> {
+    let ring = view.ring.as_ref()?;
+    let pulled = |incarnation: &str| {
+        view.members
+            .get(me)
+            .is_some_and(|m| m.pulled.iter().any(|p| p == incarnation))
+    };
+    let leaving = view
+        .members
+        .values()
+        .filter(|m| m.live && m.state == NodeState::Leaving && m.id != *me)
+        .filter(|m| !pulled(&m.incarnation()))
+        .filter(|m| view.all_route_with(&m.id, NodeState::Leaving))
+        .find_map(|m| {
+            Some(Departure {
+                incarnation: m.incarnation(),
+                before: ring.clone(),
+                after: ring.remove(&m.id).ok()?,
+                excluded: None,
+                why: "leaving",
+            })
+        });
+    let removed = || {
+        view.removed
+            .values()
+            .filter(|r| r.removal.id != *me && !pulled(&r.removal.incarnation()))
+            .filter(|r| view.all_route_without(&r.removal))
+            .find_map(|r| {
+                let (before, after) = r.rings(Some(ring))?;
+                Some(Departure {
+                    incarnation: r.removal.incarnation(),
+                    before,
+                    after,
+                    excluded: Some(r.removal.id.clone()),
+                    why: "removed",
+                })
+            })
+    };
+    leaving.or_else(removed)
 }

@@ -9,6 +9,7 @@
 //! - `bootstrap`: the joining node's sequence, and its proof below.
 //! - `cleanup`: old owners drop what they no longer replicate.
 //! - `handoff`: decommission, the same streams in reverse.
+//! - `plan`: which ranges a node pulls and from whom, for all of them.
 //!
 //! # Why nothing acknowledged is missing when a node turns AVAILABLE
 //!
@@ -44,6 +45,7 @@
 pub(crate) mod bootstrap;
 pub(crate) mod cleanup;
 pub(crate) mod handoff;
+pub(crate) mod plan;
 pub(crate) mod receiver;
 pub(crate) mod sender;
 

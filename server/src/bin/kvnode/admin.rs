@@ -1,11 +1,12 @@
-//! Operator commands: `kvnode decommission` and `kvnode cleanup` talk to a
-//! running node; `kvnode repair-engine` works on a stopped node's data dir.
+//! Operator commands: `kvnode decommission`, `kvnode removenode` and
+//! `kvnode cleanup` talk to a running node; `kvnode repair-engine` works on
+//! a stopped node's data dir.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH};
+use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
 
 /// Flags of `kvnode decommission` and `kvnode cleanup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,6 +20,16 @@ pub struct AdminArgs {
     /// Give up waiting for the node after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+}
+
+/// Flags of `kvnode removenode`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoveArgs {
+    /// Id of the DOWN member to remove.
+    pub id: String,
+    /// The node to ask (any live member) and how long to follow it.
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Why a command failed.
@@ -36,8 +47,8 @@ pub enum AdminError {
         /// Its explanation.
         body: String,
     },
-    /// The node was still up at the deadline.
-    #[error("node still running after {0:?}")]
+    /// The node had not finished (stopped, re-replicated) at the deadline.
+    #[error("not done after {0:?}")]
     Timeout(Duration),
     /// The engine could not be repaired (it is open elsewhere, say).
     #[error("repair: {0}")]
@@ -85,6 +96,58 @@ pub async fn decommission(args: AdminArgs) -> Result<(), AdminError> {
             println!("{:>6.1} s  {}", start.elapsed().as_secs_f64(), state);
             last = state;
         }
+    }
+    Err(AdminError::Timeout(deadline))
+}
+
+/// Asks a live node to remove a DOWN member for good, then follows the
+/// surviving replicas until every range the member held is re-replicated.
+pub async fn removenode(args: RemoveArgs) -> Result<(), AdminError> {
+    let path = format!("{REMOVENODE_PATH}/{}", args.id);
+    let (client, base) = post(&args.admin, &path).await?;
+    println!(
+        "{} is removed; its ranges re-replicate from the survivors",
+        args.id
+    );
+    let deadline = Duration::from_secs(args.admin.timeout_secs);
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < deadline {
+        let body = client
+            .get(format!("{base}/v1/cluster"))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let waiting = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|cluster| {
+                cluster
+                    .get("removed")?
+                    .as_array()?
+                    .iter()
+                    .find(|r| r.get("id").and_then(|i| i.as_str()) == Some(args.id.as_str()))?
+                    .get("waiting_for")
+                    .cloned()
+            });
+        if let Some(waiting) = waiting {
+            if waiting.as_array().is_some_and(Vec::is_empty) {
+                println!(
+                    "{}: every range re-replicated after {:.1} s",
+                    args.id,
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if last.as_ref() != Some(&waiting) {
+                println!(
+                    "{:>6.1} s  waiting for {waiting}",
+                    start.elapsed().as_secs_f64()
+                );
+                last = Some(waiting);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(AdminError::Timeout(deadline))
 }

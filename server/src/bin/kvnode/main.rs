@@ -5,7 +5,7 @@
 mod admin;
 mod demo;
 
-use admin::{AdminArgs, RepairArgs};
+use admin::{AdminArgs, RemoveArgs, RepairArgs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use demo::DemoArgs;
@@ -27,6 +27,9 @@ enum Command {
     Demo(DemoArgs),
     /// Make a running node hand its ranges over, leave the ring and stop.
     Decommission(AdminArgs),
+    /// Remove a DOWN member (or a dead joiner) from the ring for good, through
+    /// any live node; its surviving replicas re-replicate its ranges.
+    Removenode(RemoveArgs),
     /// Make a running node drop the items of ranges it no longer replicates
     /// (after checking that every view agrees and every replica is up).
     Cleanup(AdminArgs),
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Some(Command::Demo(args)) => Ok(demo::run(args).await?),
             Some(Command::Decommission(args)) => Ok(admin::decommission(args).await?),
+            Some(Command::Removenode(args)) => Ok(admin::removenode(args).await?),
             Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await?),
             Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args)?),
             None => {
