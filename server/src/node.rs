@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
@@ -102,6 +102,15 @@ pub enum NodeError {
     Serve(#[from] std::io::Error),
 }
 
+impl NodeError {
+    fn removed(config: &Config) -> Self {
+        Self::Removed {
+            node_id: config.node_id.clone(),
+            data_dir: config.data_dir.clone(),
+        }
+    }
+}
+
 /// Runs a node on `listener` until `shutdown` resolves, then stops accepting,
 /// drains in-flight requests, leaves gossip and flushes the engine.
 pub async fn run(
@@ -110,190 +119,258 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
-        path: config.data_dir.clone(),
-        reason: e.to_string(),
-    })?;
-    let marker_path = marker_path(&config);
-    let marker = read_marker(&marker_path, &config.node_id)?;
-    let removed = || NodeError::Removed {
-        node_id: config.node_id.clone(),
-        data_dir: config.data_dir.clone(),
-    };
-    if marker.as_ref().is_some_and(|m| m.removed) {
-        return Err(removed());
-    }
-    let engine_dir = config.data_dir.join("engine");
-    let storage = Storage::open(&engine_dir, config.tombstone_grace).map_err(|e| match e {
-        StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
-            NodeError::EngineDamaged {
-                dir: engine_dir.clone(),
-                data_dir: config.data_dir.clone(),
-                source,
+    let disk = DataDir::open(&config)?;
+    let node = Node::start(config, disk).await?;
+    node.serve(listener, shutdown).await;
+    node.stop().await
+}
+
+/// What the data dir holds at start: whose it is, the engine, and the
+/// state and tokens this run starts in.
+struct DataDir {
+    marker_path: PathBuf,
+    marker: Option<NodeMarker>,
+    storage: Storage,
+    initial: NodeState,
+    tokens: Vec<u64>,
+}
+
+impl DataDir {
+    /// Checks the data dir belongs to this node and was not removed from the
+    /// cluster, and opens the engine, refusing a damaged one.
+    fn open(config: &Config) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| NodeError::DataDir {
+            path: config.data_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        let marker_path = marker_path(config);
+        let marker = read_marker(&marker_path, &config.node_id)?;
+        if marker.as_ref().is_some_and(|m| m.removed) {
+            return Err(NodeError::removed(config));
+        }
+        let engine_dir = config.data_dir.join("engine");
+        let storage = Storage::open(&engine_dir, config.tombstone_grace).map_err(|e| match e {
+            StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
+                NodeError::EngineDamaged {
+                    dir: engine_dir.clone(),
+                    data_dir: config.data_dir.clone(),
+                    source,
+                }
             }
-        }
-        other => NodeError::Storage(other),
-    })?;
-    let alone = config.other_seeds().next().is_none();
-    let derived = || Member::derived(config.node_id.as_str(), config.vnodes).tokens;
-    let (initial, tokens) = match &marker {
-        Some(m) if m.available => (
-            NodeState::Available,
-            m.tokens.clone().unwrap_or_else(derived),
-        ),
-        Some(m) => (NodeState::Joining, m.tokens.clone().unwrap_or_else(derived)),
-        None if alone => (NodeState::Available, derived()),
-        None => (NodeState::Joining, derived()),
-    };
-    let progress = Arc::new(Progress::default());
-    let metrics = Arc::new(Metrics::new().with_sources(
-        {
-            let storage = storage.clone();
-            move || storage.stats()
-        },
-        {
-            let progress = progress.clone();
-            move || progress.counts()
-        },
-    ));
-    let membership = Membership::start(&config, initial, tokens.clone(), metrics.gossip()).await?;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    if initial == NodeState::Available {
-        write_marker(
-            &marker_path,
-            &NodeMarker {
-                node_id: config.node_id.clone(),
-                tokens: Some(tokens),
-                available: true,
-                removed: false,
-            },
-        )?;
-    }
-    let hlc = Arc::new(Hlc::for_node(&config, metrics.hlc_remote_ahead()));
-    let tasks = Tasks::new(metrics.clone());
-    let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
-        config.secret.clone(),
-        config.replica_timeout,
-        // Every node is assumed to run the same edges: half of the shorter
-        // of the two limits after which a node closes an idle connection.
-        config
-            .edges
-            .header_read_timeout
-            .min(config.edges.idle_timeout)
-            / 2,
-    )?);
-    let receiver = Receiver::new(
-        storage.clone(),
-        peer.clone(),
-        (metrics.clone(), progress.clone(), hlc.clone()),
-    );
-    if initial != NodeState::Available {
-        let bootstrap = Bootstrap {
-            membership: membership.clone(),
-            config: config.clone(),
-            receiver: receiver.clone(),
-            progress: progress.clone(),
-            marker_path: marker_path.clone(),
-            recorded_tokens: marker.and_then(|m| m.tokens),
+            other => NodeError::Storage(other),
+        })?;
+        let alone = config.other_seeds().next().is_none();
+        let derived = || Member::derived(config.node_id.as_str(), config.vnodes).tokens;
+        let (initial, tokens) = match &marker {
+            Some(m) if m.available => (
+                NodeState::Available,
+                m.tokens.clone().unwrap_or_else(derived),
+            ),
+            Some(m) => (NodeState::Joining, m.tokens.clone().unwrap_or_else(derived)),
+            None if alone => (NodeState::Available, derived()),
+            None => (NodeState::Joining, derived()),
         };
-        tasks.spawn("bootstrap", bootstrap.run());
+        Ok(Self {
+            marker_path,
+            marker,
+            storage,
+            initial,
+            tokens,
+        })
     }
-    tasks.spawn(
-        "take_over",
-        handoff::take_over(
-            membership.clone(),
-            config.clone(),
-            receiver,
-            progress.clone(),
-        ),
-    );
-    let cleaner = Cleaner::new(
-        membership.clone(),
-        storage.clone(),
-        config.clone(),
-        metrics.clone(),
-    );
-    tasks.spawn("cleanup", cleaner.clone().run_auto());
-    tasks.spawn(
-        "fence",
-        stop_if_removed(
-            membership.clone(),
-            marker_path.clone(),
-            stop.clone(),
-            config.gossip_interval,
-        ),
-    );
-    tasks.spawn(
-        "health",
-        publish_health(membership.clone(), storage.clone(), config.gossip_interval),
-    );
-    let coordinator = Coordinator::new(CoordinatorParts {
-        storage: storage.clone(),
-        routing: membership.routing(),
-        hlc: hlc.clone(),
-        rf: config.replication_factor,
-        peer,
-        metrics: metrics.clone(),
-        max_background_calls: config.max_background_replica_calls,
-    });
-    let state = AppState {
-        coordinator: coordinator.clone(),
-        membership: membership.clone(),
-        storage: storage.clone(),
-        hlc,
-        metrics,
-        in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-        body_budget: Arc::new(BodyBudget::new(config.edges.max_inflight_body_bytes)),
-        config: config.clone(),
-        progress,
-        cleaner,
-        tasks: tasks.clone(),
-        stop: stop.clone(),
-    };
-    tracing::info!(
-        node = %config.node_id,
-        http = %config.advertise,
-        gossip = %config.gossip_advertise,
-        data_dir = %config.data_dir.display(),
-        state = initial.as_str(),
-        "kvnode serving"
-    );
-    // Stops on the caller's signal, or once a decommission is done.
-    let stopping = async move {
-        tokio::select! {
-            () = shutdown => {}
-            () = stop.notified() => {}
+}
+
+/// A started node: what serving and stopping need.
+struct Node {
+    config: Arc<Config>,
+    state: AppState,
+    marker_path: PathBuf,
+    stop: Arc<Notify>,
+}
+
+impl Node {
+    /// Starts gossip, the node's tasks and its coordinator.
+    async fn start(config: Arc<Config>, disk: DataDir) -> Result<Self, NodeError> {
+        let DataDir {
+            marker_path,
+            marker,
+            storage,
+            initial,
+            tokens,
+        } = disk;
+        let progress = Arc::new(Progress::default());
+        let metrics = Arc::new(Metrics::new().with_sources(
+            {
+                let storage = storage.clone();
+                move || storage.stats()
+            },
+            {
+                let progress = progress.clone();
+                move || progress.counts()
+            },
+        ));
+        let membership =
+            Membership::start(&config, initial, tokens.clone(), metrics.gossip()).await?;
+        if initial == NodeState::Available {
+            write_marker(
+                &marker_path,
+                &NodeMarker {
+                    node_id: config.node_id.clone(),
+                    tokens: Some(tokens),
+                    available: true,
+                    removed: false,
+                },
+            )?;
         }
-    };
-    let fd_limit = listener::raise_fd_limit();
-    let limits = ServeLimits {
-        max_connections: config.edges.max_connections.unwrap_or_else(|| {
-            listener::default_max_connections(fd_limit, config.replication_factor.get())
-        }),
-        header_read_timeout: config.edges.header_read_timeout,
-        idle_timeout: config.edges.idle_timeout,
-    };
-    tracing::info!(
-        fd_limit,
-        max_connections = limits.max_connections,
-        max_inflight_body_bytes = config.edges.max_inflight_body_bytes,
-        "http limits"
-    );
-    listener::serve(listener, api::router(state), limits, stopping).await;
-    tracing::info!("http drained; stopping tasks, leaving gossip and flushing the engine");
-    // Tail writes first: their local applies must land before the flush.
-    coordinator.shutdown(TASK_SHUTDOWN).await;
-    tasks.shutdown(TASK_SHUTDOWN).await;
-    membership.shutdown().await;
-    let flushed = tokio::task::spawn_blocking(move || storage.flush())
-        .await
-        .map_err(|e| NodeError::Serve(std::io::Error::other(e)))?;
-    flushed?;
-    tracing::info!("stopped");
-    if read_marker(&marker_path, &config.node_id)?.is_some_and(|m| m.removed) {
-        return Err(removed());
+        let hlc = Arc::new(Hlc::for_node(&config, metrics.hlc_remote_ahead()));
+        let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
+            config.secret.clone(),
+            config.replica_timeout,
+            // Every node is assumed to run the same edges: half of the shorter
+            // of the two limits after which a node closes an idle connection.
+            config
+                .edges
+                .header_read_timeout
+                .min(config.edges.idle_timeout)
+                / 2,
+        )?);
+        let stop = Arc::new(Notify::new());
+        let tasks = Tasks::new(metrics.clone());
+        let receiver = Receiver::new(
+            storage.clone(),
+            peer.clone(),
+            (metrics.clone(), progress.clone(), hlc.clone()),
+        );
+        if initial != NodeState::Available {
+            let bootstrap = Bootstrap {
+                membership: membership.clone(),
+                config: config.clone(),
+                receiver: receiver.clone(),
+                progress: progress.clone(),
+                marker_path: marker_path.clone(),
+                recorded_tokens: marker.and_then(|m| m.tokens),
+            };
+            tasks.spawn("bootstrap", bootstrap.run());
+        }
+        tasks.spawn(
+            "take_over",
+            handoff::take_over(
+                membership.clone(),
+                config.clone(),
+                receiver,
+                progress.clone(),
+            ),
+        );
+        let cleaner = Cleaner::new(
+            membership.clone(),
+            storage.clone(),
+            config.clone(),
+            metrics.clone(),
+        );
+        tasks.spawn("cleanup", cleaner.clone().run_auto());
+        tasks.spawn(
+            "fence",
+            stop_if_removed(
+                membership.clone(),
+                marker_path.clone(),
+                stop.clone(),
+                config.gossip_interval,
+            ),
+        );
+        tasks.spawn(
+            "health",
+            publish_health(membership.clone(), storage.clone(), config.gossip_interval),
+        );
+        let coordinator = Coordinator::new(CoordinatorParts {
+            storage: storage.clone(),
+            routing: membership.routing(),
+            hlc: hlc.clone(),
+            rf: config.replication_factor,
+            peer,
+            metrics: metrics.clone(),
+            max_background_calls: config.max_background_replica_calls,
+        });
+        tracing::info!(
+            node = %config.node_id,
+            http = %config.advertise,
+            gossip = %config.gossip_advertise,
+            data_dir = %config.data_dir.display(),
+            state = initial.as_str(),
+            "kvnode serving"
+        );
+        let state = AppState {
+            coordinator,
+            membership,
+            storage,
+            hlc,
+            metrics,
+            in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            body_budget: Arc::new(BodyBudget::new(config.edges.max_inflight_body_bytes)),
+            config: config.clone(),
+            progress,
+            cleaner,
+            tasks,
+            stop: stop.clone(),
+        };
+        Ok(Self {
+            config,
+            state,
+            marker_path,
+            stop,
+        })
     }
-    Ok(())
+
+    /// Serves HTTP within the configured edges until `shutdown` resolves or
+    /// a decommission or a removal stops the node, then drains.
+    async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let edges = &self.config.edges;
+        let fd_limit = listener::raise_fd_limit();
+        let limits = ServeLimits {
+            max_connections: edges.max_connections.unwrap_or_else(|| {
+                listener::default_max_connections(fd_limit, self.config.replication_factor.get())
+            }),
+            header_read_timeout: edges.header_read_timeout,
+            idle_timeout: edges.idle_timeout,
+        };
+        tracing::info!(
+            fd_limit,
+            max_connections = limits.max_connections,
+            max_inflight_body_bytes = edges.max_inflight_body_bytes,
+            "http limits"
+        );
+        let stop = self.stop.clone();
+        let stopping = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.notified() => {}
+            }
+        };
+        listener::serve(listener, api::router(self.state.clone()), limits, stopping).await;
+    }
+
+    /// Stops, in order: the coordinator's tail calls (their local applies
+    /// must land before the flush), the tasks, gossip, then flushes the
+    /// engine. A node stopped by its removal says so in its result.
+    async fn stop(self) -> Result<(), NodeError> {
+        tracing::info!("http drained; stopping tasks, leaving gossip and flushing the engine");
+        let state = self.state;
+        state.coordinator.shutdown(TASK_SHUTDOWN).await;
+        state.tasks.shutdown(TASK_SHUTDOWN).await;
+        state.membership.shutdown().await;
+        let storage = state.storage;
+        tokio::task::spawn_blocking(move || storage.flush())
+            .await
+            .map_err(|e| NodeError::Serve(std::io::Error::other(e)))??;
+        tracing::info!("stopped");
+        if read_marker(&self.marker_path, &self.config.node_id)?.is_some_and(|m| m.removed) {
+            return Err(NodeError::removed(&self.config));
+        }
+        Ok(())
+    }
 }
 
 /// Watches for this node's own removal ([`removal`](crate::removal)): once
@@ -302,7 +379,7 @@ pub async fn run(
 async fn stop_if_removed(
     membership: Arc<Membership>,
     marker_path: PathBuf,
-    stop: Arc<tokio::sync::Notify>,
+    stop: Arc<Notify>,
     every: std::time::Duration,
 ) {
     let me = membership.self_id().clone();
