@@ -66,8 +66,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::config::Config;
-
 /// Bits of the node tag, the lowest of a version.
 const TAG_BITS: u32 = 8;
 /// Bits of the logical counter, above the tag.
@@ -143,18 +141,9 @@ pub struct Hlc {
 }
 
 impl Hlc {
-    /// The clock of the node `config` describes; versions folded in that
-    /// run too far ahead are counted on `ahead`.
-    pub(crate) fn for_node(config: &Config, ahead: Counter) -> Self {
-        Self::build(
-            config.node_tag,
-            WallClock::skewed(config.clock_skew_ms),
-            config.max_clock_offset,
-            ahead,
-        )
-    }
-
-    fn build(tag: u8, clock: WallClock, max_offset: Duration, ahead: Counter) -> Self {
+    /// The clock of a node of `tag` reading `clock`; versions folded in
+    /// that run more than `max_offset` ahead of it are counted on `ahead`.
+    pub(crate) fn build(tag: u8, clock: WallClock, max_offset: Duration, ahead: Counter) -> Self {
         Self {
             last: AtomicU64::new(0),
             tag,
@@ -276,7 +265,7 @@ impl Hlc {
         Self::build(
             tag,
             WallClock::default(),
-            Duration::from_millis(crate::config::defaults::MAX_CLOCK_OFFSET_MS),
+            Duration::from_millis(500),
             Counter::default(),
         )
     }

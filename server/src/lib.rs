@@ -49,11 +49,11 @@ mod membership;
 mod metrics;
 mod node;
 pub mod peer;
-mod removal;
 mod routing;
 pub mod storage;
 pub mod stream;
 mod tasks;
+mod view;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
 pub use api::router;

@@ -30,7 +30,7 @@ use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorParts};
-use crate::hlc::Hlc;
+use crate::hlc::{Hlc, WallClock};
 use crate::listener::{self, ServeLimits};
 use crate::marker::{marker_path, read_marker, write_marker, MarkerError, NodeMarker};
 use crate::membership::{Membership, MembershipError, NodeState};
@@ -222,7 +222,12 @@ impl Node {
                 },
             )?;
         }
-        let hlc = Arc::new(Hlc::for_node(&config, metrics.hlc_remote_ahead()));
+        let hlc = Arc::new(Hlc::build(
+            config.node_tag,
+            WallClock::skewed(config.clock_skew_ms),
+            config.max_clock_offset,
+            metrics.hlc_remote_ahead(),
+        ));
         let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
             config.secret.clone(),
             config.replica_timeout,
@@ -373,7 +378,7 @@ impl Node {
     }
 }
 
-/// Watches for this node's own removal ([`removal`](crate::removal)): once
+/// Watches for this node's own removal ([`removal`](crate::view::removal)): once
 /// a verified removal fences it, it records that in `node.json`, so that it
 /// never starts from this data dir again, and stops the node.
 async fn stop_if_removed(

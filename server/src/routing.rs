@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use strata_ring::NodeId;
 use tokio::sync::watch;
 
-use crate::membership::ClusterView;
+use crate::view::ClusterView;
 
 /// The view requests route by, and the writes in flight under each view.
 #[derive(Debug)]

@@ -8,7 +8,7 @@
 //! `POST /admin/v1/compact` (behind the secret: this node compacts its
 //! whole engine, purging the tombstones past the grace; 200 once done).
 //! `POST /admin/v1/removenode/{id}` (behind the secret: the cluster removes
-//! the DOWN member `id` for good, see [`removal`](crate::removal); 202, or
+//! the DOWN member `id` for good, see [`removal`](crate::view::removal); 202, or
 //! 409 with the reason).
 
 use axum::extract::{Path, State};

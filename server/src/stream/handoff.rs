@@ -19,7 +19,7 @@
 //! the replica that gives ranges up.
 //!
 //! [`take_over`] also takes over the ranges of a member removed for good
-//! ([`removal`](crate::removal)): the same pulls, gated the same way on
+//! ([`removal`](crate::view::removal)): the same pulls, gated the same way on
 //! `seen`, with the removed member never a source.
 //!
 //! A decommission needs every member up: a DOWN member cannot take its

@@ -64,7 +64,7 @@ use std::fmt;
 
 use strata_ring::{Member, NodeId, Ring};
 
-use crate::membership::{ClusterView, MemberInfo, NodeState};
+use super::{ClusterView, MemberInfo, NodeState};
 
 /// One removed incarnation, as published under `removed`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
