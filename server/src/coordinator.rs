@@ -5,8 +5,10 @@
 //!
 //! - **Writes** go to every replica that is up; the answer comes after
 //!   [`Consistency::required`] acks, and the other calls finish in the
-//!   background. A replica that is down is skipped (there are no hints: it
-//!   catches up through read repair and, later, repair streaming).
+//!   background. A replica that is down is skipped, and one whose call
+//!   fails or times out is only counted; either way it missed the write, so
+//!   it gets a hint ([`hints`](crate::hints)), delivered once it is up
+//!   again. A hint never counts toward the level.
 //! - **Reads** ask only as many replicas as the level needs, this node first
 //!   when it is one, and ask the next replica when one fails. The newest
 //!   record wins ([`Record::supersedes`]); replicas that answered with an
@@ -30,6 +32,7 @@ use axum::body::Bytes;
 use strata_ring::ReplicationFactor;
 use tokio::sync::mpsc;
 
+use crate::hints::Hints;
 use crate::hlc::Hlc;
 use crate::membership::{MemberInfo, Membership, NodeState};
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
@@ -109,6 +112,7 @@ struct Inner {
     hlc: Arc<Hlc>,
     rf: ReplicationFactor,
     metrics: Arc<Metrics>,
+    hints: Hints,
 }
 
 /// The pieces a coordinator works with.
@@ -125,6 +129,8 @@ pub struct CoordinatorParts {
     pub peer: Arc<dyn Peer>,
     /// Replica call counters.
     pub metrics: Arc<Metrics>,
+    /// Where writes that a replica missed are kept for it.
+    pub hints: Hints,
 }
 
 impl Coordinator {
@@ -138,6 +144,7 @@ impl Coordinator {
                 hlc: parts.hlc,
                 rf: parts.rf,
                 metrics: parts.metrics,
+                hints: parts.hints,
             }),
         }
     }
@@ -163,12 +170,12 @@ impl Coordinator {
         // needed, so an acknowledged write reaches the level's count among
         // the replicas of the ring after the move as well as before it.
         let needed = consistency.required(replicas.len()) + pending.len();
-        let up: Vec<MemberInfo> = replicas
+        let (up, down): (Vec<_>, Vec<_>) = replicas
             .iter()
-            .filter(|m| m.serving())
-            .chain(pending.iter().filter(|m| m.live))
-            .map(|m| (*m).clone())
-            .collect();
+            .map(|m| (*m, m.serving()))
+            .chain(pending.iter().map(|m| (*m, m.live)))
+            .partition(|(_, up)| *up);
+        let up: Vec<MemberInfo> = up.into_iter().map(|(m, _)| m.clone()).collect();
         if up.len() < needed {
             return Err(CoordinatorError::Unavailable {
                 needed,
@@ -192,11 +199,18 @@ impl Coordinator {
             // Spawned, not joined: the calls past the required acks must
             // still complete after the client has its answer.
             tokio::spawn(async move {
-                let ok = this.apply_on(&member, body, ReplicaOp::apply).await;
+                let ok = this.apply_on(&member, body.clone(), ReplicaOp::apply).await;
                 let _ = tx.send(ok).await;
+                if !ok && member.id != *this.inner.membership.self_id() {
+                    this.inner.hints.hint(&member.id, body).await;
+                }
             });
         }
         drop(tx);
+        // Stored while the replica calls are out, not before them.
+        for (member, _) in down {
+            self.inner.hints.hint(&member.id, body.clone()).await;
+        }
         let (mut acks, mut failures) = (0, 0);
         while let Some(ok) = rx.recv().await {
             if ok {

@@ -30,6 +30,7 @@
 //! cluster secret), [`config`], `metrics`, `node` (startup and
 //! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
 //! (calls to other nodes and their wire formats), `marker` (`node.json`),
+//! `hints` (hinted handoff), `throttle` (the background byte budget),
 //! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
 //! binary's subcommands (`demo`, `decommission`, `cleanup`, `repair-engine`)
 //! live with it, in `src/bin/kvnode/`.
@@ -39,6 +40,7 @@ pub mod auth;
 pub mod config;
 mod coordinator;
 pub mod gossip_transport;
+mod hints;
 mod hlc;
 mod listener;
 mod marker;
@@ -49,6 +51,7 @@ pub mod peer;
 pub mod storage;
 pub mod stream;
 mod tasks;
+mod throttle;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
 pub use api::router;
