@@ -280,3 +280,137 @@ async fn hand_one(
     }
     all
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+    use parking_lot::Mutex;
+    use strata_ring::TokenRange;
+
+    use super::*;
+    use crate::config::HintLimits;
+    use crate::metrics::HintMetrics;
+    use crate::peer::wire::encode_apply;
+    use crate::peer::{Chunks, Endpoint, PeerError};
+    use crate::storage::Record;
+
+    /// Applies nothing; remembers who was sent what, and refuses `refuse`.
+    #[derive(Default)]
+    struct FakePeer {
+        applied: Mutex<Vec<(NodeId, Bytes)>>,
+        refuse: Option<NodeId>,
+    }
+
+    #[async_trait]
+    impl Peer for FakePeer {
+        async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+            if self.refuse.as_ref() == Some(to.id) {
+                return Err(PeerError::Refused { status: 503 });
+            }
+            self.applied.lock().push((to.id.clone(), body));
+            Ok(())
+        }
+
+        async fn read(&self, _: Endpoint<'_>, _: Bytes) -> Result<Option<Record>, PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+
+        async fn stream(
+            &self,
+            _: Endpoint<'_>,
+            _: TokenRange,
+            _: Option<&[u8]>,
+        ) -> Result<Box<dyn Chunks>, PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+    }
+
+    /// `a` (this node) and `b` up, `c` down, `gone` LEFT; RF 3 puts every
+    /// key on a, b and c.
+    fn view() -> Arc<ClusterView> {
+        let mut members = BTreeMap::new();
+        for (id, state, live) in [
+            ("a", NodeState::Available, true),
+            ("b", NodeState::Available, true),
+            ("c", NodeState::Available, false),
+            ("gone", NodeState::Left, false),
+        ] {
+            let mut m = MemberInfo::for_test(id, state, 1);
+            m.live = live;
+            members.insert(m.id.clone(), m);
+        }
+        Arc::new(ClusterView::build(NodeId::from("a"), members, 1))
+    }
+
+    fn hints(dir: &std::path::Path) -> Hints {
+        let limits = HintLimits {
+            max_bytes_per_node: u64::MAX,
+            window: Duration::from_secs(3600),
+        };
+        Hints::open(dir, limits, HintMetrics::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_left_targets_hint_goes_to_the_keys_replicas_and_is_hinted_for_the_down_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = hints(dir.path());
+        let peer = Arc::new(FakePeer::default());
+        let body = encode_apply(b"k", &Record::value(7, b"v".to_vec()));
+        let rf = ReplicationFactor::new(3).unwrap();
+        assert!(hand_one(peer.clone(), hints.clone(), view(), rf, body.clone()).await);
+        let mut to: Vec<NodeId> = peer
+            .applied
+            .lock()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        to.sort();
+        assert_eq!(to, [NodeId::from("a"), NodeId::from("b")]);
+        assert!(peer.applied.lock().iter().all(|(_, b)| *b == body));
+        let pending = hints.pending();
+        assert_eq!(pending.keys().collect::<Vec<_>>(), [&NodeId::from("c")]);
+        assert_eq!(pending[&NodeId::from("c")].hints, 1);
+
+        // A replica that refuses keeps the hint where it is.
+        let refusing = Arc::new(FakePeer {
+            refuse: Some(NodeId::from("b")),
+            ..FakePeer::default()
+        });
+        assert!(!hand_one(refusing, hints, view(), rf, body).await);
+    }
+
+    #[test]
+    fn targets_are_delivered_to_when_up_handed_off_when_gone_and_kept_otherwise() {
+        let view = view();
+        let mut absent = HashMap::new();
+        let now = Instant::now();
+        let fate_of = |id: &str, absent: &mut HashMap<NodeId, Instant>, at: Instant| match fate(
+            &view,
+            &NodeId::from(id),
+            absent,
+            at,
+        ) {
+            Fate::Deliver(m) => format!("deliver to {}", m.id),
+            Fate::HandOff => "hand off".to_owned(),
+            Fate::Wait => "wait".to_owned(),
+        };
+        assert_eq!(fate_of("b", &mut absent, now), "deliver to b");
+        assert_eq!(fate_of("c", &mut absent, now), "wait");
+        assert_eq!(fate_of("gone", &mut absent, now), "hand off");
+        // Not in the view: it may not have been heard of yet, so its hints
+        // wait out the grace before they move.
+        assert_eq!(fate_of("removed", &mut absent, now), "wait");
+        assert_eq!(
+            fate_of("removed", &mut absent, now + ABSENT_GRACE / 2),
+            "wait"
+        );
+        assert_eq!(
+            fate_of("removed", &mut absent, now + ABSENT_GRACE),
+            "hand off"
+        );
+    }
+}
