@@ -227,8 +227,9 @@ pub struct Settings {
     /// expire, in ms; 0 turns hinted handoff off [default: 10800000, 3 h].
     #[arg(long, env = "KVNODE_MAX_HINT_WINDOW_MS")]
     pub max_hint_window_ms: Option<u64>,
-    /// Bytes per second that all background work (hint replay, repair,
-    /// streaming) may take together; 0 for unlimited [default: 64 MiB].
+    /// Bytes per second that background work may take, all kinds together
+    /// (hint replay; repair and streaming are to share it); 0 for unlimited
+    /// [default: 64 MiB].
     #[arg(long, env = "KVNODE_BACKGROUND_BYTES_PER_SEC")]
     pub background_bytes_per_sec: Option<u64>,
 }
