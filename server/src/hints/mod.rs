@@ -81,10 +81,16 @@ impl Hints {
         self.store.pending()
     }
 
-    /// Up to `max` of `target`'s oldest live hints (expiring the old ones).
-    async fn oldest(&self, target: &NodeId, max: usize) -> Result<Vec<Hint>, HintError> {
+    /// Up to `max` of `target`'s oldest live hints past `after`, expiring
+    /// the old ones ([`HintStore::oldest`]).
+    async fn oldest(
+        &self,
+        target: &NodeId,
+        after: Option<Vec<u8>>,
+        max: usize,
+    ) -> Result<Vec<Hint>, HintError> {
         let target = target.clone();
-        self.blocking(move |store| store.oldest(&target, max, now_ms()))
+        self.blocking(move |store| store.oldest(&target, after.as_deref(), max, now_ms()))
             .await
     }
 

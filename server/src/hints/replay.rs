@@ -110,7 +110,7 @@ impl Replay {
                 let turn = match fate(&view, &target, &mut absent_since, now) {
                     Fate::Deliver(member) => self.deliver(&target, member).await,
                     Fate::HandOff => self.hand_off(&target, &view).await,
-                    Fate::Wait => match self.hints.oldest(&target, 0).await {
+                    Fate::Wait => match self.hints.oldest(&target, None, 0).await {
                         Ok(_) => Ok(()),
                         Err(e) => Err(e.into()),
                     },
@@ -132,49 +132,52 @@ impl Replay {
 
     /// Delivers `target`'s hints to it until none are left or one fails.
     async fn deliver(&self, target: &NodeId, member: &MemberInfo) -> Result<(), TurnError> {
-        let mut delivered = 0usize;
-        loop {
-            let batch = self.hints.oldest(target, BATCH).await?;
-            if batch.is_empty() {
-                if delivered > 0 {
-                    tracing::info!(target = %target, delivered, "hints delivered");
-                }
-                return Ok(());
-            }
-            let (peer, member) = (self.peer.clone(), Arc::new(member.clone()));
-            let (acked, batch_len) = self
-                .send_all(batch, move |body| {
-                    let (peer, member) = (peer.clone(), member.clone());
-                    async move { peer.apply(member.endpoint(), body).await.is_ok() }
-                })
-                .await;
-            let undelivered = batch_len - acked.len();
-            delivered += acked.len();
-            self.hints.delivered(target, acked).await?;
-            if undelivered > 0 {
-                return Err(TurnError::Undelivered {
-                    undelivered,
-                    batch: batch_len,
-                });
-            }
+        let (peer, member) = (self.peer.clone(), Arc::new(member.clone()));
+        let delivered = self
+            .drain(target, move |body| {
+                let (peer, member) = (peer.clone(), member.clone());
+                async move { peer.apply(member.endpoint(), body).await.is_ok() }
+            })
+            .await?;
+        if delivered > 0 {
+            tracing::info!(target = %target, delivered, "hints delivered");
         }
+        Ok(())
     }
 
     /// Hands `target`'s hints to each key's current replicas.
     async fn hand_off(&self, target: &NodeId, view: &Arc<ClusterView>) -> Result<(), TurnError> {
+        let (peer, hints, view, rf) =
+            (self.peer.clone(), self.hints.clone(), view.clone(), self.rf);
+        let handed = self
+            .drain(target, move |body| {
+                hand_one(peer.clone(), hints.clone(), view.clone(), rf, body)
+            })
+            .await?;
+        if handed > 0 {
+            tracing::info!(target = %target, handed, "hints of a node gone from the ring handed to the keys' replicas");
+        }
+        Ok(())
+    }
+
+    /// Sends `target`'s hints through `send`, batch after batch, deleting
+    /// each acknowledged one, until none are left or one fails; how many
+    /// went.
+    async fn drain<F, Fut>(&self, target: &NodeId, send: F) -> Result<usize, TurnError>
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        let (mut sent, mut after) = (0, None);
         loop {
-            let batch = self.hints.oldest(target, BATCH).await?;
+            let batch = self.hints.oldest(target, after.take(), BATCH).await?;
             if batch.is_empty() {
-                return Ok(());
+                return Ok(sent);
             }
-            let (peer, hints, view, rf) =
-                (self.peer.clone(), self.hints.clone(), view.clone(), self.rf);
-            let (acked, batch_len) = self
-                .send_all(batch, move |body| {
-                    hand_one(peer.clone(), hints.clone(), view.clone(), rf, body)
-                })
-                .await;
+            let (acked, batch_len) = self.send_all(batch, &send).await;
             let undelivered = batch_len - acked.len();
+            sent += acked.len();
+            after = acked.iter().map(|h| h.key.clone()).max();
             self.hints.delivered(target, acked).await?;
             if undelivered > 0 {
                 return Err(TurnError::Undelivered {
@@ -188,7 +191,7 @@ impl Replay {
     /// Sends each of `batch` through `send`, up to [`IN_FLIGHT`] at once,
     /// each paid for from the throttle; stops starting new ones after the
     /// first failure. The hints acknowledged, and the batch's length.
-    async fn send_all<F, Fut>(&self, batch: Vec<Hint>, send: F) -> (Vec<Hint>, usize)
+    async fn send_all<F, Fut>(&self, batch: Vec<Hint>, send: &F) -> (Vec<Hint>, usize)
     where
         F: Fn(Bytes) -> Fut,
         Fut: Future<Output = bool> + Send + 'static,
