@@ -8,7 +8,8 @@
 //!   again after a back-off): a target that just went down again costs a
 //!   few calls, not a batch of timeouts;
 //! - **hands them off** when the target left the ring (published LEFT, or
-//!   gone from the view for [`ABSENT_GRACE`]): each hint goes to the key's
+//!   gone from the view for [`ABSENT_GRACE`] while this node hears from
+//!   other members): each hint goes to the key's
 //!   current replicas, pending ones included, and is hinted again for those
 //!   of them that are down. Apply is last-writer-wins, so a replica that
 //!   already holds the write, or a newer one, is unchanged;
@@ -247,7 +248,13 @@ fn fate<'a>(
         Some(_) => Fate::Wait,
         None => {
             let since = *absent_since.entry(target.clone()).or_insert(now);
-            if view.ring.is_some() && now.duration_since(since) >= ABSENT_GRACE {
+            // A node that hears from no one else knows nothing about who
+            // left: it may be the one cut off.
+            let hears_others = view
+                .members
+                .values()
+                .any(|m| m.live && m.id != view.self_id);
+            if hears_others && now.duration_since(since) >= ABSENT_GRACE {
                 Fate::HandOff
             } else {
                 Fate::Wait
@@ -418,5 +425,22 @@ mod tests {
             fate_of("removed", &mut absent, now + ABSENT_GRACE),
             "hand off"
         );
+        // Unless this node hears from no other member.
+        let mut alone = BTreeMap::new();
+        let me = MemberInfo::for_test("a", NodeState::Available, 1);
+        alone.insert(me.id.clone(), me);
+        let mut b = MemberInfo::for_test("b", NodeState::Available, 1);
+        b.live = false;
+        alone.insert(b.id.clone(), b);
+        let alone = ClusterView::build(NodeId::from("a"), alone, 2);
+        assert!(matches!(
+            fate(
+                &alone,
+                &NodeId::from("removed"),
+                &mut absent,
+                now + ABSENT_GRACE
+            ),
+            Fate::Wait
+        ));
     }
 }
