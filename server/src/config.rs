@@ -132,6 +132,20 @@ pub mod defaults {
     /// limit is derived from the descriptor limit: the engine's WAL,
     /// MANIFEST and the tables being written, gossip, streaming, logs.
     pub const FD_RESERVE: u64 = 256;
+
+    // Self-healing (issue 14).
+
+    /// Hints pending per target: a node down for the whole window under a
+    /// few hundred writes a second of small values fits, and a node's disk
+    /// is not filled by the hints for one dead peer.
+    pub const MAX_HINT_BYTES_PER_NODE: u64 = 256 << 20;
+    /// Cassandra's `max_hint_window`: a node down longer than three hours
+    /// has missed too much for hints, and catches up by repair.
+    pub const MAX_HINT_WINDOW_MS: u64 = 3 * 3_600_000;
+    /// Background work together (hint replay, repair, streaming): a few
+    /// percent of a disk's or a 10 GbE link's bandwidth, so foreground
+    /// requests keep their latency.
+    pub const BACKGROUND_BYTES_PER_SEC: u64 = 64 << 20;
 }
 
 /// Every setting of a node, all optional: the flags (each also a `KVNODE_*`
@@ -265,6 +279,19 @@ pub struct Settings {
         allow_hyphen_values = true
     )]
     pub clock_skew_ms: Option<i64>,
+    /// Bytes of hints kept for one node that missed writes; past it, new
+    /// hints for it are dropped [default: 256 MiB].
+    #[arg(long, env = "KVNODE_MAX_HINT_BYTES_PER_NODE")]
+    pub max_hint_bytes_per_node: Option<u64>,
+    /// No hints for a node down longer than this, and hints older than this
+    /// expire, in ms; 0 turns hinted handoff off [default: 10800000, 3 h].
+    #[arg(long, env = "KVNODE_MAX_HINT_WINDOW_MS")]
+    pub max_hint_window_ms: Option<u64>,
+    /// Bytes per second that background work may take, all kinds together
+    /// (hint replay; repair and streaming are to share it); 0 for unlimited
+    /// [default: 64 MiB].
+    #[arg(long, env = "KVNODE_BACKGROUND_BYTES_PER_SEC")]
+    pub background_bytes_per_sec: Option<u64>,
 }
 
 /// Lays `$high` over `$low`, field by field. The struct literal names every
@@ -313,7 +340,10 @@ impl Settings {
         max_connections,
         node_tag,
         max_clock_offset_ms,
-        clock_skew_ms
+        clock_skew_ms,
+        max_hint_bytes_per_node,
+        max_hint_window_ms,
+        background_bytes_per_sec
         )
     }
 }
@@ -442,6 +472,31 @@ pub struct Config {
     pub max_clock_offset: Duration,
     /// Shift of this node's wall clock, in ms: 0 but in tests.
     pub clock_skew_ms: i64,
+    /// The bounds of hinted handoff.
+    pub hints: HintLimits,
+    /// Bytes per second of all background work together; 0 is unlimited.
+    pub background_bytes_per_sec: u64,
+}
+
+/// The bounds of the hints a node keeps for others (`hints`).
+#[derive(Debug, Clone, Copy)]
+pub struct HintLimits {
+    /// Pending bytes per target past which new hints are dropped.
+    pub max_bytes_per_node: u64,
+    /// No hints for a target down longer than this, and hints older than
+    /// this expire. Zero turns hinting off.
+    pub window: Duration,
+}
+
+impl HintLimits {
+    fn resolve(s: &Settings) -> Self {
+        Self {
+            max_bytes_per_node: s
+                .max_hint_bytes_per_node
+                .unwrap_or(defaults::MAX_HINT_BYTES_PER_NODE),
+            window: millis(s.max_hint_window_ms, defaults::MAX_HINT_WINDOW_MS),
+        }
+    }
 }
 
 /// What bounds the HTTP server's memory and connections.
@@ -552,6 +607,7 @@ impl Config {
             max_clock_offset,
             clock_skew_ms,
         } = clocks(&s, &node_id)?;
+        let hints = HintLimits::resolve(&s);
         Ok(Self {
             data_dir: s
                 .data_dir
@@ -580,6 +636,10 @@ impl Config {
             node_tag,
             max_clock_offset,
             clock_skew_ms,
+            hints,
+            background_bytes_per_sec: s
+                .background_bytes_per_sec
+                .unwrap_or(defaults::BACKGROUND_BYTES_PER_SEC),
         })
     }
 
@@ -875,6 +935,23 @@ mod tests {
         assert_eq!(c.edges.header_read_timeout, Duration::from_millis(250));
         assert_eq!(c.edges.idle_timeout, Duration::from_millis(500));
         assert_eq!(c.edges.max_connections, Some(9));
+    }
+
+    #[test]
+    fn hint_and_background_settings_come_from_flags_and_the_file() {
+        let c = resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(c.hints.max_bytes_per_node, 256 << 20);
+        assert_eq!(c.hints.window, Duration::from_secs(3 * 3600));
+        assert_eq!(c.background_bytes_per_sec, 64 << 20);
+        let file = parse_file(
+            Path::new("k.toml"),
+            "max_hint_window_ms = 0\nbackground_bytes_per_sec = 1000",
+        )
+        .unwrap();
+        let c = resolve(args(&["--max-hint-bytes-per-node", "4096"]), file).unwrap();
+        assert_eq!(c.hints.max_bytes_per_node, 4096);
+        assert_eq!(c.hints.window, Duration::ZERO);
+        assert_eq!(c.background_bytes_per_sec, 1000);
     }
 
     #[test]

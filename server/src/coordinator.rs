@@ -6,8 +6,10 @@
 //! - **Writes** go to every replica that is up; the answer comes after
 //!   [`Consistency::required`] acks, and the other calls finish in the
 //!   background ([`background`]: a bounded set the node drains when it
-//!   stops). A replica that is down is skipped (there are no hints: it
-//!   catches up through read repair and, later, repair streaming).
+//!   stops). A replica that is down is skipped, and one whose call fails
+//!   or times out is only counted; either way it missed the write, so it
+//!   gets a hint ([`hints`](crate::hints)), delivered once it is up again.
+//!   A hint never counts toward the level.
 //! - **Reads** ask only as many replicas as the level needs, this node first
 //!   when it is one, and ask the next replica when one fails. The newest
 //!   record wins ([`Record::supersedes`]); replicas that answered with an
@@ -18,7 +20,7 @@
 //!
 //! - **Pending replicas**: while a node bootstraps or leaves, writes also go
 //!   to the key's replicas in the ring after the move
-//!   ([`ClusterView::pending`](crate::membership::ClusterView::pending)), and
+//!   ([`ClusterView::pending`](crate::view::ClusterView::pending)), and
 //!   each adds one to the acks needed. Reads never go to them.
 //!
 //! The required count is taken of the preference list, whose length is
@@ -42,13 +44,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::background::Background;
+use crate::hints::Hints;
 use crate::hlc::Hlc;
-use crate::membership::{MemberInfo, NodeState};
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
 use crate::peer::wire::{decode_apply, encode_apply};
 use crate::peer::{Peer, PeerError};
 use crate::routing::Routing;
 use crate::storage::{Record, Storage};
+use crate::view::{MemberInfo, NodeState};
 
 /// How many replicas must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,7 @@ struct Inner {
     rf: ReplicationFactor,
     metrics: Arc<Metrics>,
     background: Background,
+    hints: Hints,
 }
 
 /// The pieces a coordinator works with.
@@ -142,6 +146,8 @@ pub struct CoordinatorParts {
     /// Most replica calls in flight that may outlive their request
     /// ([`background`]).
     pub max_background_calls: usize,
+    /// Where writes that a replica missed are kept for it.
+    pub hints: Hints,
 }
 
 impl Coordinator {
@@ -156,6 +162,7 @@ impl Coordinator {
                 rf: parts.rf,
                 metrics: parts.metrics,
                 background: Background::new(parts.max_background_calls),
+                hints: parts.hints,
             }),
         }
     }
@@ -188,12 +195,12 @@ impl Coordinator {
         // needed, so an acknowledged write reaches the level's count among
         // the replicas of the ring after the move as well as before it.
         let needed = consistency.required(replicas.len()) + pending.len();
-        let up: Vec<MemberInfo> = replicas
+        let (up, down): (Vec<_>, Vec<_>) = replicas
             .iter()
-            .filter(|m| m.serving())
-            .chain(pending.iter().filter(|m| m.live))
-            .map(|m| (*m).clone())
-            .collect();
+            .map(|m| (*m, m.serving()))
+            .chain(pending.iter().map(|m| (*m, m.live)))
+            .partition(|(_, up)| *up);
+        let up: Vec<MemberInfo> = up.into_iter().map(|(m, _)| m.clone()).collect();
         if up.len() < needed {
             return Err(CoordinatorError::Unavailable {
                 needed,
@@ -219,11 +226,18 @@ impl Coordinator {
             let permit = self.inner.background.reserve().await;
             let (this, body, tx) = (self.clone(), body.clone(), tx.clone());
             self.inner.background.spawn(permit, async move {
-                let ok = this.apply_on(&member, body, ReplicaOp::apply).await;
+                let ok = this.apply_on(&member, body.clone(), ReplicaOp::apply).await;
                 let _ = tx.send(ok).await;
+                if !ok && member.id != *this.inner.routing.self_id() {
+                    this.inner.hints.hint(&member.id, body).await;
+                }
             });
         }
         drop(tx);
+        // Stored while the replica calls are out, not before them.
+        for (member, _) in down {
+            self.inner.hints.hint(&member.id, body.clone()).await;
+        }
         let (mut acks, mut failures) = (0, 0);
         while let Some(ok) = rx.recv().await {
             if ok {

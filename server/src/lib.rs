@@ -32,6 +32,7 @@
 //! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
 //! (calls to other nodes and their wire formats), `marker` (`node.json`),
 //! `removal` (members removed for good, and fencing them),
+//! `hints` (hinted handoff), `throttle` (the background byte budget),
 //! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
 //! binary's subcommands (`demo`, `decommission`, `removenode`, `cleanup`,
 //! `repair-engine`)
@@ -42,6 +43,7 @@ pub mod auth;
 pub mod config;
 mod coordinator;
 pub mod gossip_transport;
+mod hints;
 mod hlc;
 mod listener;
 mod marker;
@@ -53,6 +55,7 @@ mod routing;
 pub mod storage;
 pub mod stream;
 mod tasks;
+mod throttle;
 mod view;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};

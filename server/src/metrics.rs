@@ -18,7 +18,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::Registry;
@@ -152,6 +152,71 @@ impl GossipMetrics {
     }
 }
 
+/// Why a hint was not kept.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HintDrop {
+    /// Its target already had `max_hint_bytes_per_node` pending.
+    over_bound,
+    /// Its target has been down for longer than the hint window.
+    past_window,
+    /// Its stored bytes did not decode.
+    corrupt,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HintDropLabels {
+    reason: HintDrop,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HintTargetLabels {
+    target: String,
+}
+
+/// The hinted-handoff counters (`kvnode_hints_*`), shared with the hint
+/// store.
+#[derive(Debug, Clone, Default)]
+pub struct HintMetrics {
+    stored: Counter,
+    delivered: Counter,
+    expired: Counter,
+    dropped: Family<HintDropLabels, Counter>,
+    pending_bytes: Family<HintTargetLabels, Gauge>,
+}
+
+impl HintMetrics {
+    /// Counts a hint stored.
+    pub fn stored(&self) {
+        self.stored.inc();
+    }
+
+    /// Counts hints delivered to their target (or handed to the key's
+    /// replicas) and deleted.
+    pub fn delivered(&self, hints: u64) {
+        self.delivered.inc_by(hints);
+    }
+
+    /// Counts a hint deleted because it outlived the window.
+    pub fn expired(&self) {
+        self.expired.inc();
+    }
+
+    /// Counts a hint not kept.
+    pub fn dropped(&self, reason: HintDrop) {
+        self.dropped.get_or_create(&HintDropLabels { reason }).inc();
+    }
+
+    /// Sets the bytes pending for `target`.
+    pub fn set_pending(&self, target: &str, bytes: u64) {
+        self.pending_bytes
+            .get_or_create(&HintTargetLabels {
+                target: target.to_owned(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: Op,
@@ -188,6 +253,7 @@ pub struct Metrics {
     read_repairs_skipped: Counter,
     stream: StreamCounters,
     gossip: GossipMetrics,
+    hints: HintMetrics,
     task_failures: Family<TaskLabels, Counter>,
     hlc_remote_ahead: Counter,
 }
@@ -308,6 +374,36 @@ impl Metrics {
             "Member records whose signature did not verify (the last verified one was kept)",
             gossip.records_rejected.clone(),
         );
+        let hints = HintMetrics::default();
+        for (name, help, counter) in [
+            (
+                "hints_stored",
+                "Hints stored for replicas that missed a write",
+                &hints.stored,
+            ),
+            (
+                "hints_delivered",
+                "Hints delivered to their target (or handed to the key's replicas) and deleted",
+                &hints.delivered,
+            ),
+            (
+                "hints_expired",
+                "Hints deleted undelivered because they outlived the hint window",
+                &hints.expired,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "hints_dropped",
+            "Hints not kept, by reason",
+            hints.dropped.clone(),
+        );
+        registry.register(
+            "hints_pending_bytes",
+            "Bytes of hints waiting for delivery, by target node",
+            hints.pending_bytes.clone(),
+        );
         let task_failures = Family::<TaskLabels, Counter>::default();
         registry.register(
             "task_failures",
@@ -330,6 +426,7 @@ impl Metrics {
             read_repairs_skipped,
             stream,
             gossip,
+            hints,
             task_failures,
             hlc_remote_ahead,
         }
@@ -396,6 +493,11 @@ impl Metrics {
     /// The counter of versions received too far ahead, for the clock.
     pub fn hlc_remote_ahead(&self) -> Counter {
         self.hlc_remote_ahead.clone()
+    }
+
+    /// The hinted-handoff counters, for the hint store.
+    pub fn hints(&self) -> HintMetrics {
+        self.hints.clone()
     }
 
     /// Counts items dropped by clean-up.
@@ -632,6 +734,9 @@ mod tests {
         m.hlc_remote_ahead().inc();
         m.gossip().datagram_in(GossipOutcome::clock_offset, 60);
         m.read_repair_skipped();
+        m.hints().stored();
+        m.hints().dropped(HintDrop::over_bound);
+        m.hints().set_pending("node2", 4096);
         let mut stats = Stats::default();
         stats.levels = vec![LevelStats::default(); 2];
         stats.flushes = 5;
@@ -653,6 +758,10 @@ mod tests {
             "kvnode_stream_ranges{state=\"done\"} 2",
             "kvnode_hlc_remote_ahead_total 1",
             "kvnode_gossip_datagrams_total{direction=\"received\",outcome=\"clock_offset\"} 1",
+            "kvnode_hints_stored_total 1",
+            "kvnode_hints_delivered_total 0",
+            "kvnode_hints_dropped_total{reason=\"over_bound\"} 1",
+            "kvnode_hints_pending_bytes{target=\"node2\"} 4096",
             "# TYPE strata_engine_level_tables gauge",
             "strata_engine_level_tables{level=\"1\"} 0",
             "# TYPE strata_engine_flushes counter",

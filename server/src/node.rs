@@ -17,6 +17,7 @@
 //! ```text
 //! <data_dir>/node.json   whose data this is ([`marker`](crate::marker))
 //! <data_dir>/engine/     the strata-engine database
+//! <data_dir>/hints/      the hints kept for other nodes ([`hints`](crate::hints))
 //! ```
 
 use std::future::Future;
@@ -30,6 +31,8 @@ use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorParts};
+use crate::hints::replay::Replay;
+use crate::hints::Hints;
 use crate::hlc::{Hlc, WallClock};
 use crate::listener::{self, ServeLimits};
 use crate::marker::{marker_path, read_marker, write_marker, MarkerError, NodeMarker};
@@ -43,6 +46,7 @@ use crate::stream::cleanup::Cleaner;
 use crate::stream::receiver::Receiver;
 use crate::stream::{handoff, Progress};
 use crate::tasks::Tasks;
+use crate::throttle::Throttle;
 use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
@@ -75,6 +79,14 @@ pub enum NodeError {
         data_dir: PathBuf,
         /// What the engine found (the file, the offset, the reason).
         source: strata_engine::Error,
+    },
+    /// The hint store could not be opened.
+    #[error("hint store in {dir}: {reason}")]
+    Hints {
+        /// Its directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// `node.json` could not be read or written, or names another node.
     #[error(transparent)]
@@ -209,6 +221,13 @@ impl Node {
                 move || progress.counts()
             },
         ));
+        let hints_dir = config.data_dir.join("hints");
+        let hints = Hints::open(&hints_dir, config.hints, metrics.hints()).map_err(|e| {
+            NodeError::Hints {
+                dir: hints_dir.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let membership =
             Membership::start(&config, initial, tokens.clone(), metrics.gossip()).await?;
         if initial == NodeState::Available {
@@ -286,6 +305,19 @@ impl Node {
             "health",
             publish_health(membership.clone(), storage.clone(), config.gossip_interval),
         );
+        // The one budget of every kind of background work on this node.
+        let throttle = Throttle::new(config.background_bytes_per_sec);
+        tasks.spawn(
+            "hint_replay",
+            Replay {
+                hints: hints.clone(),
+                membership: membership.clone(),
+                peer: peer.clone(),
+                throttle,
+                rf: config.replication_factor,
+            }
+            .run(),
+        );
         let coordinator = Coordinator::new(CoordinatorParts {
             storage: storage.clone(),
             routing: membership.routing(),
@@ -294,6 +326,7 @@ impl Node {
             peer,
             metrics: metrics.clone(),
             max_background_calls: config.max_background_replica_calls,
+            hints: hints.clone(),
         });
         tracing::info!(
             node = %config.node_id,
@@ -314,6 +347,7 @@ impl Node {
             config: config.clone(),
             progress,
             cleaner,
+            hints,
             tasks,
             stop: stop.clone(),
         };

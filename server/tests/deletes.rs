@@ -5,8 +5,10 @@
 //! through a coordinator, then through QUORUM and ALL reads from every node,
 //! and on each engine again once those reads have repaired the replicas.
 //!
-//! There are no hints: a replica that was down when a key was deleted keeps
-//! its old value until a read repairs it. What must hold is that a quorum of
+//! Hinted handoff is off here (a zero window): a replica that was down when
+//! a key was deleted keeps its old value until a read repairs it, which is
+//! the case this test is about (with hints it would be fixed moments after
+//! its restart; `hints.rs` tests that). What must hold is that a quorum of
 //! the key's replicas hold the tombstone, so no QUORUM or ALL read ever
 //! returns the value, and that nothing (a stream from the stale replica, a
 //! clean-up, a restart) lets the value win over the tombstone.
@@ -81,7 +83,7 @@ async fn assert_reads(cluster: &Cluster, nodes: &[usize], latest: &HashMap<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_keys_stay_deleted_through_a_down_replica_a_join_a_restart_and_a_leave() {
     let _serial = common::SERIAL.lock().await;
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_with(3, 3, &[("KVNODE_MAX_HINT_WINDOW_MS", "0")]).await;
     let mut latest = HashMap::new();
     for k in 0..KEYS {
         let key = format!("d-{k}");

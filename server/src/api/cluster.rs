@@ -113,6 +113,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "streaming": state.progress.report(),
         "cleanup": state.cleaner.status(),
         "tasks": state.tasks.report(),
+        "hints": state.hints.pending(),
         "degraded": state.storage.write_error(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),

@@ -66,6 +66,8 @@ pub struct AppState {
     pub(crate) progress: Arc<Progress>,
     /// Clean-up passes.
     pub(crate) cleaner: Arc<Cleaner>,
+    /// The hints this node keeps for others (`/v1/node` shows them).
+    pub(crate) hints: crate::hints::Hints,
     /// The node's background tasks (a decommission's leave runs there).
     pub(crate) tasks: crate::tasks::Tasks,
     /// Asks the node to stop (after a decommission).

@@ -15,7 +15,11 @@ use strata_ring::{NodeId, ReplicationFactor};
 use tokio::time::{sleep, Instant};
 
 use super::{Consistency, Coordinator, CoordinatorError, CoordinatorParts};
-use crate::config::defaults::MAX_BACKGROUND_REPLICA_CALLS;
+use crate::config::defaults::{
+    MAX_BACKGROUND_REPLICA_CALLS, MAX_HINT_BYTES_PER_NODE, MAX_HINT_WINDOW_MS,
+};
+use crate::config::HintLimits;
+use crate::hints::Hints;
 use crate::membership::{ClusterView, MemberInfo, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::sim::{CallKind, Fault, Link, SimNet};
@@ -42,6 +46,8 @@ struct Node {
     coordinator: Coordinator,
     routing: Arc<Routing>,
     metrics: Arc<Metrics>,
+    hints: Hints,
+    _hints_dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -94,6 +100,12 @@ impl Cluster {
     fn node_with(&self, at: &str, limit: usize) -> Node {
         let routing = Arc::new(Routing::new(self.view(at)));
         let metrics = Arc::new(Metrics::new());
+        let hints_dir = tempfile::tempdir().unwrap();
+        let limits = HintLimits {
+            max_bytes_per_node: MAX_HINT_BYTES_PER_NODE,
+            window: Duration::from_millis(MAX_HINT_WINDOW_MS),
+        };
+        let hints = Hints::open(hints_dir.path(), limits, metrics.hints()).unwrap();
         let coordinator = Coordinator::new(CoordinatorParts {
             storage: self.net.storage(at),
             routing: routing.clone(),
@@ -102,11 +114,14 @@ impl Cluster {
             peer: Arc::new(self.net.peer(at)),
             metrics: metrics.clone(),
             max_background_calls: limit,
+            hints: hints.clone(),
         });
         Node {
             coordinator,
             routing,
             metrics,
+            hints,
+            _hints_dir: hints_dir,
         }
     }
 
@@ -356,6 +371,62 @@ async fn replicas_that_refuse_fail_the_write_after_the_calls_and_nothing_is_undo
     // A failed write may still have taken effect where it was acknowledged.
     sleep(SETTLE).await;
     assert!(cluster.stored("a", &key(1)).is_some());
+}
+
+/// Hints `node` keeps, by target.
+fn hinted(node: &Node) -> BTreeMap<String, u64> {
+    node.hints
+        .pending()
+        .into_iter()
+        .map(|(id, p)| (id.to_string(), p.hints))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_is_down_refuses_or_times_out_gets_a_hint_that_is_never_an_ack() {
+    let mut cluster = Cluster::abc();
+    cluster.set("b", |m| m.live = false);
+    cluster
+        .net
+        .fault(Link::To(NodeId::from("c")), Fault::Refuse(503));
+    let a = cluster.node("a");
+    // a acks, b is down, c refuses: a hint each for b and c, and the write
+    // fails: a hint is never one of the two acks QUORUM needs.
+    let got = a.coordinator.write(key(1), value("v"), Quorum).await;
+    assert!(
+        matches!(got, Err(CoordinatorError::Failed { needed: 2, .. })),
+        "{got:?}"
+    );
+    sleep(SETTLE).await;
+    assert_eq!(
+        hinted(&a),
+        BTreeMap::from([("b".into(), 1), ("c".into(), 1)])
+    );
+    assert_eq!(
+        cluster.calls_to(CallKind::Apply),
+        ["c"],
+        "no call to the down b"
+    );
+
+    // A call that times out may have applied; it is hinted all the same
+    // (applying twice is last-writer-wins), and ONE is met by a alone.
+    cluster.net.heal();
+    cluster
+        .net
+        .fault(Link::To(NodeId::from("c")), Fault::DropRequest);
+    a.coordinator.write(key(2), value("v"), One).await.unwrap();
+    sleep(SETTLE).await;
+    assert_eq!(
+        hinted(&a),
+        BTreeMap::from([("b".into(), 2), ("c".into(), 2)])
+    );
+    // This node never hints itself, and replicas that ack are not hinted.
+    cluster.set("b", |m| m.live = true);
+    cluster.net.heal();
+    let a = cluster.node("a");
+    a.coordinator.write(key(3), value("v"), All).await.unwrap();
+    sleep(SETTLE).await;
+    assert!(hinted(&a).is_empty(), "{:?}", hinted(&a));
 }
 
 #[tokio::test(start_paused = true)]
