@@ -52,6 +52,13 @@ pub mod defaults {
     /// Members a node tracks in gossip. Far above any cluster this design
     /// is for, and small enough that a full digest stays a few KiB.
     pub const MAX_MEMBERS: usize = 256;
+    /// Anti-entropy repair of every range this often: a full cycle must end
+    /// well inside the tombstone grace (10 days), and an hour keeps a
+    /// replica that missed writes wrong for an hour at most.
+    pub const REPAIR_INTERVAL_SECS: u64 = 3600;
+    /// All background traffic together (hints, repair, streaming): a
+    /// fraction of a gigabit link, far below what foreground requests need.
+    pub const BACKGROUND_BYTES_PER_SEC: u64 = 64 * 1024 * 1024;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
 
@@ -188,6 +195,14 @@ pub struct Settings {
     /// Most members this node tracks in gossip [default: 256].
     #[arg(long, env = "KVNODE_MAX_MEMBERS")]
     pub max_members: Option<usize>,
+    /// Seconds between two background anti-entropy repairs of every range
+    /// this node replicates; 0 turns them off [default: 3600].
+    #[arg(long, env = "KVNODE_REPAIR_INTERVAL")]
+    pub repair_interval: Option<u64>,
+    /// Bytes per second that all background work (repair, streaming) may
+    /// send and receive together; 0 is unlimited [default: 64 MiB].
+    #[arg(long, env = "KVNODE_BACKGROUND_BYTES_PER_SEC")]
+    pub background_bytes_per_sec: Option<u64>,
     /// Bytes of request bodies in flight, client and internal together;
     /// requests past it get 503 with Retry-After [default: RAM / 16 within
     /// 64 MiB..1 GiB].
@@ -244,6 +259,8 @@ impl Settings {
         cleanup_grace_ms,
         auto_cleanup,
         max_members,
+        repair_interval,
+        background_bytes_per_sec,
         max_inflight_body_bytes,
         header_read_timeout_ms,
         idle_timeout_ms,
@@ -364,6 +381,10 @@ pub struct Config {
     pub auto_cleanup: bool,
     /// Most members tracked in gossip.
     pub max_members: usize,
+    /// Time between background repairs; `None` when turned off.
+    pub repair_interval: Option<Duration>,
+    /// The shared byte rate of background work; 0 is unlimited.
+    pub background_bytes_per_sec: u64,
     /// The HTTP server's edges.
     pub edges: Edges,
 }
@@ -485,6 +506,13 @@ impl Config {
             cleanup_grace,
             auto_cleanup,
             max_members,
+            repair_interval: match s.repair_interval.unwrap_or(defaults::REPAIR_INTERVAL_SECS) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            background_bytes_per_sec: s
+                .background_bytes_per_sec
+                .unwrap_or(defaults::BACKGROUND_BYTES_PER_SEC),
             edges,
         })
     }
@@ -729,6 +757,18 @@ mod tests {
             "{budget}"
         );
         assert_eq!(c.edges.max_connections, None);
+        assert_eq!(c.repair_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(c.background_bytes_per_sec, 64 << 20);
+    }
+
+    #[test]
+    fn repair_interval_zero_turns_background_repair_off() {
+        let file = parse_file(Path::new("k.toml"), "background_bytes_per_sec = 1000").unwrap();
+        let c = resolve(args(&["--repair-interval", "0"]), file).unwrap();
+        assert_eq!(c.repair_interval, None);
+        assert_eq!(c.background_bytes_per_sec, 1000);
+        let c = resolve(args(&["--repair-interval", "60"]), Settings::default()).unwrap();
+        assert_eq!(c.repair_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]

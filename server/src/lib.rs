@@ -30,8 +30,10 @@
 //! cluster secret), [`config`], `metrics`, `node` (startup and
 //! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
 //! (calls to other nodes and their wire formats), `marker` (`node.json`),
-//! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
-//! binary's subcommands (`demo`, `decommission`, `cleanup`, `repair-engine`)
+//! [`stream`] (bootstrap streaming, decommission and clean-up), `repair`
+//! (anti-entropy between replicas), `throttle` (the byte rate background
+//! work shares). The `kvnode` binary's subcommands (`demo`,
+//! `decommission`, `cleanup`, `repair`, `repair-engine`)
 //! live with it, in `src/bin/kvnode/`.
 
 pub mod api;
@@ -46,11 +48,14 @@ mod membership;
 mod metrics;
 mod node;
 pub mod peer;
+mod repair;
 pub mod storage;
 pub mod stream;
 mod tasks;
+mod throttle;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH};
+pub use api::repair::REPAIR_PATH;
 pub use api::router;
 pub use marker::{mark_for_restream, MarkerError};
 pub use node::{run, NodeError};

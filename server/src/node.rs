@@ -37,12 +37,15 @@ use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::http::HttpPeer;
 use crate::peer::Peer;
+use crate::repair::metered::MeteredPeer;
+use crate::repair::Repairer;
 use crate::storage::{Storage, StorageError};
 use crate::stream::bootstrap::Bootstrap;
 use crate::stream::cleanup::Cleaner;
 use crate::stream::receiver::Receiver;
 use crate::stream::{handoff, Progress};
 use crate::tasks::Tasks;
+use crate::throttle::Throttle;
 use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
@@ -167,6 +170,30 @@ pub async fn run(
         peer.clone(),
         (metrics.clone(), progress.clone(), hlc.clone()),
     );
+    let throttle = Throttle::new(config.background_bytes_per_sec);
+    let repair_peer: Arc<dyn Peer> = Arc::new(MeteredPeer::new(
+        peer.clone(),
+        throttle.clone(),
+        metrics.clone(),
+    ));
+    let repairer = Repairer::new(
+        membership.clone(),
+        storage.clone(),
+        config.replication_factor,
+        (
+            repair_peer.clone(),
+            // Its own progress: repair's sub-ranges are not the bootstrap's.
+            Receiver::new(
+                storage.clone(),
+                repair_peer,
+                (metrics.clone(), Arc::new(Progress::default()), hlc.clone()),
+            ),
+        ),
+        metrics.clone(),
+    );
+    if let Some(every) = config.repair_interval {
+        tasks.spawn("repair_scheduler", repairer.clone().run_scheduled(every));
+    }
     if initial != NodeState::Available {
         let bootstrap = Bootstrap {
             membership: membership.clone(),
@@ -217,6 +244,7 @@ pub async fn run(
         config: config.clone(),
         progress,
         cleaner,
+        repairer,
         tasks: tasks.clone(),
         stop: stop.clone(),
     };
