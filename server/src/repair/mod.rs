@@ -26,9 +26,11 @@
 //!
 //! The ranges are the ring's positions this node replicates, neighbours
 //! with the same replicas merged (`Ring::replica_sets`); each is compared
-//! with each of its other replicas in turn, so the asker ends up with the
-//! newest of all and every other replica with the newest of itself and the
-//! asker. A range one of whose replicas is down is left for the next run.
+//! with each of its other replicas in turn (the tree built again after a
+//! replica sent items, or the next one would be asked for them too), so the
+//! asker ends up with the newest of all and every other replica with the
+//! newest of itself and the asker. A range one of whose replicas is down is
+//! left for the next pass.
 //!
 //! # Driving it
 //!
@@ -297,14 +299,9 @@ impl Repairer {
         range: TokenRange,
         peers: &[NodeId],
     ) -> Result<Outcome, RepairError> {
-        let snapshot = self.storage.snapshot();
-        let tree = tokio::task::spawn_blocking(move || RangeTree::build(&snapshot, range, None))
-            .await
-            .map_err(|e| RepairError::Engine(e.to_string()))?
-            .map_err(|e| RepairError::Engine(e.to_string()))?;
-        let session = rand::random::<u64>();
         let view = self.membership.view();
         let mut outcome = Outcome::default();
+        let mut tree = None;
         for id in peers {
             let failed = |reason: String| RepairError::Replica {
                 node: id.clone(),
@@ -315,11 +312,30 @@ impl Repairer {
                 .get(id)
                 .filter(|m| m.serving())
                 .ok_or_else(|| failed("down or not serving".into()))?;
-            self.repair_with(&tree, session, member, &mut outcome)
+            // A tree stays good for the next replica unless this one sent
+            // something: comparing a stale tree would pull it all again.
+            let current = match tree.take() {
+                Some(t) => t,
+                None => self.build(range).await?,
+            };
+            let pulled_before = outcome.pulled;
+            self.repair_with(&current, rand::random(), member, &mut outcome)
                 .await
                 .map_err(failed)?;
+            if outcome.pulled == pulled_before {
+                tree = Some(current);
+            }
         }
         Ok(outcome)
+    }
+
+    /// This node's tree of `range`, as of now.
+    async fn build(&self, range: TokenRange) -> Result<RangeTree, RepairError> {
+        let snapshot = self.storage.snapshot();
+        tokio::task::spawn_blocking(move || RangeTree::build(&snapshot, range, None))
+            .await
+            .map_err(|e| RepairError::Engine(e.to_string()))?
+            .map_err(|e| RepairError::Engine(e.to_string()))
     }
 
     /// Compares `tree` with `member`'s, pulls the differing leaves and gets
