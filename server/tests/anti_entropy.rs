@@ -22,7 +22,7 @@ const TRIES: u32 = 50;
 /// vnodes, so that the three nodes start fast.
 const ENV: &[(&str, &str)] = &[("KVNODE_REPAIR_INTERVAL", "0"), ("KVNODE_VNODES", "8")];
 
-/// Writes `keys` (value `value(i)`) at `cl` through `via`, 32 at a time,
+/// Writes `keys` (value `value(i)`) at `cl` through `via`, 64 in flight,
 /// riding out a flapping failure detector; the acknowledged version of each.
 async fn write_all(
     cluster: &Cluster,
@@ -32,22 +32,24 @@ async fn write_all(
     cl: &str,
 ) -> HashMap<String, u64> {
     let mut out = HashMap::new();
-    for (c, chunk) in keys.chunks(32).enumerate() {
-        let mut set = tokio::task::JoinSet::new();
-        for (j, key) in chunk.iter().enumerate() {
-            let url = cluster.nodes[via].url(&format!("/v1/kv/{key}?consistency={cl}"));
-            let (client, key, v) = (cluster.client.clone(), key.clone(), value(c * 32 + j));
-            set.spawn(async move {
-                let (answer, _) = retry_503(TRIES, || client.put(&url).body(v.clone())).await;
-                let r = answer.unwrap();
-                assert_eq!(r.status(), 204, "{key}");
-                (key, version_of(&r).unwrap())
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            let (key, version) = done.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, key) in keys.iter().enumerate() {
+        if set.len() >= 64 {
+            let (key, version) = set.join_next().await.unwrap().unwrap();
             out.insert(key, version);
         }
+        let url = cluster.nodes[via].url(&format!("/v1/kv/{key}?consistency={cl}"));
+        let (client, key, v) = (cluster.client.clone(), key.clone(), value(i));
+        set.spawn(async move {
+            let (answer, _) = retry_503(TRIES, || client.put(&url).body(v.clone())).await;
+            let r = answer.unwrap();
+            assert_eq!(r.status(), 204, "{key}");
+            (key, version_of(&r).unwrap())
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        let (key, version) = done.unwrap();
+        out.insert(key, version);
     }
     out
 }
@@ -151,58 +153,129 @@ async fn a_replica_that_missed_writes_converges_through_repair_without_reads() {
     );
 }
 
+/// What repairs of `n` items cost, as measured on a fresh cluster.
+#[derive(Debug)]
+struct Figures {
+    /// Body bytes of a repair of identical replicas.
+    identical: f64,
+    /// Digest and item bytes of a repair of a 1 % divergence.
+    divergent_digest: f64,
+    divergent_items: f64,
+    /// The bytes the stale replica lacked (token, key and record of each).
+    divergent_bytes: f64,
+}
+
+/// Writes `n` items of `value_len` bytes at ALL, repairs (identical), gives
+/// node1 and node2 a newer version of every hundredth item that node3
+/// misses, repairs node3, and checks it then holds them.
+async fn measure(n: usize, value_len: usize) -> Figures {
+    let cluster = Cluster::start_with(3, 3, ENV).await;
+    let keys: Vec<String> = (0..n).map(|i| format!("item-{i:07}")).collect();
+    let sized = |tag: &str, i: usize, fill: u8| {
+        let mut v = format!("{i}-{tag}").into_bytes();
+        v.resize(value_len, fill);
+        v
+    };
+    let written = write_all(&cluster, 0, &keys, |i| sized("", i, b'x'), "all").await;
+
+    let out = kvnode_repair(&cluster, 1).await;
+    let first = seconds_of(&out);
+    let (digest, items) = traffic(&cluster).await;
+    assert_eq!(items, 0.0, "identical replicas streamed items");
+
+    let mut want = HashMap::new();
+    let mut divergent_bytes = 0usize;
+    let mut set = tokio::task::JoinSet::new();
+    for i in (0..n).step_by(100) {
+        let key = keys[i].clone();
+        let record =
+            strata_server::storage::Record::value(written[&key] + 1, sized("newer", i, b'y'));
+        want.insert(key.clone(), record.version);
+        divergent_bytes += 8 + key.len() + record.encoded_len();
+        for node in [0, 1] {
+            let (client, url) = (
+                cluster.client.clone(),
+                cluster.nodes[node].url(strata_server::peer::wire::APPLY_PATH),
+            );
+            let body = strata_server::peer::wire::encode_apply(key.as_bytes(), &record);
+            set.spawn(async move {
+                let r = client
+                    .post(url)
+                    .bearer_auth(SECRET)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 204);
+            });
+            if set.len() >= 64 {
+                set.join_next().await.unwrap().unwrap();
+            }
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        done.unwrap();
+    }
+    let out = kvnode_repair(&cluster, 2).await;
+    let second = seconds_of(&out);
+    let (digest2, items2) = traffic(&cluster).await;
+    assert_holds(&cluster, 2, &want).await;
+    let figures = Figures {
+        identical: digest,
+        divergent_digest: digest2 - digest,
+        divergent_items: items2 - items,
+        divergent_bytes: divergent_bytes as f64,
+    };
+    println!(
+        "{n} items of {value_len} B: identical {} B in {:.1} s; 1 %: {} digest B + {} item B = {:.2}x of {} divergent B in {:.1} s",
+        figures.identical,
+        first,
+        figures.divergent_digest,
+        figures.divergent_items,
+        (figures.divergent_digest + figures.divergent_items) / figures.divergent_bytes,
+        figures.divergent_bytes,
+        second
+    );
+    figures
+}
+
+/// The seconds `kvnode repair` reports.
+fn seconds_of(out: &str) -> f64 {
+    out.split("repair done in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn identical_replicas_cost_a_few_hundred_bytes_and_one_percent_less_than_twice_the_difference(
 ) {
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start_with(3, 3, ENV).await;
-    const N: usize = 20_000;
-    const VALUE: usize = 1000;
-    let keys: Vec<String> = (0..N).map(|i| format!("item-{i:06}")).collect();
-    let value = |i: usize| {
-        let mut v = format!("{i}-").into_bytes();
-        v.resize(VALUE, b'x');
-        v
-    };
-    let written = write_all(&cluster, 0, &keys, value, "all").await;
+    let f = measure(20_000, 1000).await;
+    // One root question and answer per other replica.
+    assert!(f.identical > 0.0 && f.identical < 1024.0, "{f:?}");
+    let spent = f.divergent_digest + f.divergent_items;
+    assert!(spent < 2.0 * f.divergent_bytes, "{f:?}");
+}
 
-    // Identical replicas: one root question per other replica.
-    kvnode_repair(&cluster, 1).await;
-    let (digest, items) = traffic(&cluster).await;
-    println!("identical: {digest} digest bytes, {items} item bytes");
-    assert_eq!(items, 0.0);
-    assert!(digest > 0.0 && digest < 1024.0, "{digest} digest bytes");
-
-    // 1 %: node3 misses newer versions of 200 keys that the others hold.
-    let newer = |i: usize| {
-        let mut v = format!("{i}-newer-").into_bytes();
-        v.resize(VALUE, b'y');
-        v
+/// `scripts/repair-traffic.sh`: the figures for `REPAIR_TRAFFIC_KEYS` items
+/// (default 1,000,000) of `REPAIR_TRAFFIC_VALUE` bytes (default 100).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes of writes: run by scripts/repair-traffic.sh"]
+async fn repair_traffic_figures() {
+    let _serial = SERIAL.lock().await;
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
-    let mut want = HashMap::new();
-    let mut divergent_bytes = 0usize;
-    for i in (0..N).step_by(100) {
-        let record = strata_server::storage::Record::value(written[&keys[i]] + 1, newer(i));
-        cluster.apply_local(0, &keys[i], &record).await;
-        cluster.apply_local(1, &keys[i], &record).await;
-        want.insert(keys[i].clone(), record.version);
-        // What a replica stores for it: token, key, record.
-        divergent_bytes += 8 + keys[i].len() + record.encoded_len();
-    }
-    kvnode_repair(&cluster, 2).await;
-    let (digest2, items2) = traffic(&cluster).await;
-    let spent = (digest2 - digest) + (items2 - items);
-    println!(
-        "1 %: {} digest bytes, {} item bytes, {divergent_bytes} divergent bytes: {:.2}x",
-        digest2 - digest,
-        items2 - items,
-        spent / divergent_bytes as f64
-    );
-    assert_holds(&cluster, 2, &want).await;
-    assert!(
-        spent < 2.0 * divergent_bytes as f64,
-        "{spent} bytes for {divergent_bytes} divergent bytes"
-    );
+    measure(
+        env("REPAIR_TRAFFIC_KEYS", 1_000_000),
+        env("REPAIR_TRAFFIC_VALUE", 100),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
