@@ -1,6 +1,7 @@
 //! Anti-entropy repair between real nodes: a replica that missed writes
 //! converges through `kvnode repair` with no client read (checked on its own
-//! engine), identical replicas cost a few hundred bytes, a 1 % divergence
+//! engine), and through the background scheduler with no command at all;
+//! identical replicas cost a few hundred bytes, a 1 % divergence
 //! costs less than twice the divergent bytes, and a healed partition
 //! (writes at ONE on both sides) ends with the newest value everywhere.
 //!
@@ -13,6 +14,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::{retry_503, version_of, Cluster, SECRET, SERIAL};
 
@@ -151,6 +153,66 @@ async fn a_replica_that_missed_writes_converges_through_repair_without_reads() {
         cluster.metric(2, "kvnode_repair_ranges_total").await,
         ranges.len() as f64
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_scheduler_repairs_a_replica_that_missed_writes_by_itself() {
+    let _serial = SERIAL.lock().await;
+    // Long enough that the restarted node is checked before its first pass.
+    let mut cluster = Cluster::start_with(
+        3,
+        3,
+        &[("KVNODE_REPAIR_INTERVAL", "6"), ("KVNODE_VNODES", "8")],
+    )
+    .await;
+    let keys: Vec<String> = (0..300).map(|i| format!("sched-{i}")).collect();
+    // Killed, not paused: no write can wait in its socket buffers for it.
+    cluster.nodes[2].kill();
+    let written = write_all(
+        &cluster,
+        0,
+        &keys,
+        |i| format!("v{i}").into_bytes(),
+        "quorum",
+    )
+    .await;
+    cluster.nodes[2].restart();
+    let start = std::time::Instant::now();
+    cluster.wait_ready(2, Duration::from_secs(20)).await;
+    let right = |held: &[Option<strata_server::storage::Record>]| {
+        keys.iter()
+            .zip(held)
+            .filter(|(k, r)| r.as_ref().map(|r| r.version) == Some(written[*k]))
+            .count()
+    };
+    let before = right(&cluster.local_records(2, &keys).await);
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "too slow to check before the first pass"
+    );
+    assert_eq!(before, 0, "node3 held writes made while it was dead");
+    loop {
+        let now = right(&cluster.local_records(2, &keys).await);
+        if now == keys.len() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "node3 holds {now} of {} keys after 60 s",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "converged {:.1} s after the restart",
+        start.elapsed().as_secs_f64()
+    );
+    let info = cluster.node_info(2).await.unwrap();
+    assert_eq!(
+        info["tasks"]["repair_scheduler"]["state"], "running",
+        "{info}"
+    );
+    assert!(info["repair"]["passes"].as_u64().unwrap() >= 1, "{info}");
 }
 
 /// What repairs of `n` items cost, as measured on a fresh cluster.

@@ -44,7 +44,7 @@
 
 use strata_ring::TokenRange;
 
-use crate::repair::tree::{MAX_DEPTH, MAX_NODES_PER_CALL};
+use crate::repair::tree::{FANOUT, MAX_DEPTH, MAX_NODES_PER_CALL};
 
 /// Path of the digest route.
 pub const DIGEST_PATH: &str = "/internal/v1/digest";
@@ -189,7 +189,7 @@ impl DigestRequest {
             return Err(RepairWireError::Bounds("level"));
         }
         let n = r.count(MAX_NODES_PER_CALL, 4)?;
-        let limit = 4u64.pow(u32::from(level));
+        let limit = u64::from(FANOUT).pow(u32::from(level));
         let nodes = (0..n)
             .map(|_| {
                 let node = r.u32()?;

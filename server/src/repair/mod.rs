@@ -8,7 +8,7 @@
 //! replica's tree of the same range and depth (`POST /internal/v1/digest`,
 //! [`peer::repair`](crate::peer::repair)): the root first, then only the
 //! children of the nodes that differ. Identical replicas cost one question
-//! of 38 bytes and an answer of 16. The other replica builds its tree once
+//! of 34 bytes and an answer of 16. The other replica builds its tree once
 //! per session (a random id of the asker's) and keeps it for
 //! [`TREE_TTL`], so every level is answered from the same snapshot.
 //!
@@ -30,7 +30,9 @@
 //! replica sent items, or the next one would be asked for them too), so the
 //! asker ends up with the newest of all and every other replica with the
 //! newest of itself and the asker. A range one of whose replicas is down is
-//! left for the next pass.
+//! left for the next pass. A range of more items than one tree's leaves
+//! hold at half an item each (`tree::MAX_TREE_ITEMS`) is compared in equal
+//! token pieces, a tree each.
 //!
 //! # Driving it
 //!
@@ -54,7 +56,7 @@ use serde::Serialize;
 use strata_ring::{NodeId, ReplicationFactor, TokenRange};
 use tokio::sync::mpsc;
 
-use self::tree::{leaf_runs, sub_range, Descent, RangeTree};
+use self::tree::{leaf_runs, piece, sub_range, Descent, RangeTree, MAX_TREE_ITEMS};
 use crate::membership::{MemberInfo, Membership, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::repair::{
@@ -293,15 +295,43 @@ impl Repairer {
         }
     }
 
-    /// Repairs `range` with each of `peers` in turn.
+    /// Repairs `range` with each of `peers`, in pieces of at most
+    /// [`MAX_TREE_ITEMS`] items.
     async fn repair_range(
         &self,
         range: TokenRange,
         peers: &[NodeId],
     ) -> Result<Outcome, RepairError> {
+        let tree = self.build(range).await?;
+        if tree.items() <= MAX_TREE_ITEMS {
+            return self.repair_piece(range, peers, Some(tree)).await;
+        }
+        // Keys spread evenly over tokens (they are hashes), so equal token
+        // widths hold about equal item counts.
+        let parts = tree.items().div_ceil(MAX_TREE_ITEMS);
+        drop(tree);
+        let mut outcome = Outcome::default();
+        for j in 0..parts {
+            if let Some(part) = piece(range, u128::from(parts), j) {
+                let o = self.repair_piece(part, peers, None).await?;
+                outcome.differing_leaves += o.differing_leaves;
+                outcome.pulled += o.pulled;
+                outcome.pushed += o.pushed;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Repairs `range` with each of `peers` in turn, starting from `tree`
+    /// when given.
+    async fn repair_piece(
+        &self,
+        range: TokenRange,
+        peers: &[NodeId],
+        mut tree: Option<RangeTree>,
+    ) -> Result<Outcome, RepairError> {
         let view = self.membership.view();
         let mut outcome = Outcome::default();
-        let mut tree = None;
         for id in peers {
             let failed = |reason: String| RepairError::Replica {
                 node: id.clone(),

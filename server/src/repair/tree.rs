@@ -37,8 +37,9 @@
 //!
 //! [`depth_for`] makes leaves hold at most half an item on average (so a
 //! differing leaf is usually one differing item), within [`MAX_DEPTH`]:
-//! `4^10` leaves, 8 MiB of leaf hashes, beyond which a range of more than
-//! half a million items gets leaves of more than one item.
+//! `4^10` leaves, 8 MiB of leaf hashes. A range of more than
+//! [`MAX_TREE_ITEMS`] is compared in equal token pieces ([`piece`]) of a
+//! tree each, so that bound holds whatever the range's size.
 
 use strata_engine::Snapshot;
 use strata_ring::TokenRange;
@@ -75,13 +76,27 @@ pub(crate) fn depth_for(range: TokenRange, items: u64) -> u8 {
     depth
 }
 
+/// Most items one tree is built over: at [`MAX_DEPTH`] its leaves then
+/// still hold half an item on average. A larger range is compared as
+/// [`piece`]s of at most this many items each.
+pub(crate) const MAX_TREE_ITEMS: u64 = (FANOUT as u64).pow(MAX_DEPTH as u32) / 2;
+
 /// The token sub-range of node `index` of `level`; `None` if it holds no
 /// token (a range narrower than its level's node count).
 pub(crate) fn sub_range(range: TokenRange, level: u8, index: u32) -> Option<TokenRange> {
-    let nodes = nodes_at(level);
+    piece(range, nodes_at(level), u64::from(index))
+}
+
+/// Piece `index` of `range` cut into `parts` pieces of (near) equal token
+/// width; `None` if it holds no token.
+pub(crate) fn piece(range: TokenRange, parts: u128, index: u64) -> Option<TokenRange> {
+    let nodes = parts.max(1);
     let width = range.width();
     let lo = ceil_div(u128::from(index) * width, nodes);
     let hi = ceil_div((u128::from(index) + 1) * width, nodes);
+    if hi > width {
+        return None;
+    }
     // `hi <= width <= 2^64`; a full range's `hi` of 2^64 wraps to `S`, as
     // `TokenRange` writes the full range.
     (lo < hi).then(|| {

@@ -123,6 +123,29 @@ fn narrow_ranges_get_no_empty_leaves_and_depth_is_capped() {
 }
 
 #[test]
+fn pieces_tile_the_range() {
+    for range in [
+        TokenRange::new(5, 5),
+        TokenRange::new(u64::MAX - 10, 20),
+        TokenRange::new(3, 10),
+    ] {
+        for parts in [1u128, 2, 3, 7] {
+            let pieces: Vec<TokenRange> = (0..parts as u64)
+                .filter_map(|j| piece(range, parts, j))
+                .collect();
+            let width: u128 = pieces.iter().map(TokenRange::width).sum();
+            assert_eq!(width, range.width(), "{range:?} in {parts}");
+            assert_eq!(pieces.first().unwrap().start(), range.start());
+            assert_eq!(pieces.last().unwrap().end(), range.end());
+            for w in pieces.windows(2) {
+                assert_eq!(w[0].end(), w[1].start());
+            }
+        }
+    }
+    assert_eq!(piece(TokenRange::new(0, 10), 2, 2), None);
+}
+
+#[test]
 fn a_tree_read_from_the_engine_is_the_tree_of_its_items() {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path()).unwrap();
