@@ -169,6 +169,40 @@ impl Ring {
             .collect()
     }
 
+    /// The token ranges `node` holds a replica of, each with the other
+    /// replicas of it (sorted by id): what anti-entropy repair compares with
+    /// whom. Clockwise from the lowest token; neighbours with the same
+    /// replicas are merged, so a ring of `rf` nodes is one range. Empty for
+    /// a node that is not a member.
+    pub fn replica_sets(
+        &self,
+        node: &NodeId,
+        rf: ReplicationFactor,
+    ) -> Vec<(TokenRange, Vec<NodeId>)> {
+        let Some(index) = self.index_of(node) else {
+            return Vec::new();
+        };
+        let held = self
+            .positions(rf)
+            .filter(|(_, prefs)| prefs.contains(&index))
+            .map(|(range, prefs)| {
+                let mut others: Vec<u32> = prefs.iter().copied().filter(|&p| p != index).collect();
+                // Member indices follow the id order.
+                others.sort_unstable();
+                (range, others)
+            });
+        coalesce(held)
+            .into_iter()
+            .map(|(range, others)| {
+                let ids = others
+                    .iter()
+                    .filter_map(|&i| self.members.get(i as usize).map(|m| m.id.clone()))
+                    .collect();
+                (range, ids)
+            })
+            .collect()
+    }
+
     /// Every position's range with its preference list cut to `rf`, as
     /// indices into [`Ring::members`], clockwise from the lowest token.
     pub(crate) fn positions(
@@ -320,6 +354,54 @@ mod tests {
             assert_eq!(r.token_owner(t).as_str(), owner, "token {t}");
         }
         assert_eq!(r.token_owner(u64::MAX).as_str(), "a");
+    }
+
+    #[test]
+    fn replica_sets_name_the_other_replicas_and_merge_equal_neighbours() {
+        let r = ring(&[("a", &[10, 20]), ("b", &[30]), ("c", &[40])]);
+        let rf = |n| ReplicationFactor::new(n).unwrap();
+        let sets = |node: &str, n| -> Vec<(TokenRange, Vec<String>)> {
+            r.replica_sets(&NodeId::from(node), rf(n))
+                .into_iter()
+                .map(|(range, ids)| (range, ids.iter().map(|i| i.as_str().to_owned()).collect()))
+                .collect()
+        };
+        // Three nodes, rf 3: one range, the whole ring, with both others.
+        assert_eq!(
+            sets("a", 3),
+            [(TokenRange::new(40, 40), vec!["b".into(), "c".into()])]
+        );
+        // rf 2: a holds (40, 20] with b (positions 10 and 20 list a, b) and
+        // (30, 40] with c (position 40 lists c, a).
+        assert_eq!(
+            sets("a", 2),
+            [
+                (TokenRange::new(40, 20), vec!["b".to_owned()]),
+                (TokenRange::new(30, 40), vec!["c".to_owned()]),
+            ]
+        );
+        // Every range agrees with the preference lists, and together they
+        // are what `ranges` gives.
+        for node in ["a", "b", "c"] {
+            let got = r.replica_sets(&NodeId::from(node), rf(2));
+            for (range, others) in &got {
+                let mut want: Vec<&str> = ids(r.token_replicas(range.end(), rf(2)))
+                    .into_iter()
+                    .filter(|id| *id != node)
+                    .collect();
+                want.sort_unstable();
+                let others: Vec<&str> = others.iter().map(NodeId::as_str).collect();
+                assert_eq!(others, want, "{node} {range:?}");
+            }
+            let width: u128 = got.iter().map(|(r, _)| r.width()).sum();
+            let want: u128 = r
+                .ranges(&NodeId::from(node), rf(2))
+                .iter()
+                .map(TokenRange::width)
+                .sum();
+            assert_eq!(width, want, "{node}");
+        }
+        assert!(sets("z", 2).is_empty());
     }
 
     #[test]

@@ -68,6 +68,10 @@ pub mod defaults {
     /// Members a node tracks in gossip. Far above any cluster this design
     /// is for, and small enough that a full digest stays a few KiB.
     pub const MAX_MEMBERS: usize = 256;
+    /// Anti-entropy repair of every range this often: a full cycle must end
+    /// well inside the tombstone grace (10 days), and an hour keeps a
+    /// replica that missed writes wrong for an hour at most.
+    pub const REPAIR_INTERVAL_SECS: u64 = 3600;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
     /// Most a peer's wall clock may differ from this node's before gossip
@@ -242,6 +246,10 @@ pub struct Settings {
     /// Most members this node tracks in gossip [default: 256].
     #[arg(long, env = "KVNODE_MAX_MEMBERS")]
     pub max_members: Option<usize>,
+    /// Seconds between two background anti-entropy repairs of every range
+    /// this node replicates; 0 turns them off [default: 3600].
+    #[arg(long, env = "KVNODE_REPAIR_INTERVAL")]
+    pub repair_interval: Option<u64>,
     /// Bytes of request bodies in flight, client and internal together;
     /// requests past it get 503 with Retry-After [default: RAM / 16 within
     /// 64 MiB..1 GiB].
@@ -288,7 +296,7 @@ pub struct Settings {
     #[arg(long, env = "KVNODE_MAX_HINT_WINDOW_MS")]
     pub max_hint_window_ms: Option<u64>,
     /// Bytes per second that background work may take, all kinds together
-    /// (hint replay; repair and streaming are to share it); 0 for unlimited
+    /// (hint replay and repair; streaming is to share it); 0 for unlimited
     /// [default: 64 MiB].
     #[arg(long, env = "KVNODE_BACKGROUND_BYTES_PER_SEC")]
     pub background_bytes_per_sec: Option<u64>,
@@ -334,6 +342,7 @@ impl Settings {
         allow_short_tombstone_grace,
         auto_cleanup,
         max_members,
+        repair_interval,
         max_inflight_body_bytes,
         header_read_timeout_ms,
         idle_timeout_ms,
@@ -464,6 +473,8 @@ pub struct Config {
     pub auto_cleanup: bool,
     /// Most members tracked in gossip.
     pub max_members: usize,
+    /// Time between background repairs; `None` when turned off.
+    pub repair_interval: Option<Duration>,
     /// The HTTP server's edges.
     pub edges: Edges,
     /// This node's tag in its versions (`hlc`).
@@ -632,6 +643,10 @@ impl Config {
             tombstone_grace,
             auto_cleanup,
             max_members,
+            repair_interval: match s.repair_interval.unwrap_or(defaults::REPAIR_INTERVAL_SECS) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             edges,
             node_tag,
             max_clock_offset,
@@ -921,6 +936,18 @@ mod tests {
             "{budget}"
         );
         assert_eq!(c.edges.max_connections, None);
+        assert_eq!(c.repair_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(c.background_bytes_per_sec, 64 << 20);
+    }
+
+    #[test]
+    fn repair_interval_zero_turns_background_repair_off() {
+        let file = parse_file(Path::new("k.toml"), "background_bytes_per_sec = 1000").unwrap();
+        let c = resolve(args(&["--repair-interval", "0"]), file).unwrap();
+        assert_eq!(c.repair_interval, None);
+        assert_eq!(c.background_bytes_per_sec, 1000);
+        let c = resolve(args(&["--repair-interval", "60"]), Settings::default()).unwrap();
+        assert_eq!(c.repair_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -32,10 +32,11 @@
 //! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
 //! (calls to other nodes and their wire formats), `marker` (`node.json`),
 //! `removal` (members removed for good, and fencing them),
-//! `hints` (hinted handoff), `throttle` (the background byte budget),
+//! `hints` (hinted handoff), `repair` (anti-entropy between replicas),
+//! `throttle` (the byte rate background work shares),
 //! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
 //! binary's subcommands (`demo`, `decommission`, `removenode`, `cleanup`,
-//! `repair-engine`)
+//! `repair`, `repair-engine`)
 //! live with it, in `src/bin/kvnode/`.
 
 pub mod api;
@@ -51,6 +52,7 @@ mod membership;
 mod metrics;
 mod node;
 pub mod peer;
+mod repair;
 mod routing;
 pub mod storage;
 pub mod stream;
@@ -59,6 +61,7 @@ mod throttle;
 mod view;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
+pub use api::repair::REPAIR_PATH;
 pub use api::router;
 pub use marker::{mark_for_restream, MarkerError};
 pub use node::{run, NodeError};

@@ -40,6 +40,8 @@ pub enum Op {
     internal_read,
     /// A range stream served to a bootstrapping node.
     internal_stream,
+    /// A digest or repair-pull call from a repairing replica.
+    internal_repair,
     /// Cluster, node, health, readiness and metrics routes.
     admin,
     /// No route matched.
@@ -272,6 +274,10 @@ struct StreamCounters {
     received_items: Counter,
     retries: Counter,
     cleanup_deleted: Counter,
+    repair_ranges: Counter,
+    repair_keys: Counter,
+    repair_digest_bytes: Counter,
+    repair_item_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -349,6 +355,26 @@ impl Metrics {
                 "cleanup_deleted_items",
                 "Items deleted because this node no longer replicates their range",
                 &stream.cleanup_deleted,
+            ),
+            (
+                "repair_ranges",
+                "Token ranges this node repaired with all their other replicas",
+                &stream.repair_ranges,
+            ),
+            (
+                "repair_keys_streamed",
+                "Items that repairs started by this node moved, both ways",
+                &stream.repair_keys,
+            ),
+            (
+                "repair_digest_bytes",
+                "Body bytes of digest and repair-pull calls this node made (asked and answered)",
+                &stream.repair_digest_bytes,
+            ),
+            (
+                "repair_item_bytes",
+                "Stream frame bytes this node received while repairing (its own repairs and those it was asked to pull for)",
+                &stream.repair_item_bytes,
             ),
         ] {
             registry.register(name, help, counter.clone());
@@ -498,6 +524,26 @@ impl Metrics {
     /// The hinted-handoff counters, for the hint store.
     pub fn hints(&self) -> HintMetrics {
         self.hints.clone()
+    }
+
+    /// Counts a range repaired with all its other replicas.
+    pub(crate) fn repair_range_done(&self) {
+        self.stream.repair_ranges.inc();
+    }
+
+    /// Counts items a repair moved.
+    pub(crate) fn repair_keys(&self, items: u64) {
+        self.stream.repair_keys.inc_by(items);
+    }
+
+    /// Counts digest and repair-pull body bytes.
+    pub(crate) fn repair_digest_bytes(&self, bytes: u64) {
+        self.stream.repair_digest_bytes.inc_by(bytes);
+    }
+
+    /// Counts stream bytes received for a repair.
+    pub(crate) fn repair_item_bytes(&self, bytes: u64) {
+        self.stream.repair_item_bytes.inc_by(bytes);
     }
 
     /// Counts items dropped by clean-up.

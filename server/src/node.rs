@@ -40,6 +40,8 @@ use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::http::HttpPeer;
 use crate::peer::Peer;
+use crate::repair::metered::MeteredPeer;
+use crate::repair::Repairer;
 use crate::storage::{Storage, StorageError};
 use crate::stream::bootstrap::Bootstrap;
 use crate::stream::cleanup::Cleaner;
@@ -307,6 +309,29 @@ impl Node {
         );
         // The one budget of every kind of background work on this node.
         let throttle = Throttle::new(config.background_bytes_per_sec);
+        let repair_peer: Arc<dyn Peer> = Arc::new(MeteredPeer::new(
+            peer.clone(),
+            throttle.clone(),
+            metrics.clone(),
+        ));
+        let repairer = Repairer::new(
+            membership.clone(),
+            storage.clone(),
+            config.replication_factor,
+            (
+                repair_peer.clone(),
+                // Its own progress: repair's sub-ranges are not the bootstrap's.
+                Receiver::new(
+                    storage.clone(),
+                    repair_peer,
+                    (metrics.clone(), Arc::new(Progress::default()), hlc.clone()),
+                ),
+            ),
+            metrics.clone(),
+        );
+        if let Some(every) = config.repair_interval {
+            tasks.spawn("repair_scheduler", repairer.clone().run_scheduled(every));
+        }
         tasks.spawn(
             "hint_replay",
             Replay {
@@ -348,6 +373,7 @@ impl Node {
             progress,
             cleaner,
             hints,
+            repairer,
             tasks,
             stop: stop.clone(),
         };

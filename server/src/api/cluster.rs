@@ -112,6 +112,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "tokens": state.membership.tokens().len(),
         "streaming": state.progress.report(),
         "cleanup": state.cleaner.status(),
+        "repair": state.repairer.report(),
         "tasks": state.tasks.report(),
         "hints": state.hints.pending(),
         "degraded": state.storage.write_error(),

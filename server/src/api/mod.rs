@@ -2,9 +2,10 @@
 //! error type, and the middleware that bounds and measures every request.
 //!
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
-//! APIs), `cluster` (cluster, node, health, readiness, metrics) and
+//! APIs), `cluster` (cluster, node, health, readiness, metrics),
 //! [`internal`] (node-to-node, behind the cluster secret; so is the
-//! decommission, clean-up and removenode routes in `cluster`); `budget` is the byte budget of
+//! decommission, clean-up and removenode routes in `cluster`) and `repair`
+//! (anti-entropy, internal and admin); `budget` is the byte budget of
 //! bodies in flight.
 //!
 //! Before a handler runs, `bound_and_measure` admits the request: a body
@@ -17,6 +18,7 @@ pub(crate) mod cluster;
 pub(crate) mod compat;
 pub mod internal;
 pub(crate) mod kv;
+pub(crate) mod repair;
 pub(crate) mod stream;
 
 use std::sync::Arc;
@@ -37,7 +39,9 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
+use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_PULL_REQUEST, REPAIR_PULL_PATH};
 use crate::peer::wire::{APPLY_PATH, READ_PATH, STREAM_PATH};
+use crate::repair::Repairer;
 use crate::storage::Storage;
 use crate::stream::cleanup::Cleaner;
 use crate::stream::Progress;
@@ -68,6 +72,8 @@ pub struct AppState {
     pub(crate) cleaner: Arc<Cleaner>,
     /// The hints this node keeps for others (`/v1/node` shows them).
     pub(crate) hints: crate::hints::Hints,
+    /// Anti-entropy repair: this node's passes, other nodes' calls.
+    pub(crate) repairer: Arc<Repairer>,
     /// The node's background tasks (a decommission's leave runs there).
     pub(crate) tasks: crate::tasks::Tasks,
     /// Asks the node to stop (after a decommission).
@@ -88,6 +94,9 @@ pub fn router(state: AppState) -> Router {
             &format!("{}/{{id}}", cluster::REMOVENODE_PATH),
             post(cluster::removenode),
         )
+        .route(DIGEST_PATH, post(repair::digest))
+        .route(REPAIR_PULL_PATH, post(repair::repair_pull))
+        .route(repair::REPAIR_PATH, post(repair::start))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             internal::require_secret,
@@ -222,6 +231,12 @@ fn route_body_limit(method: &axum::http::Method, path: &str, limits: &Limits) ->
         Some(BodyLimit::Body(limits.apply_body_size()))
     } else if *method == Method::POST && path == READ_PATH {
         Some(BodyLimit::Body(limits.max_key_size))
+    } else if *method == Method::POST && path == DIGEST_PATH {
+        Some(BodyLimit::Body(MAX_DIGEST_REQUEST))
+    } else if *method == Method::POST && path == REPAIR_PULL_PATH {
+        Some(BodyLimit::Body(MAX_PULL_REQUEST))
+    } else if *method == Method::POST && path == repair::REPAIR_PATH {
+        Some(BodyLimit::Body(repair::MAX_REPAIR_REQUEST))
     } else {
         None
     }
@@ -281,6 +296,8 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_read
     } else if path == STREAM_PATH {
         Op::internal_stream
+    } else if path == DIGEST_PATH || path == REPAIR_PULL_PATH {
+        Op::internal_repair
     } else if matches!(
         path,
         "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
@@ -289,6 +306,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         || path
             .strip_prefix(cluster::REMOVENODE_PATH)
             .is_some_and(|id| id.starts_with('/'))
+        || path == repair::REPAIR_PATH
     {
         Op::admin
     } else {

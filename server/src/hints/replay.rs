@@ -307,6 +307,7 @@ mod tests {
     use super::*;
     use crate::config::HintLimits;
     use crate::metrics::HintMetrics;
+    use crate::peer::repair::{DigestAnswer, DigestRequest, PullRequest};
     use crate::peer::wire::encode_apply;
     use crate::peer::{Chunks, Endpoint, PeerError};
     use crate::storage::Record;
@@ -337,6 +338,22 @@ mod tests {
             _: Endpoint<'_>,
             _: TokenRange,
             _: Option<&[u8]>,
+        ) -> Result<Box<dyn Chunks>, PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+
+        async fn digest(
+            &self,
+            _: Endpoint<'_>,
+            _: &DigestRequest,
+        ) -> Result<DigestAnswer, PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+
+        async fn pull_from(
+            &self,
+            _: Endpoint<'_>,
+            _: &PullRequest,
         ) -> Result<Box<dyn Chunks>, PeerError> {
             Err(PeerError::Unreachable("not in this test".into()))
         }

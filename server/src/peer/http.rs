@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_ring::TokenRange;
 
+use super::repair::{DigestAnswer, DigestRequest, PullRequest, DIGEST_PATH, REPAIR_PULL_PATH};
 use super::wire::{encode_hex, APPLY_PATH, READ_PATH, STREAM_PATH};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::auth::ClusterSecret;
@@ -45,34 +46,39 @@ impl HttpPeer {
         })
     }
 
+    /// Posts `body`, bounded by `timeout` when given.
     async fn post(
         &self,
         to: Endpoint<'_>,
         path: &str,
         body: Bytes,
+        timeout: Option<Duration>,
     ) -> Result<reqwest::Response, PeerError> {
-        let response = self
+        let mut request = self
             .client
             .post(format!("http://{}{path}", to.addr))
             .bearer_auth(self.secret.expose())
-            .timeout(self.replica_timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(failure)?;
-        Ok(response)
+            .body(body);
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        request.send().await.map_err(failure)
     }
 }
 
 #[async_trait]
 impl Peer for HttpPeer {
     async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
-        let response = self.post(to, APPLY_PATH, body).await?;
+        let response = self
+            .post(to, APPLY_PATH, body, Some(self.replica_timeout))
+            .await?;
         refused(&response)
     }
 
     async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError> {
-        let response = self.post(to, READ_PATH, key).await?;
+        let response = self
+            .post(to, READ_PATH, key, Some(self.replica_timeout))
+            .await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -106,6 +112,31 @@ impl Peer for HttpPeer {
             .send()
             .await
             .map_err(failure)?;
+        refused(&response)?;
+        Ok(Box::new(Body(response)))
+    }
+
+    async fn digest(
+        &self,
+        to: Endpoint<'_>,
+        request: &DigestRequest,
+    ) -> Result<DigestAnswer, PeerError> {
+        let response = self
+            .post(to, DIGEST_PATH, request.encode().into(), None)
+            .await?;
+        refused(&response)?;
+        let body = response.bytes().await.map_err(failure)?;
+        DigestAnswer::decode(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
+    }
+
+    async fn pull_from(
+        &self,
+        to: Endpoint<'_>,
+        request: &PullRequest,
+    ) -> Result<Box<dyn Chunks>, PeerError> {
+        let response = self
+            .post(to, REPAIR_PULL_PATH, request.encode().into(), None)
+            .await?;
         refused(&response)?;
         Ok(Box::new(Body(response)))
     }

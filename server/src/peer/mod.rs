@@ -4,11 +4,13 @@
 //!
 //! - [`wire`]: the apply and read bodies, the internal paths, hex.
 //! - [`frames`]: the checksummed frames a streamed range travels in.
+//! - [`repair`]: the bodies of the anti-entropy calls.
 //! - `sim` (tests only): a simulated network of in-process nodes with
 //!   scripted faults.
 
 pub mod frames;
 pub mod http;
+pub mod repair;
 #[cfg(test)]
 pub(crate) mod sim;
 pub mod wire;
@@ -19,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_ring::{NodeId, TokenRange};
 
+use self::repair::{DigestAnswer, DigestRequest, PullRequest};
 use crate::storage::Record;
 
 /// The member a call goes to.
@@ -76,5 +79,24 @@ pub trait Peer: Send + Sync {
         to: Endpoint<'_>,
         range: TokenRange,
         after: Option<&[u8]>,
+    ) -> Result<Box<dyn Chunks>, PeerError>;
+
+    /// The hashes of some nodes of the peer's digest tree of a range
+    /// (`repair::tree`), which it builds from one snapshot per session and
+    /// range. No deadline beyond connecting: the first call of a session
+    /// reads the whole range, and the caller bounds its wait.
+    async fn digest(
+        &self,
+        to: Endpoint<'_>,
+        request: &DigestRequest,
+    ) -> Result<DigestAnswer, PeerError>;
+
+    /// Asks the peer to pull `request.ranges` from `request.from` (this
+    /// node) and apply them. The body reports each range as it finishes
+    /// ([`repair::PullCounts`]). No deadline beyond connecting.
+    async fn pull_from(
+        &self,
+        to: Endpoint<'_>,
+        request: &PullRequest,
     ) -> Result<Box<dyn Chunks>, PeerError>;
 }

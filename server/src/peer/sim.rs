@@ -27,6 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_ring::{NodeId, TokenRange};
 
+use super::repair::{DigestAnswer, DigestRequest, PullRequest};
 use super::wire::decode_apply;
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::hlc::Hlc;
@@ -354,6 +355,22 @@ impl Peer for SimPeer {
         Err(PeerError::Unreachable(
             "streams are not simulated".to_owned(),
         ))
+    }
+
+    async fn digest(
+        &self,
+        _to: Endpoint<'_>,
+        _request: &DigestRequest,
+    ) -> Result<DigestAnswer, PeerError> {
+        Err(PeerError::Unreachable("repair is not simulated".to_owned()))
+    }
+
+    async fn pull_from(
+        &self,
+        _to: Endpoint<'_>,
+        _request: &PullRequest,
+    ) -> Result<Box<dyn Chunks>, PeerError> {
+        Err(PeerError::Unreachable("repair is not simulated".to_owned()))
     }
 }
 

@@ -1,12 +1,12 @@
-//! Operator commands: `kvnode decommission`, `kvnode removenode` and
-//! `kvnode cleanup` talk to a running node; `kvnode repair-engine` works on
+//! Operator commands: `kvnode decommission`, `kvnode removenode`,
+//! `kvnode cleanup` and `kvnode repair` talk to a running node; `kvnode repair-engine` works on
 //! a stopped node's data dir.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
+use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH, REPAIR_PATH};
 
 /// Flags of `kvnode decommission` and `kvnode cleanup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -192,18 +192,140 @@ pub async fn cleanup(args: AdminArgs) -> Result<(), AdminError> {
     Err(AdminError::Timeout(deadline))
 }
 
+/// Flags of `kvnode repair`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AntiEntropyArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Repair only the node's ranges that overlap this token range
+    /// `START:END` (start exclusive); repeatable. Default: all its ranges.
+    #[arg(long = "range", value_parser = parse_range)]
+    pub ranges: Vec<(u64, u64)>,
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (start, end) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text}: expected START:END"))?;
+    let token = |t: &str| t.trim().parse::<u64>().map_err(|e| format!("{t}: {e}"));
+    Ok((token(start)?, token(end)?))
+}
+
+/// Asks the node to repair its ranges with their other replicas, then
+/// follows the pass until it ends, printing its progress.
+pub async fn repair(args: AntiEntropyArgs) -> Result<(), AdminError> {
+    let body = serde_json::json!({ "ranges": args.ranges });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = format!("http://{}", args.admin.node);
+    let passes_before = repair_status(&client, &base)
+        .await
+        .and_then(|s| s.get("passes")?.as_u64())
+        .unwrap_or(0);
+    post_with(&args.admin, REPAIR_PATH, Some(body)).await?;
+    println!("{}: repair started", args.admin.node);
+    let deadline = Duration::from_secs(args.admin.timeout_secs);
+    let start = Instant::now();
+    let mut last = (usize::MAX, 0);
+    while start.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(status) = repair_status(&client, &base).await else {
+            continue;
+        };
+        let count = |k: &str| {
+            status
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let progress = (
+            usize::try_from(count("ranges_done")).unwrap_or(0),
+            usize::try_from(count("ranges_total")).unwrap_or(0),
+        );
+        if progress != last {
+            println!(
+                "{:>6.1} s  {}/{} ranges",
+                start.elapsed().as_secs_f64(),
+                progress.0,
+                progress.1
+            );
+            last = progress;
+        }
+        if count("passes") > passes_before
+            && status.get("running").and_then(serde_json::Value::as_bool) == Some(false)
+        {
+            let ranges = status
+                .get("ranges")
+                .and_then(|r| r.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let sum = |k: &str| -> u64 { ranges.iter().filter_map(|r| r.get(k)?.as_u64()).sum() };
+            println!(
+                "{}: repair done in {:.1} s: {} ranges, {} differing leaves, {} keys pulled, {} pushed",
+                args.admin.node,
+                start.elapsed().as_secs_f64(),
+                ranges.len(),
+                sum("differing_leaves"),
+                sum("keys_pulled"),
+                sum("keys_pushed"),
+            );
+            let failed = count("last_pass_failed_ranges");
+            if failed > 0 {
+                let reasons: Vec<&str> = ranges
+                    .iter()
+                    .filter_map(|r| r.get("error")?.as_str())
+                    .collect();
+                return Err(AdminError::Refused {
+                    status: 500,
+                    body: format!("{failed} ranges not repaired: {}", reasons.join("; ")),
+                });
+            }
+            return Ok(());
+        }
+    }
+    Err(AdminError::Timeout(deadline))
+}
+
+/// The node's `"repair"` status, if it answers.
+async fn repair_status(client: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
+    let body = client
+        .get(format!("{base}/v1/node"))
+        .send()
+        .await
+        .ok()?
+        .bytes()
+        .await
+        .ok()?;
+    let node: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    node.get("repair").cloned()
+}
+
 /// Posts to an admin route with the secret; the client and the node's base
 /// URL for what follows.
 async fn post(args: &AdminArgs, path: &str) -> Result<(reqwest::Client, String), AdminError> {
+    post_with(args, path, None).await
+}
+
+/// [`post`] with a JSON body.
+async fn post_with(
+    args: &AdminArgs,
+    path: &str,
+    json: Option<serde_json::Value>,
+) -> Result<(reqwest::Client, String), AdminError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
     let base = format!("http://{}", args.node);
-    let r = client
+    let mut request = client
         .post(format!("{base}{path}"))
-        .bearer_auth(&args.cluster_secret)
-        .send()
-        .await?;
+        .bearer_auth(&args.cluster_secret);
+    if let Some(body) = json {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+    }
+    let r = request.send().await?;
     if !r.status().is_success() {
         return Err(AdminError::Refused {
             status: r.status().as_u16(),

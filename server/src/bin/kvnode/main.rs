@@ -5,7 +5,7 @@
 mod admin;
 mod demo;
 
-use admin::{AdminArgs, RemoveArgs, RepairArgs};
+use admin::{AdminArgs, AntiEntropyArgs, RemoveArgs, RepairArgs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use demo::DemoArgs;
@@ -33,6 +33,9 @@ enum Command {
     /// Make a running node drop the items of ranges it no longer replicates
     /// (after checking that every view agrees and every replica is up).
     Cleanup(AdminArgs),
+    /// Make a running node compare its ranges with their other replicas
+    /// (hash trees) and exchange only what differs, newest version winning.
+    Repair(AntiEntropyArgs),
     /// Salvage a stopped node's damaged engine: every readable table and log
     /// record into a fresh manifest, the damaged files kept aside.
     RepairEngine(RepairArgs),
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Decommission(args)) => Ok(admin::decommission(args).await?),
             Some(Command::Removenode(args)) => Ok(admin::removenode(args).await?),
             Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await?),
+            Some(Command::Repair(args)) => Ok(admin::repair(args).await?),
             Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args)?),
             None => {
                 let config = Config::load(cli.node)?;
