@@ -63,25 +63,6 @@ async fn write_all(
     out
 }
 
-/// Runs `kvnode repair --node <node i>` to its end; its output.
-async fn kvnode_repair(cluster: &Cluster, i: usize) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
-        .args(["repair", "--node", &cluster.nodes[i].http.to_string()])
-        .args(["--timeout-secs", "300"])
-        .env("KVNODE_CLUSTER_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kvnode repair failed: {text}");
-    assert!(text.contains("repair done"), "{text}");
-    text
-}
-
 /// Repair traffic of the whole cluster: (digest bytes, item bytes).
 async fn traffic(cluster: &Cluster) -> (f64, f64) {
     let (mut digest, mut items) = (0.0, 0.0);
@@ -146,7 +127,7 @@ async fn a_replica_that_missed_writes_converges_through_repair_without_reads() {
     println!("node3 missed {missing} of 1500 writes");
     assert!(missing > 0, "node3 missed none of the writes");
 
-    let out = kvnode_repair(&cluster, 2).await;
+    let out = cluster.kvnode_repair(2).await;
     println!("{out}");
     assert_holds(&cluster, 2, &written).await;
     let node = cluster.node_info(2).await.unwrap();
@@ -254,7 +235,7 @@ async fn measure(n: usize, value_len: usize) -> Figures {
     };
     let written = write_all(&cluster, 0, &keys, |i| sized("", i, b'x'), "all").await;
 
-    let out = kvnode_repair(&cluster, 1).await;
+    let out = cluster.kvnode_repair(1).await;
     let first = seconds_of(&out);
     let (digest, items) = traffic(&cluster).await;
     assert_eq!(items, 0.0, "identical replicas streamed items");
@@ -292,7 +273,7 @@ async fn measure(n: usize, value_len: usize) -> Figures {
     while let Some(done) = set.join_next().await {
         done.unwrap();
     }
-    let out = kvnode_repair(&cluster, 2).await;
+    let out = cluster.kvnode_repair(2).await;
     let second = seconds_of(&out);
     let (digest2, items2) = traffic(&cluster).await;
     assert_holds(&cluster, 2, &want).await;
@@ -383,7 +364,7 @@ async fn a_healed_partition_ends_with_the_newest_value_everywhere() {
     }
     wait_all_up(&cluster).await;
 
-    kvnode_repair(&cluster, 2).await;
+    cluster.kvnode_repair(2).await;
     for i in 0..3 {
         assert_holds(&cluster, i, &newest).await;
     }

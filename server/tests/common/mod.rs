@@ -280,6 +280,25 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Runs `kvnode repair` against node `i` to the end; its output.
+    pub async fn kvnode_repair(&self, i: usize) -> String {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+            .args(["repair", "--node", &self.nodes[i].http.to_string()])
+            .args(["--timeout-secs", "300"])
+            .env("KVNODE_CLUSTER_SECRET", SECRET)
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kvnode repair failed: {text}");
+        assert!(text.contains("repair done"), "{text}");
+        text
+    }
+
     /// Node `i`'s `/v1/node` document.
     pub async fn node_info(&self, i: usize) -> Option<Value> {
         let r = self
