@@ -55,7 +55,7 @@ use crate::view::{MemberInfo, NodeState};
 
 /// How many replicas must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Consistency {
+pub(crate) enum Consistency {
     /// One replica.
     One,
     /// A majority of the preference list.
@@ -66,7 +66,7 @@ pub enum Consistency {
 
 impl Consistency {
     /// Parses the `consistency` query parameter (`one`, `quorum`, `all`, any case).
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "one" => Some(Self::One),
             "quorum" => Some(Self::Quorum),
@@ -76,7 +76,7 @@ impl Consistency {
     }
 
     /// Answers needed from a preference list of `replicas` nodes.
-    pub fn required(self, replicas: usize) -> usize {
+    pub(crate) fn required(self, replicas: usize) -> usize {
         match self {
             Self::One => replicas.min(1),
             Self::Quorum => replicas / 2 + 1,
@@ -88,7 +88,7 @@ impl Consistency {
 /// Why a consistency level was not met.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum CoordinatorError {
+pub(crate) enum CoordinatorError {
     /// No ring yet (the node is still learning the cluster).
     #[error("no ring: the cluster has no available member yet")]
     NoRing,
@@ -114,7 +114,7 @@ pub enum CoordinatorError {
 
 /// Coordinates requests. Cheap to clone.
 #[derive(Clone)]
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     inner: Arc<Inner>,
 }
 
@@ -130,29 +130,29 @@ struct Inner {
 }
 
 /// The pieces a coordinator works with.
-pub struct CoordinatorParts {
+pub(crate) struct CoordinatorParts {
     /// This node's engine.
-    pub storage: Storage,
+    pub(crate) storage: Storage,
     /// The cluster view and the write gate.
     pub(crate) routing: Arc<Routing>,
     /// This node's clock.
-    pub hlc: Arc<Hlc>,
+    pub(crate) hlc: Arc<Hlc>,
     /// Replicas per key.
-    pub rf: ReplicationFactor,
+    pub(crate) rf: ReplicationFactor,
     /// Replica calls to the other nodes.
-    pub peer: Arc<dyn Peer>,
+    pub(crate) peer: Arc<dyn Peer>,
     /// Replica call counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Most replica calls in flight that may outlive their request
     /// ([`background`]).
-    pub max_background_calls: usize,
+    pub(crate) max_background_calls: usize,
     /// Where writes that a replica missed are kept for it.
-    pub hints: Hints,
+    pub(crate) hints: Hints,
 }
 
 impl Coordinator {
     /// A coordinator of `parts`.
-    pub fn new(parts: CoordinatorParts) -> Self {
+    pub(crate) fn new(parts: CoordinatorParts) -> Self {
         Self {
             inner: Arc::new(Inner {
                 storage: parts.storage,
@@ -175,7 +175,7 @@ impl Coordinator {
     }
 
     /// Writes `value` (`None` deletes) under `key`; returns the version.
-    pub async fn write(
+    pub(crate) async fn write(
         &self,
         key: Bytes,
         value: Option<Bytes>,
@@ -260,7 +260,7 @@ impl Coordinator {
 
     /// Reads `key`: the newest record among the required replicas, or `None`
     /// if none holds it. Tombstones are returned as such.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         key: Bytes,
         consistency: Consistency,

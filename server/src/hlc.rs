@@ -124,7 +124,7 @@ impl WallClock {
 
 /// A thread-safe hybrid logical clock.
 #[derive(Debug)]
-pub struct Hlc {
+pub(crate) struct Hlc {
     /// The clock part (`ms << 8 | logical`, a version without its tag) of
     /// the last version handed out or observed.
     last: AtomicU64,
@@ -155,7 +155,7 @@ impl Hlc {
     }
 
     /// A fresh version, larger than every one this clock returned or saw.
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         let wall = self.clock.now_ms() << LOGICAL_BITS;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
@@ -174,7 +174,7 @@ impl Hlc {
     /// [`Hlc::now`] is larger than it, whatever its tag. An older version
     /// changes nothing. One more than the maximum clock offset ahead of the
     /// wall clock is folded in all the same, and counted and warned about.
-    pub fn update(&self, remote: u64) {
+    pub(crate) fn update(&self, remote: u64) {
         self.last.fetch_max(remote >> TAG_BITS, Ordering::AcqRel);
         let wall = self.clock.now_ms();
         let ahead_ms = ms(remote).saturating_sub(wall);

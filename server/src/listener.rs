@@ -49,7 +49,7 @@ use crate::config::defaults::FD_RESERVE;
 /// How long a closing connection reads and drops what the client still
 /// sends (see the module doc). Long enough for a refused 1 MiB body on a
 /// slow link to arrive; short, as it holds a connection slot.
-pub const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 /// First pause after a failed `accept`.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause after failed `accept`s in a row.
@@ -57,18 +57,18 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What bounds the server's connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ServeLimits {
+pub(crate) struct ServeLimits {
     /// Connections served at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Time to receive a request head (and to wait for the next one).
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// Time a connection may sit with no request in flight.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 /// Raises this process's soft descriptor limit to its hard limit; returns
 /// the soft limit in force afterwards.
-pub fn raise_fd_limit() -> u64 {
+pub(crate) fn raise_fd_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -102,7 +102,7 @@ pub fn raise_fd_limit() -> u64 {
 /// The connection limit for a descriptor limit: what is left after
 /// [`FD_RESERVE`], divided by the replication factor, because a request on
 /// each connection may hold a connection to each other replica of its key.
-pub fn default_max_connections(fd_limit: u64, replication_factor: usize) -> usize {
+pub(crate) fn default_max_connections(fd_limit: u64, replication_factor: usize) -> usize {
     let per_connection = u64::try_from(replication_factor.max(1)).unwrap_or(u64::MAX);
     let n = fd_limit.saturating_sub(FD_RESERVE) / per_connection;
     usize::try_from(n).unwrap_or(usize::MAX).max(1)
@@ -110,7 +110,7 @@ pub fn default_max_connections(fd_limit: u64, replication_factor: usize) -> usiz
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits until every connection has closed.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,

@@ -60,18 +60,18 @@ pub enum MarkerError {
 
 /// What `node.json` records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeMarker {
+pub(crate) struct NodeMarker {
     /// Whose data this is.
-    pub node_id: String,
+    pub(crate) node_id: String,
     /// The node's tokens; absent in markers of derived-token nodes.
     #[serde(default)]
-    pub tokens: Option<Vec<u64>>,
+    pub(crate) tokens: Option<Vec<u64>>,
     /// Whether the node finished joining (false: bootstrap interrupted).
     #[serde(default = "yes")]
-    pub available: bool,
+    pub(crate) available: bool,
     /// Whether the cluster removed this node for good (module doc).
     #[serde(default)]
-    pub removed: bool,
+    pub(crate) removed: bool,
 }
 
 fn yes() -> bool {

@@ -111,7 +111,7 @@ pub enum MembershipError {
 
 /// This node's membership: its gossip handle, its published state and the
 /// latest [`ClusterView`].
-pub struct Membership {
+pub(crate) struct Membership {
     handle: tokio::sync::Mutex<Option<ChitchatHandle>>,
     /// The view this node routes by, and its write gate.
     routing: Arc<Routing>,
@@ -152,7 +152,7 @@ impl std::fmt::Debug for Membership {
 impl Membership {
     /// Starts gossip, publishing this node in `state` with `tokens`, and a
     /// task that refreshes the view every gossip round.
-    pub async fn start(
+    pub(crate) async fn start(
         config: &Config,
         state: NodeState,
         tokens: Vec<u64>,
@@ -266,7 +266,7 @@ impl Membership {
     }
 
     /// The current view. Cheap: an `Arc` clone.
-    pub fn view(&self) -> Arc<ClusterView> {
+    pub(crate) fn view(&self) -> Arc<ClusterView> {
         self.routing.view()
     }
 
@@ -278,28 +278,28 @@ impl Membership {
     }
 
     /// This node's id.
-    pub fn self_id(&self) -> &NodeId {
+    pub(crate) fn self_id(&self) -> &NodeId {
         &self.self_id
     }
 
     /// This node's published state.
-    pub fn state(&self) -> NodeState {
+    pub(crate) fn state(&self) -> NodeState {
         *self.state.lock()
     }
 
     /// This node's tokens.
-    pub fn tokens(&self) -> Vec<u64> {
+    pub(crate) fn tokens(&self) -> Vec<u64> {
         self.tokens.read().clone()
     }
 
     /// This run's generation (start time in ms).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Removes the DOWN member `id` for good: publishes its incarnation
     /// under `removed` ([`removal`](crate::view::removal)).
-    pub async fn remove(&self, id: &NodeId) -> Result<Removal, RemoveError> {
+    pub(crate) async fn remove(&self, id: &NodeId) -> Result<Removal, RemoveError> {
         let removal = removal::removable(&self.view(), id)?;
         self.publish_removals([removal.clone()]).await;
         tracing::warn!(node = %id, removal = %removal, "member removed for good");
@@ -340,7 +340,7 @@ impl Membership {
 
     /// Publishes that this node has taken over the ranges of `leaver`
     /// ([`MemberInfo::incarnation`]).
-    pub async fn mark_pulled(&self, leaver: String) {
+    pub(crate) async fn mark_pulled(&self, leaver: String) {
         let text = {
             let mut pulled = self.pulled.lock();
             if pulled.contains(&leaver) {
@@ -360,7 +360,7 @@ impl Membership {
     /// Sets this node's state to `to` if it is `from`, in one step against
     /// concurrent callers; whether it did. Nothing is published: the caller
     /// follows with [`Membership::set_state`].
-    pub fn swap_state(&self, from: NodeState, to: NodeState) -> bool {
+    pub(crate) fn swap_state(&self, from: NodeState, to: NodeState) -> bool {
         let mut state = self.state.lock();
         if *state != from {
             return false;
@@ -370,14 +370,14 @@ impl Membership {
     }
 
     /// Publishes a new state for this node.
-    pub async fn set_state(&self, state: NodeState) {
+    pub(crate) async fn set_state(&self, state: NodeState) {
         let tokens = self.tokens();
         self.set_state_and_tokens(state, tokens).await;
     }
 
     /// Publishes a new state and new tokens for this node at once, so that
     /// no member sees the state with the old tokens.
-    pub async fn set_state_and_tokens(&self, state: NodeState, tokens: Vec<u64>) {
+    pub(crate) async fn set_state_and_tokens(&self, state: NodeState, tokens: Vec<u64>) {
         *self.state.lock() = state;
         *self.tokens.write() = tokens.clone();
         let tokens_text = tokens
@@ -409,7 +409,7 @@ impl Membership {
 
     /// Publishes whether this node's engine takes writes: `Some(reason)`
     /// while it does not, so that coordinators stop sending it reads.
-    pub async fn set_health(&self, degraded: Option<String>) {
+    pub(crate) async fn set_health(&self, degraded: Option<String>) {
         if *self.health.lock() == degraded {
             return;
         }
@@ -428,7 +428,7 @@ impl Membership {
     }
 
     /// Stops gossip and the refresh task. Peers will see this node go down.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         if let Some(task) = self.refresher.lock().take() {
             task.abort();
         }

@@ -27,7 +27,7 @@ use strata_engine::{LevelStats, Stats};
 /// A client or internal operation, as labelled in metrics.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Op {
+pub(crate) enum Op {
     /// `GET /v1/kv`, `/v1/data`, `/block`.
     get,
     /// `PUT /v1/kv`, `POST /v1/data`, `PUT /block`.
@@ -51,7 +51,7 @@ pub enum Op {
 /// Which side of a replica call.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum ReplicaOp {
+pub(crate) enum ReplicaOp {
     /// A write sent to a replica.
     apply,
     /// A read sent to a replica.
@@ -63,7 +63,7 @@ pub enum ReplicaOp {
 /// How a replica call ended.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Answered.
     ok,
     /// Failed (connection, status, decoding, local engine error).
@@ -75,7 +75,7 @@ pub enum Outcome {
 /// Where a replica call went.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Target {
+pub(crate) enum Target {
     /// This node's own engine.
     local,
     /// Another node, over HTTP (a forwarded request).
@@ -104,7 +104,7 @@ pub enum GossipOutcome {
 /// Which way a gossip datagram went.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Received.
     received,
     /// Sent.
@@ -119,7 +119,7 @@ struct GossipLabels {
 
 /// The gossip transport's counters (`kvnode_gossip_*`), shared with it.
 #[derive(Debug, Clone, Default)]
-pub struct GossipMetrics {
+pub(crate) struct GossipMetrics {
     datagrams: Family<GossipLabels, Counter>,
     bytes: Family<GossipLabels, Counter>,
     members_ignored: Counter,
@@ -134,22 +134,22 @@ impl GossipMetrics {
     }
 
     /// Counts a datagram received, with what became of it.
-    pub fn datagram_in(&self, outcome: GossipOutcome, bytes: usize) {
+    pub(crate) fn datagram_in(&self, outcome: GossipOutcome, bytes: usize) {
         self.count(Direction::received, outcome, bytes);
     }
 
     /// Counts a datagram sent (or not, if `oversized`).
-    pub fn datagram_out(&self, outcome: GossipOutcome, bytes: usize) {
+    pub(crate) fn datagram_out(&self, outcome: GossipOutcome, bytes: usize) {
         self.count(Direction::sent, outcome, bytes);
     }
 
     /// Counts a member left out of the view because the bound was reached.
-    pub fn member_ignored(&self) {
+    pub(crate) fn member_ignored(&self) {
         self.members_ignored.inc();
     }
 
     /// Counts a member record whose signature did not verify.
-    pub fn record_rejected(&self) {
+    pub(crate) fn record_rejected(&self) {
         self.records_rejected.inc();
     }
 }
@@ -157,7 +157,7 @@ impl GossipMetrics {
 /// Why a hint was not kept.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum HintDrop {
+pub(crate) enum HintDrop {
     /// Its target already had `max_hint_bytes_per_node` pending.
     over_bound,
     /// Its target has been down for longer than the hint window.
@@ -179,7 +179,7 @@ struct HintTargetLabels {
 /// The hinted-handoff counters (`kvnode_hints_*`), shared with the hint
 /// store.
 #[derive(Debug, Clone, Default)]
-pub struct HintMetrics {
+pub(crate) struct HintMetrics {
     stored: Counter,
     delivered: Counter,
     expired: Counter,
@@ -189,28 +189,28 @@ pub struct HintMetrics {
 
 impl HintMetrics {
     /// Counts a hint stored.
-    pub fn stored(&self) {
+    pub(crate) fn stored(&self) {
         self.stored.inc();
     }
 
     /// Counts hints delivered to their target (or handed to the key's
     /// replicas) and deleted.
-    pub fn delivered(&self, hints: u64) {
+    pub(crate) fn delivered(&self, hints: u64) {
         self.delivered.inc_by(hints);
     }
 
     /// Counts a hint deleted because it outlived the window.
-    pub fn expired(&self) {
+    pub(crate) fn expired(&self) {
         self.expired.inc();
     }
 
     /// Counts a hint not kept.
-    pub fn dropped(&self, reason: HintDrop) {
+    pub(crate) fn dropped(&self, reason: HintDrop) {
         self.dropped.get_or_create(&HintDropLabels { reason }).inc();
     }
 
     /// Sets the bytes pending for `target`.
-    pub fn set_pending(&self, target: &str, bytes: u64) {
+    pub(crate) fn set_pending(&self, target: &str, bytes: u64) {
         self.pending_bytes
             .get_or_create(&HintTargetLabels {
                 target: target.to_owned(),
@@ -244,7 +244,7 @@ struct ReplicaLabels {
 
 /// Every metric the node exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// The root: `kvnode_*` families in one sub-registry, the engine's
     /// collector in another.
     registry: Registry,
@@ -288,7 +288,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every metric.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("kvnode");
         let requests = Family::<StatusLabels, Counter>::default();
@@ -459,7 +459,7 @@ impl Metrics {
     }
 
     /// Counts one handled request.
-    pub fn request(&self, op: Op, status: u16, seconds: f64) {
+    pub(crate) fn request(&self, op: Op, status: u16, seconds: f64) {
         self.requests
             .get_or_create(&StatusLabels { op, status })
             .inc();
@@ -469,17 +469,17 @@ impl Metrics {
     }
 
     /// Counts a background task that failed.
-    pub fn task_failed(&self, task: &'static str) {
+    pub(crate) fn task_failed(&self, task: &'static str) {
         self.task_failures.get_or_create(&TaskLabels { task }).inc();
     }
 
     /// Counts one error response of `kind`.
-    pub fn error(&self, kind: &'static str) {
+    pub(crate) fn error(&self, kind: &'static str) {
         self.errors.get_or_create(&ErrorLabels { kind }).inc();
     }
 
     /// Counts one replica call.
-    pub fn replica_call(&self, op: ReplicaOp, target: Target, outcome: Outcome) {
+    pub(crate) fn replica_call(&self, op: ReplicaOp, target: Target, outcome: Outcome) {
         self.replica_calls
             .get_or_create(&ReplicaLabels {
                 op,
@@ -490,39 +490,39 @@ impl Metrics {
     }
 
     /// Counts a read repair skipped for want of room in the background set.
-    pub fn read_repair_skipped(&self) {
+    pub(crate) fn read_repair_skipped(&self) {
         self.read_repairs_skipped.inc();
     }
 
     /// Counts a frame sent by a stream source.
-    pub fn stream_sent(&self, bytes: usize, items: u64) {
+    pub(crate) fn stream_sent(&self, bytes: usize, items: u64) {
         self.stream.sent_bytes.inc_by(bytes as u64);
         self.stream.sent_items.inc_by(items);
     }
 
     /// Counts items received and applied from a stream.
-    pub fn stream_received(&self, bytes: usize, items: u64) {
+    pub(crate) fn stream_received(&self, bytes: usize, items: u64) {
         self.stream.received_bytes.inc_by(bytes as u64);
         self.stream.received_items.inc_by(items);
     }
 
     /// Counts a failed stream attempt.
-    pub fn stream_retry(&self) {
+    pub(crate) fn stream_retry(&self) {
         self.stream.retries.inc();
     }
 
     /// The gossip counters, for the transport and the membership.
-    pub fn gossip(&self) -> GossipMetrics {
+    pub(crate) fn gossip(&self) -> GossipMetrics {
         self.gossip.clone()
     }
 
     /// The counter of versions received too far ahead, for the clock.
-    pub fn hlc_remote_ahead(&self) -> Counter {
+    pub(crate) fn hlc_remote_ahead(&self) -> Counter {
         self.hlc_remote_ahead.clone()
     }
 
     /// The hinted-handoff counters, for the hint store.
-    pub fn hints(&self) -> HintMetrics {
+    pub(crate) fn hints(&self) -> HintMetrics {
         self.hints.clone()
     }
 
@@ -547,13 +547,13 @@ impl Metrics {
     }
 
     /// Counts items dropped by clean-up.
-    pub fn cleanup_deleted(&self, items: u64) {
+    pub(crate) fn cleanup_deleted(&self, items: u64) {
         self.stream.cleanup_deleted.inc_by(items);
     }
 
     /// Adds the families read at each scrape: the engine's statistics from
     /// `engine` and the incoming ranges by state from `stream_ranges`.
-    pub fn with_sources(
+    pub(crate) fn with_sources(
         mut self,
         engine: impl Fn() -> Stats + Send + Sync + 'static,
         stream_ranges: impl Fn() -> RangeCounts + Send + Sync + 'static,
@@ -570,7 +570,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition of every metric, ending in `# EOF`.
-    pub fn encode(&self) -> Result<String, fmt::Error> {
+    pub(crate) fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -578,7 +578,7 @@ impl Metrics {
 }
 
 /// Incoming ranges by state name, as `stream::Progress::counts` reports them.
-pub type RangeCounts = [(&'static str, usize); 4];
+pub(crate) type RangeCounts = [(&'static str, usize); 4];
 
 /// What a collector reads at each scrape. A closure rather than the node's
 /// types, so that metrics stays below the modules it measures.

@@ -38,11 +38,11 @@ use strata_ring::NodeId;
 use crate::config::HintLimits;
 use crate::metrics::HintMetrics;
 use store::{now_ms, Hint, HintStore, Stored};
-pub use store::{HintError, Pending};
+pub(crate) use store::{HintError, Pending};
 
 /// The node's hints. Cheap to clone: every clone shares one store.
 #[derive(Debug, Clone)]
-pub struct Hints {
+pub(crate) struct Hints {
     store: Arc<HintStore>,
 }
 

@@ -73,7 +73,7 @@ const HINT_WRITE_BUFFER: usize = 8 << 20;
 /// Why a hint could not be stored, read or decoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum HintError {
+pub(crate) enum HintError {
     /// The hint engine failed.
     #[error("hint engine: {0}")]
     Engine(#[from] strata_engine::Error),
@@ -122,11 +122,11 @@ pub(crate) struct Hint {
 
 /// What a target has pending, as `/v1/node` shows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// Hints.
-    pub hints: u64,
+    pub(crate) hints: u64,
     /// Their key and value bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// What became of a hint offered to [`HintStore::store`].

@@ -19,7 +19,7 @@ use removal::{Removal, Removed};
 /// node publishes: it is what the failure detector concludes
 /// ([`MemberInfo::live`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NodeState {
+pub(crate) enum NodeState {
     /// Learning the ring; owns nothing yet.
     Joining,
     /// Receiving its ranges from current replicas.
@@ -34,7 +34,7 @@ pub enum NodeState {
 
 impl NodeState {
     /// The published name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Joining => "JOINING",
             Self::Bootstrapping => "BOOTSTRAPPING",
@@ -56,44 +56,44 @@ impl NodeState {
     }
 
     /// Whether a node in this state owns ranges of the ring.
-    pub fn in_ring(self) -> bool {
+    pub(crate) fn in_ring(self) -> bool {
         matches!(self, Self::Available | Self::Leaving)
     }
 
     /// Whether a node in this state is taking or handing over ranges.
-    pub fn in_transition(self) -> bool {
+    pub(crate) fn in_transition(self) -> bool {
         matches!(self, Self::Bootstrapping | Self::Leaving)
     }
 }
 
 /// One member as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberInfo {
+pub(crate) struct MemberInfo {
     /// Node id.
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// Advertised HTTP address.
-    pub http_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
     /// Published state.
-    pub state: NodeState,
+    pub(crate) state: NodeState,
     /// Ring tokens.
-    pub tokens: Vec<u64>,
+    pub(crate) tokens: Vec<u64>,
     /// Whether the failure detector thinks it is up (this node always is).
-    pub live: bool,
+    pub(crate) live: bool,
     /// Chitchat generation (start time in ms).
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// The transitions (`id:generation:STATE`) this member routes by (see the module doc).
-    pub seen: Vec<String>,
+    pub(crate) seen: Vec<String>,
     /// Leaving nodes (`id:generation`) whose ranges this member has taken over.
-    pub pulled: Vec<String>,
+    pub(crate) pulled: Vec<String>,
     /// Why its engine refuses writes, if it does: it is not sent reads.
-    pub degraded: Option<String>,
+    pub(crate) degraded: Option<String>,
     /// The digest of the ring it routes by ([`ring_digest`]).
-    pub ring: String,
+    pub(crate) ring: String,
 }
 
 impl MemberInfo {
     /// Where calls to this member go.
-    pub fn endpoint(&self) -> Endpoint<'_> {
+    pub(crate) fn endpoint(&self) -> Endpoint<'_> {
         Endpoint {
             id: &self.id,
             addr: self.http_addr,
@@ -101,20 +101,20 @@ impl MemberInfo {
     }
 
     /// This member as named in `pulled`.
-    pub fn incarnation(&self) -> String {
+    pub(crate) fn incarnation(&self) -> String {
         format!("{}:{}", self.id, self.generation)
     }
 }
 
 impl MemberInfo {
     /// Whether requests may be sent to it: up and owning data.
-    pub fn serving(&self) -> bool {
+    pub(crate) fn serving(&self) -> bool {
         self.live && self.state.in_ring()
     }
 
     /// Whether reads may be sent to it: serving, and its engine healthy (a
     /// read-only engine may have missed writes).
-    pub fn readable(&self) -> bool {
+    pub(crate) fn readable(&self) -> bool {
         self.serving() && self.degraded.is_none()
     }
 }
@@ -141,7 +141,7 @@ impl MemberInfo {
 
 /// A digest of a ring (members and their tokens), for comparing views
 /// across members.
-pub fn ring_digest(ring: Option<&Ring>) -> String {
+pub(crate) fn ring_digest(ring: Option<&Ring>) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for member in ring.map(Ring::members).unwrap_or_default() {
         hasher.update(member.id.as_str().as_bytes());
@@ -156,21 +156,21 @@ pub fn ring_digest(ring: Option<&Ring>) -> String {
 
 /// An immutable snapshot of the membership and the ring built from it.
 #[derive(Debug)]
-pub struct ClusterView {
+pub(crate) struct ClusterView {
     /// This node.
-    pub self_id: NodeId,
+    pub(crate) self_id: NodeId,
     /// Every verified member, by id.
-    pub members: BTreeMap<NodeId, MemberInfo>,
+    pub(crate) members: BTreeMap<NodeId, MemberInfo>,
     /// The ring of members in a ring state; `None` while there is none.
-    pub ring: Option<Ring>,
+    pub(crate) ring: Option<Ring>,
     /// The ring once the transitions finish: AVAILABLE and BOOTSTRAPPING
     /// members, not LEAVING ones. `None` when there are no transitions (it
     /// would equal `ring`).
-    pub future_ring: Option<Ring>,
+    pub(crate) future_ring: Option<Ring>,
     /// Counts view changes on this node, for [`Routing::begin_write`].
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// Members fenced by a removal, out of `members` and the rings.
-    pub removed: BTreeMap<NodeId, Removed>,
+    pub(crate) removed: BTreeMap<NodeId, Removed>,
 }
 
 impl ClusterView {
@@ -199,7 +199,7 @@ impl ClusterView {
 
     /// The transitions in this view, as published under `seen`: removals
     /// count as one too.
-    pub fn transitions(&self) -> Vec<String> {
+    pub(crate) fn transitions(&self) -> Vec<String> {
         self.members
             .values()
             .filter(|m| m.state.in_transition())
@@ -210,7 +210,7 @@ impl ClusterView {
 
     /// Whether every live member other than `id` (any node coordinates)
     /// routes by a view holding `id` in `state`, and this view holds it too.
-    pub fn all_route_with(&self, id: &NodeId, state: NodeState) -> bool {
+    pub(crate) fn all_route_with(&self, id: &NodeId, state: NodeState) -> bool {
         let Some(member) = self.members.get(id).filter(|m| m.state == state) else {
             return false;
         };
@@ -219,7 +219,7 @@ impl ClusterView {
 
     /// Whether every live member routes by a view without the member that
     /// `removal` removed (see [`removal`](crate::view::removal)).
-    pub fn all_route_without(&self, removal: &Removal) -> bool {
+    pub(crate) fn all_route_without(&self, removal: &Removal) -> bool {
         self.removed.contains_key(&removal.id) && self.all_list(&removal.transition(), &removal.id)
     }
 
@@ -232,7 +232,7 @@ impl ClusterView {
 
     /// The replicas of `key` in the future ring that are not replicas now:
     /// the nodes receiving its range, which must get its writes too.
-    pub fn pending(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
+    pub(crate) fn pending(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
         let (Some(ring), Some(future)) = (&self.ring, &self.future_ring) else {
             return Vec::new();
         };
@@ -245,7 +245,7 @@ impl ClusterView {
     }
 
     /// The preference list of `key`: up to `rf` members, owner first.
-    pub fn replicas(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
+    pub(crate) fn replicas(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
         match &self.ring {
             Some(ring) => ring
                 .replicas(key, rf)

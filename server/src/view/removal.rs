@@ -68,13 +68,13 @@ use super::{ClusterView, MemberInfo, NodeState};
 
 /// One removed incarnation, as published under `removed`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Removal {
+pub(crate) struct Removal {
     /// The removed node's id.
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// The generation of the run that was removed.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// [`tokens_digest`] of the tokens that run published.
-    pub tokens: String,
+    pub(crate) tokens: String,
 }
 
 impl Removal {
@@ -164,11 +164,11 @@ pub(crate) fn signed_message(node_id: &str, generation: u64, removed: &str) -> V
 /// A fenced member as the view keeps it: the removal that fenced it and
 /// its last record (whose tokens say which ranges must be re-replicated).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Removed {
+pub(crate) struct Removed {
     /// The removal.
-    pub removal: Removal,
+    pub(crate) removal: Removal,
     /// The fenced record.
-    pub last: MemberInfo,
+    pub(crate) last: MemberInfo,
 }
 
 impl Removed {
@@ -238,7 +238,7 @@ pub(crate) fn partition(
 /// Why a member cannot be removed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RemoveError {
+pub(crate) enum RemoveError {
     /// No member of that id is known.
     #[error("no member {0} is known to this node")]
     Unknown(NodeId),
