@@ -44,7 +44,15 @@
 
 use strata_ring::TokenRange;
 
-use crate::repair::tree::{FANOUT, MAX_DEPTH, MAX_NODES_PER_CALL};
+/// Children per inner node of a digest tree (`repair::tree`). Four rather
+/// than Cassandra's two or a wider sixteen: a top-down walk costs about
+/// `FANOUT * 8 * levels` bytes per differing leaf, and `F / ln F` is
+/// smallest for 2..4; four halves the round trips of two.
+pub(crate) const FANOUT: u32 = 4;
+/// Deepest digest tree: `4^10` (about a million) leaves.
+pub(crate) const MAX_DEPTH: u8 = 10;
+/// The most node hashes asked for in one call: 128 KiB of answer.
+pub(crate) const MAX_NODES_PER_CALL: usize = 16 * 1024;
 
 /// Path of the digest route.
 pub const DIGEST_PATH: &str = "/internal/v1/digest";

@@ -45,13 +45,9 @@ use strata_engine::Snapshot;
 use strata_ring::TokenRange;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-/// Children per inner node. Four rather than Cassandra's two or a wider
-/// sixteen: a top-down walk costs about `FANOUT * 8 * levels` bytes per
-/// differing leaf, and `F / ln F` is smallest for 2..4; four halves the
-/// round trips of two.
-pub(crate) const FANOUT: u32 = 4;
-/// Deepest tree: `4^10` (about a million) leaves.
-pub(crate) const MAX_DEPTH: u8 = 10;
+// The tree's shape is part of the wire protocol: both replicas must build
+// the same one.
+pub(crate) use crate::peer::repair::{FANOUT, MAX_DEPTH, MAX_NODES_PER_CALL};
 
 /// The digest tree of one range, as of one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,8 +260,6 @@ fn token_of(engine_key: &[u8]) -> u64 {
         .map_or(0, |t| u64::from_be_bytes(*t))
 }
 
-/// The most node hashes asked for in one call: 128 KiB of answer.
-pub(crate) const MAX_NODES_PER_CALL: usize = 16 * 1024;
 
 /// Why a comparison cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
