@@ -24,20 +24,29 @@
 //! Then `curl -X PUT --data-binary v http://127.0.0.1:7700/v1/kv/k` and
 //! `curl http://127.0.0.1:7700/v1/kv/k`.
 //!
-//! Modules, one role each: [`api`] (routes), `coordinator` (replication and
-//! consistency), `routing` (the view requests route by, which `membership`
-//! publishes), `membership` (gossip and the ring), [`storage`] (the
-//! engine behind the node's key layout), `hlc` (versions), [`auth`] (the
-//! cluster secret), [`config`], `metrics`, `node` (startup and
-//! shutdown), `listener` (the accept loop and its connection limits), [`peer`]
-//! (calls to other nodes and their wire formats), `marker` (`node.json`),
-//! `removal` (members removed for good, and fencing them),
-//! `hints` (hinted handoff), `repair` (anti-entropy between replicas),
-//! `throttle` (the byte rate background work shares),
-//! [`stream`] (bootstrap streaming, decommission and clean-up). The `kvnode`
-//! binary's subcommands (`demo`, `decommission`, `removenode`, `cleanup`,
-//! `repair`, `repair-engine`)
-//! live with it, in `src/bin/kvnode/`.
+//! # Module map
+//!
+//! Layers, top to bottom; each module imports only modules below it (no
+//! import loops):
+//!
+//! ```text
+//! bin/kvnode/   main, demo, admin: the binary and its subcommands
+//! node          a node's life: open the data dir, start, serve, stop; owns the tasks
+//! api/          the HTTP adapter: kv, compat, cluster (admin), internal, stream, repair, budget
+//! coordinator/  replication and consistency; its bounded background set; in-process tests
+//! repair/       anti-entropy: digest trees, the walk, the scheduler
+//! hints/        hinted handoff: the store and its replay
+//! stream/       join (bootstrap), leave (handoff), removal take-over, clean-up, plan_pulls
+//! membership    gossip (chitchat) turned into views, published through routing
+//! routing       the view requests route by (a watch) and the write gate
+//! view/         ClusterView, MemberInfo, NodeState; removal (members removed for good)
+//! peer/         the Peer trait, http, sim (tests), wire, frames, repair bodies
+//! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, auth, hlc
+//! ```
+//!
+//! [`api`], [`auth`], [`config`], [`gossip_transport`], [`peer`], [`storage`]
+//! and [`stream`] are public for the binary, the integration tests and the
+//! fuzz targets; the rest is private to the crate.
 
 pub mod api;
 pub mod auth;

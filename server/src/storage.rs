@@ -54,12 +54,13 @@
 //! (the filter removes nothing else).
 //!
 //! The grace must be longer than the longest time a replica can go without
-//! receiving a delete. Today nothing bounds that time: there are no hints
-//! and no repair scheduler, and only a read at QUORUM or ALL repairs a
-//! stale replica. Until a repair cycle exists and is shorter, the grace is
-//! the operator's promise that every deleted key is read at ALL (or the
-//! stale replica rebuilt) within it, and `config` refuses a grace under an
-//! hour. A node whose clock runs ahead purges early by as much.
+//! receiving a delete. Hints deliver a missed delete within their window
+//! (`--max-hint-window-ms`, 3 h), and the repair scheduler
+//! (`--repair-interval`, 1 h per node) reaches every range each cycle; a
+//! replica that is down longer than the grace must be rebuilt (wiped and
+//! re-joined, or `removenode`d), not brought back with its old data.
+//! `config` refuses a grace under an hour. A node whose clock runs ahead
+//! purges early by as much.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -8,9 +8,9 @@
 //!   its answer), and which ones is only known once the acks are in. So
 //!   every call of a write is started with a permit it holds to its end, and
 //!   a write that finds the set full waits for room ([`Background::reserve`])
-//!   before it sends. A tail is never dropped: with no hints, a replica
-//!   skipped here would stay behind until a read repairs it, and a slow
-//!   replica would make every write skip it. Waiting instead slows writes to
+//!   before it sends. A tail is never dropped: a replica skipped here
+//!   would stay behind until a hint, a read or a repair pass reaches it, and
+//!   a slow replica would make every write skip it. Waiting instead slows writes to
 //!   the pace the slow replica's calls end at (each within the replica
 //!   timeout), within the request's own deadline, and bounds the memory the
 //!   tails hold (each holds its write's apply body).

@@ -260,7 +260,6 @@ fn token_of(engine_key: &[u8]) -> u64 {
         .map_or(0, |t| u64::from_be_bytes(*t))
 }
 
-
 /// Why a comparison cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
