@@ -262,11 +262,15 @@ impl Node {
         )?);
         let stop = Arc::new(Notify::new());
         let tasks = Tasks::new(metrics.clone());
+        // The one budget of every kind of background work on this node:
+        // streams, hint replay, repair.
+        let throttle = Throttle::new(config.background_bytes_per_sec);
         let receiver = Receiver::new(
             storage.clone(),
             peer.clone(),
             (metrics.clone(), progress.clone(), hlc.clone()),
-        );
+        )
+        .throttled(throttle.clone());
         if initial != NodeState::Available {
             let bootstrap = Bootstrap {
                 membership: membership.clone(),
@@ -307,8 +311,6 @@ impl Node {
             "health",
             publish_health(membership.clone(), storage.clone(), config.gossip_interval),
         );
-        // The one budget of every kind of background work on this node.
-        let throttle = Throttle::new(config.background_bytes_per_sec);
         let repair_peer: Arc<dyn Peer> = Arc::new(MeteredPeer::new(
             peer.clone(),
             throttle.clone(),
@@ -325,7 +327,8 @@ impl Node {
                     storage.clone(),
                     repair_peer,
                     (metrics.clone(), Arc::new(Progress::default()), hlc.clone()),
-                ),
+                )
+                .throttled(throttle.clone()),
             ),
             metrics.clone(),
         );

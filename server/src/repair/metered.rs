@@ -1,7 +1,9 @@
 //! The peer that repair talks through: every body byte of its digest,
-//! repair-pull and stream calls is counted in the repair metrics and drawn
-//! from the node's background [`Throttle`], so repair traffic is both
-//! measured and bounded without the comparison or the receiver knowing.
+//! repair-pull and stream calls is counted in the repair metrics, and the
+//! digest and repair-pull bytes are drawn from the node's background
+//! [`Throttle`] (stream bytes are paid by the receiver, as every stream's
+//! are), so repair traffic is both measured and bounded without the
+//! comparison knowing.
 
 use std::sync::Arc;
 
@@ -54,10 +56,13 @@ impl Chunks for MeteredChunks {
         if let Some(c) = &chunk {
             let n = c.len() as u64;
             match self.kind {
-                Kind::Digest => self.metrics.repair_digest_bytes(n),
+                Kind::Digest => {
+                    self.metrics.repair_digest_bytes(n);
+                    self.throttle.spend(n).await;
+                }
+                // The receiver pays for stream bytes.
                 Kind::Items => self.metrics.repair_item_bytes(n),
             }
-            self.throttle.spend(n).await;
         }
         Ok(chunk)
     }

@@ -15,6 +15,7 @@ use crate::peer::frames::{Decoder, Frame, FrameError};
 use crate::peer::wire::encode_hex;
 use crate::peer::{Peer, PeerError};
 use crate::storage::{Storage, StorageError};
+use crate::throttle::Throttle;
 use std::sync::Arc;
 
 /// Longest wait for the next piece of a stream before it counts as cut.
@@ -72,6 +73,8 @@ pub struct Receiver {
     metrics: Arc<Metrics>,
     progress: Arc<Progress>,
     hlc: Arc<Hlc>,
+    /// What the bytes received are paid from; unlimited unless set.
+    throttle: Throttle,
     /// [`IDLE_TIMEOUT`]; shorter in tests, which stall a source on purpose.
     idle_timeout: Duration,
 }
@@ -91,8 +94,17 @@ impl Receiver {
             metrics,
             progress,
             hlc,
+            throttle: Throttle::new(0),
             idle_timeout: IDLE_TIMEOUT,
         }
+    }
+
+    /// The same receiver, paying for every byte it receives from
+    /// `throttle`: the node's background budget, shared with hints and
+    /// repair, so a join or a take-over never takes the bandwidth its
+    /// sources' clients need.
+    pub(crate) fn throttled(self, throttle: Throttle) -> Self {
+        Self { throttle, ..self }
     }
 
     /// Pulls every `(range, sources)` job, [`RANGES_AT_ONCE`] at a time;
@@ -189,6 +201,7 @@ impl Receiver {
             let Some(chunk) = chunk else {
                 return Err(StreamError::Cut);
             };
+            self.throttle.spend(chunk.len() as u64).await;
             decoder.push(&chunk);
             while let Some(frame) = decoder.next_frame()? {
                 match frame {

@@ -366,3 +366,25 @@ async fn a_source_that_keeps_failing_fails_the_range_rather_than_finish_it_wrong
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(storage.snapshot().range::<&[u8]>(..).count(), 0);
 }
+
+#[tokio::test]
+async fn a_throttled_receiver_takes_the_range_no_faster_than_its_budget() {
+    let stub = Stub::new(Vec::new());
+    let (frames, _) = stub.frames(range(), None, false);
+    let total: usize = frames.iter().map(Vec::len).sum();
+    let source = start(stub.clone(), "src").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (receiver, storage, _) = receiver(dir.path());
+    // A second's worth passes at once (the burst); the other half of the
+    // range waits about a second for the budget.
+    let rate = (total / 2) as u64;
+    let receiver = receiver.throttled(Throttle::new(rate));
+    let start = std::time::Instant::now();
+    receiver.pull(range(), &[source]).await.unwrap();
+    let took = start.elapsed();
+    assert_holds_exactly(&storage, &stub.in_range(range()));
+    assert!(
+        took >= Duration::from_millis(800),
+        "{total} bytes at {rate} B/s took only {took:?}"
+    );
+}
