@@ -300,12 +300,7 @@ impl Node {
         tasks.spawn("cleanup", cleaner.clone().run_auto());
         tasks.spawn(
             "fence",
-            stop_if_removed(
-                membership.clone(),
-                marker_path.clone(),
-                stop.clone(),
-                config.gossip_interval,
-            ),
+            stop_if_removed(membership.clone(), marker_path.clone(), stop.clone()),
         );
         tasks.spawn(
             "health",
@@ -444,17 +439,16 @@ impl Node {
 /// Watches for this node's own removal ([`removal`](crate::view::removal)): once
 /// a verified removal fences it, it records that in `node.json`, so that it
 /// never starts from this data dir again, and stops the node.
-async fn stop_if_removed(
-    membership: Arc<Membership>,
-    marker_path: PathBuf,
-    stop: Arc<Notify>,
-    every: std::time::Duration,
-) {
+async fn stop_if_removed(membership: Arc<Membership>, marker_path: PathBuf, stop: Arc<Notify>) {
     let me = membership.self_id().clone();
+    let mut views = membership.routing().subscribe();
     let removal = loop {
-        tokio::time::sleep(every).await;
-        if let Some(r) = membership.view().removed.get(&me) {
+        if let Some(r) = views.borrow_and_update().removed.get(&me) {
             break r.removal.clone();
+        }
+        if views.changed().await.is_err() {
+            // The routing is gone: the node is stopping.
+            return;
         }
     };
     tracing::error!(

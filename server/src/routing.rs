@@ -53,13 +53,6 @@ impl Routing {
     }
 
     /// A receiver of every view published from now on.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the seam for the task loops that poll the view on a sleep today"
-        )
-    )]
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.subscribe()
     }
