@@ -91,7 +91,12 @@ pub(crate) fn tag(version: u64) -> u8 {
 
 /// The tag of the node `node_id` when none is configured.
 pub(crate) fn derived_tag(node_id: &str) -> u8 {
-    tag(xxhash_rust::xxh3::xxh3_64(node_id.as_bytes()))
+    // Every byte of the hash folded in: the low byte alone gives `node1`
+    // and `node2`, the demo's own names, the same tag.
+    xxhash_rust::xxh3::xxh3_64(node_id.as_bytes())
+        .to_le_bytes()
+        .iter()
+        .fold(0, |tag, byte| tag ^ byte)
 }
 
 /// The wall clock, ms since the Unix epoch, shifted by a fixed skew that
@@ -282,6 +287,13 @@ mod tests {
 
     fn logical(version: u64) -> u8 {
         (version >> TAG_BITS & 0xff) as u8
+    }
+
+    #[test]
+    fn the_demo_node_names_derive_distinct_tags() {
+        let tags: std::collections::BTreeSet<u8> =
+            (1..=9).map(|i| derived_tag(&format!("node{i}"))).collect();
+        assert_eq!(tags.len(), 9, "{tags:?}");
     }
 
     fn clock(tag: u8) -> Hlc {
