@@ -20,27 +20,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{retry_503, version_of, Cluster, SECRET};
+use common::{retry_503, Cluster, SECRET};
 use strata_server::storage::Record;
 
 /// Keys written before anything else, at ALL.
 const KEYS: usize = 300;
 /// Tries of one request (`retry_503`).
 const TRIES: u32 = 50;
-
-/// Writes `value` (`None` deletes) under `key` at `cl` through node `via`,
-/// riding out a flapping failure detector; the version.
-async fn write(cluster: &Cluster, via: usize, key: &str, value: Option<&[u8]>, cl: &str) -> u64 {
-    let url = cluster.nodes[via].url(&format!("/v1/kv/{key}?consistency={cl}"));
-    let (answer, _) = retry_503(TRIES, || match value {
-        Some(v) => cluster.client.put(&url).body(v.to_vec()),
-        None => cluster.client.delete(&url),
-    })
-    .await;
-    let r = answer.unwrap();
-    assert_eq!(r.status(), 204, "{key} at {cl} via node{}", via + 1);
-    version_of(&r).unwrap()
-}
 
 /// Deletes keys `range` at QUORUM through `via` in turn, recording each
 /// tombstone in `latest`.
@@ -52,7 +38,9 @@ async fn delete_keys(
 ) {
     for k in range {
         let key = format!("d-{k}");
-        let version = write(cluster, via[k % via.len()], &key, None, "quorum").await;
+        let version = cluster
+            .write_retrying(via[k % via.len()], &key, None, "quorum", TRIES)
+            .await;
         latest.insert(key, Record::tombstone(version));
     }
 }
@@ -88,7 +76,9 @@ async fn deleted_keys_stay_deleted_through_a_down_replica_a_join_a_restart_and_a
     for k in 0..KEYS {
         let key = format!("d-{k}");
         let value = format!("v{k}").into_bytes();
-        let version = write(&cluster, k % 3, &key, Some(&value), "all").await;
+        let version = cluster
+            .write_retrying(k % 3, &key, Some(&value), "all", TRIES)
+            .await;
         latest.insert(key, Record::value(version, value));
     }
 

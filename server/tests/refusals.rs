@@ -12,25 +12,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{version_of, Cluster, SECRET};
+use common::{version_of, Cluster};
 use serde_json::Value;
 use strata_server::storage::Record;
-
-/// `POST /admin/v1/decommission` on node `i`: status and JSON body.
-async fn decommission(cluster: &Cluster, i: usize) -> (u16, Value) {
-    let r = cluster
-        .client
-        .post(cluster.nodes[i].url("/admin/v1/decommission"))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
-    )
-}
 
 /// Asserts a 409 `cannot_decommission` whose message says `reason`.
 fn assert_refused((status, body): &(u16, Value), reason: &str) {
@@ -48,7 +32,10 @@ async fn decommission_is_refused_for_the_last_node_a_leaving_node_and_while_anot
     let _serial = common::SERIAL.lock().await;
     {
         let alone = Cluster::start(1).await;
-        assert_refused(&decommission(&alone, 0).await, "last node");
+        assert_refused(
+            &alone.admin_post(0, "/admin/v1/decommission").await,
+            "last node",
+        );
         assert!(
             alone.is_ready(0).await,
             "the refused node must keep serving"
@@ -67,7 +54,10 @@ async fn decommission_is_refused_for_the_last_node_a_leaving_node_and_while_anot
     // ranges from it and never pulls them. That holds node1 in LEAVING.
     cluster.nodes[3].pause();
     // Two requests at once to the same node: one leave, one refusal.
-    let (a, b) = tokio::join!(decommission(&cluster, 0), decommission(&cluster, 0));
+    let (a, b) = tokio::join!(
+        cluster.admin_post(0, "/admin/v1/decommission"),
+        cluster.admin_post(0, "/admin/v1/decommission")
+    );
     let (accepted, refused) = if a.0 == 202 { (a, b) } else { (b, a) };
     assert_eq!(accepted.0, 202, "{accepted:?}");
     assert_refused(&refused, "not AVAILABLE");
@@ -88,8 +78,14 @@ async fn decommission_is_refused_for_the_last_node_a_leaving_node_and_while_anot
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_refused(&decommission(&cluster, 1).await, "node1 is LEAVING");
-    assert_refused(&decommission(&cluster, 0).await, "not AVAILABLE");
+    assert_refused(
+        &cluster.admin_post(1, "/admin/v1/decommission").await,
+        "node1 is LEAVING",
+    );
+    assert_refused(
+        &cluster.admin_post(0, "/admin/v1/decommission").await,
+        "not AVAILABLE",
+    );
     let info = cluster.node_info(0).await.unwrap();
     assert_eq!(info["state"], "LEAVING", "node1 left with node4 silent");
 

@@ -39,22 +39,6 @@ async fn removenode_cli(cluster: &Cluster, via: usize, id: &str) -> std::process
     .unwrap()
 }
 
-/// `POST /admin/v1/removenode/{id}` on node `via`: status and body.
-async fn removenode_route(cluster: &Cluster, via: usize, id: &str) -> (u16, Value) {
-    let r = cluster
-        .client
-        .post(cluster.nodes[via].url(&format!("/admin/v1/removenode/{id}")))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
-    )
-}
-
 /// Tries of one write at ALL that must succeed: ALL needs every replica up
 /// at once, so it rides out a failure detector flapping on a busy machine.
 const ALL_TRIES: u32 = 50;
@@ -164,7 +148,9 @@ async fn a_dead_joiner_blocks_writes_at_all_until_it_is_removed() {
         (0, "nobody", "no member nobody"),
         (0, "node1", "is this node"),
     ] {
-        let (status, body) = removenode_route(&cluster, via, id).await;
+        let (status, body) = cluster
+            .admin_post(via, &format!("/admin/v1/removenode/{id}"))
+            .await;
         assert_eq!(status, 409, "{id}: {body}");
         assert_eq!(body["error"], "cannot_remove", "{body}");
         assert!(body.to_string().contains(why), "{id}: {body}");
@@ -190,7 +176,7 @@ async fn a_dead_joiner_blocks_writes_at_all_until_it_is_removed() {
         "only {after} of 60 ALL writes succeeded after the removal"
     );
     // A second removal is refused, naming the first.
-    let (status, body) = removenode_route(&cluster, 2, "node4").await;
+    let (status, body) = cluster.admin_post(2, "/admin/v1/removenode/node4").await;
     assert_eq!(status, 409, "{body}");
     assert!(body.to_string().contains("removed already"), "{body}");
 }

@@ -16,7 +16,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{retry_503, version_of, Cluster, SECRET};
+use common::{retry_503, Cluster, SECRET};
 use serde_json::Value;
 use strata_server::storage::Record;
 
@@ -32,20 +32,6 @@ const STALE: usize = 2;
 
 fn key(k: usize) -> String {
     format!("gc-{k}")
-}
-
-/// Writes (`Some`) or deletes (`None`) `key` at `cl` through node `via`;
-/// the version.
-async fn write(cluster: &Cluster, via: usize, key: &str, value: Option<&[u8]>, cl: &str) -> u64 {
-    let url = cluster.nodes[via].url(&format!("/v1/kv/{key}?consistency={cl}"));
-    let (answer, _) = retry_503(TRIES, || match value {
-        Some(v) => cluster.client.put(&url).body(v.to_vec()),
-        None => cluster.client.delete(&url),
-    })
-    .await;
-    let r = answer.unwrap();
-    assert_eq!(r.status(), 204, "{key} at {cl} via node{}", via + 1);
-    version_of(&r).unwrap()
 }
 
 /// `POST /admin/v1/compact` on node `i`; the tombstones its engine has
@@ -95,14 +81,9 @@ async fn tombstones_past_the_grace_are_purged_and_the_deleted_keys_stay_deleted(
     .await;
     let keys: Vec<String> = (0..KEYS).map(key).collect();
     for (k, key) in keys.iter().enumerate() {
-        write(
-            &cluster,
-            k % 3,
-            key,
-            Some(format!("v{k}").as_bytes()),
-            "all",
-        )
-        .await;
+        cluster
+            .write_retrying(k % 3, key, Some(format!("v{k}").as_bytes()), "all", TRIES)
+            .await;
     }
     // The values sink into tables, below the tombstones to come.
     for i in 0..3 {
@@ -116,7 +97,11 @@ async fn tombstones_past_the_grace_are_purged_and_the_deleted_keys_stay_deleted(
     let deleted_at = Instant::now();
     let mut newest = 0;
     for (k, key) in keys.iter().enumerate() {
-        newest = newest.max(write(&cluster, k % 2, key, None, "quorum").await);
+        newest = newest.max(
+            cluster
+                .write_retrying(k % 2, key, None, "quorum", TRIES)
+                .await,
+        );
     }
     cluster.nodes[STALE].resume();
     for i in 0..3 {

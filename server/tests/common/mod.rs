@@ -280,6 +280,45 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// `POST` of an admin `path` on node `i`, with the cluster secret: the
+    /// status and the JSON body.
+    pub async fn admin_post(&self, i: usize, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.nodes[i].url(path))
+            .bearer_auth(SECRET)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+        )
+    }
+
+    /// Writes `value` (`None` deletes) under `key` at `cl` through node
+    /// `via`, riding out a flapping failure detector (`tries` tries); the
+    /// version.
+    pub async fn write_retrying(
+        &self,
+        via: usize,
+        key: &str,
+        value: Option<&[u8]>,
+        cl: &str,
+        tries: u32,
+    ) -> u64 {
+        let url = self.nodes[via].url(&format!("/v1/kv/{key}?consistency={cl}"));
+        let (answer, _) = retry_503(tries, || match value {
+            Some(v) => self.client.put(&url).body(v.to_vec()),
+            None => self.client.delete(&url),
+        })
+        .await;
+        let r = answer.unwrap();
+        assert_eq!(r.status(), 204, "{key} at {cl} via node{}", via + 1);
+        version_of(&r).unwrap()
+    }
+
     /// Runs `kvnode repair` against node `i` to the end; its output.
     pub async fn kvnode_repair(&self, i: usize) -> String {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
