@@ -427,6 +427,11 @@ impl Limits {
     pub fn apply_body_size(&self) -> usize {
         4 + self.max_key_size + RECORD_HEADER_LEN + self.max_value_size
     }
+
+    /// Largest internal apply-batch body (`peer::wire::max_batch_body`).
+    pub fn apply_batch_body_size(&self) -> usize {
+        crate::peer::wire::max_batch_body(self.apply_body_size())
+    }
 }
 
 /// A validated node configuration.

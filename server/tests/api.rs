@@ -264,3 +264,55 @@ async fn sigterm_drains_and_a_restart_keeps_acknowledged_writes() {
         assert_eq!(c.get(0, &format!("k{k}"), "quorum").await.status(), 200);
     }
 }
+
+#[tokio::test]
+async fn an_apply_batch_merges_every_entry_or_refuses_the_whole_body() {
+    use strata_server::peer::wire::{ApplyBatch, APPLY_BATCH_PATH};
+    let c = Cluster::start(1).await;
+    // A newer local copy of "k0" that the batch's older one must not undo.
+    c.apply_local(0, "k0", &Record::value(1_000, b"newer".to_vec()))
+        .await;
+    let post = |body: bytes::Bytes, auth: bool| {
+        let mut req = c.client.post(c.nodes[0].url(APPLY_BATCH_PATH)).body(body);
+        if auth {
+            req = req.bearer_auth(SECRET);
+        }
+        req.send()
+    };
+    let mut batch = ApplyBatch::default();
+    for i in 0..500u64 {
+        let record = if i == 7 {
+            Record::tombstone(50 + i)
+        } else {
+            Record::value(50 + i, vec![b'v'; 200])
+        };
+        batch.push(format!("k{i}").as_bytes(), &record.encode());
+    }
+    let body = batch.finish();
+    assert_json_error(
+        post(body.clone(), false).await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    let mut corrupt = body.to_vec();
+    let last = corrupt.len() - 20;
+    corrupt[last] ^= 0x40;
+    assert_json_error(post(corrupt.into(), true).await.unwrap(), 400, "bad_apply").await;
+    assert_eq!(
+        c.local_record(0, "k1").await,
+        None,
+        "a refused batch applied"
+    );
+
+    assert_eq!(post(body, true).await.unwrap().status(), 204);
+    for i in 0..500u64 {
+        let got = c.local_record(0, &format!("k{i}")).await;
+        let want = match i {
+            0 => Record::value(1_000, b"newer".to_vec()),
+            7 => Record::tombstone(57),
+            _ => Record::value(50 + i, vec![b'v'; 200]),
+        };
+        assert_eq!(got, Some(want), "k{i}");
+    }
+}

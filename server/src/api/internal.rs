@@ -21,7 +21,8 @@ use axum::Json;
 
 use super::kv::check_key;
 use super::{read_body, ApiError, AppState, BodyLimit};
-use crate::peer::wire::decode_apply;
+use crate::peer::wire::{decode_apply, decode_apply_batch};
+use crate::storage::StorageError;
 
 /// Path of the tokens route.
 pub const TOKENS_PATH: &str = "/internal/v1/tokens";
@@ -55,6 +56,35 @@ pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response
         .await
         .map_err(|e| ApiError::internal(format!("apply task: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /internal/v1/apply-batch`: every entry or none (a body that does
+/// not decode whole applies nothing).
+pub async fn apply_batch(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(
+        body,
+        BodyLimit::Body(state.config.limits.apply_batch_body_size()),
+    )
+    .await?;
+    let entries =
+        decode_apply_batch(&body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
+    for e in &entries {
+        check_key(&state, e.user_key())?;
+    }
+    if let Some(v) = entries.iter().map(|e| e.record.version).max() {
+        state.hlc.update(v);
+    }
+    let storage = state.storage.clone();
+    tokio::task::spawn_blocking(move || {
+        for e in &entries {
+            storage.apply(e.user_key(), &e.record)?;
+        }
+        Ok::<(), StorageError>(())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("apply task: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

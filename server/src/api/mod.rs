@@ -40,7 +40,7 @@ use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
 use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_PULL_REQUEST, REPAIR_PULL_PATH};
-use crate::peer::wire::{APPLY_PATH, READ_PATH, STREAM_PATH};
+use crate::peer::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use crate::repair::Repairer;
 use crate::storage::Storage;
 use crate::stream::cleanup::Cleaner;
@@ -84,6 +84,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let internal = Router::new()
         .route(APPLY_PATH, post(internal::apply))
+        .route(APPLY_BATCH_PATH, post(internal::apply_batch))
         .route(READ_PATH, post(internal::read))
         .route(internal::TOKENS_PATH, get(internal::tokens))
         .route(STREAM_PATH, get(stream::stream))
@@ -229,6 +230,8 @@ fn route_body_limit(method: &axum::http::Method, path: &str, limits: &Limits) ->
         Some(BodyLimit::Body(limits.max_body_size))
     } else if *method == Method::POST && path == APPLY_PATH {
         Some(BodyLimit::Body(limits.apply_body_size()))
+    } else if *method == Method::POST && path == APPLY_BATCH_PATH {
+        Some(BodyLimit::Body(limits.apply_batch_body_size()))
     } else if *method == Method::POST && path == READ_PATH {
         Some(BodyLimit::Body(limits.max_key_size))
     } else if *method == Method::POST && path == DIGEST_PATH {

@@ -329,6 +329,10 @@ mod tests {
             Ok(())
         }
 
+        async fn apply_batch(&self, _: Endpoint<'_>, _: Bytes) -> Result<(), PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+
         async fn read(&self, _: Endpoint<'_>, _: Bytes) -> Result<Option<Record>, PeerError> {
             Err(PeerError::Unreachable("not in this test".into()))
         }

@@ -141,6 +141,11 @@ impl FrameBuilder {
         self.payload.len() >= FRAME_TARGET
     }
 
+    /// Payload bytes in the frame so far.
+    pub fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
+
     /// Entries in the frame.
     pub fn entries(&self) -> u64 {
         self.entries
@@ -185,6 +190,11 @@ impl Decoder {
     /// Adds received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether bytes are buffered that are not yet a whole frame.
+    pub fn has_bytes(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// The next complete frame, `None` if more bytes are needed.

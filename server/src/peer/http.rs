@@ -7,7 +7,7 @@ use bytes::Bytes;
 use strata_ring::TokenRange;
 
 use super::repair::{DigestAnswer, DigestRequest, PullRequest, DIGEST_PATH, REPAIR_PULL_PATH};
-use super::wire::{encode_hex, APPLY_PATH, READ_PATH, STREAM_PATH};
+use super::wire::{encode_hex, APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::auth::ClusterSecret;
 use crate::storage::Record;
@@ -71,6 +71,13 @@ impl Peer for HttpPeer {
     async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
         let response = self
             .post(to, APPLY_PATH, body, Some(self.replica_timeout))
+            .await?;
+        refused(&response)
+    }
+
+    async fn apply_batch(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        let response = self
+            .post(to, APPLY_BATCH_PATH, body, Some(self.replica_timeout))
             .await?;
         refused(&response)
     }

@@ -69,6 +69,10 @@ pub trait Peer: Send + Sync {
     /// Applies an apply body ([`wire::encode_apply`]) with last-writer-wins.
     async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError>;
 
+    /// Applies an apply-batch body ([`wire::ApplyBatch`]): every entry
+    /// merged by last-writer-wins, or none if the peer refuses the body.
+    async fn apply_batch(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError>;
+
     /// The record the peer holds for `key`, tombstones included.
     async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError>;
 

@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use strata_ring::{NodeId, TokenRange};
 
 use super::repair::{DigestAnswer, DigestRequest, PullRequest};
-use super::wire::decode_apply;
+use super::wire::{decode_apply, decode_apply_batch};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::hlc::Hlc;
 use crate::storage::{Record, Storage};
@@ -67,6 +67,8 @@ pub(crate) enum Link {
 pub(crate) enum CallKind {
     /// [`Peer::apply`].
     Apply,
+    /// [`Peer::apply_batch`].
+    ApplyBatch,
     /// [`Peer::read`].
     Read,
 }
@@ -333,6 +335,22 @@ impl Peer for SimPeer {
                 node.storage
                     .apply_encoded(&key, &record)
                     .map_err(|_| refused(500))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn apply_batch(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        self.net
+            .call(&self.from, to.id, CallKind::ApplyBatch, move |node| {
+                // What `api::internal::apply_batch` answers.
+                let entries = decode_apply_batch(&body).map_err(|_| refused(400))?;
+                for e in &entries {
+                    node.hlc.update(e.record.version);
+                    node.storage
+                        .apply(e.user_key(), &e.record)
+                        .map_err(|_| refused(500))?;
+                }
                 Ok(())
             })
             .await

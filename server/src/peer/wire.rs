@@ -16,6 +16,17 @@
 //! coordinator encodes one body per write for all its replicas, its own
 //! included.
 //!
+//! # `POST /internal/v1/apply-batch`
+//!
+//! Many applies in one call (hint replay, repair's push-back): the body is
+//! [`frames`](super::frames), `records` frames then one `end` frame whose
+//! count is the number of entries sent, and nothing after it. Entries may
+//! come in any order: each is merged by last-writer-wins on its own. 204
+//! once every entry is merged; 400 (and nothing applied) for a body that
+//! does not decode whole. A sender closes a batch once it reaches
+//! [`BATCH_TARGET`] bytes, so a batch is at most that plus one maximal
+//! entry ([`max_batch_body`]).
+//!
 //! # `POST /internal/v1/read`
 //!
 //! Body: the key bytes. 200 with the record (storage's layout, tombstones
@@ -28,10 +39,17 @@
 
 use bytes::Bytes;
 
-use crate::storage::{CodecError, EncodedRecord, Record};
+use super::frames::{end_frame, Decoder, Entry, Frame, FrameBuilder, FrameError, HEADER_LEN};
+use crate::storage::{engine_key, CodecError, EncodedRecord, Record};
 
 /// Path of the apply route.
 pub const APPLY_PATH: &str = "/internal/v1/apply";
+/// Path of the batched apply route.
+pub const APPLY_BATCH_PATH: &str = "/internal/v1/apply-batch";
+/// A batch is sent once its body reaches this size: a few milliseconds of
+/// engine work on the receiving side, so one batch never holds a replica's
+/// write path for long.
+pub const BATCH_TARGET: usize = 256 * 1024;
 /// Path of the read route.
 pub const READ_PATH: &str = "/internal/v1/read";
 /// Path of the stream route.
@@ -50,6 +68,13 @@ pub enum WireError {
     /// The record part is bad.
     #[error("apply record: {0}")]
     Record(#[from] CodecError),
+    /// A batch's frames are bad.
+    #[error("apply batch: {0}")]
+    Frames(#[from] FrameError),
+    /// A batch without its `end` frame, with bytes after it, or whose
+    /// count is not the entries it holds.
+    #[error("apply batch: {0}")]
+    Batch(&'static str),
 }
 
 /// Encodes an apply body: the one copy of the value a write makes on its
@@ -74,6 +99,83 @@ pub fn decode_apply(body: Bytes) -> Result<(Bytes, EncodedRecord), WireError> {
     let key = body.slice(4..4 + len);
     let record = EncodedRecord::decode(body.slice(4 + len..))?;
     Ok((key, record))
+}
+
+/// The largest apply-batch body a node accepts, given the largest apply
+/// body (`Limits::apply_body_size`): a full batch plus one maximal entry,
+/// their frame headers and the `end` frame.
+pub fn max_batch_body(apply_body_size: usize) -> usize {
+    BATCH_TARGET + apply_body_size + 16 + 3 * HEADER_LEN + 8
+}
+
+/// Builds an apply-batch body.
+///
+/// ```
+/// use strata_server::peer::wire::{decode_apply_batch, ApplyBatch};
+/// use strata_server::storage::Record;
+///
+/// let mut batch = ApplyBatch::default();
+/// batch.push(b"k", &Record::value(7, b"v".to_vec()).encode());
+/// let entries = decode_apply_batch(&batch.finish()).unwrap();
+/// assert_eq!(entries[0].user_key(), b"k");
+/// ```
+#[derive(Debug, Default)]
+pub struct ApplyBatch {
+    body: Vec<u8>,
+    frame: FrameBuilder,
+    entries: u64,
+}
+
+impl ApplyBatch {
+    /// Adds the stored record bytes `record` of the user key `key`.
+    pub fn push(&mut self, key: &[u8], record: &[u8]) {
+        self.frame.push(&engine_key(key), record);
+        self.entries += 1;
+        if self.frame.is_full() {
+            self.body.extend(self.frame.take());
+        }
+    }
+
+    /// Entries added.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Whether the batch reached [`BATCH_TARGET`] and should be sent.
+    pub fn is_full(&self) -> bool {
+        self.body.len() + self.frame.payload_len() >= BATCH_TARGET
+    }
+
+    /// The body to send.
+    pub fn finish(mut self) -> Bytes {
+        if self.frame.entries() > 0 {
+            self.body.extend(self.frame.take());
+        }
+        self.body.extend(end_frame(self.entries));
+        Bytes::from(self.body)
+    }
+}
+
+/// Decodes a whole apply-batch body; any defect refuses all of it.
+pub fn decode_apply_batch(body: &[u8]) -> Result<Vec<Entry>, WireError> {
+    let mut decoder = Decoder::default();
+    decoder.push(body);
+    let mut entries = Vec::new();
+    loop {
+        match decoder.next_frame()? {
+            Some(Frame::Records(more)) => entries.extend(more),
+            Some(Frame::End { entries: sent }) => {
+                if sent != entries.len() as u64 {
+                    return Err(WireError::Batch("end count does not match the entries"));
+                }
+                if decoder.has_bytes() {
+                    return Err(WireError::Batch("bytes after the end frame"));
+                }
+                return Ok(entries);
+            }
+            None => return Err(WireError::Batch("no end frame")),
+        }
+    }
 }
 
 /// Lower-case hex of `bytes`.
@@ -127,6 +229,77 @@ mod tests {
             decode_apply(huge.into()),
             Err(WireError::Truncated { .. })
         ));
+    }
+
+    fn sample_batch(n: u64) -> (Vec<(Vec<u8>, Record)>, Bytes) {
+        let items: Vec<(Vec<u8>, Record)> = (0..n)
+            .map(|i| {
+                let record = if i % 5 == 0 {
+                    Record::tombstone(i + 1)
+                } else {
+                    Record::value(i + 1, vec![i as u8; 300])
+                };
+                (format!("key-{i}").into_bytes(), record)
+            })
+            .collect();
+        let mut batch = ApplyBatch::default();
+        for (key, record) in &items {
+            batch.push(key, &record.encode());
+        }
+        (items, batch.finish())
+    }
+
+    #[test]
+    fn apply_batches_round_trip_across_frames() {
+        // 1,000 entries of ~330 bytes span several 64 KiB frames.
+        let (items, body) = sample_batch(1000);
+        let entries = decode_apply_batch(&body).unwrap();
+        let got: Vec<(Vec<u8>, Record)> = entries
+            .iter()
+            .map(|e| (e.user_key().to_vec(), e.record.clone()))
+            .collect();
+        assert_eq!(got, items);
+        let (_, empty) = sample_batch(0);
+        assert!(decode_apply_batch(&empty).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_apply_batches_are_refused_whole() {
+        let (_, body) = sample_batch(20);
+        for len in 0..body.len() {
+            assert!(decode_apply_batch(&body[..len]).is_err(), "len {len}");
+        }
+        let mut trailing = body.to_vec();
+        trailing.push(0);
+        assert!(matches!(
+            decode_apply_batch(&trailing),
+            Err(WireError::Batch(_))
+        ));
+        // An end frame that claims one entry too many.
+        let mut wrong = body.to_vec();
+        let end = end_frame(21);
+        wrong.splice(body.len() - end.len().., end);
+        assert!(matches!(
+            decode_apply_batch(&wrong),
+            Err(WireError::Batch(_))
+        ));
+        let mut flipped = body.to_vec();
+        flipped[40] ^= 1;
+        assert!(decode_apply_batch(&flipped).is_err());
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_target() {
+        let mut batch = ApplyBatch::default();
+        let record = Record::value(1, vec![0; 1000]).encode();
+        let mut i = 0u32;
+        while !batch.is_full() {
+            batch.push(&i.to_be_bytes(), &record);
+            i += 1;
+        }
+        let body = batch.finish();
+        assert!(body.len() >= BATCH_TARGET && body.len() < BATCH_TARGET + 1100);
+        assert!(body.len() <= max_batch_body(1100));
     }
 
     #[test]

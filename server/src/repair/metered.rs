@@ -74,6 +74,13 @@ impl Peer for MeteredPeer {
         self.inner.apply(to, body).await
     }
 
+    async fn apply_batch(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        let n = body.len() as u64;
+        self.metrics.repair_item_bytes(n);
+        self.throttle.spend(n).await;
+        self.inner.apply_batch(to, body).await
+    }
+
     async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError> {
         self.inner.read(to, key).await
     }
