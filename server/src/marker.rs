@@ -1,8 +1,10 @@
 //! `node.json`: whose data a data dir holds, with which tokens, and whether
-//! the node finished joining.
+//! the node finished joining; and `removals.json`: the members this node
+//! knows were removed from the cluster for good.
 //!
 //! ```text
-//! <data_dir>/node.json   {"node_id": "..", "tokens": [..], "available": bool, "removed": bool}
+//! <data_dir>/node.json       {"node_id": "..", "tokens": [..], "available": bool, "removed": bool}
+//! <data_dir>/removals.json   {"removed": ["id:generation:tokens", ..]}
 //! ```
 //!
 //! `removed` (absent: false) says that the cluster removed this node for
@@ -12,10 +14,16 @@
 //! A marker without `tokens` (written before bootstrapping existed) means
 //! an AVAILABLE node with derived tokens.
 //!
-//! The marker decides whether a restarted node serves at once or streams
-//! its ranges again, so it is replaced atomically and durably: written to
-//! `node.json.tmp`, fsynced, renamed over `node.json`, and the directory
-//! fsynced so the rename itself survives a power cut.
+//! `removals.json` holds what the node publishes under the gossip key
+//! `removed` ([`removal`](crate::view::removal)), in the same text form. A
+//! removal must outlive every restart: if the whole cluster restarted and
+//! the removals lived only in gossip, a removed node started again from
+//! its old data dir would be taken back with its stale data. An entry that
+//! does not parse refuses the start rather than forgetting a removal.
+//!
+//! Both decide what a restarted node does, so each is replaced atomically
+//! and durably: written to `<name>.tmp`, fsynced, renamed over the file,
+//! and the directory fsynced so the rename itself survives a power cut.
 
 use std::fs::File;
 use std::io::Write;
@@ -24,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::view::removal::Removal;
 
 /// Why `node.json` could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +53,14 @@ pub enum MarkerError {
         path: PathBuf,
         /// What does not parse.
         source: serde_json::Error,
+    },
+    /// An entry of `removals.json` that does not parse.
+    #[error("data dir {path}: bad removal entry {entry:?} in removals.json")]
+    BadRemoval {
+        /// The file.
+        path: PathBuf,
+        /// The entry.
+        entry: String,
     },
     /// The dir belongs to another node id: its data sits under that node's
     /// tokens.
@@ -86,7 +103,7 @@ pub(crate) fn marker_path(config: &Config) -> PathBuf {
 /// This data dir's marker, if it has one. A dir that belongs to another
 /// node id is refused.
 pub(crate) fn read_marker(path: &Path, node_id: &str) -> Result<Option<NodeMarker>, MarkerError> {
-    let Some(marker) = load(path)? else {
+    let Some(marker) = load::<NodeMarker>(path)? else {
         return Ok(None);
     };
     if marker.node_id != node_id {
@@ -105,7 +122,7 @@ pub(crate) fn read_marker(path: &Path, node_id: &str) -> Result<Option<NodeMarke
 /// nothing to stream back.
 pub fn mark_for_restream(data_dir: &Path) -> Result<bool, MarkerError> {
     let path = data_dir.join("node.json");
-    let Some(marker) = load(&path)? else {
+    let Some(marker) = load::<NodeMarker>(&path)? else {
         return Ok(false);
     };
     write_marker(
@@ -121,9 +138,49 @@ pub fn mark_for_restream(data_dir: &Path) -> Result<bool, MarkerError> {
 /// Records `marker` in `node.json`, atomically and durably (module doc).
 /// The temporary file never remains, whether the write succeeds or not.
 pub(crate) fn write_marker(path: &Path, marker: &NodeMarker) -> Result<(), MarkerError> {
-    // A marker is strings and integers: serializing it cannot fail, and if
-    // it did, it would be as an I/O error of this file.
-    let bytes = serde_json::to_vec(marker).map_err(|e| MarkerError::Io {
+    write_json(path, marker)
+}
+
+/// What `removals.json` records.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemovalsFile {
+    removed: Vec<String>,
+}
+
+/// Where `removals.json` lives.
+pub(crate) fn removals_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("removals.json")
+}
+
+/// The removals recorded at `path`; none if there is no file.
+pub(crate) fn read_removals(path: &Path) -> Result<Vec<Removal>, MarkerError> {
+    let Some(file) = load::<RemovalsFile>(path)? else {
+        return Ok(Vec::new());
+    };
+    file.removed
+        .into_iter()
+        .map(|entry| {
+            Removal::parse(&entry).ok_or_else(|| MarkerError::BadRemoval {
+                path: path.to_owned(),
+                entry,
+            })
+        })
+        .collect()
+}
+
+/// Records `removals` in `removals.json`, atomically and durably.
+pub(crate) fn write_removals(path: &Path, removals: &[Removal]) -> Result<(), MarkerError> {
+    let file = RemovalsFile {
+        removed: removals.iter().map(Removal::to_string).collect(),
+    };
+    write_json(path, &file)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), MarkerError> {
+    // Strings and integers: serializing cannot fail, and if it did, it
+    // would be as an I/O error of this file.
+    let bytes = serde_json::to_vec(value).map_err(|e| MarkerError::Io {
         path: path.to_owned(),
         source: e.into(),
     })?;
@@ -156,8 +213,9 @@ fn replace(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), MarkerError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// The marker at `path`, whoever it belongs to; `None` if there is none.
-fn load(path: &Path) -> Result<Option<NodeMarker>, MarkerError> {
+/// The file at `path` (the marker: whoever it belongs to); `None` if there
+/// is none.
+fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, MarkerError> {
     match std::fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
@@ -238,5 +296,35 @@ mod tests {
         write_marker(&path, &marker("a", true)).unwrap();
         assert!(mark_for_restream(dir.path()).unwrap());
         assert_eq!(read_marker(&path, "a").unwrap(), Some(marker("a", false)));
+    }
+
+    #[test]
+    fn removals_survive_a_restart_and_a_bad_entry_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = removals_path(dir.path());
+        assert!(read_removals(&path).unwrap().is_empty());
+        let removals: Vec<Removal> = ["n4:17:00000000000000ff", "host:9000:5:0123456789abcdef"]
+            .into_iter()
+            .map(|e| Removal::parse(e).unwrap())
+            .collect();
+        write_removals(&path, &removals).unwrap();
+        assert_eq!(read_removals(&path).unwrap(), removals);
+        assert!(!path.with_extension("json.tmp").exists());
+
+        std::fs::write(
+            &path,
+            r#"{"removed": ["n4:17:00000000000000ff", "n5:x:1"]}"#,
+        )
+        .unwrap();
+        let err = read_removals(&path).unwrap_err();
+        assert!(
+            matches!(&err, MarkerError::BadRemoval { entry, .. } if entry == "n5:x:1"),
+            "{err}"
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            read_removals(&path),
+            Err(MarkerError::Malformed { .. })
+        ));
     }
 }

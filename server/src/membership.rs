@@ -63,6 +63,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +79,7 @@ use crate::auth::ClusterSecret;
 use crate::config::{defaults, Config};
 use crate::gossip_transport::SealedTransport;
 use crate::hlc::TagWatch;
+use crate::marker::{removals_path, write_removals};
 use crate::metrics::GossipMetrics;
 use crate::routing::Routing;
 use crate::view::removal::{self, Removal, RemoveError};
@@ -133,6 +135,8 @@ pub(crate) struct Membership {
     /// What this node publishes under `removed`: its own removals and
     /// every verified one it adopted.
     removals: Mutex<Vec<Removal>>,
+    /// Where they are recorded ([`marker`](crate::marker)).
+    removals_path: PathBuf,
     /// The last verified record of each member.
     records: Mutex<Records>,
     max_members: usize,
@@ -150,12 +154,13 @@ impl std::fmt::Debug for Membership {
 }
 
 impl Membership {
-    /// Starts gossip, publishing this node in `state` with `tokens`, and a
-    /// task that refreshes the view every gossip round.
+    /// Starts gossip, publishing this node in `state` with `tokens` and the
+    /// `removals` its data dir recorded, and a task that refreshes the view
+    /// every gossip round.
     pub(crate) async fn start(
         config: &Config,
-        state: NodeState,
-        tokens: Vec<u64>,
+        (state, tokens): (NodeState, Vec<u64>),
+        removals: Vec<Removal>,
         metrics: GossipMetrics,
     ) -> Result<Arc<Self>, MembershipError> {
         let self_id = NodeId::from(config.node_id.clone());
@@ -193,6 +198,7 @@ impl Membership {
             .collect::<Vec<_>>()
             .join(",");
         let http = config.advertise.to_string();
+        let removed_text = removal::encode(&removals);
         let sig = config.secret.sign(&signed_message(
             &config.node_id,
             generation,
@@ -210,13 +216,15 @@ impl Membership {
             (KEY_HEALTH.to_owned(), String::new()),
             (KEY_RING.to_owned(), String::new()),
             (KEY_TAG.to_owned(), config.node_tag.to_string()),
-            (KEY_REMOVED.to_owned(), String::new()),
             (
                 KEY_REMOVED_SIG.to_owned(),
-                config
-                    .secret
-                    .sign(&removal::signed_message(&config.node_id, generation, "")),
+                config.secret.sign(&removal::signed_message(
+                    &config.node_id,
+                    generation,
+                    &removed_text,
+                )),
             ),
+            (KEY_REMOVED.to_owned(), removed_text),
         ];
         let transport = SealedTransport::new(config, generation, metrics.clone());
         let handle = spawn_chitchat(chitchat_config, initial, &transport)
@@ -243,7 +251,8 @@ impl Membership {
             pulled: Mutex::new(Vec::new()),
             health: Mutex::new(None),
             published_ring: Mutex::new(String::new()),
-            removals: Mutex::new(Vec::new()),
+            removals: Mutex::new(removals),
+            removals_path: removals_path(&config.data_dir),
             records: Mutex::new(Records::default()),
             max_members: config.max_members,
             metrics,
@@ -307,9 +316,10 @@ impl Membership {
         Ok(removal)
     }
 
-    /// Adds `new` to what this node publishes under `removed`, signed.
+    /// Adds `new` to what this node publishes under `removed`, signed, and
+    /// records them in the data dir first, so that no restart forgets them.
     async fn publish_removals(&self, new: impl IntoIterator<Item = Removal>) {
-        let text = {
+        let all = {
             let mut removals = self.removals.lock();
             let before = removals.len();
             for r in new {
@@ -320,8 +330,19 @@ impl Membership {
             if removals.len() == before {
                 return;
             }
-            removal::encode(&removals)
+            removals.clone()
         };
+        let text = removal::encode(&all);
+        let path = self.removals_path.clone();
+        let recorded = tokio::task::spawn_blocking(move || write_removals(&path, &all))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|written| written.map_err(|e| e.to_string()));
+        if let Err(e) = recorded {
+            // Gossip still carries the removal; only a restart of every
+            // node that knows it could forget it.
+            tracing::error!(error = %e, "cannot record a removal in the data dir");
+        }
         let sig = self.secret.sign(&removal::signed_message(
             self.self_id.as_str(),
             self.generation,

@@ -35,7 +35,9 @@ use crate::hints::replay::Replay;
 use crate::hints::Hints;
 use crate::hlc::{Hlc, WallClock};
 use crate::listener::{self, ServeLimits};
-use crate::marker::{marker_path, read_marker, write_marker, MarkerError, NodeMarker};
+use crate::marker::{
+    marker_path, read_marker, read_removals, removals_path, write_marker, MarkerError, NodeMarker,
+};
 use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::http::HttpPeer;
@@ -49,6 +51,7 @@ use crate::stream::receiver::Receiver;
 use crate::stream::{handoff, Progress};
 use crate::tasks::Tasks;
 use crate::throttle::Throttle;
+use crate::view::removal::Removal;
 use strata_ring::Member;
 
 /// Why a node could not start or stopped with an error.
@@ -147,6 +150,8 @@ struct DataDir {
     storage: Storage,
     initial: NodeState,
     tokens: Vec<u64>,
+    /// The members this node knows were removed for good.
+    removals: Vec<Removal>,
 }
 
 impl DataDir {
@@ -162,6 +167,7 @@ impl DataDir {
         if marker.as_ref().is_some_and(|m| m.removed) {
             return Err(NodeError::removed(config));
         }
+        let removals = read_removals(&removals_path(&config.data_dir))?;
         let engine_dir = config.data_dir.join("engine");
         let storage = Storage::open(&engine_dir, config.tombstone_grace).map_err(|e| match e {
             StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
@@ -190,6 +196,7 @@ impl DataDir {
             storage,
             initial,
             tokens,
+            removals,
         })
     }
 }
@@ -211,6 +218,7 @@ impl Node {
             storage,
             initial,
             tokens,
+            removals,
         } = disk;
         let progress = Arc::new(Progress::default());
         let metrics = Arc::new(Metrics::new().with_sources(
@@ -230,8 +238,13 @@ impl Node {
                 reason: e.to_string(),
             }
         })?;
-        let membership =
-            Membership::start(&config, initial, tokens.clone(), metrics.gossip()).await?;
+        let membership = Membership::start(
+            &config,
+            (initial, tokens.clone()),
+            removals,
+            metrics.gossip(),
+        )
+        .await?;
         if initial == NodeState::Available {
             write_marker(
                 &marker_path,

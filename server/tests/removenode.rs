@@ -7,8 +7,9 @@
 //!   to RF copies from the survivors, checked on each node's own engine
 //!   before anything reads through a coordinator (which would repair), with
 //!   no acknowledged write lost.
-//! - The removed member restarted from its data dir refuses to serve, stops,
-//!   and refuses to start again; wiped, it joins as a new node.
+//! - The removed member restarted from its data dir, after every survivor
+//!   restarted too, refuses to serve, stops, and refuses to start again;
+//!   wiped, it joins as a new node.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -353,6 +354,18 @@ async fn a_dead_member_removed_under_load_is_re_replicated_and_fenced() {
         latest.len()
     );
 
+    // Every survivor restarts, so the removal lives on only in their data
+    // dirs: gossip alone would forget it, and take the removed node back.
+    for i in survivors {
+        cluster.nodes[i].kill();
+    }
+    for i in survivors {
+        cluster.nodes[i].restart();
+    }
+    for i in survivors {
+        cluster.wait_ready(i, Duration::from_secs(60)).await;
+        cluster.wait_until_sees(i, 3, Duration::from_secs(30)).await;
+    }
     // The removed node restarted from its data dir: it learns it was
     // removed, says so, and stops; no coordinator routes to it meanwhile.
     cluster.nodes[victim].restart();

@@ -21,8 +21,10 @@
 //! holder of the secret can remove a member, and only under its own name.
 //!
 //! Every node that verifies a removal adopts it: it republishes the entry
-//! in its own list. A removal therefore outlives the node that made it, as
-//! long as any member lives; entries are never dropped.
+//! in its own list, and records it in its data dir (`removals.json`,
+//! [`marker`](crate::marker)) before publishing it. A removal therefore
+//! outlives the node that made it, and a restart of the whole cluster;
+//! entries are never dropped.
 //!
 //! # The fencing rule
 //!
@@ -88,7 +90,7 @@ impl Removal {
     }
 
     /// Parses `id:generation:tokens`; the id may itself hold `:`.
-    fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut parts = text.rsplitn(3, ':');
         let tokens = parts.next()?;
         let generation = parts.next()?.parse().ok()?;
