@@ -20,10 +20,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use strata_ring::NodeId;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::view::ClusterView;
 
@@ -55,6 +57,40 @@ impl Routing {
     /// A receiver of every view published from now on.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.view.subscribe()
+    }
+
+    /// The first view, the current one included, of which `ready` makes
+    /// something: waits on the watch, not on a sleep. `still_waiting` is
+    /// called with the current view each time `every` passes without one
+    /// (for a progress log; `Duration::MAX`: never).
+    pub(crate) async fn wait_for<T>(
+        &self,
+        mut ready: impl FnMut(&Arc<ClusterView>) -> Option<T>,
+        every: Duration,
+        mut still_waiting: impl FnMut(&Arc<ClusterView>),
+    ) -> T {
+        let mut views = self.subscribe();
+        let mut said = Instant::now();
+        loop {
+            let view = views.borrow_and_update().clone();
+            if let Some(found) = ready(&view) {
+                return found;
+            }
+            let next = views.changed();
+            let woke = match said.checked_add(every) {
+                Some(deadline) => tokio::time::timeout_at(deadline, next).await,
+                None => Ok(next.await),
+            };
+            match woke {
+                Ok(Ok(())) => {}
+                // The sender lives in `self`, which this borrow keeps alive.
+                Ok(Err(_)) => std::future::pending::<()>().await,
+                Err(_) => {
+                    still_waiting(&view);
+                    said = Instant::now();
+                }
+            }
+        }
     }
 
     /// This node's id.
@@ -144,6 +180,39 @@ mod tests {
         assert!(routing.writes_before(6));
         drop(new);
         assert!(!routing.writes_before(u64::MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_wakes_on_the_view_it_wants_and_reports_while_it_waits() {
+        let routing = Arc::new(Routing::new(empty(0)));
+        let publisher = routing.clone();
+        tokio::spawn(async move {
+            for epoch in 1..=5 {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                publisher.publish_with(|_| Some(empty(epoch)));
+            }
+        });
+        let mut reports = Vec::new();
+        let started = Instant::now();
+        let found = routing
+            .wait_for(
+                |v| (v.epoch >= 4).then_some(v.epoch),
+                Duration::from_secs(5),
+                |v| reports.push(v.epoch),
+            )
+            .await;
+        assert_eq!(found, 4);
+        // Woken by the view published at 12 s, not by a poll after it.
+        assert_eq!(started.elapsed(), Duration::from_secs(12));
+        // Reported at 5 s (epoch 1 current) and at 10 s (epoch 3).
+        assert_eq!(reports, vec![1, 3]);
+        // A view that already satisfies returns at once.
+        assert_eq!(
+            routing
+                .wait_for(|v| Some(v.epoch), Duration::from_secs(5), |_| {})
+                .await,
+            4
+        );
     }
 
     #[tokio::test]

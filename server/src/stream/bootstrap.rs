@@ -21,22 +21,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use strata_ring::{Member, NodeId};
 
 use super::plan::plan_pulls;
 use super::receiver::Receiver;
-use super::Progress;
+use super::{Progress, RETRY_PAUSE, SAY_EVERY};
 use crate::config::Config;
 use crate::marker::{write_marker, MarkerError, NodeMarker};
-use crate::membership::{Membership, NodeState};
+use crate::membership::{ClusterView, Membership, NodeState};
 
 /// Gossip rounds a joining node waits after first hearing from the cluster,
 /// so that every member's record has reached it.
 const SETTLE_ROUNDS: u32 = 5;
-/// Pause between two bootstrap passes when a range could not be received.
-const RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 /// Why a bootstrap stopped short of AVAILABLE; the node stays JOINING and
 /// the error is its task's (`GET /v1/node`, `"tasks"`).
@@ -120,57 +118,56 @@ impl Bootstrap {
     }
 
     async fn wait_for_cluster(&self) {
-        let mut waited = 0u32;
-        loop {
-            tokio::time::sleep(self.config.gossip_interval).await;
-            let view = self.membership.view();
-            if view
-                .members
-                .keys()
-                .any(|id| id != self.membership.self_id())
-            {
-                break;
-            }
-            waited += 1;
-            if waited.is_multiple_of(100) {
-                tracing::warn!(seeds = ?self.config.seeds, "still waiting to hear from a seed");
-            }
-        }
+        let me = self.membership.self_id();
+        self.membership
+            .routing()
+            .wait_for(
+                |view| view.members.keys().any(|id| id != me).then_some(()),
+                SAY_EVERY,
+                |_| tracing::warn!(seeds = ?self.config.seeds, "still waiting to hear from a seed"),
+            )
+            .await;
         tokio::time::sleep(self.config.gossip_interval * SETTLE_ROUNDS).await;
     }
 
     async fn wait_for_turn(&self, me: &NodeId) {
-        loop {
-            let view = self.membership.view();
-            let blocker = view.members.values().find(|m| {
-                m.id != *me
-                    && m.live
-                    && (m.state.in_transition() || (m.state == NodeState::Joining && m.id < *me))
-            });
-            match blocker {
-                None => return,
-                Some(m) => {
-                    tracing::debug!(node = %m.id, state = m.state.as_str(), "waiting for its join to finish");
-                }
-            }
-            tokio::time::sleep(self.config.gossip_interval).await;
-        }
+        let blocker = |view: &ClusterView| {
+            view.members
+                .values()
+                .find(|m| {
+                    m.id != *me
+                        && m.live
+                        && (m.state.in_transition()
+                            || (m.state == NodeState::Joining && m.id < *me))
+                })
+                .map(|m| (m.id.clone(), m.state.as_str()))
+        };
+        self.membership
+            .routing()
+            .wait_for(
+                |view| blocker(view).is_none().then_some(()),
+                SAY_EVERY,
+                |view| {
+                    if let Some((node, state)) = blocker(view) {
+                        tracing::info!(%node, state, "waiting for its join to finish");
+                    }
+                },
+            )
+            .await;
     }
 
     async fn wait_until_routed(&self, me: &NodeId) {
-        let start = Instant::now();
-        let mut logged = Duration::ZERO;
-        while !self
-            .membership
-            .view()
-            .all_route_with(me, NodeState::Bootstrapping)
-        {
-            if start.elapsed() - logged > Duration::from_secs(5) {
-                logged = start.elapsed();
-                tracing::warn!("waiting for every member to route by the announcement");
-            }
-            tokio::time::sleep(self.config.gossip_interval).await;
-        }
+        self.membership
+            .routing()
+            .wait_for(
+                |view| {
+                    view.all_route_with(me, NodeState::Bootstrapping)
+                        .then_some(())
+                },
+                SAY_EVERY,
+                |_| tracing::warn!("waiting for every member to route by the announcement"),
+            )
+            .await;
     }
 
     /// Streams every range this node gains; `Err(n)` if `n` failed. A

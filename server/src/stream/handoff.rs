@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use super::plan::{plan_pulls, waiting_for};
 use super::receiver::Receiver;
-use super::Progress;
+use super::{Progress, RETRY_PAUSE, SAY_EVERY};
 use crate::config::Config;
 use crate::marker::{write_marker, NodeMarker};
 use crate::membership::{ClusterView, MemberInfo, Membership, NodeState};
@@ -121,37 +121,33 @@ pub async fn leave(
     let me = membership.self_id().clone();
     membership.set_state(NodeState::Leaving).await;
     let started = Instant::now();
-    let mut logged = Duration::ZERO;
-    loop {
-        tokio::time::sleep(config.gossip_interval).await;
-        let view = membership.view();
-        let Some(ring) = view.ring.clone() else {
-            continue;
-        };
-        let Ok(shrunk) = ring.remove(&me) else {
-            continue;
-        };
-        let Some(incarnation) = view.members.get(&me).map(MemberInfo::incarnation) else {
-            continue;
-        };
-        let waiting = waiting_for(
+    // The new owners that have not taken the ranges over yet; `None` while
+    // the view does not yet show this node's departure.
+    let waiting = |view: &ClusterView| {
+        let ring = view.ring.as_ref()?;
+        let shrunk = ring.remove(&me).ok()?;
+        let incarnation = view.members.get(&me).map(MemberInfo::incarnation)?;
+        Some(waiting_for(
             &view.members,
-            &ring,
+            ring,
             &shrunk,
             config.replication_factor,
             &incarnation,
-        );
-        if waiting.is_empty() {
-            break;
-        }
-        if started.elapsed() - logged > Duration::from_secs(5) {
-            logged = started.elapsed();
-            tracing::info!(
-                ?waiting,
-                "waiting for the new owners to take the ranges over"
-            );
-        }
-    }
+        ))
+    };
+    membership
+        .routing()
+        .wait_for(
+            |view| waiting(view).is_some_and(|w| w.is_empty()).then_some(()),
+            SAY_EVERY,
+            |view| {
+                tracing::info!(
+                    waiting = ?waiting(view),
+                    "waiting for the new owners to take the ranges over"
+                );
+            },
+        )
+        .await;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         "every new owner holds its ranges; leaving the ring"
@@ -182,15 +178,21 @@ pub async fn take_over(
     progress: Arc<Progress>,
 ) {
     let me = membership.self_id().clone();
+    let routing = membership.routing();
     loop {
-        tokio::time::sleep(config.gossip_interval).await;
-        if membership.state() != NodeState::Available {
-            continue;
-        }
-        let view = membership.view();
-        let Some(departure) = next_departure(&view, &me) else {
-            continue;
-        };
+        let (view, departure) = routing
+            .wait_for(
+                |view| {
+                    if membership.state() != NodeState::Available {
+                        return None;
+                    }
+                    next_departure(view, &me).map(|d| (Arc::clone(view), d))
+                },
+                // Nothing to say while no one departs.
+                Duration::MAX,
+                |_| {},
+            )
+            .await;
         let jobs = plan_pulls(
             &view.members,
             &departure.before,
@@ -208,8 +210,11 @@ pub async fn take_over(
         );
         let (entries, failed) = receiver.pull_all(jobs).await;
         if failed == 0 {
+            // Publishes the view that no longer names this departure.
             membership.mark_pulled(departure.incarnation.clone()).await;
             tracing::info!(node = %departure.incarnation, entries, "took over the departing node's ranges");
+        } else {
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 }

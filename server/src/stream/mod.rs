@@ -54,6 +54,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use strata_ring::TokenRange;
 
+/// How often a join, leave or take-over that waits for the cluster says
+/// what it waits for.
+pub(crate) const SAY_EVERY: Duration = Duration::from_secs(5);
+/// Pause before pulling again the ranges a join or take-over could not
+/// receive from any source.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_secs(2);
+
 /// Where a range's transfer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RangeState {
