@@ -297,7 +297,7 @@ pub struct Settings {
     pub max_hint_window_ms: Option<u64>,
     /// Bytes per second that background work may take, all kinds together
     /// (ranges streamed in by joins, take-overs and repair, repair's
-    /// digests, hint replay; clean-up is local and does not); 0 for unlimited
+    /// digests, hint replay, the engine reads of clean-up); 0 for unlimited
     /// [default: 64 MiB].
     #[arg(long, env = "KVNODE_BACKGROUND_BYTES_PER_SEC")]
     pub background_bytes_per_sec: Option<u64>,

@@ -276,7 +276,7 @@ impl Node {
         let stop = Arc::new(Notify::new());
         let tasks = Tasks::new(metrics.clone());
         // The one budget of every kind of background work on this node:
-        // streams, hint replay, repair.
+        // streams, hint replay, repair, clean-up.
         let throttle = Throttle::new(config.background_bytes_per_sec);
         let receiver = Receiver::new(
             storage.clone(),
@@ -308,7 +308,7 @@ impl Node {
             membership.clone(),
             storage.clone(),
             config.clone(),
-            metrics.clone(),
+            (metrics.clone(), throttle.clone()),
         );
         tasks.spawn("cleanup", cleaner.clone().run_auto());
         tasks.spawn(

@@ -320,8 +320,12 @@ pub enum Applied {
 }
 
 /// One batch of a [`Storage::retain`] pass, done.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Batch {
+    /// Items this batch examined.
+    pub examined: u64,
+    /// Bytes (keys and stored records) this batch read.
+    pub bytes: u64,
     /// Items this batch deleted.
     pub deleted: u64,
     /// Items the pass deleted so far.
@@ -452,11 +456,12 @@ impl Storage {
         mut between: impl FnMut(Batch) -> Result<(), String>,
     ) -> Result<u64, RetainStopped> {
         let mut deleted = 0u64;
-        let mut in_batch = (0usize, 0u64);
+        let mut in_batch = Batch::default();
         let stopped = |deleted: u64, reason: String| RetainStopped { deleted, reason };
         for item in self.db.snapshot().range::<&[u8]>(..) {
             let (key, seen) = item.map_err(|e| stopped(deleted, e.to_string()))?;
-            in_batch.0 += 1;
+            in_batch.examined += 1;
+            in_batch.bytes += (key.len() + seen.len()) as u64;
             let token = key.first_chunk::<8>().map_or(0, |t| u64::from_be_bytes(*t));
             if !keep(token) {
                 let stripe = usize::try_from(token % LOCK_STRIPES as u64).unwrap_or_default();
@@ -470,25 +475,20 @@ impl Storage {
                         .delete(&key)
                         .map_err(|e| stopped(deleted, e.to_string()))?;
                     deleted += 1;
-                    in_batch.1 += 1;
+                    in_batch.deleted += 1;
                 }
             }
-            if in_batch.0 >= batch {
-                between(Batch {
-                    deleted: in_batch.1,
-                    total: deleted,
-                })
-                .map_err(|reason| stopped(deleted, reason))?;
-                in_batch = (0, 0);
+            if in_batch.examined >= batch as u64 {
+                in_batch.total = deleted;
+                between(in_batch).map_err(|reason| stopped(deleted, reason))?;
+                in_batch = Batch::default();
             }
         }
-        if in_batch.1 > 0 {
+        if in_batch.examined > 0 {
             // The last, partial batch is reported; the pass is over, so its
             // answer changes nothing.
-            let _ = between(Batch {
-                deleted: in_batch.1,
-                total: deleted,
-            });
+            in_batch.total = deleted;
+            let _ = between(in_batch);
         }
         Ok(deleted)
     }
@@ -698,14 +698,22 @@ mod tests {
         }
         let keep = |t: u64| t < u64::MAX / 2;
         let kept = count(&s, keep);
-        let mut batches = 0;
+        let mut batches = Vec::new();
         let deleted = s
-            .retain(keep, 100, |_| {
-                batches += 1;
+            .retain(keep, 100, |batch| {
+                batches.push(batch);
                 Ok(())
             })
             .unwrap();
-        assert!(batches >= 25, "{batches}");
+        assert_eq!(batches.len(), 25);
+        // What a pass pays the background budget for: every key and record
+        // it read (the engine key is 8 + 5 bytes at most here).
+        assert_eq!(batches.iter().map(|b| b.examined).sum::<u64>(), 2500);
+        let bytes: u64 = batches.iter().map(|b| b.bytes).sum();
+        let record_len = Record::value(1, b"v".to_vec()).encoded_len() as u64;
+        assert!(bytes > 2500 * (8 + 2 + record_len) && bytes <= 2500 * (8 + 5 + record_len));
+        assert_eq!(batches.iter().map(|b| b.deleted).sum::<u64>(), deleted);
+        assert_eq!(batches.last().map(|b| b.total), Some(deleted));
         assert_eq!(kept + deleted, 2500);
         assert!(deleted > 0 && kept > 0);
         assert_eq!(count(&s, |_| true), kept);

@@ -41,6 +41,7 @@ use crate::membership::{ring_digest, ClusterView, Membership, NodeState};
 use crate::metrics::Metrics;
 use crate::storage::Storage;
 use crate::tasks::Tasks;
+use crate::throttle::Throttle;
 
 /// How often the ring is looked at, in gossip rounds.
 const CHECK_ROUNDS: u32 = 5;
@@ -79,6 +80,8 @@ pub struct Cleaner {
     storage: Storage,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// The node's background budget: a pass reads the whole engine.
+    throttle: Throttle,
     status: Mutex<CleanupStatus>,
 }
 
@@ -88,13 +91,14 @@ impl Cleaner {
         membership: Arc<Membership>,
         storage: Storage,
         config: Arc<Config>,
-        metrics: Arc<Metrics>,
+        (metrics, throttle): (Arc<Metrics>, Throttle),
     ) -> Arc<Self> {
         Arc::new(Self {
             membership,
             storage,
             config,
             metrics,
+            throttle,
             status: Mutex::new(CleanupStatus::default()),
         })
     }
@@ -212,6 +216,7 @@ impl Cleaner {
         let started = Instant::now();
         tracing::info!(?scope_name, "clean-up: pass starts");
         let this = Arc::clone(self);
+        let runtime = tokio::runtime::Handle::current();
         let result = tokio::task::spawn_blocking(move || {
             let delete = |token: u64| deletable(&scope, &ring, rf, &me, token);
             this.storage.retain(
@@ -219,6 +224,9 @@ impl Cleaner {
                 BATCH,
                 |batch| {
                     this.metrics.cleanup_deleted(batch.deleted);
+                    // Paid after the batch: the pass holds no lock while it
+                    // waits, and its snapshot keeps it consistent.
+                    runtime.block_on(this.throttle.spend(batch.bytes));
                     tracing::debug!(deleted = batch.total, "clean-up: batch done");
                     match this.guard(&this.membership.view()) {
                         Ok(now) if ring_digest(Some(&now)) == digest => Ok(()),
