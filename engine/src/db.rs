@@ -88,6 +88,7 @@ use crate::stats::{as_micros, Counters, LevelStats, LevelWork, Stats, TableInfo}
 use crate::version::{FileMeta, Version, VersionEdit, VersionSet, NUM_LEVELS};
 use crate::wal::LogWriter;
 
+mod checkpoint;
 mod open;
 mod recovery;
 mod repair;

@@ -250,6 +250,12 @@ impl VersionSet {
         Ok(set)
     }
 
+    /// What a checkpoint copies: the current version, held so that none of
+    /// its tables is deleted meanwhile, and the one edit that describes it.
+    pub(crate) fn checkpoint_state(&self) -> (Arc<Version>, VersionEdit) {
+        (self.current.clone(), self.snapshot_edit())
+    }
+
     /// One edit describing the whole current state.
     fn snapshot_edit(&self) -> VersionEdit {
         let mut edit = VersionEdit {
@@ -269,20 +275,7 @@ impl VersionSet {
     /// at it. On failure the old MANIFEST stays in use and nothing changes.
     fn roll_manifest(&mut self) -> Result<()> {
         let number = self.new_file_number();
-        let path = self.dir.join(manifest_name(number));
-        let written = LogWriter::create(&path).and_then(|mut manifest| {
-            manifest.add_record(&self.snapshot_edit().encode())?;
-            manifest.sync()?;
-            file_name::set_current(&self.dir, number)?;
-            Ok(manifest)
-        });
-        let manifest = match written {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(e);
-            }
-        };
+        let manifest = write_manifest(&self.dir, number, &self.snapshot_edit())?;
         let old = self.dir.join(manifest_name(self.manifest_number));
         self.manifest = manifest;
         self.manifest_number = number;
@@ -370,6 +363,23 @@ impl VersionSet {
 const MISSING_TABLE: &str = "table named by the manifest is missing";
 
 /// Opens a table and checks it holds what the manifest says it does.
+/// Writes `MANIFEST-<number>` in `dir` holding `edit`, syncs it and points
+/// `CURRENT` at it. On failure the new file is removed and `CURRENT` is
+/// unchanged.
+pub(crate) fn write_manifest(dir: &Path, number: u64, edit: &VersionEdit) -> Result<LogWriter> {
+    let path = dir.join(manifest_name(number));
+    let written = LogWriter::create(&path).and_then(|mut manifest| {
+        manifest.add_record(&edit.encode())?;
+        manifest.sync()?;
+        file_name::set_current(dir, number)?;
+        Ok(manifest)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    written
+}
+
 fn open_table(dir: &Path, meta: FileMeta) -> Result<Arc<TableFile>> {
     let path = file_name::table_path(dir, meta.number);
     let table = Table::open(&path).map_err(|e| match e {
