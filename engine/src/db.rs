@@ -402,6 +402,48 @@ impl Db {
             .collect()
     }
 
+    /// Syncs the WAL: every write made so far, with or without
+    /// [`WriteOptions::sync`], survives a power cut once this returns `Ok`.
+    /// Fails with the background error while writes are refused (a write
+    /// that failed may have left the WAL short of it).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = strata_engine::Db::open(dir.path(), Default::default())?;
+    /// db.put(b"k", b"v")?; // not synced by itself
+    /// db.sync_wal()?; // now it is
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sync_wal(&self) -> Result<()> {
+        self.inner.core.sync_wal()
+    }
+
+    /// Closes the database, reporting what dropping it cannot: waits for
+    /// the background threads, syncs the WAL, and answers the first error
+    /// of either (or a background error that stopped writes). Only the last
+    /// handle can close it: while clones are open this fails with
+    /// [`Error::InvalidArgument`], and the database stays open through
+    /// them.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// use strata_engine::{Db, Options};
+    /// let db = Db::open(dir.path(), Options::default())?;
+    /// let other = db.clone();
+    /// assert!(other.close().is_err()); // `db` still holds it open
+    /// db.put(b"k", b"v")?;
+    /// db.close()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(self) -> Result<()> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut owner) => owner.shut_down(),
+            Err(_) => Err(Error::InvalidArgument(
+                "other handles to the database are open".into(),
+            )),
+        }
+    }
+
     /// The error every write fails with while background work is stopped:
     /// [`Error::Retrying`] while the database retries a transient failure by
     /// itself, [`Error::Background`] after a fatal one (reopening the
@@ -430,8 +472,11 @@ impl Db {
     }
 }
 
-impl Drop for Owner {
-    fn drop(&mut self) {
+impl Owner {
+    /// Stops the background threads and syncs the WAL, so that writes made
+    /// without `sync` reach the disk; the first error, if any. Doing it
+    /// again does nothing more.
+    fn shut_down(&mut self) -> Result<()> {
         self.core.bg.lock().shutdown = true;
         self.core.cancel.store(true, Ordering::Relaxed);
         self.core.bg_cv.notify_all();
@@ -440,9 +485,15 @@ impl Drop for Owner {
             // the manifest still describe every acknowledged write.
             let _ = handle.join();
         }
-        // Writes made without `sync` reach the disk now; a failure cannot be
-        // reported from drop, and the data is still in the OS page cache.
-        let _ = self.core.log.lock().wal.sync();
+        self.core.sync_wal()
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // A failure cannot be reported from drop (`Db::close` can), and
+        // unsynced data is still in the OS page cache.
+        let _ = self.shut_down();
     }
 }
 
@@ -619,6 +670,17 @@ impl Core {
 
     fn background_error(&self) -> Option<Error> {
         self.bg.lock().error.as_ref().map(BgError::write_error)
+    }
+
+    /// Syncs the WAL whatever the state, then reports a background error
+    /// first: while one stands, a failed write may have left the WAL short
+    /// of what was asked of it.
+    fn sync_wal(&self) -> Result<()> {
+        let synced = self.log.lock().wal.sync();
+        match self.background_error() {
+            Some(e) => Err(e),
+            None => synced,
+        }
     }
 
     fn health(&self) -> Health {

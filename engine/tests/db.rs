@@ -171,3 +171,22 @@ fn writers_stalled_on_frozen_memtables_resume() {
     assert!(stats.stall_stops > 0, "expected writers to stall: {stats}");
     assert!(stats.stall_stop_time > std::time::Duration::ZERO);
 }
+
+#[test]
+fn close_waits_for_the_last_handle_and_releases_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let clone = db.clone();
+    db.put(b"a", b"1").unwrap();
+    // Not the last handle: refused, and the clone still serves.
+    assert!(matches!(db.close(), Err(Error::InvalidArgument(_))));
+    clone.put(b"b", b"2").unwrap();
+    assert_eq!(clone.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    clone.sync_wal().unwrap();
+    clone.close().unwrap();
+    // Closed for good once close returns: the directory's lock is free at
+    // once, and every write (none of them synced by itself) is there.
+    let reopened = Db::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(reopened.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(reopened.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+}
