@@ -31,7 +31,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -83,6 +83,29 @@ pub(crate) async fn require(
     if access == Access::Open {
         return next.run(req).await;
     }
+    // A refusal leaves the body unread, so the connection cannot carry
+    // another request: say so, or a pooling client reuses it and sees its
+    // next request cut off. A signed request refused after its body was
+    // read keeps its connection.
+    let unread_body = http_body::Body::size_hint(req.body()).exact() != Some(0);
+    let mut response = check(&state, access, req, next).await;
+    let refused = matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    );
+    if refused && unread_body && response.extensions().get::<BodyRead>().is_none() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Marks a refusal made after the request's body was read whole.
+#[derive(Debug, Clone, Copy)]
+struct BodyRead;
+
+async fn check(state: &AppState, access: Access, req: Request, next: Next) -> Response {
     let tokens = state.config.tokens.as_deref();
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let Some(authorization) = authorization else {
@@ -93,9 +116,9 @@ pub(crate) async fn require(
     };
     let value = authorization.as_bytes();
     if value.starts_with(SCHEME.as_bytes()) {
-        return match verify_signature(&state, value, req).await {
+        return match verify_signature(state, value, req).await {
             Ok(req) => next.run(req).await,
-            Err(refusal) => refusal.into_response(),
+            Err(refusal) => refusal,
         };
     }
     let Some(tokens) = tokens else {
@@ -133,16 +156,18 @@ async fn verify_signature(
     state: &AppState,
     header: &[u8],
     req: Request,
-) -> Result<Request, ApiError> {
+) -> Result<Request, Response> {
     let verifier = &state.verifier;
     let claim = verifier
         .claim(header)
-        .map_err(|e| refused_signature(&e.to_string()))?;
+        .map_err(|e| refused_signature(&e.to_string()).into_response())?;
     let (parts, body) = req.into_parts();
     // A route that reads no body takes none under a signature either.
     let limit = route_body_limit(&parts.method, parts.uri.path(), &state.config.limits)
         .unwrap_or(BodyLimit::Body(0));
-    let bytes = read_body(body, limit).await?;
+    let bytes = read_body(body, limit)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let request = Canonical {
         method: parts.method.as_str(),
         path_and_query: parts
@@ -154,7 +179,9 @@ async fn verify_signature(
     let sender = claim.sender.clone();
     verifier.verify(claim, &request).map_err(|e| {
         tracing::debug!(%sender, path = parts.uri.path(), "signed request refused: {e}");
-        refused_signature(&e.to_string())
+        let mut refusal = refused_signature(&e.to_string()).into_response();
+        refusal.extensions_mut().insert(BodyRead);
+        refusal
     })?;
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
