@@ -1,5 +1,5 @@
 //! Who may call which route: every route of the router declares an
-//! [`Access`], and [`require`] enforces it before the handler runs.
+//! [`Access`], and `require` enforces it before the handler runs.
 //!
 //! Two credentials exist, and neither stands in for the other:
 //!

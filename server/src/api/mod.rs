@@ -15,7 +15,7 @@
 //! Before a handler runs, `bound_and_measure` admits the request: a body
 //! declared larger than its route takes is refused with 413 before a byte
 //! of it is read, and a body that does not fit the node's budget with 503
-//! and `Retry-After`. Then [`access::require`] checks its credential.
+//! and `Retry-After`. Then `access::require` checks its credential.
 
 pub mod access;
 pub(crate) mod budget;
@@ -203,7 +203,7 @@ pub fn route_table() -> Vec<(Method, String, Access)> {
         .collect()
 }
 
-/// The node's router: every route of [`routes`] behind its access check,
+/// The node's router: every route of [`route_table`] behind its access check,
 /// the request bounds and the metrics.
 pub fn router(state: AppState) -> Router {
     // Methods of one path share one entry, each with its own check.

@@ -248,7 +248,7 @@ pub enum SignatureError {
 /// A parsed, fresh signature header: who claims to sign, and what to check.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    /// The sender it names (not proven until [`RequestVerifier::verify`]).
+    /// The sender it names (not proven until the signature is verified).
     pub sender: String,
     ts: u64,
     nonce: u128,
