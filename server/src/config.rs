@@ -9,12 +9,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use strata_ring::ReplicationFactor;
 
-use crate::auth::ClusterSecret;
+use crate::auth::tokens::{Tokens, TokensError};
+use crate::auth::{check_private, ClusterSecret, SecretFileError};
 use crate::hlc::derived_tag;
 use crate::storage::RECORD_HEADER_LEN;
 
@@ -80,6 +82,12 @@ pub mod defaults {
     /// not drift, and a write it stamps could silently lose to an older one
     /// for that long.
     pub const MAX_CLOCK_OFFSET_MS: u64 = 500;
+    /// How far a signed request's time may be from this node's clock beyond
+    /// the clocks' own offset (`auth::request`): what a request may take to
+    /// arrive, from signing to its head being read. Connecting takes up to
+    /// the replica timeout (2 s), a connection may wait in the listen
+    /// backlog, and reading the head takes up to its timeout (10 s).
+    pub const SIGNED_REQUEST_SLACK_MS: u64 = 15_000;
     /// Largest test-only clock skew: a day is far past any offset a test
     /// needs, and keeps the arithmetic on ms far from overflow.
     pub const MAX_CLOCK_SKEW_MS: i64 = 86_400_000;
@@ -194,10 +202,20 @@ pub struct Settings {
     /// Replicas per key [default: 3].
     #[arg(long, env = "KVNODE_REPLICATION_FACTOR")]
     pub replication_factor: Option<usize>,
-    /// Shared secret of the cluster's internal traffic. Prefer the variable:
-    /// a flag shows in `ps`. Required with --seeds; random otherwise.
+    /// Shared secret of the cluster's internal traffic. Prefer
+    /// --cluster-secret-file: a flag shows in `ps`, a variable in
+    /// `/proc/<pid>/environ`. Required with --seeds; random otherwise.
     #[arg(long, env = "KVNODE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// File holding the cluster secret (trailing white space ignored); it
+    /// must not be accessible by group or others (chmod 600).
+    #[arg(long, env = "KVNODE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Client tokens, one `NAME ROLE SHA256HEX` a line (`kvnode token
+    /// create`); every client route then needs `Authorization: Bearer
+    /// <token>`. Without it the client API is open to anyone.
+    #[arg(long, env = "KVNODE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
     /// Largest key in bytes [default: 4096].
     #[arg(long, env = "KVNODE_MAX_KEY_SIZE")]
     pub max_key_size: Option<usize>,
@@ -330,6 +348,8 @@ impl Settings {
         vnodes,
         replication_factor,
         cluster_secret,
+        cluster_secret_file,
+        auth_tokens_file,
         max_key_size,
         max_value_size,
         max_body_size,
@@ -378,6 +398,12 @@ pub enum ConfigError {
         /// What is wrong.
         source: Box<toml::de::Error>,
     },
+    /// The file holding the secret is refused.
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
+    /// The tokens file is refused.
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
     /// A value breaks an invariant.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -459,6 +485,8 @@ pub struct Config {
     pub replication_factor: ReplicationFactor,
     /// The cluster secret.
     pub secret: ClusterSecret,
+    /// The client tokens; `None` leaves the client API open.
+    pub tokens: Option<Arc<Tokens>>,
     /// Request size limits.
     pub limits: Limits,
     /// Deadline of a client request.
@@ -571,7 +599,11 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                parse_file(path, &text)?
+                let file = parse_file(path, &text)?;
+                if file.cluster_secret.is_some() {
+                    check_private(path)?;
+                }
+                file
             }
             None => Settings::default(),
         };
@@ -597,6 +629,10 @@ impl Config {
             auto_cleanup,
         } = cluster(&s, gossip_advertise)?;
         let limits = Limits::resolve(&s)?;
+        let tokens = match &s.auth_tokens_file {
+            Some(path) => Some(Arc::new(Tokens::load(path)?)),
+            None => None,
+        };
         let Timeouts {
             request_timeout,
             replica_timeout,
@@ -639,6 +675,7 @@ impl Config {
             vnodes,
             replication_factor,
             secret,
+            tokens,
             limits,
             request_timeout,
             replica_timeout,
@@ -748,7 +785,7 @@ fn cluster(s: &Settings, gossip_advertise: SocketAddr) -> Result<Cluster, Config
         reason: e.to_string(),
     })?;
     Ok(Cluster {
-        secret: secret(s.cluster_secret.clone(), &seeds, gossip_advertise)?,
+        secret: secret(s, &seeds, gossip_advertise)?,
         seeds,
         cluster_id: s
             .cluster_id
@@ -773,19 +810,33 @@ fn cluster(s: &Settings, gossip_advertise: SocketAddr) -> Result<Cluster, Config
     })
 }
 
-/// The cluster secret. Other nodes would refuse a random one, so joining
-/// them requires it; a node alone makes one up.
+/// The cluster secret, given or read from its file. Other nodes would
+/// refuse a random one, so joining them requires it; a node alone makes one
+/// up.
 fn secret(
-    given: Option<String>,
+    s: &Settings,
     seeds: &[String],
     gossip_advertise: SocketAddr,
 ) -> Result<ClusterSecret, ConfigError> {
+    let given = match (&s.cluster_secret, &s.cluster_secret_file) {
+        // Each may come from another layer (a flag, the file), so clap's
+        // own conflict check does not see every pair.
+        (Some(_), Some(_)) => {
+            return invalid(
+                "cluster_secret",
+                "set either cluster_secret or cluster_secret_file, not both",
+            )
+        }
+        (Some(secret), None) => Some(ClusterSecret::new(secret.clone())),
+        (None, Some(path)) => Some(ClusterSecret::from_file(path)?),
+        (None, None) => None,
+    };
     match given {
-        Some(s) if s.len() < 16 => invalid("cluster_secret", "at least 16 characters"),
-        Some(s) => Ok(ClusterSecret::new(s)),
+        Some(s) if s.expose().len() < 16 => invalid("cluster_secret", "at least 16 characters"),
+        Some(s) => Ok(s),
         None if seeds.iter().any(|s| !is_self(s, gossip_advertise)) => invalid(
             "cluster_secret",
-            "required when joining other nodes (--seeds): set KVNODE_CLUSTER_SECRET",
+            "required when joining other nodes (--seeds): set --cluster-secret-file",
         ),
         None => Ok(ClusterSecret::random()),
     }
@@ -1093,6 +1144,88 @@ mod tests {
         ));
         // Listing only itself as a seed is a cluster of one: no secret needed.
         assert!(resolve(args(&["--seeds", "127.0.0.1:7701"]), Settings::default()).is_ok());
+    }
+
+    #[test]
+    fn the_secret_comes_from_a_private_file_and_only_one_source() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let file_flag = ["--cluster-secret-file", path.to_str().unwrap()];
+        let c = resolve(args(&file_flag), Settings::default()).unwrap();
+        assert_eq!(c.secret.expose(), "0123456789abcdef0123");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = resolve(args(&file_flag), Settings::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(
+            e,
+            ConfigError::SecretFile(SecretFileError::TooOpen { mode: 0o644, .. })
+        ));
+        assert!(
+            text.contains(path.to_str().unwrap()) && text.contains("0644"),
+            "{text}"
+        );
+
+        // A secret in a flag and its file in the TOML file: which one?
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let toml = format!("cluster_secret_file = {:?}", path.to_str().unwrap());
+        let file = parse_file(Path::new("k.toml"), &toml).unwrap();
+        let e = resolve(args(&["--cluster-secret", "0123456789abcdefXYZ"]), file);
+        assert!(matches!(
+            e,
+            Err(ConfigError::Invalid {
+                field: "cluster_secret",
+                ..
+            })
+        ));
+        std::fs::write(&path, "short").unwrap();
+        assert!(resolve(args(&file_flag), Settings::default()).is_err());
+    }
+
+    #[test]
+    fn a_config_file_holding_the_secret_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvnode.toml");
+        std::fs::write(&path, "cluster_secret = \"0123456789abcdef0123\"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let settings = args(&["--config", path.to_str().unwrap()]);
+        assert!(matches!(
+            Config::load(settings.clone()),
+            Err(ConfigError::SecretFile(SecretFileError::TooOpen { .. }))
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(settings).is_ok());
+        // Without a secret in it, the file may be readable.
+        std::fs::write(&path, "vnodes = 8").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Config::load(args(&["--config", path.to_str().unwrap()])).is_ok());
+    }
+
+    #[test]
+    fn a_bad_tokens_file_is_refused_naming_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(
+            &path,
+            format!("# ops\nalice admin {}\nbob\n", "ab".repeat(32)),
+        )
+        .unwrap();
+        let flag = ["--auth-tokens-file", path.to_str().unwrap()];
+        let e = resolve(args(&flag), Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{}:3:", path.display())), "{e}");
+        std::fs::write(&path, format!("alice admin {}\n", "ab".repeat(32))).unwrap();
+        let c = resolve(args(&flag), Settings::default()).unwrap();
+        assert_eq!(c.tokens.map(|t| t.len()), Some(1));
+        assert!(resolve(Settings::default(), Settings::default())
+            .unwrap()
+            .tokens
+            .is_none());
     }
 
     #[test]

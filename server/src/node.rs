@@ -23,13 +23,15 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::auth::request::RequestVerifier;
+use crate::config::{defaults, Config};
 use crate::coordinator::{Coordinator, CoordinatorParts};
 use crate::hints::replay::Replay;
 use crate::hints::Hints;
@@ -256,23 +258,32 @@ impl Node {
                 },
             )?;
         }
+        let clock = WallClock::skewed(config.clock_skew_ms);
         let hlc = Arc::new(Hlc::build(
             config.node_tag,
-            WallClock::skewed(config.clock_skew_ms),
+            clock,
             config.max_clock_offset,
             metrics.hlc_remote_ahead(),
         ));
-        let peer: Arc<dyn Peer> = Arc::new(HttpPeer::new(
-            config.secret.clone(),
-            config.replica_timeout,
-            // Every node is assumed to run the same edges: half of the shorter
-            // of the two limits after which a node closes an idle connection.
-            config
-                .edges
-                .header_read_timeout
-                .min(config.edges.idle_timeout)
-                / 2,
-        )?);
+        let peer: Arc<dyn Peer> = Arc::new(
+            HttpPeer::new(
+                config.secret.clone(),
+                config.replica_timeout,
+                // Every node is assumed to run the same edges: half of the shorter
+                // of the two limits after which a node closes an idle connection.
+                config
+                    .edges
+                    .header_read_timeout
+                    .min(config.edges.idle_timeout)
+                    / 2,
+            )?
+            .signing_as(&config.node_id, clock),
+        );
+        let verifier = Arc::new(RequestVerifier::new(
+            &config.secret,
+            config.max_clock_offset + Duration::from_millis(defaults::SIGNED_REQUEST_SLACK_MS),
+            clock,
+        ));
         let stop = Arc::new(Notify::new());
         let tasks = Tasks::new(metrics.clone());
         // The one budget of every kind of background work on this node:
@@ -372,6 +383,14 @@ impl Node {
             state = initial.as_str(),
             "kvnode serving"
         );
+        match &config.tokens {
+            Some(tokens) => tracing::info!(tokens = tokens.len(), "client routes need a token"),
+            None => tracing::warn!(
+                "no --auth-tokens-file: the client API is open, anyone who reaches {} can read, \
+                 write and delete every key",
+                config.advertise
+            ),
+        }
         let state = AppState {
             coordinator,
             membership,
@@ -387,6 +406,7 @@ impl Node {
             repairer,
             tasks,
             stop: stop.clone(),
+            verifier,
         };
         Ok(Self {
             config,

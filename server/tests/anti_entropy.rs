@@ -16,7 +16,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{retry_503, version_of, Cluster, SECRET, SERIAL};
+use common::{retry_503, signed, version_of, Cluster, SERIAL};
 
 /// Tries of one request (`retry_503`).
 const TRIES: u32 = 50;
@@ -256,13 +256,7 @@ async fn measure(n: usize, value_len: usize) -> Figures {
             );
             let body = strata_server::peer::wire::encode_apply(key.as_bytes(), &record);
             set.spawn(async move {
-                let r = client
-                    .post(url)
-                    .bearer_auth(SECRET)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
+                let r = signed(client.post(url).body(body)).send().await.unwrap();
                 assert_eq!(r.status(), 204);
             });
             if set.len() >= 64 {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_json_error, Cluster, SECRET};
+use common::{assert_json_error, signed, Cluster, SECRET};
 use serde_json::Value;
 use strata_server::storage::Record;
 
@@ -184,19 +184,29 @@ async fn internal_routes_refuse_requests_without_the_cluster_secret() {
         .unwrap();
     assert_json_error(r, 401, "unauthorized").await;
 
-    let r = read(Some(&format!("Bearer {SECRET}"))).await.unwrap();
+    // The old format, the secret itself as a bearer token, is refused.
+    assert_json_error(
+        read(Some(&format!("Bearer {SECRET}"))).await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    let r = signed(c.client.post(node.url("/internal/v1/read")).body("k"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let record = Record::decode(r.bytes().await.unwrap()).unwrap();
     assert_eq!(record.value.as_deref(), Some(&b"v"[..]));
     // With the secret, a malformed apply is a 400, not a crash.
-    let r = c
-        .client
-        .post(node.url("/internal/v1/apply"))
-        .bearer_auth(SECRET)
-        .body(vec![0, 0, 0, 9, 1])
-        .send()
-        .await
-        .unwrap();
+    let r = signed(
+        c.client
+            .post(node.url("/internal/v1/apply"))
+            .body(vec![0, 0, 0, 9, 1]),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_json_error(r, 400, "bad_apply").await;
 }
 
@@ -273,11 +283,12 @@ async fn an_apply_batch_merges_every_entry_or_refuses_the_whole_body() {
     c.apply_local(0, "k0", &Record::value(1_000, b"newer".to_vec()))
         .await;
     let post = |body: bytes::Bytes, auth: bool| {
-        let mut req = c.client.post(c.nodes[0].url(APPLY_BATCH_PATH)).body(body);
+        let req = c.client.post(c.nodes[0].url(APPLY_BATCH_PATH)).body(body);
         if auth {
-            req = req.bearer_auth(SECRET);
+            signed(req).send()
+        } else {
+            req.send()
         }
-        req.send()
     };
     let mut batch = ApplyBatch::default();
     for i in 0..500u64 {

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{assert_json_error, Cluster, SECRET};
+use common::{assert_json_error, signed, Cluster};
 use strata_server::storage::Record;
 use tokio::sync::Semaphore;
 
@@ -118,14 +118,15 @@ async fn a_killed_node_is_routed_around_and_rejoins_with_its_data() {
     }
     // Its own engine still holds everything it acknowledged before the kill.
     for k in 0..200 {
-        let r = cluster
-            .client
-            .post(cluster.nodes[2].url("/internal/v1/read"))
-            .bearer_auth(SECRET)
-            .body(format!("old-{k}"))
-            .send()
-            .await
-            .unwrap();
+        let r = signed(
+            cluster
+                .client
+                .post(cluster.nodes[2].url("/internal/v1/read"))
+                .body(format!("old-{k}")),
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(r.status(), 200, "old-{k} on the restarted node");
         let record = Record::decode(r.bytes().await.unwrap()).unwrap();
         assert_eq!(record.value.as_deref(), Some(format!("v{k}").as_bytes()));

@@ -20,7 +20,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{retry_503, Cluster, SECRET};
+use common::{retry_503, signed, Cluster};
 use strata_server::storage::Record;
 
 /// Keys written before anything else, at ALL.
@@ -132,13 +132,14 @@ async fn deleted_keys_stay_deleted_through_a_down_replica_a_join_a_restart_and_a
     cluster.assert_holdings(&[0, 1, 2, 3], &latest, true).await;
 
     // Deletes during a decommission of node2.
-    let r = cluster
-        .client
-        .post(cluster.nodes[1].url("/admin/v1/decommission"))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap();
+    let r = signed(
+        cluster
+            .client
+            .post(cluster.nodes[1].url("/admin/v1/decommission")),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 202);
     delete_keys(&cluster, &[0, 2, 3], 150..200, &mut latest).await;
     assert!(cluster.nodes[1]

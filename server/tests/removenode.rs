@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{retry_503, version_of, Cluster, SECRET};
+use common::{retry_503, signed, version_of, Cluster, SECRET};
 use parking_lot::Mutex;
 use serde_json::Value;
 use strata_server::storage::Record;
@@ -304,13 +304,14 @@ async fn a_dead_member_removed_under_load_is_re_replicated_and_fenced() {
         cluster.wait_for_status(i, victim, "DOWN").await;
     }
     // While it is DOWN a decommission is refused, naming removenode.
-    let r = cluster
-        .client
-        .post(cluster.nodes[0].url("/admin/v1/decommission"))
-        .bearer_auth(SECRET)
-        .send()
-        .await
-        .unwrap();
+    let r = signed(
+        cluster
+            .client
+            .post(cluster.nodes[0].url("/admin/v1/decommission")),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 409);
     let body = r.text().await.unwrap();
     assert!(body.contains("removenode node4"), "{body}");

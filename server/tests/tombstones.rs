@@ -16,7 +16,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{retry_503, Cluster, SECRET};
+use common::{retry_503, signed, Cluster};
 use serde_json::Value;
 use strata_server::storage::Record;
 
@@ -37,14 +37,15 @@ fn key(k: usize) -> String {
 /// `POST /admin/v1/compact` on node `i`; the tombstones its engine has
 /// purged since it started.
 async fn compact(cluster: &Cluster, i: usize) -> u64 {
-    let r = cluster
-        .client
-        .post(cluster.nodes[i].url("/admin/v1/compact"))
-        .bearer_auth(SECRET)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
+    let r = signed(
+        cluster
+            .client
+            .post(cluster.nodes[i].url("/admin/v1/compact"))
+            .timeout(Duration::from_secs(60)),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200, "compact on node{}", i + 1);
     let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     body["tombstones_purged"].as_u64().unwrap()

@@ -1,15 +1,17 @@
 //! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/node`,
 //! `GET /health` (the process answers), `GET /ready` (this node is
 //! AVAILABLE), `GET /metrics` (Prometheus text), and
-//! `POST /admin/v1/decommission` (behind the cluster secret: this node
-//! hands its ranges over and leaves; 202, or 409 with the reason) and
-//! `POST /admin/v1/cleanup` (behind the secret too: this node drops the
-//! items it does not replicate; 202, or 409 with the reason) and
-//! `POST /admin/v1/compact` (behind the secret: this node compacts its
-//! whole engine, purging the tombstones past the grace; 200 once done).
-//! `POST /admin/v1/removenode/{id}` (behind the secret: the cluster removes
-//! the DOWN member `id` for good, see [`removal`](crate::view::removal); 202, or
-//! 409 with the reason).
+//! the operator's routes, each taking an admin token or a request signed
+//! under the cluster secret ([`access`](super::access)):
+//! `POST /admin/v1/decommission` (this node hands its ranges over and
+//! leaves; 202, or 409 with the reason),
+//! `POST /admin/v1/cleanup` (this node drops the items it does not
+//! replicate; 202, or 409 with the reason),
+//! `POST /admin/v1/compact` (this node compacts its whole engine, purging
+//! the tombstones past the grace; 200 once done) and
+//! `POST /admin/v1/removenode/{id}` (the cluster removes the DOWN member
+//! `id` for good, see [`removal`](crate::view::removal); 202, or 409 with
+//! the reason).
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -118,8 +120,20 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "degraded": state.storage.write_error(),
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
+        "client_auth": client_auth(&state),
         "engine": engine_json(&state.storage.stats()),
     }))
+}
+
+/// Whether clients need tokens here: an open node says so plainly.
+fn client_auth(state: &AppState) -> serde_json::Value {
+    match &state.config.tokens {
+        Some(tokens) => serde_json::json!({ "mode": "tokens", "tokens": tokens.len() }),
+        None => serde_json::json!({
+            "mode": "open",
+            "warning": "no --auth-tokens-file: anyone who reaches this port can read, write and delete every key",
+        }),
+    }
 }
 
 fn engine_json(stats: &strata_engine::Stats) -> serde_json::Value {

@@ -1,7 +1,8 @@
 //! Node-to-node routes under `/internal/`: a thin adapter over
 //! [`peer::wire`](crate::peer::wire), which holds their bodies' format. They
-//! act on this node's engine only (never re-routed) and require
-//! `Authorization: Bearer <cluster secret>`; anything else gets a 401.
+//! act on this node's engine only (never re-routed) and require a request
+//! signed under the cluster secret ([`auth::request`](crate::auth::request),
+//! checked by [`access`](super::access)); anything else gets a 401.
 //!
 //! # `GET /internal/v1/tokens`
 //!
@@ -13,9 +14,8 @@
 //! membership from onlookers too.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -26,23 +26,6 @@ use crate::storage::StorageError;
 
 /// Path of the tokens route.
 pub const TOKENS_PATH: &str = "/internal/v1/tokens";
-
-/// Refuses a request without the cluster secret.
-pub async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let authorized = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| state.config.secret.verify_bearer(v.as_bytes()));
-    if !authorized {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "internal routes need the cluster secret",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
 
 /// `POST /internal/v1/apply`.
 pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {

@@ -2,17 +2,22 @@
 //! error type, and the middleware that bounds and measures every request.
 //!
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
-//! APIs), `cluster` (cluster, node, health, readiness, metrics),
-//! [`internal`] (node-to-node, behind the cluster secret; so is the
-//! decommission, clean-up and removenode routes in `cluster`) and `repair`
-//! (anti-entropy, internal and admin); `budget` is the byte budget of
-//! bodies in flight.
+//! APIs), `cluster` (cluster, node, health, readiness, metrics, and the
+//! operator's decommission, clean-up, compaction and removenode),
+//! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
+//! admin); `budget` is the byte budget of bodies in flight; [`access`] says
+//! who may call what.
+//!
+//! Every route is one row of [`route_table`], with the [`Access`] it
+//! requires: the router is built from that table alone, so a route cannot
+//! be added without saying who may call it.
 //!
 //! Before a handler runs, `bound_and_measure` admits the request: a body
 //! declared larger than its route takes is refused with 413 before a byte
 //! of it is read, and a body that does not fit the node's budget with 503
-//! and `Retry-After`.
+//! and `Retry-After`. Then `access::require` checks its credential.
 
+pub mod access;
 pub(crate) mod budget;
 pub(crate) mod cluster;
 pub(crate) mod compat;
@@ -26,14 +31,16 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use tokio::sync::Semaphore;
 
+pub use self::access::Access;
 use self::budget::{BodyBudget, BodyPermit};
+use crate::auth::request::RequestVerifier;
 use crate::config::{Config, Limits};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::hlc::Hlc;
@@ -78,51 +85,144 @@ pub struct AppState {
     pub(crate) tasks: crate::tasks::Tasks,
     /// Asks the node to stop (after a decommission).
     pub(crate) stop: Arc<tokio::sync::Notify>,
+    /// Checks requests signed under the cluster secret, and remembers their
+    /// nonces.
+    pub(crate) verifier: Arc<RequestVerifier>,
 }
 
-/// The node's router: every route, the request bounds and the metrics.
-pub fn router(state: AppState) -> Router {
-    let internal = Router::new()
-        .route(APPLY_PATH, post(internal::apply))
-        .route(APPLY_BATCH_PATH, post(internal::apply_batch))
-        .route(READ_PATH, post(internal::read))
-        .route(internal::TOKENS_PATH, get(internal::tokens))
-        .route(STREAM_PATH, get(stream::stream))
-        .route(cluster::DECOMMISSION_PATH, post(cluster::decommission))
-        .route(cluster::CLEANUP_PATH, post(cluster::cleanup))
-        .route(cluster::COMPACT_PATH, post(cluster::compact))
-        .route(
-            &format!("{}/{{id}}", cluster::REMOVENODE_PATH),
-            post(cluster::removenode),
-        )
-        .route(DIGEST_PATH, post(repair::digest))
-        .route(REPAIR_PULL_PATH, post(repair::repair_pull))
-        .route(repair::REPAIR_PATH, post(repair::start))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            internal::require_secret,
-        ));
-    Router::new()
-        .route(
+/// One route: its method, its path pattern (axum's syntax), who may call it
+/// and its handler.
+struct Route {
+    method: Method,
+    path: String,
+    access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn new(access: Access, path: &str, method: Method, handler: MethodRouter<AppState>) -> Self {
+        Self {
+            method,
+            path: path.to_owned(),
+            access,
+            handler,
+        }
+    }
+}
+
+/// Every route the node serves, with the access it requires.
+fn routes() -> Vec<Route> {
+    use Access::{Admin, Node, Open, Operator, Read, Write};
+    let removenode = format!("{}/{{id}}", cluster::REMOVENODE_PATH);
+    vec![
+        Route::new(Read, "/v1/kv/{*key}", Method::GET, get(kv::get_value)),
+        Route::new(Write, "/v1/kv/{*key}", Method::PUT, put(kv::put_value)),
+        Route::new(
+            Write,
             "/v1/kv/{*key}",
-            get(kv::get_value)
-                .put(kv::put_value)
-                .delete(kv::delete_value),
-        )
-        .route("/v1/data", post(compat::post_data))
-        .route("/v1/data/{*key}", get(compat::get_data))
-        .route(
+            Method::DELETE,
+            delete(kv::delete_value),
+        ),
+        Route::new(Write, "/v1/data", Method::POST, post(compat::post_data)),
+        Route::new(Read, "/v1/data/{*key}", Method::GET, get(compat::get_data)),
+        Route::new(Read, "/block/{*id}", Method::GET, get(kv::get_value)),
+        Route::new(Write, "/block/{*id}", Method::PUT, put(kv::put_value)),
+        Route::new(
+            Write,
             "/block/{*id}",
-            put(kv::put_value)
-                .get(kv::get_value)
-                .delete(kv::delete_value),
-        )
-        .route("/v1/cluster", get(cluster::cluster))
-        .route("/v1/node", get(cluster::node))
-        .route("/health", get(cluster::health))
-        .route("/ready", get(cluster::ready))
-        .route("/metrics", get(cluster::metrics))
-        .merge(internal)
+            Method::DELETE,
+            delete(kv::delete_value),
+        ),
+        Route::new(Admin, "/v1/cluster", Method::GET, get(cluster::cluster)),
+        Route::new(Admin, "/v1/node", Method::GET, get(cluster::node)),
+        Route::new(Open, "/health", Method::GET, get(cluster::health)),
+        Route::new(Open, "/ready", Method::GET, get(cluster::ready)),
+        Route::new(Read, "/metrics", Method::GET, get(cluster::metrics)),
+        Route::new(
+            Operator,
+            cluster::DECOMMISSION_PATH,
+            Method::POST,
+            post(cluster::decommission),
+        ),
+        Route::new(
+            Operator,
+            cluster::CLEANUP_PATH,
+            Method::POST,
+            post(cluster::cleanup),
+        ),
+        Route::new(
+            Operator,
+            cluster::COMPACT_PATH,
+            Method::POST,
+            post(cluster::compact),
+        ),
+        Route::new(
+            Operator,
+            &removenode,
+            Method::POST,
+            post(cluster::removenode),
+        ),
+        Route::new(
+            Operator,
+            repair::REPAIR_PATH,
+            Method::POST,
+            post(repair::start),
+        ),
+        Route::new(Node, APPLY_PATH, Method::POST, post(internal::apply)),
+        Route::new(
+            Node,
+            APPLY_BATCH_PATH,
+            Method::POST,
+            post(internal::apply_batch),
+        ),
+        Route::new(Node, READ_PATH, Method::POST, post(internal::read)),
+        Route::new(
+            Node,
+            internal::TOKENS_PATH,
+            Method::GET,
+            get(internal::tokens),
+        ),
+        Route::new(Node, STREAM_PATH, Method::GET, get(stream::stream)),
+        Route::new(Node, DIGEST_PATH, Method::POST, post(repair::digest)),
+        Route::new(
+            Node,
+            REPAIR_PULL_PATH,
+            Method::POST,
+            post(repair::repair_pull),
+        ),
+    ]
+}
+
+/// Every route the node serves: method, path pattern (`{name}` is one
+/// segment, `{*name}` the rest of the path) and the access it requires.
+/// The router serves exactly these.
+pub fn route_table() -> Vec<(Method, String, Access)> {
+    routes()
+        .into_iter()
+        .map(|r| (r.method, r.path, r.access))
+        .collect()
+}
+
+/// The node's router: every route of [`route_table`] behind its access check,
+/// the request bounds and the metrics.
+pub fn router(state: AppState) -> Router {
+    // Methods of one path share one entry, each with its own check.
+    let mut paths: Vec<(String, MethodRouter<AppState>)> = Vec::new();
+    for route in routes() {
+        let checked = route.handler.route_layer(middleware::from_fn_with_state(
+            (state.clone(), route.access),
+            access::require,
+        ));
+        match paths.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, methods)) => *methods = std::mem::take(methods).merge(checked),
+            None => paths.push((route.path, checked)),
+        }
+    }
+    paths
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(&path, methods)
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with an explicit limit (`read_body`), which answers
@@ -220,8 +320,7 @@ const RETRY_AFTER_SECS: u32 = 1;
 
 /// The most a route reads of a request body; `None` for routes that read
 /// none. The handlers read with the same limits.
-fn route_body_limit(method: &axum::http::Method, path: &str, limits: &Limits) -> Option<BodyLimit> {
-    use axum::http::Method;
+fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<BodyLimit> {
     let writes_value = matches!(*method, Method::PUT)
         && (path.starts_with("/v1/kv/") || path.starts_with("/block/"));
     if writes_value {
@@ -285,7 +384,6 @@ impl BodyLimit {
 }
 
 fn op_of(method: &axum::http::Method, path: &str) -> Op {
-    use axum::http::Method;
     if path.starts_with("/v1/kv/") || path.starts_with("/v1/data") || path.starts_with("/block/") {
         match *method {
             Method::GET | Method::HEAD => Op::get,

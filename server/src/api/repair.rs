@@ -1,7 +1,9 @@
 //! The anti-entropy routes (`repair`): two internal ones that another
 //! replica's repair calls, with the bodies of
 //! [`peer::repair`](crate::peer::repair), and the operator's
-//! `POST /admin/v1/repair`. All behind the cluster secret.
+//! `POST /admin/v1/repair`. The internal ones take a request signed under
+//! the cluster secret; the operator's also an admin token
+//! ([`access`](super::access)).
 //!
 //! # `POST /admin/v1/repair`
 //!

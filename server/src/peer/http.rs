@@ -1,4 +1,5 @@
-//! The real transport: pooled HTTP with the cluster secret.
+//! The real transport: pooled HTTP, each request signed under the cluster
+//! secret ([`auth::request`](crate::auth::request)), which never travels.
 
 use std::time::Duration;
 
@@ -9,14 +10,16 @@ use strata_ring::TokenRange;
 use super::repair::{DigestAnswer, DigestRequest, PullRequest, DIGEST_PATH, REPAIR_PULL_PATH};
 use super::wire::{encode_hex, APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use super::{Chunks, Endpoint, Peer, PeerError};
+use crate::auth::request::RequestSigner;
 use crate::auth::ClusterSecret;
+use crate::hlc::WallClock;
 use crate::storage::Record;
 
 /// Calls peers over HTTP, sharing one connection pool. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HttpPeer {
     client: reqwest::Client,
-    secret: ClusterSecret,
+    signer: RequestSigner,
     /// Deadline of one apply or read.
     replica_timeout: Duration,
 }
@@ -41,9 +44,26 @@ impl HttpPeer {
             .build()?;
         Ok(Self {
             client,
-            secret,
+            signer: RequestSigner::new(&secret, UNNAMED),
             replica_timeout,
         })
+    }
+
+    /// The same client, signing as `node_id` on `clock`: what a node's own
+    /// peer client does.
+    #[must_use]
+    pub(crate) fn signing_as(mut self, node_id: &str, clock: WallClock) -> Self {
+        self.signer = self.signer.with_sender(node_id).with_clock(clock);
+        self
+    }
+
+    /// Signs and sends `request`.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PeerError> {
+        let mut request = request.build().map_err(failure)?;
+        self.signer
+            .sign(&mut request)
+            .map_err(|e| PeerError::Unreachable(e.to_string()))?;
+        self.client.execute(request).await.map_err(failure)
     }
 
     /// Posts `body`, bounded by `timeout` when given.
@@ -57,12 +77,11 @@ impl HttpPeer {
         let mut request = self
             .client
             .post(format!("http://{}{path}", to.addr))
-            .bearer_auth(self.secret.expose())
             .body(body);
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
-        request.send().await.map_err(failure)
+        self.send(request).await
     }
 }
 
@@ -112,13 +131,7 @@ impl Peer for HttpPeer {
             url.push_str("&after=");
             url.push_str(&encode_hex(a));
         }
-        let response = self
-            .client
-            .get(url)
-            .bearer_auth(self.secret.expose())
-            .send()
-            .await
-            .map_err(failure)?;
+        let response = self.send(self.client.get(url)).await?;
         refused(&response)?;
         Ok(Box::new(Body(response)))
     }
@@ -148,6 +161,9 @@ impl Peer for HttpPeer {
         Ok(Box::new(Body(response)))
     }
 }
+
+/// The sender a peer client names until [`HttpPeer::signing_as`] names it.
+const UNNAMED: &str = "unnamed";
 
 /// A streamed response body.
 struct Body(reqwest::Response);

@@ -178,27 +178,9 @@ pub fn decode_apply_batch(body: &[u8]) -> Result<Vec<Entry>, WireError> {
     }
 }
 
-/// Lower-case hex of `bytes`.
-pub fn encode_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
-/// Bytes of a hex string; `None` if it is not hex.
-pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+// One hex codec for the crate, in its bottom layer; re-exported here, where
+// the stream's `after` parameter uses it.
+pub use crate::auth::{decode_hex, encode_hex};
 
 #[cfg(test)]
 mod tests {
@@ -300,14 +282,5 @@ mod tests {
         let body = batch.finish();
         assert!(body.len() >= BATCH_TARGET && body.len() < BATCH_TARGET + 1100);
         assert!(body.len() <= max_batch_body(1100));
-    }
-
-    #[test]
-    fn hex_round_trips_and_refuses_junk() {
-        let bytes = vec![0, 1, 0xab, 0xff];
-        assert_eq!(decode_hex(&encode_hex(&bytes)).unwrap(), bytes);
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
-        assert_eq!(decode_hex("é1"), None);
     }
 }

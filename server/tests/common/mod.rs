@@ -24,6 +24,20 @@ const LOCAL_READ_TRIES: usize = 20;
 /// The secret every test cluster shares.
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
+/// `request`, signed under [`SECRET`] as a node signs its calls to another
+/// (`strata_server::auth::request`): what internal and admin routes take.
+pub fn signed(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let (client, request) = request.build_split();
+    let mut request = request.expect("a valid request");
+    strata_server::auth::request::RequestSigner::new(
+        &strata_server::auth::ClusterSecret::new(SECRET.into()),
+        "test-harness",
+    )
+    .sign(&mut request)
+    .expect("a body that can be signed");
+    reqwest::RequestBuilder::from_parts(client, request)
+}
+
 /// Held by each test that runs a cluster under load: several such clusters
 /// side by side on 2 cores make the failure detector flap. One at a time.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -283,10 +297,7 @@ impl Cluster {
     /// `POST` of an admin `path` on node `i`, with the cluster secret: the
     /// status and the JSON body.
     pub async fn admin_post(&self, i: usize, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.nodes[i].url(path))
-            .bearer_auth(SECRET)
+        let r = signed(self.client.post(self.nodes[i].url(path)))
             .send()
             .await
             .unwrap();
@@ -340,9 +351,7 @@ impl Cluster {
 
     /// Node `i`'s `/v1/node` document.
     pub async fn node_info(&self, i: usize) -> Option<Value> {
-        let r = self
-            .client
-            .get(self.nodes[i].url("/v1/node"))
+        let r = signed(self.client.get(self.nodes[i].url("/v1/node")))
             .send()
             .await
             .ok()?;
@@ -351,7 +360,10 @@ impl Cluster {
 
     /// A counter's value in node `i`'s `/metrics` (0 if absent).
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let Ok(r) = self.client.get(self.nodes[i].url("/metrics")).send().await else {
+        let Ok(r) = signed(self.client.get(self.nodes[i].url("/metrics")))
+            .send()
+            .await
+        else {
             return 0.0;
         };
         let text = r.text().await.unwrap_or_default();
@@ -398,10 +410,7 @@ impl Cluster {
     pub async fn ring_of(&self, nodes: &[usize]) -> strata_ring::Ring {
         let mut members = Vec::new();
         for &i in nodes {
-            let r = self
-                .client
-                .get(self.nodes[i].url("/internal/v1/tokens"))
-                .bearer_auth(SECRET)
+            let r = signed(self.client.get(self.nodes[i].url("/internal/v1/tokens")))
                 .send()
                 .await
                 .unwrap();
@@ -542,9 +551,8 @@ impl Cluster {
 
     /// The members of node `i`'s view: (id, state, status).
     pub async fn view(&self, i: usize) -> Option<Vec<(String, String, String)>> {
-        let r = self
-            .client
-            .get(self.nodes[i].url("/v1/cluster"))
+        // Signed, so that it also reads a node that requires client tokens.
+        let r = signed(self.client.get(self.nodes[i].url("/v1/cluster")))
             .send()
             .await
             .ok()?;
@@ -631,14 +639,14 @@ impl Cluster {
     /// does: a way to make one replica stale, newer, or hold a stray copy.
     pub async fn apply_local(&self, i: usize, key: &str, record: &strata_server::storage::Record) {
         let body = strata_server::peer::wire::encode_apply(key.as_bytes(), record);
-        let r = self
-            .client
-            .post(self.nodes[i].url(strata_server::peer::wire::APPLY_PATH))
-            .bearer_auth(SECRET)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = signed(
+            self.client
+                .post(self.nodes[i].url(strata_server::peer::wire::APPLY_PATH))
+                .body(body),
+        )
+        .send()
+        .await
+        .unwrap();
         assert_eq!(r.status(), 204, "apply {key} on {}", self.nodes[i].id);
     }
 
@@ -693,12 +701,13 @@ async fn read_local(
 ) -> Option<strata_server::storage::Record> {
     let mut last = String::new();
     for _ in 0..LOCAL_READ_TRIES {
-        let r = client
-            .post(format!("http://{http}/internal/v1/read"))
-            .bearer_auth(SECRET)
-            .body(key.clone())
-            .send()
-            .await;
+        let r = signed(
+            client
+                .post(format!("http://{http}/internal/v1/read"))
+                .body(key.clone()),
+        )
+        .send()
+        .await;
         match r {
             Ok(r) if r.status() == 404 => return None,
             Ok(r) if r.status() == 200 => {

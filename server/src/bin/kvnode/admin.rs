@@ -1,12 +1,21 @@
 //! Operator commands: `kvnode decommission`, `kvnode removenode`,
 //! `kvnode cleanup` and `kvnode repair` talk to a running node; `kvnode repair-engine` works on
 //! a stopped node's data dir.
+//!
+//! Each request to a node is signed under the cluster secret
+//! ([`strata_server::auth::request`]), as a node signs its calls to another:
+//! the secret is never sent, and no client token is needed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use strata_server::auth::request::{RequestSigner, SignError};
+use strata_server::auth::{ClusterSecret, SecretFileError};
 use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH, REPAIR_PATH};
+
+/// The sender id the CLI signs its requests with.
+const CLI_SENDER: &str = "kvnode-cli";
 
 /// Flags of `kvnode decommission` and `kvnode cleanup`.
 #[derive(Debug, Clone, clap::Args)]
@@ -14,12 +23,36 @@ pub struct AdminArgs {
     /// HTTP address of the node to act on.
     #[arg(long)]
     pub node: SocketAddr,
-    /// The cluster secret (prefer the variable: a flag shows in `ps`).
-    #[arg(long, env = "KVNODE_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: String,
+    /// Where the cluster secret comes from.
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// Give up waiting for the node after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+}
+
+/// The cluster secret, given or in a file: exactly one of them.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretArgs {
+    /// The cluster secret. Prefer --cluster-secret-file: a flag shows in
+    /// `ps`, a variable in `/proc/<pid>/environ`.
+    #[arg(long, env = "KVNODE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// File holding the cluster secret (chmod 600).
+    #[arg(long, env = "KVNODE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    fn secret(&self) -> Result<ClusterSecret, AdminError> {
+        match (&self.cluster_secret, &self.cluster_secret_file) {
+            (_, Some(path)) => Ok(ClusterSecret::from_file(path)?),
+            (Some(secret), None) => Ok(ClusterSecret::new(secret.clone())),
+            // clap's group requires one of them.
+            (None, None) => Err(AdminError::NoSecret),
+        }
+    }
 }
 
 /// Flags of `kvnode removenode`.
@@ -50,6 +83,15 @@ pub enum AdminError {
     /// The node had not finished (stopped, re-replicated) at the deadline.
     #[error("not done after {0:?}")]
     Timeout(Duration),
+    /// The cluster secret's file is refused.
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
+    /// Neither the secret nor its file was given.
+    #[error("give --cluster-secret-file (or --cluster-secret)")]
+    NoSecret,
+    /// A request could not be signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
     /// The engine could not be repaired (it is open elsewhere, say).
     #[error("repair: {0}")]
     Repair(#[from] strata_engine::Error),
@@ -60,7 +102,8 @@ pub enum AdminError {
 
 /// Asks the node to leave, then follows it until its process stops.
 pub async fn decommission(args: AdminArgs) -> Result<(), AdminError> {
-    let (client, base) = post(&args, DECOMMISSION_PATH).await?;
+    let node = Node::new(&args)?;
+    node.post(DECOMMISSION_PATH, None).await?;
     println!(
         "{} is LEAVING: its ranges stream to their new owners",
         args.node
@@ -70,7 +113,7 @@ pub async fn decommission(args: AdminArgs) -> Result<(), AdminError> {
     let mut last = String::new();
     while start.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let state = match client.get(format!("{base}/v1/node")).send().await {
+        let state = match node.get("/v1/node").await {
             Ok(r) => match r
                 .bytes()
                 .await
@@ -103,8 +146,9 @@ pub async fn decommission(args: AdminArgs) -> Result<(), AdminError> {
 /// Asks a live node to remove a DOWN member for good, then follows the
 /// surviving replicas until every range the member held is re-replicated.
 pub async fn removenode(args: RemoveArgs) -> Result<(), AdminError> {
-    let path = format!("{REMOVENODE_PATH}/{}", args.id);
-    let (client, base) = post(&args.admin, &path).await?;
+    let node = Node::new(&args.admin)?;
+    node.post(&format!("{REMOVENODE_PATH}/{}", args.id), None)
+        .await?;
     println!(
         "{} is removed; its ranges re-replicate from the survivors",
         args.id
@@ -113,12 +157,7 @@ pub async fn removenode(args: RemoveArgs) -> Result<(), AdminError> {
     let start = Instant::now();
     let mut last = None;
     while start.elapsed() < deadline {
-        let body = client
-            .get(format!("{base}/v1/cluster"))
-            .send()
-            .await?
-            .bytes()
-            .await?;
+        let body = node.get("/v1/cluster").await?.bytes().await?;
         let waiting = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|cluster| {
@@ -155,22 +194,18 @@ pub async fn removenode(args: RemoveArgs) -> Result<(), AdminError> {
 /// Asks the node to drop the items it does not replicate, then follows the
 /// pass until it ends.
 pub async fn cleanup(args: AdminArgs) -> Result<(), AdminError> {
-    let (client, base) = post(&args, CLEANUP_PATH).await?;
+    let node = Node::new(&args)?;
+    node.post(CLEANUP_PATH, None).await?;
     println!("{}: clean-up started", args.node);
     let deadline = Duration::from_secs(args.timeout_secs);
     let start = Instant::now();
     while start.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let body = client
-            .get(format!("{base}/v1/node"))
-            .send()
-            .await?
-            .bytes()
-            .await?;
-        let Ok(node) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        let body = node.get("/v1/node").await?.bytes().await?;
+        let Ok(report) = serde_json::from_slice::<serde_json::Value>(&body) else {
             continue;
         };
-        let status = node.get("cleanup").cloned().unwrap_or_default();
+        let status = report.get("cleanup").cloned().unwrap_or_default();
         if status.get("running").and_then(serde_json::Value::as_bool) == Some(false) {
             return match status.get("last_refusal").and_then(|r| r.as_str()) {
                 Some(reason) => Err(AdminError::Refused {
@@ -215,22 +250,19 @@ fn parse_range(text: &str) -> Result<(u64, u64), String> {
 /// follows the pass until it ends, printing its progress.
 pub async fn repair(args: AntiEntropyArgs) -> Result<(), AdminError> {
     let body = serde_json::json!({ "ranges": args.ranges });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let base = format!("http://{}", args.admin.node);
-    let passes_before = repair_status(&client, &base)
+    let node = Node::new(&args.admin)?;
+    let passes_before = repair_status(&node)
         .await
         .and_then(|s| s.get("passes")?.as_u64())
         .unwrap_or(0);
-    post_with(&args.admin, REPAIR_PATH, Some(body)).await?;
+    node.post(REPAIR_PATH, Some(body)).await?;
     println!("{}: repair started", args.admin.node);
     let deadline = Duration::from_secs(args.admin.timeout_secs);
     let start = Instant::now();
     let mut last = (usize::MAX, 0);
     while start.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(status) = repair_status(&client, &base).await else {
+        let Some(status) = repair_status(&node).await else {
             continue;
         };
         let count = |k: &str| {
@@ -288,51 +320,64 @@ pub async fn repair(args: AntiEntropyArgs) -> Result<(), AdminError> {
 }
 
 /// The node's `"repair"` status, if it answers.
-async fn repair_status(client: &reqwest::Client, base: &str) -> Option<serde_json::Value> {
-    let body = client
-        .get(format!("{base}/v1/node"))
-        .send()
-        .await
-        .ok()?
-        .bytes()
-        .await
-        .ok()?;
-    let node: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    node.get("repair").cloned()
+async fn repair_status(node: &Node) -> Option<serde_json::Value> {
+    let body = node.get("/v1/node").await.ok()?.bytes().await.ok()?;
+    let report: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    report.get("repair").cloned()
 }
 
-/// Posts to an admin route with the secret; the client and the node's base
-/// URL for what follows.
-async fn post(args: &AdminArgs, path: &str) -> Result<(reqwest::Client, String), AdminError> {
-    post_with(args, path, None).await
+/// A node the CLI talks to, every request signed.
+struct Node {
+    client: reqwest::Client,
+    base: String,
+    signer: RequestSigner,
 }
 
-/// [`post`] with a JSON body.
-async fn post_with(
-    args: &AdminArgs,
-    path: &str,
-    json: Option<serde_json::Value>,
-) -> Result<(reqwest::Client, String), AdminError> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let base = format!("http://{}", args.node);
-    let mut request = client
-        .post(format!("{base}{path}"))
-        .bearer_auth(&args.cluster_secret);
-    if let Some(body) = json {
-        request = request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
+impl Node {
+    fn new(args: &AdminArgs) -> Result<Self, AdminError> {
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            base: format!("http://{}", args.node),
+            signer: RequestSigner::new(&args.secret.secret()?, CLI_SENDER),
+        })
     }
-    let r = request.send().await?;
-    if !r.status().is_success() {
-        return Err(AdminError::Refused {
-            status: r.status().as_u16(),
-            body: r.text().await.unwrap_or_default(),
-        });
+
+    /// Signs and sends a request.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AdminError> {
+        let mut request = request.build()?;
+        self.signer.sign(&mut request)?;
+        Ok(self.client.execute(request).await?)
     }
-    Ok((client, base))
+
+    /// A signed `GET` of `path`.
+    async fn get(&self, path: &str) -> Result<reqwest::Response, AdminError> {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// A signed `POST` of `path`, with a JSON body if given; an error unless
+    /// the node accepts.
+    async fn post(&self, path: &str, json: Option<serde_json::Value>) -> Result<(), AdminError> {
+        let mut request = self.client.post(format!("{}{path}", self.base));
+        if let Some(body) = json {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let r = self.send(request).await?;
+        if !r.status().is_success() {
+            return Err(AdminError::Refused {
+                status: r.status().as_u16(),
+                body: r.text().await.unwrap_or_default(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Flags of `kvnode repair-engine`.

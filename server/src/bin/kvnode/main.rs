@@ -1,9 +1,10 @@
 //! `kvnode`: parses arguments, sets up logging and hands over to the library
 //! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
-//! commands against a node or its data dir).
+//! commands against a node or its data dir), [`token`] (client tokens).
 
 mod admin;
 mod demo;
+mod token;
 
 use admin::{AdminArgs, AntiEntropyArgs, RemoveArgs, RepairArgs};
 use anyhow::Context;
@@ -39,6 +40,8 @@ enum Command {
     /// Salvage a stopped node's damaged engine: every readable table and log
     /// record into a fresh manifest, the damaged files kept aside.
     RepairEngine(RepairArgs),
+    /// Client tokens for --auth-tokens-file.
+    Token(token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await?),
             Some(Command::Repair(args)) => Ok(admin::repair(args).await?),
             Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args)?),
+            Some(Command::Token(args)) => token::run(args).map_err(anyhow::Error::msg),
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)
