@@ -47,7 +47,7 @@ use crate::view::{ClusterView, MemberInfo, NodeState};
 /// The longest the task waits between two looks when no view is
 /// published: short, so that a hint stored for a target that is up, or a
 /// back-off that ran out, waits at most this long.
-pub(crate) const ROUND: Duration = Duration::from_millis(500);
+const ROUND: Duration = Duration::from_millis(500);
 /// Bytes of hints read from the store at a time: one batch's worth, so a
 /// read fills a delivery's batch and memory stays bounded by a few.
 const READ_BYTES: u64 = BATCH_TARGET as u64;
@@ -263,6 +263,7 @@ mod tests {
 
     use super::*;
     use crate::config::HintLimits;
+    use crate::hints::outbox::IN_FLIGHT;
     use crate::metrics::HintMetrics;
     use crate::peer::repair::{DigestAnswer, DigestRequest, PullRequest};
     use crate::peer::wire::{decode_apply_batch, encode_apply, max_batch_body};
@@ -464,7 +465,7 @@ mod tests {
             (0..3000).map(key).collect::<Vec<_>>()
         );
         // No batch starts after the refusal is known.
-        assert!(*peer.calls.lock() <= super::super::outbox::IN_FLIGHT);
+        assert!(*peer.calls.lock() <= IN_FLIGHT);
     }
 
     #[tokio::test]
