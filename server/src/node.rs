@@ -358,7 +358,7 @@ impl Node {
             "hint_replay",
             Replay {
                 hints: hints.clone(),
-                membership: membership.clone(),
+                routing: membership.routing(),
                 peer: peer.clone(),
                 throttle,
                 rf: config.replication_factor,

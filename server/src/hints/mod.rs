@@ -6,6 +6,8 @@
 //! - [`store`]: the durable hints, their layout and bounds.
 //! - [`replay`]: the task that delivers them (or hands them to the key's
 //!   current replicas when the target left the ring).
+//! - [`outbox`]: the apply batches a delivery sends, and which hints each
+//!   acknowledged batch lets go.
 //!
 //! A hint never counts toward a consistency level: the coordinator stores it
 //! beside the replica calls, and acks are only ever replicas' answers.
@@ -25,6 +27,7 @@
 //! range can contain one. The cost is a run of tombstones at the head of a
 //! target's range right after a delivery, which compaction removes.
 
+mod outbox;
 pub(crate) mod replay;
 pub(crate) mod store;
 
@@ -81,16 +84,16 @@ impl Hints {
         self.store.pending()
     }
 
-    /// Up to `max` of `target`'s oldest live hints past `after`, expiring
-    /// the old ones ([`HintStore::oldest`]).
+    /// `target`'s oldest live hints past `after`, about `max_bytes` of
+    /// them, expiring the old ones ([`HintStore::oldest`]).
     async fn oldest(
         &self,
         target: &NodeId,
         after: Option<Vec<u8>>,
-        max: usize,
+        max_bytes: u64,
     ) -> Result<Vec<Hint>, HintError> {
         let target = target.clone();
-        self.blocking(move |store| store.oldest(&target, after.as_deref(), max, now_ms()))
+        self.blocking(move |store| store.oldest(&target, after.as_deref(), max_bytes, now_ms()))
             .await
     }
 

@@ -1,55 +1,56 @@
-//! Delivering hints: a task owned by the node's `Tasks` that, every
-//! [`ROUND`], looks at each target with hints in the current view and
+//! Delivering hints: a task owned by the node's `Tasks` that, each time
+//! the routing publishes a new view and at least every [`ROUND`], looks at
+//! each target with hints and
 //!
-//! - **delivers** them when the target is up: oldest first, in batches of
-//!   [`BATCH`] with up to [`IN_FLIGHT`] calls at once, each call paid for
-//!   from the shared background [`Throttle`], each hint deleted once the
-//!   target acknowledged it. A failure ends the target's turn (it is tried
-//!   again after a back-off): a target that just went down again costs a
-//!   few calls, not a batch of timeouts;
+//! - **delivers** them when the target is up: oldest first, in apply
+//!   batches ([`outbox`](super::outbox): one call per batch of up to
+//!   `BATCH_TARGET` bytes, a couple in flight, each paid from the shared
+//!   background [`Throttle`] before it is sent, its hints deleted once the
+//!   target acknowledged it). A failure ends the target's turn (it is
+//!   tried again after a back-off): a target that just went down again
+//!   costs a call or two, not a batch of timeouts;
 //! - **hands them off** when the target left the ring (published LEFT, or
 //!   gone from the view for [`ABSENT_GRACE`] while this node hears from
-//!   other members): each hint goes to the key's
-//!   current replicas, pending ones included, and is hinted again for those
-//!   of them that are down. Apply is last-writer-wins, so a replica that
-//!   already holds the write, or a newer one, is unchanged;
+//!   other members): each hint goes, in the same batches, to the key's
+//!   current replicas, pending ones included, and is hinted again for
+//!   those of them that are down. Apply is last-writer-wins, so a replica
+//!   that already holds the write, or a newer one, is unchanged;
 //! - otherwise (the target is down) only **expires** the hints that
 //!   outlived the window.
 //!
-//! Hints of one batch travel concurrently, so their order of arrival is not
-//! their order of storage; last-writer-wins makes the order of applies
-//! irrelevant, and a batch is never started before the previous one is
-//! done, so the store always drains from its oldest end.
+//! Waking on a new view rather than on a timer alone is what makes a
+//! target seen up get its hints at once; the timer is for what no view
+//! change announces (a hint stored for a target that is up, after a
+//! timeout) and for back-offs that ran out.
+//!
+//! Batches to one destination may be in flight together and are applied
+//! in any order; last-writer-wins makes the order of applies irrelevant.
+//! Hints are read from the store oldest first and each read starts past
+//! the last one, so a target's backlog of n hints costs n steps to read.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use strata_ring::{NodeId, ReplicationFactor};
-use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
+use super::outbox::{Outbox, TurnError};
 use super::store::Hint;
-use super::{HintError, Hints};
-use crate::membership::{ClusterView, MemberInfo, Membership, NodeState};
-use crate::peer::wire::decode_apply;
+use super::Hints;
+use crate::peer::wire::BATCH_TARGET;
 use crate::peer::Peer;
+use crate::routing::Routing;
 use crate::throttle::Throttle;
+use crate::view::{ClusterView, MemberInfo, NodeState};
 
-/// How often the task looks for targets to deliver to. Short, so that a
-/// target back up gets its hints within a second of being seen up.
-pub(crate) const ROUND: Duration = Duration::from_millis(500);
-/// Hints read from the store at a time.
-const BATCH: usize = 256;
-/// Calls in flight to one target at once: enough to hide a round trip,
-/// few enough that a target catching up still answers its clients. 32
-/// delivered 100,000 hints no faster than 16 (about 12 s from the restart,
-/// release build, 2 shared cores): the target's CPU is the limit, not the
-/// round trips. The byte budget alone does not bound this: 100,000 small
-/// hints are a few MiB, well within a second of it, yet each is a call.
-const IN_FLIGHT: usize = 16;
+/// The longest the task waits between two looks when no view is
+/// published: short, so that a hint stored for a target that is up, or a
+/// back-off that ran out, waits at most this long.
+const ROUND: Duration = Duration::from_millis(500);
+/// Bytes of hints read from the store at a time: one batch's worth, so a
+/// read fills a delivery's batch and memory stays bounded by a few.
+const READ_BYTES: u64 = BATCH_TARGET as u64;
 /// How long a target must be missing from the view before its hints are
 /// handed to the key's replicas: a node that just started learns the
 /// members by gossip within seconds, and must not take "not heard of yet"
@@ -63,8 +64,8 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub(crate) struct Replay {
     /// The node's hints.
     pub(crate) hints: Hints,
-    /// The cluster view.
-    pub(crate) membership: Arc<Membership>,
+    /// The cluster view, and its changes.
+    pub(crate) routing: Arc<Routing>,
     /// Calls to the targets.
     pub(crate) peer: Arc<dyn Peer>,
     /// The shared background byte budget.
@@ -80,69 +81,81 @@ enum Fate<'a> {
     Wait,
 }
 
-/// Why a target's turn ended before its hints did.
-#[derive(Debug, thiserror::Error)]
-enum TurnError {
-    #[error(transparent)]
-    Store(#[from] HintError),
-    #[error("{undelivered} of a batch of {batch} hints not acknowledged")]
-    Undelivered { undelivered: usize, batch: usize },
+/// Where a turn sends each hint.
+#[derive(Clone, Copy)]
+enum Destinations<'a> {
+    /// To the target itself.
+    Target(&'a MemberInfo),
+    /// To the current replicas of the hint's key, in this view.
+    Replicas(&'a ClusterView),
 }
 
 impl Replay {
-    /// Runs until cancelled.
+    /// Runs until cancelled, or until the routing is gone (the node is
+    /// stopping).
     pub(crate) async fn run(self) {
-        let mut tick = tokio::time::interval(ROUND);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut views = self.routing.subscribe();
         let mut absent_since: HashMap<NodeId, Instant> = HashMap::new();
         let mut retry: HashMap<NodeId, (Instant, Duration)> = HashMap::new();
         loop {
-            tick.tick().await;
-            let view = self.membership.view();
-            self.hints.observe_down(
-                view.members
-                    .values()
-                    .filter(|m| !m.live && m.id != view.self_id)
-                    .map(|m| &m.id),
-            );
-            let now = Instant::now();
-            absent_since.retain(|id, _| !view.members.contains_key(id));
-            for target in self.hints.pending().into_keys() {
-                if retry.get(&target).is_some_and(|(at, _)| *at > now) {
-                    continue;
+            let view = views.borrow_and_update().clone();
+            self.round(&view, &mut absent_since, &mut retry).await;
+            tokio::select! {
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                 }
-                let turn = match fate(&view, &target, &mut absent_since, now) {
-                    Fate::Deliver(member) => self.deliver(&target, member).await,
-                    Fate::HandOff => self.hand_off(&target, &view).await,
-                    Fate::Wait => match self.hints.oldest(&target, None, 0).await {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(e.into()),
-                    },
-                };
-                match turn {
-                    Ok(()) => {
-                        retry.remove(&target);
-                    }
-                    Err(e) => {
-                        let (_, last) = retry.get(&target).copied().unwrap_or((now, RETRY_MIN / 2));
-                        let backoff = (last * 2).clamp(RETRY_MIN, RETRY_MAX);
-                        tracing::info!(target = %target, error = %e, retry_in = ?backoff, "hint replay paused");
-                        retry.insert(target, (now + backoff, backoff));
-                    }
+                () = tokio::time::sleep(ROUND) => {}
+            }
+        }
+    }
+
+    /// One look at every target with hints, by `view`.
+    async fn round(
+        &self,
+        view: &ClusterView,
+        absent_since: &mut HashMap<NodeId, Instant>,
+        retry: &mut HashMap<NodeId, (Instant, Duration)>,
+    ) {
+        self.hints.observe_down(
+            view.members
+                .values()
+                .filter(|m| !m.live && m.id != view.self_id)
+                .map(|m| &m.id),
+        );
+        let now = Instant::now();
+        absent_since.retain(|id, _| !view.members.contains_key(id));
+        for target in self.hints.pending().into_keys() {
+            if retry.get(&target).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
+            let turn = match fate(view, &target, absent_since, now) {
+                Fate::Deliver(member) => self.deliver(&target, member).await,
+                Fate::HandOff => self.hand_off(&target, view).await,
+                Fate::Wait => match self.hints.oldest(&target, None, 0).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            match turn {
+                Ok(()) => {
+                    retry.remove(&target);
+                }
+                Err(e) => {
+                    let (_, last) = retry.get(&target).copied().unwrap_or((now, RETRY_MIN / 2));
+                    let backoff = (last * 2).clamp(RETRY_MIN, RETRY_MAX);
+                    tracing::info!(target = %target, error = %e, retry_in = ?backoff, "hint replay paused");
+                    retry.insert(target, (now + backoff, backoff));
                 }
             }
         }
     }
 
-    /// Delivers `target`'s hints to it until none are left or one fails.
+    /// Delivers `target`'s hints to it until none are left or a batch
+    /// fails.
     async fn deliver(&self, target: &NodeId, member: &MemberInfo) -> Result<(), TurnError> {
-        let (peer, member) = (self.peer.clone(), Arc::new(member.clone()));
-        let delivered = self
-            .drain(target, move |body| {
-                let (peer, member) = (peer.clone(), member.clone());
-                async move { peer.apply(member.endpoint(), body).await.is_ok() }
-            })
-            .await?;
+        let delivered = self.drain(target, Destinations::Target(member)).await?;
         if delivered > 0 {
             tracing::info!(target = %target, delivered, "hints delivered");
         }
@@ -150,88 +163,62 @@ impl Replay {
     }
 
     /// Hands `target`'s hints to each key's current replicas.
-    async fn hand_off(&self, target: &NodeId, view: &Arc<ClusterView>) -> Result<(), TurnError> {
-        let (peer, hints, view, rf) =
-            (self.peer.clone(), self.hints.clone(), view.clone(), self.rf);
-        let handed = self
-            .drain(target, move |body| {
-                hand_one(peer.clone(), hints.clone(), view.clone(), rf, body)
-            })
-            .await?;
+    async fn hand_off(&self, target: &NodeId, view: &ClusterView) -> Result<(), TurnError> {
+        let handed = self.drain(target, Destinations::Replicas(view)).await?;
         if handed > 0 {
             tracing::info!(target = %target, handed, "hints of a node gone from the ring handed to the keys' replicas");
         }
         Ok(())
     }
 
-    /// Sends `target`'s hints through `send`, batch after batch, deleting
-    /// each acknowledged one, until none are left or one fails; how many
-    /// went.
-    async fn drain<F, Fut>(&self, target: &NodeId, send: F) -> Result<usize, TurnError>
-    where
-        F: Fn(Bytes) -> Fut,
-        Fut: Future<Output = bool> + Send + 'static,
-    {
-        let (mut sent, mut after) = (0, None);
-        loop {
-            let batch = self.hints.oldest(target, after.take(), BATCH).await?;
-            if batch.is_empty() {
-                return Ok(sent);
-            }
-            let (acked, batch_len) = self.send_all(batch, &send).await;
-            let undelivered = batch_len - acked.len();
-            sent += acked.len();
-            after = acked.iter().map(|h| h.key.clone()).max();
-            self.hints.delivered(target, acked).await?;
-            if undelivered > 0 {
-                return Err(TurnError::Undelivered {
-                    undelivered,
-                    batch: batch_len,
-                });
+    /// Sends `target`'s hints to `to`, oldest first, until none are left
+    /// or the turn fails; how many were delivered (and deleted).
+    async fn drain(&self, target: &NodeId, to: Destinations<'_>) -> Result<usize, TurnError> {
+        let mut outbox = Outbox::new(
+            target,
+            self.hints.clone(),
+            self.peer.clone(),
+            self.throttle.clone(),
+        );
+        let mut after = None;
+        while !outbox.failed() {
+            let hints = match self.hints.oldest(target, after.take(), READ_BYTES).await {
+                Ok(hints) => hints,
+                Err(e) => {
+                    outbox.fail(e.into());
+                    break;
+                }
+            };
+            let Some(last) = hints.last() else { break };
+            after = Some(last.key.clone());
+            for hint in hints {
+                match to {
+                    Destinations::Target(member) => outbox.push(hint, &[member]).await,
+                    Destinations::Replicas(view) => self.to_replicas(hint, view, &mut outbox).await,
+                }
             }
         }
+        outbox.finish().await
     }
 
-    /// Sends each of `batch` through `send`, up to [`IN_FLIGHT`] at once,
-    /// each paid for from the throttle; stops starting new ones after the
-    /// first failure. The hints acknowledged, and the batch's length.
-    async fn send_all<F, Fut>(&self, batch: Vec<Hint>, send: &F) -> (Vec<Hint>, usize)
-    where
-        F: Fn(Bytes) -> Fut,
-        Fut: Future<Output = bool> + Send + 'static,
-    {
-        let batch_len = batch.len();
-        let mut set = JoinSet::new();
-        let mut acked = Vec::with_capacity(batch_len);
-        let mut failed = false;
-        for hint in batch {
-            while set.len() >= IN_FLIGHT {
-                failed |= !settle(set.join_next().await, &mut acked);
-            }
-            if failed {
-                break;
-            }
-            self.throttle.spend(hint.size).await;
-            let call = send(hint.body.clone());
-            set.spawn(async move { (hint, call.await) });
+    /// Puts `hint` in the batches of its key's replicas that are up, and
+    /// hints it again for those that are down.
+    async fn to_replicas(&self, hint: Hint, view: &ClusterView, outbox: &mut Outbox) {
+        let replicas: Vec<&MemberInfo> = view
+            .replicas(&hint.user_key, self.rf)
+            .into_iter()
+            .chain(view.pending(&hint.user_key, self.rf))
+            .collect();
+        if replicas.is_empty() {
+            outbox.fail(TurnError::NoReplicas);
+            return;
         }
-        while !set.is_empty() {
-            settle(set.join_next().await, &mut acked);
+        let (up, down): (Vec<&MemberInfo>, Vec<&MemberInfo>) =
+            replicas.into_iter().partition(|m| m.live);
+        for member in down {
+            self.hints.hint(&member.id, hint.body.clone()).await;
         }
-        (acked, batch_len)
-    }
-}
-
-/// Adds a finished call's hint to `acked` if it was acknowledged; whether
-/// it was (an empty set counts as no failure).
-fn settle(joined: Option<Result<(Hint, bool), JoinError>>, acked: &mut Vec<Hint>) -> bool {
-    match joined {
-        Some(Ok((hint, true))) => {
-            acked.push(hint);
-            true
-        }
-        Some(Ok((_, false)) | Err(_)) => false,
-        None => true,
+        outbox.push(hint, &up).await;
     }
 }
 
@@ -263,74 +250,69 @@ fn fate<'a>(
     }
 }
 
-/// Applies `body` on every current replica of its key that is up, and
-/// hints it for the ones that are down; whether every one that is up
-/// acknowledged (and there was one).
-async fn hand_one(
-    peer: Arc<dyn Peer>,
-    hints: Hints,
-    view: Arc<ClusterView>,
-    rf: ReplicationFactor,
-    body: Bytes,
-) -> bool {
-    // The store checked the body when it read it back.
-    let Ok((key, _)) = decode_apply(body.clone()) else {
-        return false;
-    };
-    let replicas: Vec<MemberInfo> = view
-        .replicas(&key, rf)
-        .into_iter()
-        .chain(view.pending(&key, rf))
-        .cloned()
-        .collect();
-    let mut all = !replicas.is_empty();
-    for replica in replicas {
-        if replica.live {
-            all &= peer.apply(replica.endpoint(), body.clone()).await.is_ok();
-        } else {
-            hints.hint(&replica.id, body.clone()).await;
-        }
-    }
-    all
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashSet};
 
     use async_trait::async_trait;
+    use bytes::Bytes;
     use parking_lot::Mutex;
     use strata_ring::TokenRange;
 
     use super::*;
     use crate::config::HintLimits;
+    use crate::hints::outbox::IN_FLIGHT;
     use crate::metrics::HintMetrics;
     use crate::peer::repair::{DigestAnswer, DigestRequest, PullRequest};
-    use crate::peer::wire::encode_apply;
+    use crate::peer::wire::{decode_apply_batch, encode_apply, max_batch_body};
     use crate::peer::{Chunks, Endpoint, PeerError};
     use crate::storage::Record;
 
-    /// Applies nothing; remembers who was sent what, and refuses `refuse`.
+    /// A batch a destination acknowledged.
+    #[derive(Debug)]
+    struct Batch {
+        to: NodeId,
+        body_len: usize,
+        /// User keys, in the batch's order.
+        keys: Vec<Vec<u8>>,
+    }
+
+    /// Applies nothing; decodes every batch as the route does (whole or
+    /// not at all), remembers the acknowledged ones, and refuses those to
+    /// `refuse` and every one after the first `accept` calls.
     #[derive(Default)]
     struct FakePeer {
-        applied: Mutex<Vec<(NodeId, Bytes)>>,
+        acked: Mutex<Vec<Batch>>,
+        calls: Mutex<usize>,
         refuse: Option<NodeId>,
+        accept: Option<usize>,
     }
 
     #[async_trait]
     impl Peer for FakePeer {
-        async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
-            if self.refuse.as_ref() == Some(to.id) {
-                return Err(PeerError::Refused { status: 503 });
-            }
-            self.applied.lock().push((to.id.clone(), body));
-            Ok(())
+        async fn apply(&self, _: Endpoint<'_>, _: Bytes) -> Result<(), PeerError> {
+            Err(PeerError::Unreachable("replay sends batches only".into()))
         }
 
-        async fn apply_batch(&self, _: Endpoint<'_>, _: Bytes) -> Result<(), PeerError> {
-            Err(PeerError::Unreachable("not in this test".into()))
+        async fn apply_batch(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+            let entries =
+                decode_apply_batch(&body).map_err(|_| PeerError::Refused { status: 400 })?;
+            let call = {
+                let mut calls = self.calls.lock();
+                *calls += 1;
+                *calls
+            };
+            if self.refuse.as_ref() == Some(to.id) || self.accept.is_some_and(|n| call > n) {
+                return Err(PeerError::Refused { status: 503 });
+            }
+            self.acked.lock().push(Batch {
+                to: to.id.clone(),
+                body_len: body.len(),
+                keys: entries.iter().map(|e| e.user_key().to_vec()).collect(),
+            });
+            Ok(())
         }
 
         async fn read(&self, _: Endpoint<'_>, _: Bytes) -> Result<Option<Record>, PeerError> {
@@ -365,7 +347,7 @@ mod tests {
 
     /// `a` (this node) and `b` up, `c` down, `gone` LEFT; RF 3 puts every
     /// key on a, b and c.
-    fn view() -> Arc<ClusterView> {
+    fn view() -> ClusterView {
         let mut members = BTreeMap::new();
         for (id, state, live) in [
             ("a", NodeState::Available, true),
@@ -377,7 +359,7 @@ mod tests {
             m.live = live;
             members.insert(m.id.clone(), m);
         }
-        Arc::new(ClusterView::build(NodeId::from("a"), members, 1))
+        ClusterView::build(NodeId::from("a"), members, 1)
     }
 
     fn hints(dir: &std::path::Path) -> Hints {
@@ -388,33 +370,224 @@ mod tests {
         Hints::open(dir, limits, HintMetrics::default()).unwrap()
     }
 
+    /// A replay by [`view`].
+    fn replay(hints: &Hints, peer: &Arc<FakePeer>, throttle: Throttle) -> Replay {
+        Replay {
+            hints: hints.clone(),
+            routing: Arc::new(Routing::new(view())),
+            peer: peer.clone(),
+            throttle,
+            rf: ReplicationFactor::new(3).unwrap(),
+        }
+    }
+
+    /// Key `i` of a backlog, in store order when stored in order of `i`.
+    fn key(i: usize) -> Vec<u8> {
+        format!("key-{i:06}").into_bytes()
+    }
+
+    /// Hints `n` writes for `target`; every 97th value is 20 KB, the rest
+    /// 300 bytes, so batches close on entries of both sizes. Returns the
+    /// largest apply body.
+    async fn backlog(hints: &Hints, target: &str, n: usize) -> usize {
+        let mut largest = 0;
+        for i in 0..n {
+            let len = if i % 97 == 0 { 20_000 } else { 300 };
+            let body = encode_apply(&key(i), &Record::value(i as u64 + 1, vec![b'v'; len]));
+            largest = largest.max(body.len());
+            hints.hint(&NodeId::from(target), body).await;
+        }
+        largest
+    }
+
+    /// The user keys `target` still has hints for, oldest first.
+    async fn left(hints: &Hints, target: &str) -> Vec<Vec<u8>> {
+        let all = hints
+            .oldest(&NodeId::from(target), None, u64::MAX)
+            .await
+            .unwrap();
+        all.into_iter().map(|h| h.user_key.to_vec()).collect()
+    }
+
     #[tokio::test]
-    async fn a_left_targets_hint_goes_to_the_keys_replicas_and_is_hinted_for_the_down_one() {
+    async fn delivery_sends_the_oldest_first_in_batches_of_the_target_size() {
         let dir = tempfile::tempdir().unwrap();
         let hints = hints(dir.path());
+        let largest = backlog(&hints, "b", 3000).await;
         let peer = Arc::new(FakePeer::default());
-        let body = encode_apply(b"k", &Record::value(7, b"v".to_vec()));
-        let rf = ReplicationFactor::new(3).unwrap();
-        assert!(hand_one(peer.clone(), hints.clone(), view(), rf, body.clone()).await);
-        let mut to: Vec<NodeId> = peer
-            .applied
+        let view = view();
+        let b = view.members[&NodeId::from("b")].clone();
+        let replay = replay(&hints, &peer, Throttle::new(0));
+        replay.deliver(&NodeId::from("b"), &b).await.unwrap();
+
+        let mut batches = std::mem::take(&mut *peer.acked.lock());
+        assert!(batches.len() >= 4, "{} batches", batches.len());
+        assert!(batches.iter().all(|b| b.to == NodeId::from("b")));
+        // Never past the target plus one entry; every batch but the last
+        // filled up to the target.
+        assert!(batches
+            .iter()
+            .all(|b| b.body_len <= max_batch_body(largest)));
+        let mut sizes: Vec<usize> = batches.iter().map(|b| b.body_len).collect();
+        sizes.sort_unstable();
+        assert!(
+            sizes[1..].iter().all(|len| *len >= BATCH_TARGET),
+            "{sizes:?}"
+        );
+        // Each batch a run of consecutive hints, and together all of them.
+        batches.sort_by(|x, y| x.keys[0].cmp(&y.keys[0]));
+        let sent: Vec<Vec<u8>> = batches.into_iter().flat_map(|b| b.keys).collect();
+        assert_eq!(sent, (0..3000).map(key).collect::<Vec<_>>());
+        assert!(hints.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_deletes_nothing_and_ends_the_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = hints(dir.path());
+        backlog(&hints, "b", 3000).await;
+        let before = hints.pending();
+        let peer = Arc::new(FakePeer {
+            refuse: Some(NodeId::from("b")),
+            ..FakePeer::default()
+        });
+        let view = view();
+        let b = view.members[&NodeId::from("b")].clone();
+        let replay = replay(&hints, &peer, Throttle::new(0));
+        let err = replay.deliver(&NodeId::from("b"), &b).await.unwrap_err();
+        assert!(
+            matches!(err, TurnError::Batch { ref to, .. } if *to == NodeId::from("b")),
+            "{err}"
+        );
+        assert_eq!(hints.pending(), before);
+        assert_eq!(
+            left(&hints, "b").await,
+            (0..3000).map(key).collect::<Vec<_>>()
+        );
+        // No batch starts after the refusal is known.
+        assert!(*peer.calls.lock() <= IN_FLIGHT);
+    }
+
+    #[tokio::test]
+    async fn a_failure_mid_turn_deletes_exactly_the_acknowledged_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = hints(dir.path());
+        backlog(&hints, "b", 3000).await;
+        let peer = Arc::new(FakePeer {
+            accept: Some(2),
+            ..FakePeer::default()
+        });
+        let view = view();
+        let b = view.members[&NodeId::from("b")].clone();
+        let replay = replay(&hints, &peer, Throttle::new(0));
+        assert!(replay.deliver(&NodeId::from("b"), &b).await.is_err());
+        let acked: HashSet<Vec<u8>> = peer
+            .acked
             .lock()
             .iter()
-            .map(|(id, _)| id.clone())
+            .flat_map(|b| b.keys.clone())
             .collect();
-        to.sort();
-        assert_eq!(to, [NodeId::from("a"), NodeId::from("b")]);
-        assert!(peer.applied.lock().iter().all(|(_, b)| *b == body));
-        let pending = hints.pending();
-        assert_eq!(pending.keys().collect::<Vec<_>>(), [&NodeId::from("c")]);
-        assert_eq!(pending[&NodeId::from("c")].hints, 1);
+        assert!(!acked.is_empty());
+        let expected: Vec<Vec<u8>> = (0..3000).map(key).filter(|k| !acked.contains(k)).collect();
+        assert_eq!(left(&hints, "b").await, expected);
+        assert_eq!(
+            hints.pending()[&NodeId::from("b")].hints,
+            expected.len() as u64
+        );
+    }
 
-        // A replica that refuses keeps the hint where it is.
+    #[tokio::test]
+    async fn a_left_targets_hints_go_in_batches_to_the_keys_replicas_and_are_hinted_for_the_down_one(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = hints(dir.path());
+        backlog(&hints, "gone", 2000).await;
+        let peer = Arc::new(FakePeer::default());
+        let view = view();
+        let handing = replay(&hints, &peer, Throttle::new(0));
+        handing
+            .hand_off(&NodeId::from("gone"), &view)
+            .await
+            .unwrap();
+
+        let all: Vec<Vec<u8>> = (0..2000).map(key).collect();
+        for to in ["a", "b"] {
+            let mut got: Vec<Vec<u8>> = peer
+                .acked
+                .lock()
+                .iter()
+                .filter(|b| b.to == NodeId::from(to))
+                .flat_map(|b| b.keys.clone())
+                .collect();
+            got.sort();
+            assert_eq!(got, all, "to {to}");
+        }
+        assert!(peer.acked.lock().iter().all(|b| b.to != NodeId::from("c")));
+        assert_eq!(left(&hints, "c").await, all);
+        assert!(left(&hints, "gone").await.is_empty());
+
+        // A replica that refuses keeps the hints where they are.
+        backlog(&hints, "gone", 10).await;
         let refusing = Arc::new(FakePeer {
             refuse: Some(NodeId::from("b")),
             ..FakePeer::default()
         });
-        assert!(!hand_one(refusing, hints, view(), rf, body).await);
+        let handing = replay(&hints, &refusing, Throttle::new(0));
+        assert!(handing
+            .hand_off(&NodeId::from("gone"), &view)
+            .await
+            .is_err());
+        assert_eq!(left(&hints, "gone").await.len(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_batch_is_paid_from_the_throttle_before_it_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = hints(dir.path());
+        backlog(&hints, "b", 3000).await;
+        let peer = Arc::new(FakePeer::default());
+        let view = view();
+        let b = view.members[&NodeId::from("b")].clone();
+        let rate = BATCH_TARGET as u64;
+        let replay = replay(&hints, &peer, Throttle::new(rate));
+        let start = Instant::now();
+        replay.deliver(&NodeId::from("b"), &b).await.unwrap();
+        let sent: usize = peer.acked.lock().iter().map(|b| b.body_len).sum();
+        // A second's worth passes at once; the rest is paid at the rate.
+        let owed = Duration::from_secs_f64((sent as u64 - rate) as f64 / rate as f64);
+        assert!(start.elapsed() >= owed, "{:?} < {owed:?}", start.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_target_seen_up_gets_its_hints_without_waiting_for_the_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let hints = hints(dir.path());
+        backlog(&hints, "c", 100).await;
+        let peer = Arc::new(FakePeer::default());
+        let replay = replay(&hints, &peer, Throttle::new(0));
+        let routing = replay.routing.clone();
+        let task = tokio::spawn(replay.run());
+        // The first round finds c down and waits.
+        tokio::time::sleep(ROUND / 10).await;
+        assert_eq!(*peer.calls.lock(), 0);
+        assert_eq!(hints.pending()[&NodeId::from("c")].hints, 100);
+
+        let published = Instant::now();
+        assert!(routing.publish_with(|v| {
+            let mut members = v.members.clone();
+            members.get_mut(&NodeId::from("c")).unwrap().live = true;
+            Some(ClusterView::build(v.self_id.clone(), members, v.epoch + 1))
+        }));
+        while !hints.pending().is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            published.elapsed() < ROUND / 2,
+            "delivered {:?} after the view",
+            published.elapsed()
+        );
+        assert!(peer.acked.lock().iter().all(|b| b.to == NodeId::from("c")));
+        task.abort();
     }
 
     #[test]

@@ -109,13 +109,18 @@ pub(crate) enum HintError {
     Task(String),
 }
 
-/// One stored hint, read back for delivery.
+/// One stored hint, read back for delivery. `user_key` and `record` are
+/// slices of `body`, not copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Hint {
     /// Its engine key (what deleting it takes).
     pub(crate) key: Vec<u8>,
-    /// The apply body to deliver.
+    /// The apply body it stands for (what a hand-off hints again).
     pub(crate) body: Bytes,
+    /// The user key the write is for.
+    pub(crate) user_key: Bytes,
+    /// The record's stored bytes (what an apply batch carries).
+    pub(crate) record: Bytes,
     /// Key and value bytes it holds in the store.
     pub(crate) size: u64,
 }
@@ -253,11 +258,13 @@ impl HintStore {
         Ok(Stored::Kept)
     }
 
-    /// Up to `max` of `target`'s oldest hints at `now_ms`. Expired hints met
-    /// on the way are deleted and counted; so are hints that do not decode
-    /// (logged), which would otherwise hold up the target for ever. With
-    /// `max` 0 it only expires: hints are in arrival order, so the expired
-    /// ones are the run before the first that is not.
+    /// `target`'s oldest hints at `now_ms`, taken while their sizes add up
+    /// to less than `max_bytes`: so at most `max_bytes` plus one hint, and
+    /// at least one hint if any is live. Expired hints met on the way are
+    /// deleted and counted; so are hints that do not decode (logged), which
+    /// would otherwise hold up the target for ever. With `max_bytes` 0 it
+    /// only expires: hints are in arrival order, so the expired ones are
+    /// the run before the first that is not.
     ///
     /// With `after` (the last key of a batch just delivered and deleted),
     /// the scan starts past it rather than at the head of the target's
@@ -267,12 +274,12 @@ impl HintStore {
         &self,
         target: &NodeId,
         after: Option<&[u8]>,
-        max: usize,
+        max_bytes: u64,
         now_ms: u64,
     ) -> Result<Vec<Hint>, HintError> {
         let prefix = target_prefix(target)?;
         let window = millis(self.limits.window);
-        let mut out = Vec::new();
+        let (mut out, mut taken) = (Vec::new(), 0);
         let mut gone = WriteBatch::new();
         let (mut gone_hints, mut gone_bytes) = (0, 0);
         let items = match after {
@@ -288,12 +295,19 @@ impl HintStore {
             }
             let size = size_of(&key, &value);
             match decode_value(Bytes::from(value)) {
-                Ok((stored_at, _)) if now_ms.saturating_sub(stored_at) > window => {
+                Ok(stored) if now_ms.saturating_sub(stored.at_ms) > window => {
                     self.metrics.expired();
                 }
-                Ok(_) if out.len() >= max => break,
-                Ok((_, body)) => {
-                    out.push(Hint { key, body, size });
+                Ok(_) if taken >= max_bytes => break,
+                Ok(stored) => {
+                    taken += size;
+                    out.push(Hint {
+                        key,
+                        body: stored.body,
+                        user_key: stored.user_key,
+                        record: stored.record,
+                        size,
+                    });
                     continue;
                 }
                 Err(e) => {
@@ -410,9 +424,20 @@ fn encode_value(stored_at_ms: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The stored-at time and the apply body of a value; the body is checked
-/// to parse, so that what is delivered is never refused for its bytes.
-fn decode_value(value: Bytes) -> Result<(u64, Bytes), HintError> {
+/// A stored value, decoded.
+#[derive(Debug, PartialEq, Eq)]
+struct Value {
+    /// When the hint was stored, ms since the Unix epoch.
+    at_ms: u64,
+    /// The apply body, and its key and record parts (slices of it).
+    body: Bytes,
+    user_key: Bytes,
+    record: Bytes,
+}
+
+/// A value, its apply body checked to parse, so that what is delivered is
+/// never refused for its bytes.
+fn decode_value(value: Bytes) -> Result<Value, HintError> {
     let (header, _) = value
         .split_first_chunk::<VALUE_HEADER_LEN>()
         .ok_or(HintError::TooShort { len: value.len() })?;
@@ -421,8 +446,13 @@ fn decode_value(value: Bytes) -> Result<(u64, Bytes), HintError> {
         return Err(HintError::UnknownFormat { format });
     }
     let body = value.slice(VALUE_HEADER_LEN..);
-    decode_apply(body.clone())?;
-    Ok((u64::from_be_bytes([t0, t1, t2, t3, t4, t5, t6, t7]), body))
+    let (user_key, record) = decode_apply(body.clone())?;
+    Ok(Value {
+        at_ms: u64::from_be_bytes([t0, t1, t2, t3, t4, t5, t6, t7]),
+        body,
+        user_key,
+        record: record.bytes().clone(),
+    })
 }
 
 #[cfg(test)]
@@ -434,6 +464,12 @@ mod tests {
     use crate::storage::Record;
 
     const HOUR: u64 = 3_600_000;
+    /// A byte budget that takes every hint.
+    const ALL: u64 = u64::MAX;
+
+    fn bytes_of(hints: &[Hint]) -> u64 {
+        hints.iter().map(|h| h.size).sum()
+    }
 
     fn limits(max_bytes_per_node: u64) -> HintLimits {
         HintLimits {
@@ -463,8 +499,17 @@ mod tests {
         let longer = encode_key(&NodeId::from("node-77"), 1).unwrap();
         assert!(!longer.starts_with(&target_prefix(&id).unwrap()));
         let b = body(3);
-        let (at, got) = decode_value(Bytes::from(encode_value(99, &b))).unwrap();
-        assert_eq!((at, got), (99, b));
+        let got = decode_value(Bytes::from(encode_value(99, &b))).unwrap();
+        let (key, record) = decode_apply(b.clone()).unwrap();
+        assert_eq!(
+            got,
+            Value {
+                at_ms: 99,
+                body: b,
+                user_key: key,
+                record: record.bytes().clone(),
+            }
+        );
         assert!(matches!(
             encode_key(&NodeId::from("x".repeat(256)), 0),
             Err(HintError::TargetTooLong { len: 256 })
@@ -518,13 +563,13 @@ mod tests {
         }
         // The middle hint's value replaced by junk under the same key.
         let keys: Vec<Vec<u8>> = store
-            .oldest(&target, None, 10, 1000)
+            .oldest(&target, None, ALL, 1000)
             .unwrap()
             .into_iter()
             .map(|h| h.key)
             .collect();
         store.db.put(&keys[1], b"\x01junk").unwrap();
-        let hints = store.oldest(&target, None, 10, 1000).unwrap();
+        let hints = store.oldest(&target, None, ALL, 1000).unwrap();
         assert_eq!(
             hints.iter().map(|h| h.body.clone()).collect::<Vec<_>>(),
             [body(0), body(2)]
@@ -543,22 +588,28 @@ mod tests {
             assert_eq!(store.store(target, &body(i), 1000).unwrap(), Stored::Kept);
         }
         let of_a: Vec<Bytes> = (0..100).filter(|i| i % 3 == 0).map(body).collect();
-        let got = store.oldest(&a, None, 1000, 1000).unwrap();
+        let got = store.oldest(&a, None, ALL, 1000).unwrap();
         assert_eq!(got.iter().map(|h| h.body.clone()).collect::<Vec<_>>(), of_a);
-        // Ten at a time, oldest first.
-        let first = store.oldest(&a, None, 10, 1000).unwrap();
-        assert_eq!(first.len(), 10);
+        // The oldest ten's bytes, oldest first; a budget one byte short
+        // still takes the tenth (it is taken while the sum is under the
+        // budget), one byte more takes an eleventh.
+        let ten = bytes_of(&got[..10]);
+        assert_eq!(store.oldest(&a, None, ten - 1, 1000).unwrap().len(), 10);
+        assert_eq!(store.oldest(&a, None, ten + 1, 1000).unwrap().len(), 11);
+        let first = store.oldest(&a, None, ten, 1000).unwrap();
+        assert_eq!(first, got[..10]);
         store.delivered(&a, &first).unwrap();
-        let rest = store.oldest(&a, None, 1000, 1000).unwrap();
+        let rest = store.oldest(&a, None, ALL, 1000).unwrap();
         assert_eq!(rest.first().unwrap().body, of_a[10]);
         // Past a key, the next ones; and nothing of another target.
-        let after = store.oldest(&a, Some(&rest[4].key), 3, 1000).unwrap();
+        let three = bytes_of(&rest[5..8]);
+        let after = store.oldest(&a, Some(&rest[4].key), three, 1000).unwrap();
         assert_eq!(
             after.iter().map(|h| h.body.clone()).collect::<Vec<_>>(),
             of_a[15..18]
         );
         let last = &rest.last().unwrap().key;
-        assert!(store.oldest(&a, Some(last), 10, 1000).unwrap().is_empty());
+        assert!(store.oldest(&a, Some(last), ALL, 1000).unwrap().is_empty());
         assert_eq!(store.pending()[&a].hints, 24);
         store.delivered(&a, &rest).unwrap();
         assert!(!store.pending().contains_key(&a));
@@ -604,7 +655,7 @@ mod tests {
         store.store(&t, &body(0), 0).unwrap();
         store.store(&t, &body(1), HOUR).unwrap();
         // At 3 h 30 min the first is past the window, the second is not.
-        let got = store.oldest(&t, None, 10, 3 * HOUR + HOUR / 2).unwrap();
+        let got = store.oldest(&t, None, ALL, 3 * HOUR + HOUR / 2).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].body, body(1));
         assert_eq!(store.pending()[&t].hints, 1);
@@ -650,7 +701,8 @@ mod tests {
                     .store(if i < 20 { &a } else { &b }, &body(i), 1000)
                     .unwrap();
             }
-            let first = store.oldest(&a, None, 5, 1000).unwrap();
+            let five = bytes_of(&store.oldest(&a, None, ALL, 1000).unwrap()[..5]);
+            let first = store.oldest(&a, None, five, 1000).unwrap();
             store.delivered(&a, &first).unwrap();
             store.pending()
         };
@@ -659,7 +711,7 @@ mod tests {
         assert_eq!(store.pending()[&a].hints, 15);
         // A hint stored after the reopen comes after the older ones.
         store.store(&a, &body(99), 2000).unwrap();
-        let got = store.oldest(&a, None, 100, 2000).unwrap();
+        let got = store.oldest(&a, None, ALL, 2000).unwrap();
         assert_eq!(got.first().unwrap().body, body(5));
         assert_eq!(got.last().unwrap().body, body(99));
         assert_eq!(got.len(), 16);
