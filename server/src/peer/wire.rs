@@ -178,26 +178,15 @@ pub fn decode_apply_batch(body: &[u8]) -> Result<Vec<Entry>, WireError> {
     }
 }
 
-/// Lower-case hex of `bytes`.
+/// Lower-case hex of `bytes`: how an engine key travels in a query string
+/// (the `after` of a stream resume).
 pub fn encode_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(bytes)
 }
 
 /// Bytes of a hex string; `None` if it is not hex.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(text).ok()
 }
 
 #[cfg(test)]
