@@ -40,6 +40,7 @@ use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::http::HttpPeer;
 use crate::peer::Peer;
+use crate::readiness::Readiness;
 use crate::repair::metered::MeteredPeer;
 use crate::repair::Repairer;
 use crate::storage::{Storage, StorageError};
@@ -147,6 +148,9 @@ struct DataDir {
     storage: Storage,
     initial: NodeState,
     tokens: Vec<u64>,
+    /// Whether this run has peers to hear before it is ready: other seeds,
+    /// or a cluster it served in before.
+    expects_peers: bool,
 }
 
 impl DataDir {
@@ -186,6 +190,7 @@ impl DataDir {
         };
         Ok(Self {
             marker_path,
+            expects_peers: !alone || marker.is_some(),
             marker,
             storage,
             initial,
@@ -211,18 +216,21 @@ impl Node {
             storage,
             initial,
             tokens,
+            expects_peers,
         } = disk;
         let progress = Arc::new(Progress::default());
-        let metrics = Arc::new(Metrics::new().with_sources(
-            {
-                let storage = storage.clone();
-                move || storage.stats()
-            },
-            {
-                let progress = progress.clone();
-                move || progress.counts()
-            },
-        ));
+        let metrics = Arc::new(
+            Metrics::with_request_timeout(config.request_timeout).with_sources(
+                {
+                    let storage = storage.clone();
+                    move || storage.stats()
+                },
+                {
+                    let progress = progress.clone();
+                    move || progress.counts()
+                },
+            ),
+        );
         let hints_dir = config.data_dir.join("hints");
         let hints = Hints::open(&hints_dir, config.hints, metrics.hints()).map_err(|e| {
             NodeError::Hints {
@@ -306,6 +314,10 @@ impl Node {
             "health",
             publish_health(membership.clone(), storage.clone(), config.gossip_interval),
         );
+        tasks.spawn(
+            "publish_load",
+            publish_load(membership.clone(), storage.clone()),
+        );
         let repair_peer: Arc<dyn Peer> = Arc::new(MeteredPeer::new(
             peer.clone(),
             throttle.clone(),
@@ -374,6 +386,7 @@ impl Node {
             repairer,
             tasks,
             stop: stop.clone(),
+            readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
         };
         Ok(Self {
             config,
@@ -482,5 +495,20 @@ async fn publish_health(membership: Arc<Membership>, storage: Storage, every: st
     loop {
         tick.tick().await;
         membership.set_health(storage.write_error()).await;
+    }
+}
+
+/// Publishes this node's table + WAL bytes in gossip, for `kvnode status`
+/// on every member.
+async fn publish_load(membership: Arc<Membership>, storage: Storage) {
+    let mut tick = tokio::time::interval(crate::vitals::LOAD_PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let storage = storage.clone();
+        // A directory listing: off the async threads.
+        if let Ok(usage) = tokio::task::spawn_blocking(move || storage.disk_usage()).await {
+            membership.publish_load(usage.total()).await;
+        }
     }
 }

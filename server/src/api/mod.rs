@@ -2,7 +2,8 @@
 //! error type, and the middleware that bounds and measures every request.
 //!
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
-//! APIs), `cluster` (cluster, node, health, readiness, metrics),
+//! APIs), `cluster` (cluster, ring, node, health, readiness, metrics;
+//! [`report`] types the cluster and ring documents),
 //! [`internal`] (node-to-node, behind the cluster secret; so is the
 //! decommission, clean-up and removenode routes in `cluster`) and `repair`
 //! (anti-entropy, internal and admin); `budget` is the byte budget of
@@ -19,6 +20,7 @@ pub(crate) mod compat;
 pub mod internal;
 pub(crate) mod kv;
 pub(crate) mod repair;
+pub mod report;
 pub(crate) mod stream;
 
 use std::sync::Arc;
@@ -78,6 +80,8 @@ pub struct AppState {
     pub(crate) tasks: crate::tasks::Tasks,
     /// Asks the node to stop (after a decommission).
     pub(crate) stop: Arc<tokio::sync::Notify>,
+    /// Whether this node can serve QUORUM (`/ready`).
+    pub(crate) readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// The node's router: every route, the request bounds and the metrics.
@@ -118,6 +122,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(kv::delete_value),
         )
         .route("/v1/cluster", get(cluster::cluster))
+        .route("/v1/ring", get(cluster::ring))
         .route("/v1/node", get(cluster::node))
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
@@ -303,7 +308,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_repair
     } else if matches!(
         path,
-        "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
+        "/v1/cluster" | "/v1/ring" | "/v1/node" | "/health" | "/ready" | "/metrics"
     ) || path == cluster::DECOMMISSION_PATH
         || path == cluster::CLEANUP_PATH
         || path
