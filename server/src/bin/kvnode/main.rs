@@ -1,14 +1,22 @@
 //! `kvnode`: parses arguments, sets up logging and hands over to the library
 //! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
-//! commands against a node or its data dir).
+//! commands against a node or its data dir), [`status`] (read-only views of
+//! a running cluster), or shell completions.
+//!
+//! Exit codes: 0 on success, 1 on any error; `status` and `info` also exit
+//! with 2 when the cluster or node is not healthy ([`status`] says when).
 
 mod admin;
 mod demo;
+mod status;
+
+use std::process::ExitCode;
 
 use admin::{AdminArgs, AntiEntropyArgs, RemoveArgs, RepairArgs};
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use demo::DemoArgs;
+use status::{VersionArgs, ViewArgs};
 use strata_server::config::{Config, Settings};
 
 /// A ring-routed, replicated HTTP key-value node.
@@ -39,9 +47,36 @@ enum Command {
     /// Salvage a stopped node's damaged engine: every readable table and log
     /// record into a fresh manifest, the damaged files kept aside.
     RepairEngine(RepairArgs),
+    /// One line per member as a node sees it: state (UN, DN, UJ, UL),
+    /// address, load, ownership, version, uptime, last heard. Exits 2 if
+    /// some member is not UN or is degraded.
+    Status(ViewArgs),
+    /// The ring's tokens and their owners.
+    Ring(ViewArgs),
+    /// One node in depth: readiness, disk, engine levels, compaction
+    /// backlog, hints, repair, streaming. Exits 2 if the node is not ready.
+    Info(ViewArgs),
+    /// This build's version, and a node's.
+    Version(VersionArgs),
+    /// Print a shell completion script (e.g. `kvnode completions bash >
+    /// /etc/bash_completion.d/kvnode`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(status::EXIT_ERROR)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -55,20 +90,36 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
+        let done = ExitCode::SUCCESS;
         match cli.command {
-            Some(Command::Demo(args)) => Ok(demo::run(args).await?),
-            Some(Command::Decommission(args)) => Ok(admin::decommission(args).await?),
-            Some(Command::Removenode(args)) => Ok(admin::removenode(args).await?),
-            Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await?),
-            Some(Command::Repair(args)) => Ok(admin::repair(args).await?),
-            Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args)?),
+            Some(Command::Demo(args)) => Ok(demo::run(args).await.map(|()| done)?),
+            Some(Command::Decommission(args)) => {
+                Ok(admin::decommission(args).await.map(|()| done)?)
+            }
+            Some(Command::Removenode(args)) => Ok(admin::removenode(args).await.map(|()| done)?),
+            Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await.map(|()| done)?),
+            Some(Command::Repair(args)) => Ok(admin::repair(args).await.map(|()| done)?),
+            Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args).map(|()| done)?),
+            Some(Command::Status(args)) => Ok(status::status(args).await?),
+            Some(Command::Ring(args)) => Ok(status::ring(args).await?),
+            Some(Command::Info(args)) => Ok(status::info(args).await?),
+            Some(Command::Version(args)) => Ok(status::version(args).await?),
+            Some(Command::Completions { shell }) => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "kvnode",
+                    &mut std::io::stdout(),
+                );
+                Ok(done)
+            }
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
                 strata_server::run(config, listener, shutdown_signal()).await?;
-                Ok(())
+                Ok(done)
             }
         }
     })
