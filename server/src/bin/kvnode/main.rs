@@ -3,8 +3,9 @@
 //! commands against a node or its data dir), [`status`] (read-only views of
 //! a running cluster), or shell completions.
 //!
-//! Exit codes: 0 on success, 1 on any error; `status` and `info` also exit
-//! with 2 when the cluster or node is not healthy ([`status`] says when).
+//! Exit codes: 0 on success, 1 on any error (a usage error too); `status`
+//! and `info` also exit with 2 when the cluster or node is not healthy
+//! ([`status`] says when).
 
 mod admin;
 mod demo;
@@ -77,7 +78,19 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error exits 1 like any other, not clap's 2: 2 says "not
+        // healthy" to scripts (see `status`). Help and --version exit 0.
+        Err(e) => {
+            let _ = e.print();
+            return Ok(ExitCode::from(if e.use_stderr() {
+                status::EXIT_ERROR
+            } else {
+                status::EXIT_OK
+            }));
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")

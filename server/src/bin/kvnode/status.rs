@@ -11,7 +11,7 @@
 //! | code | `status`                          | `info`             | others |
 //! |------|-----------------------------------|--------------------|--------|
 //! | 0    | every member UN and healthy       | the node is ready  | done   |
-//! | 1    | the node could not be asked       | same               | same   |
+//! | 1    | the node could not be asked, or a usage error | same   | same   |
 //! | 2    | some member is not UN, or degraded | the node is not ready | -   |
 //!
 //! Every request goes through [`get_json`], so that authenticating the CLI
