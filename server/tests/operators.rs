@@ -3,6 +3,8 @@
 //! its exit code), and `/ready` on a restarted node, which must not say
 //! ready before the node can take a QUORUM write.
 
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
