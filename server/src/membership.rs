@@ -501,13 +501,6 @@ impl Membership {
                     continue;
                 }
                 let get = |k: &str| node_state.get(k);
-                self.vitals.observe(
-                    id,
-                    node_state.heartbeat().into(),
-                    get(KEY_VERSION),
-                    get(KEY_LOAD),
-                    now,
-                );
                 let signed = [get(KEY_HTTP), get(KEY_STATE), get(KEY_TOKENS), get(KEY_SIG)];
                 let info = match records.admit(&self.secret, id, signed, live.contains(id)) {
                     Admitted::Verified(info) => info,
@@ -535,6 +528,15 @@ impl Membership {
                         continue;
                     }
                 };
+                // Only members admitted: an impostor's newer generation
+                // must not stand in for the member's vitals.
+                self.vitals.observe(
+                    id,
+                    node_state.heartbeat().into(),
+                    get(KEY_VERSION),
+                    get(KEY_LOAD),
+                    now,
+                );
                 let removed = get(KEY_REMOVED).unwrap_or_default();
                 let message = removal::signed_message(&id.node_id, id.generation_id, removed);
                 if self
@@ -886,5 +888,33 @@ mod tests {
             records.admit(&secret, &id, good, true),
             Admitted::Verified(_)
         ));
+    }
+
+    #[test]
+    fn member_gauges_cover_every_state_and_status_zeros_included() {
+        let mut down = MemberInfo::for_test("b", NodeState::Available, 1);
+        down.live = false;
+        let members: BTreeMap<NodeId, MemberInfo> = [
+            MemberInfo::for_test("a", NodeState::Available, 1),
+            down,
+            MemberInfo::for_test("c", NodeState::Bootstrapping, 1),
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let counts = member_counts(&members, &BTreeMap::new());
+        assert_eq!(counts.len(), 12, "5 states and REMOVED, UP and DOWN");
+        let count = |state, status| {
+            counts
+                .iter()
+                .find(|(s, st, _)| *s == state && *st == status)
+                .map(|c| c.2)
+                .unwrap()
+        };
+        assert_eq!(count("AVAILABLE", "UP"), 1);
+        assert_eq!(count("AVAILABLE", "DOWN"), 1);
+        assert_eq!(count("BOOTSTRAPPING", "UP"), 1);
+        assert_eq!(count("LEAVING", "UP"), 0);
+        assert_eq!(count("REMOVED", "DOWN"), 0);
     }
 }
