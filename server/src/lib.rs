@@ -38,10 +38,12 @@
 //! hints/        hinted handoff: the store and its replay
 //! stream/       join (bootstrap), leave (handoff), removal take-over, clean-up, plan_pulls
 //! membership    gossip (chitchat) turned into views, published through routing
+//! readiness     when /ready says 200: settled membership, a quorum of replicas
 //! routing       the view requests route by (a watch) and the write gate
 //! view/         ClusterView, MemberInfo, NodeState; removal (members removed for good)
 //! peer/         the Peer trait, http, sim (tests), wire, frames, repair bodies
-//! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, auth, hlc
+//! vitals        what members publish for operators (version, load), when last heard
+//! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, process, auth, hlc
 //! ```
 //!
 //! [`api`], [`auth`], [`config`], [`gossip_transport`], [`peer`], [`storage`]
@@ -61,6 +63,8 @@ mod membership;
 mod metrics;
 mod node;
 pub mod peer;
+mod process;
+mod readiness;
 mod repair;
 mod routing;
 pub mod storage;
@@ -68,6 +72,7 @@ pub mod stream;
 mod tasks;
 mod throttle;
 mod view;
+mod vitals;
 
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
 pub use api::repair::REPAIR_PATH;

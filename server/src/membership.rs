@@ -18,6 +18,7 @@
 //! | `ring`   | digest of the ring this node routes by ([`ring_digest`]); not signed |
 //! | `tag`    | the node tag in its versions (`hlc`), decimal; a live member sharing this node's is warned about; not signed |
 //! | `removed`, `removed_sig` | members removed for good, signed apart ([`removal`](crate::view::removal)) |
+//! | `version`, `load` | for operators only ([`vitals`](crate::vitals)); not signed |
 //!
 //! # Trust
 //!
@@ -65,7 +66,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
@@ -84,6 +85,7 @@ use crate::metrics::GossipMetrics;
 use crate::routing::Routing;
 use crate::view::removal::{self, Removal, RemoveError};
 pub(crate) use crate::view::{ring_digest, ClusterView, MemberInfo, NodeState};
+use crate::vitals::{MemberVitals, Vitals, KEY_LOAD, KEY_VERSION};
 
 const KEY_HTTP: &str = "http";
 const KEY_STATE: &str = "state";
@@ -142,6 +144,10 @@ pub(crate) struct Membership {
     max_members: usize,
     metrics: GossipMetrics,
     tags: TagWatch,
+    /// What the members publish for operators, and when each was last heard.
+    vitals: Vitals,
+    /// The load this node last published.
+    published_load: Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -216,6 +222,8 @@ impl Membership {
             (KEY_HEALTH.to_owned(), String::new()),
             (KEY_RING.to_owned(), String::new()),
             (KEY_TAG.to_owned(), config.node_tag.to_string()),
+            (KEY_VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            (KEY_LOAD.to_owned(), String::new()),
             (
                 KEY_REMOVED_SIG.to_owned(),
                 config.secret.sign(&removal::signed_message(
@@ -257,6 +265,8 @@ impl Membership {
             max_members: config.max_members,
             metrics,
             tags: TagWatch::new(config.node_tag),
+            vitals: Vitals::default(),
+            published_load: Mutex::new(None),
         });
         me.refresh().await;
         let weak = Arc::downgrade(&me);
@@ -304,6 +314,25 @@ impl Membership {
     /// This run's generation (start time in ms).
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// What member `id` publishes for operators and when this node last
+    /// heard from it; `None` for this node itself and for strangers.
+    pub(crate) fn vitals(&self, id: &NodeId) -> Option<MemberVitals> {
+        self.vitals.get(id, Instant::now())
+    }
+
+    /// Publishes this node's table + WAL bytes under `load`, unless they
+    /// are unchanged. Called every [`LOAD_PUBLISH_EVERY`](crate::vitals::LOAD_PUBLISH_EVERY).
+    pub(crate) async fn publish_load(&self, bytes: u64) {
+        if self.published_load.lock().replace(bytes) == Some(bytes) {
+            return;
+        }
+        if let Some(handle) = self.handle.lock().await.as_ref() {
+            handle
+                .with_chitchat(|c| c.self_node_state().set(KEY_LOAD, bytes))
+                .await;
+        }
     }
 
     /// Removes the DOWN member `id` for good: publishes its incarnation
@@ -469,6 +498,9 @@ impl Membership {
             let live: std::collections::HashSet<&ChitchatId> = chitchat.live_nodes().collect();
             let mut records = self.records.lock();
             records.forget_unless(|id| chitchat.node_state(id).is_some());
+            self.vitals
+                .forget_unless(|id| chitchat.node_state(id).is_some());
+            let now = Instant::now();
             let mut rejected = BTreeMap::new();
             let mut members: BTreeMap<NodeId, MemberInfo> = BTreeMap::new();
             self.tags.observe(
@@ -517,6 +549,15 @@ impl Membership {
                         continue;
                     }
                 };
+                // Only members admitted: an impostor's newer generation
+                // must not stand in for the member's vitals.
+                self.vitals.observe(
+                    id,
+                    node_state.heartbeat().into(),
+                    get(KEY_VERSION),
+                    get(KEY_LOAD),
+                    now,
+                );
                 let removed = get(KEY_REMOVED).unwrap_or_default();
                 let message = removal::signed_message(&id.node_id, id.generation_id, removed);
                 if self
@@ -562,6 +603,7 @@ impl Membership {
                 return None;
             }
             log_changes(&current.members, &members, &rejected);
+            self.metrics.set_members(member_counts(&members, &removed));
             let epoch = current.epoch + 1;
             Some(ClusterView {
                 removed,
@@ -761,6 +803,28 @@ fn signed_message(
     format!("kvnode-member-v1|{node_id}|{generation}|{http}|{state}|{tokens}").into_bytes()
 }
 
+/// The members by (state, status) for the membership gauges: every pair,
+/// and the members removed for good under `REMOVED`.
+fn member_counts(
+    members: &BTreeMap<NodeId, MemberInfo>,
+    removed: &BTreeMap<NodeId, removal::Removed>,
+) -> Vec<(&'static str, &'static str, usize)> {
+    let states = members.values().map(|m| (m.state.as_str(), m.live));
+    let gone = removed.values().map(|r| ("REMOVED", r.last.live));
+    let all: Vec<(&str, bool)> = states.chain(gone).collect();
+    NodeState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .chain(["REMOVED"])
+        .flat_map(|state| {
+            [(true, "UP"), (false, "DOWN")].map(|(live, status)| {
+                let n = all.iter().filter(|m| **m == (state, live)).count();
+                (state, status, n)
+            })
+        })
+        .collect()
+}
+
 fn log_changes(
     old: &BTreeMap<NodeId, MemberInfo>,
     new: &BTreeMap<NodeId, MemberInfo>,
@@ -845,5 +909,33 @@ mod tests {
             records.admit(&secret, &id, good, true),
             Admitted::Verified(_)
         ));
+    }
+
+    #[test]
+    fn member_gauges_cover_every_state_and_status_zeros_included() {
+        let mut down = MemberInfo::for_test("b", NodeState::Available, 1);
+        down.live = false;
+        let members: BTreeMap<NodeId, MemberInfo> = [
+            MemberInfo::for_test("a", NodeState::Available, 1),
+            down,
+            MemberInfo::for_test("c", NodeState::Bootstrapping, 1),
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect();
+        let counts = member_counts(&members, &BTreeMap::new());
+        assert_eq!(counts.len(), 12, "5 states and REMOVED, UP and DOWN");
+        let count = |state, status| {
+            counts
+                .iter()
+                .find(|(s, st, _)| *s == state && *st == status)
+                .map(|c| c.2)
+                .unwrap()
+        };
+        assert_eq!(count("AVAILABLE", "UP"), 1);
+        assert_eq!(count("AVAILABLE", "DOWN"), 1);
+        assert_eq!(count("BOOTSTRAPPING", "UP"), 1);
+        assert_eq!(count("LEAVING", "UP"), 0);
+        assert_eq!(count("REMOVED", "DOWN"), 0);
     }
 }

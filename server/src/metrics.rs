@@ -11,6 +11,7 @@
 //! counters that could drift from their sources.
 
 use std::fmt;
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -18,8 +19,9 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::MetricConstructor;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::TypedMetric;
 use prometheus_client::registry::Registry;
 use strata_engine::{LevelStats, Stats};
@@ -124,6 +126,13 @@ pub(crate) struct GossipMetrics {
     bytes: Family<GossipLabels, Counter>,
     members_ignored: Counter,
     records_rejected: Counter,
+    members: Family<MemberLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    state: &'static str,
+    status: &'static str,
 }
 
 impl GossipMetrics {
@@ -151,6 +160,19 @@ impl GossipMetrics {
     /// Counts a member record whose signature did not verify.
     pub(crate) fn record_rejected(&self) {
         self.records_rejected.inc();
+    }
+
+    /// Sets the members of the view by (state, status): every pair, zeros
+    /// included, so that a state no member is in any more reads 0.
+    pub(crate) fn set_members(
+        &self,
+        counts: impl IntoIterator<Item = (&'static str, &'static str, usize)>,
+    ) {
+        for (state, status, n) in counts {
+            self.members
+                .get_or_create(&MemberLabels { state, status })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -219,6 +241,34 @@ impl HintMetrics {
     }
 }
 
+/// The smallest latency bucket: a local read answers in tens of µs.
+const FIRST_LATENCY_BUCKET_SECS: f64 = 0.000_05;
+
+/// Latency bucket bounds: doubling from [`FIRST_LATENCY_BUCKET_SECS`] to the
+/// first at or past `request_timeout`, so that a request that ran into the
+/// timeout lands in a bucket of its own rather than in `+Inf` with every
+/// other slow one (19 buckets, up to 13.1 s, for the default 10 s).
+fn latency_buckets(request_timeout: Duration) -> Vec<f64> {
+    let top = request_timeout.as_secs_f64();
+    let mut buckets = vec![FIRST_LATENCY_BUCKET_SECS];
+    let mut last = FIRST_LATENCY_BUCKET_SECS;
+    while last < top {
+        last *= 2.0;
+        buckets.push(last);
+    }
+    buckets
+}
+
+/// Builds each operation's latency histogram with the node's buckets.
+#[derive(Debug, Clone)]
+struct LatencyBuckets(Vec<f64>);
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: Op,
@@ -249,7 +299,7 @@ pub(crate) struct Metrics {
     /// collector in another.
     registry: Registry,
     requests: Family<StatusLabels, Counter>,
-    latency: Family<OpLabels, Histogram>,
+    latency: Family<OpLabels, Histogram, LatencyBuckets>,
     errors: Family<ErrorLabels, Counter>,
     replica_calls: Family<ReplicaLabels, Counter>,
     read_repairs_skipped: Counter,
@@ -258,6 +308,11 @@ pub(crate) struct Metrics {
     hints: HintMetrics,
     task_failures: Family<TaskLabels, Counter>,
     hlc_remote_ahead: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -287,8 +342,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, with latency buckets for the default
+    /// request timeout.
     pub(crate) fn new() -> Self {
+        Self::with_request_timeout(Duration::from_millis(
+            crate::config::defaults::REQUEST_TIMEOUT_MS,
+        ))
+    }
+
+    /// Registers every metric; the latency buckets reach `request_timeout`,
+    /// the longest a request can take.
+    pub(crate) fn with_request_timeout(request_timeout: Duration) -> Self {
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("kvnode");
         let requests = Family::<StatusLabels, Counter>::default();
@@ -297,10 +361,8 @@ impl Metrics {
             "HTTP requests handled, by operation and status code",
             requests.clone(),
         );
-        let latency = Family::<OpLabels, Histogram>::new_with_constructor(|| {
-            // 50 µs .. ~1.6 s
-            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
-        });
+        let latency =
+            Family::new_with_constructor(LatencyBuckets(latency_buckets(request_timeout)));
         registry.register(
             "request_duration_seconds",
             "HTTP request latency, by operation",
@@ -396,6 +458,12 @@ impl Metrics {
             gossip.members_ignored.clone(),
         );
         registry.register(
+            "members",
+            "Members in this node's view (itself included), by published state and \
+             failure-detector status; state REMOVED counts those removed for good",
+            gossip.members.clone(),
+        );
+        registry.register(
             "gossip_records_rejected",
             "Member records whose signature did not verify (the last verified one was kept)",
             gossip.records_rejected.clone(),
@@ -443,6 +511,18 @@ impl Metrics {
              node's wall clock (folded into its clock all the same)",
             hlc_remote_ahead.clone(),
         );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which kvnode build this node runs",
+            build_info,
+        );
+        root.register_collector(Box::new(crate::process::ProcessCollector));
         Self {
             registry: root,
             requests,
@@ -766,7 +846,7 @@ fn per_level<M: EncodeMetric + TypedMetric>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
     use super::*;
 
@@ -783,6 +863,9 @@ mod tests {
         m.hints().stored();
         m.hints().dropped(HintDrop::over_bound);
         m.hints().set_pending("node2", 4096);
+        m.gossip()
+            .set_members([("AVAILABLE", "UP", 2), ("AVAILABLE", "DOWN", 1)]);
+        m.request(Op::put, 503, 9.5);
         let mut stats = Stats::default();
         stats.levels = vec![LevelStats::default(); 2];
         stats.flushes = 5;
@@ -815,11 +898,31 @@ mod tests {
             "strata_engine_stall_stop_seconds_total 1.5",
             "strata_engine_background_error 0",
             "strata_engine_compaction_filter_removed_total 7",
+            "kvnode_members{state=\"AVAILABLE\",status=\"DOWN\"} 1",
+            "kvnode_build_info{version=\"",
+            "# TYPE process_cpu_seconds counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_open_fds gauge",
+            // A request that ran to the 10 s timeout has a bucket of its own.
+            "kvnode_request_duration_seconds_bucket{le=\"13.1072\",op=\"put\"} 1",
+            "kvnode_request_duration_seconds_bucket{le=\"6.5536\",op=\"put\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
         // One exposition: the EOF marker once, last, after every family.
         assert_eq!(text.matches("# EOF").count(), 1);
         assert!(text.ends_with("\n# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn latency_buckets_reach_the_request_timeout() {
+        let buckets = latency_buckets(Duration::from_secs(10));
+        assert_eq!(buckets.len(), 19);
+        let (last, below) = (buckets[18], buckets[17]);
+        assert!(last >= 10.0 && below < 10.0, "{buckets:?}");
+        // A shorter timeout gets fewer buckets, never one short of it.
+        let short = latency_buckets(Duration::from_millis(300));
+        assert!(*short.last().unwrap() >= 0.3);
+        assert_eq!(latency_buckets(Duration::ZERO), [FIRST_LATENCY_BUCKET_SECS]);
     }
 }

@@ -44,6 +44,7 @@ use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::http::HttpPeer;
 use crate::peer::Peer;
+use crate::readiness::Readiness;
 use crate::repair::metered::MeteredPeer;
 use crate::repair::Repairer;
 use crate::storage::{Storage, StorageError};
@@ -154,6 +155,9 @@ struct DataDir {
     tokens: Vec<u64>,
     /// The members this node knows were removed for good.
     removals: Vec<Removal>,
+    /// Whether this run has peers to hear before it is ready: other seeds,
+    /// or a cluster it served in before.
+    expects_peers: bool,
 }
 
 impl DataDir {
@@ -194,6 +198,7 @@ impl DataDir {
         };
         Ok(Self {
             marker_path,
+            expects_peers: !alone || marker.is_some(),
             marker,
             storage,
             initial,
@@ -221,18 +226,21 @@ impl Node {
             initial,
             tokens,
             removals,
+            expects_peers,
         } = disk;
         let progress = Arc::new(Progress::default());
-        let metrics = Arc::new(Metrics::new().with_sources(
-            {
-                let storage = storage.clone();
-                move || storage.stats()
-            },
-            {
-                let progress = progress.clone();
-                move || progress.counts()
-            },
-        ));
+        let metrics = Arc::new(
+            Metrics::with_request_timeout(config.request_timeout).with_sources(
+                {
+                    let storage = storage.clone();
+                    move || storage.stats()
+                },
+                {
+                    let progress = progress.clone();
+                    move || progress.counts()
+                },
+            ),
+        );
         let hints_dir = config.data_dir.join("hints");
         let hints = Hints::open(&hints_dir, config.hints, metrics.hints()).map_err(|e| {
             NodeError::Hints {
@@ -330,6 +338,10 @@ impl Node {
             "health",
             publish_health(membership.clone(), storage.clone(), config.gossip_interval),
         );
+        tasks.spawn(
+            "publish_load",
+            publish_load(membership.clone(), storage.clone()),
+        );
         let repair_peer: Arc<dyn Peer> = Arc::new(MeteredPeer::new(
             peer.clone(),
             throttle.clone(),
@@ -407,6 +419,7 @@ impl Node {
             tasks,
             stop: stop.clone(),
             verifier,
+            readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
         };
         Ok(Self {
             config,
@@ -515,5 +528,20 @@ async fn publish_health(membership: Arc<Membership>, storage: Storage, every: st
     loop {
         tick.tick().await;
         membership.set_health(storage.write_error()).await;
+    }
+}
+
+/// Publishes this node's table + WAL bytes in gossip, for `kvnode status`
+/// on every member.
+async fn publish_load(membership: Arc<Membership>, storage: Storage) {
+    let mut tick = tokio::time::interval(crate::vitals::LOAD_PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let storage = storage.clone();
+        // A directory listing: off the async threads.
+        if let Ok(usage) = tokio::task::spawn_blocking(move || storage.disk_usage()).await {
+            membership.publish_load(usage.total()).await;
+        }
     }
 }

@@ -342,6 +342,22 @@ pub struct RetainStopped {
     pub reason: String,
 }
 
+/// What a node's engine holds on disk (the load of `kvnode status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DiskUsage {
+    /// Bytes of live tables.
+    pub tables: u64,
+    /// Bytes of write-ahead logs.
+    pub wal: u64,
+}
+
+impl DiskUsage {
+    /// Tables and logs together.
+    pub fn total(self) -> u64 {
+        self.tables.saturating_add(self.wal)
+    }
+}
+
 /// The node's engine, addressed by user keys and merged by last-writer-wins.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -496,6 +512,23 @@ impl Storage {
     /// The engine's report: tree shape, I/O, stalls, bloom verdicts.
     pub fn stats(&self) -> strata_engine::Stats {
         self.db.stats()
+    }
+
+    /// The bytes the engine holds on disk: live tables (from the version
+    /// the engine reads through) and write-ahead logs (from the directory,
+    /// since a log's size is not in the engine's statistics).
+    pub fn disk_usage(&self) -> DiskUsage {
+        let tables = self.db.stats().levels.iter().map(|l| l.bytes).sum();
+        let wal = std::fs::read_dir(self.db.path())
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        DiskUsage { tables, wal }
     }
 
     /// Why the engine refuses writes, if it does: `retrying: ...` for a full

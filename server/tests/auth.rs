@@ -34,6 +34,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("PUT", "/block/{*id}", Write),
         ("DELETE", "/block/{*id}", Write),
         ("GET", "/v1/cluster", Admin),
+        ("GET", "/v1/ring", Admin),
         ("GET", "/v1/node", Admin),
         ("GET", "/health", Open),
         ("GET", "/ready", Open),

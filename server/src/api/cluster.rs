@@ -1,6 +1,7 @@
-//! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/node`,
-//! `GET /health` (the process answers), `GET /ready` (this node is
-//! AVAILABLE), `GET /metrics` (Prometheus text), and
+//! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/ring`
+//! ([`report`](super::report) has both documents), `GET /v1/node`,
+//! `GET /health` (the process answers), `GET /ready` (this node can serve
+//! QUORUM), `GET /metrics` (Prometheus text), and
 //! the operator's routes, each taking an admin token or a request signed
 //! under the cluster secret ([`access`](super::access)):
 //! `POST /admin/v1/decommission` (this node hands its ranges over and
@@ -17,10 +18,10 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 
+use super::report::{ClusterReport, MemberReport, RemovedReport, RingReport, RingToken};
 use super::{ApiError, AppState};
-use crate::membership::NodeState;
+use crate::membership::ring_digest;
 use crate::stream::handoff;
 use crate::stream::plan::waiting_for;
 
@@ -33,46 +34,56 @@ pub const COMPACT_PATH: &str = "/admin/v1/compact";
 /// Path of the removenode route; the member's id follows, as one segment.
 pub const REMOVENODE_PATH: &str = "/admin/v1/removenode";
 
-/// One member in `/v1/cluster`.
-#[derive(Debug, Serialize)]
-pub struct MemberReport {
-    id: String,
-    state: &'static str,
-    /// `UP` or `DOWN`, as this node's failure detector sees it.
-    status: &'static str,
-    http_addr: String,
-    tokens: usize,
-    /// Fraction of the token space it holds a replica of (sums to
-    /// `min(rf, ring members)` over the ring); `null` when not in the ring.
-    ownership: Option<f64>,
-    /// Why its engine refuses writes, as it publishes; `null` when healthy.
-    degraded: Option<String>,
-}
-
 /// `GET /v1/cluster`.
-pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub async fn cluster(State(state): State<AppState>) -> Json<ClusterReport> {
     let view = state.membership.view();
     let rf = state.config.replication_factor;
     let ownership = view.ring.as_ref().map(|r| r.ownership(rf));
-    let members: Vec<MemberReport> = view
+    let me = state.membership.self_id();
+    let now_ms = unix_ms();
+    let members = view
         .members
         .values()
-        .map(|m| MemberReport {
-            id: m.id.to_string(),
-            state: m.state.as_str(),
-            status: if m.live { "UP" } else { "DOWN" },
-            http_addr: m.http_addr.to_string(),
-            tokens: m.tokens.len(),
-            ownership: ownership.as_ref().and_then(|o| o.get(&m.id)),
-            degraded: m.degraded.clone(),
+        .map(|m| {
+            let (version, load_bytes, last_heard_ms) = if m.id == *me {
+                (
+                    Some(env!("CARGO_PKG_VERSION").to_owned()),
+                    Some(state.storage.disk_usage().total()),
+                    Some(0),
+                )
+            } else {
+                let vitals = state.membership.vitals(&m.id);
+                (
+                    vitals.as_ref().and_then(|v| v.version.clone()),
+                    vitals.as_ref().and_then(|v| v.load),
+                    vitals.map(|v| u64::try_from(v.last_heard.as_millis()).unwrap_or(u64::MAX)),
+                )
+            };
+            MemberReport {
+                id: m.id.to_string(),
+                state: m.state.as_str().to_owned(),
+                status: status(m.live).to_owned(),
+                http_addr: m.http_addr.to_string(),
+                tokens: m.tokens.len(),
+                ownership: ownership.as_ref().and_then(|o| o.get(&m.id)),
+                degraded: m.degraded.clone(),
+                version,
+                load_bytes,
+                uptime_secs: m.live.then(|| now_ms.saturating_sub(m.generation) / 1000),
+                last_heard_ms,
+            }
         })
         .collect();
     // Who still has to take a removed member's ranges over.
-    let removed: Vec<serde_json::Value> = view
+    let removed = view
         .removed
         .values()
-        .map(|r| {
-            let waiting: Vec<String> = r
+        .map(|r| RemovedReport {
+            id: r.removal.id.to_string(),
+            removal: r.removal.to_string(),
+            state: r.last.state.as_str().to_owned(),
+            status: status(r.last.live).to_owned(),
+            waiting_for: r
                 .rings(view.ring.as_ref())
                 .map(|(before, after)| {
                     waiting_for(&view.members, &before, &after, rf, &r.removal.incarnation())
@@ -80,23 +91,60 @@ pub async fn cluster(State(state): State<AppState>) -> Json<serde_json::Value> {
                 .unwrap_or_default()
                 .iter()
                 .map(ToString::to_string)
-                .collect();
-            serde_json::json!({
-                "id": r.removal.id.as_str(),
-                "removal": r.removal.to_string(),
-                "state": r.last.state.as_str(),
-                "status": if r.last.live { "UP" } else { "DOWN" },
-                "waiting_for": waiting,
+                .collect(),
+        })
+        .collect();
+    Json(ClusterReport {
+        cluster_id: state.config.cluster_id.clone(),
+        coordinator: view.self_id.to_string(),
+        replication_factor: rf.get(),
+        members,
+        removed,
+    })
+}
+
+/// `GET /v1/ring`.
+pub async fn ring(State(state): State<AppState>) -> Json<RingReport> {
+    let view = state.membership.view();
+    let mut tokens: Vec<RingToken> = view
+        .ring
+        .iter()
+        .flat_map(|ring| {
+            ring.members().iter().flat_map(move |m| {
+                m.tokens
+                    .iter()
+                    // A token two members claim belongs to one of them only.
+                    .filter(move |&&t| *ring.token_owner(t) == m.id)
+                    .map(move |&token| RingToken {
+                        token,
+                        owner: m.id.to_string(),
+                    })
             })
         })
         .collect();
-    Json(serde_json::json!({
-        "cluster_id": state.config.cluster_id,
-        "coordinator": view.self_id.as_str(),
-        "replication_factor": rf.get(),
-        "members": members,
-        "removed": removed,
-    }))
+    tokens.sort_by_key(|t| t.token);
+    tokens.dedup_by_key(|t| t.token);
+    Json(RingReport {
+        ring_digest: ring_digest(view.ring.as_ref()),
+        replication_factor: state.config.replication_factor.get(),
+        tokens,
+    })
+}
+
+/// How a failure detector verdict reads in reports.
+fn status(live: bool) -> &'static str {
+    if live {
+        "UP"
+    } else {
+        "DOWN"
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of gossip generations.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `GET /v1/node`: this node, with its engine's report under `"engine"`.
@@ -121,6 +169,9 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "ownership": ownership,
         "version": env!("CARGO_PKG_VERSION"),
         "client_auth": client_auth(&state),
+        "uptime_secs": unix_ms().saturating_sub(state.membership.generation()) / 1000,
+        "disk": state.storage.disk_usage(),
+        "not_ready": not_ready(&state),
         "engine": engine_json(&state.storage.stats()),
     }))
 }
@@ -179,10 +230,9 @@ pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /ready`: 200 only when this node is AVAILABLE and its engine takes
-/// writes.
+/// `GET /ready`: 200 only when this node's engine takes writes and it can
+/// serve QUORUM for its ranges ([`readiness`](crate::readiness)).
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let node_state = state.membership.state();
     if let Some(reason) = state.storage.write_error() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -191,16 +241,27 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         )
         .into_response();
     }
-    if node_state == NodeState::Available {
-        Json(serde_json::json!({ "status": "ready", "state": node_state.as_str() })).into_response()
-    } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!("node is {}", node_state.as_str()),
-        )
-        .into_response()
+    let node_state = state.membership.state();
+    match not_ready(&state) {
+        None => Json(serde_json::json!({ "status": "ready", "state": node_state.as_str() }))
+            .into_response(),
+        Some(reason) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response()
+        }
     }
+}
+
+/// Why this node is not ready, if it is not (the engine's health apart).
+fn not_ready(state: &AppState) -> Option<String> {
+    state
+        .readiness
+        .check(
+            state.membership.state(),
+            &state.membership.view(),
+            state.config.replication_factor,
+        )
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// `GET /metrics`: Prometheus text exposition, the engine's statistics included.

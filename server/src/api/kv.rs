@@ -104,27 +104,26 @@ pub fn check_key(state: &AppState, key: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The query parameters the client routes read; others are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+struct LevelQuery {
+    consistency: Option<String>,
+}
+
 /// The `consistency` query parameter; QUORUM when absent. Other parameters
 /// are ignored.
 pub fn consistency(query: Option<&str>) -> Result<Consistency, ApiError> {
-    let Some(query) = query else {
+    let query: LevelQuery = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| ApiError::bad_request("bad_query", format!("query string: {e}")))?;
+    let Some(value) = query.consistency else {
         return Ok(Consistency::Quorum);
     };
-    let mut level = Consistency::Quorum;
-    for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name != "consistency" {
-            continue;
-        }
-        let value = percent_decode_str(value).decode_utf8_lossy();
-        level = Consistency::parse(&value).ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_consistency",
-                format!("consistency must be one, quorum or all, not {value:?}"),
-            )
-        })?;
-    }
-    Ok(level)
+    Consistency::parse(&value).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_consistency",
+            format!("consistency must be one, quorum or all, not {value:?}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -145,5 +144,13 @@ mod tests {
         ));
         assert!(consistency(Some("consistency=two")).is_err());
         assert!(consistency(Some("consistency")).is_err());
+        // Percent-encoded and `+`-encoded values decode like any form.
+        assert!(matches!(
+            consistency(Some("consistency=%71uorum")),
+            Ok(Consistency::Quorum)
+        ));
+        assert!(consistency(Some("consistency=all+")).is_err());
+        // A level given twice is ambiguous: refused, not last-one-wins.
+        assert!(consistency(Some("consistency=one&consistency=all")).is_err());
     }
 }

@@ -2,8 +2,9 @@
 //! error type, and the middleware that bounds and measures every request.
 //!
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
-//! APIs), `cluster` (cluster, node, health, readiness, metrics, and the
-//! operator's decommission, clean-up, compaction and removenode),
+//! APIs), `cluster` (cluster, ring, node, health, readiness, metrics, and
+//! the operator's decommission, clean-up, compaction and removenode;
+//! [`report`] types the cluster and ring documents),
 //! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
 //! admin); `budget` is the byte budget of bodies in flight; [`access`] says
 //! who may call what.
@@ -24,6 +25,7 @@ pub(crate) mod compat;
 pub mod internal;
 pub(crate) mod kv;
 pub(crate) mod repair;
+pub mod report;
 pub(crate) mod stream;
 
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub struct AppState {
     /// Checks requests signed under the cluster secret, and remembers their
     /// nonces.
     pub(crate) verifier: Arc<RequestVerifier>,
+    /// Whether this node can serve QUORUM (`/ready`).
+    pub(crate) readiness: Arc<crate::readiness::Readiness>,
 }
 
 /// One route: its method, its path pattern (axum's syntax), who may call it
@@ -134,6 +138,7 @@ fn routes() -> Vec<Route> {
             delete(kv::delete_value),
         ),
         Route::new(Admin, "/v1/cluster", Method::GET, get(cluster::cluster)),
+        Route::new(Admin, "/v1/ring", Method::GET, get(cluster::ring)),
         Route::new(Admin, "/v1/node", Method::GET, get(cluster::node)),
         Route::new(Open, "/health", Method::GET, get(cluster::health)),
         Route::new(Open, "/ready", Method::GET, get(cluster::ready)),
@@ -401,7 +406,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_repair
     } else if matches!(
         path,
-        "/v1/cluster" | "/v1/node" | "/health" | "/ready" | "/metrics"
+        "/v1/cluster" | "/v1/ring" | "/v1/node" | "/health" | "/ready" | "/metrics"
     ) || path == cluster::DECOMMISSION_PATH
         || path == cluster::CLEANUP_PATH
         || path

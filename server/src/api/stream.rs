@@ -12,7 +12,6 @@ use strata_ring::TokenRange;
 use tokio::sync::mpsc;
 
 use super::{ApiError, AppState};
-use crate::peer::wire::decode_hex;
 use crate::stream::sender;
 
 /// The stream route's query.
@@ -33,7 +32,7 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let after = match &q.after {
         Some(hex) => {
-            Some(decode_hex(hex).ok_or_else(|| ApiError::bad_request("bad_after", "not hex"))?)
+            Some(hex::decode(hex).map_err(|_| ApiError::bad_request("bad_after", "not hex"))?)
         }
         None => None,
     };

@@ -58,7 +58,7 @@ use parking_lot::Mutex;
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
-use super::{decode_hex, encode_hex, ClusterSecret};
+use super::ClusterSecret;
 use crate::hlc::WallClock;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -186,7 +186,7 @@ impl RequestSigner {
         format!(
             "{SCHEME} id={}, ts={ts}, nonce={nonce:032x}, sig={}",
             utf8_percent_encode(&self.sender, ID_ENCODE),
-            encode_hex(&sig.into_bytes())
+            hex::encode(sig.into_bytes())
         )
     }
 
@@ -284,7 +284,8 @@ impl Claim {
         }
         let nonce =
             u128::from_str_radix(nonce, 16).map_err(|_| SignatureError::Malformed("nonce"))?;
-        let sig = decode_hex(field("sig")?)
+        let sig = hex::decode(field("sig")?)
+            .ok()
             .filter(|s| s.len() == 32)
             .ok_or(SignatureError::Malformed("sig"))?;
         if fields.next().is_some() {

@@ -30,8 +30,6 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use super::{decode_hex, encode_hex};
-
 /// What a token may do. Ordered: each role includes those below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
@@ -160,7 +158,8 @@ impl Tokens {
                 )));
             };
             let role: Role = role.parse().map_err(refuse)?;
-            let digest: [u8; 32] = decode_hex(digest)
+            let digest: [u8; 32] = hex::decode(digest)
+                .ok()
                 .and_then(|d| d.try_into().ok())
                 .ok_or_else(|| {
                     refuse(format!(
@@ -229,8 +228,8 @@ pub fn create(name: &str, role: Role) -> Result<(String, String), String> {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = format!("kvt_{}", encode_hex(&bytes));
-    let line = format!("{name} {role} {}", encode_hex(&Sha256::digest(&token)));
+    let token = format!("kvt_{}", hex::encode(bytes));
+    let line = format!("{name} {role} {}", hex::encode(Sha256::digest(&token)));
     Ok((token, line))
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use strata_ring::TokenRange;
 
 use super::repair::{DigestAnswer, DigestRequest, PullRequest, DIGEST_PATH, REPAIR_PULL_PATH};
-use super::wire::{encode_hex, APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
+use super::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::auth::request::RequestSigner;
 use crate::auth::ClusterSecret;
@@ -129,7 +129,7 @@ impl Peer for HttpPeer {
         );
         if let Some(a) = after {
             url.push_str("&after=");
-            url.push_str(&encode_hex(a));
+            url.push_str(&hex::encode(a));
         }
         let response = self.send(self.client.get(url)).await?;
         refused(&response)?;

@@ -35,7 +35,7 @@
 //! # `GET /internal/v1/stream?start=S&end=E[&after=HEX]`
 //!
 //! The token range `(S, E]` as [`frames`](super::frames); `after` is an
-//! engine key in lower-case hex ([`encode_hex`]).
+//! engine key in lower-case hex.
 
 use bytes::Bytes;
 
@@ -177,10 +177,6 @@ pub fn decode_apply_batch(body: &[u8]) -> Result<Vec<Entry>, WireError> {
         }
     }
 }
-
-// One hex codec for the crate, in its bottom layer; re-exported here, where
-// the stream's `after` parameter uses it.
-pub use crate::auth::{decode_hex, encode_hex};
 
 #[cfg(test)]
 mod tests {

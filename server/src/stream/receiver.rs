@@ -12,7 +12,6 @@ use crate::hlc::Hlc;
 use crate::membership::MemberInfo;
 use crate::metrics::Metrics;
 use crate::peer::frames::{Decoder, Frame, FrameError};
-use crate::peer::wire::encode_hex;
 use crate::peer::{Peer, PeerError};
 use crate::storage::{Storage, StorageError};
 use crate::throttle::Throttle;
@@ -164,7 +163,7 @@ impl Receiver {
                         Err(e) => {
                             tracing::warn!(
                                 source = %source.id, %round, %attempt, error = %e,
-                                resume_after = after.as_deref().map(encode_hex),
+                                resume_after = after.as_deref().map(hex::encode),
                                 "stream attempt failed; resuming"
                             );
                             self.metrics.stream_retry();

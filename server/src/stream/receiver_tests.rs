@@ -25,7 +25,7 @@ use crate::auth::ClusterSecret;
 use crate::membership::NodeState;
 use crate::peer::frames::{end_frame, FrameBuilder, HEADER_LEN};
 use crate::peer::http::HttpPeer;
-use crate::peer::wire::{decode_hex, STREAM_PATH};
+use crate::peer::wire::STREAM_PATH;
 use crate::storage::{engine_key, Record};
 
 /// Entries per frame the stub sends: small, so a range is many frames.
@@ -141,7 +141,7 @@ async fn serve(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let range = TokenRange::new(q["start"].parse().unwrap(), q["end"].parse().unwrap());
-    let after = q.get("after").map(|h| decode_hex(h).unwrap());
+    let after = q.get("after").map(|h| hex::decode(h).unwrap());
     stub.afters.lock().push(after.clone());
     let act = {
         let mut script = stub.script.lock();

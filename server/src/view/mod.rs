@@ -33,6 +33,15 @@ pub(crate) enum NodeState {
 }
 
 impl NodeState {
+    /// Every state, in lifecycle order.
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Joining,
+        Self::Bootstrapping,
+        Self::Available,
+        Self::Leaving,
+        Self::Left,
+    ];
+
     /// The published name.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

@@ -1,15 +1,24 @@
 //! `kvnode`: parses arguments, sets up logging and hands over to the library
 //! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
-//! commands against a node or its data dir), [`token`] (client tokens).
+//! commands against a node or its data dir), [`status`] (read-only views of
+//! a running cluster), [`token`] (client tokens), or shell completions.
+//!
+//! Exit codes: 0 on success, 1 on any error (a usage error too); `status`
+//! and `info` also exit with 2 when the cluster or node is not healthy
+//! ([`status`] says when).
 
 mod admin;
 mod demo;
+mod status;
 mod token;
+
+use std::process::ExitCode;
 
 use admin::{AdminArgs, AntiEntropyArgs, RemoveArgs, RepairArgs};
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use demo::DemoArgs;
+use status::{VersionArgs, ViewArgs};
 use strata_server::config::{Config, Settings};
 
 /// A ring-routed, replicated HTTP key-value node.
@@ -42,10 +51,49 @@ enum Command {
     RepairEngine(RepairArgs),
     /// Client tokens for --auth-tokens-file.
     Token(token::TokenArgs),
+    /// One line per member as a node sees it: state (UN, DN, UJ, UL),
+    /// address, load, ownership, version, uptime, last heard. Exits 2 if
+    /// some member is not UN or is degraded.
+    Status(ViewArgs),
+    /// The ring's tokens and their owners.
+    Ring(ViewArgs),
+    /// One node in depth: readiness, disk, engine levels, compaction
+    /// backlog, hints, repair, streaming. Exits 2 if the node is not ready.
+    Info(ViewArgs),
+    /// This build's version, and a node's.
+    Version(VersionArgs),
+    /// Print a shell completion script (e.g. `kvnode completions bash >
+    /// /etc/bash_completion.d/kvnode`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(status::EXIT_ERROR)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error exits 1 like any other, not clap's 2: 2 says "not
+        // healthy" to scripts (see `status`). Help and --version exit 0.
+        Err(e) => {
+            let _ = e.print();
+            return Ok(ExitCode::from(if e.use_stderr() {
+                status::EXIT_ERROR
+            } else {
+                status::EXIT_OK
+            }));
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
@@ -58,21 +106,39 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
+        let done = ExitCode::SUCCESS;
         match cli.command {
-            Some(Command::Demo(args)) => Ok(demo::run(args).await?),
-            Some(Command::Decommission(args)) => Ok(admin::decommission(args).await?),
-            Some(Command::Removenode(args)) => Ok(admin::removenode(args).await?),
-            Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await?),
-            Some(Command::Repair(args)) => Ok(admin::repair(args).await?),
-            Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args)?),
-            Some(Command::Token(args)) => token::run(args).map_err(anyhow::Error::msg),
+            Some(Command::Demo(args)) => Ok(demo::run(args).await.map(|()| done)?),
+            Some(Command::Decommission(args)) => {
+                Ok(admin::decommission(args).await.map(|()| done)?)
+            }
+            Some(Command::Removenode(args)) => Ok(admin::removenode(args).await.map(|()| done)?),
+            Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await.map(|()| done)?),
+            Some(Command::Repair(args)) => Ok(admin::repair(args).await.map(|()| done)?),
+            Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args).map(|()| done)?),
+            Some(Command::Token(args)) => {
+                token::run(args).map(|()| done).map_err(anyhow::Error::msg)
+            }
+            Some(Command::Status(args)) => Ok(status::status(args).await?),
+            Some(Command::Ring(args)) => Ok(status::ring(args).await?),
+            Some(Command::Info(args)) => Ok(status::info(args).await?),
+            Some(Command::Version(args)) => Ok(status::version(args).await?),
+            Some(Command::Completions { shell }) => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "kvnode",
+                    &mut std::io::stdout(),
+                );
+                Ok(done)
+            }
             None => {
                 let config = Config::load(cli.node)?;
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
                 strata_server::run(config, listener, shutdown_signal()).await?;
-                Ok(())
+                Ok(done)
             }
         }
     })

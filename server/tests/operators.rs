@@ -1,0 +1,184 @@
+//! Operator tools against real clusters: `kvnode status`, `ring`, `info`
+//! and `completions` run as an operator runs them (the binary, its output,
+//! its exit code), and `/ready` on a restarted node, which must not say
+//! ready before the node can take a QUORUM write.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, SERIAL};
+use strata_server::api::report::ClusterReport;
+
+/// Runs `kvnode ARGS`; its exit code and stdout (stderr appended).
+async fn kvnode(args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The `kvnode status` line of member `id`.
+fn line_of<'a>(table: &'a str, id: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(id))
+        .unwrap_or_else(|| panic!("no line for {id} in\n{table}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_killed_node_down_and_exits_2() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3).await;
+    let node1 = cluster.nodes[0].http.to_string();
+    for i in 0..3 {
+        cluster
+            .write_retrying(i, &format!("k{i}"), Some(b"v"), "all", 50)
+            .await;
+    }
+
+    let (code, table) = kvnode(&["status", "--node", &node1]).await;
+    assert_eq!(code, 0, "{table}");
+    for node in &cluster.nodes {
+        let line = line_of(&table, &node.id);
+        assert!(line.starts_with("UN "), "{line}");
+        assert!(line.contains(&node.http.to_string()), "{line}");
+        assert!(line.contains("100.0%"), "rf 3 of 3 nodes: {line}");
+        assert!(line.contains(env!("CARGO_PKG_VERSION")), "{line}");
+    }
+
+    // Every member's load, version and uptime reach node1 by gossip.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        let (code, json) = kvnode(&["status", "--node", &node1, "--json"]).await;
+        assert_eq!(code, 0, "{json}");
+        let report: ClusterReport = serde_json::from_str(&json).expect("--json parses");
+        // Republished every 5 s: the writes above show within that.
+        if report
+            .members
+            .iter()
+            .all(|m| m.load_bytes.is_some_and(|b| b > 0))
+        {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "loads never arrived: {json}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report.members.len(), 3);
+    assert_eq!(report.coordinator, "node1");
+    for m in &report.members {
+        assert_eq!(m.version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        assert!(
+            m.uptime_secs.is_some() && m.last_heard_ms.is_some(),
+            "{m:?}"
+        );
+    }
+
+    cluster.nodes[2].kill();
+    cluster.wait_for_status(0, 2, "DOWN").await;
+    let (code, table) = kvnode(&["status", "--node", &node1]).await;
+    assert_eq!(code, 2, "a member is down: {table}");
+    let down = line_of(&table, "node3");
+    assert!(down.starts_with("DN "), "{down}");
+    assert!(line_of(&table, "node2").starts_with("UN "), "{table}");
+    eprintln!("kvnode status with node3 killed:\n{table}");
+
+    let (code, ring) = kvnode(&["ring", "--node", &node1]).await;
+    assert_eq!(code, 0, "{ring}");
+    let tokens: usize = ring
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|t| t.parse::<u64>().is_ok())
+        })
+        .count();
+    assert!(tokens >= 3, "{ring}");
+    assert!(
+        ring.lines()
+            .any(|l| l.contains("node3") && l.ends_with("DN")),
+        "{ring}"
+    );
+
+    // node1 still has a quorum (2 of 3) for every range: ready, exit 0.
+    let (code, info) = kvnode(&["info", "--node", &node1]).await;
+    assert_eq!(code, 0, "{info}");
+    assert!(info.contains("AVAILABLE (ready)"), "{info}");
+    assert!(info.contains("Compaction due"), "{info}");
+
+    // A node that does not answer is an error: exit 1.
+    let gone = cluster.nodes[2].http.to_string();
+    let (code, text) = kvnode(&["status", "--node", &gone]).await;
+    assert_eq!(code, 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_generate_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef kvnode"),
+        ("fish", "complete -c kvnode"),
+    ] {
+        let (code, script) = kvnode(&["completions", shell]).await;
+        assert_eq!(code, 0, "{script}");
+        assert!(script.contains(marker), "{shell}: {script}");
+        for sub in ["status", "ring", "info", "decommission"] {
+            assert!(script.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    let (code, text) = kvnode(&["completions", "tcsh"]).await;
+    // A usage error is an error (1), never "not healthy" (2).
+    assert_eq!(code, 1, "{text}");
+}
+
+/// A restarted node answers `/ready` 200 only once a QUORUM write through
+/// it succeeds: the first write after the first 200 must not be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_ready_only_when_it_can_serve_quorum() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3).await;
+    for round in 0..3 {
+        cluster.nodes[2].kill();
+        let restarted = Instant::now();
+        cluster.nodes[2].restart();
+        let mut not_ready = 0;
+        let ready_after = loop {
+            if cluster.is_ready(2).await {
+                break restarted.elapsed();
+            }
+            not_ready += 1;
+            assert!(
+                restarted.elapsed() < Duration::from_secs(30),
+                "node3 never ready after its restart"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let key = format!("after-restart-{round}");
+        let written = Instant::now();
+        let r = cluster.put(2, &key, b"v", "quorum").await;
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(
+            status, 204,
+            "round {round}: the first QUORUM write after /ready said 200: {body}"
+        );
+        eprintln!(
+            "round {round}: ready {ready_after:?} after the restart ({not_ready} polls said 503), \
+             first QUORUM write took {:?}",
+            written.elapsed()
+        );
+        let r = cluster.get(0, &key, "quorum").await;
+        assert_eq!(r.status(), 200, "round {round}: {key} reads back");
+    }
+    let log = cluster.nodes[2].log_text();
+    assert!(log.contains("membership settled"), "{log}");
+}
