@@ -203,6 +203,31 @@ async fn every_route_answers_each_credential_as_its_access_says() {
         .await
         .unwrap();
     assert_eq!(get.bytes().await.unwrap(), "v");
+
+    // The operator's views need the admin token once tokens exist.
+    let addr = node.http.to_string();
+    let status = |token: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvnode"));
+        cmd.args(["status", "--node", &addr])
+            .env_remove("KVNODE_TOKEN");
+        if let Some(t) = token {
+            cmd.env("KVNODE_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = status(None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let read_only = status(Some(&tokens[&Role::Read]));
+    assert_eq!(read_only.status.code(), Some(1));
+    let shown = status(Some(&tokens[&Role::Admin]));
+    assert_eq!(
+        shown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("UN"));
 }
 
 /// Runs `kvnode` with `args` and `env` until it exits (20 s at most); its

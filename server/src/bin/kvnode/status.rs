@@ -46,6 +46,9 @@ pub struct ViewArgs {
     /// Print the node's JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// An admin client token, for a node started with --auth-tokens-file.
+    #[arg(long, env = "KVNODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Why a view could not be shown.
@@ -86,17 +89,21 @@ pub enum ViewError {
 
 /// GETs `path` from `node` and parses the JSON answer. Every request of
 /// these views goes through here.
-pub async fn get_json<T: DeserializeOwned>(node: SocketAddr, path: &str) -> Result<T, ViewError> {
+pub async fn get_json<T: DeserializeOwned>(
+    node: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<T, ViewError> {
     let http = |source| ViewError::Http { node, source };
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(http)?;
-    let response = client
-        .get(format!("http://{node}{path}"))
-        .send()
-        .await
-        .map_err(http)?;
+    let mut request = client.get(format!("http://{node}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(http)?;
     let status = response.status();
     let body = response.bytes().await.map_err(http)?;
     if !status.is_success() {
@@ -116,7 +123,7 @@ pub async fn get_json<T: DeserializeOwned>(node: SocketAddr, path: &str) -> Resu
 
 /// `kvnode status`.
 pub async fn status(args: ViewArgs) -> Result<ExitCode, ViewError> {
-    let cluster: ClusterReport = get_json(args.node, "/v1/cluster").await?;
+    let cluster: ClusterReport = get_json(args.node, "/v1/cluster", args.token.as_deref()).await?;
     if args.json {
         println!("{}", pretty(&cluster));
     } else {
@@ -132,11 +139,12 @@ pub async fn status(args: ViewArgs) -> Result<ExitCode, ViewError> {
 
 /// `kvnode ring`.
 pub async fn ring(args: ViewArgs) -> Result<ExitCode, ViewError> {
-    let ring: RingReport = get_json(args.node, "/v1/ring").await?;
+    let ring: RingReport = get_json(args.node, "/v1/ring", args.token.as_deref()).await?;
     if args.json {
         println!("{}", pretty(&ring));
     } else {
-        let cluster: ClusterReport = get_json(args.node, "/v1/cluster").await?;
+        let cluster: ClusterReport =
+            get_json(args.node, "/v1/cluster", args.token.as_deref()).await?;
         print!("{}", ring_table(&ring, &cluster));
     }
     Ok(ExitCode::from(EXIT_OK))
@@ -144,7 +152,7 @@ pub async fn ring(args: ViewArgs) -> Result<ExitCode, ViewError> {
 
 /// `kvnode info`.
 pub async fn info(args: ViewArgs) -> Result<ExitCode, ViewError> {
-    let node: Value = get_json(args.node, "/v1/node").await?;
+    let node: Value = get_json(args.node, "/v1/node", args.token.as_deref()).await?;
     if args.json {
         println!("{}", pretty(&node));
     } else {
@@ -164,13 +172,16 @@ pub struct VersionArgs {
     /// Also ask this node which version it runs.
     #[arg(long)]
     pub node: Option<SocketAddr>,
+    /// An admin client token, for a node started with --auth-tokens-file.
+    #[arg(long, env = "KVNODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `kvnode version`.
 pub async fn version(args: VersionArgs) -> Result<ExitCode, ViewError> {
     println!("kvnode {}", env!("CARGO_PKG_VERSION"));
     if let Some(addr) = args.node {
-        let node: Value = get_json(addr, "/v1/node").await?;
+        let node: Value = get_json(addr, "/v1/node", args.token.as_deref()).await?;
         println!(
             "{} at {addr}: kvnode {}",
             text(&node, "id"),
