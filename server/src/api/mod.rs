@@ -39,7 +39,7 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
-use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_PULL_REQUEST, REPAIR_PULL_PATH};
+use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST, REPAIR_ROWS_PATH};
 use crate::peer::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use crate::repair::Repairer;
 use crate::storage::Storage;
@@ -96,7 +96,7 @@ pub fn router(state: AppState) -> Router {
             post(cluster::removenode),
         )
         .route(DIGEST_PATH, post(repair::digest))
-        .route(REPAIR_PULL_PATH, post(repair::repair_pull))
+        .route(REPAIR_ROWS_PATH, post(repair::repair_rows))
         .route(repair::REPAIR_PATH, post(repair::start))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -236,8 +236,8 @@ fn route_body_limit(method: &axum::http::Method, path: &str, limits: &Limits) ->
         Some(BodyLimit::Body(limits.max_key_size))
     } else if *method == Method::POST && path == DIGEST_PATH {
         Some(BodyLimit::Body(MAX_DIGEST_REQUEST))
-    } else if *method == Method::POST && path == REPAIR_PULL_PATH {
-        Some(BodyLimit::Body(MAX_PULL_REQUEST))
+    } else if *method == Method::POST && path == REPAIR_ROWS_PATH {
+        Some(BodyLimit::Body(MAX_ROWS_REQUEST))
     } else if *method == Method::POST && path == repair::REPAIR_PATH {
         Some(BodyLimit::Body(repair::MAX_REPAIR_REQUEST))
     } else {
@@ -299,7 +299,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_read
     } else if path == STREAM_PATH {
         Op::internal_stream
-    } else if path == DIGEST_PATH || path == REPAIR_PULL_PATH {
+    } else if path == DIGEST_PATH || path == REPAIR_ROWS_PATH {
         Op::internal_repair
     } else if matches!(
         path,

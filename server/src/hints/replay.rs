@@ -307,7 +307,7 @@ mod tests {
     use super::*;
     use crate::config::HintLimits;
     use crate::metrics::HintMetrics;
-    use crate::peer::repair::{DigestAnswer, DigestRequest, PullRequest};
+    use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
     use crate::peer::wire::encode_apply;
     use crate::peer::{Chunks, Endpoint, PeerError};
     use crate::storage::Record;
@@ -354,11 +354,11 @@ mod tests {
             Err(PeerError::Unreachable("not in this test".into()))
         }
 
-        async fn pull_from(
+        async fn repair_rows(
             &self,
             _: Endpoint<'_>,
-            _: &PullRequest,
-        ) -> Result<Box<dyn Chunks>, PeerError> {
+            _: &RowsRequest,
+        ) -> Result<RowsAnswer, PeerError> {
             Err(PeerError::Unreachable("not in this test".into()))
         }
     }
