@@ -39,8 +39,9 @@ request = function()
   return wrk.format("PUT", "/v1/kv/load-" .. counter .. "?consistency=quorum", nil, string.rep("v", 100))
 end
 LUA
-# Writes missed-1..missed-KEYS (then wraps round), and stops once KEYS
-# answers came back; any answer but 204 is counted and reported.
+# Writes missed-1..missed-KEYS (then wraps round); once KEYS answers came
+# back it writes how many were not 204 to $dir/written, for the script to
+# stop it (wrk cannot end its own run early).
 cat >"$dir/missed.lua" <<LUA
 counter = 0
 answers = 0
@@ -52,10 +53,11 @@ end
 response = function(status, headers, body)
   answers = answers + 1
   if status ~= 204 then failed = failed + 1 end
-  if answers >= $keys then wrk.thread:stop() end
-end
-done = function(summary, latency, requests)
-  io.write("not 204: " .. failed .. "\n")
+  if answers == $keys then
+    local f = io.open("$dir/written", "w")
+    f:write(failed)
+    f:close()
+  end
 end
 LUA
 
@@ -65,8 +67,12 @@ steady=$(wrk -t1 -c16 -d"${window}s" --latency -s "$dir/load.lua" "$n2" | p99)
 kill -STOP "${pids[2]}"
 until [ "$(status_of_n3)" = DOWN ]; do sleep 0.2; done
 start=$(date +%s.%N)
-wrk -t1 -c16 -d3600s -s "$dir/missed.lua" "$n1" >"$dir/missed.txt"
-echo "wrote $keys keys at QUORUM with n3 cut off in $(echo "$(date +%s.%N) - $start" | bc) s ($(grep 'not 204' "$dir/missed.txt"))"
+wrk -t1 -c16 -d3600s -s "$dir/missed.lua" "$n1" >/dev/null &
+wrk_pid=$!
+until [ -s "$dir/written" ]; do sleep 0.2; done
+kill "$wrk_pid"
+wait "$wrk_pid" 2>/dev/null || true
+echo "wrote $keys keys at QUORUM with n3 cut off in $(echo "$(date +%s.%N) - $start" | bc) s ($(cat "$dir/written") answers not 204)"
 
 kill -CONT "${pids[2]}"
 healed=$(date +%s.%N)
