@@ -34,7 +34,7 @@
 //! node          a node's life: open the data dir, start, serve, stop; owns the tasks
 //! api/          the HTTP adapter: kv, compat, cluster (admin), internal, stream, repair, budget
 //! coordinator/  replication and consistency; its bounded background set; in-process tests
-//! repair/       anti-entropy: digest trees, the walk, the scheduler
+//! repair/       anti-entropy: digest trees, the walk, the row step, the scheduler
 //! hints/        hinted handoff: the store and its replay
 //! stream/       join (bootstrap), leave (handoff), removal take-over, clean-up, plan_pulls
 //! membership    gossip (chitchat) turned into views, published through routing

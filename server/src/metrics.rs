@@ -42,7 +42,7 @@ pub(crate) enum Op {
     internal_read,
     /// A range stream served to a bootstrapping node.
     internal_stream,
-    /// A digest or repair-pull call from a repairing replica.
+    /// A digest or repair-rows call from a repairing replica.
     internal_repair,
     /// Cluster, node, health, readiness and metrics routes.
     admin,
@@ -430,12 +430,12 @@ impl Metrics {
             ),
             (
                 "repair_digest_bytes",
-                "Body bytes of digest and repair-pull calls this node made (asked and answered)",
+                "Comparison bytes of the repairs this node made: digest bodies and the hashes and lacks bits of repair-rows bodies, asked and answered",
                 &stream.repair_digest_bytes,
             ),
             (
                 "repair_item_bytes",
-                "Stream frame bytes this node received while repairing (its own repairs and those it was asked to pull for)",
+                "Item bytes of the repairs this node made: the items repair-rows answers carried to it and the apply-batch bodies it pushed back",
                 &stream.repair_item_bytes,
             ),
         ] {
@@ -616,12 +616,12 @@ impl Metrics {
         self.stream.repair_keys.inc_by(items);
     }
 
-    /// Counts digest and repair-pull body bytes.
+    /// Counts comparison bytes of a repair (digests, row hashes).
     pub(crate) fn repair_digest_bytes(&self, bytes: u64) {
         self.stream.repair_digest_bytes.inc_by(bytes);
     }
 
-    /// Counts stream bytes received for a repair.
+    /// Counts item bytes of a repair, received or pushed.
     pub(crate) fn repair_item_bytes(&self, bytes: u64) {
         self.stream.repair_item_bytes.inc_by(bytes);
     }

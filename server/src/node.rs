@@ -351,16 +351,8 @@ impl Node {
             membership.clone(),
             storage.clone(),
             config.replication_factor,
-            (
-                repair_peer.clone(),
-                // Its own progress: repair's sub-ranges are not the bootstrap's.
-                Receiver::new(
-                    storage.clone(),
-                    repair_peer,
-                    (metrics.clone(), Arc::new(Progress::default()), hlc.clone()),
-                )
-                .throttled(throttle.clone()),
-            ),
+            repair_peer,
+            (hlc.clone(), throttle.clone()),
             metrics.clone(),
         );
         if let Some(every) = config.repair_interval {

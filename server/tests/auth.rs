@@ -50,7 +50,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("GET", "/internal/v1/tokens", Node),
         ("GET", "/internal/v1/stream", Node),
         ("POST", "/internal/v1/digest", Node),
-        ("POST", "/internal/v1/repair-pull", Node),
+        ("POST", "/internal/v1/repair-rows", Node),
     ]
     .into_iter()
     .map(|(m, p, a)| ((m.to_owned(), p.to_owned()), a))

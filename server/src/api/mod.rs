@@ -48,7 +48,7 @@ use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
-use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_PULL_REQUEST, REPAIR_PULL_PATH};
+use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST, REPAIR_ROWS_PATH};
 use crate::peer::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use crate::repair::Repairer;
 use crate::storage::Storage;
@@ -191,9 +191,9 @@ fn routes() -> Vec<Route> {
         Route::new(Node, DIGEST_PATH, Method::POST, post(repair::digest)),
         Route::new(
             Node,
-            REPAIR_PULL_PATH,
+            REPAIR_ROWS_PATH,
             Method::POST,
-            post(repair::repair_pull),
+            post(repair::repair_rows),
         ),
     ]
 }
@@ -340,8 +340,8 @@ fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<Body
         Some(BodyLimit::Body(limits.max_key_size))
     } else if *method == Method::POST && path == DIGEST_PATH {
         Some(BodyLimit::Body(MAX_DIGEST_REQUEST))
-    } else if *method == Method::POST && path == REPAIR_PULL_PATH {
-        Some(BodyLimit::Body(MAX_PULL_REQUEST))
+    } else if *method == Method::POST && path == REPAIR_ROWS_PATH {
+        Some(BodyLimit::Body(MAX_ROWS_REQUEST))
     } else if *method == Method::POST && path == repair::REPAIR_PATH {
         Some(BodyLimit::Body(repair::MAX_REPAIR_REQUEST))
     } else {
@@ -402,7 +402,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_read
     } else if path == STREAM_PATH {
         Op::internal_stream
-    } else if path == DIGEST_PATH || path == REPAIR_PULL_PATH {
+    } else if path == DIGEST_PATH || path == REPAIR_ROWS_PATH {
         Op::internal_repair
     } else if matches!(
         path,

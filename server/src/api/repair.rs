@@ -20,9 +20,8 @@ use axum::Json;
 use serde::Deserialize;
 use strata_ring::TokenRange;
 
-use super::stream::ChannelBody;
 use super::{read_body, ApiError, AppState, BodyLimit};
-use crate::peer::repair::{DigestRequest, PullRequest, MAX_DIGEST_REQUEST, MAX_PULL_REQUEST};
+use crate::peer::repair::{DigestRequest, RowsRequest, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST};
 
 /// Path of the admin repair route.
 pub const REPAIR_PATH: &str = "/admin/v1/repair";
@@ -49,23 +48,20 @@ pub(crate) async fn digest(
         .into_response())
 }
 
-/// `POST /internal/v1/repair-pull`.
-pub(crate) async fn repair_pull(
+/// `POST /internal/v1/repair-rows`.
+pub(crate) async fn repair_rows(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(body, BodyLimit::Body(MAX_PULL_REQUEST)).await?;
-    let request = PullRequest::decode(&body)
-        .map_err(|e| ApiError::bad_request("bad_repair_pull", e.to_string()))?;
-    let counts = state
+    let body = read_body(body, BodyLimit::Body(MAX_ROWS_REQUEST)).await?;
+    let request = RowsRequest::decode(&body)
+        .map_err(|e| ApiError::bad_request("bad_repair_rows", e.to_string()))?;
+    let answer = state
         .repairer
-        .pull_for(request)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_pull", e))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Body::new(ChannelBody(counts)),
-    )
-        .into_response())
+        .rows(request)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], answer).into_response())
 }
 
 /// The admin repair body.

@@ -58,7 +58,7 @@ pub async fn stream(
 
 /// A response body fed by a channel: polled by hyper only when the socket
 /// can take more, which is the flow control.
-pub(crate) struct ChannelBody(pub(crate) mpsc::Receiver<Result<Bytes, std::io::Error>>);
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
 
 impl HttpBody for ChannelBody {
     type Data = Bytes;

@@ -265,7 +265,7 @@ mod tests {
     use crate::config::HintLimits;
     use crate::hints::outbox::IN_FLIGHT;
     use crate::metrics::HintMetrics;
-    use crate::peer::repair::{DigestAnswer, DigestRequest, PullRequest};
+    use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
     use crate::peer::wire::{decode_apply_batch, encode_apply, max_batch_body};
     use crate::peer::{Chunks, Endpoint, PeerError};
     use crate::storage::Record;
@@ -336,11 +336,11 @@ mod tests {
             Err(PeerError::Unreachable("not in this test".into()))
         }
 
-        async fn pull_from(
+        async fn repair_rows(
             &self,
             _: Endpoint<'_>,
-            _: &PullRequest,
-        ) -> Result<Box<dyn Chunks>, PeerError> {
+            _: &RowsRequest,
+        ) -> Result<RowsAnswer, PeerError> {
             Err(PeerError::Unreachable("not in this test".into()))
         }
     }

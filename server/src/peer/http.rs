@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_ring::TokenRange;
 
-use super::repair::{DigestAnswer, DigestRequest, PullRequest, DIGEST_PATH, REPAIR_PULL_PATH};
+use super::repair::{
+    DigestAnswer, DigestRequest, RowsAnswer, RowsRequest, DIGEST_PATH, REPAIR_ROWS_PATH,
+};
 use super::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::auth::request::RequestSigner;
@@ -146,19 +148,21 @@ impl Peer for HttpPeer {
             .await?;
         refused(&response)?;
         let body = response.bytes().await.map_err(failure)?;
-        DigestAnswer::decode(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
+        DigestAnswer::decode(&body, request.parents.len())
+            .map_err(|e| PeerError::BadAnswer(e.to_string()))
     }
 
-    async fn pull_from(
+    async fn repair_rows(
         &self,
         to: Endpoint<'_>,
-        request: &PullRequest,
-    ) -> Result<Box<dyn Chunks>, PeerError> {
+        request: &RowsRequest,
+    ) -> Result<RowsAnswer, PeerError> {
         let response = self
-            .post(to, REPAIR_PULL_PATH, request.encode().into(), None)
+            .post(to, REPAIR_ROWS_PATH, request.encode().into(), None)
             .await?;
         refused(&response)?;
-        Ok(Box::new(Body(response)))
+        let body = response.bytes().await.map_err(failure)?;
+        RowsAnswer::decode(&body, request).map_err(|e| PeerError::BadAnswer(e.to_string()))
     }
 }
 

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_ring::{NodeId, TokenRange};
 
-use self::repair::{DigestAnswer, DigestRequest, PullRequest};
+use self::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
 use crate::storage::Record;
 
 /// The member a call goes to.
@@ -85,22 +85,23 @@ pub trait Peer: Send + Sync {
         after: Option<&[u8]>,
     ) -> Result<Box<dyn Chunks>, PeerError>;
 
-    /// The hashes of some nodes of the peer's digest tree of a range
-    /// (`repair::tree`), which it builds from one snapshot per session and
-    /// range. No deadline beyond connecting: the first call of a session
-    /// reads the whole range, and the caller bounds its wait.
+    /// The short hashes of the children of some nodes of the peer's digest
+    /// tree of a range (`repair::tree`), which it builds from one snapshot
+    /// per session and range. No deadline beyond connecting: the first call
+    /// of a session reads the whole range, and the caller bounds its wait.
     async fn digest(
         &self,
         to: Endpoint<'_>,
         request: &DigestRequest,
     ) -> Result<DigestAnswer, PeerError>;
 
-    /// Asks the peer to pull `request.ranges` from `request.from` (this
-    /// node) and apply them. The body reports each range as it finishes
-    /// ([`repair::PullCounts`]). No deadline beyond connecting.
-    async fn pull_from(
+    /// Compares this node's items of some leaves (as short hashes) with the
+    /// peer's: the answer carries the peer's items this node lacks and
+    /// marks this node's items the peer lacks. Changes nothing on the peer.
+    /// No deadline beyond connecting.
+    async fn repair_rows(
         &self,
         to: Endpoint<'_>,
-        request: &PullRequest,
-    ) -> Result<Box<dyn Chunks>, PeerError>;
+        request: &RowsRequest,
+    ) -> Result<RowsAnswer, PeerError>;
 }

@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_ring::{NodeId, TokenRange};
 
-use super::repair::{DigestAnswer, DigestRequest, PullRequest};
+use super::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
 use super::wire::{decode_apply, decode_apply_batch};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::hlc::Hlc;
@@ -383,11 +383,11 @@ impl Peer for SimPeer {
         Err(PeerError::Unreachable("repair is not simulated".to_owned()))
     }
 
-    async fn pull_from(
+    async fn repair_rows(
         &self,
         _to: Endpoint<'_>,
-        _request: &PullRequest,
-    ) -> Result<Box<dyn Chunks>, PeerError> {
+        _request: &RowsRequest,
+    ) -> Result<RowsAnswer, PeerError> {
         Err(PeerError::Unreachable("repair is not simulated".to_owned()))
     }
 }

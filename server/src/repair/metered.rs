@@ -1,9 +1,7 @@
 //! The peer that repair talks through: every body byte of its digest,
-//! repair-pull and stream calls is counted in the repair metrics, and the
-//! digest and repair-pull bytes are drawn from the node's background
-//! [`Throttle`] (stream bytes are paid by the receiver, as every stream's
-//! are), so repair traffic is both measured and bounded without the
-//! comparison knowing.
+//! repair-rows and apply-batch calls, both ways, is counted in the repair
+//! metrics and drawn from the node's background [`Throttle`], so repair
+//! traffic is both measured and bounded without the comparison knowing.
 
 use std::sync::Arc;
 
@@ -12,7 +10,7 @@ use bytes::Bytes;
 use strata_ring::TokenRange;
 
 use crate::metrics::Metrics;
-use crate::peer::repair::{DigestAnswer, DigestRequest, PullRequest};
+use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
 use crate::peer::{Chunks, Endpoint, Peer, PeerError};
 use crate::storage::Record;
 use crate::throttle::Throttle;
@@ -34,40 +32,6 @@ impl MeteredPeer {
     }
 }
 
-/// Which repair counter a body's bytes go to.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Digest,
-    Items,
-}
-
-/// A body whose chunks are counted and paid for as they arrive.
-struct MeteredChunks {
-    inner: Box<dyn Chunks>,
-    throttle: Throttle,
-    metrics: Arc<Metrics>,
-    kind: Kind,
-}
-
-#[async_trait]
-impl Chunks for MeteredChunks {
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, PeerError> {
-        let chunk = self.inner.next_chunk().await?;
-        if let Some(c) = &chunk {
-            let n = c.len() as u64;
-            match self.kind {
-                Kind::Digest => {
-                    self.metrics.repair_digest_bytes(n);
-                    self.throttle.spend(n).await;
-                }
-                // The receiver pays for stream bytes.
-                Kind::Items => self.metrics.repair_item_bytes(n),
-            }
-        }
-        Ok(chunk)
-    }
-}
-
 #[async_trait]
 impl Peer for MeteredPeer {
     async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
@@ -85,19 +49,14 @@ impl Peer for MeteredPeer {
         self.inner.read(to, key).await
     }
 
+    /// Not metered: repair does not stream.
     async fn stream(
         &self,
         to: Endpoint<'_>,
         range: TokenRange,
         after: Option<&[u8]>,
     ) -> Result<Box<dyn Chunks>, PeerError> {
-        let inner = self.inner.stream(to, range, after).await?;
-        Ok(Box::new(MeteredChunks {
-            inner,
-            throttle: self.throttle.clone(),
-            metrics: self.metrics.clone(),
-            kind: Kind::Items,
-        }))
+        self.inner.stream(to, range, after).await
     }
 
     async fn digest(
@@ -106,29 +65,29 @@ impl Peer for MeteredPeer {
         request: &DigestRequest,
     ) -> Result<DigestAnswer, PeerError> {
         // The encoded sizes are exactly the bodies' (`peer::repair`).
-        let asked = 30 + 4 * request.nodes.len() as u64;
+        let asked = 30 + 4 * request.parents.len() as u64;
         self.throttle.spend(asked).await;
         let answer = self.inner.digest(to, request).await?;
-        let answered = 8 + 8 * answer.hashes.len() as u64;
+        let answered = 8 + 4 * answer.hashes.len() as u64;
         self.metrics.repair_digest_bytes(asked + answered);
         self.throttle.spend(answered).await;
         Ok(answer)
     }
 
-    async fn pull_from(
+    async fn repair_rows(
         &self,
         to: Endpoint<'_>,
-        request: &PullRequest,
-    ) -> Result<Box<dyn Chunks>, PeerError> {
-        let asked = request.encode().len() as u64;
-        self.metrics.repair_digest_bytes(asked);
+        request: &RowsRequest,
+    ) -> Result<RowsAnswer, PeerError> {
+        let asked = 29 + 8 * request.leaves.len() as u64 + 4 * request.hashes() as u64;
         self.throttle.spend(asked).await;
-        let inner = self.inner.pull_from(to, request).await?;
-        Ok(Box::new(MeteredChunks {
-            inner,
-            throttle: self.throttle.clone(),
-            metrics: self.metrics.clone(),
-            kind: Kind::Digest,
-        }))
+        let answer = self.inner.repair_rows(to, request).await?;
+        // The answer's count and lacks bits are comparison, its batch items.
+        let bits = 4 + answer.lacks.len().div_ceil(8) as u64;
+        let items = answer.items_len as u64;
+        self.metrics.repair_digest_bytes(asked + bits);
+        self.metrics.repair_item_bytes(items);
+        self.throttle.spend(bits + items).await;
+        Ok(answer)
     }
 }

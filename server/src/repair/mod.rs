@@ -6,21 +6,24 @@
 //! The node repairing (the asker) builds the digest tree ([`tree`]) of the
 //! range from one engine snapshot and walks it top-down against the other
 //! replica's tree of the same range and depth (`POST /internal/v1/digest`,
-//! [`peer::repair`](crate::peer::repair)): the root first, then only the
-//! children of the nodes that differ. Identical replicas cost one question
-//! of 34 bytes and an answer of 16. The other replica builds its tree once
-//! per session (a random id of the asker's) and keeps it for
-//! [`TREE_TTL`], so every level is answered from the same snapshot.
+//! [`peer::repair`](crate::peer::repair)): the children of the root first,
+//! then only the children of the nodes that differ, in 4-byte hashes seeded
+//! per session. Identical replicas cost one question of 34 bytes and an
+//! answer of 24. The other replica builds its tree once per session (a
+//! random id of the asker's) and keeps it for [`TREE_TTL`], so every level
+//! is answered from the same snapshot. Its first answer carries its item
+//! count: if that calls for a deeper tree than the asker's own count did
+//! (the asker lacks most of the range), the asker starts again at that
+//! depth, so that no leaf holds many more items than [`tree::LEAF_ITEMS`].
 //!
-//! The differing leaves, neighbours merged, are token sub-ranges:
+//! The differing leaves are compared item by item ([`rows`]), a batch of
+//! leaves per call (`POST /internal/v1/repair-rows`): the asker stores what
+//! the other side had newer and pushes back (`POST /internal/v1/apply-batch`)
+//! what it lacked, so only the items that differ travel.
 //!
-//! 1. the asker pulls them from the other replica with the bootstrap
-//!    stream receiver (`stream::receiver`), applying last-writer-wins;
-//! 2. it hashes each differing leaf again over a new snapshot: a leaf that
-//!    now equals the other side's hash needed nothing from the asker (the
-//!    other side was ahead); the rest it asks the other replica to pull
-//!    back (`POST /internal/v1/repair-pull`), which that replica does with
-//!    its own receiver, newest version winning there too.
+//! Every engine byte read for a comparison (each side's tree, each side's
+//! leaves) and every body byte is drawn from the node's background
+//! [`Throttle`], shared with streams and hint replay.
 //!
 //! # Which ranges, with whom
 //!
@@ -45,26 +48,25 @@
 //! `kvnode_repair_*` metrics count ranges, items and bytes.
 
 pub(crate) mod metered;
+pub(crate) mod rows;
 pub(crate) mod tree;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
+use strata_engine::Snapshot;
 use strata_ring::{NodeId, ReplicationFactor, TokenRange};
-use tokio::sync::mpsc;
 
-use self::tree::{leaf_runs, piece, sub_range, Descent, RangeTree, MAX_TREE_ITEMS};
+use self::tree::{depth_for, piece, Descent, RangeTree, MAX_TREE_ITEMS};
+use crate::hlc::Hlc;
 use crate::membership::{MemberInfo, Membership, NodeState};
 use crate::metrics::Metrics;
-use crate::peer::repair::{
-    DigestAnswer, DigestRequest, PullCounts, PullRequest, MAX_PULL_RANGES, PULL_FAILED,
-};
+use crate::peer::repair::{DigestAnswer, DigestRequest, RowsRequest, MAX_ROW_LEAVES};
 use crate::peer::Peer;
 use crate::storage::Storage;
-use crate::stream::receiver::Receiver;
+use crate::throttle::Throttle;
 
 /// How long an answering node keeps a session's tree: the asker walks it
 /// level by level within seconds, but may pause while throttled.
@@ -72,12 +74,16 @@ const TREE_TTL: Duration = Duration::from_secs(120);
 /// Trees an answering node keeps at once (each up to ~11 MiB at the
 /// deepest): a few askers at a time.
 const TREES_KEPT: usize = 4;
-/// Longest wait for one digest answer: the first of a session reads the
-/// whole range on the other side.
-const DIGEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest silence of a repair-pull answer: the other side reports each
-/// range as it finishes, and retries a failing stream for up to ~20 s.
-const PULL_IDLE: Duration = Duration::from_secs(120);
+/// Longest wait for one digest or repair-rows answer: the first digest
+/// answer of a session reads the whole range on the other side, throttled.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Leaves asked about in the first repair-rows call of a comparison: about
+/// a batch of items' worth when each differing leaf differs in one 100-byte
+/// item.
+const FIRST_ROW_LEAVES: usize = 1024;
+/// Engine bytes read are paid to the throttle in pieces of this size: one
+/// wait per piece rather than per item.
+const READ_PAYMENT: u64 = 64 * 1024;
 
 /// Why a range could not be repaired (it is tried again next pass).
 #[derive(Debug, thiserror::Error)]
@@ -140,15 +146,17 @@ struct Kept {
     used: Instant,
 }
 
-/// Runs this node's repairs and answers other nodes' digest and pull calls.
+/// Runs this node's repairs and answers other nodes' digest and rows calls.
 pub(crate) struct Repairer {
     membership: Arc<Membership>,
     storage: Storage,
     rf: ReplicationFactor,
     /// Metered and throttled ([`metered::MeteredPeer`]).
     peer: Arc<dyn Peer>,
-    /// Pulls through the same metered peer.
-    receiver: Receiver,
+    /// Moved past the newest version received, as on any replicated apply.
+    hlc: Arc<Hlc>,
+    /// Pays for the engine bytes read (the peer pays for body bytes).
+    throttle: Throttle,
     metrics: Arc<Metrics>,
     trees: Mutex<Vec<Kept>>,
     status: Mutex<Status>,
@@ -163,12 +171,13 @@ fn unix_ms() -> u64 {
 
 impl Repairer {
     /// A repairer whose calls go through `peer` (already metered) and whose
-    /// pulls go through `receiver` (built over the same peer).
+    /// engine reads are paid to `throttle`.
     pub(crate) fn new(
         membership: Arc<Membership>,
         storage: Storage,
         rf: ReplicationFactor,
-        (peer, receiver): (Arc<dyn Peer>, Receiver),
+        peer: Arc<dyn Peer>,
+        (hlc, throttle): (Arc<Hlc>, Throttle),
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -176,7 +185,8 @@ impl Repairer {
             storage,
             rf,
             peer,
-            receiver,
+            hlc,
+            throttle,
             metrics,
             trees: Mutex::new(Vec::new()),
             status: Mutex::new(Status::default()),
@@ -302,7 +312,7 @@ impl Repairer {
         range: TokenRange,
         peers: &[NodeId],
     ) -> Result<Outcome, RepairError> {
-        let tree = self.build(range).await?;
+        let tree = self.build(range, None).await?;
         if tree.items() <= MAX_TREE_ITEMS {
             return self.repair_piece(range, peers, Some(tree)).await;
         }
@@ -343,15 +353,27 @@ impl Repairer {
                 .filter(|m| m.serving())
                 .ok_or_else(|| failed("down or not serving".into()))?;
             // A tree stays good for the next replica unless this one sent
-            // something: comparing a stale tree would pull it all again.
-            let current = match tree.take() {
+            // something: comparing a stale tree would fetch it all again.
+            let mut current = match tree.take() {
                 Some(t) => t,
-                None => self.build(range).await?,
+                None => self.build(range, None).await?,
             };
             let pulled_before = outcome.pulled;
-            self.repair_with(&current, rand::random(), member, &mut outcome)
+            if let Some(deeper) = self
+                .repair_with(&current, member, &mut outcome)
                 .await
-                .map_err(failed)?;
+                .map_err(failed)?
+            {
+                current = self.build(range, Some(deeper)).await?;
+                if self
+                    .repair_with(&current, member, &mut outcome)
+                    .await
+                    .map_err(failed)?
+                    .is_some()
+                {
+                    return Err(failed("its item count outgrew the tree twice".into()));
+                }
+            }
             if outcome.pulled == pulled_before {
                 tree = Some(current);
             }
@@ -359,115 +381,124 @@ impl Repairer {
         Ok(outcome)
     }
 
-    /// This node's tree of `range`, as of now.
-    async fn build(&self, range: TokenRange) -> Result<RangeTree, RepairError> {
-        let snapshot = self.storage.snapshot();
-        tokio::task::spawn_blocking(move || RangeTree::build(&snapshot, range, None))
+    /// This node's tree of `range`, as of now, of `depth` or the depth its
+    /// item count calls for.
+    async fn build(&self, range: TokenRange, depth: Option<u8>) -> Result<RangeTree, RepairError> {
+        self.read(move |snapshot, pay| RangeTree::build(snapshot, range, depth, pay))
             .await
-            .map_err(|e| RepairError::Engine(e.to_string()))?
-            .map_err(|e| RepairError::Engine(e.to_string()))
+            .map_err(RepairError::Engine)
     }
 
-    /// Compares `tree` with `member`'s, pulls the differing leaves and gets
-    /// it to pull those where this node has something it lacks.
+    /// Runs `f` over a new snapshot on a blocking thread, paying the bytes
+    /// it reports to the throttle.
+    async fn read<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+        &self,
+        f: impl FnOnce(&Snapshot, &mut dyn FnMut(u64)) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, String> {
+        let snapshot = self.storage.snapshot();
+        let throttle = self.throttle.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut owed = 0u64;
+            let mut pay = |n: u64| {
+                owed += n;
+                if owed >= READ_PAYMENT {
+                    handle.block_on(throttle.spend(std::mem::take(&mut owed)));
+                }
+            };
+            let out = f(&snapshot, &mut pay);
+            handle.block_on(throttle.spend(owed));
+            out
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+    }
+
+    /// Compares `tree` with `member`'s and exchanges the items of the
+    /// differing leaves. `Some(depth)`, having exchanged nothing, if the
+    /// other side holds so many more items that the comparison is to start
+    /// again at that depth.
     async fn repair_with(
         &self,
         tree: &RangeTree,
-        session: u64,
         member: &MemberInfo,
         outcome: &mut Outcome,
-    ) -> Result<(), String> {
+    ) -> Result<Option<u8>, String> {
+        let session: u64 = rand::random();
         let (range, depth) = (tree.range(), tree.depth());
-        let mut descent = Descent::new(tree);
-        while let Some((level, nodes)) = descent.request() {
+        let mut descent = Descent::new(tree, session);
+        let mut first = true;
+        while let Some((level, parents)) = descent.request() {
             let request = DigestRequest {
                 session,
                 range,
                 depth,
                 level,
-                nodes: nodes.to_vec(),
+                parents: parents.to_vec(),
             };
-            let answer: DigestAnswer = tokio::time::timeout(
-                DIGEST_TIMEOUT,
-                self.peer.digest(member.endpoint(), &request),
-            )
-            .await
-            .map_err(|_| format!("no digest within {DIGEST_TIMEOUT:?}"))?
-            .map_err(|e| format!("digest: {e}"))?;
+            let answer: DigestAnswer =
+                tokio::time::timeout(CALL_TIMEOUT, self.peer.digest(member.endpoint(), &request))
+                    .await
+                    .map_err(|_| format!("no digest within {CALL_TIMEOUT:?}"))?
+                    .map_err(|e| format!("digest: {e}"))?;
+            if std::mem::take(&mut first) {
+                let wanted = depth_for(range, answer.items.max(tree.items()));
+                if wanted > depth {
+                    return Ok(Some(wanted));
+                }
+            }
             descent.answer(&answer.hashes).map_err(|e| e.to_string())?;
         }
         let leaves = descent.into_leaves();
-        if leaves.is_empty() {
-            return Ok(());
-        }
         outcome.differing_leaves += leaves.len() as u64;
-        let indices: Vec<u32> = leaves.iter().map(|(leaf, _)| *leaf).collect();
-        let jobs = leaf_runs(range, depth, &indices)
-            .into_iter()
-            .map(|r| (r, vec![member.clone()]))
-            .collect();
-        let (pulled, failed) = self.receiver.pull_all(jobs).await;
-        self.metrics.repair_keys(pulled);
-        outcome.pulled += pulled;
-        if failed > 0 {
-            return Err(format!("{failed} sub-ranges could not be pulled"));
-        }
-        let snapshot = self.storage.snapshot();
-        let behind = tokio::task::spawn_blocking(move || {
-            let mut behind = Vec::new();
-            for (leaf, theirs) in leaves {
-                let Some(sub) = sub_range(range, depth, leaf) else {
-                    continue;
-                };
-                let ours = RangeTree::build(&snapshot, sub, Some(0))?;
-                if ours.hashes(0, &[0]) != Some(vec![theirs]) {
-                    behind.push(leaf);
-                }
-            }
-            Ok::<_, strata_engine::Error>(behind)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("local engine: {e}"))?;
-        for batch in leaf_runs(range, depth, &behind).chunks(MAX_PULL_RANGES) {
-            outcome.pushed += self.ask_to_pull(member, batch).await?;
-        }
-        Ok(())
-    }
-
-    /// Gets `member` to pull `ranges` from this node; the entries it applied.
-    async fn ask_to_pull(&self, member: &MemberInfo, ranges: &[TokenRange]) -> Result<u64, String> {
-        let request = PullRequest {
-            from: self.membership.self_id().as_str().to_owned(),
-            ranges: ranges.to_vec(),
-        };
-        let mut body =
-            tokio::time::timeout(PULL_IDLE, self.peer.pull_from(member.endpoint(), &request))
+        let mut rest = leaves.as_slice();
+        // Leaves asked per call: the other side answers as many as fit one
+        // batch of items, and asking for more than it answers would send
+        // the rest's hashes again, so each call asks for about what the
+        // last one answered (twice as many once all were answered).
+        let mut ask_for = FIRST_ROW_LEAVES;
+        while !rest.is_empty() {
+            let batch = rest.get(..ask_for.min(rest.len())).unwrap_or(rest).to_vec();
+            let ask = self
+                .read(move |snapshot, pay| {
+                    rows::ask(snapshot, (range, depth, session), &batch, pay)
+                })
                 .await
-                .map_err(|_| "repair-pull not answered".to_owned())?
-                .map_err(|e| format!("repair-pull: {e}"))?;
-        let mut counts = PullCounts::default();
-        while let Some(chunk) = tokio::time::timeout(PULL_IDLE, body.next_chunk())
+                .map_err(|e| format!("local engine: {e}"))?;
+            let answer = tokio::time::timeout(
+                CALL_TIMEOUT,
+                self.peer.repair_rows(member.endpoint(), &ask.request),
+            )
             .await
-            .map_err(|_| format!("repair-pull silent for {PULL_IDLE:?}"))?
-            .map_err(|e| format!("repair-pull: {e}"))?
-        {
-            counts
-                .push(&chunk, ranges.len())
-                .map_err(|e| format!("repair-pull answer: {e}"))?;
+            .map_err(|_| format!("no repair-rows answer within {CALL_TIMEOUT:?}"))?
+            .map_err(|e| format!("repair-rows: {e}"))?;
+            if let Some(v) = answer.entries.iter().map(|e| e.record.version).max() {
+                self.hlc.update(v);
+            }
+            ask_for = if answer.answered < ask.request.leaves.len() {
+                answer.answered
+            } else {
+                (ask_for * 2).min(MAX_ROW_LEAVES)
+            };
+            rest = rest.get(answer.answered..).unwrap_or_default();
+            let storage = self.storage.clone();
+            let settled =
+                tokio::task::spawn_blocking(move || rows::settle(&storage, &ask, &answer))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("repair-rows answer: {e}"))?;
+            for body in settled.push {
+                self.peer
+                    .apply_batch(member.endpoint(), body)
+                    .await
+                    .map_err(|e| format!("apply-batch: {e}"))?;
+            }
+            self.metrics.repair_keys(settled.pulled + settled.pushed);
+            outcome.pulled += settled.pulled;
+            outcome.pushed += settled.pushed;
         }
-        let counts = counts.counts();
-        if counts.len() < ranges.len() {
-            return Err(format!(
-                "repair-pull answered {} of {} ranges",
-                counts.len(),
-                ranges.len()
-            ));
-        }
-        if counts.contains(&PULL_FAILED) {
-            return Err("the replica failed to pull some ranges back".into());
-        }
-        Ok(counts.iter().sum())
+        Ok(None)
     }
 
     /// Answers a digest request from this node's tree of the session.
@@ -484,15 +515,13 @@ impl Repairer {
         let tree = match kept {
             Some(tree) => tree,
             None => {
-                let snapshot = self.storage.snapshot();
                 let (range, depth) = (request.range, request.depth);
-                let tree = tokio::task::spawn_blocking(move || {
-                    RangeTree::build(&snapshot, range, Some(depth))
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-                let tree = Arc::new(tree);
+                let tree = Arc::new(
+                    self.read(move |snapshot, pay| {
+                        RangeTree::build(snapshot, range, Some(depth), pay)
+                    })
+                    .await?,
+                );
                 let mut trees = self.trees.lock();
                 if trees.len() >= TREES_KEPT {
                     if let Some(oldest) = trees
@@ -513,52 +542,18 @@ impl Repairer {
             }
         };
         let hashes = tree
-            .hashes(request.level, &request.nodes)
-            .ok_or("a node outside the tree")?;
+            .children(request.level, &request.parents, request.session)
+            .ok_or("a parent outside the tree")?;
         Ok(DigestAnswer {
             items: tree.items(),
             hashes,
         })
     }
 
-    /// Starts pulling `request.ranges` from the asker; the answer body's
-    /// counts, one per range as it finishes. The pull stops if the asker
-    /// hangs up.
-    pub(crate) fn pull_for(
-        self: &Arc<Self>,
-        request: PullRequest,
-    ) -> Result<mpsc::Receiver<Result<Bytes, std::io::Error>>, String> {
-        let view = self.membership.view();
-        let source = view
-            .members
-            .get(&NodeId::from(request.from.as_str()))
-            .filter(|m| m.serving())
-            .cloned()
-            .ok_or_else(|| format!("{} is not a serving member", request.from))?;
-        let (tx, rx) = mpsc::channel(16);
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            for range in request.ranges {
-                let n = match me.receiver.pull(range, std::slice::from_ref(&source)).await {
-                    Ok(n) => {
-                        me.metrics.repair_keys(n);
-                        n
-                    }
-                    Err(e) => {
-                        tracing::warn!(?range, source = %source.id, error = %e, "repair pull failed");
-                        PULL_FAILED
-                    }
-                };
-                if tx
-                    .send(Ok(Bytes::copy_from_slice(&n.to_be_bytes())))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Ok(rx)
+    /// Answers a repair-rows request from a new snapshot: its body.
+    pub(crate) async fn rows(&self, request: RowsRequest) -> Result<Vec<u8>, String> {
+        self.read(move |snapshot, pay| rows::answer(snapshot, &request, pay))
+            .await
     }
 }
 

@@ -35,11 +35,20 @@
 //!
 //! # Size
 //!
-//! [`depth_for`] makes leaves hold at most half an item on average (so a
-//! differing leaf is usually one differing item), within [`MAX_DEPTH`]:
-//! `4^10` leaves, 8 MiB of leaf hashes. A range of more than
-//! [`MAX_TREE_ITEMS`] is compared in equal token pieces ([`piece`]) of a
-//! tree each, so that bound holds whatever the range's size.
+//! [`depth_for`] makes leaves hold at most [`LEAF_ITEMS`] items on average,
+//! within [`MAX_DEPTH`]: `4^10` leaves, 8 MiB of leaf hashes. The walk
+//! stops at the leaves, and the differing ones are compared item by item
+//! (`repair::rows`), so a leaf of a few items costs a few short hashes where
+//! a deeper tree would cost another level of the walk. A range of more
+//! than [`MAX_TREE_ITEMS`] is compared in equal token pieces ([`piece`]) of
+//! a tree each, so that bound holds whatever the range's size.
+//!
+//! # Comparing
+//!
+//! Two trees are compared top-down ([`Descent`]) in 4-byte short hashes
+//! seeded per comparison (`peer::repair` says why that is safe): the
+//! children of the root first, then the children of each node that differs,
+//! down to the leaves.
 
 use strata_engine::Snapshot;
 use strata_ring::TokenRange;
@@ -47,7 +56,16 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 // The tree's shape is part of the wire protocol: both replicas must build
 // the same one.
-pub(crate) use crate::peer::repair::{FANOUT, MAX_DEPTH, MAX_NODES_PER_CALL};
+use crate::peer::repair::short_hash;
+pub(crate) use crate::peer::repair::{FANOUT, MAX_DEPTH, MAX_PARENTS_PER_CALL};
+
+/// Items a leaf holds on average, at most (but at [`MAX_DEPTH`]). A
+/// differing leaf costs its items' short hashes (4 bytes each) in the row
+/// step, a level more of the walk 20 bytes per differing parent: for
+/// 1,000,000 items 1 % divergent (`scripts/repair-traffic.sh`), 4 items
+/// (depth 9) cost 766 KB of comparison, fewer than the ~800 KB estimated
+/// for 2 (depth 10, a level more of the walk for 2 fewer hashes a leaf).
+pub(crate) const LEAF_ITEMS: u64 = 4;
 
 /// The digest tree of one range, as of one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,14 +76,19 @@ pub(crate) struct RangeTree {
     levels: Vec<Vec<u64>>,
 }
 
-/// The depth for a range of `items` items: leaves hold at most half an
-/// item on average, no leaf is narrower than one token, and no deeper than
-/// [`MAX_DEPTH`].
+/// The depth for a range of `items` items: leaves hold at most
+/// [`LEAF_ITEMS`] items on average, no leaf is narrower than one token, and
+/// no deeper than [`MAX_DEPTH`]. At least 1 when the range is wide enough:
+/// the first digest answer tells the asker the other side's item count, by
+/// which it may go deeper before any leaf is compared.
 pub(crate) fn depth_for(range: TokenRange, items: u64) -> u8 {
     let mut depth = 0u8;
     let mut leaves = 1u128;
-    let want = u128::from(items) * 2;
-    while depth < MAX_DEPTH && leaves < want && leaves * u128::from(FANOUT) <= range.width() {
+    let want = u128::from(items.div_ceil(LEAF_ITEMS));
+    while depth < MAX_DEPTH
+        && (depth == 0 || leaves < want)
+        && leaves * u128::from(FANOUT) <= range.width()
+    {
         depth += 1;
         leaves *= u128::from(FANOUT);
     }
@@ -73,9 +96,9 @@ pub(crate) fn depth_for(range: TokenRange, items: u64) -> u8 {
 }
 
 /// Most items one tree is built over: at [`MAX_DEPTH`] its leaves then
-/// still hold half an item on average. A larger range is compared as
-/// [`piece`]s of at most this many items each.
-pub(crate) const MAX_TREE_ITEMS: u64 = (FANOUT as u64).pow(MAX_DEPTH as u32) / 2;
+/// still hold [`LEAF_ITEMS`] items on average. A larger range is compared
+/// as [`piece`]s of at most this many items each.
+pub(crate) const MAX_TREE_ITEMS: u64 = (FANOUT as u64).pow(MAX_DEPTH as u32) * LEAF_ITEMS;
 
 /// The token sub-range of node `index` of `level`; `None` if it holds no
 /// token (a range narrower than its level's node count).
@@ -112,7 +135,7 @@ fn ceil_div(a: u128, b: u128) -> u128 {
 }
 
 /// The leaf of `depth` that `token` (inside `range`) falls in.
-fn leaf_of(range: TokenRange, depth: u8, token: u64) -> usize {
+pub(crate) fn leaf_of(range: TokenRange, depth: u8, token: u64) -> usize {
     let offset = token.wrapping_sub(range.start()).wrapping_sub(1);
     let leaf = u128::from(offset) * nodes_at(depth) / range.width();
     // Below FANOUT^MAX_DEPTH, far inside usize.
@@ -157,25 +180,20 @@ fn inner_hash(children: &[u64]) -> u64 {
 
 impl RangeTree {
     /// The tree of `range` in `snapshot`, of `depth` or, when `None`, of the
-    /// depth [`depth_for`] picks for the items found. Blocks on engine
-    /// reads: call it from a blocking context.
+    /// depth [`depth_for`] picks for the items found. `pay` hears the bytes
+    /// read as they are. Blocks on engine reads: call it from a blocking
+    /// context.
     pub(crate) fn build(
         snapshot: &Snapshot,
         range: TokenRange,
         depth: Option<u8>,
+        pay: &mut dyn FnMut(u64),
     ) -> Result<Self, strata_engine::Error> {
         let mut items = Vec::new();
-        for span in offset_order(range) {
-            let lo = span.start().to_be_bytes().to_vec();
-            let upper = match span.end().checked_add(1) {
-                Some(next) => std::ops::Bound::Excluded(next.to_be_bytes().to_vec()),
-                None => std::ops::Bound::Unbounded,
-            };
-            for item in snapshot.range::<Vec<u8>>((std::ops::Bound::Included(lo), upper)) {
-                let (key, record) = item?;
-                items.push((token_of(&key), item_hash(&key, &record)));
-            }
-        }
+        scan(snapshot, range, &mut |key, record| {
+            pay((key.len() + record.len()) as u64);
+            items.push((token_of(key), item_hash(key, record)));
+        })?;
         Ok(Self::from_hashes(range, depth, &items))
     }
 
@@ -235,15 +253,41 @@ impl RangeTree {
         u8::try_from(self.levels.len().saturating_sub(1)).unwrap_or(MAX_DEPTH)
     }
 
-    /// The hashes of `nodes` of `level`; `None` if a level or index is
-    /// outside the tree.
-    pub(crate) fn hashes(&self, level: u8, nodes: &[u32]) -> Option<Vec<u64>> {
-        let level = self.levels.get(usize::from(level))?;
-        nodes
-            .iter()
-            .map(|&n| level.get(usize::try_from(n).ok()?).copied())
-            .collect()
+    /// The short hashes under `seed` of the children of `parents` of
+    /// `level`, [`FANOUT`] per parent in order; `None` if a parent is
+    /// outside the tree or is a leaf.
+    pub(crate) fn children(&self, level: u8, parents: &[u32], seed: u64) -> Option<Vec<u32>> {
+        let below = self.levels.get(usize::from(level) + 1)?;
+        let mut out = Vec::with_capacity(parents.len() * FANOUT as usize);
+        for &p in parents {
+            let first = usize::try_from(p).ok()?.checked_mul(FANOUT as usize)?;
+            let children = below.get(first..first + FANOUT as usize)?;
+            out.extend(children.iter().map(|&h| short_hash(h, seed)));
+        }
+        Some(out)
     }
+}
+
+/// Calls `f` with every item (engine key, stored record) of `range` in
+/// `snapshot`, in offset order: a wrapping range starts with its high
+/// tokens. Blocks on engine reads.
+pub(crate) fn scan(
+    snapshot: &Snapshot,
+    range: TokenRange,
+    f: &mut dyn FnMut(&[u8], &[u8]),
+) -> Result<(), strata_engine::Error> {
+    for span in offset_order(range) {
+        let lo = span.start().to_be_bytes().to_vec();
+        let upper = match span.end().checked_add(1) {
+            Some(next) => std::ops::Bound::Excluded(next.to_be_bytes().to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        for item in snapshot.range::<Vec<u8>>((std::ops::Bound::Included(lo), upper)) {
+            let (key, record) = item?;
+            f(&key, &record);
+        }
+    }
+    Ok(())
 }
 
 /// The range's one or two spans in offset order: a wrapping range starts
@@ -264,10 +308,10 @@ fn token_of(engine_key: &[u8]) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub(crate) enum DescentError {
-    /// An answer with another number of hashes than nodes asked for.
+    /// An answer with another number of hashes than children asked for.
     #[error("asked for {asked} hashes, got {got}")]
     WrongCount {
-        /// Nodes asked for.
+        /// Children asked for.
         asked: usize,
         /// Hashes received.
         got: usize,
@@ -275,69 +319,76 @@ pub(crate) enum DescentError {
 }
 
 /// A top-down comparison of a local tree with another replica's tree of the
-/// same range and depth: asks for the root, then only for the children of
-/// the nodes that differ, level by level. Transport-free: the caller sends
-/// each [`Descent::request`] and feeds the answer to [`Descent::answer`].
+/// same range and depth: asks for the children of the root, then for the
+/// children of each node that differs, level by level, in short hashes
+/// seeded by `seed`. Transport-free: the caller sends each
+/// [`Descent::request`] and feeds the answer to [`Descent::answer`].
 #[derive(Debug)]
 pub(crate) struct Descent<'a> {
     tree: &'a RangeTree,
+    seed: u64,
+    /// The level of `pending`.
     level: u8,
-    /// The nodes of `level` to compare, ascending.
+    /// The differing nodes of `level` whose children are to be compared,
+    /// ascending.
     pending: Vec<u32>,
     /// How many of `pending` have been answered.
     done: usize,
-    /// Children of the differing nodes of `level`: the next level's nodes.
+    /// Differing nodes of `level + 1`.
     next: Vec<u32>,
-    /// Differing leaves with the other side's hash, ascending.
-    leaves: Vec<(u32, u64)>,
 }
 
 impl<'a> Descent<'a> {
-    /// A comparison that starts at the root.
-    pub(crate) fn new(tree: &'a RangeTree) -> Self {
+    /// A comparison that starts at the root (so nothing to do for a tree
+    /// of depth 0: its root is its only leaf).
+    pub(crate) fn new(tree: &'a RangeTree, seed: u64) -> Self {
+        let pending = if tree.depth() == 0 { vec![] } else { vec![0] };
         Self {
             tree,
+            seed,
             level: 0,
-            pending: vec![0],
+            pending,
             done: 0,
             next: Vec::new(),
-            leaves: Vec::new(),
         }
     }
 
-    /// The next nodes to ask the other side for (level, indices), at most
-    /// [`MAX_NODES_PER_CALL`]; `None` once the comparison is over.
+    /// The next parents whose children to ask the other side for (level,
+    /// indices), at most [`MAX_PARENTS_PER_CALL`]; `None` once the walk
+    /// reached the leaves.
     pub(crate) fn request(&self) -> Option<(u8, &[u32])> {
+        if self.level >= self.tree.depth() {
+            return None;
+        }
         let rest = self.pending.get(self.done..).unwrap_or_default();
-        let batch = rest.get(..rest.len().min(MAX_NODES_PER_CALL))?;
+        let batch = rest.get(..rest.len().min(MAX_PARENTS_PER_CALL))?;
         (!batch.is_empty()).then_some((self.level, batch))
     }
 
-    /// Takes the other side's hashes of the last request's nodes.
-    pub(crate) fn answer(&mut self, theirs: &[u64]) -> Result<(), DescentError> {
+    /// Takes the other side's short hashes of the last request's children.
+    pub(crate) fn answer(&mut self, theirs: &[u32]) -> Result<(), DescentError> {
         let Some((level, asked)) = self.request().map(|(l, a)| (l, a.to_vec())) else {
             return Ok(());
         };
-        if theirs.len() != asked.len() {
+        let ours = self
+            .tree
+            .children(level, &asked, self.seed)
+            .unwrap_or_default();
+        if theirs.len() != ours.len() {
             return Err(DescentError::WrongCount {
-                asked: asked.len(),
+                asked: ours.len(),
                 got: theirs.len(),
             });
         }
-        let ours = self.tree.hashes(level, &asked).unwrap_or_default();
-        let is_leaf = level >= self.tree.depth();
-        let answered = asked.len();
-        for ((&node, &mine), &other) in asked.iter().zip(&ours).zip(theirs) {
-            if mine == other {
-                continue;
-            }
-            if is_leaf {
-                self.leaves.push((node, other));
-            } else {
-                self.next.extend((0..FANOUT).map(|c| node * FANOUT + c));
+        let children = asked
+            .iter()
+            .flat_map(|&p| (0..FANOUT).map(move |c| p * FANOUT + c));
+        for ((child, mine), other) in children.zip(&ours).zip(theirs) {
+            if mine != other {
+                self.next.push(child);
             }
         }
-        self.done += answered;
+        self.done += asked.len();
         if self.done >= self.pending.len() {
             self.pending = std::mem::take(&mut self.next);
             self.done = 0;
@@ -346,29 +397,14 @@ impl<'a> Descent<'a> {
         Ok(())
     }
 
-    /// The differing leaves, with the other side's hash of each.
-    pub(crate) fn into_leaves(self) -> Vec<(u32, u64)> {
-        self.leaves
-    }
-}
-
-/// Merges ascending leaf indices of `depth` into the token sub-ranges they
-/// cover, neighbours joined: one stream per run of differing leaves.
-pub(crate) fn leaf_runs(range: TokenRange, depth: u8, leaves: &[u32]) -> Vec<TokenRange> {
-    let mut runs: Vec<(u32, u32)> = Vec::new();
-    for &leaf in leaves {
-        match runs.last_mut() {
-            Some((_, last)) if last.checked_add(1) == Some(leaf) => *last = leaf,
-            _ => runs.push((leaf, leaf)),
+    /// The differing leaves, ascending, once [`Descent::request`] is `None`
+    /// (all of them, [`0`], for a tree of depth 0).
+    pub(crate) fn into_leaves(self) -> Vec<u32> {
+        if self.tree.depth() == 0 {
+            return vec![0];
         }
+        self.pending
     }
-    runs.into_iter()
-        .filter_map(|(first, last)| {
-            let lo = sub_range(range, depth, first)?;
-            let hi = sub_range(range, depth, last)?;
-            Some(TokenRange::new(lo.start(), hi.end()))
-        })
-        .collect()
 }
 
 #[cfg(test)]
