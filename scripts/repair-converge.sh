@@ -89,8 +89,8 @@ echo "heal -> n3 UP: $(echo "$up - $healed" | bc) s; repair: $(echo "$done_at - 
 
 missing=0
 for i in $(shuf -i 1-"$keys" -n 1000); do
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $KVNODE_CLUSTER_SECRET" \
-    --data-binary "missed-$i" "$n3/internal/v1/read")
+  code=$("$(dirname "$0")/signed-curl.sh" POST "$n3/internal/v1/read" "missed-$i" \
+    -o /dev/null -w '%{http_code}')
   [ "$code" = 200 ] || missing=$((missing + 1))
 done
 echo "sample of 1000 keys on n3's own engine: $missing missing"
