@@ -36,3 +36,17 @@ start_cluster() {
     until curl -sf "http://127.0.0.1:$port/ready" >/dev/null; do sleep 0.2; done
   done
 }
+
+p99() { # wrk --latency output -> its 99% line
+  awk '$1 == "99%" { print $2 }'
+}
+
+write_load_lua() { # $dir/load.lua: QUORUM PUTs of 100-byte values to fresh keys, for the p99 windows
+  cat >"$dir/load.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("PUT", "/v1/kv/load-" .. counter .. "?consistency=quorum", nil, string.rep("v", 100))
+end
+LUA
+}

@@ -27,16 +27,7 @@ window=5
 pending() { # hints n1 holds for n3
   curl -sf "$n1/v1/node" | python3 -c 'import json,sys; print(json.load(sys.stdin)["hints"].get("n3", {}).get("hints", 0))'
 }
-p99() { # wrk --latency output -> its 99% line
-  awk '$1 == "99%" { print $2 }'
-}
-cat >"$dir/load.lua" <<'LUA'
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("PUT", "/v1/kv/load-" .. counter .. "?consistency=quorum", nil, string.rep("v", 100))
-end
-LUA
+write_load_lua
 # Writes keys missed-1..missed-KEYS, then the same keys again (wrk cannot
 # stop itself after N requests): it is stopped once n1 holds KEYS hints,
 # which it does only after each key was written at least once.

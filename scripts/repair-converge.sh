@@ -26,19 +26,10 @@ export KVNODE_MAX_HINT_WINDOW_MS=0 KVNODE_REPAIR_INTERVAL=0
 start_cluster "$bin" 7770
 n1=http://127.0.0.1:7770 n2=http://127.0.0.1:7772 n3=http://127.0.0.1:7774
 
-p99() { # wrk --latency output -> its 99% line
-  awk '$1 == "99%" { print $2 }'
-}
 status_of_n3() { # as n1 sees it
   curl -sf "$n1/v1/cluster" | python3 -c 'import json,sys; print([m["status"] for m in json.load(sys.stdin)["members"] if m["id"] == "n3"][0])'
 }
-cat >"$dir/load.lua" <<'LUA'
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("PUT", "/v1/kv/load-" .. counter .. "?consistency=quorum", nil, string.rep("v", 100))
-end
-LUA
+write_load_lua
 # Writes missed-1..missed-KEYS (then wraps round); once KEYS answers came
 # back it writes how many were not 204 to $dir/written, for the script to
 # stop it (wrk cannot end its own run early).

@@ -820,7 +820,7 @@ impl Collector for EngineCollector {
 }
 
 /// Writes one family of a single, unlabelled sample.
-fn single(
+pub(crate) fn single(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,

@@ -11,9 +11,11 @@
 use std::fmt;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::metrics::single;
 
 /// One reading of the process's resources.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -95,7 +97,7 @@ impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let stats = ProcessStats::read();
         if let Some(cpu) = stats.cpu_seconds {
-            encode(
+            single(
                 &mut encoder,
                 "process_cpu_seconds",
                 "User and system CPU time spent, in seconds.",
@@ -116,20 +118,11 @@ impl Collector for ProcessCollector {
             ),
         ] {
             if let Some(value) = value {
-                encode(&mut encoder, name, help, &ConstGauge::new(value))?;
+                single(&mut encoder, name, help, &ConstGauge::new(value))?;
             }
         }
         Ok(())
     }
-}
-
-fn encode(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    metric: &impl EncodeMetric,
-) -> fmt::Result {
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
 #[cfg(test)]
