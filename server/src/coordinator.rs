@@ -44,6 +44,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use self::background::Background;
+use crate::applier::Applier;
 use crate::hints::Hints;
 use crate::hlc::Hlc;
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
@@ -119,6 +120,7 @@ pub(crate) struct Coordinator {
 }
 
 struct Inner {
+    applier: Applier,
     storage: Storage,
     routing: Arc<Routing>,
     peer: Arc<dyn Peer>,
@@ -131,7 +133,9 @@ struct Inner {
 
 /// The pieces a coordinator works with.
 pub(crate) struct CoordinatorParts {
-    /// This node's engine.
+    /// This node's engine, written in groups.
+    pub(crate) applier: Applier,
+    /// This node's engine, read directly.
     pub(crate) storage: Storage,
     /// The cluster view and the write gate.
     pub(crate) routing: Arc<Routing>,
@@ -155,6 +159,7 @@ impl Coordinator {
     pub(crate) fn new(parts: CoordinatorParts) -> Self {
         Self {
             inner: Arc::new(Inner {
+                applier: parts.applier,
                 storage: parts.storage,
                 routing: parts.routing,
                 peer: parts.peer,
@@ -383,23 +388,20 @@ impl Coordinator {
         if member.id == *inner.routing.self_id() {
             // The local replica decodes the very bytes the remote ones
             // receive, so its record is a slice of them and the engine
-            // stores that slice as it is.
-            let storage = inner.storage.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let (key, record) = decode_apply(body).map_err(|e| e.to_string())?;
-                storage
-                    .apply_encoded(&key, &record)
-                    .map_err(|e| e.to_string())
-            })
-            .await;
+            // stores that slice as it is, in a group with the node's other
+            // replica writes.
+            let result = match decode_apply(body) {
+                Ok(item) => inner
+                    .applier
+                    .apply(vec![item])
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             let ok = match result {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "local apply failed");
-                    false
-                }
+                Ok(()) => true,
                 Err(e) => {
-                    tracing::error!(error = %e, "local apply task failed");
+                    tracing::error!(error = %e, "local apply failed");
                     false
                 }
             };

@@ -51,6 +51,7 @@
 //! fuzz targets; the rest is private to the crate.
 
 pub mod api;
+mod applier;
 pub mod auth;
 pub mod config;
 mod coordinator;

@@ -30,6 +30,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::api::budget::BodyBudget;
 use crate::api::{self, AppState};
+use crate::applier::Applier;
 use crate::auth::request::RequestVerifier;
 use crate::config::{defaults, Config};
 use crate::coordinator::{Coordinator, CoordinatorParts};
@@ -369,7 +370,9 @@ impl Node {
             }
             .run(),
         );
+        let applier = Applier::new(storage.clone());
         let coordinator = Coordinator::new(CoordinatorParts {
+            applier: applier.clone(),
             storage: storage.clone(),
             routing: membership.routing(),
             hlc: hlc.clone(),
@@ -397,6 +400,7 @@ impl Node {
         }
         let state = AppState {
             coordinator,
+            applier,
             membership,
             storage,
             hlc,

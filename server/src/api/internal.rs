@@ -13,7 +13,7 @@
 //! trusting any node's view. Behind the secret because gossip hides the
 //! membership from onlookers too.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use axum::Json;
 use super::kv::check_key;
 use super::{read_body, ApiError, AppState, BodyLimit};
 use crate::peer::wire::{decode_apply, decode_apply_batch};
-use crate::storage::StorageError;
+use crate::storage::EncodedRecord;
 
 /// Path of the tokens route.
 pub const TOKENS_PATH: &str = "/internal/v1/tokens";
@@ -34,10 +34,10 @@ pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response
         decode_apply(body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
     check_key(&state, &key)?;
     state.hlc.update(record.record().version);
-    let storage = state.storage.clone();
-    tokio::task::spawn_blocking(move || storage.apply_encoded(&key, &record))
+    state
+        .applier
+        .apply(vec![(key, record)])
         .await
-        .map_err(|e| ApiError::internal(format!("apply task: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -58,16 +58,20 @@ pub async fn apply_batch(State(state): State<AppState>, body: Body) -> Result<Re
     if let Some(v) = entries.iter().map(|e| e.record.version).max() {
         state.hlc.update(v);
     }
-    let storage = state.storage.clone();
-    tokio::task::spawn_blocking(move || {
-        for e in &entries {
-            storage.apply(e.user_key(), &e.record)?;
-        }
-        Ok::<(), StorageError>(())
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("apply task: {e}")))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let items = entries
+        .iter()
+        .map(|e| {
+            (
+                Bytes::copy_from_slice(e.user_key()),
+                EncodedRecord::from(&e.record),
+            )
+        })
+        .collect();
+    state
+        .applier
+        .apply(items)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

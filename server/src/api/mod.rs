@@ -60,6 +60,8 @@ use crate::stream::Progress;
 pub struct AppState {
     /// Replication and consistency.
     pub(crate) coordinator: Coordinator,
+    /// Replica writes to this node's engine, applied in groups.
+    pub(crate) applier: crate::applier::Applier,
     /// The cluster view and this node's state.
     pub(crate) membership: Arc<Membership>,
     /// This node's engine (internal routes only: clients go through the

@@ -15,6 +15,7 @@ use strata_ring::{NodeId, ReplicationFactor};
 use tokio::time::{sleep, Instant};
 
 use super::{Consistency, Coordinator, CoordinatorError, CoordinatorParts};
+use crate::applier::Applier;
 use crate::config::defaults::{
     MAX_BACKGROUND_REPLICA_CALLS, MAX_HINT_BYTES_PER_NODE, MAX_HINT_WINDOW_MS,
 };
@@ -107,6 +108,7 @@ impl Cluster {
         };
         let hints = Hints::open(hints_dir.path(), limits, metrics.hints()).unwrap();
         let coordinator = Coordinator::new(CoordinatorParts {
+            applier: Applier::new(self.net.storage(at)),
             storage: self.net.storage(at),
             routing: routing.clone(),
             hlc: self.net.hlc(at),
