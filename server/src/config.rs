@@ -319,6 +319,24 @@ pub struct Settings {
     /// [default: 64 MiB].
     #[arg(long, env = "KVNODE_BACKGROUND_BYTES_PER_SEC")]
     pub background_bytes_per_sec: Option<u64>,
+    /// How this node's replica calls travel: `mux` (one multiplexed,
+    /// authenticated binary connection per peer, HTTP for peers that do
+    /// not speak it) or `http` (every call its own signed HTTP request;
+    /// this node then neither offers nor accepts `mux`) [default: mux].
+    #[arg(long, env = "KVNODE_PEER_TRANSPORT", value_enum)]
+    pub peer_transport: Option<PeerTransport>,
+}
+
+/// How replica calls travel between nodes (`--peer-transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerTransport {
+    /// The multiplexed binary transport (`peer::mux`), with HTTP for the
+    /// calls and peers it does not carry.
+    #[default]
+    Mux,
+    /// Signed HTTP requests only (`peer::http`).
+    Http,
 }
 
 /// Lays `$high` over `$low`, field by field. The struct literal names every
@@ -373,7 +391,8 @@ impl Settings {
         clock_skew_ms,
         max_hint_bytes_per_node,
         max_hint_window_ms,
-        background_bytes_per_sec
+        background_bytes_per_sec,
+        peer_transport
         )
     }
 }
@@ -521,6 +540,8 @@ pub struct Config {
     pub hints: HintLimits,
     /// Bytes per second of all background work together; 0 is unlimited.
     pub background_bytes_per_sec: u64,
+    /// How replica calls travel.
+    pub peer_transport: PeerTransport,
 }
 
 /// The bounds of the hints a node keeps for others (`hints`).
@@ -698,6 +719,7 @@ impl Config {
             background_bytes_per_sec: s
                 .background_bytes_per_sec
                 .unwrap_or(defaults::BACKGROUND_BYTES_PER_SEC),
+            peer_transport: s.peer_transport.unwrap_or_default(),
         })
     }
 

@@ -108,11 +108,22 @@ pub(crate) fn default_max_connections(fd_limit: u64, replication_factor: usize) 
     usize::try_from(n).unwrap_or(usize::MAX).max(1)
 }
 
+/// Serves a connection of the multiplexed peer transport to its end; it
+/// should close once the receiver says stop.
+pub(crate) type MuxServe = Arc<
+    dyn Fn(TcpStream, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits until every connection has closed.
+/// accepting and waits until every connection has closed. With `mux`, a
+/// connection that starts with the multiplexed transport's magic is handed
+/// to it instead.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    mux: Option<MuxServe>,
     limits: ServeLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -134,15 +145,22 @@ pub(crate) async fn serve(
         match accepted {
             Ok((stream, slot)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let connection = serve_connection(
-                    stream,
+                let (builder, router, mux, stop) = (
                     builder.clone(),
                     router.clone(),
-                    limits.idle_timeout,
+                    mux.clone(),
                     stop_rx.clone(),
                 );
                 tokio::spawn(async move {
-                    connection.await;
+                    match mux {
+                        Some(mux) if speaks_mux(&stream, limits.header_read_timeout).await => {
+                            mux(stream, stop).await;
+                        }
+                        _ => {
+                            serve_connection(stream, builder, router, limits.idle_timeout, stop)
+                                .await
+                        }
+                    }
                     drop(slot);
                 });
             }
@@ -181,6 +199,29 @@ async fn accept(
         .map_err(std::io::Error::other)?;
     let (stream, _) = listener.accept().await?;
     Ok((stream, slot))
+}
+
+/// Whether the connection starts with the multiplexed transport's magic.
+/// Looks without taking: an HTTP connection reaches hyper whole. An HTTP
+/// request's first byte already differs, so only a connection whose first
+/// bytes match waits (up to `timeout`) for the rest of the magic.
+async fn speaks_mux(stream: &TcpStream, timeout: Duration) -> bool {
+    let magic = crate::peer::mux::handshake::MAGIC;
+    let look = async {
+        let mut seen = [0u8; 8];
+        loop {
+            let n = stream.peek(&mut seen).await.unwrap_or(0);
+            if n == 0 || seen.get(..n) != magic.get(..n) {
+                return false;
+            }
+            if n == magic.len() {
+                return true;
+            }
+            // A prefix of the magic: the rest is on its way.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(timeout, look).await.unwrap_or(false)
 }
 
 /// Serves one connection to its end, then closes it with a linger.

@@ -29,10 +29,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::api::budget::BodyBudget;
-use crate::api::{self, AppState};
+use crate::api::{self, AppParts, AppState};
 use crate::applier::Applier;
 use crate::auth::request::RequestVerifier;
-use crate::config::{defaults, Config};
+use crate::config::{defaults, Config, PeerTransport};
 use crate::coordinator::{Coordinator, CoordinatorParts};
 use crate::hints::replay::Replay;
 use crate::hints::Hints;
@@ -44,6 +44,8 @@ use crate::marker::{
 use crate::membership::{Membership, MembershipError, NodeState};
 use crate::metrics::Metrics;
 use crate::peer::http::HttpPeer;
+use crate::peer::mux::handshake::MuxKey;
+use crate::peer::mux::MuxPeer;
 use crate::peer::Peer;
 use crate::readiness::Readiness;
 use crate::repair::metered::MeteredPeer;
@@ -274,20 +276,28 @@ impl Node {
             config.max_clock_offset,
             metrics.hlc_remote_ahead(),
         ));
-        let peer: Arc<dyn Peer> = Arc::new(
-            HttpPeer::new(
-                config.secret.clone(),
+        let http = HttpPeer::new(
+            config.secret.clone(),
+            config.replica_timeout,
+            // Every node is assumed to run the same edges: half of the shorter
+            // of the two limits after which a node closes an idle connection.
+            config
+                .edges
+                .header_read_timeout
+                .min(config.edges.idle_timeout)
+                / 2,
+        )?
+        .signing_as(&config.node_id, clock);
+        let peer: Arc<dyn Peer> = match config.peer_transport {
+            PeerTransport::Mux => Arc::new(MuxPeer::new(
+                http,
+                MuxKey::derive(&config.secret),
+                &config.node_id,
                 config.replica_timeout,
-                // Every node is assumed to run the same edges: half of the shorter
-                // of the two limits after which a node closes an idle connection.
-                config
-                    .edges
-                    .header_read_timeout
-                    .min(config.edges.idle_timeout)
-                    / 2,
-            )?
-            .signing_as(&config.node_id, clock),
-        );
+                config.limits.apply_batch_body_size(),
+            )),
+            PeerTransport::Http => Arc::new(http),
+        };
         let verifier = Arc::new(RequestVerifier::new(
             &config.secret,
             config.max_clock_offset + Duration::from_millis(defaults::SIGNED_REQUEST_SLACK_MS),
@@ -398,7 +408,7 @@ impl Node {
                 config.advertise
             ),
         }
-        let state = AppState {
+        let state = AppState::new(AppParts {
             coordinator,
             applier,
             membership,
@@ -416,7 +426,7 @@ impl Node {
             stop: stop.clone(),
             verifier,
             readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
-        };
+        });
         Ok(Self {
             config,
             state,
@@ -454,7 +464,21 @@ impl Node {
                 () = stop.notified() => {}
             }
         };
-        listener::serve(listener, api::router(self.state.clone()), limits, stopping).await;
+        let mux = (self.config.peer_transport == PeerTransport::Mux).then(|| {
+            let state = self.state.clone();
+            let serve: listener::MuxServe = Arc::new(move |stream, stop| {
+                Box::pin(api::mux::serve(stream, state.clone(), stop))
+            });
+            serve
+        });
+        listener::serve(
+            listener,
+            api::router(self.state.clone()),
+            mux,
+            limits,
+            stopping,
+        )
+        .await;
     }
 
     /// Stops, in order: the coordinator's tail calls (their local applies
@@ -466,7 +490,7 @@ impl Node {
         state.coordinator.shutdown(TASK_SHUTDOWN).await;
         state.tasks.shutdown(TASK_SHUTDOWN).await;
         state.membership.shutdown().await;
-        let storage = state.storage;
+        let storage = state.storage.clone();
         tokio::task::spawn_blocking(move || storage.flush())
             .await
             .map_err(|e| NodeError::Serve(std::io::Error::other(e)))??;

@@ -30,15 +30,7 @@ pub const TOKENS_PATH: &str = "/internal/v1/tokens";
 /// `POST /internal/v1/apply`.
 pub async fn apply(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body, BodyLimit::Body(state.config.limits.apply_body_size())).await?;
-    let (key, record) =
-        decode_apply(body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
-    check_key(&state, &key)?;
-    state.hlc.update(record.record().version);
-    state
-        .applier
-        .apply(vec![(key, record)])
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    apply_one(&state, body).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -50,10 +42,44 @@ pub async fn apply_batch(State(state): State<AppState>, body: Body) -> Result<Re
         BodyLimit::Body(state.config.limits.apply_batch_body_size()),
     )
     .await?;
+    apply_many(&state, &body).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /internal/v1/read`.
+pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let key = read_body(body, BodyLimit::Body(state.config.limits.max_key_size)).await?;
+    match read_one(&state, &key)? {
+        Some(record) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            record.bytes().clone(),
+        )
+            .into_response()),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
+
+/// Merges an apply body into this node's engine: the apply route's work,
+/// and the multiplexed transport's (`api::mux`).
+pub(crate) async fn apply_one(state: &AppState, body: Bytes) -> Result<(), ApiError> {
+    let (key, record) =
+        decode_apply(body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
+    check_key(state, &key)?;
+    state.hlc.update(record.record().version);
+    state
+        .applier
+        .apply(vec![(key, record)])
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Merges an apply-batch body, every entry or none: the apply-batch route's
+/// work, and the multiplexed transport's.
+pub(crate) async fn apply_many(state: &AppState, body: &[u8]) -> Result<(), ApiError> {
     let entries =
-        decode_apply_batch(&body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
+        decode_apply_batch(body).map_err(|e| ApiError::bad_request("bad_apply", e.to_string()))?;
     for e in &entries {
-        check_key(&state, e.user_key())?;
+        check_key(state, e.user_key())?;
     }
     if let Some(v) = entries.iter().map(|e| e.record.version).max() {
         state.hlc.update(v);
@@ -71,23 +97,17 @@ pub async fn apply_batch(State(state): State<AppState>, body: Body) -> Result<Re
         .applier
         .apply(items)
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// `POST /internal/v1/read`.
-pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let key = read_body(body, BodyLimit::Body(state.config.limits.max_key_size)).await?;
-    check_key(&state, &key)?;
-    match state.storage.read_encoded(&key) {
-        Ok(Some(record)) => Ok((
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            record.bytes().clone(),
-        )
-            .into_response()),
-        Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
-        Err(e) => Err(ApiError::internal(e.to_string())),
-    }
+/// The record this node holds for `key`, tombstones included: the read
+/// route's work, and the multiplexed transport's.
+pub(crate) fn read_one(state: &AppState, key: &[u8]) -> Result<Option<EncodedRecord>, ApiError> {
+    check_key(state, key)?;
+    state
+        .storage
+        .read_encoded(key)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// `GET /internal/v1/tokens`.

@@ -24,6 +24,7 @@ pub(crate) mod cluster;
 pub(crate) mod compat;
 pub mod internal;
 pub(crate) mod kv;
+pub(crate) mod mux;
 pub(crate) mod repair;
 pub mod report;
 pub(crate) mod stream;
@@ -55,9 +56,29 @@ use crate::storage::Storage;
 use crate::stream::cleanup::Cleaner;
 use crate::stream::Progress;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach. Cheap to clone: one reference count,
+/// where cloning the parts (as axum's `State` does for every request) cost
+/// a twentieth of a node's CPU under load.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    /// The state of `parts`.
+    pub(crate) fn new(parts: AppParts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of an [`AppState`].
+pub struct AppParts {
     /// Replication and consistency.
     pub(crate) coordinator: Coordinator,
     /// Replica writes to this node's engine, applied in groups.
@@ -474,6 +495,12 @@ impl ApiError {
     /// 500: this node failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The status and the message, for a transport that is not HTTP
+    /// (`api::mux` sends them in a `refused` frame).
+    pub(crate) fn status_and_message(&self) -> (StatusCode, &str) {
+        (self.status, &self.message)
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod frames;
 pub mod http;
+pub mod mux;
 pub mod repair;
 #[cfg(test)]
 pub(crate) mod sim;
