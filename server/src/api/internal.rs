@@ -21,7 +21,7 @@ use axum::Json;
 
 use super::kv::check_key;
 use super::{read_body, ApiError, AppState, BodyLimit};
-use crate::peer::wire::{decode_apply, decode_apply_batch};
+use crate::peer::wire::{decode_apply, decode_apply_batch, RecordDigest};
 use crate::storage::StorageError;
 
 /// Path of the tokens route.
@@ -79,6 +79,23 @@ pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response,
         Ok(Some(record)) => Ok((
             [(header::CONTENT_TYPE, "application/octet-stream")],
             record.bytes().clone(),
+        )
+            .into_response()),
+        Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+/// `POST /internal/v1/read-digest`. Read and hashed in place, as `read`
+/// reads: the engine's read path does not wait on writers, and a hand-off
+/// to the blocking pool would cost more than the read.
+pub async fn read_digest(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let key = read_body(body, BodyLimit::Body(state.config.limits.max_key_size)).await?;
+    check_key(&state, &key)?;
+    match state.storage.read(&key) {
+        Ok(Some(record)) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            RecordDigest::of(&record).encode().to_vec(),
         )
             .into_response()),
         Ok(None) => Ok(StatusCode::NOT_FOUND.into_response()),
