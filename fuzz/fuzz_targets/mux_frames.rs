@@ -12,13 +12,15 @@ use libfuzzer_sys::fuzz_target;
 use strata_server::peer::mux::frame::{Frame, Kind, Opener, Sealer};
 
 const KEY: [u8; 32] = [42; 32];
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 9] = [
     Kind::Apply,
     Kind::ApplyBatch,
     Kind::Read,
+    Kind::ReadDigest,
     Kind::Done,
     Kind::Record,
     Kind::Absent,
+    Kind::Digest,
     Kind::Refused,
 ];
 

@@ -3,10 +3,13 @@
 //! `POST /internal/v1/read` that a coordinator decodes from a replica. Any
 //! bytes must be refused or decode to a record that encodes back to exactly
 //! those bytes: never a panic, never a record that says something else.
+//! The same holds for the answer of `POST /internal/v1/read-digest`
+//! (`peer::wire::RecordDigest::decode`).
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use strata_server::peer::wire::RecordDigest;
 use strata_server::storage::{EncodedRecord, Record};
 
 fuzz_target!(|data: &[u8]| {
@@ -18,5 +21,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&encoded.bytes()[..], data);
     } else {
         assert!(EncodedRecord::decode(data.to_vec().into()).is_err());
+    }
+    if let Ok(digest) = RecordDigest::decode(data) {
+        assert_eq!(&digest.encode()[..], data);
     }
 });

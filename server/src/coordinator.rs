@@ -11,9 +11,19 @@
 //!   gets a hint ([`hints`](crate::hints)), delivered once it is up again.
 //!   A hint never counts toward the level.
 //! - **Reads** ask only as many replicas as the level needs, this node first
-//!   when it is one, and ask the next replica when one fails. The newest
-//!   record wins ([`Record::supersedes`]); replicas that answered with an
-//!   older one are repaired in the background.
+//!   when it is one, and ask the next replica when one fails. The first is
+//!   asked for the record, the others only for its digest
+//!   ([`RecordDigest`]: version and hash, 16 bytes whatever the value's
+//!   size), as Cassandra's digest reads do. When every digest matches the
+//!   record, that is the answer. When one does not
+//!   (`kvnode_digest_mismatches_total`), a digest of a lower version (or of
+//!   nothing) is a replica that is behind, and any other (a higher version,
+//!   the same version with other bytes, a record where the full read found
+//!   none) is read in full; the newest record wins
+//!   ([`Record::supersedes`]). A replica that fails a read of either kind is
+//!   replaced by the next untried one, asked the same way. Every replica
+//!   known to hold something older than the answer is repaired in the
+//!   background. ONE reads ask one replica for the record and nothing else.
 //! - A level that cannot be met is [`CoordinatorError`], which the API turns
 //!   into a 503: up front when too few replicas are up, or after the calls
 //!   when too many failed.
@@ -35,6 +45,7 @@ mod background;
 #[cfg(test)]
 mod tests;
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +59,7 @@ use crate::applier::Applier;
 use crate::hints::Hints;
 use crate::hlc::Hlc;
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
-use crate::peer::wire::{decode_apply, encode_apply};
+use crate::peer::wire::{decode_apply, encode_apply, RecordDigest};
 use crate::peer::{Peer, PeerError};
 use crate::routing::Routing;
 use crate::storage::{Record, Storage};
@@ -291,50 +302,43 @@ impl Coordinator {
                 replicas: replicas.len(),
             });
         }
-        let mut untried = candidates.into_iter();
-        // Owned by this read: a read that is dropped (its client gone)
-        // cancels its calls, and none outlives the answer.
-        let mut calls = JoinSet::new();
-        let start_read = |member: MemberInfo, calls: &mut JoinSet<_>| {
-            let (this, key) = (self.clone(), key.clone());
-            calls.spawn(async move {
-                let answer = this.read_on(&member, key).await;
-                (member, answer)
-            });
+        let mut calls = ReadCalls {
+            coordinator: self,
+            key: key.clone(),
+            untried: candidates.into_iter(),
+            calls: JoinSet::new(),
         };
-        let mut answers: Vec<(MemberInfo, Option<Record>)> = Vec::with_capacity(needed);
-        let first: Vec<MemberInfo> = untried.by_ref().take(needed).collect();
-        for member in first {
+        let mut answers: Vec<(MemberInfo, Answer)> = Vec::with_capacity(needed);
+        let first: Vec<MemberInfo> = calls.untried.by_ref().take(needed).collect();
+        for (i, member) in first.into_iter().enumerate() {
+            // One replica sends the record, the others only its digest.
+            let ask = if i == 0 { Ask::Record } else { Ask::Digest };
             if member.id == view.self_id {
                 // The local replica is read in place: a task per read would
                 // cost more than the read (a third of a single node's GET
                 // throughput).
-                match self.read_on(&member, key.clone()).await {
-                    Some(record) => answers.push((member, record)),
-                    None => {
-                        if let Some(next) = untried.next() {
-                            start_read(next, &mut calls);
-                        }
-                    }
+                match self.ask(&member, key.clone(), ask).await {
+                    Some(answer) => answers.push((member, answer)),
+                    None => calls.replace(ask),
                 }
             } else {
-                start_read(member, &mut calls);
+                calls.start(member, ask);
             }
         }
-        while answers.len() < needed {
-            let Some(joined) = calls.join_next().await else {
-                break;
-            };
-            match joined {
-                Ok((member, Some(record))) => answers.push((member, record)),
-                Ok((_, None)) | Err(_) => {
-                    // A call that panicked is a failed one; the panic hook
-                    // has reported it.
-                    if let Some(next) = untried.next() {
-                        start_read(next, &mut calls);
-                    }
-                }
+        calls.collect(&mut answers, needed).await;
+        let mismatch = if answers.len() < needed {
+            None
+        } else {
+            mismatched_digests(&mut answers)
+        };
+        if let Some(doubtful) = mismatch {
+            self.inner.metrics.digest_mismatch();
+            // Read in full in place of their digests; a replica that fails
+            // now is replaced by the next untried one, read in full too.
+            for member in doubtful {
+                calls.start(member, Ask::Record);
             }
+            calls.collect(&mut answers, needed).await;
         }
         if answers.len() < needed {
             return Err(CoordinatorError::Failed {
@@ -342,14 +346,7 @@ impl Coordinator {
                 answered: answers.len(),
             });
         }
-        let newest = answers
-            .iter()
-            .filter_map(|(_, r)| r.as_ref())
-            .fold(None::<&Record>, |best, r| match best {
-                Some(b) if !r.supersedes(b) => Some(b),
-                _ => Some(r),
-            })
-            .cloned();
+        let newest = newest_record(&answers).cloned();
         if let Some(newest) = &newest {
             self.inner.hlc.update(newest.version);
             self.repair(&key, newest, &answers);
@@ -357,13 +354,20 @@ impl Coordinator {
         Ok(newest)
     }
 
-    /// Sends `newest` to every answering replica that returned something
-    /// older, in the background; skipped (and counted) for a replica when
-    /// the background set is full.
-    fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Option<Record>)]) {
+    /// Sends `newest` to every answering replica that holds something
+    /// else (older, by the digest path's rules), in the background; skipped
+    /// (and counted) for a replica when the background set is full.
+    fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Answer)]) {
+        let newest_digest = OnceCell::new();
         let mut body = None;
-        for (member, record) in answers {
-            if record.as_ref() == Some(newest) {
+        for (member, answer) in answers {
+            let holds_newest = match answer {
+                Answer::Record(record) => record.as_ref() == Some(newest),
+                Answer::Digest(digest) => {
+                    *digest == Some(*newest_digest.get_or_init(|| RecordDigest::of(newest)))
+                }
+            };
+            if holds_newest {
                 continue;
             }
             let Some(permit) = self.inner.background.try_reserve() else {
@@ -416,16 +420,23 @@ impl Coordinator {
         result == Outcome::ok
     }
 
-    /// Reads the record of `key` on one replica: `Some(answer)` if it
-    /// answered, `None` if it failed.
-    async fn read_on(&self, member: &MemberInfo, key: Bytes) -> Option<Option<Record>> {
+    /// Asks one replica for the record of `key`, or only its digest:
+    /// `Some(answer)` if it answered, `None` if it failed.
+    async fn ask(&self, member: &MemberInfo, key: Bytes, ask: Ask) -> Option<Answer> {
         let inner = &self.inner;
+        let op = match ask {
+            Ask::Record => ReplicaOp::read,
+            Ask::Digest => ReplicaOp::digest,
+        };
         if member.id == *inner.routing.self_id() {
             // The engine's read path does not wait on writers (memtable and
             // mmapped tables), so it runs inline rather than on the blocking
             // pool, whose hand-off would cost more than the read.
             let answer = match inner.storage.read(&key) {
-                Ok(record) => Some(record),
+                Ok(record) => Some(match ask {
+                    Ask::Record => Answer::Record(record),
+                    Ask::Digest => Answer::Digest(record.as_ref().map(RecordDigest::of)),
+                }),
                 Err(e) => {
                     tracing::error!(error = %e, "local read failed");
                     None
@@ -433,21 +444,151 @@ impl Coordinator {
             };
             inner
                 .metrics
-                .replica_call(ReplicaOp::read, Target::local, outcome(answer.is_some()));
+                .replica_call(op, Target::local, outcome(answer.is_some()));
             return answer;
         }
-        let (answer, result) = match inner.peer.read(member.endpoint(), key).await {
-            Ok(answer) => (Some(answer), Outcome::ok),
-            Err(e) => (None, remote_failure(&member.id, "read", &e)),
+        let to = member.endpoint();
+        let result = match ask {
+            Ask::Record => inner.peer.read(to, key).await.map(Answer::Record),
+            Ask::Digest => inner.peer.read_digest(to, key).await.map(Answer::Digest),
         };
-        inner
-            .metrics
-            .replica_call(ReplicaOp::read, Target::remote, result);
-        if let Some(Some(record)) = &answer {
+        let (answer, result) = match result {
+            Ok(answer) => (Some(answer), Outcome::ok),
+            Err(e) => (None, remote_failure(&member.id, ask.call(), &e)),
+        };
+        inner.metrics.replica_call(op, Target::remote, result);
+        if let Some(Answer::Record(Some(record))) = &answer {
             inner.hlc.update(record.version);
         }
         answer
     }
+}
+
+/// What a read asks of one replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// The record ([`Peer::read`]).
+    Record,
+    /// Only its digest ([`Peer::read_digest`]).
+    Digest,
+}
+
+impl Ask {
+    /// The call's name in logs.
+    fn call(self) -> &'static str {
+        match self {
+            Self::Record => "read",
+            Self::Digest => "read-digest",
+        }
+    }
+}
+
+/// What one replica answered a read.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// Its record, `None` if it holds nothing.
+    Record(Option<Record>),
+    /// Its record's digest, `None` if it holds nothing.
+    Digest(Option<RecordDigest>),
+}
+
+/// The replica calls of one read. Owned by the read: a read that is
+/// dropped (its client gone) cancels its calls, and none outlives the
+/// answer.
+struct ReadCalls<'a> {
+    coordinator: &'a Coordinator,
+    key: Bytes,
+    /// Readable replicas not asked yet, in the order to ask them.
+    untried: std::vec::IntoIter<MemberInfo>,
+    calls: JoinSet<(MemberInfo, Ask, Option<Answer>)>,
+}
+
+impl ReadCalls<'_> {
+    /// Asks `member`.
+    fn start(&mut self, member: MemberInfo, ask: Ask) {
+        let (this, key) = (self.coordinator.clone(), self.key.clone());
+        self.calls.spawn(async move {
+            let answer = this.ask(&member, key, ask).await;
+            (member, ask, answer)
+        });
+    }
+
+    /// Asks the next untried replica, if any, in place of one that failed.
+    fn replace(&mut self, ask: Ask) {
+        if let Some(next) = self.untried.next() {
+            self.start(next, ask);
+        }
+    }
+
+    /// Adds answers until there are `needed`, replacing each replica that
+    /// fails by the next untried one; stops short when every replica has
+    /// been tried. At most `needed` replicas are asked at a time, so reaching
+    /// `needed` means every call has answered, the full read included.
+    async fn collect(&mut self, answers: &mut Vec<(MemberInfo, Answer)>, needed: usize) {
+        while answers.len() < needed {
+            let Some(joined) = self.calls.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((member, _, Some(answer))) => answers.push((member, answer)),
+                Ok((_, ask, None)) => self.replace(ask),
+                // A call that panicked is a failed one; the panic hook has
+                // reported it. Which call it was is lost with it, and a full
+                // read stands in for either kind.
+                Err(_) => self.replace(Ask::Record),
+            }
+        }
+    }
+}
+
+/// The newest record among the answers read in full (`None` if none holds
+/// one).
+fn newest_record(answers: &[(MemberInfo, Answer)]) -> Option<&Record> {
+    answers
+        .iter()
+        .filter_map(|(_, answer)| match answer {
+            Answer::Record(record) => record.as_ref(),
+            Answer::Digest(_) => None,
+        })
+        .fold(None, |best, r| match best {
+            Some(b) if !r.supersedes(b) => Some(b),
+            _ => Some(r),
+        })
+}
+
+/// Compares the digests among `answers` with the newest record read in
+/// full: `None` if they all match it. Otherwise takes out the digests that
+/// may stand for something newer (a record where none was read, a higher
+/// version, or the same version with other bytes) and returns their
+/// replicas, to be read in full. The digests left behind say that their
+/// replica holds the newest record or one that loses to it (nothing, or a
+/// lower version): enough to answer, and to repair them.
+fn mismatched_digests(answers: &mut Vec<(MemberInfo, Answer)>) -> Option<Vec<MemberInfo>> {
+    if !answers.iter().any(|(_, a)| matches!(a, Answer::Digest(_))) {
+        return None;
+    }
+    let newest = newest_record(answers).map(|r| (r.version, RecordDigest::of(r)));
+    let matches = |answer: &Answer| match answer {
+        Answer::Digest(digest) => *digest == newest.map(|(_, d)| d),
+        Answer::Record(_) => true,
+    };
+    if answers.iter().all(|(_, answer)| matches(answer)) {
+        return None;
+    }
+    let loses = |digest: &Option<RecordDigest>| match (digest, newest) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(d), Some((version, _))) => d.version < version,
+    };
+    let mut doubtful = Vec::new();
+    answers.retain(|(member, answer)| match answer {
+        Answer::Digest(digest) if !matches(answer) && !loses(digest) => {
+            doubtful.push(member.clone());
+            false
+        }
+        _ => true,
+    });
+    Some(doubtful)
 }
 
 fn outcome(ok: bool) -> Outcome {

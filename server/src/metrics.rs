@@ -40,6 +40,8 @@ pub(crate) enum Op {
     internal_apply,
     /// An internal read received from a coordinator.
     internal_read,
+    /// An internal read-digest received from a coordinator.
+    internal_read_digest,
     /// A range stream served to a bootstrapping node.
     internal_stream,
     /// A digest or repair-rows call from a repairing replica.
@@ -56,8 +58,11 @@ pub(crate) enum Op {
 pub(crate) enum ReplicaOp {
     /// A write sent to a replica.
     apply,
-    /// A read sent to a replica.
+    /// A read of the whole record sent to a replica.
     read,
+    /// A read of the record's digest sent to a replica (QUORUM and ALL
+    /// reads, past their one full read).
+    digest,
     /// A read repair sent to a stale replica.
     repair,
 }
@@ -303,6 +308,7 @@ pub(crate) struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     replica_calls: Family<ReplicaLabels, Counter>,
     read_repairs_skipped: Counter,
+    digest_mismatches: Counter,
     stream: StreamCounters,
     gossip: GossipMetrics,
     hints: HintMetrics,
@@ -385,6 +391,12 @@ impl Metrics {
             "read_repairs_skipped",
             "Read repairs not sent because max_background_replica_calls were in flight",
             read_repairs_skipped.clone(),
+        );
+        let digest_mismatches = Counter::default();
+        registry.register(
+            "digest_mismatches",
+            "QUORUM and ALL reads where a replica's digest differed from the record read in full",
+            digest_mismatches.clone(),
         );
         let stream = StreamCounters::default();
         for (name, help, counter) in [
@@ -530,6 +542,7 @@ impl Metrics {
             errors,
             replica_calls,
             read_repairs_skipped,
+            digest_mismatches,
             stream,
             gossip,
             hints,
@@ -572,6 +585,11 @@ impl Metrics {
     /// Counts a read repair skipped for want of room in the background set.
     pub(crate) fn read_repair_skipped(&self) {
         self.read_repairs_skipped.inc();
+    }
+
+    /// Counts a read whose digests did not all match its full record.
+    pub(crate) fn digest_mismatch(&self) {
+        self.digest_mismatches.inc();
     }
 
     /// Counts a frame sent by a stream source.
@@ -860,6 +878,8 @@ mod tests {
         m.hlc_remote_ahead().inc();
         m.gossip().datagram_in(GossipOutcome::clock_offset, 60);
         m.read_repair_skipped();
+        m.digest_mismatch();
+        m.replica_call(ReplicaOp::digest, Target::remote, Outcome::ok);
         m.hints().stored();
         m.hints().dropped(HintDrop::over_bound);
         m.hints().set_pending("node2", 4096);
@@ -883,6 +903,8 @@ mod tests {
             "kvnode_replica_calls_total{op=\"apply\",target=\"remote\",outcome=\"timeout\"} 1",
             "kvnode_stream_received_items_total 3",
             "kvnode_read_repairs_skipped_total 1",
+            "kvnode_digest_mismatches_total 1",
+            "kvnode_replica_calls_total{op=\"digest\",target=\"remote\",outcome=\"ok\"} 1",
             "kvnode_stream_received_bytes_total 100",
             "kvnode_stream_ranges{state=\"done\"} 2",
             "kvnode_hlc_remote_ahead_total 1",

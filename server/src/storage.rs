@@ -216,15 +216,21 @@ impl Record {
 
     /// Appends the encoding to `out` (for wire formats that embed a record).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let value = self.value.as_deref().unwrap_or_default();
-        out.push(RECORD_FORMAT);
-        out.extend_from_slice(&self.version.to_be_bytes());
-        out.push(if self.value.is_none() {
+        out.extend_from_slice(&self.header());
+        out.extend_from_slice(self.value.as_deref().unwrap_or_default());
+    }
+
+    /// The encoding's fixed header (format, version, flags): the encoding is
+    /// this followed by the value bytes, so a hash of the encoding can be
+    /// taken in two pieces without copying the value next to it.
+    pub(crate) fn header(&self) -> [u8; RECORD_HEADER_LEN] {
+        let [v0, v1, v2, v3, v4, v5, v6, v7] = self.version.to_be_bytes();
+        let flags = if self.value.is_none() {
             FLAG_TOMBSTONE
         } else {
             0
-        });
-        out.extend_from_slice(value);
+        };
+        [RECORD_FORMAT, v0, v1, v2, v3, v4, v5, v6, v7, flags]
     }
 
     /// Parses [`Record::encode`]'s output; any other bytes are an error.

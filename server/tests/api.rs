@@ -8,6 +8,7 @@ mod common;
 
 use common::{assert_json_error, signed, Cluster, SECRET};
 use serde_json::Value;
+use strata_server::peer::wire::RecordDigest;
 use strata_server::storage::Record;
 
 async fn json(r: reqwest::Response) -> Value {
@@ -198,6 +199,22 @@ async fn internal_routes_refuse_requests_without_the_cluster_secret() {
     assert_eq!(r.status(), 200);
     let record = Record::decode(r.bytes().await.unwrap()).unwrap();
     assert_eq!(record.value.as_deref(), Some(&b"v"[..]));
+    // Its digest, and none for a key the node does not hold.
+    let digest = |key: &'static str| {
+        signed(
+            c.client
+                .post(node.url("/internal/v1/read-digest"))
+                .body(key),
+        )
+        .send()
+    };
+    let r = digest("k").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        RecordDigest::decode(&r.bytes().await.unwrap()),
+        Ok(RecordDigest::of(&record))
+    );
+    assert_eq!(digest("absent").await.unwrap().status(), 404);
     // With the secret, a malformed apply is a 400, not a crash.
     let r = signed(
         c.client

@@ -47,6 +47,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("POST", "/internal/v1/apply", Node),
         ("POST", "/internal/v1/apply-batch", Node),
         ("POST", "/internal/v1/read", Node),
+        ("POST", "/internal/v1/read-digest", Node),
         ("GET", "/internal/v1/tokens", Node),
         ("GET", "/internal/v1/stream", Node),
         ("POST", "/internal/v1/digest", Node),

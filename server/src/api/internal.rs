@@ -21,7 +21,7 @@ use axum::Json;
 
 use super::kv::check_key;
 use super::{read_body, ApiError, AppState, BodyLimit};
-use crate::peer::wire::{decode_apply, decode_apply_batch};
+use crate::peer::wire::{decode_apply, decode_apply_batch, RecordDigest};
 use crate::storage::EncodedRecord;
 
 /// Path of the tokens route.
@@ -53,6 +53,19 @@ pub async fn read(State(state): State<AppState>, body: Body) -> Result<Response,
         Some(record) => Ok((
             [(header::CONTENT_TYPE, "application/octet-stream")],
             record.bytes().clone(),
+        )
+            .into_response()),
+        None => Ok(StatusCode::NOT_FOUND.into_response()),
+    }
+}
+
+/// `POST /internal/v1/read-digest`.
+pub async fn read_digest(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let key = read_body(body, BodyLimit::Body(state.config.limits.max_key_size)).await?;
+    match digest_one(&state, &key)? {
+        Some(digest) => Ok((
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            digest.encode().to_vec(),
         )
             .into_response()),
         None => Ok(StatusCode::NOT_FOUND.into_response()),
@@ -107,6 +120,19 @@ pub(crate) fn read_one(state: &AppState, key: &[u8]) -> Result<Option<EncodedRec
     state
         .storage
         .read_encoded(key)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The digest of the record this node holds for `key`: the read-digest
+/// route's work, and the multiplexed transport's. Read and hashed in place,
+/// as `read_one` reads: the engine's read path does not wait on writers,
+/// and a hand-off to the blocking pool would cost more than the read.
+pub(crate) fn digest_one(state: &AppState, key: &[u8]) -> Result<Option<RecordDigest>, ApiError> {
+    check_key(state, key)?;
+    state
+        .storage
+        .read(key)
+        .map(|record| record.as_ref().map(RecordDigest::of))
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 

@@ -50,7 +50,7 @@ use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
 use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST, REPAIR_ROWS_PATH};
-use crate::peer::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
+use crate::peer::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_DIGEST_PATH, READ_PATH, STREAM_PATH};
 use crate::repair::Repairer;
 use crate::storage::Storage;
 use crate::stream::cleanup::Cleaner;
@@ -206,6 +206,12 @@ fn routes() -> Vec<Route> {
         Route::new(Node, READ_PATH, Method::POST, post(internal::read)),
         Route::new(
             Node,
+            READ_DIGEST_PATH,
+            Method::POST,
+            post(internal::read_digest),
+        ),
+        Route::new(
+            Node,
             internal::TOKENS_PATH,
             Method::GET,
             get(internal::tokens),
@@ -359,7 +365,7 @@ fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<Body
         Some(BodyLimit::Body(limits.apply_body_size()))
     } else if *method == Method::POST && path == APPLY_BATCH_PATH {
         Some(BodyLimit::Body(limits.apply_batch_body_size()))
-    } else if *method == Method::POST && path == READ_PATH {
+    } else if *method == Method::POST && (path == READ_PATH || path == READ_DIGEST_PATH) {
         Some(BodyLimit::Body(limits.max_key_size))
     } else if *method == Method::POST && path == DIGEST_PATH {
         Some(BodyLimit::Body(MAX_DIGEST_REQUEST))
@@ -423,6 +429,8 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_apply
     } else if path == READ_PATH {
         Op::internal_read
+    } else if path == READ_DIGEST_PATH {
+        Op::internal_read_digest
     } else if path == STREAM_PATH {
         Op::internal_stream
     } else if path == DIGEST_PATH || path == REPAIR_ROWS_PATH {

@@ -4,7 +4,8 @@
 //! peer closes it or the node stops.
 //!
 //! Each request does what its HTTP route does, through the same handlers
-//! (`internal::apply_one`, `apply_many`, `read_one`), and a refusal carries
+//! (`internal::apply_one`, `apply_many`, `read_one`, `digest_one`), and a
+//! refusal carries
 //! the route's status. Reads are answered inline (the engine's read path
 //! never waits on writers); applies run as tasks, so the applies of one
 //! read from the socket join one engine group. Replies go out in batches.
@@ -18,12 +19,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::internal::{apply_many, apply_one, read_one};
+use super::internal::{apply_many, apply_one, digest_one, read_one};
 use super::{ApiError, AppState};
 use crate::peer::mux::frame::{Frame, Kind, Opener, Sealer};
 use crate::peer::mux::handshake::{self, MuxKey};
@@ -92,7 +93,7 @@ pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watc
             let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
                 break 'conn None;
             };
-            if frame.kind == Kind::Read {
+            if matches!(frame.kind, Kind::Read | Kind::ReadDigest) {
                 let reply = reply(frame.id, read_reply(&state, &frame));
                 if replies.send(reply).await.is_err() {
                     break 'conn None;
@@ -143,19 +144,19 @@ pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watc
     tracing::debug!(%peer, %node, "multiplexed connection closed");
 }
 
-/// The reply to a read request.
+/// The reply to a read or read-digest request.
 fn read_reply(state: &AppState, frame: &Frame) -> Result<Frame, ApiError> {
-    Ok(match read_one(state, &frame.payload)? {
-        Some(record) => Frame {
-            id: frame.id,
-            kind: Kind::Record,
-            payload: record.bytes().clone(),
-        },
-        None => Frame {
-            id: frame.id,
-            kind: Kind::Absent,
-            payload: Default::default(),
-        },
+    let found = if frame.kind == Kind::Read {
+        read_one(state, &frame.payload)?.map(|record| (Kind::Record, record.bytes().clone()))
+    } else {
+        digest_one(state, &frame.payload)?
+            .map(|digest| (Kind::Digest, Bytes::copy_from_slice(&digest.encode())))
+    };
+    let (kind, payload) = found.unwrap_or((Kind::Absent, Bytes::new()));
+    Ok(Frame {
+        id: frame.id,
+        kind,
+        payload,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Real coordinators driven over views built by hand and a simulated
 //! network ([`SimNet`]): quorum arithmetic under each kind of failure,
-//! pending and leaving replicas, tail writes, read repair, the background
-//! set's bounds and the node's drain of it. Time is tokio's paused clock,
+//! pending and leaving replicas, tail writes, digest reads and read repair,
+//! the background set's bounds and the node's drain of it. Time is tokio's paused clock,
 //! so timeouts cost no wall time.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
@@ -684,31 +684,46 @@ async fn a_tombstone_wins_a_tie_on_the_version_and_is_repaired_onto_the_value() 
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_read_asks_the_next_replica_when_one_fails_or_times_out() {
+async fn a_read_asks_the_next_replica_the_same_way_when_one_fails_or_times_out() {
     for (fault, takes) in [
         (Fault::Unreachable, Duration::ZERO),
         (Fault::DropRequest, TIMEOUT),
     ] {
-        let cluster = Cluster::abc_and_x();
-        let k = Bytes::from("k");
-        let replicas = cluster.replicas(&k);
-        for id in &replicas {
-            cluster.put(id, &k, &Record::value(10, "v"));
+        // The owner is asked for the record and the second replica for a
+        // digest; the third replaces whichever fails, asked as it was.
+        for failing in [0, 1] {
+            let cluster = Cluster::abc_and_x();
+            let k = Bytes::from("k");
+            let replicas = cluster.replicas(&k);
+            for id in &replicas {
+                cluster.put(id, &k, &Record::value(10, "v"));
+            }
+            cluster
+                .net
+                .fault(Link::To(NodeId::from(replicas[failing].as_str())), fault);
+            let x = cluster.node("x");
+            let start = Instant::now();
+            assert_eq!(
+                x.coordinator.read(k.clone(), Quorum).await,
+                Ok(Some(Record::value(10, "v")))
+            );
+            assert_eq!(start.elapsed(), takes, "{fault:?}");
+            let (full, digest) = if failing == 0 {
+                (vec![0, 2], vec![1])
+            } else {
+                (vec![0], vec![1, 2])
+            };
+            let ids = |at: Vec<usize>| -> Vec<String> {
+                at.into_iter().map(|i| replicas[i].clone()).collect()
+            };
+            assert_eq!(cluster.calls_to(CallKind::Read), ids(full), "{fault:?}");
+            assert_eq!(
+                cluster.calls_to(CallKind::ReadDigest),
+                ids(digest),
+                "{fault:?}"
+            );
+            assert_eq!(metric(&x.metrics, "kvnode_digest_mismatches_total "), 0);
         }
-        cluster
-            .net
-            .fault(Link::To(NodeId::from(replicas[0].as_str())), fault);
-        let x = cluster.node("x");
-        let start = Instant::now();
-        assert!(x
-            .coordinator
-            .read(k.clone(), Quorum)
-            .await
-            .unwrap()
-            .is_some());
-        assert_eq!(start.elapsed(), takes, "{fault:?}");
-        // The owner and the second replica first, the third once one failed.
-        assert_eq!(cluster.calls_to(CallKind::Read), replicas, "{fault:?}");
     }
 }
 
@@ -964,4 +979,192 @@ async fn with_no_ring_yet_reads_and_writes_are_refused() {
         x.coordinator.read(key(1), One).await,
         Err(CoordinatorError::NoRing)
     );
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+/// Read and digest calls so far, by target, sorted.
+fn read_calls(cluster: &Cluster) -> (Vec<String>, Vec<String>) {
+    (
+        sorted(cluster.calls_to(CallKind::Read)),
+        sorted(cluster.calls_to(CallKind::ReadDigest)),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn quorum_and_all_reads_take_one_record_and_digests_from_the_other_replicas() {
+    let cluster = Cluster::abc_and_x();
+    let k = Bytes::from("k");
+    let replicas = cluster.replicas(&k);
+    let stored = Record::value(10, vec![7; 4096]);
+    for id in &replicas {
+        cluster.put(id, &k, &stored);
+    }
+    let x = cluster.node("x");
+    let r = |i: usize| replicas[i].clone();
+    for (level, full, digests) in [
+        (One, vec![r(0)], vec![]),
+        (Quorum, vec![r(0)], vec![r(1)]),
+        (All, vec![r(0)], vec![r(1), r(2)]),
+    ] {
+        let before = cluster.net.calls().len();
+        assert_eq!(
+            x.coordinator.read(k.clone(), level).await,
+            Ok(Some(stored.clone()))
+        );
+        let calls: Vec<_> = cluster.net.calls().split_off(before);
+        let of = |kind| -> Vec<String> {
+            sorted(
+                calls
+                    .iter()
+                    .filter(|c| c.kind == kind)
+                    .map(|c| c.to.to_string())
+                    .collect(),
+            )
+        };
+        assert_eq!(of(CallKind::Read), full, "{level:?}");
+        assert_eq!(of(CallKind::ReadDigest), sorted(digests), "{level:?}");
+        assert_eq!(calls.len(), level.required(3), "{level:?}");
+    }
+    assert_eq!(replica_calls(&x.metrics, "read", "remote", "ok"), 3);
+    assert_eq!(replica_calls(&x.metrics, "digest", "remote", "ok"), 3);
+
+    // A replica coordinating reads itself in full and digests the others.
+    let a = cluster.node("a");
+    a.coordinator.read(k.clone(), All).await.unwrap();
+    assert_eq!(replica_calls(&a.metrics, "read", "local", "ok"), 1);
+    assert_eq!(replica_calls(&a.metrics, "read", "remote", "ok"), 0);
+    assert_eq!(replica_calls(&a.metrics, "digest", "remote", "ok"), 2);
+    // Agreeing replicas: no mismatch, nothing to repair.
+    sleep(SETTLE).await;
+    for node in [&x, &a] {
+        assert_eq!(metric(&node.metrics, "kvnode_digest_mismatches_total "), 0);
+    }
+    assert!(cluster.calls_to(CallKind::Apply).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_digest_mismatch_answers_the_newest_record_and_repairs_the_replicas_behind() {
+    let records = [
+        Record::value(10, "old"),
+        Record::value(20, "new"),
+        Record::value(50, "a"),
+        Record::value(50, "b"),
+        Record::value(10, "v"),
+        Record::tombstone(20),
+    ];
+    let [old, new, low, high, value, tombstone] = records.each_ref().map(Some);
+    // What the owner (read in full) and the second replica (a digest)
+    // hold; whether the second is read in full too, and the answer.
+    let cases = [
+        ("both hold it", new, new, false, new),
+        ("neither holds it", None, None, false, None),
+        ("digest behind", new, old, false, new),
+        ("digest missing", new, None, false, new),
+        ("full behind", old, new, true, new),
+        ("full missing", None, new, true, new),
+        ("same version, digest wins", low, high, true, high),
+        ("same version, full wins", high, low, true, high),
+        ("newer tombstone digest", value, tombstone, true, tombstone),
+        ("newer tombstone full", tombstone, value, false, tombstone),
+    ];
+    for (case, full, digest, reread, answer) in cases {
+        let cluster = Cluster::abc_and_x();
+        let k = Bytes::from("k");
+        let replicas = cluster.replicas(&k);
+        let (r0, r1, r2) = (&replicas[0], &replicas[1], &replicas[2]);
+        for (id, record) in [(r0, full), (r1, digest)] {
+            if let Some(record) = record {
+                cluster.put(id, &k, record);
+            }
+        }
+        let x = cluster.node("x");
+        assert_eq!(
+            x.coordinator.read(k.clone(), Quorum).await,
+            Ok(answer.cloned()),
+            "{case}"
+        );
+        let full_reads = if reread {
+            sorted(vec![r0.clone(), r1.clone()])
+        } else {
+            vec![r0.clone()]
+        };
+        assert_eq!(
+            read_calls(&cluster),
+            (full_reads, vec![r1.clone()]),
+            "{case}"
+        );
+        let mismatch = full != digest;
+        assert_eq!(
+            metric(&x.metrics, "kvnode_digest_mismatches_total "),
+            u64::from(mismatch),
+            "{case}"
+        );
+        sleep(SETTLE).await;
+        // Both asked replicas hold the answer now, on their own engines;
+        // the third, never asked, is left alone.
+        for id in [r0, r1] {
+            assert_eq!(cluster.stored(id, &k).as_ref(), answer, "{case}: {id}");
+        }
+        assert_eq!(cluster.stored(r2, &k), None, "{case}");
+        let repairs = [full, digest].iter().filter(|r| **r != answer).count();
+        assert_eq!(cluster.calls_to(CallKind::Apply).len(), repairs, "{case}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_fails_its_full_read_after_a_mismatch_is_replaced_or_fails_the_read() {
+    for level in [Quorum, All] {
+        let cluster = Cluster::abc_and_x();
+        let k = Bytes::from("k");
+        let replicas = cluster.replicas(&k);
+        let (r0, r1, r2) = (&replicas[0], &replicas[1], &replicas[2]);
+        let (old, new) = (Record::value(10, "old"), Record::value(20, "new"));
+        cluster.put(r0, &k, &old);
+        cluster.put(r1, &k, &new);
+        // At QUORUM r2, read in r1's place, answers the newest record; at
+        // ALL no replica is left to stand in for r1.
+        cluster.put(r2, &k, if level == Quorum { &new } else { &old });
+        // The full read is slow, so r1's digest is in before r1 goes away.
+        cluster.net.fault(
+            Link::To(NodeId::from(r0.as_str())),
+            Fault::Delay(Duration::from_millis(100)),
+        );
+        let x = cluster.node("x");
+        let read = tokio::spawn({
+            let coordinator = x.coordinator.clone();
+            let k = k.clone();
+            async move { coordinator.read(k, level).await }
+        });
+        sleep(Duration::from_millis(50)).await;
+        assert!(cluster.calls_to(CallKind::ReadDigest).contains(r1));
+        cluster
+            .net
+            .fault(Link::To(NodeId::from(r1.as_str())), Fault::Unreachable);
+        let got = read.await.unwrap();
+        if level == Quorum {
+            // r2 is read in full in r1's place.
+            assert_eq!(got, Ok(Some(new.clone())));
+            assert_eq!(
+                read_calls(&cluster),
+                (sorted(replicas.clone()), vec![r1.clone()])
+            );
+            sleep(SETTLE).await;
+            assert_eq!(cluster.stored(r0, &k), Some(new.clone()), "repaired");
+        } else {
+            // Never the older record r0 and r2 agree on: r1 may hold a
+            // newer one, and no replica is left to stand in for it.
+            assert_eq!(
+                got,
+                Err(CoordinatorError::Failed {
+                    needed: 3,
+                    answered: 2
+                })
+            );
+        }
+        assert_eq!(metric(&x.metrics, "kvnode_digest_mismatches_total "), 1);
+    }
 }

@@ -266,7 +266,7 @@ mod tests {
     use crate::hints::outbox::IN_FLIGHT;
     use crate::metrics::HintMetrics;
     use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
-    use crate::peer::wire::{decode_apply_batch, encode_apply, max_batch_body};
+    use crate::peer::wire::{decode_apply_batch, encode_apply, max_batch_body, RecordDigest};
     use crate::peer::{Chunks, Endpoint, PeerError};
     use crate::storage::Record;
 
@@ -316,6 +316,14 @@ mod tests {
         }
 
         async fn read(&self, _: Endpoint<'_>, _: Bytes) -> Result<Option<Record>, PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+
+        async fn read_digest(
+            &self,
+            _: Endpoint<'_>,
+            _: Bytes,
+        ) -> Result<Option<RecordDigest>, PeerError> {
             Err(PeerError::Unreachable("not in this test".into()))
         }
 

@@ -10,7 +10,9 @@ use strata_ring::TokenRange;
 use super::repair::{
     DigestAnswer, DigestRequest, RowsAnswer, RowsRequest, DIGEST_PATH, REPAIR_ROWS_PATH,
 };
-use super::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_PATH, STREAM_PATH};
+use super::wire::{
+    RecordDigest, APPLY_BATCH_PATH, APPLY_PATH, READ_DIGEST_PATH, READ_PATH, STREAM_PATH,
+};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::auth::request::RequestSigner;
 use crate::auth::ClusterSecret;
@@ -113,6 +115,24 @@ impl Peer for HttpPeer {
         refused(&response)?;
         let body = response.bytes().await.map_err(failure)?;
         Record::decode(body)
+            .map(Some)
+            .map_err(|e| PeerError::BadAnswer(e.to_string()))
+    }
+
+    async fn read_digest(
+        &self,
+        to: Endpoint<'_>,
+        key: Bytes,
+    ) -> Result<Option<RecordDigest>, PeerError> {
+        let response = self
+            .post(to, READ_DIGEST_PATH, key, Some(self.replica_timeout))
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        refused(&response)?;
+        let body = response.bytes().await.map_err(failure)?;
+        RecordDigest::decode(&body)
             .map(Some)
             .map_err(|e| PeerError::BadAnswer(e.to_string()))
     }

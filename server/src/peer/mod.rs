@@ -2,7 +2,7 @@
 //! the replication and streaming logic (`coordinator`, `stream`) and the
 //! network. [`http::HttpPeer`] is the real transport.
 //!
-//! - [`wire`]: the apply and read bodies, the internal paths, hex.
+//! - [`wire`]: the apply, read and read-digest bodies, the internal paths.
 //! - [`frames`]: the checksummed frames a streamed range travels in.
 //! - [`repair`]: the bodies of the anti-entropy calls.
 //! - `sim` (tests only): a simulated network of in-process nodes with
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use strata_ring::{NodeId, TokenRange};
 
 use self::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
+use self::wire::RecordDigest;
 use crate::storage::Record;
 
 /// The member a call goes to.
@@ -76,6 +77,15 @@ pub trait Peer: Send + Sync {
 
     /// The record the peer holds for `key`, tombstones included.
     async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError>;
+
+    /// The digest of the record the peer holds for `key` (tombstones
+    /// included), `None` if it holds nothing: what a QUORUM or ALL read asks
+    /// of every replica but the one it reads in full.
+    async fn read_digest(
+        &self,
+        to: Endpoint<'_>,
+        key: Bytes,
+    ) -> Result<Option<RecordDigest>, PeerError>;
 
     /// Opens the stream of `range` past the engine key `after`: the body is
     /// [`frames`]. No deadline beyond connecting: the caller bounds its waits.

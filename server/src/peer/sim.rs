@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use strata_ring::{NodeId, TokenRange};
 
 use super::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
-use super::wire::{decode_apply, decode_apply_batch};
+use super::wire::{decode_apply, decode_apply_batch, RecordDigest};
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::hlc::Hlc;
 use crate::storage::{Record, Storage};
@@ -71,6 +71,8 @@ pub(crate) enum CallKind {
     ApplyBatch,
     /// [`Peer::read`].
     Read,
+    /// [`Peer::read_digest`].
+    ReadDigest,
 }
 
 /// A call as the net saw it.
@@ -80,7 +82,7 @@ pub(crate) struct Call {
     pub(crate) from: NodeId,
     /// The node called.
     pub(crate) to: NodeId,
-    /// Apply or read.
+    /// Which call.
     pub(crate) kind: CallKind,
     /// What the script did to it (`None`: delivered at once).
     pub(crate) fault: Option<Fault>,
@@ -364,6 +366,19 @@ impl Peer for SimPeer {
             .await
     }
 
+    async fn read_digest(
+        &self,
+        to: Endpoint<'_>,
+        key: Bytes,
+    ) -> Result<Option<RecordDigest>, PeerError> {
+        self.net
+            .call(&self.from, to.id, CallKind::ReadDigest, move |node| {
+                let record = node.storage.read(&key).map_err(|_| refused(500))?;
+                Ok(record.as_ref().map(RecordDigest::of))
+            })
+            .await
+    }
+
     async fn stream(
         &self,
         _to: Endpoint<'_>,
@@ -502,6 +517,22 @@ mod tests {
             net.peer("a").read(to(&unknown), Bytes::from("k")).await,
             Err(PeerError::Unreachable(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_digest_call_answers_what_the_target_holds_and_meets_the_script() {
+        let net = SimNet::new(&["a", "b"], TIMEOUT, 1).unwrap();
+        let b = NodeId::from("b");
+        let record = Record::value(7, "v");
+        net.storage("b").apply(b"k", &record).unwrap();
+        let peer = net.peer("a");
+        let digest = |key: &'static str| peer.read_digest(to(&b), Bytes::from(key));
+        assert_eq!(digest("k").await, Ok(Some(RecordDigest::of(&record))));
+        assert_eq!(digest("absent").await, Ok(None));
+        net.fault_times(Link::To(b.clone()), Fault::Refuse(503), 1);
+        assert_eq!(digest("k").await, Err(PeerError::Refused { status: 503 }));
+        let kinds: Vec<CallKind> = net.calls().into_iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [CallKind::ReadDigest; 3]);
     }
 
     #[tokio::test(start_paused = true)]

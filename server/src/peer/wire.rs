@@ -32,12 +32,34 @@
 //! Body: the key bytes. 200 with the record (storage's layout, tombstones
 //! included), or 404 if this node holds nothing for the key.
 //!
+//! # `POST /internal/v1/read-digest`
+//!
+//! Body: the key bytes. 200 with the [`RecordDigest`] of the record this
+//! node holds (tombstones included), or 404 if it holds nothing:
+//!
+//! ```text
+//! +-------------------+-------------------+
+//! | version: u64 BE   | hash: u64 BE      |
+//! +-------------------+-------------------+
+//!   0..8                8..16
+//! ```
+//!
+//! `version` is the record's; `hash` is xxh3-64 (seed 0) of the record's
+//! stored bytes (storage's layout: header and value). Exactly 16 bytes:
+//! any other length is refused. A coordinator of a QUORUM or ALL read asks
+//! one replica for the record and the others for this: two replicas hold
+//! the same record exactly when their digests are equal (up to a 64-bit
+//! hash collision between two records of one key and version), and a
+//! digest whose version is below a record's belongs to a record that
+//! loses to it ([`Record::supersedes`] orders by version first).
+//!
 //! # `GET /internal/v1/stream?start=S&end=E[&after=HEX]`
 //!
 //! The token range `(S, E]` as [`frames`](super::frames); `after` is an
 //! engine key in lower-case hex.
 
 use bytes::Bytes;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::frames::{end_frame, Decoder, Entry, Frame, FrameBuilder, FrameError, HEADER_LEN};
 use crate::storage::{engine_key, CodecError, EncodedRecord, Record};
@@ -52,6 +74,10 @@ pub const APPLY_BATCH_PATH: &str = "/internal/v1/apply-batch";
 pub const BATCH_TARGET: usize = 256 * 1024;
 /// Path of the read route.
 pub const READ_PATH: &str = "/internal/v1/read";
+/// Path of the read-digest route.
+pub const READ_DIGEST_PATH: &str = "/internal/v1/read-digest";
+/// Bytes of an encoded [`RecordDigest`].
+pub const DIGEST_LEN: usize = 16;
 /// Path of the stream route.
 pub const STREAM_PATH: &str = "/internal/v1/stream";
 
@@ -75,6 +101,59 @@ pub enum WireError {
     /// count is not the entries it holds.
     #[error("apply batch: {0}")]
     Batch(&'static str),
+    /// A read-digest answer that is not exactly [`DIGEST_LEN`] bytes.
+    #[error("record digest is {len} bytes, not {DIGEST_LEN}")]
+    DigestLength {
+        /// Bytes present.
+        len: usize,
+    },
+}
+
+/// What identifies a record under last-writer-wins, in 16 bytes: the answer
+/// of `POST /internal/v1/read-digest` (layout in the module doc). A replica
+/// that holds nothing has no digest (`None` where one is expected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordDigest {
+    /// The record's version.
+    pub version: u64,
+    /// xxh3-64 of the record's stored bytes.
+    pub hash: u64,
+}
+
+impl RecordDigest {
+    /// The digest of `record`: hashed as its encoding, header then value,
+    /// without building the encoding.
+    pub fn of(record: &Record) -> Self {
+        let mut hasher = Xxh3::new();
+        hasher.update(&record.header());
+        hasher.update(record.value.as_deref().unwrap_or_default());
+        Self {
+            version: record.version,
+            hash: hasher.digest(),
+        }
+    }
+
+    /// The 16 bytes on the wire.
+    pub fn encode(&self) -> [u8; DIGEST_LEN] {
+        let mut out = [0; DIGEST_LEN];
+        let (version, hash) = out.split_at_mut(8);
+        version.copy_from_slice(&self.version.to_be_bytes());
+        hash.copy_from_slice(&self.hash.to_be_bytes());
+        out
+    }
+
+    /// Parses [`RecordDigest::encode`]'s output; any other length is an
+    /// error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        let wrong = || WireError::DigestLength { len: bytes.len() };
+        let (version, hash) = bytes.split_first_chunk::<8>().ok_or_else(wrong)?;
+        // Exactly eight more: neither short nor trailing bytes.
+        let hash: &[u8; 8] = hash.try_into().map_err(|_| wrong())?;
+        Ok(Self {
+            version: u64::from_be_bytes(*version),
+            hash: u64::from_be_bytes(*hash),
+        })
+    }
 }
 
 /// Encodes an apply body: the one copy of the value a write makes on its
@@ -207,6 +286,57 @@ mod tests {
             decode_apply(huge.into()),
             Err(WireError::Truncated { .. })
         ));
+    }
+
+    #[test]
+    fn a_digest_hashes_the_stored_bytes_and_round_trips() {
+        for record in [
+            Record::value(42, b"v".to_vec()),
+            Record::value(42, vec![7; 1000]),
+            Record::value(42, Vec::new()),
+            Record::tombstone(42),
+        ] {
+            let digest = RecordDigest::of(&record);
+            assert_eq!(digest.version, 42);
+            assert_eq!(
+                digest.hash,
+                xxhash_rust::xxh3::xxh3_64(&record.encode()),
+                "{record:?}"
+            );
+            let bytes = digest.encode();
+            assert_eq!(bytes[..8], 42u64.to_be_bytes());
+            assert_eq!(RecordDigest::decode(&bytes), Ok(digest));
+        }
+        // Records that differ only past the version differ in the hash.
+        let same_version = [
+            Record::value(42, b"a".to_vec()),
+            Record::value(42, b"b".to_vec()),
+            Record::value(42, Vec::new()),
+            Record::tombstone(42),
+        ];
+        for (i, a) in same_version.iter().enumerate() {
+            for b in &same_version[i + 1..] {
+                assert_ne!(RecordDigest::of(a), RecordDigest::of(b), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_digest_of_any_other_length_is_refused() {
+        let bytes = RecordDigest::of(&Record::value(1, b"v".to_vec())).encode();
+        for len in 0..DIGEST_LEN {
+            assert_eq!(
+                RecordDigest::decode(&bytes[..len]),
+                Err(WireError::DigestLength { len }),
+                "len {len}"
+            );
+        }
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert_eq!(
+            RecordDigest::decode(&long),
+            Err(WireError::DigestLength { len: 17 })
+        );
     }
 
     fn sample_batch(n: u64) -> (Vec<(Vec<u8>, Record)>, Bytes) {

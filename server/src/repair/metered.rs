@@ -11,6 +11,7 @@ use strata_ring::TokenRange;
 
 use crate::metrics::Metrics;
 use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
+use crate::peer::wire::RecordDigest;
 use crate::peer::{Chunks, Endpoint, Peer, PeerError};
 use crate::storage::Record;
 use crate::throttle::Throttle;
@@ -47,6 +48,14 @@ impl Peer for MeteredPeer {
 
     async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError> {
         self.inner.read(to, key).await
+    }
+
+    async fn read_digest(
+        &self,
+        to: Endpoint<'_>,
+        key: Bytes,
+    ) -> Result<Option<RecordDigest>, PeerError> {
+        self.inner.read_digest(to, key).await
     }
 
     /// Not metered: repair does not stream.

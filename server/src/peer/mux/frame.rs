@@ -25,9 +25,11 @@
 //! | 1    | `apply`       | an apply body (`peer::wire::encode_apply`)          |
 //! | 2    | `apply-batch` | an apply-batch body (`peer::wire::ApplyBatch`)      |
 //! | 3    | `read`        | the key                                             |
+//! | 4    | `read-digest` | the key                                             |
 //! | 0x81 | `done`        | empty: the apply or batch is merged                 |
 //! | 0x82 | `record`      | the record (storage's layout)                       |
 //! | 0x83 | `absent`      | empty: the peer holds nothing for the key           |
+//! | 0x84 | `digest`      | the record's digest (`peer::wire::RecordDigest`)    |
 //! | 0xff | `refused`     | status u16 BE (the HTTP route's), then a UTF-8 reason |
 //!
 //! Requests (kinds below 0x80) go from the connecting node to the accepting
@@ -54,12 +56,16 @@ pub enum Kind {
     ApplyBatch,
     /// Request: read the record of a key.
     Read,
+    /// Request: the digest of the record of a key.
+    ReadDigest,
     /// Reply: applied.
     Done,
     /// Reply: the record read.
     Record,
     /// Reply: no record for the key.
     Absent,
+    /// Reply: the digest of the record.
+    Digest,
     /// Reply: the request was refused (status and reason).
     Refused,
 }
@@ -70,9 +76,11 @@ impl Kind {
             Self::Apply => 1,
             Self::ApplyBatch => 2,
             Self::Read => 3,
+            Self::ReadDigest => 4,
             Self::Done => 0x81,
             Self::Record => 0x82,
             Self::Absent => 0x83,
+            Self::Digest => 0x84,
             Self::Refused => 0xff,
         }
     }
@@ -82,9 +90,11 @@ impl Kind {
             1 => Self::Apply,
             2 => Self::ApplyBatch,
             3 => Self::Read,
+            4 => Self::ReadDigest,
             0x81 => Self::Done,
             0x82 => Self::Record,
             0x83 => Self::Absent,
+            0x84 => Self::Digest,
             0xff => Self::Refused,
             _ => return None,
         })

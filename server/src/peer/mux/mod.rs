@@ -1,5 +1,5 @@
 //! The multiplexed transport: a second [`Peer`] that carries the hot calls
-//! (apply, apply-batch, read) over one long-lived TCP connection per peer,
+//! (apply, apply-batch, read, read-digest) over one long-lived TCP connection per peer,
 //! on the peer's HTTP port.
 //!
 //! - [`handshake`]: how a connection starts (each side proves the cluster
@@ -44,6 +44,7 @@ use self::link::{expect, Link, OpenError};
 pub(crate) use self::link::{write_batched, READ_CHUNK};
 use super::http::HttpPeer;
 use super::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
+use super::wire::RecordDigest;
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::storage::Record;
 
@@ -221,6 +222,24 @@ impl Peer for MuxPeer {
                 .map(Some)
                 .map_err(|e| PeerError::BadAnswer(e.to_string())),
             None => self.http.read(to, key).await,
+        }
+    }
+
+    async fn read_digest(
+        &self,
+        to: Endpoint<'_>,
+        key: Bytes,
+    ) -> Result<Option<RecordDigest>, PeerError> {
+        let replies = [Kind::Digest, Kind::Absent];
+        match self
+            .call(to, Kind::ReadDigest, key.clone(), &replies)
+            .await?
+        {
+            Some(reply) if reply.kind == Kind::Absent => Ok(None),
+            Some(reply) => RecordDigest::decode(&reply.payload)
+                .map(Some)
+                .map_err(|e| PeerError::BadAnswer(e.to_string())),
+            None => self.http.read_digest(to, key).await,
         }
     }
 
