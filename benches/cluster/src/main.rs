@@ -110,7 +110,7 @@ struct Args {
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
-    /// Worker threads of the load generator (wrk's -t).
+    /// Threads of the load generator, each with its own event loop (wrk's -t).
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
 }
@@ -193,8 +193,9 @@ fn bench(args: &Args) -> Result<ExitCode> {
     if !args.data_dir.is_dir() {
         bail!("--data-dir {}: not a directory", args.data_dir.display());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.client_threads)
+    // The load runs on threads of its own (`load`); this one only starts
+    // and watches processes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // An interrupt drops the run, whose servers stop and remove their data
@@ -266,6 +267,7 @@ async fn measure(
         duration: args.duration,
         keys: args.keys,
         workload: s.workload,
+        threads: args.client_threads,
     };
 
     eprintln!("{label}: kvnode");
@@ -273,7 +275,7 @@ async fn measure(
     // Preloaded at ALL, so that no read of the window meets a replica that
     // missed the write and pays for a read repair.
     let preload = KvnodeApi::new(Consistency::All, value.clone());
-    preload_if_read(args, &load, Arc::new(preload), &cluster.addrs).await?;
+    preload_if_read(&load, Arc::new(preload), &cluster.addrs).await?;
     let api = Arc::new(KvnodeApi::new(s.consistency, value.clone()));
     let outcome = load::run(api, &cluster.addrs, &load, cluster.processes()).await?;
     drop(cluster);
@@ -286,7 +288,7 @@ async fn measure(
             eprintln!("{label}: etcd");
             let etcd = Etcd::start(bin, &args.data_dir).await?;
             let preload = EtcdApi::new(etcd.gateway, false, &value);
-            preload_if_read(args, &load, Arc::new(preload), &etcd.addrs).await?;
+            preload_if_read(&load, Arc::new(preload), &etcd.addrs).await?;
             let serializable = s.consistency == Consistency::One;
             let api = Arc::new(EtcdApi::new(etcd.gateway, serializable, &value));
             let outcome = load::run(api, &etcd.addrs, &load, etcd.processes()).await?;
@@ -308,15 +310,11 @@ async fn measure(
     Ok(Case::new(label, kvnode_row, peer, note))
 }
 
-async fn preload_if_read(
-    args: &Args,
-    load: &Load,
-    api: Arc<dyn load::Api>,
-    addrs: &[SocketAddr],
-) -> Result<()> {
+/// Writes every key first if `load` reads them.
+async fn preload_if_read(load: &Load, api: Arc<dyn load::Api>, addrs: &[SocketAddr]) -> Result<()> {
     if load.workload.reads() {
-        let took = load::preload(api, addrs, args.connections, args.keys).await?;
-        eprintln!("  preloaded {} keys in {took:.1?}", args.keys);
+        let took = load::preload(api, addrs, load).await?;
+        eprintln!("  preloaded {} keys in {took:.1?}", load.keys);
     }
     Ok(())
 }
