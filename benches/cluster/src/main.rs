@@ -38,7 +38,7 @@ use load::{Load, Workload};
 use nodes::{Consistency, KvnodeApi, Kvnodes};
 use peers::axum::{AxumApi, AxumPeer};
 use peers::etcd::{Etcd, EtcdApi};
-use report::{Case, Row};
+use report::{Case, Conditions, Row};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -198,6 +198,7 @@ fn bench(args: &Args) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let load_average_start = process::load_average();
     // An interrupt drops the run, whose servers stop and remove their data
     // as they drop.
     let cases = runtime.block_on(async {
@@ -206,9 +207,20 @@ fn bench(args: &Args) -> Result<ExitCode> {
             signal = interrupted() => Err(anyhow!("{signal}: servers stopped, data removed")),
         }
     })?;
+    let conditions = Conditions {
+        connections: args.connections,
+        client_threads: args.client_threads,
+        warmup_secs: args.warmup.as_secs_f64(),
+        duration_secs: args.duration.as_secs_f64(),
+        value_size: args.value_size,
+        keys: args.keys,
+        load_average_start,
+        load_average_end: process::load_average(),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&cases)?);
+        println!("{}", report::json(&conditions, &cases)?);
     } else {
+        println!("{}", report::conditions(&conditions));
         println!("{}", report::summary(&cases));
         println!("{}", report::details(&cases));
     }

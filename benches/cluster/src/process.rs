@@ -159,6 +159,15 @@ pub fn own_cpu() -> Result<Duration> {
     cpu_of("self")
 }
 
+/// The machine's load averages over 1, 5 and 15 minutes, as
+/// `/proc/loadavg` gives them: on a shared machine they say how much the
+/// figures of a run can be trusted.
+pub fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
+    (fields.len() == 3).then(|| fields.join(" "))
+}
+
 fn cpu_of(pid: &str) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;

@@ -143,6 +143,52 @@ impl Case {
     }
 }
 
+/// What every case of a run shares, and how busy the machine was.
+#[derive(Debug, Clone, Serialize)]
+pub struct Conditions {
+    /// Connections, each with one request in flight.
+    pub connections: usize,
+    /// Threads of the generator.
+    pub client_threads: usize,
+    /// Uncounted load before each window, in seconds.
+    pub warmup_secs: f64,
+    /// Each timed window, in seconds.
+    pub duration_secs: f64,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Size of the key space.
+    pub keys: u64,
+    /// `/proc/loadavg` (1, 5, 15 min) when the run started.
+    pub load_average_start: Option<String>,
+    /// The same when it ended.
+    pub load_average_end: Option<String>,
+}
+
+/// The whole run as one JSON document.
+pub fn json(conditions: &Conditions, cases: &[Case]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "conditions": conditions,
+        "cases": cases,
+    }))
+}
+
+/// One line that says under what the figures were taken.
+pub fn conditions(c: &Conditions) -> String {
+    let load = |l: &Option<String>| l.clone().unwrap_or_else(|| "unknown".to_owned());
+    format!(
+        "{} connections on {} client threads, {} s warm-up, {} s window, {}-byte values, {} keys; \
+         load average {} at the start, {} at the end\n",
+        c.connections,
+        c.client_threads,
+        c.warmup_secs,
+        c.duration_secs,
+        c.value_size,
+        count(c.keys as f64),
+        load(&c.load_average_start),
+        load(&c.load_average_end),
+    )
+}
+
 /// The issue's table: one line per case, kvnode against its peer.
 pub fn summary(cases: &[Case]) -> String {
     let mut out = String::from(
@@ -300,6 +346,29 @@ mod tests {
         let failures = case.failures();
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert!(failures[0].contains("kvnode: 3 non-2xx, 0 I/O errors (non-2xx: 503"));
+    }
+
+    #[test]
+    fn conditions_say_how_busy_the_machine_was() {
+        let c = Conditions {
+            connections: 64,
+            client_threads: 2,
+            warmup_secs: 2.0,
+            duration_secs: 10.0,
+            value_size: 100,
+            keys: 100_000,
+            load_average_start: Some("0.52 0.61 0.70".into()),
+            load_average_end: None,
+        };
+        assert_eq!(
+            conditions(&c),
+            "64 connections on 2 client threads, 2 s warm-up, 10 s window, 100-byte values, \
+             100,000 keys; load average 0.52 0.61 0.70 at the start, unknown at the end\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&json(&c, &[]).expect("JSON")).expect("parses");
+        assert_eq!(json["conditions"]["connections"], 64);
+        assert_eq!(json["cases"], serde_json::json!([]));
     }
 
     #[test]
