@@ -661,7 +661,7 @@ impl Core {
         let wal = log.wal.path().to_owned();
         let at = |e: crate::error::DecodeError| e.at(&wal, whole_len);
         for record in BatchRecords::decode(merged.encoded()).map_err(at)? {
-            mem.insert(&record.map_err(at)?);
+            mem.insert(&record.map_err(at)?)?;
         }
         log.last_seq = last;
         self.visible_seq.store(last, Ordering::Release);
