@@ -10,20 +10,23 @@
 //! million nodes one by one. The memtable needs none of what that generality
 //! pays for: the database already serialises writers (one group-commit
 //! leader at a time), and entries are never removed, only dropped with the
-//! whole memtable. So nodes here are immutable once published, live in one
-//! arena, and hold their key and value inline, next to the links a search
-//! follows.
+//! whole memtable. So nodes here are immutable once published, live in an
+//! arena, and hold their key inline, next to the links a search follows.
 //!
-//! # Node layout (in the arena, 8-byte aligned)
+//! # Node layout (in the node arena, 8-byte aligned)
 //!
 //! ```text
-//! +-------------------------------+---------------------------+-----+-------+
-//! | Header (40 bytes)             | links: height x 8 bytes   | key | value |
-//! | prefix [u64; 2] | tag u64 |   | AtomicPtr to the next     |     |       |
-//! | key_len u32 | value_len u32 | | node at level 0..height   |     |       |
-//! | height u32 | padding        | |                           |     |       |
-//! +-------------------------------+---------------------------+-----+-------+
+//! +----------------------------------+-------------------------+-----+
+//! | Header (48 bytes)                | links: height x 8 bytes | key |
+//! | prefix [u64; 2] | tag u64 |      | AtomicPtr to the next   |     |
+//! | value ptr | key_len u32 |        | node at levels          |     |
+//! | value_len u32 | height u32 | pad | 0..height               |     |
+//! +----------------------------------+-------------------------+-----+
 //! ```
+//!
+//! The value sits in a second arena: a search reads headers, links and keys
+//! only, and keeping values out of their way packs more nodes per cache
+//! line and page.
 //!
 //! `prefix` is the user key's first 16 bytes, zero-padded, as two big-endian
 //! words: comparing it first orders most pairs of keys with two integer
@@ -56,17 +59,21 @@ const MAX_HEIGHT: usize = 16;
 /// A node reaches each next level with probability 1/BRANCHING.
 const BRANCHING: u32 = 4;
 
-/// The fixed part of a node; its links, key and value follow it.
+/// The fixed part of a node; its links and key follow it.
 #[repr(C)]
 struct Header {
     prefix: [u64; 2],
     tag: u64,
+    /// In the value arena (see `Writer`).
+    value: *const u8,
     key_len: u32,
     value_len: u32,
     height: u32,
 }
 
 const HEADER: usize = std::mem::size_of::<Header>();
+// Links follow the header and must stay 8-byte aligned.
+const _: () = assert!(HEADER.is_multiple_of(std::mem::align_of::<AtomicPtr<Header>>()));
 const LINK: usize = std::mem::size_of::<AtomicPtr<Header>>();
 
 /// Where a search goes: an internal key, user key plus tag.
@@ -123,7 +130,7 @@ impl<'a> NodeRef<'a> {
     /// The byte `offset` bytes into the node.
     fn at(self, offset: usize) -> *const u8 {
         // SAFETY: callers stay within the node's allocation, whose size is
-        // `HEADER + height * LINK + key_len + value_len`.
+        // `HEADER + height * LINK + key_len`.
         unsafe { self.ptr.as_ptr().cast::<u8>().add(offset) }
     }
 
@@ -135,7 +142,7 @@ impl<'a> NodeRef<'a> {
     fn link(self, level: usize) -> &'a AtomicPtr<Header> {
         debug_assert!(level < self.header().height as usize);
         // SAFETY: links sit right after the header, 8-byte aligned (the
-        // header is 40 bytes and nodes start 8-byte aligned), one per level
+        // header is 48 bytes and nodes start 8-byte aligned), one per level
         // below `height`; they are only ever accessed atomically.
         unsafe { &*self.at(HEADER + level * LINK).cast::<AtomicPtr<Header>>() }
     }
@@ -161,13 +168,9 @@ impl<'a> NodeRef<'a> {
 
     pub(super) fn value(self) -> &'a [u8] {
         let h = self.header();
-        // SAFETY: as for the key; the value follows it.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.at(self.data() + h.key_len as usize),
-                h.value_len as usize,
-            )
-        }
+        // SAFETY: `value` points to `value_len` bytes in the skiplist's value
+        // arena, written before the node was published and never changed.
+        unsafe { std::slice::from_raw_parts(h.value, h.value_len as usize) }
     }
 
     /// This node's internal key against `probe`'s.
@@ -183,6 +186,10 @@ impl<'a> NodeRef<'a> {
 /// What only the writer touches.
 struct Writer {
     arena: Arena,
+    /// Values live apart from the nodes, so that the nodes a search visits
+    /// sit densely in memory (about 70 bytes each for 16-byte keys instead
+    /// of 170 with a 100-byte value inline) and more of them stay cached.
+    values: Arena,
     /// xorshift32 state for node heights.
     rng: u32,
     /// Each level's predecessor of the last inserted node. An insert that
@@ -232,6 +239,7 @@ impl SkipList {
             head.as_ptr().write(Header {
                 prefix: [0; 2],
                 tag: 0,
+                value: NonNull::dangling().as_ptr(),
                 key_len: 0,
                 value_len: 0,
                 height: MAX_HEIGHT as u32,
@@ -244,6 +252,7 @@ impl SkipList {
             memory: AtomicUsize::new(arena.used()),
             writer: Mutex::new(Writer {
                 arena,
+                values: Arena::new(),
                 rng: 0x9e37_79b9,
                 splice: [head; MAX_HEIGHT],
             }),
@@ -289,21 +298,25 @@ impl SkipList {
             // the head there, searches fill it in), which is right.
             self.height.store(height, Atomic::Relaxed);
         }
-        let size = HEADER + height * LINK + user_key.len() + value.len();
-        let ptr = w.arena.alloc(size).cast::<Header>();
-        // SAFETY: `ptr` is a fresh, unpublished allocation of `size` bytes,
-        // 8-byte aligned: nobody else can see it yet.
+        let value_ptr = w.values.alloc(value.len()).as_ptr();
+        let ptr = w
+            .arena
+            .alloc(HEADER + height * LINK + user_key.len())
+            .cast::<Header>();
+        // SAFETY: `ptr` and `value_ptr` are fresh, unpublished allocations of
+        // the sizes written here, 8-byte aligned: nobody else can see them yet.
         unsafe {
+            std::ptr::copy_nonoverlapping(value.as_ptr(), value_ptr, value.len());
             ptr.as_ptr().write(Header {
                 prefix: probe.prefix,
                 tag,
+                value: value_ptr,
                 key_len,
                 value_len,
                 height: height as u32,
             });
-            let data = ptr.as_ptr().cast::<u8>().add(HEADER + height * LINK);
-            std::ptr::copy_nonoverlapping(user_key.as_ptr(), data, user_key.len());
-            std::ptr::copy_nonoverlapping(value.as_ptr(), data.add(user_key.len()), value.len());
+            let key = ptr.as_ptr().cast::<u8>().add(HEADER + height * LINK);
+            std::ptr::copy_nonoverlapping(user_key.as_ptr(), key, user_key.len());
         }
         let node = NodeRef::new(ptr);
         for (level, p) in prev.iter().enumerate().take(height) {
@@ -322,7 +335,8 @@ impl SkipList {
             };
         }
         self.len.fetch_add(1, Atomic::Relaxed);
-        self.memory.store(w.arena.used(), Atomic::Relaxed);
+        self.memory
+            .store(w.arena.used() + w.values.used(), Atomic::Relaxed);
         Ok(true)
     }
 
@@ -582,5 +596,35 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(list.len(), N as usize);
         assert!(scans > 1);
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// `cargo test --release -p strata-engine --lib skiplist_insert_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn skiplist_insert_speed() {
+        let value = [b'v'; 100];
+        for round in 0..3 {
+            let list = SkipList::new();
+            let mut x: u64 = 0x1234_5678;
+            let start = std::time::Instant::now();
+            for i in 0..400_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let key = format!("{:016}", x % 1_000_000);
+                list.insert(key.as_bytes(), i << 8 | 1, &value).unwrap();
+            }
+            let el = start.elapsed();
+            println!(
+                "round {round}: {:.0} ns/insert, {} MiB",
+                el.as_nanos() as f64 / 400_000.0,
+                list.memory() >> 20
+            );
+        }
     }
 }
