@@ -22,6 +22,8 @@ use crate::key::{pack_tag, ValueKind, SEEK_KIND};
 use crate::Result;
 use skiplist::{NodeRef, Probe, SkipList};
 
+pub(crate) use arena::ChunkPool;
+
 /// How many entries a scan copies out of the skiplist per visit, so that a
 /// scan pays one O(log n) seek per chunk rather than per entry.
 const SCAN_CHUNK: usize = 64;
@@ -43,7 +45,16 @@ pub(crate) struct Memtable {
 impl Memtable {
     pub(crate) fn new(log_number: u64) -> Self {
         Memtable {
-            list: SkipList::new(),
+            list: SkipList::new(None),
+            log_number,
+        }
+    }
+
+    /// A memtable that takes its memory from `pool` first and gives it back
+    /// there when dropped: the live memtables of one database.
+    pub(crate) fn with_pool(log_number: u64, pool: &Arc<ChunkPool>) -> Self {
+        Memtable {
+            list: SkipList::new(Some(pool.clone())),
             log_number,
         }
     }

@@ -48,10 +48,11 @@ use std::cmp::Ordering;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering as Atomic};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::arena::Arena;
+use super::arena::{Arena, ChunkPool};
 
 /// Levels at most; with a branching factor of 4 that indexes 4^16 entries
 /// at full speed, far beyond any memtable size.
@@ -230,11 +231,12 @@ unsafe impl Send for SkipList {}
 unsafe impl Sync for SkipList {}
 
 impl SkipList {
-    pub(super) fn new() -> Self {
-        let mut arena = Arena::new();
+    /// An empty skiplist whose arenas recycle 2 MiB chunks through `pool`.
+    pub(super) fn new(pool: Option<Arc<ChunkPool>>) -> Self {
+        let mut arena = Arena::new(pool.clone());
         let head = arena.alloc(HEADER + MAX_HEIGHT * LINK).cast::<Header>();
         // SAFETY: freshly allocated, large enough and aligned for a header
-        // and MAX_HEIGHT links; zeroed memory is a null link.
+        // and MAX_HEIGHT links.
         unsafe {
             head.as_ptr().write(Header {
                 prefix: [0; 2],
@@ -245,6 +247,12 @@ impl SkipList {
                 height: MAX_HEIGHT as u32,
             });
         }
+        // Arena memory may hold a previous memtable's bytes.
+        for level in 0..MAX_HEIGHT {
+            NodeRef::new(head)
+                .link(level)
+                .store(std::ptr::null_mut(), Atomic::Relaxed);
+        }
         SkipList {
             head,
             height: AtomicUsize::new(1),
@@ -252,7 +260,7 @@ impl SkipList {
             memory: AtomicUsize::new(arena.used()),
             writer: Mutex::new(Writer {
                 arena,
-                values: Arena::new(),
+                values: Arena::new(pool),
                 rng: 0x9e37_79b9,
                 splice: [head; MAX_HEIGHT],
             }),
@@ -454,7 +462,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     /// Internal-key order, as a `BTreeMap` key: user key ascending, tag descending.
     type ModelKey = (Vec<u8>, std::cmp::Reverse<u64>);
@@ -477,7 +484,7 @@ mod tests {
             ),
             probes in proptest::collection::vec((proptest::collection::vec(0u8..3, 0..20), 0u64..7), 0..30),
         ) {
-            let list = SkipList::new();
+            let list = SkipList::new(None);
             let mut model: BTreeMap<ModelKey, Vec<u8>> = BTreeMap::new();
             for (key, tag, value) in &ops {
                 let inserted = list.insert(key, *tag, value).unwrap();
@@ -508,7 +515,7 @@ mod tests {
     /// the splice; interleaving them forces it to be rejected and rebuilt.
     #[test]
     fn splice_keeps_order_for_runs_in_both_directions() {
-        let list = SkipList::new();
+        let list = SkipList::new(None);
         let mut model = BTreeMap::new();
         let mut put = |i: u64, tag: u64| {
             let key = format!("{i:020}").into_bytes();
@@ -533,9 +540,36 @@ mod tests {
         assert_eq!(keys, expected);
     }
 
+    /// A skiplist on chunks that a dropped one left full of old nodes reads
+    /// back only what was inserted into it.
+    #[test]
+    fn recycled_chunks_hold_no_stale_links() {
+        let pool = ChunkPool::new(64 << 20);
+        let fill = |list: &SkipList, round: u64| {
+            for i in 0..60_000u64 {
+                let key = format!("{:08}", (i * 7919 + round) % 100_000).into_bytes();
+                list.insert(&key, round, &[round as u8; 40]).unwrap();
+            }
+        };
+        let old = SkipList::new(Some(pool.clone()));
+        fill(&old, 1);
+        drop(old);
+        let list = SkipList::new(Some(pool));
+        fill(&list, 2);
+        list.insert(b"zzz", 3, b"last").unwrap();
+        let entries = contents(&list);
+        assert_eq!(entries.len(), 60_001);
+        assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(entries
+            .iter()
+            .take(60_000)
+            .all(|(_, t, v)| *t == 2 && v == &[2u8; 40]));
+        assert_eq!(list.last().unwrap().value(), b"last");
+    }
+
     #[test]
     fn large_entries_and_empty_ones() {
-        let list = SkipList::new();
+        let list = SkipList::new(None);
         let big = vec![7u8; 300_000];
         list.insert(b"big", 1, &big).unwrap();
         list.insert(b"", 2, b"").unwrap();
@@ -550,7 +584,7 @@ mod tests {
     /// in order, and never lose one that was there when they started.
     #[test]
     fn readers_see_whole_entries_in_order_during_inserts() {
-        let list = Arc::new(SkipList::new());
+        let list = Arc::new(SkipList::new(None));
         const N: u64 = 20_000;
         let writer = {
             let list = list.clone();
@@ -609,7 +643,7 @@ mod bench {
     fn skiplist_insert_speed() {
         let value = [b'v'; 100];
         for round in 0..3 {
-            let list = SkipList::new();
+            let list = SkipList::new(None);
             let mut x: u64 = 0x1234_5678;
             let start = std::time::Instant::now();
             for i in 0..400_000u64 {
