@@ -38,10 +38,10 @@
 //! Only the holder of the writer lock allocates and links nodes. A node is
 //! written in full before the `Release` store that links it at level 0 (and
 //! at each higher level) makes it reachable, and readers follow links with
-//! `Acquire` loads, so a reader sees either no node or a whole one. Links
-//! only ever change from one node to a newer node inserted right after it,
-//! so a reader walking a level never skips a node that was published before
-//! it started, and never sees one out of order. Nothing is freed before the
+//! `Acquire` loads, so a reader sees either no node or a whole one. A link
+//! from `a` to `c` only ever changes to a new `b` with `a < b < c` whose own
+//! link already points to `c`, so a reader walking a level never skips a node
+//! that was published before it started, and never sees one out of order. Nothing is freed before the
 //! skiplist itself is dropped, and every [`NodeRef`] borrows the skiplist.
 
 use std::cmp::Ordering;
