@@ -79,7 +79,7 @@ use crate::health::Health;
 use crate::iter::KeyBounds;
 use crate::iterator::{Iter, ReadView};
 use crate::key::MAX_SEQUENCE;
-use crate::memtable::Memtable;
+use crate::memtable::{ChunkPool, Memtable};
 use crate::options::{Options, WriteOptions};
 use crate::recovery_report::RecoveryReport;
 use crate::snapshot::Snapshot;
@@ -172,6 +172,9 @@ struct Core {
     compaction: Mutex<[Vec<u8>; NUM_LEVELS]>,
     /// Set on shutdown so that a running compaction gives up early.
     cancel: AtomicBool,
+    /// A flushed memtable's memory, kept for the next memtable (see
+    /// `memtable::arena`): up to `write_buffer_size`.
+    chunks: Arc<ChunkPool>,
     counters: Arc<Counters>,
     /// What the open that started this database recovered past.
     recovery_report: RecoveryReport,
@@ -237,9 +240,10 @@ impl Db {
         } = open::recover(&dir, &options)?;
 
         let counters = Arc::new(Counters::default());
+        let chunks = ChunkPool::new(options.write_buffer_size);
         let core = Arc::new(Core {
             super_version: RwLock::new(Arc::new(SuperVersion {
-                mem: Arc::new(Memtable::new(log_number)),
+                mem: Arc::new(Memtable::with_pool(log_number, &chunks)),
                 imms: Vec::new(),
                 version,
                 counters: counters.clone(),
@@ -256,6 +260,7 @@ impl Db {
             bg_cv: Condvar::new(),
             compaction: Mutex::new(Default::default()),
             cancel: AtomicBool::new(false),
+            chunks,
             counters,
             recovery_report: report,
             _lock: lock,
@@ -661,7 +666,7 @@ impl Core {
         let wal = log.wal.path().to_owned();
         let at = |e: crate::error::DecodeError| e.at(&wal, whole_len);
         for record in BatchRecords::decode(merged.encoded()).map_err(at)? {
-            mem.insert(&record.map_err(at)?);
+            mem.insert(&record.map_err(at)?)?;
         }
         log.last_seq = last;
         self.visible_seq.store(last, Ordering::Release);
@@ -793,7 +798,7 @@ impl Core {
             imms.push(sv.mem.clone());
             imms.extend(sv.imms.iter().cloned());
             *sv = Arc::new(SuperVersion {
-                mem: Arc::new(Memtable::new(number)),
+                mem: Arc::new(Memtable::with_pool(number, &self.chunks)),
                 imms,
                 version: sv.version.clone(),
                 counters: self.counters.clone(),

@@ -16,9 +16,16 @@
 //! (`wchar` in `/proc/self/io`: WAL, tables and metadata alike) per user
 //! byte as the write amplification, and the database's size on disk.
 //!
+//! Fills also report the CPU time (user + system) of the thread that made
+//! the puts, per put: unlike ops/s it does not count time spent waiting for
+//! a core, so on a shared machine it still compares the engines' write paths
+//! (though not what they pay in cache misses to each other's load). The
+//! background flushes and compactions run on other threads and are left
+//! out; write amplification covers them.
+//!
 //! Output: one JSON object per line per engine, benchmark and round, then a
 //! table of each engine's best round and strata's throughput as a ratio of
-//! each peer's.
+//! each peer's, and for fills the same for the writer's CPU per put.
 
 mod engines;
 
@@ -80,6 +87,27 @@ fn written_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) the calling thread has used so far, from
+/// `/proc/thread-self/stat` (fields 14 and 15, in clock ticks); 0 where
+/// that file is missing.
+fn thread_cpu_secs() -> f64 {
+    const TICKS_PER_SEC: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; fields after it don't.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / TICKS_PER_SEC
+}
+
 fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -101,6 +129,8 @@ struct Run<'a> {
     store: Option<Box<dyn Store>>,
     rng: rand::rngs::StdRng,
     value: Vec<u8>,
+    /// The last fill's writer CPU microseconds per put.
+    fill_cpu_micros: Option<f64>,
 }
 
 impl Run<'_> {
@@ -132,19 +162,22 @@ impl Run<'_> {
         let dir = self.dir.clone();
         let store = self.store(fresh);
         let before = written_bytes();
+        let cpu_before = thread_cpu_secs();
         let start = Instant::now();
         for &i in order {
             store.put(&key(i, key_size), &value);
         }
         let secs = start.elapsed().as_secs_f64();
+        let cpu_micros = (thread_cpu_secs() - cpu_before) * 1e6 / order.len().max(1) as f64;
         store.settle();
         let written = written_bytes() - before;
         let user = order.len() as u64 * (key_size + value.len()) as u64;
         let extra = format!(
-            ",\"write_amp\":{:.2},\"db_bytes\":{}",
+            ",\"write_amp\":{:.2},\"db_bytes\":{},\"writer_cpu_micros_per_op\":{cpu_micros:.3}",
             written as f64 / user as f64,
             dir_size(&dir)
         );
+        self.fill_cpu_micros = Some(cpu_micros);
         self.report(bench, order.len() as u64, secs, &extra)
     }
 
@@ -201,6 +234,7 @@ fn main() {
     let engine_names: Vec<&str> = args.engines.split(',').map(str::trim).collect();
     let benches: Vec<&str> = args.benchmarks.split(',').map(str::trim).collect();
     let mut results: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut fill_cpu: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut rng = rand::rngs::StdRng::seed_from_u64(301);
     let value: Vec<u8> = (0..args.value_size)
         .map(|_| rng.gen_range(b'a'..=b'z'))
@@ -217,6 +251,7 @@ fn main() {
                 store: None,
                 rng: rand::rngs::StdRng::seed_from_u64(301),
                 value: value.clone(),
+                fill_cpu_micros: None,
             };
             for bench in &benches {
                 if let Some(ops) = run.bench(bench) {
@@ -224,6 +259,12 @@ fn main() {
                         .entry((engine.to_string(), bench.to_string()))
                         .or_insert(0.0);
                     *best = best.max(ops);
+                }
+                if let Some(cpu) = run.fill_cpu_micros.take() {
+                    let best = fill_cpu
+                        .entry((engine.to_string(), bench.to_string()))
+                        .or_insert(f64::MAX);
+                    *best = best.min(cpu);
                 }
             }
         }
@@ -246,6 +287,32 @@ fn main() {
         for peer in engine_names.iter().filter(|e| **e != "strata") {
             match (get("strata"), get(peer)) {
                 (Some(s), Some(p)) if p > 0.0 => print!("{:>16.2}", s / p),
+                _ => print!("{:>16}", "-"),
+            }
+        }
+        println!();
+    }
+    if fill_cpu.is_empty() {
+        return;
+    }
+    println!();
+    print!("{:<12}", "writer CPU");
+    for engine in &engine_names {
+        print!("{:>14}", format!("{engine} us/op"));
+    }
+    for peer in engine_names.iter().filter(|e| **e != "strata") {
+        print!("{:>16}", format!("{peer}/strata"));
+    }
+    println!();
+    for bench in benches.iter().filter(|b| fill_cpu.keys().any(|(_, fb)| fb == *b)) {
+        print!("{bench:<12}");
+        let get = |e: &str| fill_cpu.get(&(e.to_string(), bench.to_string())).copied();
+        for engine in &engine_names {
+            print!("{:>14.2}", get(engine).unwrap_or(0.0));
+        }
+        for peer in engine_names.iter().filter(|e| **e != "strata") {
+            match (get("strata"), get(peer)) {
+                (Some(s), Some(p)) if s > 0.0 => print!("{:>16.2}", p / s),
                 _ => print!("{:>16}", "-"),
             }
         }

@@ -298,7 +298,7 @@ impl LogReplay {
         match decoded {
             Ok(records) => {
                 for rec in &records {
-                    mem.insert(rec);
+                    mem.insert(rec)?;
                     *last_seq = (*last_seq).max(rec.seq);
                 }
                 Ok(true)
