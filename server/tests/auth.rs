@@ -414,19 +414,26 @@ fn last_request(bytes: &[u8], start: &str) -> Vec<u8> {
     rest[..head_end + length].to_vec()
 }
 
-#[tokio::test]
-async fn the_cluster_secret_never_crosses_the_wire_and_a_captured_call_cannot_be_replayed() {
+/// Two nodes (RF 2) on `transport`, the second reached by the cluster
+/// through a [`Recorder`] (it advertises the proxy's address); returns the
+/// proxy, the cluster and the second node's index once both are ready.
+async fn behind_proxy(transport: &str) -> (Recorder, Cluster, usize) {
     let proxy = Recorder::start().await;
-    // Replica calls over signed HTTP; the multiplexed transport's own
-    // capture test is the next one.
-    let mut c = Cluster::start_with(1, 2, &[("KVNODE_PEER_TRANSPORT", "http")]).await;
-    // node2 tells the cluster to reach it through the proxy.
+    let mut c = Cluster::start_with(1, 2, &[("KVNODE_PEER_TRANSPORT", transport)]).await;
     let second = c.add_node_with(&[("KVNODE_ADVERTISE", &proxy.addr.to_string())]);
     *proxy.target.lock() = Some(c.nodes[second].http);
     for i in 0..2 {
         c.wait_until_sees(i, 2, Duration::from_secs(30)).await;
     }
     c.wait_ready(second, Duration::from_secs(60)).await;
+    (proxy, c, second)
+}
+
+#[tokio::test]
+async fn the_cluster_secret_never_crosses_the_wire_and_a_captured_call_cannot_be_replayed() {
+    // Replica calls over signed HTTP; the multiplexed transport's own
+    // capture test is the next one.
+    let (proxy, c, second) = behind_proxy("http").await;
     for k in 0..50 {
         c.write_retrying(0, &format!("k{k}"), Some(b"v"), "all", 50)
             .await;
@@ -496,14 +503,7 @@ async fn the_cluster_secret_never_crosses_the_wire_and_a_captured_call_cannot_be
 
 #[tokio::test]
 async fn a_multiplexed_connection_sends_no_secret_and_a_recorded_one_replayed_is_refused() {
-    let proxy = Recorder::start().await;
-    let mut c = Cluster::start_with_rf(1, 2).await;
-    let second = c.add_node_with(&[("KVNODE_ADVERTISE", &proxy.addr.to_string())]);
-    *proxy.target.lock() = Some(c.nodes[second].http);
-    for i in 0..2 {
-        c.wait_until_sees(i, 2, Duration::from_secs(30)).await;
-    }
-    c.wait_ready(second, Duration::from_secs(60)).await;
+    let (proxy, c, second) = behind_proxy("mux").await;
     for k in 0..50 {
         c.write_retrying(0, &format!("m{k}"), Some(b"v"), "all", 50)
             .await;
