@@ -18,9 +18,10 @@
 //! zero) 64 MiB of fresh pages, which was 8% of `fillseq`.
 //!
 //! Every allocation is 8-byte aligned, stays at the same address until the
-//! arena is dropped, and is never handed out twice. Its bytes are
-//! initialised (zero, or what a previous memtable left in a recycled chunk)
-//! but not necessarily zero: the skiplist writes every field it reads.
+//! arena is dropped, and is never handed out twice. Its bytes are zero in a
+//! fresh chunk, and what a previous memtable left in a recycled one (whose
+//! struct padding may be uninitialised): the skiplist writes every field it
+//! reads, and nothing reads an allocation as bytes before writing it.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -112,10 +113,16 @@ impl Arena {
         self.used
     }
 
-    /// `bytes` of initialised memory, 8-byte aligned, valid until the
-    /// arena is dropped.
+    /// `bytes` of memory, 8-byte aligned, valid until the arena is
+    /// dropped. Zeroed when the chunk is fresh; a recycled chunk holds an
+    /// earlier memtable's bytes, struct padding included (which may be
+    /// uninitialised), so a caller treats it as uninitialised and writes
+    /// before it reads. A request no allocation could hold (over
+    /// `usize::MAX - 7` bytes) aborts, as a failed allocation does.
     pub(super) fn alloc(&mut self, bytes: usize) -> NonNull<u8> {
-        let bytes = bytes.div_ceil(ALIGN).max(1) * ALIGN;
+        let Some(bytes) = bytes.max(1).checked_next_multiple_of(ALIGN) else {
+            std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>());
+        };
         self.used += bytes;
         if bytes > DEDICATED_ABOVE {
             return self.new_chunk(bytes);
@@ -124,9 +131,13 @@ impl Arena {
             Some(cursor) if bytes <= self.free => cursor,
             _ => {
                 let size = self.next_chunk;
+                // The cursor moves to the new chunk only once it exists, so
+                // a chunk allocation that unwinds leaves the old cursor
+                // with the old chunk's room.
+                let chunk = self.new_chunk(size);
                 self.next_chunk = (size * 2).min(HUGE_PAGE);
                 self.free = size;
-                self.new_chunk(size)
+                chunk
             }
         };
         // SAFETY: `start` has `free >= bytes` bytes left in its chunk, so
