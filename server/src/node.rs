@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::api::budget::BodyBudget;
+use crate::api::internal::Replica;
 use crate::api::{self, AppParts, AppState};
 use crate::applier::Applier;
 use crate::auth::request::RequestVerifier;
@@ -408,12 +409,12 @@ impl Node {
                 config.advertise
             ),
         }
+        let replica = Replica::new(storage.clone(), applier, hlc, config.limits);
         let state = AppState::new(AppParts {
             coordinator,
-            applier,
+            replica: Arc::new(replica),
             membership,
             storage,
-            hlc,
             metrics,
             in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             body_budget: Arc::new(BodyBudget::new(config.edges.max_inflight_body_bytes)),
@@ -465,9 +466,12 @@ impl Node {
             }
         };
         let mux = (self.config.peer_transport == PeerTransport::Mux).then(|| {
-            let state = self.state.clone();
+            let serving = Arc::new(api::mux::Serving::new(
+                self.state.replica.clone(),
+                &self.config,
+            ));
             let serve: listener::MuxServe = Arc::new(move |stream, stop| {
-                Box::pin(api::mux::serve(stream, state.clone(), stop))
+                Box::pin(api::mux::serve(stream, serving.clone(), stop))
             });
             serve
         });

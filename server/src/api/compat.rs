@@ -39,7 +39,7 @@ pub async fn post_data(
             format!("expected {{\"key\": string, \"value\": string}}: {e}"),
         )
     })?;
-    check_key(&state, item.key.as_bytes())?;
+    check_key(&state.config.limits, item.key.as_bytes())?;
     let limit = BodyLimit::value(&state.config.limits);
     if item.value.len() > limit.bytes() {
         return Err(limit.too_large());
@@ -59,7 +59,7 @@ pub async fn get_data(State(state): State<AppState>, uri: Uri) -> Result<Json<It
     let level = consistency(uri.query())?;
     let raw = uri.path().strip_prefix("/v1/data/").unwrap_or_default();
     let key = percent_decode_str(raw).collect::<Vec<u8>>();
-    check_key(&state, &key)?;
+    check_key(&state.config.limits, &key)?;
     let key = String::from_utf8(key)
         .map_err(|_| ApiError::bad_request("bad_key", "/v1/data keys are UTF-8; use /v1/kv"))?;
     let record = state

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
 use super::{read_body, ApiError, AppState, BodyLimit};
+use crate::config::Limits;
 use crate::coordinator::Consistency;
 
 /// Header carrying the stored version (HLC timestamp) of a value.
@@ -84,13 +85,13 @@ fn key_and_consistency(state: &AppState, uri: &Uri) -> Result<(Bytes, Consistenc
         .find_map(|p| uri.path().strip_prefix(p))
         .unwrap_or_default();
     let key = Bytes::from(percent_decode_str(raw).collect::<Vec<u8>>());
-    check_key(state, &key)?;
+    check_key(&state.config.limits, &key)?;
     Ok((key, consistency(uri.query())?))
 }
 
 /// Refuses an empty key, or one over the key limit (413).
-pub fn check_key(state: &AppState, key: &[u8]) -> Result<(), ApiError> {
-    let limit = state.config.limits.max_key_size;
+pub fn check_key(limits: &Limits, key: &[u8]) -> Result<(), ApiError> {
+    let limit = limits.max_key_size;
     if key.is_empty() {
         return Err(ApiError::bad_request("bad_key", "the key is empty"));
     }

@@ -46,7 +46,6 @@ use self::budget::{BodyBudget, BodyPermit};
 use crate::auth::request::RequestVerifier;
 use crate::config::{Config, Limits};
 use crate::coordinator::{Coordinator, CoordinatorError};
-use crate::hlc::Hlc;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op};
 use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST, REPAIR_ROWS_PATH};
@@ -81,15 +80,13 @@ impl std::ops::Deref for AppState {
 pub struct AppParts {
     /// Replication and consistency.
     pub(crate) coordinator: Coordinator,
-    /// Replica writes to this node's engine, applied in groups.
-    pub(crate) applier: crate::applier::Applier,
+    /// This node's side of the replica calls.
+    pub(crate) replica: Arc<internal::Replica>,
     /// The cluster view and this node's state.
     pub(crate) membership: Arc<Membership>,
     /// This node's engine (internal routes only: clients go through the
     /// coordinator).
     pub(crate) storage: Storage,
-    /// This node's clock.
-    pub(crate) hlc: Arc<Hlc>,
     /// Metrics.
     pub(crate) metrics: Arc<Metrics>,
     /// The configuration.

@@ -3,9 +3,8 @@
 //! that starts with the transport's magic, and this serves it until the
 //! peer closes it or the node stops.
 //!
-//! Each request does what its HTTP route does, through the same handlers
-//! (`internal::apply_one`, `apply_many`, `read_one`, `digest_one`), and a
-//! refusal carries
+//! Each request does what its HTTP route does, through the same
+//! [`Replica`], and a refusal carries
 //! the route's status. Reads are answered inline (the engine's read path
 //! never waits on writers); applies run as tasks, so the applies of one
 //! read from the socket join one engine group. Replies go out in batches.
@@ -18,14 +17,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::internal::{apply_many, apply_one, digest_one, read_one};
-use super::{ApiError, AppState};
+use super::internal::Replica;
+use super::ApiError;
+use crate::config::Config;
 use crate::peer::mux::frame::{Frame, Kind, Opener, Sealer};
 use crate::peer::mux::handshake::{self, MuxKey};
 use crate::peer::mux::{write_batched, READ_CHUNK};
@@ -41,15 +42,55 @@ pub(crate) fn connection_bytes(max_payload: usize) -> usize {
     (2 * (max_payload + REQUEST_COST)).max(8 << 20)
 }
 
+/// What a node serves its multiplexed connections with.
+pub(crate) struct Serving {
+    replica: Arc<Replica>,
+    key: MuxKey,
+    /// Bound on a peer's handshake, as on an HTTP request's headers.
+    handshake_timeout: Duration,
+    /// How long a closing connection waits for its requests' answers.
+    drain_timeout: Duration,
+}
+
+impl Serving {
+    /// Serving `replica` under `config`'s secret and deadlines.
+    pub(crate) fn new(replica: Arc<Replica>, config: &Config) -> Self {
+        Self::with(
+            replica,
+            MuxKey::derive(&config.secret),
+            config.edges.header_read_timeout,
+            config.request_timeout,
+        )
+    }
+
+    /// Serving `replica` under `key`, with these deadlines.
+    pub(crate) fn with(
+        replica: Arc<Replica>,
+        key: MuxKey,
+        handshake_timeout: Duration,
+        drain_timeout: Duration,
+    ) -> Self {
+        Self {
+            replica,
+            key,
+            handshake_timeout,
+            drain_timeout,
+        }
+    }
+}
+
 /// Serves one connection whose first bytes are the transport's magic.
-pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    serving: Arc<Serving>,
+    mut stop: watch::Receiver<bool>,
+) {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let key = MuxKey::derive(&state.config.secret);
     let accepted = tokio::time::timeout(
-        state.config.edges.header_read_timeout,
-        handshake::accept(&mut stream, &key),
+        serving.handshake_timeout,
+        handshake::accept(&mut stream, &serving.key),
     )
     .await;
     let (keys, node) = match accepted {
@@ -73,7 +114,8 @@ pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watc
         let mut sealer = Sealer::new(&keys.to_client);
         write_batched(&mut write, &mut queue, &mut sealer).await
     });
-    let max_payload = state.config.limits.apply_batch_body_size();
+    let replica = &serving.replica;
+    let max_payload = replica.limits().apply_batch_body_size();
     let budget_bytes = connection_bytes(max_payload);
     // Semaphores count in u32 on acquire; the budget is far below 4 GiB.
     let budget = Arc::new(Semaphore::new(budget_bytes));
@@ -94,17 +136,17 @@ pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watc
                 break 'conn None;
             };
             if matches!(frame.kind, Kind::Read | Kind::ReadDigest) {
-                let reply = reply(frame.id, read_reply(&state, &frame));
+                let reply = reply(frame.id, read_reply(replica, &frame));
                 if replies.send(reply).await.is_err() {
                     break 'conn None;
                 }
                 continue;
             }
-            let (state, replies) = (state.clone(), replies.clone());
+            let (replica, replies) = (replica.clone(), replies.clone());
             tokio::spawn(async move {
                 let answer = match frame.kind {
-                    Kind::Apply => apply_one(&state, frame.payload).await,
-                    _ => apply_many(&state, &frame.payload).await,
+                    Kind::Apply => replica.apply_one(frame.payload).await,
+                    _ => replica.apply_many(&frame.payload).await,
                 };
                 let done = answer.map(|()| Frame {
                     id: frame.id,
@@ -134,7 +176,7 @@ pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watc
     // Requests already read are answered before the connection closes, if
     // they finish within a request's deadline.
     let all = u32::try_from(budget_bytes).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(state.config.request_timeout, budget.acquire_many(all)).await;
+    let _ = tokio::time::timeout(serving.drain_timeout, budget.acquire_many(all)).await;
     drop(replies);
     match writer.await {
         Ok(Ok(())) => {}
@@ -145,11 +187,14 @@ pub(crate) async fn serve(mut stream: TcpStream, state: AppState, mut stop: watc
 }
 
 /// The reply to a read or read-digest request.
-fn read_reply(state: &AppState, frame: &Frame) -> Result<Frame, ApiError> {
+fn read_reply(replica: &Replica, frame: &Frame) -> Result<Frame, ApiError> {
     let found = if frame.kind == Kind::Read {
-        read_one(state, &frame.payload)?.map(|record| (Kind::Record, record.bytes().clone()))
+        replica
+            .read_one(&frame.payload)?
+            .map(|record| (Kind::Record, record.bytes().clone()))
     } else {
-        digest_one(state, &frame.payload)?
+        replica
+            .digest_one(&frame.payload)?
             .map(|digest| (Kind::Digest, Bytes::copy_from_slice(&digest.encode())))
     };
     let (kind, payload) = found.unwrap_or((Kind::Absent, Bytes::new()));

@@ -1,5 +1,5 @@
 //! Real coordinators driven over views built by hand and a simulated
-//! network ([`SimNet`]): quorum arithmetic under each kind of failure,
+//! network ([`SimNet`]), on each of its wires (direct, HTTP, multiplexed): quorum arithmetic under each kind of failure,
 //! pending and leaving replicas, tail writes, digest reads and read repair,
 //! the background set's bounds and the node's drain of it. Time is tokio's paused clock,
 //! so timeouts cost no wall time.
@@ -23,12 +23,51 @@ use crate::config::HintLimits;
 use crate::hints::Hints;
 use crate::membership::{ClusterView, MemberInfo, NodeState};
 use crate::metrics::Metrics;
-use crate::peer::sim::{CallKind, Fault, Link, SimNet};
+use crate::peer::sim::{CallKind, Fault, Link, SimNet, Wire};
 use crate::routing::Routing;
 use crate::storage::Record;
 
 use Consistency::{All, One, Quorum};
 use NodeState::{Available, Bootstrapping, Joining, Leaving};
+
+tokio::task_local! {
+    /// The wire the test running in this task delivers its calls over.
+    static WIRE: Wire;
+}
+
+/// The wire of the running test ([`Wire::Direct`] outside
+/// [`on_every_wire`]).
+fn wire() -> Wire {
+    WIRE.try_with(|w| *w).unwrap_or(Wire::Direct)
+}
+
+/// Runs the test `$name` (an `async fn` of no arguments) once per wire, on
+/// tokio's paused clock: `$name::direct`, `$name::http` and `$name::mux`.
+/// The same script and the same assertions hold on every wire, so the
+/// coordinator is tested against each real transport as well as the
+/// direct one.
+macro_rules! on_every_wire {
+    ($name:ident) => {
+        mod $name {
+            use super::{Wire, WIRE};
+
+            #[tokio::test(start_paused = true)]
+            async fn direct() {
+                WIRE.scope(Wire::Direct, super::$name()).await;
+            }
+
+            #[tokio::test(start_paused = true)]
+            async fn http() {
+                WIRE.scope(Wire::Http, super::$name()).await;
+            }
+
+            #[tokio::test(start_paused = true)]
+            async fn mux() {
+                WIRE.scope(Wire::Mux, super::$name()).await;
+            }
+        }
+    };
+}
 
 /// The replica timeout of the simulated network.
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,7 +102,7 @@ impl Cluster {
             })
             .collect();
         Self {
-            net: SimNet::new(&ids, TIMEOUT, 7).unwrap(),
+            net: SimNet::on(wire(), &ids, TIMEOUT, 7).unwrap(),
             members,
             rf: ReplicationFactor::new(3).unwrap(),
         }
@@ -269,22 +308,22 @@ async fn writes_meet_each_level_exactly_when_enough_replicas_ack(fault: Fault, o
     assert_eq!(replica_calls(&x.metrics, "apply", "remote", "ok"), 18);
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(writes_with_refusing_replicas_meet_each_level_exactly_when_enough_ack);
 async fn writes_with_refusing_replicas_meet_each_level_exactly_when_enough_ack() {
     writes_meet_each_level_exactly_when_enough_replicas_ack(Fault::Refuse(503), "error").await;
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(writes_with_unreachable_replicas_meet_each_level_exactly_when_enough_ack);
 async fn writes_with_unreachable_replicas_meet_each_level_exactly_when_enough_ack() {
     writes_meet_each_level_exactly_when_enough_replicas_ack(Fault::Unreachable, "error").await;
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(writes_with_replicas_timing_out_meet_each_level_exactly_when_enough_ack);
 async fn writes_with_replicas_timing_out_meet_each_level_exactly_when_enough_ack() {
     writes_meet_each_level_exactly_when_enough_replicas_ack(Fault::DropRequest, "timeout").await;
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(reads_meet_each_level_exactly_when_enough_replicas_answer);
 async fn reads_meet_each_level_exactly_when_enough_replicas_answer() {
     for fault in [Fault::Refuse(500), Fault::Unreachable, Fault::DropRequest] {
         let cluster = Cluster::abc_and_x();
@@ -327,7 +366,7 @@ async fn reads_meet_each_level_exactly_when_enough_replicas_answer() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(too_few_live_replicas_is_unavailable_before_any_call);
 async fn too_few_live_replicas_is_unavailable_before_any_call() {
     let mut cluster = Cluster::abc();
     cluster.set("b", |m| m.live = false);
@@ -353,7 +392,7 @@ async fn too_few_live_replicas_is_unavailable_before_any_call() {
     assert!(cluster.net.calls().is_empty());
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(replicas_that_refuse_fail_the_write_after_the_calls_and_nothing_is_undone);
 async fn replicas_that_refuse_fail_the_write_after_the_calls_and_nothing_is_undone() {
     let cluster = Cluster::abc();
     for id in ["b", "c"] {
@@ -384,7 +423,7 @@ fn hinted(node: &Node) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_replica_that_is_down_refuses_or_times_out_gets_a_hint_that_is_never_an_ack);
 async fn a_replica_that_is_down_refuses_or_times_out_gets_a_hint_that_is_never_an_ack() {
     let mut cluster = Cluster::abc();
     cluster.set("b", |m| m.live = false);
@@ -431,7 +470,7 @@ async fn a_replica_that_is_down_refuses_or_times_out_gets_a_hint_that_is_never_a
     assert!(hinted(&a).is_empty(), "{:?}", hinted(&a));
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_quorum_write_answers_before_the_slow_replica_which_gets_it_afterwards);
 async fn a_quorum_write_answers_before_the_slow_replica_which_gets_it_afterwards() {
     let cluster = Cluster::abc();
     cluster.net.fault(
@@ -456,7 +495,7 @@ async fn a_quorum_write_answers_before_the_slow_replica_which_gets_it_afterwards
     assert_eq!(start.elapsed(), Duration::from_millis(500));
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(shutdown_waits_for_tail_writes);
 async fn shutdown_waits_for_tail_writes() {
     let cluster = Cluster::abc();
     cluster.net.fault(
@@ -475,7 +514,7 @@ async fn shutdown_waits_for_tail_writes() {
     assert!(cluster.stored("c", &key(1)).is_some());
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(shutdown_cancels_tail_writes_past_its_deadline);
 async fn shutdown_cancels_tail_writes_past_its_deadline() {
     let cluster = Cluster::abc();
     cluster.net.fault(
@@ -495,7 +534,7 @@ async fn shutdown_cancels_tail_writes_past_its_deadline() {
     assert_eq!(a.coordinator.inner.background.in_flight(), 0);
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_bootstrapping_replica_adds_one_ack_and_receives_the_write);
 async fn a_bootstrapping_replica_adds_one_ack_and_receives_the_write() {
     let mut cluster = Cluster::new(&[
         ("a", Available),
@@ -556,7 +595,7 @@ async fn a_bootstrapping_replica_adds_one_ack_and_receives_the_write() {
         .unwrap();
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(reads_never_go_to_a_pending_replica);
 async fn reads_never_go_to_a_pending_replica() {
     let cluster = Cluster::new(&[
         ("a", Available),
@@ -595,7 +634,7 @@ async fn reads_never_go_to_a_pending_replica() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_leaving_replica_gets_writes_but_no_reads_and_its_successor_gets_writes);
 async fn a_leaving_replica_gets_writes_but_no_reads_and_its_successor_gets_writes() {
     let cluster = Cluster::new(&[
         ("a", Available),
@@ -640,7 +679,7 @@ async fn a_leaving_replica_gets_writes_but_no_reads_and_its_successor_gets_write
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_read_repairs_every_replica_that_answered_with_an_older_record);
 async fn a_read_repairs_every_replica_that_answered_with_an_older_record() {
     let cluster = Cluster::abc();
     for id in ["a", "b", "c"] {
@@ -665,7 +704,7 @@ async fn a_read_repairs_every_replica_that_answered_with_an_older_record() {
     assert_eq!(replica_calls(&a.metrics, "repair", "remote", "ok"), 1);
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_tombstone_wins_a_tie_on_the_version_and_is_repaired_onto_the_value);
 async fn a_tombstone_wins_a_tie_on_the_version_and_is_repaired_onto_the_value() {
     let cluster = Cluster::abc();
     cluster.put("b", b"k", &Record::value(50, "v"));
@@ -683,7 +722,7 @@ async fn a_tombstone_wins_a_tie_on_the_version_and_is_repaired_onto_the_value() 
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_read_asks_the_next_replica_the_same_way_when_one_fails_or_times_out);
 async fn a_read_asks_the_next_replica_the_same_way_when_one_fails_or_times_out() {
     for (fault, takes) in [
         (Fault::Unreachable, Duration::ZERO),
@@ -727,7 +766,7 @@ async fn a_read_asks_the_next_replica_the_same_way_when_one_fails_or_times_out()
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(the_local_replica_is_read_first);
 async fn the_local_replica_is_read_first() {
     let cluster = Cluster::abc_and_x();
     // A key a replicates but does not own: the owner comes first in its
@@ -762,7 +801,7 @@ async fn the_local_replica_is_read_first() {
     );
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_degraded_replica_takes_writes_but_no_reads);
 async fn a_degraded_replica_takes_writes_but_no_reads() {
     let mut cluster = Cluster::abc();
     cluster.set("b", |m| m.degraded = Some("disk full".into()));
@@ -781,7 +820,7 @@ async fn a_degraded_replica_takes_writes_but_no_reads() {
     assert!(!cluster.calls_to(CallKind::Read).contains(&"b".to_owned()));
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_version_read_from_a_replica_is_folded_into_the_clock);
 async fn a_version_read_from_a_replica_is_folded_into_the_clock() {
     let cluster = Cluster::new(&[
         ("a", Available),
@@ -819,7 +858,7 @@ async fn a_version_read_from_a_replica_is_folded_into_the_clock() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(read_repairs_past_the_bound_are_skipped_and_counted);
 async fn read_repairs_past_the_bound_are_skipped_and_counted() {
     let cluster = Cluster::abc();
     for id in ["a", "b", "c"] {
@@ -845,7 +884,7 @@ async fn read_repairs_past_the_bound_are_skipped_and_counted() {
     assert_eq!(metric(&a.metrics, skipped), 2);
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_write_waits_for_room_in_a_full_background_set_rather_than_skip_a_replica);
 async fn a_write_waits_for_room_in_a_full_background_set_rather_than_skip_a_replica() {
     let cluster = Cluster::abc();
     let a = cluster.node_with("a", 1);
@@ -866,7 +905,7 @@ async fn a_write_waits_for_room_in_a_full_background_set_rather_than_skip_a_repl
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_write_counts_as_in_flight_under_its_view_until_it_is_answered);
 async fn a_write_counts_as_in_flight_under_its_view_until_it_is_answered() {
     let cluster = Cluster::abc();
     for id in ["b", "c"] {
@@ -887,7 +926,7 @@ async fn a_write_counts_as_in_flight_under_its_view_until_it_is_answered() {
     assert!(!a.routing.writes_before(epoch + 1));
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_partitioned_node_cannot_reach_quorum_and_heals_through_read_repair);
 async fn a_partitioned_node_cannot_reach_quorum_and_heals_through_read_repair() {
     let cluster = Cluster::abc();
     cluster.net.partition(&["c"]);
@@ -928,7 +967,7 @@ async fn a_partitioned_node_cannot_reach_quorum_and_heals_through_read_repair() 
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(replicas_converge_on_the_last_write_when_deliveries_overtake_each_other);
 async fn replicas_converge_on_the_last_write_when_deliveries_overtake_each_other() {
     let cluster = Cluster::abc();
     for id in ["b", "c"] {
@@ -967,7 +1006,7 @@ async fn replicas_converge_on_the_last_write_when_deliveries_overtake_each_other
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(with_no_ring_yet_reads_and_writes_are_refused);
 async fn with_no_ring_yet_reads_and_writes_are_refused() {
     let cluster = Cluster::new(&[("x", Joining)]);
     let x = cluster.node("x");
@@ -994,7 +1033,7 @@ fn read_calls(cluster: &Cluster) -> (Vec<String>, Vec<String>) {
     )
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(quorum_and_all_reads_take_one_record_and_digests_from_the_other_replicas);
 async fn quorum_and_all_reads_take_one_record_and_digests_from_the_other_replicas() {
     let cluster = Cluster::abc_and_x();
     let k = Bytes::from("k");
@@ -1046,7 +1085,7 @@ async fn quorum_and_all_reads_take_one_record_and_digests_from_the_other_replica
     assert!(cluster.calls_to(CallKind::Apply).is_empty());
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_digest_mismatch_answers_the_newest_record_and_repairs_the_replicas_behind);
 async fn a_digest_mismatch_answers_the_newest_record_and_repairs_the_replicas_behind() {
     let records = [
         Record::value(10, "old"),
@@ -1115,7 +1154,7 @@ async fn a_digest_mismatch_answers_the_newest_record_and_repairs_the_replicas_be
     }
 }
 
-#[tokio::test(start_paused = true)]
+on_every_wire!(a_replica_that_fails_its_full_read_after_a_mismatch_is_replaced_or_fails_the_read);
 async fn a_replica_that_fails_its_full_read_after_a_mismatch_is_replaced_or_fails_the_read() {
     for level in [Quorum, All] {
         let cluster = Cluster::abc_and_x();

@@ -14,9 +14,20 @@
 //! its delays cost no wall time. Every call is logged ([`SimNet::calls`])
 //! for tests to check where calls went.
 //!
+//! A call that the script delivers travels one of three [`Wire`]s: handed
+//! straight to the target's engine, or over a real socket through the
+//! real [`HttpPeer`](super::http::HttpPeer) or
+//! [`MuxPeer`](super::mux::MuxPeer) to the target's real serving side
+//! ([`Replica`], on 127.0.0.1), so the coordinator's tests run against
+//! each transport with the same script. While a call is on a real socket,
+//! tokio's paused clock is held still (see [`held_still`]): the round trip
+//! takes no virtual time, as a direct delivery does.
+//!
 //! Streams are not simulated: [`Peer::stream`] is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +38,45 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_ring::{NodeId, TokenRange};
 
+use axum::routing::post;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::http::HttpPeer;
+use super::mux::handshake::MuxKey;
+use super::mux::MuxPeer;
 use super::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
-use super::wire::{decode_apply, decode_apply_batch, RecordDigest};
+use super::wire::{
+    decode_apply, decode_apply_batch, RecordDigest, APPLY_BATCH_PATH, APPLY_PATH, READ_DIGEST_PATH,
+    READ_PATH,
+};
 use super::{Chunks, Endpoint, Peer, PeerError};
-use crate::hlc::Hlc;
+use crate::api::internal::{self, Replica};
+use crate::api::mux::{serve, Serving};
+use crate::applier::Applier;
+use crate::auth::ClusterSecret;
+use crate::config::defaults::{MAX_BODY_SIZE, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+use crate::config::Limits;
+use crate::hlc::{Hlc, WallClock};
 use crate::storage::{Record, Storage};
+
+/// How a delivered call reaches its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// Handed straight to the target's engine.
+    Direct,
+    /// Over HTTP, to the target's internal routes.
+    Http,
+    /// Over the multiplexed transport.
+    Mux,
+}
+
+/// The wall-clock bound on one call held still on a real socket: past it
+/// the clock moves again, so a call that never ends fails on its own
+/// deadline instead of hanging the test.
+const HOLD_AT_MOST: Duration = Duration::from_secs(20);
 
 /// What becomes of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +164,8 @@ struct Script {
 struct SimNode {
     storage: Storage,
     hlc: Arc<Hlc>,
+    /// Where its serving side listens, on a real wire.
+    addr: Option<SocketAddr>,
 }
 
 /// A simulated cluster of nodes and the network between them.
@@ -129,22 +176,62 @@ pub(crate) struct SimNet {
     timeout: Duration,
     script: Mutex<Script>,
     calls: Mutex<Vec<Call>>,
+    wire: Wire,
+    /// The nodes' serving sides on a real wire, stopped with the net.
+    servers: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
     /// Holds the engines' directories until the net is dropped.
     _dir: tempfile::TempDir,
+}
+
+impl Drop for SimNet {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for server in &self.servers {
+            server.abort();
+        }
+    }
 }
 
 impl SimNet {
     /// A net of `ids`, each with an empty engine, whose calls time out after
     /// `timeout` and whose jitter is drawn from `seed`.
     pub(crate) fn new(ids: &[&str], timeout: Duration, seed: u64) -> std::io::Result<Arc<Self>> {
+        Self::on(Wire::Direct, ids, timeout, seed)
+    }
+
+    /// A net as [`SimNet::new`] makes, whose delivered calls travel `wire`.
+    /// A real wire starts each node's serving side on 127.0.0.1, so it must
+    /// be called within a tokio runtime.
+    pub(crate) fn on(
+        wire: Wire,
+        ids: &[&str],
+        timeout: Duration,
+        seed: u64,
+    ) -> std::io::Result<Arc<Self>> {
         let dir = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
+        let mut servers = Vec::new();
+        let (stop, stopped) = watch::channel(false);
         let grace = Duration::from_millis(crate::config::defaults::TOMBSTONE_GRACE_MS);
         for (tag, id) in (0..=u8::MAX).zip(ids) {
             let storage =
                 Storage::open(&dir.path().join(id), grace).map_err(std::io::Error::other)?;
             let hlc = Arc::new(Hlc::tagged(tag));
-            nodes.insert(NodeId::from(*id), SimNode { storage, hlc });
+            let addr = if wire == Wire::Direct {
+                None
+            } else {
+                let replica = Arc::new(Replica::new(
+                    storage.clone(),
+                    Applier::new(storage.clone()),
+                    hlc.clone(),
+                    limits(),
+                ));
+                let (addr, server) = start_serving(wire, replica, timeout, stopped.clone())?;
+                servers.push(server);
+                Some(addr)
+            };
+            nodes.insert(NodeId::from(*id), SimNode { storage, hlc, addr });
         }
         Ok(Arc::new(Self {
             nodes,
@@ -155,15 +242,35 @@ impl SimNet {
                 rng: StdRng::seed_from_u64(seed),
             }),
             calls: Mutex::new(Vec::new()),
+            wire,
+            servers,
+            stop,
             _dir: dir,
         }))
     }
 
     /// The peer `from` calls the others through.
     pub(crate) fn peer(self: &Arc<Self>, from: &str) -> SimPeer {
+        let http = || {
+            HttpPeer::new(secret(), self.timeout, self.timeout)
+                .expect("an HTTP client builds")
+                .signing_as(from, WallClock::default())
+        };
+        let real: Option<Arc<dyn Peer>> = match self.wire {
+            Wire::Direct => None,
+            Wire::Http => Some(Arc::new(http())),
+            Wire::Mux => Some(Arc::new(MuxPeer::new(
+                http(),
+                MuxKey::derive(&secret()),
+                from,
+                self.timeout,
+                limits().apply_batch_body_size(),
+            ))),
+        };
         SimPeer {
             from: NodeId::from(from),
             net: self.clone(),
+            real,
         }
     }
 
@@ -277,30 +384,30 @@ impl SimNet {
     }
 
     /// Carries one call from `from` to `to` through the script; `deliver`
-    /// is what the target does with it.
+    /// is the call's delivery, awaited only if the script delivers it.
     async fn call<T>(
         &self,
         from: &NodeId,
         to: &NodeId,
         kind: CallKind,
-        deliver: impl FnOnce(&SimNode) -> Result<T, PeerError>,
+        deliver: impl Future<Output = Result<T, PeerError>>,
     ) -> Result<T, PeerError> {
-        let Some(node) = self.nodes.get(to) else {
+        if !self.nodes.contains_key(to) {
             return Err(PeerError::Unreachable(format!("no node {to}")));
-        };
+        }
         match self.route(from, to, kind) {
             Fate::Unreachable => Err(PeerError::Unreachable("connection refused".into())),
             Fate::Refused(status) => Err(refused(status)),
             Fate::Lost { lands } => {
                 if lands {
-                    let _ = deliver(node);
+                    let _ = deliver.await;
                 }
                 tokio::time::sleep(self.timeout).await;
                 Err(PeerError::Timeout)
             }
             Fate::After(delay) => {
                 tokio::time::sleep(delay).await;
-                deliver(node)
+                deliver.await
             }
         }
     }
@@ -319,50 +426,96 @@ enum Fate {
 }
 
 /// The [`Peer`] of one node of a [`SimNet`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct SimPeer {
     from: NodeId,
     net: Arc<SimNet>,
+    /// The real transport's client, on a real wire.
+    real: Option<Arc<dyn Peer>>,
+}
+
+impl std::fmt::Debug for SimPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimPeer")
+            .field("from", &self.from)
+            .field("wire", &self.net.wire)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimPeer {
+    /// The real client and the address of `to`'s serving side, on a real
+    /// wire.
+    fn real_to<'a>(&self, to: Endpoint<'a>) -> Option<(&dyn Peer, Endpoint<'a>)> {
+        let addr = self.net.nodes.get(to.id)?.addr?;
+        let peer = self.real.as_deref()?;
+        Some((peer, Endpoint { id: to.id, addr }))
+    }
+
+    /// The simulated node `to`.
+    fn node(&self, to: &NodeId) -> Result<&SimNode, PeerError> {
+        self.net
+            .nodes
+            .get(to)
+            .ok_or_else(|| PeerError::Unreachable(format!("no node {to}")))
+    }
 }
 
 #[async_trait]
 impl Peer for SimPeer {
     async fn apply(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        let deliver = async {
+            if let Some((peer, to)) = self.real_to(to) {
+                return held_still(peer.apply(to, body)).await;
+            }
+            // What `api::internal::apply` answers: 400 for a body that
+            // does not decode, 500 for an engine error.
+            let node = self.node(to.id)?;
+            let (key, record) = decode_apply(body).map_err(|_| refused(400))?;
+            node.hlc.update(record.record().version);
+            node.storage
+                .apply_encoded(&key, &record)
+                .map(|_| ())
+                .map_err(|_| refused(500))
+        };
         self.net
-            .call(&self.from, to.id, CallKind::Apply, move |node| {
-                // What `api::internal::apply` answers: 400 for a body that
-                // does not decode, 500 for an engine error.
-                let (key, record) = decode_apply(body).map_err(|_| refused(400))?;
-                node.hlc.update(record.record().version);
-                node.storage
-                    .apply_encoded(&key, &record)
-                    .map_err(|_| refused(500))?;
-                Ok(())
-            })
+            .call(&self.from, to.id, CallKind::Apply, deliver)
             .await
     }
 
     async fn apply_batch(&self, to: Endpoint<'_>, body: Bytes) -> Result<(), PeerError> {
+        let deliver = async {
+            if let Some((peer, to)) = self.real_to(to) {
+                return held_still(peer.apply_batch(to, body)).await;
+            }
+            // What `api::internal::apply_batch` answers.
+            let node = self.node(to.id)?;
+            let entries = decode_apply_batch(&body).map_err(|_| refused(400))?;
+            for e in &entries {
+                node.hlc.update(e.record.version);
+                node.storage
+                    .apply(e.user_key(), &e.record)
+                    .map_err(|_| refused(500))?;
+            }
+            Ok(())
+        };
         self.net
-            .call(&self.from, to.id, CallKind::ApplyBatch, move |node| {
-                // What `api::internal::apply_batch` answers.
-                let entries = decode_apply_batch(&body).map_err(|_| refused(400))?;
-                for e in &entries {
-                    node.hlc.update(e.record.version);
-                    node.storage
-                        .apply(e.user_key(), &e.record)
-                        .map_err(|_| refused(500))?;
-                }
-                Ok(())
-            })
+            .call(&self.from, to.id, CallKind::ApplyBatch, deliver)
             .await
     }
 
     async fn read(&self, to: Endpoint<'_>, key: Bytes) -> Result<Option<Record>, PeerError> {
+        let deliver = async {
+            if let Some((peer, to)) = self.real_to(to) {
+                return held_still(peer.read(to, key)).await;
+            }
+            self.node(to.id)?
+                .storage
+                .read(&key)
+                .map_err(|_| refused(500))
+        };
         self.net
-            .call(&self.from, to.id, CallKind::Read, move |node| {
-                node.storage.read(&key).map_err(|_| refused(500))
-            })
+            .call(&self.from, to.id, CallKind::Read, deliver)
             .await
     }
 
@@ -371,11 +524,19 @@ impl Peer for SimPeer {
         to: Endpoint<'_>,
         key: Bytes,
     ) -> Result<Option<RecordDigest>, PeerError> {
+        let deliver = async {
+            if let Some((peer, to)) = self.real_to(to) {
+                return held_still(peer.read_digest(to, key)).await;
+            }
+            let record = self
+                .node(to.id)?
+                .storage
+                .read(&key)
+                .map_err(|_| refused(500))?;
+            Ok(record.as_ref().map(RecordDigest::of))
+        };
         self.net
-            .call(&self.from, to.id, CallKind::ReadDigest, move |node| {
-                let record = node.storage.read(&key).map_err(|_| refused(500))?;
-                Ok(record.as_ref().map(RecordDigest::of))
-            })
+            .call(&self.from, to.id, CallKind::ReadDigest, deliver)
             .await
     }
 
@@ -409,6 +570,81 @@ impl Peer for SimPeer {
 
 fn refused(status: u16) -> PeerError {
     PeerError::Refused { status }
+}
+
+/// The secret of every simulated cluster.
+fn secret() -> ClusterSecret {
+    ClusterSecret::new("simulated cluster".to_owned())
+}
+
+/// The size limits of every simulated node: the defaults.
+fn limits() -> Limits {
+    Limits {
+        max_key_size: MAX_KEY_SIZE,
+        max_value_size: MAX_VALUE_SIZE,
+        max_body_size: MAX_BODY_SIZE,
+    }
+}
+
+/// Starts serving `replica` on 127.0.0.1 over `wire` until `stop`: the
+/// internal routes for HTTP, the transport's connections for the
+/// multiplexed one.
+fn start_serving(
+    wire: Wire,
+    replica: Arc<Replica>,
+    timeout: Duration,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    let server = match wire {
+        Wire::Direct => return Err(std::io::Error::other("a direct wire serves nothing")),
+        Wire::Http => {
+            let router = Router::new()
+                .route(APPLY_PATH, post(internal::apply))
+                .route(APPLY_BATCH_PATH, post(internal::apply_batch))
+                .route(READ_PATH, post(internal::read))
+                .route(READ_DIGEST_PATH, post(internal::read_digest))
+                .with_state(replica);
+            let serving = axum::serve(listener, router).into_future();
+            tokio::spawn(async move {
+                let _ = serving.await;
+            })
+        }
+        Wire::Mux => {
+            let serving = Arc::new(Serving::with(
+                replica,
+                MuxKey::derive(&secret()),
+                timeout,
+                timeout,
+            ));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, serving.clone(), stop.clone()));
+                }
+            })
+        }
+    };
+    Ok((addr, server))
+}
+
+/// Awaits `call`, which travels a real socket, with tokio's paused clock
+/// held still until it ends (a running blocking task keeps the clock from
+/// advancing on its own): otherwise the clock would jump to the next timer
+/// whenever the runtime waits on the socket, and the transport's own
+/// deadline would fire before the answer came. For at most
+/// [`HOLD_AT_MOST`] of wall time.
+async fn held_still<F: Future>(call: F) -> F::Output {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let hold = tokio::task::spawn_blocking(move || {
+        let _ = held.recv_timeout(HOLD_AT_MOST);
+    });
+    let answer = call.await;
+    drop(release);
+    let _ = hold.await;
+    answer
 }
 
 #[cfg(test)]
