@@ -216,7 +216,7 @@ impl Coordinator {
             .map(|m| (*m, m.serving()))
             .chain(pending.iter().map(|m| (*m, m.live)))
             .partition(|(_, up)| *up);
-        let up: Vec<MemberInfo> = up.into_iter().map(|(m, _)| m.clone()).collect();
+        let up: Vec<Arc<MemberInfo>> = up.into_iter().map(|(m, _)| m.clone()).collect();
         if up.len() < needed {
             return Err(CoordinatorError::Unavailable {
                 needed,
@@ -289,7 +289,7 @@ impl Coordinator {
         let needed = consistency.required(replicas.len());
         // Reads go only to AVAILABLE nodes, this node first: a local read
         // costs no network hop.
-        let mut candidates: Vec<MemberInfo> = replicas
+        let mut candidates: Vec<Arc<MemberInfo>> = replicas
             .iter()
             .filter(|m| m.readable() && m.state == NodeState::Available)
             .map(|m| (*m).clone())
@@ -308,8 +308,8 @@ impl Coordinator {
             untried: candidates.into_iter(),
             calls: JoinSet::new(),
         };
-        let mut answers: Vec<(MemberInfo, Answer)> = Vec::with_capacity(needed);
-        let first: Vec<MemberInfo> = calls.untried.by_ref().take(needed).collect();
+        let mut answers: Vec<(Arc<MemberInfo>, Answer)> = Vec::with_capacity(needed);
+        let first: Vec<Arc<MemberInfo>> = calls.untried.by_ref().take(needed).collect();
         for (i, member) in first.into_iter().enumerate() {
             // One replica sends the record, the others only its digest.
             let ask = if i == 0 { Ask::Record } else { Ask::Digest };
@@ -357,7 +357,7 @@ impl Coordinator {
     /// Sends `newest` to every answering replica that holds something
     /// else (older, by the digest path's rules), in the background; skipped
     /// (and counted) for a replica when the background set is full.
-    fn repair(&self, key: &Bytes, newest: &Record, answers: &[(MemberInfo, Answer)]) {
+    fn repair(&self, key: &Bytes, newest: &Record, answers: &[(Arc<MemberInfo>, Answer)]) {
         let newest_digest = OnceCell::new();
         let mut body = None;
         for (member, answer) in answers {
@@ -499,13 +499,13 @@ struct ReadCalls<'a> {
     coordinator: &'a Coordinator,
     key: Bytes,
     /// Readable replicas not asked yet, in the order to ask them.
-    untried: std::vec::IntoIter<MemberInfo>,
-    calls: JoinSet<(MemberInfo, Ask, Option<Answer>)>,
+    untried: std::vec::IntoIter<Arc<MemberInfo>>,
+    calls: JoinSet<(Arc<MemberInfo>, Ask, Option<Answer>)>,
 }
 
 impl ReadCalls<'_> {
     /// Asks `member`.
-    fn start(&mut self, member: MemberInfo, ask: Ask) {
+    fn start(&mut self, member: Arc<MemberInfo>, ask: Ask) {
         let (this, key) = (self.coordinator.clone(), self.key.clone());
         self.calls.spawn(async move {
             let answer = this.ask(&member, key, ask).await;
@@ -524,7 +524,7 @@ impl ReadCalls<'_> {
     /// fails by the next untried one; stops short when every replica has
     /// been tried. At most `needed` replicas are asked at a time, so reaching
     /// `needed` means every call has answered, the full read included.
-    async fn collect(&mut self, answers: &mut Vec<(MemberInfo, Answer)>, needed: usize) {
+    async fn collect(&mut self, answers: &mut Vec<(Arc<MemberInfo>, Answer)>, needed: usize) {
         while answers.len() < needed {
             let Some(joined) = self.calls.join_next().await else {
                 break;
@@ -543,7 +543,7 @@ impl ReadCalls<'_> {
 
 /// The newest record among the answers read in full (`None` if none holds
 /// one).
-fn newest_record(answers: &[(MemberInfo, Answer)]) -> Option<&Record> {
+fn newest_record(answers: &[(Arc<MemberInfo>, Answer)]) -> Option<&Record> {
     answers
         .iter()
         .filter_map(|(_, answer)| match answer {
@@ -563,7 +563,9 @@ fn newest_record(answers: &[(MemberInfo, Answer)]) -> Option<&Record> {
 /// replicas, to be read in full. The digests left behind say that their
 /// replica holds the newest record or one that loses to it (nothing, or a
 /// lower version): enough to answer, and to repair them.
-fn mismatched_digests(answers: &mut Vec<(MemberInfo, Answer)>) -> Option<Vec<MemberInfo>> {
+fn mismatched_digests(
+    answers: &mut Vec<(Arc<MemberInfo>, Answer)>,
+) -> Option<Vec<Arc<MemberInfo>>> {
     if !answers.iter().any(|(_, a)| matches!(a, Answer::Digest(_))) {
         return None;
     }

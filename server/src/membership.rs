@@ -599,7 +599,13 @@ impl Membership {
             );
         }
         self.routing.publish_with(|current| {
-            if current.members == members && current.removed == removed {
+            let same_members = current.members.len() == members.len()
+                && current
+                    .members
+                    .iter()
+                    .zip(&members)
+                    .all(|((a, x), (b, y))| a == b && **x == *y);
+            if same_members && current.removed == removed {
                 return None;
             }
             log_changes(&current.members, &members, &rejected);
@@ -826,7 +832,7 @@ fn member_counts(
 }
 
 fn log_changes(
-    old: &BTreeMap<NodeId, MemberInfo>,
+    old: &BTreeMap<NodeId, Arc<MemberInfo>>,
     new: &BTreeMap<NodeId, MemberInfo>,
     rejected: &BTreeMap<NodeId, String>,
 ) {

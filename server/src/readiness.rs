@@ -148,6 +148,7 @@ fn agreement(view: &ClusterView) -> Agreement {
         .members
         .values()
         .filter(|m| m.id != view.self_id && m.live && m.state.in_ring() && !m.ring.is_empty())
+        .map(|m| &**m)
         .collect();
     if peers.is_empty() {
         return Agreement::NobodyHeard;
@@ -173,7 +174,7 @@ fn quorum(view: &ClusterView, rf: ReplicationFactor) -> Result<(), NotReady> {
         let replicas = others.len() + 1;
         let up = 1 + others
             .iter()
-            .filter(|id| view.members.get(*id).is_some_and(MemberInfo::serving))
+            .filter(|id| view.members.get(*id).is_some_and(|m| m.serving()))
             .count();
         let needed = Consistency::Quorum.required(replicas);
         if up < needed {

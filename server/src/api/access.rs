@@ -30,7 +30,7 @@
 //! no token reaches one, whatever its role.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -76,7 +76,8 @@ impl Access {
 
 /// Lets the request through if it carries the credential `access` needs.
 pub(crate) async fn require(
-    State((state, access)): State<(AppState, Access)>,
+    state: &AppState,
+    access: Access,
     req: Request,
     next: Next,
 ) -> Response {
@@ -88,7 +89,7 @@ pub(crate) async fn require(
     // next request cut off. A signed request refused after its body was
     // read keeps its connection.
     let unread_body = http_body::Body::size_hint(req.body()).exact() != Some(0);
-    let mut response = check(&state, access, req, next).await;
+    let mut response = check(state, access, req, next).await;
     let refused = matches!(
         response.status(),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN

@@ -5,8 +5,11 @@
 //! bytes (so any byte string is a key: `%00`, `%2F`, UTF-8 or not).
 //! `?consistency=one|quorum|all` picks the level; QUORUM by default.
 
+use std::borrow::Cow;
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
@@ -25,16 +28,8 @@ pub async fn get_value(State(state): State<AppState>, uri: Uri) -> Result<Respon
         Some(record) => match record.value {
             Some(value) => Ok((
                 [
-                    (
-                        axum::http::header::CONTENT_TYPE,
-                        "application/octet-stream".to_owned(),
-                    ),
-                    (
-                        VERSION_HEADER
-                            .parse()
-                            .map_err(|_| ApiError::internal("header name"))?,
-                        record.version.to_string(),
-                    ),
+                    (header::CONTENT_TYPE, OCTET_STREAM),
+                    (VERSION, HeaderValue::from(record.version)),
                 ],
                 value,
             )
@@ -44,6 +39,12 @@ pub async fn get_value(State(state): State<AppState>, uri: Uri) -> Result<Respon
         None => Err(not_found()),
     }
 }
+
+/// [`VERSION_HEADER`], checked when compiled.
+const VERSION: HeaderName = HeaderName::from_static(VERSION_HEADER);
+
+/// The content type of a value.
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 
 /// `PUT`: stores the body as the value; 204 with the version header.
 pub async fn put_value(
@@ -70,7 +71,7 @@ pub async fn delete_value(State(state): State<AppState>, uri: Uri) -> Result<Res
 fn written(version: u64) -> Response {
     (
         StatusCode::NO_CONTENT,
-        [(VERSION_HEADER, version.to_string())],
+        [(VERSION, HeaderValue::from(version))],
     )
         .into_response()
 }
@@ -84,7 +85,8 @@ fn key_and_consistency(state: &AppState, uri: &Uri) -> Result<(Bytes, Consistenc
         .iter()
         .find_map(|p| uri.path().strip_prefix(p))
         .unwrap_or_default();
-    let key = Bytes::from(percent_decode_str(raw).collect::<Vec<u8>>());
+    let key: Cow<'_, [u8]> = percent_decode_str(raw).into();
+    let key = Bytes::copy_from_slice(&key);
     check_key(&state.config.limits, &key)?;
     Ok((key, consistency(uri.query())?))
 }

@@ -13,7 +13,7 @@
 //! requires: the router is built from that table alone, so a route cannot
 //! be added without saying who may call it.
 //!
-//! Before a handler runs, `bound_and_measure` admits the request: a body
+//! Before a handler runs, `edge` admits the request: a body
 //! declared larger than its route takes is refused with 413 before a byte
 //! of it is read, and a body that does not fit the node's budget with 503
 //! and `Retry-After`. Then `access::require` checks its credential.
@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -234,16 +235,14 @@ pub fn route_table() -> Vec<(Method, String, Access)> {
         .collect()
 }
 
-/// The node's router: every route of [`route_table`] behind its access check,
-/// the request bounds and the metrics.
+/// The node's router: every route of [`route_table`] behind one middleware,
+/// `edge`, that bounds the request, checks its access and measures it.
 pub fn router(state: AppState) -> Router {
+    let edge = |access| middleware::from_fn_with_state((state.clone(), access), edge);
     // Methods of one path share one entry, each with its own check.
     let mut paths: Vec<(String, MethodRouter<AppState>)> = Vec::new();
     for route in routes() {
-        let checked = route.handler.route_layer(middleware::from_fn_with_state(
-            (state.clone(), route.access),
-            access::require,
-        ));
+        let checked = route.handler.route_layer(edge(route.access));
         match paths.iter_mut().find(|(p, _)| *p == route.path) {
             Some((_, methods)) => *methods = std::mem::take(methods).merge(checked),
             None => paths.push((route.path, checked)),
@@ -254,21 +253,23 @@ pub fn router(state: AppState) -> Router {
         .fold(Router::new(), |router, (path, methods)| {
             router.route(&path, methods)
         })
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found.layer(edge(Access::Open)))
+        .method_not_allowed_fallback(method_not_allowed.layer(edge(Access::Open)))
         // Bodies are read with an explicit limit (`read_body`), which answers
         // in JSON; axum's own default limit would answer in plain text.
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            bound_and_measure,
-        ))
         .with_state(state)
 }
 
-/// Bounds a request (body bytes, concurrency, deadline) and records its
-/// metrics.
-async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Bounds a request (body bytes, concurrency, deadline), checks that it
+/// carries the credential `access` needs, and records its metrics: one
+/// middleware per route rather than a layer for each, since every layer
+/// costs a boxed future and a clone of the service it wraps per request.
+async fn edge(
+    State((state, access)): State<(AppState, Access)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let deadline = state.config.request_timeout;
@@ -287,7 +288,7 @@ async fn bound_and_measure(State(state): State<AppState>, req: Request, next: Ne
             } else {
                 Some(state.in_flight.acquire().await)
             };
-            next.run(req).await
+            access::require(&state, access, req, next).await
         })
         .await
         {

@@ -208,6 +208,7 @@ impl Replay {
             .replicas(&hint.user_key, self.rf)
             .into_iter()
             .chain(view.pending(&hint.user_key, self.rf))
+            .map(|m| &**m)
             .collect();
         if replicas.is_empty() {
             outbox.fail(TurnError::NoReplicas);
@@ -582,7 +583,11 @@ mod tests {
 
         let published = Instant::now();
         assert!(routing.publish_with(|v| {
-            let mut members = v.members.clone();
+            let mut members: BTreeMap<_, _> = v
+                .members
+                .iter()
+                .map(|(id, m)| (id.clone(), MemberInfo::clone(m)))
+                .collect();
             members.get_mut(&NodeId::from("c")).unwrap().live = true;
             Some(ClusterView::build(v.self_id.clone(), members, v.epoch + 1))
         }));

@@ -39,7 +39,7 @@ use super::receiver::Receiver;
 use super::{Progress, RETRY_PAUSE, SAY_EVERY};
 use crate::config::Config;
 use crate::marker::{write_marker, NodeMarker};
-use crate::membership::{ClusterView, MemberInfo, Membership, NodeState};
+use crate::membership::{ClusterView, Membership, NodeState};
 
 /// Gossip rounds the leaver keeps gossiping after publishing LEFT, so that
 /// every member drops it from the ring before it goes silent.
@@ -126,7 +126,7 @@ pub async fn leave(
     let waiting = |view: &ClusterView| {
         let ring = view.ring.as_ref()?;
         let shrunk = ring.remove(&me).ok()?;
-        let incarnation = view.members.get(&me).map(MemberInfo::incarnation)?;
+        let incarnation = view.members.get(&me).map(|m| m.incarnation())?;
         Some(waiting_for(
             &view.members,
             ring,

@@ -18,6 +18,7 @@
 //! not know, and the `excluded` node (a removed member: it is dead, and
 //! its data must not come back).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use strata_ring::{plan, NodeId, ReplicationFactor, Ring, TokenRange};
@@ -31,7 +32,7 @@ pub(crate) type Pull = (TokenRange, Vec<MemberInfo>);
 /// The ranges `me` gains between `before` and `after` with their ordered
 /// sources (module doc), never `excluded`.
 pub(crate) fn plan_pulls(
-    members: &BTreeMap<NodeId, MemberInfo>,
+    members: &BTreeMap<NodeId, impl Borrow<MemberInfo>>,
     before: &Ring,
     after: &Ring,
     rf: ReplicationFactor,
@@ -45,7 +46,7 @@ pub(crate) fn plan_pulls(
                 .lost()
                 .chain(m.from().iter().filter(|n| !m.lost().any(|l| l == *n)))
                 .filter(|id| *id != me && Some(*id) != excluded)
-                .filter_map(|id| members.get(id))
+                .filter_map(|id| members.get(id).map(Borrow::borrow))
                 .filter(|s| s.state.in_ring())
                 .cloned()
                 .collect();
@@ -59,7 +60,7 @@ pub(crate) fn plan_pulls(
 /// The nodes that gain a range between `before` and `after` and do not
 /// list `incarnation` (the leaving or removed run) under `pulled` yet.
 pub(crate) fn waiting_for(
-    members: &BTreeMap<NodeId, MemberInfo>,
+    members: &BTreeMap<NodeId, impl Borrow<MemberInfo>>,
     before: &Ring,
     after: &Ring,
     rf: ReplicationFactor,
@@ -72,7 +73,7 @@ pub(crate) fn waiting_for(
         .filter(|id| {
             !members
                 .get(*id)
-                .is_some_and(|m| m.pulled.iter().any(|p| p == incarnation))
+                .is_some_and(|m| m.borrow().pulled.iter().any(|p| p == incarnation))
         })
         .cloned()
         .collect()

@@ -9,6 +9,7 @@ pub(crate) mod removal;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use strata_ring::{Member, NodeId, ReplicationFactor, Ring};
 
@@ -168,8 +169,9 @@ pub(crate) fn ring_digest(ring: Option<&Ring>) -> String {
 pub(crate) struct ClusterView {
     /// This node.
     pub(crate) self_id: NodeId,
-    /// Every verified member, by id.
-    pub(crate) members: BTreeMap<NodeId, MemberInfo>,
+    /// Every verified member, by id. Shared, so that a request can hold
+    /// its replicas past the view for the price of a reference count.
+    pub(crate) members: BTreeMap<NodeId, Arc<MemberInfo>>,
     /// The ring of members in a ring state; `None` while there is none.
     pub(crate) ring: Option<Ring>,
     /// The ring once the transitions finish: AVAILABLE and BOOTSTRAPPING
@@ -198,7 +200,10 @@ impl ClusterView {
         };
         Self {
             self_id,
-            members,
+            members: members
+                .into_iter()
+                .map(|(id, m)| (id, Arc::new(m)))
+                .collect(),
             ring,
             future_ring,
             epoch,
@@ -212,7 +217,7 @@ impl ClusterView {
         self.members
             .values()
             .filter(|m| m.state.in_transition())
-            .map(transition)
+            .map(|m| transition(m))
             .chain(self.removed.values().map(|r| r.removal.transition()))
             .collect()
     }
@@ -241,7 +246,7 @@ impl ClusterView {
 
     /// The replicas of `key` in the future ring that are not replicas now:
     /// the nodes receiving its range, which must get its writes too.
-    pub(crate) fn pending(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
+    pub(crate) fn pending(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&Arc<MemberInfo>> {
         let (Some(ring), Some(future)) = (&self.ring, &self.future_ring) else {
             return Vec::new();
         };
@@ -254,7 +259,7 @@ impl ClusterView {
     }
 
     /// The preference list of `key`: up to `rf` members, owner first.
-    pub(crate) fn replicas(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&MemberInfo> {
+    pub(crate) fn replicas(&self, key: &[u8], rf: ReplicationFactor) -> Vec<&Arc<MemberInfo>> {
         match &self.ring {
             Some(ring) => ring
                 .replicas(key, rf)
