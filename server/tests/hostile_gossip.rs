@@ -166,7 +166,9 @@ async fn forged_tampered_replayed_and_oversized_gossip_changes_nothing() {
         let r = cluster
             .put(round % 3, &format!("during-{round}"), b"v", "quorum")
             .await;
-        assert_eq!(r.status(), 204, "QUORUM write during the attack");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(status, 204, "QUORUM write during the attack: {body}");
         round += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
