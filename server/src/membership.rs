@@ -184,6 +184,7 @@ impl Membership {
             // like before any is measured. The gossip interval is the truth.
             initial_interval: config.gossip_interval,
             dead_node_grace_period: Duration::from_secs(24 * 3600),
+            min_interval: Duration::from_millis(defaults::DETECTOR_MIN_INTERVAL_MS),
         };
         let chitchat_config = ChitchatConfig {
             chitchat_id,

@@ -43,6 +43,7 @@ impl FailureDetector {
                     self.config.max_interval,
                     self.config.initial_interval,
                 )
+                .with_min_interval(self.config.min_interval)
             })
     }
 
@@ -148,6 +149,12 @@ pub struct FailureDetectorConfig {
     pub initial_interval: Duration,
     /// Threshold period after which dead node can be removed from the cluster.
     pub dead_node_grace_period: Duration,
+    /// (kvnode patch) The least mean interval phi divides by: silence is
+    /// judged against at least this, so a pause of a few gossip rounds (a
+    /// starved process) does not mark a node down. Zero keeps upstream's
+    /// behaviour.
+    #[serde(default)]
+    pub min_interval: Duration,
 }
 
 impl FailureDetectorConfig {
@@ -164,6 +171,7 @@ impl FailureDetectorConfig {
             max_interval,
             initial_interval,
             dead_node_grace_period,
+            min_interval: Duration::ZERO,
         }
     }
 }
@@ -176,6 +184,7 @@ impl Default for FailureDetectorConfig {
             max_interval: Duration::from_secs(10),
             initial_interval: Duration::from_secs(5),
             dead_node_grace_period: Duration::from_secs(24 * 60 * 60), // 24 hours
+            min_interval: Duration::ZERO,
         }
     }
 }
@@ -206,6 +215,8 @@ pub(crate) struct SamplingWindow {
     /// lenient on the first few intervals, and we don't have nodes flapping from
     /// life to death.
     additive_smoothing: AdditiveSmoothing,
+    /// (kvnode patch) Seconds; the floor of the mean interval in `phi`.
+    min_interval: f64,
 }
 
 impl SamplingWindow {
@@ -220,7 +231,15 @@ impl SamplingWindow {
             last_heartbeat: None,
             max_interval,
             additive_smoothing,
+            min_interval: 0.0,
         }
+    }
+
+    /// (kvnode patch) The window, judging silence against a mean interval
+    /// of at least `min_interval`.
+    pub fn with_min_interval(mut self, min_interval: Duration) -> Self {
+        self.min_interval = min_interval.as_secs_f64();
+        self
     }
 
     /// Reports a heartbeat.
@@ -259,14 +278,14 @@ impl SamplingWindow {
     /// Returns `None` if have not received two heartbeat yet.
     pub fn phi(&self) -> Option<f64> {
         let last_heartbeat = self.last_heartbeat?;
-        let interval_mean = self.mean_interval()?;
+        let interval_mean = self.mean_interval()?.max(self.min_interval);
         let elapsed_time = last_heartbeat.elapsed().as_secs_f64();
         Some(elapsed_time / interval_mean)
     }
 
     /// Returns the elapsed time after the last heartbeat at which phi reaches `phi_threshold`.
     fn failure_detection_timeout(&self, phi_threshold: f64) -> Option<Duration> {
-        let timeout_secs = self.mean_interval()? * phi_threshold;
+        let timeout_secs = self.mean_interval()?.max(self.min_interval) * phi_threshold;
         Duration::try_from_secs_f64(timeout_secs).ok()
     }
 }
