@@ -29,6 +29,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("PUT", "/v1/kv/{*key}", Write),
         ("DELETE", "/v1/kv/{*key}", Write),
         ("POST", "/v1/data", Write),
+        ("GET", "/v1/data", Read),
         ("GET", "/v1/data/{*key}", Read),
         ("GET", "/block/{*id}", Read),
         ("PUT", "/block/{*id}", Write),

@@ -13,7 +13,7 @@
 //! | access     | routes                                     | no tokens file         | with a tokens file        |
 //! |------------|--------------------------------------------|------------------------|---------------------------|
 //! | `Open`     | `/health`, `/ready`                        | open                   | open                      |
-//! | `Read`     | `GET` of keys, `/metrics`                  | open                   | `read` token or above     |
+//! | `Read`     | `GET` of keys (and `?key=`), `/metrics`    | open                   | `read` token or above     |
 //! | `Write`    | `PUT`/`DELETE` of keys, `POST /v1/data`    | open                   | `write` token or above    |
 //! | `Admin`    | `/v1/node`, `/v1/cluster`                  | open                   | `admin` token             |
 //! | `Operator` | `/admin/*` (cluster changes)               | signature              | `admin` token, signature  |

@@ -1,0 +1,182 @@
+//! The two small systems kvnode grew from, spoken to a real 3-node cluster:
+//! their documented curl lines and client calls, replayed, with the status
+//! codes and body shapes their clients expect.
+//!
+//! - the Cassandra-style storage service: `/v1/data?key=`, `POST /v1/data`
+//!   with any JSON value, `readquorum`/`writequorum`;
+//! - the Dynamo-style block store: `/block/{id}`.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_json_error, Cluster};
+use serde_json::{json, Value};
+
+async fn json_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (status, value)
+}
+
+#[tokio::test]
+async fn the_storage_services_data_routes() {
+    let _serial = common::SERIAL.lock().await;
+    let c = Cluster::start(3).await;
+    let url = |i: usize, path: &str| c.nodes[i].url(path);
+
+    // Any JSON value, written through one node, read through the others.
+    let values = [
+        ("text", json!("hello")),
+        ("number", json!(42)),
+        ("float", json!(2.5)),
+        (
+            "object",
+            json!({"name": "ada", "tags": ["x", "y"], "n": null}),
+        ),
+        ("array", json!([1, "two", {"three": 3}])),
+        ("bool", json!(true)),
+    ];
+    for (i, (key, value)) in values.iter().enumerate() {
+        // curl -X POST host/v1/data -d '{"key":..,"value":..}' (their
+        // clients add fields of their own: ignored).
+        let body = json!({"key": key, "value": value, "client": "py-1.0"});
+        let r = c
+            .client
+            .post(url(i % 3, "/v1/data?writequorum=-1"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, posted) = json_of(r).await;
+        assert_eq!(status, 201, "{posted}");
+        assert_eq!(posted["status"], true);
+        assert_eq!(posted["key"], *key);
+        assert_eq!(posted["value"], *value);
+        assert!(posted["version"].as_u64().unwrap() > 0, "{posted}");
+
+        // curl 'host/v1/data?key=K&readquorum=N'
+        for (reader, quorum) in [(0, "1"), (1, "2"), (2, "3"), (0, "-1")] {
+            let path = format!("/v1/data?key={key}&readquorum={quorum}&include=metadata");
+            let (status, read) =
+                json_of(c.client.get(url(reader, &path)).send().await.unwrap()).await;
+            assert_eq!(status, 200, "{read}");
+            assert_eq!(read["status"], true);
+            assert_eq!(read["message"], "OK");
+            assert_eq!(read["value"], *value, "{read}");
+            assert_eq!(read["version"], posted["version"], "{read}");
+            assert_eq!(read["metadata"]["key"], *key);
+        }
+        // The same bytes through the raw API: the value's JSON text.
+        let raw = c.get(0, key, "quorum").await.bytes().await.unwrap();
+        let text: Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(text, *value);
+    }
+
+    // The level each quorum number names.
+    for (quorum, level) in [("1", "ONE"), ("2", "QUORUM"), ("3", "ALL"), ("-1", "ALL")] {
+        let path = format!("/v1/data?key=number&readquorum={quorum}");
+        let (_, read) = json_of(c.client.get(url(0, &path)).send().await.unwrap()).await;
+        assert_eq!(read["metadata"]["consistency"], level, "{read}");
+    }
+    // No quorum asked for is QUORUM.
+    let (_, read) = json_of(
+        c.client
+            .get(url(1, "/v1/data?key=number"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read["metadata"]["consistency"], "QUORUM");
+
+    // A missing key: 200, value null, version 0, on this route only.
+    let (status, read) = json_of(
+        c.client
+            .get(url(1, "/v1/data?key=nobody"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(read["status"], true);
+    assert_eq!(read["value"], Value::Null);
+    assert_eq!(read["version"], 0);
+    assert_json_error(
+        c.client
+            .get(url(1, "/v1/data/nobody"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_eq!(c.get(1, "nobody", "quorum").await.status(), 404);
+    // A deleted key reads as missing.
+    assert_eq!(c.delete(0, "bool", "all").await.status(), 204);
+    let (_, read) = json_of(
+        c.client
+            .get(url(2, "/v1/data?key=bool"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (read["value"].clone(), read["version"].clone()),
+        (Value::Null, json!(0))
+    );
+
+    // The old item route keeps its shape: the string's text.
+    let (status, item) = json_of(c.client.get(url(2, "/v1/data/text")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(item, json!({"key": "text", "value": "hello"}));
+    // A raw value reads back as a JSON string.
+    assert_eq!(c.put(0, "raw", b"plain bytes", "all").await.status(), 204);
+    let (_, read) = json_of(
+        c.client
+            .get(url(1, "/v1/data?key=raw"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read["value"], "plain bytes");
+
+    // Quorum numbers that name no level are refused, never a silent QUORUM.
+    for bad in ["0", "4", "-2", "most", "1&consistency=all"] {
+        let r = c
+            .client
+            .get(url(0, &format!("/v1/data?key=number&readquorum={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(r, 400, "bad_consistency").await;
+        let r = c
+            .client
+            .post(url(0, &format!("/v1/data?writequorum={bad}")))
+            .body(json!({"key": "k", "value": 1}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(r, 400, "bad_consistency").await;
+    }
+    assert_json_error(
+        c.client.get(url(0, "/v1/data")).send().await.unwrap(),
+        400,
+        "bad_key",
+    )
+    .await;
+    let r = c
+        .client
+        .post(url(0, "/v1/data"))
+        .body(json!({"key": "k"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(r, 400, "bad_json").await;
+}
