@@ -180,3 +180,131 @@ async fn the_storage_services_data_routes() {
         .unwrap();
     assert_json_error(r, 400, "bad_json").await;
 }
+
+#[tokio::test]
+async fn the_storage_services_metadata_routes() {
+    let _serial = common::SERIAL.lock().await;
+    let c = Cluster::start(3).await;
+    let url = |i: usize, path: &str| c.nodes[i].url(path);
+
+    // curl host/ping
+    let (status, pong) = json_of(c.client.get(url(0, "/ping")).send().await.unwrap()).await;
+    assert_eq!((status, pong), (200, json!({"message": "pong"})));
+
+    // curl host/v1/metadata/node
+    let (status, me) = json_of(
+        c.client
+            .get(url(1, "/v1/metadata/node"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["id"], "node2");
+    assert_eq!(me["http_addr"], c.nodes[1].http.to_string());
+    assert_eq!(me["gossip_addr"], c.nodes[1].gossip.to_string());
+    assert_eq!(me["state"], "AVAILABLE");
+    assert_eq!(me["replication_factor"], 3);
+    assert_eq!(me["cluster_id"], "strata");
+
+    // curl host/v1/gossip: every member, with where it gossips.
+    let (status, gossip) = json_of(c.client.get(url(2, "/v1/gossip")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{gossip}");
+    assert_eq!(gossip["self"], "node3");
+    let members = gossip["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{gossip}");
+    for (m, node) in members.iter().zip(&c.nodes) {
+        assert_eq!(m["id"], node.id.as_str(), "{gossip}");
+        assert_eq!(m["http_addr"], node.http.to_string());
+        assert_eq!(m["gossip_addr"], node.gossip.to_string());
+        assert_eq!(m["state"], "AVAILABLE");
+        assert_eq!(m["status"], "UP");
+        assert_eq!(m["tokens"], 64);
+        // All three replicate every key at RF 3.
+        assert!((m["ownership"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{m}");
+        assert!(m["last_update_ms"].as_u64().unwrap() < 10_000, "{m}");
+        assert!(m["generation"].as_u64().unwrap() > 0);
+    }
+
+    // curl 'host/v1/metadata/key?key=K': the replicas in ring order, the
+    // same from every node, and the ones the ring itself names.
+    let ring = c.ring_of(&[0, 1, 2]).await;
+    for key in ["user:1", "user:2", "ünïcode key"] {
+        let want: Vec<&str> = c
+            .replicas_of(&ring, key)
+            .into_iter()
+            .map(|i| c.nodes[i].id.as_str())
+            .collect();
+        for i in 0..3 {
+            let path = format!("/v1/metadata/key?key={}", urlencode(key));
+            let (status, placement) =
+                json_of(c.client.get(url(i, &path)).send().await.unwrap()).await;
+            assert_eq!(status, 200, "{placement}");
+            assert_eq!(placement["key"], key);
+            assert_eq!(placement["token"], strata_ring::token(key.as_bytes()));
+            let got: Vec<&str> = placement["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(got, want, "{placement}");
+            assert!(placement["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["state"] == "AVAILABLE"
+                    && r["status"] == "UP"
+                    && r["readable"] == true));
+            assert_eq!(placement["pending"], json!([]));
+        }
+    }
+    assert_json_error(
+        c.client
+            .get(url(0, "/v1/metadata/key"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_key",
+    )
+    .await;
+
+    // A node that is down shows as such, in the gossip view and in the
+    // placement of a key it replicates.
+    let mut c = c;
+    c.nodes[2].kill();
+    c.wait_for_status(0, 2, "DOWN").await;
+    let (_, gossip) = json_of(
+        c.client
+            .get(c.nodes[0].url("/v1/gossip"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(gossip["members"][2]["status"], "DOWN", "{gossip}");
+    let (_, placement) = json_of(
+        c.client
+            .get(c.nodes[0].url("/v1/metadata/key?key=user:1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let node3 = placement["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "node3")
+        .unwrap();
+    assert_eq!(
+        (node3["status"].clone(), node3["readable"].clone()),
+        (json!("DOWN"), json!(false))
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

@@ -1,6 +1,7 @@
 //! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/ring`
 //! ([`report`](super::report) has both documents), `GET /v1/node`,
-//! `GET /health` (the process answers), `GET /ready` (this node can serve
+//! `GET /health` (the process answers; `GET /ping` is its twin in
+//! [`metadata`](super::metadata)), `GET /ready` (this node can serve
 //! QUORUM), `GET /metrics` (Prometheus text), and
 //! the operator's routes, each taking an admin token or a request signed
 //! under the cluster secret ([`access`](super::access)):
@@ -132,7 +133,7 @@ pub async fn ring(State(state): State<AppState>) -> Json<RingReport> {
 }
 
 /// How a failure detector verdict reads in reports.
-fn status(live: bool) -> &'static str {
+pub(crate) fn status(live: bool) -> &'static str {
     if live {
         "UP"
     } else {
