@@ -225,6 +225,11 @@ pub struct Settings {
     /// Largest request body in bytes [default: 2 MiB + 64 KiB].
     #[arg(long, env = "KVNODE_MAX_BODY_SIZE")]
     pub max_body_size: Option<usize>,
+    /// The block store's fixed block size: `PUT /block/{id}` then takes
+    /// bodies of exactly this many bytes and refuses others with 400
+    /// [default: any size up to --max-value-size].
+    #[arg(long, env = "KVNODE_BLOCK_SIZE")]
+    pub block_size: Option<usize>,
     /// Deadline of one client request in ms [default: 10000].
     #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -371,6 +376,7 @@ impl Settings {
         max_key_size,
         max_value_size,
         max_body_size,
+        block_size,
         request_timeout_ms,
         replica_timeout_ms,
         max_concurrent_requests,
@@ -442,6 +448,8 @@ pub struct Limits {
     pub max_value_size: usize,
     /// Largest request body, bytes.
     pub max_body_size: usize,
+    /// The size every `PUT /block` body must have, if fixed.
+    pub block_size: Option<usize>,
 }
 
 impl Limits {
@@ -451,7 +459,14 @@ impl Limits {
             max_key_size: s.max_key_size.unwrap_or(defaults::MAX_KEY_SIZE),
             max_value_size: s.max_value_size.unwrap_or(defaults::MAX_VALUE_SIZE),
             max_body_size: s.max_body_size.unwrap_or(defaults::MAX_BODY_SIZE),
+            block_size: s.block_size,
         };
+        if limits
+            .block_size
+            .is_some_and(|b| b == 0 || b > limits.max_value_size)
+        {
+            return invalid("block_size", "must be 1..=max_value_size");
+        }
         if limits.max_key_size == 0 || limits.max_key_size > strata_engine::MAX_KEY_SIZE_LIMIT - 8 {
             return invalid(
                 "max_key_size",
@@ -1133,6 +1148,14 @@ mod tests {
     }
 
     #[test]
+    fn the_block_size_is_free_unless_fixed() {
+        let c = resolve(args(&[]), Settings::default()).unwrap();
+        assert_eq!(c.limits.block_size, None);
+        let c = resolve(args(&["--block-size", "4096"]), Settings::default()).unwrap();
+        assert_eq!(c.limits.block_size, Some(4096));
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(matches!(
             parse_file(Path::new("k.toml"), "node_idd = \"x\""),
@@ -1271,6 +1294,8 @@ mod tests {
             ],
             &["--max-clock-offset-ms", "0"],
             &["--clock-skew-ms", "-86400001"],
+            &["--block-size", "0"],
+            &["--max-value-size", "4096", "--block-size", "4097"],
         ] {
             assert!(
                 resolve(args(argv), Settings::default()).is_err(),

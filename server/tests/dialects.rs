@@ -308,3 +308,73 @@ async fn the_storage_services_metadata_routes() {
 fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+#[tokio::test]
+async fn the_block_stores_block_routes() {
+    let _serial = common::SERIAL.lock().await;
+    let c = Cluster::start_with(3, 3, &[("KVNODE_BLOCK_SIZE", "4096")]).await;
+    let url = |i: usize, path: &str| c.nodes[i].url(path);
+    let block = |fill: u8| vec![fill; 4096];
+
+    // curl -X PUT --data-binary @block host/block/ID: 201, create or not.
+    for (i, fill) in [(0, 1u8), (1, 2)] {
+        let r = c
+            .client
+            .put(url(i, "/block/blk-1"))
+            .body(block(fill))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert!(r.headers().contains_key("x-kvnode-version"));
+    }
+    // curl host/block/ID from any node: the last block written.
+    for i in 0..3 {
+        let r = c.client.get(url(i, "/block/blk-1")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().to_vec(), block(2));
+    }
+    // Any other size is refused whole, never truncated or padded.
+    for size in [0, 1, 4095, 4097, 8192] {
+        let r = c
+            .client
+            .put(url(2, "/block/blk-1"))
+            .body(vec![9u8; size])
+            .send()
+            .await
+            .unwrap();
+        assert_json_error(r, 400, "bad_block_size").await;
+    }
+    let r = c.client.get(url(2, "/block/blk-1")).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().to_vec(), block(2));
+    // The raw key space takes any size still: the size is the block's.
+    assert_eq!(c.put(0, "not-a-block", b"short", "all").await.status(), 204);
+
+    // curl -X DELETE host/block/ID: gone from every replica, not only
+    // from the one that answered.
+    let r = c
+        .client
+        .delete(url(1, "/block/blk-1?consistency=all"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for i in 0..3 {
+        assert_json_error(
+            c.client
+                .get(url(i, "/block/blk-1?consistency=one"))
+                .send()
+                .await
+                .unwrap(),
+            404,
+            "not_found",
+        )
+        .await;
+        let record = c.local_record(i, "blk-1").await.expect("a tombstone");
+        assert!(
+            record.value.is_none(),
+            "node{} still holds the block",
+            i + 1
+        );
+    }
+}

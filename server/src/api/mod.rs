@@ -156,7 +156,7 @@ fn routes() -> Vec<Route> {
         Route::new(Read, "/v1/data", Method::GET, get(compat::read_data)),
         Route::new(Read, "/v1/data/{*key}", Method::GET, get(compat::get_data)),
         Route::new(Read, "/block/{*id}", Method::GET, get(kv::get_value)),
-        Route::new(Write, "/block/{*id}", Method::PUT, put(kv::put_value)),
+        Route::new(Write, "/block/{*id}", Method::PUT, put(kv::put_block)),
         Route::new(
             Write,
             "/block/{*id}",
