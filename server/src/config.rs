@@ -33,6 +33,9 @@ pub mod defaults {
     /// Derived (pseudo-random) tokens need many vnodes to balance: 64 keeps
     /// the largest node within ~20% of the mean on small clusters.
     pub const VNODES: u32 = 64;
+    /// A joining node that hears no seed for five minutes is misconfigured,
+    /// not early: long enough for seeds that start a little later.
+    pub const JOIN_TIMEOUT_SECS: u64 = 300;
     /// Survives one node down at QUORUM.
     pub const REPLICATION_FACTOR: usize = 3;
     /// Keys are identifiers, not payloads.
@@ -190,9 +193,15 @@ pub struct Settings {
     /// Data directory (default: `./kvnode-data/<node id>`).
     #[arg(long, env = "KVNODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Gossip addresses (host:port) of seed nodes, comma-separated.
+    /// Seed nodes, comma-separated: gossip addresses (host:port, UDP), or
+    /// HTTP URLs (http://host:port) that are resolved to their node's
+    /// gossip address at start.
     #[arg(long, env = "KVNODE_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
+    /// Seconds a joining node waits to hear from a seed before it stops
+    /// with an error; 0 waits for ever [default: 300].
+    #[arg(long, env = "KVNODE_JOIN_TIMEOUT_SECS")]
+    pub join_timeout_secs: Option<u64>,
     /// Cluster name; nodes of other clusters are ignored [default: strata].
     #[arg(long, env = "KVNODE_CLUSTER_ID")]
     pub cluster_id: Option<String>,
@@ -367,6 +376,7 @@ impl Settings {
         gossip_advertise,
         data_dir,
         seeds,
+        join_timeout_secs,
         cluster_id,
         vnodes,
         replication_factor,
@@ -509,8 +519,11 @@ pub struct Config {
     pub gossip_advertise: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// Seed gossip addresses (`host:port`).
+    /// Seeds: gossip addresses (`host:port`), or HTTP URLs until
+    /// [`join`](crate::join) resolves them.
     pub seeds: Vec<String>,
+    /// How long a joining node waits to hear from a seed; `None` for ever.
+    pub join_timeout: Option<Duration>,
     /// Cluster name.
     pub cluster_id: String,
     /// Tokens per node.
@@ -707,6 +720,10 @@ impl Config {
             gossip_listen,
             gossip_advertise,
             seeds,
+            join_timeout: match s.join_timeout_secs.unwrap_or(defaults::JOIN_TIMEOUT_SECS) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             cluster_id,
             vnodes,
             replication_factor,

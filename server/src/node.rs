@@ -37,6 +37,7 @@ use crate::coordinator::{Coordinator, CoordinatorParts};
 use crate::hints::replay::Replay;
 use crate::hints::Hints;
 use crate::hlc::{Hlc, WallClock};
+use crate::join::{resolve_seeds, JoinError, JoinWatch};
 use crate::listener::{self, ServeLimits};
 use crate::marker::{
     marker_path, read_marker, read_removals, removals_path, write_marker, MarkerError, NodeMarker,
@@ -117,6 +118,10 @@ pub enum NodeError {
     /// Gossip failed to start.
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// A seed is wrong, none answered in time, or the cluster's settings
+    /// are not this node's ([`join`](crate::join)).
+    #[error(transparent)]
+    Join(#[from] JoinError),
     /// The HTTP client for replica calls could not be built.
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
@@ -141,6 +146,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let mut config = config;
+    config.seeds = resolve_seeds(&config).await?;
     let config = Arc::new(config);
     let disk = DataDir::open(&config)?;
     let node = Node::start(config, disk).await?;
@@ -217,6 +224,7 @@ struct Node {
     state: AppState,
     marker_path: PathBuf,
     stop: Arc<Notify>,
+    join: Arc<JoinWatch>,
 }
 
 impl Node {
@@ -304,6 +312,7 @@ impl Node {
             clock,
         ));
         let stop = Arc::new(Notify::new());
+        let join = Arc::new(JoinWatch::new(&config, stop.clone()));
         let tasks = Tasks::new(metrics.clone());
         // The one budget of every kind of background work on this node:
         // streams, hint replay, repair, clean-up.
@@ -322,6 +331,7 @@ impl Node {
                 progress: progress.clone(),
                 marker_path: marker_path.clone(),
                 recorded_tokens: marker.and_then(|m| m.tokens),
+                join: join.clone(),
             };
             tasks.spawn("bootstrap", bootstrap.run());
         }
@@ -426,12 +436,14 @@ impl Node {
             stop: stop.clone(),
             verifier,
             readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
+            join: join.clone(),
         });
         Ok(Self {
             config,
             state,
             marker_path,
             stop,
+            join,
         })
     }
 
@@ -495,6 +507,9 @@ impl Node {
             .await
             .map_err(|e| NodeError::Serve(std::io::Error::other(e)))??;
         tracing::info!("stopped");
+        if let Some(e) = self.join.failure() {
+            return Err(e.into());
+        }
         if read_marker(&self.marker_path, &self.config.node_id)?.is_some_and(|m| m.removed) {
             return Err(NodeError::removed(&self.config));
         }

@@ -173,6 +173,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "uptime_secs": unix_ms().saturating_sub(state.membership.generation()) / 1000,
         "disk": state.storage.disk_usage(),
         "not_ready": not_ready(&state),
+        "join": state.join.report(),
         "engine": engine_json(&state.storage.stats()),
     }))
 }
@@ -253,7 +254,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// Why this node is not ready, if it is not (the engine's health apart).
+/// A joining node that has heard no seed yet says that, and for how long.
 fn not_ready(state: &AppState) -> Option<String> {
+    if state.membership.state() == crate::view::NodeState::Joining {
+        if let Some(waiting) = state.join.waiting() {
+            return Some(waiting);
+        }
+    }
     state
         .readiness
         .check(

@@ -8,8 +8,6 @@
 //! the node has a tokens file, or a request signed under the cluster
 //! secret: a joining node asks a seed's `/v1/metadata/node` that way).
 
-use std::net::SocketAddr;
-
 use axum::extract::State;
 use axum::http::Uri;
 use axum::Json;
@@ -18,33 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::cluster::status;
 use super::kv::check_key;
 use super::{ApiError, AppState};
+pub(crate) use crate::join::{NodeMetadata, NODE_PATH};
 use crate::view::MemberInfo;
-
-/// Path of the node metadata route (a joining node asks its seeds').
-pub const NODE_PATH: &str = "/v1/metadata/node";
-
-/// `GET /v1/metadata/node`: who this node is and how its cluster places
-/// keys. A joining node reads `gossip_addr`, `cluster_id` and
-/// `replication_factor` from its seed's.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeMetadata {
-    /// Node id.
-    pub id: String,
-    /// Advertised HTTP address.
-    pub http_addr: SocketAddr,
-    /// Advertised gossip (UDP) address: what `--seeds` takes.
-    pub gossip_addr: SocketAddr,
-    /// Lifecycle state (`JOINING`, `AVAILABLE`, ...).
-    pub state: String,
-    /// Nodes gossip only with nodes of the same cluster id.
-    pub cluster_id: String,
-    /// Replicas per key; every node of a cluster must agree on it.
-    pub replication_factor: usize,
-    /// Tokens per node.
-    pub vnodes: u32,
-    /// The `kvnode` version.
-    pub version: String,
-}
 
 /// One member in `GET /v1/gossip`.
 #[derive(Debug, Serialize)]

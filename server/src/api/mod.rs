@@ -117,6 +117,9 @@ pub struct AppParts {
     pub(crate) verifier: Arc<RequestVerifier>,
     /// Whether this node can serve QUORUM (`/ready`).
     pub(crate) readiness: Arc<crate::readiness::Readiness>,
+    /// How this node's join is going (`/ready` and `/v1/node` while it
+    /// waits for a seed).
+    pub(crate) join: Arc<crate::join::JoinWatch>,
 }
 
 /// One route: its method, its path pattern (axum's syntax), who may call it
