@@ -178,7 +178,7 @@ impl DataDir {
             path: config.data_dir.clone(),
             reason: e.to_string(),
         })?;
-        let marker_path = marker_path(config);
+        let marker_path = marker_path(&config.data_dir);
         let marker = read_marker(&marker_path, &config.node_id)?;
         if marker.as_ref().is_some_and(|m| m.removed) {
             return Err(NodeError::removed(config));

@@ -378,3 +378,100 @@ async fn the_block_stores_block_routes() {
         );
     }
 }
+
+/// A `kvnode` started the way the block store's nodes were: `--port`, no
+/// id, the block store's variables set. Killed on drop.
+struct Unnamed(std::process::Child);
+
+impl Unnamed {
+    fn start(cwd: &std::path::Path, port: u16, gossip: u16, log: &std::path::Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+            .current_dir(cwd)
+            .args(["--port", &port.to_string()])
+            .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
+            .env("ReplicaName", "replica-a")
+            .env("ReplicationFactor", "1")
+            .env("KVNODE_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Unnamed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Its `/v1/metadata/node`, once it answers.
+async fn metadata_of(client: &reqwest::Client, port: u16) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let url = format!("http://127.0.0.1:{port}/v1/metadata/node");
+        if let Ok(r) = client.get(&url).send().await {
+            return json_of(r).await.1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port {port} never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_unnamed_nodes_on_one_machine_get_distinct_stable_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..2)
+        .map(|_| {
+            let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            (
+                t.local_addr().unwrap().port(),
+                u.local_addr().unwrap().port(),
+            )
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let log = |i: usize| dir.path().join(format!("unnamed{i}.log"));
+    let nodes: Vec<Unnamed> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (http, gossip))| Unnamed::start(dir.path(), *http, *gossip, &log(i)))
+        .collect();
+    let mut ids = Vec::new();
+    for (http, _) in &ports {
+        let me = metadata_of(&client, *http).await;
+        let id = me["id"].as_str().unwrap().to_owned();
+        assert!(id.ends_with(&format!("-{http}")), "{me}");
+        assert_eq!(me["http_addr"], format!("127.0.0.1:{http}"));
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    // Each its own data dir, named for its id.
+    for id in &ids {
+        assert!(dir
+            .path()
+            .join("kvnode-data")
+            .join(id)
+            .join("node.json")
+            .exists());
+    }
+    // The block store's variables are said to be ignored, with kvnode's.
+    let text = std::fs::read_to_string(log(0)).unwrap();
+    assert!(
+        text.contains("ReplicaName=replica-a is the block store's setting"),
+        "{text}"
+    );
+    assert!(text.contains("--replication-factor"), "{text}");
+    // A restart keeps the id.
+    drop(nodes);
+    let (http, gossip) = ports[0];
+    let _again = Unnamed::start(dir.path(), http, gossip, &log(2));
+    assert_eq!(metadata_of(&client, http).await["id"], ids[0].as_str());
+}

@@ -299,7 +299,7 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
         handoff::leave(
             state.membership.clone(),
             state.config.clone(),
-            crate::marker::marker_path(&state.config),
+            crate::marker::marker_path(&state.config.data_dir),
             state.stop.clone(),
         ),
     );

@@ -133,7 +133,17 @@ fn run() -> anyhow::Result<ExitCode> {
                 Ok(done)
             }
             None => {
+                warn_foreign_env();
+                let named = cli.node.node_id.is_some();
                 let config = Config::load(cli.node)?;
+                if !named {
+                    tracing::info!(
+                        node = config.node_id,
+                        data_dir = %config.data_dir.display(),
+                        "no --node-id: this node's id is the one its data dir recorded, or \
+                         <host name>-<HTTP port> on a first start"
+                    );
+                }
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
@@ -142,6 +152,32 @@ fn run() -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// Settings of the block store kvnode grew from, with what kvnode reads
+/// instead. Its nodes took these from the environment; kvnode ignores them,
+/// and says so rather than run with other values than the ones set.
+const FOREIGN_ENV: [(&str, &str); 3] = [
+    (
+        "ReplicationFactor",
+        "--replication-factor (KVNODE_REPLICATION_FACTOR)",
+    ),
+    ("ReplicaName", "--node-id (KVNODE_NODE_ID)"),
+    (
+        "ReplicaAddress",
+        "--listen and --advertise (KVNODE_LISTEN, KVNODE_ADVERTISE)",
+    ),
+];
+
+fn warn_foreign_env() {
+    for (name, ours) in FOREIGN_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            tracing::warn!(
+                "{name}={} is the block store's setting and kvnode ignores it: use {ours}",
+                value.to_string_lossy()
+            );
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
