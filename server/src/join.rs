@@ -169,8 +169,11 @@ fn client_and_signer(config: &Config) -> Result<(reqwest::Client, RequestSigner)
 
 /// `config`'s seeds with each HTTP one replaced by its node's gossip
 /// address (see the module doc); checks the cluster id and replication
-/// factor of every node it asks.
-pub(crate) async fn resolve_seeds(config: &Config) -> Result<Vec<String>, JoinError> {
+/// factor of every node it asks. A node that has `served` before (a
+/// restart) must not hang on one seed that is down: a URL it cannot reach
+/// at once is left out with a warning, and gossip finds the cluster
+/// through the others or through the members it knew.
+pub(crate) async fn resolve_seeds(config: &Config, served: bool) -> Result<Vec<String>, JoinError> {
     let (client, signer) = client_and_signer(config)?;
     let mut resolved = Vec::with_capacity(config.seeds.len());
     for seed in &config.seeds {
@@ -183,7 +186,19 @@ pub(crate) async fn resolve_seeds(config: &Config) -> Result<Vec<String>, JoinEr
         let found = if !other {
             None
         } else if seed.starts_with("http://") || seed.starts_with("https://") {
-            Some(ask_url(config, &client, &signer, seed).await?)
+            let limit = if served {
+                Some(Duration::ZERO)
+            } else {
+                config.join_timeout
+            };
+            match ask_url(limit, &client, &signer, seed).await {
+                Ok(node) => Some(node),
+                Err(e) if served => {
+                    tracing::warn!("{e}; left out of the seeds of this restart");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             ask_if_tcp(&client, &signer, seed).await?
         };
@@ -223,9 +238,10 @@ fn is_own_http(seed: &str, config: &Config) -> bool {
             && local(config.listen.ip()))
 }
 
-/// Asks a seed given as a URL until it answers or the join timeout passes.
+/// Asks a seed given as a URL until it answers or `limit` passes (`None`:
+/// for ever).
 async fn ask_url(
-    config: &Config,
+    limit: Option<Duration>,
     client: &reqwest::Client,
     signer: &RequestSigner,
     seed: &str,
@@ -237,10 +253,7 @@ async fn ask_url(
             Ok(node) => return Ok(node),
             Err(e) => e,
         };
-        if config
-            .join_timeout
-            .is_some_and(|limit| started.elapsed() >= limit)
-        {
+        if limit.is_some_and(|limit| started.elapsed() >= limit) {
             return Err(JoinError::Unreachable {
                 seed: seed.to_owned(),
                 secs: started.elapsed().as_secs(),
@@ -332,6 +345,8 @@ pub(crate) async fn check_cluster(
 /// the bootstrap waits to hear from a seed, and why it gave up.
 #[derive(Debug)]
 pub struct JoinWatch {
+    /// Whether this run joins at all (a restarted or lone node does not).
+    joining: bool,
     started: Instant,
     limit: Option<Duration>,
     seeds: String,
@@ -343,9 +358,11 @@ pub struct JoinWatch {
 }
 
 impl JoinWatch {
-    /// The watch of a run starting now; `stop` stops the node.
-    pub(crate) fn new(config: &Config, stop: Arc<Notify>) -> Self {
+    /// The watch of a run starting now, `joining` or not; `stop` stops the
+    /// node.
+    pub(crate) fn new(config: &Config, joining: bool, stop: Arc<Notify>) -> Self {
         Self {
+            joining,
             started: Instant::now(),
             limit: config.join_timeout,
             seeds: config.seeds.join(", "),
@@ -397,7 +414,7 @@ impl JoinWatch {
 
     /// While no seed has been heard from: for how long, and the seeds.
     pub(crate) fn waiting(&self) -> Option<String> {
-        if self.heard.load(Ordering::Acquire) {
+        if !self.joining || self.heard.load(Ordering::Acquire) {
             return None;
         }
         let waited = self.started.elapsed().as_secs();
@@ -415,6 +432,7 @@ impl JoinWatch {
     /// What `/v1/node` shows under `"join"`.
     pub(crate) fn report(&self) -> serde_json::Value {
         serde_json::json!({
+            "joining": self.joining,
             "seeds": self.seeds,
             "heard_from_cluster": self.heard.load(Ordering::Acquire),
             "waited_secs": self.started.elapsed().as_secs(),
@@ -478,7 +496,7 @@ mod tests {
             "0123456789abcdef",
         ]);
         assert_eq!(
-            resolve_seeds(&c).await.unwrap(),
+            resolve_seeds(&c, false).await.unwrap(),
             vec!["127.0.0.1:7801".to_owned(), "127.0.0.1:7801".to_owned()]
         );
     }
@@ -489,7 +507,7 @@ mod tests {
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let seed = udp.local_addr().unwrap().to_string();
         let c = config(&["--seeds", &seed, "--cluster-secret", "0123456789abcdef"]);
-        assert_eq!(resolve_seeds(&c).await.unwrap(), vec![seed]);
+        assert_eq!(resolve_seeds(&c, false).await.unwrap(), vec![seed]);
     }
 
     #[tokio::test]
@@ -503,7 +521,7 @@ mod tests {
             }
         });
         let c = config(&["--seeds", &seed, "--cluster-secret", "0123456789abcdef"]);
-        let e = resolve_seeds(&c).await.unwrap_err();
+        let e = resolve_seeds(&c, false).await.unwrap_err();
         assert!(matches!(e, JoinError::NotASeed { .. }), "{e}");
         assert!(e.to_string().contains("HTTP port + 1"), "{e}");
     }
@@ -522,14 +540,18 @@ mod tests {
             "--join-timeout-secs",
             "1",
         ]);
-        let e = resolve_seeds(&c).await.unwrap_err();
+        let e = resolve_seeds(&c, false).await.unwrap_err();
         assert!(matches!(e, JoinError::Unreachable { .. }), "{e}");
+        // A restart does not wait on it: the seed is left out.
+        let started = Instant::now();
+        assert_eq!(resolve_seeds(&c, true).await.unwrap(), Vec::<String>::new());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
     fn the_watch_says_what_it_waits_for_until_it_hears() {
         let c = config(&["--join-timeout-secs", "30"]);
-        let watch = JoinWatch::new(&c, Arc::new(Notify::new()));
+        let watch = JoinWatch::new(&c, true, Arc::new(Notify::new()));
         let text = watch.waiting().unwrap();
         assert!(text.contains("gives up after 30 s"), "{text}");
         assert!(watch.remaining().unwrap() <= Duration::from_secs(30));
@@ -540,5 +562,8 @@ mod tests {
             watch.failure(),
             Some(JoinError::NoSeed { secs: 30, .. })
         ));
+        // A node that does not join waits for nothing.
+        let restart = JoinWatch::new(&c, false, Arc::new(Notify::new()));
+        assert_eq!(restart.waiting(), None);
     }
 }

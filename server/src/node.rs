@@ -147,7 +147,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let mut config = config;
-    config.seeds = resolve_seeds(&config).await?;
+    let served = marker_path(&config.data_dir).exists();
+    config.seeds = resolve_seeds(&config, served).await?;
     let config = Arc::new(config);
     let disk = DataDir::open(&config)?;
     let node = Node::start(config, disk).await?;
@@ -312,7 +313,11 @@ impl Node {
             clock,
         ));
         let stop = Arc::new(Notify::new());
-        let join = Arc::new(JoinWatch::new(&config, stop.clone()));
+        let join = Arc::new(JoinWatch::new(
+            &config,
+            initial != NodeState::Available,
+            stop.clone(),
+        ));
         let tasks = Tasks::new(metrics.clone());
         // The one budget of every kind of background work on this node:
         // streams, hint replay, repair, clean-up.
