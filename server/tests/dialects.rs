@@ -388,7 +388,8 @@ impl Unnamed {
         let log = std::fs::File::create(log).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
             .current_dir(cwd)
-            .args(["--port", &port.to_string()])
+            // The block store's own single-dash flag.
+            .args(["-port", &port.to_string()])
             .args(["--gossip-listen", &format!("127.0.0.1:{gossip}")])
             .env("ReplicaName", "replica-a")
             .env("ReplicationFactor", "1")

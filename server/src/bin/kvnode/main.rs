@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(std::env::args_os().map(block_store_flag)) {
         Ok(cli) => cli,
         // A usage error exits 1 like any other, not clap's 2: 2 says "not
         // healthy" to scripts (see `status`). Help and --version exit 0.
@@ -152,6 +152,16 @@ fn run() -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// The block store's single-dash `-port` (clap knows only `--port`), so its
+/// start-up lines work; any other argument is left as it is.
+fn block_store_flag(arg: std::ffi::OsString) -> std::ffi::OsString {
+    match arg.to_str() {
+        Some("-port") => "--port".into(),
+        Some(a) if a.starts_with("-port=") => format!("-{a}").into(),
+        _ => arg,
+    }
 }
 
 /// Settings of the block store kvnode grew from, with what kvnode reads
