@@ -18,14 +18,16 @@ use strata_ring::ReplicationFactor;
 use crate::auth::tokens::{Tokens, TokensError};
 use crate::auth::{check_private, ClusterSecret, SecretFileError};
 use crate::hlc::derived_tag;
+use crate::marker::{recorded_node_id, MarkerError};
 use crate::storage::RECORD_HEADER_LEN;
 
 /// Defaults, each with its reason.
 pub mod defaults {
     /// The client port; gossip takes the next one.
     pub const LISTEN: &str = "127.0.0.1:7700";
-    /// The id of a node started with no arguments.
-    pub const NODE_ID: &str = "node1";
+    /// The id every node started without `--node-id` had before ids were
+    /// derived: a data dir of it under [`DATA_ROOT`] is still found.
+    pub const LEGACY_NODE_ID: &str = "node1";
     /// Where data dirs go when none is given: `./kvnode-data/<node id>`.
     pub const DATA_ROOT: &str = "kvnode-data";
     /// Nodes only gossip with nodes of the same cluster id.
@@ -33,6 +35,9 @@ pub mod defaults {
     /// Derived (pseudo-random) tokens need many vnodes to balance: 64 keeps
     /// the largest node within ~20% of the mean on small clusters.
     pub const VNODES: u32 = 64;
+    /// A joining node that hears no seed for five minutes is misconfigured,
+    /// not early: long enough for seeds that start a little later.
+    pub const JOIN_TIMEOUT_SECS: u64 = 300;
     /// Survives one node down at QUORUM.
     pub const REPLICATION_FACTOR: usize = 3;
     /// Keys are identifiers, not payloads.
@@ -179,12 +184,16 @@ pub struct Settings {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Unique, stable id of this node (a first node derives its tokens from
-    /// it; a joining node allocates its own).
+    /// it; a joining node allocates its own) [default: the id its data dir
+    /// recorded, else `<host name>-<HTTP port>`].
     #[arg(long, env = "KVNODE_NODE_ID")]
     pub node_id: Option<String>,
     /// Address the HTTP API listens on [default: 127.0.0.1:7700].
     #[arg(long, env = "KVNODE_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// The HTTP port alone, on --listen's address (127.0.0.1 by default).
+    #[arg(long, env = "KVNODE_PORT")]
+    pub port: Option<u16>,
     /// HTTP address other nodes use to reach this one [default: --listen].
     #[arg(long, env = "KVNODE_ADVERTISE")]
     pub advertise: Option<SocketAddr>,
@@ -197,9 +206,15 @@ pub struct Settings {
     /// Data directory (default: `./kvnode-data/<node id>`).
     #[arg(long, env = "KVNODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Gossip addresses (host:port) of seed nodes, comma-separated.
+    /// Seed nodes, comma-separated: gossip addresses (host:port, UDP), or
+    /// HTTP URLs (http://host:port) that are resolved to their node's
+    /// gossip address at start.
     #[arg(long, env = "KVNODE_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
+    /// Seconds a joining node waits to hear from a seed before it stops
+    /// with an error; 0 waits for ever [default: 300].
+    #[arg(long, env = "KVNODE_JOIN_TIMEOUT_SECS")]
+    pub join_timeout_secs: Option<u64>,
     /// Cluster name; nodes of other clusters are ignored [default: strata].
     #[arg(long, env = "KVNODE_CLUSTER_ID")]
     pub cluster_id: Option<String>,
@@ -232,6 +247,11 @@ pub struct Settings {
     /// Largest request body in bytes [default: 2 MiB + 64 KiB].
     #[arg(long, env = "KVNODE_MAX_BODY_SIZE")]
     pub max_body_size: Option<usize>,
+    /// The block store's fixed block size: `PUT /block/{id}` then takes
+    /// bodies of exactly this many bytes and refuses others with 400
+    /// [default: any size up to --max-value-size].
+    #[arg(long, env = "KVNODE_BLOCK_SIZE")]
+    pub block_size: Option<usize>,
     /// Deadline of one client request in ms [default: 10000].
     #[arg(long, env = "KVNODE_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
@@ -364,11 +384,13 @@ impl Settings {
         config,
         node_id,
         listen,
+        port,
         advertise,
         gossip_listen,
         gossip_advertise,
         data_dir,
         seeds,
+        join_timeout_secs,
         cluster_id,
         vnodes,
         replication_factor,
@@ -378,6 +400,7 @@ impl Settings {
         max_key_size,
         max_value_size,
         max_body_size,
+        block_size,
         request_timeout_ms,
         replica_timeout_ms,
         max_concurrent_requests,
@@ -430,6 +453,9 @@ pub enum ConfigError {
     /// The tokens file is refused.
     #[error(transparent)]
     Tokens(#[from] TokensError),
+    /// The data dir's `node.json` could not be read for the node id.
+    #[error(transparent)]
+    Marker(#[from] MarkerError),
     /// A value breaks an invariant.
     #[error("invalid {field}: {reason}")]
     Invalid {
@@ -449,6 +475,8 @@ pub struct Limits {
     pub max_value_size: usize,
     /// Largest request body, bytes.
     pub max_body_size: usize,
+    /// The size every `PUT /block` body must have, if fixed.
+    pub block_size: Option<usize>,
 }
 
 impl Limits {
@@ -458,7 +486,14 @@ impl Limits {
             max_key_size: s.max_key_size.unwrap_or(defaults::MAX_KEY_SIZE),
             max_value_size: s.max_value_size.unwrap_or(defaults::MAX_VALUE_SIZE),
             max_body_size: s.max_body_size.unwrap_or(defaults::MAX_BODY_SIZE),
+            block_size: s.block_size,
         };
+        if limits
+            .block_size
+            .is_some_and(|b| b == 0 || b > limits.max_value_size)
+        {
+            return invalid("block_size", "must be 1..=max_value_size");
+        }
         if limits.max_key_size == 0 || limits.max_key_size > strata_engine::MAX_KEY_SIZE_LIMIT - 8 {
             return invalid(
                 "max_key_size",
@@ -501,8 +536,11 @@ pub struct Config {
     pub gossip_advertise: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// Seed gossip addresses (`host:port`).
+    /// Seeds: gossip addresses (`host:port`), or HTTP URLs until
+    /// [`join`](crate::join) resolves them.
     pub seeds: Vec<String>,
+    /// How long a joining node waits to hear from a seed; `None` for ever.
+    pub join_timeout: Option<Duration>,
     /// Cluster name.
     pub cluster_id: String,
     /// Tokens per node.
@@ -640,13 +678,13 @@ impl Config {
 
     /// Fills in the defaults and checks the invariants, one job at a time.
     fn resolve(s: Settings) -> Result<Self, ConfigError> {
-        let node_id = node_id(&s)?;
         let Addresses {
             listen,
             advertise,
             gossip_listen,
             gossip_advertise,
         } = addresses(&s)?;
+        let (node_id, data_dir) = identity(&s, advertise, Path::new(defaults::DATA_ROOT))?;
         let Cluster {
             seeds,
             cluster_id,
@@ -690,15 +728,17 @@ impl Config {
         } = clocks(&s, &node_id)?;
         let hints = HintLimits::resolve(&s);
         Ok(Self {
-            data_dir: s
-                .data_dir
-                .unwrap_or_else(|| Path::new(defaults::DATA_ROOT).join(&node_id)),
+            data_dir,
             node_id,
             listen,
             advertise,
             gossip_listen,
             gossip_advertise,
             seeds,
+            join_timeout: match s.join_timeout_secs.unwrap_or(defaults::JOIN_TIMEOUT_SECS) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             cluster_id,
             vnodes,
             replication_factor,
@@ -738,16 +778,62 @@ impl Config {
     }
 }
 
-/// This node's id: it goes into gossip keys, where '|' and ',' separate.
-fn node_id(s: &Settings) -> Result<String, ConfigError> {
-    let node_id = s
-        .node_id
-        .clone()
-        .unwrap_or_else(|| defaults::NODE_ID.to_owned());
+/// This node's id and data dir. The id goes into gossip keys, where '|'
+/// and ',' separate.
+///
+/// Without `--node-id`, two nodes on one machine (or two machines) must
+/// still never share an id: the second would pass for a restart of the
+/// first. So the id is the one the data dir recorded in `node.json` when
+/// the node first served, else `<host name>-<HTTP port>`, unique on a
+/// machine (two nodes cannot share a port) and across machines with
+/// distinct host names. The default data dir follows the id; a data dir of
+/// the old fixed default id under `root` is still found.
+fn identity(
+    s: &Settings,
+    advertise: SocketAddr,
+    root: &Path,
+) -> Result<(String, PathBuf), ConfigError> {
+    let node_id = match (&s.node_id, &s.data_dir) {
+        (Some(id), _) => id.clone(),
+        (None, Some(dir)) => match recorded_node_id(dir)? {
+            Some(id) => id,
+            None => derived_node_id(advertise.port()),
+        },
+        (None, None) => {
+            let legacy = root.join(defaults::LEGACY_NODE_ID);
+            if recorded_node_id(&legacy)?.as_deref() == Some(defaults::LEGACY_NODE_ID) {
+                defaults::LEGACY_NODE_ID.to_owned()
+            } else {
+                derived_node_id(advertise.port())
+            }
+        }
+    };
     if node_id.is_empty() || node_id.len() > 128 || node_id.contains(['|', ',']) {
         return invalid("node_id", "1 to 128 characters, without '|' or ','");
     }
-    Ok(node_id)
+    let data_dir = s.data_dir.clone().unwrap_or_else(|| root.join(&node_id));
+    Ok((node_id, data_dir))
+}
+
+/// `<host name>-<port>`, the host name cut to 64 characters of
+/// `[A-Za-z0-9._-]` ("kvnode" if it has none).
+fn derived_node_id(port: u16) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for writes of its length; on success the
+    // name is NUL-terminated within it (or fills it, which is handled).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let raw = if rc == 0 {
+        buf.split(|&b| b == 0).next().unwrap_or_default()
+    } else {
+        &[]
+    };
+    let host: String = String::from_utf8_lossy(raw)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    let host = if host.is_empty() { "kvnode" } else { &host };
+    format!("{host}-{port}")
 }
 
 /// Where this node listens and where other nodes reach it.
@@ -761,9 +847,14 @@ struct Addresses {
 /// The HTTP and gossip addresses. An unset advertised address follows the
 /// listen one, so it must then be reachable (not 0.0.0.0, not port 0).
 fn addresses(s: &Settings) -> Result<Addresses, ConfigError> {
-    let listen = s
-        .listen
-        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 7700)));
+    let listen = match (s.listen, s.port) {
+        (Some(listen), Some(port)) if listen.port() != port => {
+            return invalid("port", "--port and --listen name different ports: give one")
+        }
+        (Some(listen), _) => listen,
+        (None, Some(port)) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        (None, None) => SocketAddr::from((Ipv4Addr::LOCALHOST, 7700)),
+    };
     let advertise = s.advertise.unwrap_or(listen);
     if advertise.ip().is_unspecified() || advertise.port() == 0 {
         return invalid(
@@ -1011,8 +1102,9 @@ mod tests {
         let c = resolve(Settings::default(), Settings::default()).unwrap();
         assert_eq!(c.listen.to_string(), defaults::LISTEN);
         assert_eq!(c.gossip_listen.to_string(), "127.0.0.1:7701");
-        assert_eq!(c.node_id, "node1");
-        assert_eq!(c.data_dir, Path::new("kvnode-data/node1"));
+        assert_eq!(c.node_id, derived_node_id(7700));
+        assert!(c.node_id.ends_with("-7700"), "{}", c.node_id);
+        assert_eq!(c.data_dir, Path::new("kvnode-data").join(&c.node_id));
         assert_eq!(c.replication_factor.get(), 3);
         assert!(c.seeds.is_empty());
         let budget = c.edges.max_inflight_body_bytes;
@@ -1024,6 +1116,63 @@ mod tests {
         assert_eq!(c.edges.max_connections, None);
         assert_eq!(c.repair_interval, Some(Duration::from_secs(3600)));
         assert_eq!(c.background_bytes_per_sec, 64 << 20);
+    }
+
+    #[test]
+    fn an_unnamed_node_takes_the_id_its_data_dir_recorded_or_a_derived_one() {
+        let root = tempfile::tempdir().unwrap();
+        let at = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        // Two unnamed nodes on one machine never share an id or a dir.
+        let (a, a_dir) = identity(&Settings::default(), at(7700), root.path()).unwrap();
+        let (b, b_dir) = identity(&Settings::default(), at(7710), root.path()).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a_dir, b_dir);
+        // Once a dir records an id, that is the node's id whatever its port.
+        let dir = root.path().join("given");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("node.json"), br#"{"node_id":"first-name"}"#).unwrap();
+        let s = args(&["--data-dir", dir.to_str().unwrap()]);
+        assert_eq!(identity(&s, at(9000), root.path()).unwrap().0, "first-name");
+        // A data dir of the old fixed default id keeps serving under it.
+        let legacy = root.path().join(defaults::LEGACY_NODE_ID);
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("node.json"), br#"{"node_id":"node1"}"#).unwrap();
+        let (id, dir) = identity(&Settings::default(), at(7700), root.path()).unwrap();
+        assert_eq!((id.as_str(), dir), ("node1", legacy));
+        // A named node is what it is named.
+        let s = args(&["--node-id", "n7"]);
+        assert_eq!(identity(&s, at(7700), root.path()).unwrap().0, "n7");
+        // A node.json that is not JSON is an error, not a silent new id.
+        std::fs::write(dir_of(&root, "bad").join("node.json"), b"{").unwrap();
+        let s = args(&["--data-dir", dir_of(&root, "bad").to_str().unwrap()]);
+        assert!(matches!(
+            identity(&s, at(7700), root.path()),
+            Err(ConfigError::Marker(_))
+        ));
+    }
+
+    fn dir_of(root: &tempfile::TempDir, name: &str) -> PathBuf {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn port_is_the_listen_port_alone() {
+        let c = resolve(args(&["--port", "7800"]), Settings::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7800");
+        assert_eq!(c.gossip_listen.to_string(), "127.0.0.1:7801");
+        let c = resolve(
+            args(&["--listen", "127.0.0.2:7900", "--port", "7900"]),
+            Settings::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.2:7900");
+        assert!(resolve(
+            args(&["--listen", "127.0.0.1:7900", "--port", "7800"]),
+            Settings::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -1137,6 +1286,14 @@ mod tests {
         for tag in ["256", "-1"] {
             assert!(Cli::try_parse_from(["kvnode", "--node-tag", tag]).is_err());
         }
+    }
+
+    #[test]
+    fn the_block_size_is_free_unless_fixed() {
+        let c = resolve(args(&[]), Settings::default()).unwrap();
+        assert_eq!(c.limits.block_size, None);
+        let c = resolve(args(&["--block-size", "4096"]), Settings::default()).unwrap();
+        assert_eq!(c.limits.block_size, Some(4096));
     }
 
     #[test]
@@ -1278,6 +1435,8 @@ mod tests {
             ],
             &["--max-clock-offset-ms", "0"],
             &["--clock-skew-ms", "-86400001"],
+            &["--block-size", "0"],
+            &["--max-value-size", "4096", "--block-size", "4097"],
         ] {
             assert!(
                 resolve(args(argv), Settings::default()).is_err(),

@@ -37,6 +37,7 @@
 //! repair/       anti-entropy: digest trees, the walk, the row step, the scheduler
 //! hints/        hinted handoff: the store and its replay
 //! stream/       join (bootstrap), leave (handoff), removal take-over, clean-up, plan_pulls
+//! join          a joining node's checks: seeds resolved, the cluster's settings, a bounded wait
 //! membership    gossip (chitchat) turned into views, published through routing
 //! readiness     when /ready says 200: settled membership, a quorum of replicas
 //! routing       the view requests route by (a watch) and the write gate
@@ -46,8 +47,8 @@
 //! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, process, auth, hlc
 //! ```
 //!
-//! [`api`], [`auth`], [`config`], [`gossip_transport`], [`peer`], [`storage`]
-//! and [`stream`] are public for the binary, the integration tests and the
+//! [`api`], [`auth`], [`config`], [`gossip_transport`], [`join`], [`peer`],
+//! [`storage`] and [`stream`] are public for the binary, the integration tests and the
 //! fuzz targets; the rest is private to the crate.
 
 pub mod api;
@@ -58,6 +59,7 @@ mod coordinator;
 pub mod gossip_transport;
 mod hints;
 mod hlc;
+pub mod join;
 mod listener;
 mod marker;
 mod membership;

@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::view::removal::Removal;
 
 /// Why `node.json` could not be read or written.
@@ -96,8 +95,14 @@ fn yes() -> bool {
 }
 
 /// Where `node.json` lives.
-pub(crate) fn marker_path(config: &Config) -> PathBuf {
-    config.data_dir.join("node.json")
+pub(crate) fn marker_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.json")
+}
+
+/// The node id `data_dir` recorded, if it has a `node.json`: the id of a
+/// node started without `--node-id` is the one it first served under.
+pub(crate) fn recorded_node_id(data_dir: &Path) -> Result<Option<String>, MarkerError> {
+    Ok(load::<NodeMarker>(&marker_path(data_dir))?.map(|m| m.node_id))
 }
 
 /// This data dir's marker, if it has one. A dir that belongs to another

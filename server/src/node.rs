@@ -38,6 +38,7 @@ use crate::coordinator::{Coordinator, CoordinatorParts};
 use crate::hints::replay::Replay;
 use crate::hints::Hints;
 use crate::hlc::{Hlc, WallClock};
+use crate::join::{resolve_seeds, JoinError, JoinWatch};
 use crate::listener::{self, ServeLimits};
 use crate::marker::{
     marker_path, read_marker, read_removals, removals_path, write_marker, MarkerError, NodeMarker,
@@ -118,6 +119,10 @@ pub enum NodeError {
     /// Gossip failed to start.
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// A seed is wrong, none answered in time, or the cluster's settings
+    /// are not this node's ([`join`](crate::join)).
+    #[error(transparent)]
+    Join(#[from] JoinError),
     /// The HTTP client for replica calls could not be built.
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
@@ -142,6 +147,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let mut config = config;
+    let served = marker_path(&config.data_dir).exists();
+    config.seeds = resolve_seeds(&config, served).await?;
     let config = Arc::new(config);
     let disk = DataDir::open(&config)?;
     let node = Node::start(config, disk).await?;
@@ -172,7 +180,7 @@ impl DataDir {
             path: config.data_dir.clone(),
             reason: e.to_string(),
         })?;
-        let marker_path = marker_path(config);
+        let marker_path = marker_path(&config.data_dir);
         let marker = read_marker(&marker_path, &config.node_id)?;
         if marker.as_ref().is_some_and(|m| m.removed) {
             return Err(NodeError::removed(config));
@@ -218,6 +226,7 @@ struct Node {
     state: AppState,
     marker_path: PathBuf,
     stop: Arc<Notify>,
+    join: Arc<JoinWatch>,
 }
 
 impl Node {
@@ -305,6 +314,11 @@ impl Node {
             clock,
         ));
         let stop = Arc::new(Notify::new());
+        let join = Arc::new(JoinWatch::new(
+            &config,
+            initial != NodeState::Available,
+            stop.clone(),
+        ));
         let tasks = Tasks::new(metrics.clone());
         // The one budget of every kind of background work on this node:
         // streams, hint replay, repair, clean-up.
@@ -323,6 +337,7 @@ impl Node {
                 progress: progress.clone(),
                 marker_path: marker_path.clone(),
                 recorded_tokens: marker.and_then(|m| m.tokens),
+                join: join.clone(),
             };
             tasks.spawn("bootstrap", bootstrap.run());
         }
@@ -427,12 +442,14 @@ impl Node {
             stop: stop.clone(),
             verifier,
             readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
+            join: join.clone(),
         });
         Ok(Self {
             config,
             state,
             marker_path,
             stop,
+            join,
         })
     }
 
@@ -499,6 +516,9 @@ impl Node {
             .await
             .map_err(|e| NodeError::Serve(std::io::Error::other(e)))??;
         tracing::info!("stopped");
+        if let Some(e) = self.join.failure() {
+            return Err(e.into());
+        }
         if read_marker(&self.marker_path, &self.config.node_id)?.is_some_and(|m| m.removed) {
             return Err(NodeError::removed(&self.config));
         }

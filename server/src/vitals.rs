@@ -41,6 +41,8 @@ pub(crate) struct MemberVitals {
     pub(crate) load: Option<u64>,
     /// How long ago its heartbeat last moved, as this node saw it.
     pub(crate) last_heard: Duration,
+    /// Where it gossips (its chitchat id's address).
+    pub(crate) gossip_addr: std::net::SocketAddr,
 }
 
 #[derive(Debug)]
@@ -107,7 +109,8 @@ impl Vitals {
             .iter()
             .filter(|(id, _)| &*id.node_id == node.as_str())
             .max_by_key(|(id, _)| id.generation_id)
-            .map(|(_, h)| MemberVitals {
+            .map(|(id, h)| MemberVitals {
+                gossip_addr: id.gossip_advertise_addr,
                 version: h.version.clone(),
                 load: h.load,
                 last_heard: now.saturating_duration_since(h.at),
@@ -137,6 +140,7 @@ mod tests {
         let seen = vitals.get(&b, later).unwrap();
         assert_eq!(seen.last_heard, Duration::from_secs(3));
         assert_eq!(seen.load, Some(8192));
+        assert_eq!(seen.gossip_addr, "127.0.0.1:1".parse().unwrap());
         vitals.observe(&id("b", 1), 8, Some("0.1.0"), Some("8192"), later);
         assert_eq!(vitals.get(&b, later).unwrap().last_heard, Duration::ZERO);
     }

@@ -55,9 +55,10 @@ async fn kv_compat_and_introspection_routes_work() {
         json(r).await,
         serde_json::json!({"key": "greeting", "value": "hello"})
     );
+    // Stored as its JSON text, quotes and all.
     assert_eq!(
         c.get(0, "greeting", "quorum").await.bytes().await.unwrap(),
-        "hello"
+        r#""hello""#
     );
 
     let r = c
@@ -67,7 +68,7 @@ async fn kv_compat_and_introspection_routes_work() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 201);
     let r = c.client.get(node.url("/block/blk1")).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap(), "blockdata");
     assert_eq!(

@@ -10,17 +10,19 @@
 //!   ([`auth::request`](crate::auth::request)). Its holder could write any
 //!   replica directly, so it passes every route.
 //!
-//! | access     | routes                                     | no tokens file         | with a tokens file        |
-//! |------------|--------------------------------------------|------------------------|---------------------------|
-//! | `Open`     | `/health`, `/ready`                        | open                   | open                      |
-//! | `Read`     | `GET` of keys, `/metrics`                  | open                   | `read` token or above     |
-//! | `Write`    | `PUT`/`DELETE` of keys, `POST /v1/data`    | open                   | `write` token or above    |
-//! | `Admin`    | `/v1/node`, `/v1/cluster`                  | open                   | `admin` token             |
-//! | `Operator` | `/admin/*` (cluster changes)               | signature              | `admin` token, signature  |
-//! | `Node`     | `/internal/*`                              | signature              | signature                 |
+//! | access     | routes                                                   | no tokens file | with a tokens file       |
+//! |------------|----------------------------------------------------------|----------------|--------------------------|
+//! | `Open`     | `/health`, `/ready`, `/ping`                             | open           | open                     |
+//! | `Read`     | `GET` of keys (`/v1/data?key=` too), `/metrics`          | open           | `read` token or above    |
+//! | `Write`    | `PUT`/`DELETE` of keys, `POST /v1/data`                  | open           | `write` token or above   |
+//! | `Admin`    | `/v1/node`, `/v1/cluster`, `/v1/gossip`, `/v1/metadata/*` | open          | `admin` token            |
+//! | `Operator` | `/admin/*` (cluster changes)                             | signature      | `admin` token, signature |
+//! | `Node`     | `/internal/*`                                            | signature      | signature                |
 //!
 //! `/ready` stays open because load balancers and orchestrators probe it
-//! without credentials and it says only whether the node serves.
+//! without credentials and it says only whether the node serves; `/ping`
+//! says less still. `/v1/gossip` and `/v1/metadata/*` name the nodes and
+//! their addresses, as `/v1/cluster` does, and take what it takes.
 //! `/metrics` needs a `read` token: request counts and engine sizes are
 //! not for anyone on the network, and Prometheus sends a bearer token
 //! (`authorization` in a scrape config).

@@ -1,6 +1,7 @@
 //! Cluster and node introspection: `GET /v1/cluster`, `GET /v1/ring`
 //! ([`report`](super::report) has both documents), `GET /v1/node`,
-//! `GET /health` (the process answers), `GET /ready` (this node can serve
+//! `GET /health` (the process answers; `GET /ping` is its twin in
+//! [`metadata`](super::metadata)), `GET /ready` (this node can serve
 //! QUORUM), `GET /metrics` (Prometheus text), and
 //! the operator's routes, each taking an admin token or a request signed
 //! under the cluster secret ([`access`](super::access)):
@@ -132,7 +133,7 @@ pub async fn ring(State(state): State<AppState>) -> Json<RingReport> {
 }
 
 /// How a failure detector verdict reads in reports.
-fn status(live: bool) -> &'static str {
+pub(crate) fn status(live: bool) -> &'static str {
     if live {
         "UP"
     } else {
@@ -172,6 +173,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "uptime_secs": unix_ms().saturating_sub(state.membership.generation()) / 1000,
         "disk": state.storage.disk_usage(),
         "not_ready": not_ready(&state),
+        "join": state.join.report(),
         "engine": engine_json(&state.storage.stats()),
     }))
 }
@@ -252,7 +254,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// Why this node is not ready, if it is not (the engine's health apart).
+/// A joining node that has heard no seed yet says that, and for how long.
 fn not_ready(state: &AppState) -> Option<String> {
+    if state.membership.state() == crate::view::NodeState::Joining {
+        if let Some(waiting) = state.join.waiting() {
+            return Some(waiting);
+        }
+    }
     state
         .readiness
         .check(
@@ -291,7 +299,7 @@ pub async fn decommission(State(state): State<AppState>) -> Result<Response, Api
         handoff::leave(
             state.membership.clone(),
             state.config.clone(),
-            crate::marker::marker_path(&state.config),
+            crate::marker::marker_path(&state.config.data_dir),
             state.stop.clone(),
         ),
     );

@@ -1,5 +1,9 @@
 //! The client key-value API: `PUT/GET/DELETE /v1/kv/{key}` with raw bodies,
-//! and the same handlers under `/block/{id}`.
+//! and the same under `/block/{id}`, the block store's route, where a `PUT`
+//! answers 201 as its clients expect (always: telling a create from an
+//! overwrite would cost a read before every write, and a racing writer could
+//! make the answer wrong anyway) and, with `--block-size`, takes only bodies
+//! of exactly that size: 400 for any other, where the block store truncated.
 //!
 //! A key is the rest of the path after the route prefix, percent-decoded to
 //! bytes (so any byte string is a key: `%00`, `%2F`, UTF-8 or not).
@@ -46,7 +50,7 @@ const VERSION: HeaderName = HeaderName::from_static(VERSION_HEADER);
 /// The content type of a value.
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 
-/// `PUT`: stores the body as the value; 204 with the version header.
+/// `PUT /v1/kv`: stores the body as the value; 204 with the version header.
 pub async fn put_value(
     State(state): State<AppState>,
     uri: Uri,
@@ -58,22 +62,45 @@ pub async fn put_value(
         .coordinator
         .write(key, Some(value), consistency)
         .await?;
-    Ok(written(version))
+    Ok(written(StatusCode::NO_CONTENT, version))
+}
+
+/// `PUT /block`: stores the body as the block, refusing one of the wrong
+/// size under `--block-size`; 201 with the version header.
+pub async fn put_block(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (key, consistency) = key_and_consistency(&state, &uri)?;
+    let value = read_body(body, BodyLimit::value(&state.config.limits)).await?;
+    if let Some(size) = state.config.limits.block_size {
+        if value.len() != size {
+            return Err(ApiError::bad_request(
+                "bad_block_size",
+                format!(
+                    "a block is exactly {size} bytes (--block-size); this one is {}",
+                    value.len()
+                ),
+            ));
+        }
+    }
+    let version = state
+        .coordinator
+        .write(key, Some(value), consistency)
+        .await?;
+    Ok(written(StatusCode::CREATED, version))
 }
 
 /// `DELETE`: writes a tombstone; 204 whether or not the key existed.
 pub async fn delete_value(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let (key, consistency) = key_and_consistency(&state, &uri)?;
     let version = state.coordinator.write(key, None, consistency).await?;
-    Ok(written(version))
+    Ok(written(StatusCode::NO_CONTENT, version))
 }
 
-fn written(version: u64) -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [(VERSION, HeaderValue::from(version))],
-    )
-        .into_response()
+fn written(status: StatusCode, version: u64) -> Response {
+    (status, [(VERSION, HeaderValue::from(version))]).into_response()
 }
 
 fn not_found() -> ApiError {

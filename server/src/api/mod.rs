@@ -2,7 +2,8 @@
 //! error type, and the middleware that bounds and measures every request.
 //!
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
-//! APIs), `cluster` (cluster, ring, node, health, readiness, metrics, and
+//! APIs), [`metadata`] (where nodes and keys are: `/ping`, `/v1/gossip`,
+//! `/v1/metadata/*`), `cluster` (cluster, ring, node, health, readiness, metrics, and
 //! the operator's decommission, clean-up, compaction and removenode;
 //! [`report`] types the cluster and ring documents),
 //! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
@@ -24,6 +25,7 @@ pub(crate) mod cluster;
 pub(crate) mod compat;
 pub mod internal;
 pub(crate) mod kv;
+pub(crate) mod metadata;
 pub(crate) mod mux;
 pub(crate) mod repair;
 pub mod report;
@@ -113,6 +115,9 @@ pub struct AppParts {
     pub(crate) verifier: Arc<RequestVerifier>,
     /// Whether this node can serve QUORUM (`/ready`).
     pub(crate) readiness: Arc<crate::readiness::Readiness>,
+    /// How this node's join is going (`/ready` and `/v1/node` while it
+    /// waits for a seed).
+    pub(crate) join: Arc<crate::join::JoinWatch>,
 }
 
 /// One route: its method, its path pattern (axum's syntax), who may call it
@@ -149,9 +154,10 @@ fn routes() -> Vec<Route> {
             delete(kv::delete_value),
         ),
         Route::new(Write, "/v1/data", Method::POST, post(compat::post_data)),
+        Route::new(Read, "/v1/data", Method::GET, get(compat::read_data)),
         Route::new(Read, "/v1/data/{*key}", Method::GET, get(compat::get_data)),
         Route::new(Read, "/block/{*id}", Method::GET, get(kv::get_value)),
-        Route::new(Write, "/block/{*id}", Method::PUT, put(kv::put_value)),
+        Route::new(Write, "/block/{*id}", Method::PUT, put(kv::put_block)),
         Route::new(
             Write,
             "/block/{*id}",
@@ -163,6 +169,10 @@ fn routes() -> Vec<Route> {
         Route::new(Admin, "/v1/node", Method::GET, get(cluster::node)),
         Route::new(Open, "/health", Method::GET, get(cluster::health)),
         Route::new(Open, "/ready", Method::GET, get(cluster::ready)),
+        Route::new(Open, "/ping", Method::GET, get(metadata::ping)),
+        Route::new(Admin, "/v1/gossip", Method::GET, get(metadata::gossip)),
+        Route::new(Admin, metadata::NODE_PATH, Method::GET, get(metadata::node)),
+        Route::new(Admin, "/v1/metadata/key", Method::GET, get(metadata::key)),
         Route::new(Read, "/metrics", Method::GET, get(cluster::metrics)),
         Route::new(
             Operator,
@@ -435,8 +445,17 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_repair
     } else if matches!(
         path,
-        "/v1/cluster" | "/v1/ring" | "/v1/node" | "/health" | "/ready" | "/metrics"
-    ) || path == cluster::DECOMMISSION_PATH
+        "/v1/cluster"
+            | "/v1/ring"
+            | "/v1/node"
+            | "/health"
+            | "/ready"
+            | "/metrics"
+            | "/ping"
+            | "/v1/gossip"
+            | "/v1/metadata/key"
+    ) || path == metadata::NODE_PATH
+        || path == cluster::DECOMMISSION_PATH
         || path == cluster::CLEANUP_PATH
         || path
             .strip_prefix(cluster::REMOVENODE_PATH)

@@ -583,6 +583,7 @@ fn limits() -> Limits {
         max_key_size: MAX_KEY_SIZE,
         max_value_size: MAX_VALUE_SIZE,
         max_body_size: MAX_BODY_SIZE,
+        block_size: None,
     }
 }
 

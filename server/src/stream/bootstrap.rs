@@ -29,6 +29,7 @@ use super::plan::plan_pulls;
 use super::receiver::Receiver;
 use super::{Progress, RETRY_PAUSE, SAY_EVERY};
 use crate::config::Config;
+use crate::join::{check_cluster, JoinError, JoinWatch};
 use crate::marker::{write_marker, MarkerError, NodeMarker};
 use crate::membership::{ClusterView, Membership, NodeState};
 
@@ -46,6 +47,10 @@ pub enum BootstrapError {
     /// The tokens or the completion could not be recorded in the data dir.
     #[error("cannot record the bootstrap in the data dir: {0}")]
     Marker(#[from] MarkerError),
+    /// No seed was heard from in time, or the cluster's settings are not
+    /// this node's: the node stops.
+    #[error(transparent)]
+    Join(#[from] JoinError),
 }
 
 /// What the bootstrap works with.
@@ -62,13 +67,18 @@ pub struct Bootstrap {
     pub marker_path: PathBuf,
     /// Tokens recorded by an interrupted bootstrap, to announce again.
     pub recorded_tokens: Option<Vec<u64>>,
+    /// The wait for a seed, shown to operators and bounded.
+    pub join: Arc<JoinWatch>,
 }
 
 impl Bootstrap {
     /// Runs the sequence of the module doc to AVAILABLE.
     pub async fn run(self) -> Result<(), BootstrapError> {
         let me = self.membership.self_id().clone();
-        self.wait_for_cluster().await;
+        if let Err(e) = self.wait_for_cluster().await {
+            self.join.fail(e.clone());
+            return Err(e.into());
+        }
         self.wait_for_turn(&me).await;
         let view = self.membership.view();
         let Some(ring) = view.ring.clone() else {
@@ -117,17 +127,32 @@ impl Bootstrap {
         self.finish(tokens).await
     }
 
-    async fn wait_for_cluster(&self) {
+    /// Waits, within the join timeout, to hear from the cluster, then
+    /// checks that its settings are this node's.
+    async fn wait_for_cluster(&self) -> Result<(), JoinError> {
         let me = self.membership.self_id();
-        self.membership
-            .routing()
-            .wait_for(
-                |view| view.members.keys().any(|id| id != me).then_some(()),
-                SAY_EVERY,
-                |_| tracing::warn!(seeds = ?self.config.seeds, "still waiting to hear from a seed"),
-            )
-            .await;
+        let routing = self.membership.routing();
+        let heard = routing.wait_for(
+            |view| view.members.keys().any(|id| id != me).then_some(()),
+            SAY_EVERY,
+            |_| self.join.say_waiting(),
+        );
+        match self.join.remaining() {
+            Some(left) => tokio::time::timeout(left, heard)
+                .await
+                .map_err(|_| self.join.no_seed())?,
+            None => heard.await,
+        }
+        self.join.heard();
         tokio::time::sleep(self.config.gossip_interval * SETTLE_ROUNDS).await;
+        let view = self.membership.view();
+        let others: Vec<_> = view
+            .members
+            .values()
+            .filter(|m| m.id != *me && m.live)
+            .map(|m| m.http_addr)
+            .collect();
+        check_cluster(&self.config, &others).await
     }
 
     async fn wait_for_turn(&self, me: &NodeId) {

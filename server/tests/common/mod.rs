@@ -271,6 +271,13 @@ impl Cluster {
     /// [`Cluster::add_node`] with extra `KVNODE_*` settings on top of the
     /// first node's.
     pub fn add_node_with(&mut self, env: &[(&str, &str)]) -> usize {
+        let seeds = self.nodes[0].gossip.to_string();
+        self.add_node_seeded(&seeds, env)
+    }
+
+    /// [`Cluster::add_node_with`], seeded by `seeds` as given (an HTTP
+    /// address, a URL, anything `--seeds` may be handed).
+    pub fn add_node_seeded(&mut self, seeds: &str, env: &[(&str, &str)]) -> usize {
         let (http, gossip) = free_ports(1)[0];
         let id = format!("node{}", self.nodes.len() + 1);
         let mut node = NodeProc {
@@ -279,7 +286,7 @@ impl Cluster {
             id,
             http,
             gossip,
-            seeds: self.nodes[0].gossip.to_string(),
+            seeds: seeds.to_owned(),
             rf: self.nodes[0].rf,
             env: self.nodes[0]
                 .env

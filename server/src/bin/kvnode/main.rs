@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(std::env::args_os().map(block_store_flag)) {
         Ok(cli) => cli,
         // A usage error exits 1 like any other, not clap's 2: 2 says "not
         // healthy" to scripts (see `status`). Help and --version exit 0.
@@ -133,7 +133,17 @@ fn run() -> anyhow::Result<ExitCode> {
                 Ok(done)
             }
             None => {
+                warn_foreign_env();
+                let named = cli.node.node_id.is_some();
                 let config = Config::load(cli.node)?;
+                if !named {
+                    tracing::info!(
+                        node = config.node_id,
+                        data_dir = %config.data_dir.display(),
+                        "no --node-id: this node's id is the one its data dir recorded, or \
+                         <host name>-<HTTP port> on a first start"
+                    );
+                }
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
@@ -142,6 +152,42 @@ fn run() -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// The block store's single-dash `-port` (clap knows only `--port`), so its
+/// start-up lines work; any other argument is left as it is.
+fn block_store_flag(arg: std::ffi::OsString) -> std::ffi::OsString {
+    match arg.to_str() {
+        Some("-port") => "--port".into(),
+        Some(a) if a.starts_with("-port=") => format!("-{a}").into(),
+        _ => arg,
+    }
+}
+
+/// Settings of the block store kvnode grew from, with what kvnode reads
+/// instead. Its nodes took these from the environment; kvnode ignores them,
+/// and says so rather than run with other values than the ones set.
+const FOREIGN_ENV: [(&str, &str); 3] = [
+    (
+        "ReplicationFactor",
+        "--replication-factor (KVNODE_REPLICATION_FACTOR)",
+    ),
+    ("ReplicaName", "--node-id (KVNODE_NODE_ID)"),
+    (
+        "ReplicaAddress",
+        "--listen and --advertise (KVNODE_LISTEN, KVNODE_ADVERTISE)",
+    ),
+];
+
+fn warn_foreign_env() {
+    for (name, ours) in FOREIGN_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            tracing::warn!(
+                "{name}={} is the block store's setting and kvnode ignores it: use {ours}",
+                value.to_string_lossy()
+            );
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
