@@ -426,6 +426,7 @@ impl Node {
             stop: stop.clone(),
             verifier,
             readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
+            snapshots: Arc::default(),
         });
         Ok(Self {
             config,

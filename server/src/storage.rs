@@ -596,6 +596,13 @@ impl Storage {
         Ok(self.db.flush()?)
     }
 
+    /// Writes a consistent copy of the engine into `dir`, which must not
+    /// exist ([`Db::checkpoint`]): every write acknowledged before the call.
+    /// Blocks for a memtable flush and the links or copies of the tables.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        Ok(self.db.checkpoint(dir)?)
+    }
+
     /// Compacts the whole engine, purging the tombstones past the grace
     /// on the way. Blocks for as long as it takes to rewrite every table:
     /// call it from a blocking context.

@@ -6,7 +6,7 @@
 //! the operator's decommission, clean-up, compaction and removenode;
 //! [`report`] types the cluster and ring documents),
 //! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
-//! admin); `budget` is the byte budget of bodies in flight; [`access`] says
+//! admin), `snapshot` (the operator's backups); `budget` is the byte budget of bodies in flight; [`access`] says
 //! who may call what.
 //!
 //! Every route is one row of [`route_table`], with the [`Access`] it
@@ -27,6 +27,7 @@ pub(crate) mod kv;
 pub(crate) mod mux;
 pub(crate) mod repair;
 pub mod report;
+pub(crate) mod snapshot;
 pub(crate) mod stream;
 
 use std::sync::Arc;
@@ -115,6 +116,8 @@ pub struct AppParts {
     pub(crate) verifier: Arc<RequestVerifier>,
     /// Whether this node can serve QUORUM (`/ready`).
     pub(crate) readiness: Arc<crate::readiness::Readiness>,
+    /// This node's backups: the save running, the last one's outcome.
+    pub(crate) snapshots: Arc<snapshot::Snapshots>,
 }
 
 /// One route: its method, its path pattern (axum's syntax), who may call it
@@ -195,6 +198,12 @@ fn routes() -> Vec<Route> {
             repair::REPAIR_PATH,
             Method::POST,
             post(repair::start),
+        ),
+        Route::new(
+            Operator,
+            snapshot::SNAPSHOT_PATH,
+            Method::POST,
+            post(snapshot::save),
         ),
         Route::new(Node, APPLY_PATH, Method::POST, post(internal::apply)),
         Route::new(
@@ -373,6 +382,8 @@ fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<Body
         Some(BodyLimit::Body(MAX_ROWS_REQUEST))
     } else if *method == Method::POST && path == repair::REPAIR_PATH {
         Some(BodyLimit::Body(repair::MAX_REPAIR_REQUEST))
+    } else if *method == Method::POST && path == snapshot::SNAPSHOT_PATH {
+        Some(BodyLimit::Body(snapshot::MAX_SNAPSHOT_REQUEST))
     } else {
         None
     }
@@ -444,6 +455,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
             .strip_prefix(cluster::REMOVENODE_PATH)
             .is_some_and(|id| id.starts_with('/'))
         || path == repair::REPAIR_PATH
+        || path == snapshot::SNAPSHOT_PATH
     {
         Op::admin
     } else {

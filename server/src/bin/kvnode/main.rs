@@ -1,7 +1,8 @@
 //! `kvnode`: parses arguments, sets up logging and hands over to the library
 //! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
 //! commands against a node or its data dir), [`status`] (read-only views of
-//! a running cluster), [`token`] (client tokens), or shell completions.
+//! a running cluster), [`snapshot`] (backups), [`token`] (client tokens),
+//! or shell completions.
 //!
 //! Exit codes: 0 on success, 1 on any error (a usage error too); `status`
 //! and `info` also exit with 2 when the cluster or node is not healthy
@@ -9,6 +10,7 @@
 
 mod admin;
 mod demo;
+mod snapshot;
 mod status;
 mod token;
 
@@ -49,6 +51,10 @@ enum Command {
     /// Salvage a stopped node's damaged engine: every readable table and log
     /// record into a fresh manifest, the damaged files kept aside.
     RepairEngine(RepairArgs),
+    /// Back a node up (`save`, asked of the running node) or make a data
+    /// dir from a backup (`restore`, offline).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Client tokens for --auth-tokens-file.
     Token(token::TokenArgs),
     /// One line per member as a node sees it: state (UN, DN, UJ, UL),
@@ -116,6 +122,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await.map(|()| done)?),
             Some(Command::Repair(args)) => Ok(admin::repair(args).await.map(|()| done)?),
             Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args).map(|()| done)?),
+            Some(Command::Snapshot(command)) => Ok(snapshot::run(command).await.map(|()| done)?),
             Some(Command::Token(args)) => {
                 token::run(args).map(|()| done).map_err(anyhow::Error::msg)
             }
