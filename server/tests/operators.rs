@@ -182,3 +182,42 @@ async fn a_restarted_node_is_ready_only_when_it_can_serve_quorum() {
     let log = cluster.nodes[2].log_text();
     assert!(log.contains("membership settled"), "{log}");
 }
+
+/// The `[engine]` knobs reach the node's engine from the environment (a
+/// 64 KiB memtable flushes where the default 32 MiB would not), and a
+/// nonsense value stops the node at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_settings_reach_the_engine_and_nonsense_is_refused() {
+    let (code, out) = kvnode(&[
+        "--engine-l0-compaction-trigger",
+        "9",
+        "--engine-l0-slowdown-trigger",
+        "3",
+        "--listen",
+        "127.0.0.1:1",
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid engine.l0_*_trigger"), "{out}");
+    let (code, out) = kvnode(&["--engine-wal-sync", "sometimes"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("always"), "{out}");
+
+    let c = Cluster::start_with(
+        1,
+        1,
+        &[
+            ("KVNODE_ENGINE_MEMTABLE_BYTES", "65536"),
+            ("KVNODE_ENGINE_WAL_SYNC", "always"),
+        ],
+    )
+    .await;
+    let value = vec![b'v'; 1024];
+    for i in 0..400 {
+        let r = c.put(0, &format!("k{i}"), &value, "one").await;
+        assert_eq!(r.status(), 204);
+    }
+    let info = c.node_info(0).await.unwrap();
+    let flushes = info["engine"]["flushes"].as_u64().unwrap();
+    assert!(flushes >= 2, "400 KiB through a 64 KiB memtable: {info}");
+}
