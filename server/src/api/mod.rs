@@ -13,7 +13,8 @@
 //! requires: the router is built from that table alone, so a route cannot
 //! be added without saying who may call it.
 //!
-//! Before a handler runs, `bound_and_measure` admits the request: a body
+//! Every client request first gets its id ([`request_id`]). Before a
+//! handler runs, `bound_and_measure` admits the request: a body
 //! declared larger than its route takes is refused with 413 before a byte
 //! of it is read, and a body that does not fit the node's budget with 503
 //! and `Retry-After`. Then `access::require` checks its credential.
@@ -27,6 +28,7 @@ pub(crate) mod kv;
 pub(crate) mod mux;
 pub(crate) mod repair;
 pub mod report;
+pub mod request_id;
 pub(crate) mod snapshot;
 pub(crate) mod stream;
 
@@ -275,6 +277,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             bound_and_measure,
         ))
+        // Outermost, so that refusals and timeouts carry the id too.
+        .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

@@ -31,6 +31,23 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     node: Settings,
+    /// Log lines on stdout: `text` (for people) or `json` (one object a
+    /// line, with the request's span and id, for log shippers)
+    /// [default: text].
+    #[arg(long, env = "KVNODE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// tracing's human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `fields` (the
+    /// message and the event's fields), `target`, `span` (the innermost
+    /// span, e.g. `{"name": "request", "id": ".."}`) and `spans`.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -100,12 +117,17 @@ fn run() -> anyhow::Result<ExitCode> {
             }));
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format.unwrap_or_default() {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kvnode")

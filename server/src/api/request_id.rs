@@ -1,0 +1,92 @@
+//! Request ids: every client request gets one, answers with it in
+//! `x-request-id`, and runs inside a `request` span that records it, so
+//! every log line the request causes carries it (`--log-format json` puts
+//! it under `"span": {"id": ..}`).
+//!
+//! An incoming `x-request-id` is kept if it is sane: 1 to 128 characters of
+//! `A-Z a-z 0-9 - _ . :` (a UUID, a trace id, a load balancer's id). Any
+//! other is replaced by a fresh id, 32 hex digits of a random 128-bit
+//! number, rather than echoed: a client must not write arbitrary bytes
+//! into the logs or the answer's headers.
+//!
+//! Node-to-node routes (`/internal/*`) get none: they are not client
+//! requests, and carrying a client's id to the replicas is future work.
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+/// The header that carries the id both ways.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest id taken from a client.
+const MAX_LEN: usize = 128;
+
+/// A request's id, also left in the request's extensions for handlers.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The client's id if it is sane (module doc), else a fresh one.
+    fn of(req: &Request) -> Self {
+        match req.headers().get(&REQUEST_ID) {
+            Some(given) if is_sane(given.as_bytes()) => Self(given.clone()),
+            _ => Self::fresh(),
+        }
+    }
+
+    fn fresh() -> Self {
+        let id = hex::encode(rand::random::<u128>().to_be_bytes());
+        // Hex digits are always a valid header value.
+        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0")))
+    }
+
+    /// The id as text (it is ASCII by construction).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+fn is_sane(id: &[u8]) -> bool {
+    (1..=MAX_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The middleware: assigns the id, runs the request in its span and puts
+/// the id on the answer.
+pub(crate) async fn assign(mut req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/internal/") {
+        return next.run(req).await;
+    }
+    let id = RequestId::of(&req);
+    let span = tracing::info_span!("request", id = id.as_str());
+    req.extensions_mut().insert(id.clone());
+    let mut response = next.run(req).instrument(span).await;
+    response.headers_mut().insert(REQUEST_ID.clone(), id.0);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_ids_are_kept_and_others_replaced() {
+        assert!(is_sane(b"3f2c9a1e-7b4d-4c1a-9e8f-0123456789ab"));
+        assert!(is_sane(b"lb:1.2_x"));
+        assert!(!is_sane(b""));
+        assert!(!is_sane(b"has space"));
+        assert!(!is_sane("é".as_bytes()));
+        assert!(!is_sane(b"a\"b"));
+        assert!(is_sane(&[b'a'; MAX_LEN]));
+        assert!(!is_sane(&[b'a'; MAX_LEN + 1]));
+        let fresh = RequestId::fresh();
+        assert_eq!(fresh.as_str().len(), 32);
+        assert!(is_sane(fresh.as_str().as_bytes()));
+        assert_ne!(fresh.as_str(), RequestId::fresh().as_str());
+    }
+}
