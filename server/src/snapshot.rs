@@ -144,13 +144,16 @@ impl Manifest {
 /// Saves a snapshot of the node whose engine is `storage` and whose data
 /// dir is `data_dir` into `dir`, which must not exist (its parent must).
 /// Blocks for the checkpoint and for reading every file once to checksum
-/// it: call it from a blocking context. A failed save removes `dir`.
+/// it: call it from a blocking context. `progress` hears the bytes
+/// checksummed so far and the total, as the checksums advance. A failed
+/// save removes `dir`.
 pub fn save(
     storage: &Storage,
     data_dir: &Path,
     dir: &Path,
     origin: Origin,
     created_unix_ms: u64,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Manifest, SnapshotError> {
     if dir.exists() {
         return Err(SnapshotError::Target {
@@ -167,10 +170,19 @@ pub fn save(
                 copy_synced(&from, &dir.join(name), None)?;
             }
         }
+        let paths = files_under(dir)?;
+        let mut total = 0u64;
+        for path in &paths {
+            total += std::fs::metadata(path).map_err(io(path))?.len();
+        }
+        let mut done = 0u64;
         let mut files = Vec::new();
-        for path in files_under(dir)? {
+        for path in paths {
             let relative = relative_name(dir, &path)?;
-            let (bytes, sha256) = checksum(&path)?;
+            let (bytes, sha256) = checksum(&path, &mut |n| {
+                done += n;
+                progress(done, total);
+            })?;
             files.push(FileSum {
                 path: relative,
                 bytes,
@@ -198,7 +210,7 @@ pub fn verify(src: &Path) -> Result<Manifest, SnapshotError> {
     let manifest = read_manifest(src)?;
     for file in &manifest.files {
         let path = src.join(checked_relative(src, &file.path)?);
-        let (bytes, sha256) = checksum(&path)?;
+        let (bytes, sha256) = checksum(&path, &mut |_| {})?;
         expect_same(&path, file, bytes, &sha256)?;
     }
     Ok(manifest)
@@ -354,8 +366,8 @@ fn relative_name(dir: &Path, path: &Path) -> Result<String, SnapshotError> {
         })
 }
 
-/// The length and SHA-256 of a file.
-fn checksum(path: &Path) -> Result<(u64, String), SnapshotError> {
+/// The length and SHA-256 of a file; `read` hears each chunk's length.
+fn checksum(path: &Path, read: &mut dyn FnMut(u64)) -> Result<(u64, String), SnapshotError> {
     let mut file = File::open(path).map_err(io(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_CHUNK];
@@ -367,6 +379,7 @@ fn checksum(path: &Path) -> Result<(u64, String), SnapshotError> {
         }
         hasher.update(buf.get(..n).unwrap_or_default());
         bytes += n as u64;
+        read(n as u64);
     }
     Ok((bytes, hex::encode(hasher.finalize())))
 }
@@ -469,7 +482,18 @@ mod tests {
                 )
                 .unwrap();
         }
-        let manifest = save(&storage, &data, &tmp.path().join("snap"), origin(), 42).unwrap();
+        let mut last = (0, 0);
+        let manifest = save(
+            &storage,
+            &data,
+            &tmp.path().join("snap"),
+            origin(),
+            42,
+            &mut |done, total| last = (done, total),
+        )
+        .unwrap();
+        // The last report is the whole.
+        assert_eq!(last, (manifest.total_bytes(), manifest.total_bytes()));
         (tmp, storage, manifest)
     }
 
@@ -508,6 +532,7 @@ mod tests {
             &tmp.path().join("snap"),
             origin(),
             1,
+            &mut |_, _| {},
         )
         .unwrap_err();
         assert!(matches!(err, SnapshotError::Target { .. }), "{err}");

@@ -68,16 +68,26 @@ async fn save(args: SaveArgs) -> Result<(), AdminError> {
     .await?;
     let deadline = Duration::from_secs(args.admin.timeout_secs);
     let start = Instant::now();
+    // Drawn on stderr, and only on a terminal.
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "checksumming {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     while start.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(status) = status(&node).await else {
             continue;
         };
-        let saves = status.get("saves").and_then(serde_json::Value::as_u64);
+        let count = |k: &str| status.get(k).and_then(serde_json::Value::as_u64);
         let running = status.get("running").and_then(serde_json::Value::as_bool);
-        if saves.unwrap_or(0) <= saves_before || running != Some(false) {
+        if count("saves").unwrap_or(0) <= saves_before || running != Some(false) {
+            bar.set_length(count("bytes_total").unwrap_or(0));
+            bar.set_position(count("bytes_checked").unwrap_or(0));
             continue;
         }
+        bar.finish_and_clear();
         let last = status.get("last").cloned().unwrap_or_default();
         if let Some(error) = last.get("error").and_then(|e| e.as_str()) {
             return Err(AdminError::Refused {
