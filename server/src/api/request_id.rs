@@ -11,6 +11,12 @@
 //!
 //! Node-to-node routes (`/internal/*`) get none: they are not client
 //! requests, and carrying a client's id to the replicas is future work.
+//!
+//! Cost, measured on a 1-node GET at ONE (the cheapest request, release
+//! build, `wrk -c64`, a shared 2-core machine): the node's CPU per request
+//! went from 10.6-11.7 µs to 12.2-13.9 µs, and to 11.5-12.2 µs with the
+//! span turned off by `KVNODE_LOG=info,strata_server::api::request_id=off`
+//! (the id and its header stay).
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
@@ -24,7 +30,7 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest id taken from a client.
 const MAX_LEN: usize = 128;
 
-/// A request's id, also left in the request's extensions for handlers.
+/// A request's id.
 #[derive(Debug, Clone)]
 pub struct RequestId(HeaderValue);
 
@@ -38,9 +44,11 @@ impl RequestId {
     }
 
     fn fresh() -> Self {
-        let id = hex::encode(rand::random::<u128>().to_be_bytes());
-        // Hex digits are always a valid header value.
-        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0")))
+        let mut id = [0u8; 32];
+        // 16 bytes always fit 32 hex digits, and hex digits are always a
+        // valid header value: neither fallback is ever taken.
+        let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut id);
+        Self(HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0")))
     }
 
     /// The id as text (it is ASCII by construction).
@@ -58,13 +66,12 @@ fn is_sane(id: &[u8]) -> bool {
 
 /// The middleware: assigns the id, runs the request in its span and puts
 /// the id on the answer.
-pub(crate) async fn assign(mut req: Request, next: Next) -> Response {
+pub(crate) async fn assign(req: Request, next: Next) -> Response {
     if req.uri().path().starts_with("/internal/") {
         return next.run(req).await;
     }
     let id = RequestId::of(&req);
     let span = tracing::info_span!("request", id = id.as_str());
-    req.extensions_mut().insert(id.clone());
     let mut response = next.run(req).instrument(span).await;
     response.headers_mut().insert(REQUEST_ID.clone(), id.0);
     response
