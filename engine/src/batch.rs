@@ -59,7 +59,7 @@ impl WriteBatch {
 
     /// An empty batch with room for `bytes` of encoded records, so that
     /// filling it does not reallocate.
-    pub(crate) fn with_capacity(bytes: usize) -> Self {
+    pub fn with_capacity(bytes: usize) -> Self {
         let mut rep = Vec::with_capacity(HEADER_LEN + bytes);
         rep.resize(HEADER_LEN, 0);
         WriteBatch { rep }

@@ -21,6 +21,10 @@ use crate::hlc::derived_tag;
 use crate::marker::{recorded_node_id, MarkerError};
 use crate::storage::RECORD_HEADER_LEN;
 
+mod engine;
+
+pub use engine::{EngineConfig, EngineSettings, WalSync};
+
 /// Defaults, each with its reason.
 pub mod defaults {
     /// The client port; gossip takes the next one.
@@ -352,6 +356,11 @@ pub struct Settings {
     /// this node then neither offers nor accepts `mux`) [default: mux].
     #[arg(long, env = "KVNODE_PEER_TRANSPORT", value_enum)]
     pub peer_transport: Option<PeerTransport>,
+    /// The storage engine's knobs: `--engine-*` flags, `KVNODE_ENGINE_*`
+    /// variables, the file's `[engine]` table ([`EngineSettings`]).
+    #[command(flatten)]
+    #[serde(default)]
+    pub engine: EngineSettings,
 }
 
 /// How replica calls travel between nodes (`--peer-transport`).
@@ -422,7 +431,8 @@ impl Settings {
         max_hint_bytes_per_node,
         max_hint_window_ms,
         background_bytes_per_sec,
-        peer_transport
+        peer_transport,
+        engine
         )
     }
 }
@@ -587,6 +597,8 @@ pub struct Config {
     pub background_bytes_per_sec: u64,
     /// How replica calls travel.
     pub peer_transport: PeerTransport,
+    /// The data engine's knobs.
+    pub engine: EngineConfig,
 }
 
 /// The bounds of the hints a node keeps for others (`hints`).
@@ -727,6 +739,7 @@ impl Config {
             clock_skew_ms,
         } = clocks(&s, &node_id)?;
         let hints = HintLimits::resolve(&s);
+        let engine = EngineConfig::resolve(&s.engine)?;
         Ok(Self {
             data_dir,
             node_id,
@@ -767,6 +780,7 @@ impl Config {
                 .background_bytes_per_sec
                 .unwrap_or(defaults::BACKGROUND_BYTES_PER_SEC),
             peer_transport: s.peer_transport.unwrap_or_default(),
+            engine,
         })
     }
 
@@ -1214,6 +1228,45 @@ mod tests {
         assert_eq!(c.hints.max_bytes_per_node, 4096);
         assert_eq!(c.hints.window, Duration::ZERO);
         assert_eq!(c.background_bytes_per_sec, 1000);
+    }
+
+    #[test]
+    fn the_engine_section_comes_from_the_file_under_flags() {
+        let file = parse_file(
+            Path::new("k.toml"),
+            "[engine]\nwal_sync = \"always\"\nmemtable_bytes = 1048576\nbloom_bits_per_key = 12\nl0_stop_trigger = 20",
+        )
+        .unwrap();
+        let c = resolve(
+            args(&[
+                "--engine-memtable-bytes",
+                "2097152",
+                "--engine-table-bytes",
+                "8192",
+            ]),
+            file,
+        )
+        .unwrap();
+        assert_eq!(c.engine.wal_sync, WalSync::Always);
+        assert_eq!(c.engine.memtable_bytes, 2 << 20);
+        assert_eq!(c.engine.bloom_bits_per_key, 12);
+        assert_eq!(c.engine.l0_stop_trigger, 20);
+        assert_eq!(c.engine.table_bytes, 8192);
+        assert_eq!(c.engine.l0_compaction_trigger, 4);
+        let options = c.engine.options();
+        assert_eq!(options.write_buffer_size, 2 << 20);
+        assert_eq!(options.target_table_size, 8192);
+        // Defaults without a section; an unknown knob or a bad policy is refused.
+        let c = resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(c.engine, EngineConfig::default());
+        assert!(parse_file(Path::new("k.toml"), "[engine]\nmemtable = 5").is_err());
+        assert!(parse_file(Path::new("k.toml"), "[engine]\nwal_sync = \"sometimes\"").is_err());
+        let err = resolve(
+            args(&["--engine-l0-slowdown-trigger", "2"]),
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("engine.l0_*_trigger"), "{err}");
     }
 
     #[test]

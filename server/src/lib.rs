@@ -32,7 +32,7 @@
 //! ```text
 //! bin/kvnode/   main, demo, admin: the binary and its subcommands
 //! node          a node's life: open the data dir, start, serve, stop; owns the tasks
-//! api/          the HTTP adapter: kv, compat, cluster (admin), internal, stream, repair, budget
+//! api/          the HTTP adapter: kv, compat, cluster (admin), internal, stream, repair, snapshot, budget
 //! coordinator/  replication and consistency; its bounded background set; in-process tests
 //! repair/       anti-entropy: digest trees, the walk, the row step, the scheduler
 //! hints/        hinted handoff: the store and its replay
@@ -43,6 +43,7 @@
 //! routing       the view requests route by (a watch) and the write gate
 //! view/         ClusterView, MemberInfo, NodeState; removal (members removed for good)
 //! peer/         the Peer trait, http, sim (tests), wire, frames, repair bodies
+//! snapshot      a node's backup: save a checkpoint with checksums, verify, restore
 //! vitals        what members publish for operators (version, load), when last heard
 //! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, process, auth, hlc
 //! ```
@@ -70,6 +71,7 @@ mod process;
 mod readiness;
 mod repair;
 mod routing;
+pub mod snapshot;
 pub mod storage;
 pub mod stream;
 mod tasks;
@@ -80,5 +82,6 @@ mod vitals;
 pub use api::cluster::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH};
 pub use api::repair::REPAIR_PATH;
 pub use api::router;
+pub use api::snapshot::SNAPSHOT_PATH;
 pub use marker::{mark_for_restream, MarkerError};
 pub use node::{run, NodeError};

@@ -187,7 +187,15 @@ impl DataDir {
         }
         let removals = read_removals(&removals_path(&config.data_dir))?;
         let engine_dir = config.data_dir.join("engine");
-        let storage = Storage::open(&engine_dir, config.tombstone_grace).map_err(|e| match e {
+        let storage = Storage::open_with(
+            &engine_dir,
+            config.tombstone_grace,
+            config.engine.options(),
+            strata_engine::WriteOptions {
+                sync: config.engine.sync(),
+            },
+        )
+        .map_err(|e| match e {
             StorageError::Engine(source @ strata_engine::Error::Corruption { .. }) => {
                 NodeError::EngineDamaged {
                     dir: engine_dir.clone(),
@@ -443,6 +451,7 @@ impl Node {
             verifier,
             readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
             join: join.clone(),
+            snapshots: Arc::default(),
         });
         Ok(Self {
             config,

@@ -377,6 +377,8 @@ impl DiskUsage {
 #[derive(Clone)]
 pub struct Storage {
     db: Db,
+    /// How client and replica writes reach the engine (`--engine-wal-sync`).
+    write_options: WriteOptions,
     /// Serialises read-compare-write per key stripe, so two concurrent applies
     /// of the same key cannot both read the old record and let the older write
     /// land last.
@@ -395,12 +397,29 @@ impl Storage {
     /// Opens (creating if needed) the engine in `dir`; compactions purge
     /// tombstones older than `tombstone_grace` (see the module docs).
     pub fn open(dir: &Path, tombstone_grace: Duration) -> Result<Self, StorageError> {
+        Self::open_with(
+            dir,
+            tombstone_grace,
+            Options::default(),
+            WriteOptions::default(),
+        )
+    }
+
+    /// [`Storage::open`] with the engine's `options` (the node's `[engine]`
+    /// section; the compaction filter is set here) and the options of the
+    /// writes of items.
+    pub fn open_with(
+        dir: &Path,
+        tombstone_grace: Duration,
+        options: Options,
+        write_options: WriteOptions,
+    ) -> Result<Self, StorageError> {
         let gc = TombstoneGc {
             grace_ms: u64::try_from(tombstone_grace.as_millis()).unwrap_or(u64::MAX),
         };
         let options = Options {
             compaction_filter: Some(Arc::new(gc)),
-            ..Options::default()
+            ..options
         };
         let db = Db::open(dir, options)?;
         let report = db.recovery_report();
@@ -415,7 +434,11 @@ impl Storage {
             );
         }
         let stripes = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
-        Ok(Self { db, stripes })
+        Ok(Self {
+            db,
+            write_options,
+            stripes,
+        })
     }
 
     /// The record stored for `key`, tombstones included.
@@ -450,7 +473,10 @@ impl Storage {
         if !self.supersedes_stored(&ekey, record.record())? {
             return Ok(Applied::Stale);
         }
-        self.db.put(&ekey, record.bytes())?;
+        // Kind byte and two varint lengths of at most 5 bytes each.
+        let mut batch = WriteBatch::with_capacity(11 + ekey.len() + record.bytes().len());
+        batch.put(&ekey, record.bytes());
+        self.db.write(batch, &self.write_options)?;
         Ok(Applied::Stored)
     }
 
@@ -484,7 +510,7 @@ impl Storage {
             }
         }
         if !batch.is_empty() {
-            self.db.write(batch, &WriteOptions::default())?;
+            self.db.write(batch, &self.write_options)?;
         }
         Ok(())
     }
@@ -594,6 +620,13 @@ impl Storage {
     /// Makes everything written so far durable in tables (shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         Ok(self.db.flush()?)
+    }
+
+    /// Writes a consistent copy of the engine into `dir`, which must not
+    /// exist ([`Db::checkpoint`]): every write acknowledged before the call.
+    /// Blocks for a memtable flush and the links or copies of the tables.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        Ok(self.db.checkpoint(dir)?)
     }
 
     /// Compacts the whole engine, purging the tombstones past the grace

@@ -49,6 +49,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("POST", "/admin/v1/compact", Operator),
         ("POST", "/admin/v1/removenode/{id}", Operator),
         ("POST", "/admin/v1/repair", Operator),
+        ("POST", "/admin/v1/snapshot", Operator),
         ("POST", "/internal/v1/apply", Node),
         ("POST", "/internal/v1/apply-batch", Node),
         ("POST", "/internal/v1/read", Node),

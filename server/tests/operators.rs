@@ -182,3 +182,91 @@ async fn a_restarted_node_is_ready_only_when_it_can_serve_quorum() {
     let log = cluster.nodes[2].log_text();
     assert!(log.contains("membership settled"), "{log}");
 }
+
+/// The `[engine]` knobs reach the node's engine from the environment (a
+/// 64 KiB memtable flushes where the default 32 MiB would not), and a
+/// nonsense value stops the node at start, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_settings_reach_the_engine_and_nonsense_is_refused() {
+    let (code, out) = kvnode(&[
+        "--engine-l0-compaction-trigger",
+        "9",
+        "--engine-l0-slowdown-trigger",
+        "3",
+        "--listen",
+        "127.0.0.1:1",
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid engine.l0_*_trigger"), "{out}");
+    let (code, out) = kvnode(&["--engine-wal-sync", "sometimes"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("always"), "{out}");
+
+    let c = Cluster::start_with(
+        1,
+        1,
+        &[
+            ("KVNODE_ENGINE_MEMTABLE_BYTES", "65536"),
+            ("KVNODE_ENGINE_WAL_SYNC", "always"),
+        ],
+    )
+    .await;
+    let value = vec![b'v'; 1024];
+    for i in 0..400 {
+        let r = c.put(0, &format!("k{i}"), &value, "one").await;
+        assert_eq!(r.status(), 204);
+    }
+    let info = c.node_info(0).await.unwrap();
+    let flushes = info["engine"]["flushes"].as_u64().unwrap();
+    assert!(flushes >= 2, "400 KiB through a 64 KiB memtable: {info}");
+}
+
+/// `--log-format json`: every line the node logs is one JSON object, and a
+/// client request's log lines carry its id, which the answer returns in
+/// `x-request-id` (the client's if sane, else a fresh one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_lines_parse_and_carry_the_request_id() {
+    let c = Cluster::start_with(1, 1, &[("KVNODE_LOG_FORMAT", "json")]).await;
+    let node = &c.nodes[0];
+    let r = common::signed(
+        c.client
+            .post(node.url("/admin/v1/compact"))
+            .header("x-request-id", "ops-test-4242"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "ops-test-4242");
+    // An id that is not sane is replaced, not echoed.
+    let r = c
+        .client
+        .get(node.url("/v1/kv/missing?consistency=one"))
+        .header("x-request-id", "not sane")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let fresh = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert!(fresh.chars().all(|c| c.is_ascii_hexdigit()), "{fresh}");
+
+    let log = node.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3, "{log}");
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["fields"].is_object(), "{line}");
+    }
+    let compaction = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "compaction requested")
+        .unwrap_or_else(|| panic!("no compaction line in {log}"));
+    assert_eq!(compaction["span"]["name"], "request", "{compaction}");
+    assert_eq!(compaction["span"]["id"], "ops-test-4242", "{compaction}");
+}

@@ -142,7 +142,7 @@ pub(crate) fn status(live: bool) -> &'static str {
 }
 
 /// Milliseconds since the Unix epoch, the unit of gossip generations.
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -164,6 +164,7 @@ pub async fn node(State(state): State<AppState>) -> Json<serde_json::Value> {
         "streaming": state.progress.report(),
         "cleanup": state.cleaner.status(),
         "repair": state.repairer.report(),
+        "snapshot": state.snapshots.status(),
         "tasks": state.tasks.report(),
         "hints": state.hints.pending(),
         "degraded": state.storage.write_error(),

@@ -7,14 +7,15 @@
 //! the operator's decommission, clean-up, compaction and removenode;
 //! [`report`] types the cluster and ring documents),
 //! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
-//! admin); `budget` is the byte budget of bodies in flight; [`access`] says
+//! admin), `snapshot` (the operator's backups); `budget` is the byte budget of bodies in flight; [`access`] says
 //! who may call what.
 //!
 //! Every route is one row of [`route_table`], with the [`Access`] it
 //! requires: the router is built from that table alone, so a route cannot
 //! be added without saying who may call it.
 //!
-//! Before a handler runs, `edge` admits the request: a body
+//! Every client request first gets its id ([`request_id`]). Before a
+//! handler runs, `edge` admits the request: a body
 //! declared larger than its route takes is refused with 413 before a byte
 //! of it is read, and a body that does not fit the node's budget with 503
 //! and `Retry-After`. Then `access::require` checks its credential.
@@ -29,6 +30,8 @@ pub(crate) mod metadata;
 pub(crate) mod mux;
 pub(crate) mod repair;
 pub mod report;
+pub mod request_id;
+pub(crate) mod snapshot;
 pub(crate) mod stream;
 
 use std::sync::Arc;
@@ -118,6 +121,8 @@ pub struct AppParts {
     /// How this node's join is going (`/ready` and `/v1/node` while it
     /// waits for a seed).
     pub(crate) join: Arc<crate::join::JoinWatch>,
+    /// This node's backups: the save running, the last one's outcome.
+    pub(crate) snapshots: Arc<snapshot::Snapshots>,
 }
 
 /// One route: its method, its path pattern (axum's syntax), who may call it
@@ -204,6 +209,12 @@ fn routes() -> Vec<Route> {
             Method::POST,
             post(repair::start),
         ),
+        Route::new(
+            Operator,
+            snapshot::SNAPSHOT_PATH,
+            Method::POST,
+            post(snapshot::save),
+        ),
         Route::new(Node, APPLY_PATH, Method::POST, post(internal::apply)),
         Route::new(
             Node,
@@ -280,6 +291,11 @@ async fn edge(
     req: Request,
     next: Next,
 ) -> Response {
+    // The id's span covers refusals and timeouts too.
+    request_id::within(req, |req| bound_and_measure(&state, access, req, next)).await
+}
+
+async fn bound_and_measure(state: &AppState, access: Access, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let deadline = state.config.request_timeout;
@@ -289,7 +305,7 @@ async fn edge(
     // replica timeouts fired. They are bounded anyway, by the coordinators'
     // own client limits times the replication factor.
     let internal = req.uri().path().starts_with("/internal/");
-    let response = match admit(&state, &req, internal) {
+    let response = match admit(state, &req, internal) {
         Err(refusal) => refusal.into_response(),
         Ok(_body_permit) => match tokio::time::timeout(deadline, async {
             // The semaphore is never closed, so acquire only fails if it were.
@@ -298,7 +314,7 @@ async fn edge(
             } else {
                 Some(state.in_flight.acquire().await)
             };
-            access::require(&state, access, req, next).await
+            access::require(state, access, req, next).await
         })
         .await
         {
@@ -381,6 +397,8 @@ fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<Body
         Some(BodyLimit::Body(MAX_ROWS_REQUEST))
     } else if *method == Method::POST && path == repair::REPAIR_PATH {
         Some(BodyLimit::Body(repair::MAX_REPAIR_REQUEST))
+    } else if *method == Method::POST && path == snapshot::SNAPSHOT_PATH {
+        Some(BodyLimit::Body(snapshot::MAX_SNAPSHOT_REQUEST))
     } else {
         None
     }
@@ -461,6 +479,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
             .strip_prefix(cluster::REMOVENODE_PATH)
             .is_some_and(|id| id.starts_with('/'))
         || path == repair::REPAIR_PATH
+        || path == snapshot::SNAPSHOT_PATH
     {
         Op::admin
     } else {

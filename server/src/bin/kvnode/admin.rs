@@ -98,6 +98,17 @@ pub enum AdminError {
     /// The data dir's `node.json` could not be updated.
     #[error(transparent)]
     Marker(#[from] strata_server::MarkerError),
+    /// A snapshot could not be saved, checked or restored.
+    #[error(transparent)]
+    Snapshot(#[from] strata_server::snapshot::SnapshotError),
+    /// A path could not be made absolute.
+    #[error("{path}: {source}")]
+    Path {
+        /// The path as given.
+        path: PathBuf,
+        /// The system's error.
+        source: std::io::Error,
+    },
 }
 
 /// Asks the node to leave, then follows it until its process stops.
@@ -327,14 +338,14 @@ async fn repair_status(node: &Node) -> Option<serde_json::Value> {
 }
 
 /// A node the CLI talks to, every request signed.
-struct Node {
+pub(crate) struct Node {
     client: reqwest::Client,
     base: String,
     signer: RequestSigner,
 }
 
 impl Node {
-    fn new(args: &AdminArgs) -> Result<Self, AdminError> {
+    pub(crate) fn new(args: &AdminArgs) -> Result<Self, AdminError> {
         Ok(Self {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -355,14 +366,18 @@ impl Node {
     }
 
     /// A signed `GET` of `path`.
-    async fn get(&self, path: &str) -> Result<reqwest::Response, AdminError> {
+    pub(crate) async fn get(&self, path: &str) -> Result<reqwest::Response, AdminError> {
         self.send(self.client.get(format!("{}{path}", self.base)))
             .await
     }
 
     /// A signed `POST` of `path`, with a JSON body if given; an error unless
     /// the node accepts.
-    async fn post(&self, path: &str, json: Option<serde_json::Value>) -> Result<(), AdminError> {
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        json: Option<serde_json::Value>,
+    ) -> Result<(), AdminError> {
         let mut request = self.client.post(format!("{}{path}", self.base));
         if let Some(body) = json {
             request = request

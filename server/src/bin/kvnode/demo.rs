@@ -204,6 +204,12 @@ async fn show_join(
     let (id, http) = (node.id.clone(), node.http);
     nodes.push(node);
     let started = Instant::now();
+    // Per mille of the token width the joiner gains.
+    let bar = indicatif::ProgressBar::new(1000).with_style(
+        indicatif::ProgressStyle::with_template("{prefix} {bar:30} {percent:>3}%  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(id.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let Ok(r) = client.get(format!("http://{http}/v1/node")).send().await else {
@@ -227,24 +233,20 @@ async fn show_join(
         let (items, bytes) = (num("items").unwrap_or(0), num("bytes").unwrap_or(0));
         let share = done_share(streaming);
         let secs = started.elapsed().as_secs_f64();
-        let filled = (share * 30.0).round() as usize;
-        print!(
-            "\r{id} {state:<13} [{}{}] {:>5.1}%  {items} items  {:.2} MB/s   ",
-            "#".repeat(filled.min(30)),
-            ".".repeat(30 - filled.min(30)),
-            share * 100.0,
-            bytes as f64 / 1e6 / secs.max(0.001),
-        );
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        bar.set_position((share * 1000.0).round() as u64);
+        bar.set_message(format!(
+            "{state:<13} {items} items  {:.2} MB/s",
+            bytes as f64 / 1e6 / secs.max(0.001)
+        ));
         if state == "AVAILABLE" {
+            bar.finish_and_clear();
             println!(
-                "\n{id} joined in {secs:.1} s: see http://{http}/v1/node and http://{first}/v1/cluster"
+                "{id} joined in {secs:.1} s: see http://{http}/v1/node and http://{first}/v1/cluster"
             );
             return Ok(());
         }
         if started.elapsed() > READY_TIMEOUT * 4 {
-            println!();
+            bar.abandon();
             return Err(DemoError::NotReady(id));
         }
     }

@@ -1,7 +1,8 @@
 //! `kvnode`: parses arguments, sets up logging and hands over to the library
 //! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
 //! commands against a node or its data dir), [`status`] (read-only views of
-//! a running cluster), [`token`] (client tokens), or shell completions.
+//! a running cluster), [`snapshot`] (backups), [`token`] (client tokens),
+//! or shell completions.
 //!
 //! Exit codes: 0 on success, 1 on any error (a usage error too); `status`
 //! and `info` also exit with 2 when the cluster or node is not healthy
@@ -9,6 +10,7 @@
 
 mod admin;
 mod demo;
+mod snapshot;
 mod status;
 mod token;
 
@@ -29,6 +31,23 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     node: Settings,
+    /// Log lines on stdout: `text` (for people) or `json` (one object a
+    /// line, with the request's span and id, for log shippers)
+    /// [default: text].
+    #[arg(long, env = "KVNODE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// tracing's human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `fields` (the
+    /// message and the event's fields), `target`, `span` (the innermost
+    /// span, e.g. `{"name": "request", "id": ".."}`) and `spans`.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +68,10 @@ enum Command {
     /// Salvage a stopped node's damaged engine: every readable table and log
     /// record into a fresh manifest, the damaged files kept aside.
     RepairEngine(RepairArgs),
+    /// Back a node up (`save`, asked of the running node) or make a data
+    /// dir from a backup (`restore`, offline).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Client tokens for --auth-tokens-file.
     Token(token::TokenArgs),
     /// One line per member as a node sees it: state (UN, DN, UJ, UL),
@@ -94,12 +117,17 @@ fn run() -> anyhow::Result<ExitCode> {
             }));
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format.unwrap_or_default() {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kvnode")
@@ -116,6 +144,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Some(Command::Cleanup(args)) => Ok(admin::cleanup(args).await.map(|()| done)?),
             Some(Command::Repair(args)) => Ok(admin::repair(args).await.map(|()| done)?),
             Some(Command::RepairEngine(args)) => Ok(admin::repair_engine(&args).map(|()| done)?),
+            Some(Command::Snapshot(command)) => Ok(snapshot::run(command).await.map(|()| done)?),
             Some(Command::Token(args)) => {
                 token::run(args).map(|()| done).map_err(anyhow::Error::msg)
             }
