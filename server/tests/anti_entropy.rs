@@ -110,6 +110,9 @@ async fn a_replica_that_missed_writes_converges_through_repair_without_reads() {
     let cluster = Cluster::start_with(3, 3, ENV).await;
     let keys: Vec<String> = (0..1500).map(|i| format!("missed-{i}")).collect();
     cluster.nodes[2].pause();
+    // Until its coordinator sees node3 DOWN, writes still go to it and wait
+    // in its socket buffers, to land on resume: it would miss none.
+    cluster.wait_for_status(0, 2, "DOWN").await;
     let written = write_all(
         &cluster,
         0,
