@@ -10,7 +10,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
-use strata::engine::{Db, Options, WriteBatch, WriteOptions};
+use strata_kv::engine::{Db, Options, WriteBatch, WriteOptions};
 
 const KEYS: u64 = 200_000;
 const VALUE: [u8; 100] = [b'v'; 100];

@@ -30,7 +30,7 @@ use std::time::Instant;
 use clap::Parser;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use strata::engine::{CompactionFilter, Db, FilterDecision, Options, WriteOptions};
+use strata_kv::engine::{CompactionFilter, Db, FilterDecision, Options, WriteOptions};
 
 #[derive(Parser, Debug)]
 #[command(about = "Throughput benchmarks for strata-engine")]
@@ -287,7 +287,7 @@ impl Bench {
 }
 
 fn sync_put(db: &Db, key: &[u8], value: &[u8]) {
-    let mut batch = strata::engine::WriteBatch::new();
+    let mut batch = strata_kv::engine::WriteBatch::new();
     batch.put(key, value);
     db.write(batch, &WriteOptions { sync: true })
         .expect("sync write");

@@ -4,7 +4,7 @@
 //! Run with `cargo run --release --example quickstart [DIR]` (default: a
 //! fresh directory under the system temp dir, removed at the end).
 
-use strata::engine::{Db, Options, WriteBatch, WriteOptions};
+use strata_kv::engine::{Db, Options, WriteBatch, WriteOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
