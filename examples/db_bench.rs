@@ -95,13 +95,11 @@ fn key(i: u64, size: usize) -> Vec<u8> {
 
 impl Bench {
     fn options(&self) -> Options {
-        Options {
-            write_buffer_size: self.args.write_buffer_mb << 20,
-            compaction_filter: self
-                .args
-                .noop_filter
-                .then(|| Arc::new(KeepAll) as Arc<dyn CompactionFilter>),
-            ..Options::default()
+        let options = Options::default().write_buffer_size(self.args.write_buffer_mb << 20);
+        if self.args.noop_filter {
+            options.compaction_filter(Arc::new(KeepAll))
+        } else {
+            options
         }
     }
 

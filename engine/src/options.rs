@@ -13,16 +13,19 @@ pub const MAX_VALUE_SIZE_LIMIT: usize = 1 << 30;
 
 /// How a database is opened and tuned.
 ///
+/// Built from [`Options::default`] with one setter per field, so that new
+/// fields (it is `#[non_exhaustive]`) break no caller:
+///
 /// ```
-/// let opts = strata_engine::Options {
-///     write_buffer_size: 8 << 20,
-///     ..Default::default()
-/// };
+/// let opts = strata_engine::Options::default()
+///     .write_buffer_size(8 << 20)
+///     .bloom_bits_per_key(12);
 /// # let dir = tempfile::tempdir()?;
 /// let db = strata_engine::Db::open(dir.path(), opts)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Options {
     /// Create the directory and an empty database if none exists.
     pub create_if_missing: bool,
@@ -107,7 +110,46 @@ impl Default for Options {
     }
 }
 
+/// One consuming setter per field, named as the field.
+macro_rules! setters {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        impl Options {
+            $(
+                #[doc = concat!("Sets [`Options::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $field(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    create_if_missing: bool,
+    write_buffer_size: usize,
+    max_immutable_memtables: usize,
+    block_size: usize,
+    bloom_bits_per_key: u32,
+    max_key_size: usize,
+    max_value_size: usize,
+    level0_compaction_trigger: usize,
+    level0_slowdown_trigger: usize,
+    level0_stop_trigger: usize,
+    level1_target_size: u64,
+    target_table_size: u64,
+    recovery_mode: RecoveryMode,
+}
+
 impl Options {
+    /// Sets [`Options::compaction_filter`].
+    #[must_use]
+    pub fn compaction_filter(mut self, filter: Arc<dyn CompactionFilter>) -> Self {
+        self.compaction_filter = Some(filter);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let check = |ok: bool, what: &str| {
             if ok {

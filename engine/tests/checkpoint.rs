@@ -11,10 +11,7 @@ use strata_engine::{Db, Error, Options};
 fn small() -> Options {
     // Small memtables, so the source has tables in several levels and
     // compacts while the checkpoint is taken.
-    Options {
-        write_buffer_size: 64 << 10,
-        ..Options::default()
-    }
+    Options::default().write_buffer_size(64 << 10)
 }
 
 fn key(i: u64) -> Vec<u8> {

@@ -12,12 +12,10 @@ use std::sync::Arc;
 use strata_engine::{Db, Health, Options, WriteBatch, WriteOptions};
 
 fn small_tree() -> Options {
-    Options {
-        write_buffer_size: 256 << 10,
-        target_table_size: 64 << 10,
-        level1_target_size: 512 << 10,
-        ..Options::default()
-    }
+    Options::default()
+        .write_buffer_size(256 << 10)
+        .target_table_size(64 << 10)
+        .level1_target_size(512 << 10)
 }
 
 /// L1 and deeper: tables disjoint and in key order.
@@ -152,15 +150,13 @@ fn snapshots_keep_their_view_while_compaction_rewrites_everything() {
 #[test]
 fn writers_held_back_by_level0_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        write_buffer_size: 64 << 10,
-        level0_compaction_trigger: 2,
-        level0_slowdown_trigger: 3,
-        level0_stop_trigger: 4,
-        target_table_size: 64 << 10,
-        level1_target_size: 256 << 10,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .write_buffer_size(64 << 10)
+        .level0_compaction_trigger(2)
+        .level0_slowdown_trigger(3)
+        .level0_stop_trigger(4)
+        .target_table_size(64 << 10)
+        .level1_target_size(256 << 10);
     let db = Arc::new(Db::open(dir.path(), opts).unwrap());
     let threads: Vec<_> = (0..4u32)
         .map(|t| {

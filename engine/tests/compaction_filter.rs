@@ -59,17 +59,15 @@ fn filtered(value: &[u8]) -> Option<Vec<u8>> {
 fn options() -> Options {
     // Tiny memtables and levels: flushes, background compactions (trivial
     // moves included) and several levels within a few hundred operations.
-    Options {
-        write_buffer_size: 64 << 10,
-        block_size: 256,
-        level0_compaction_trigger: 2,
-        level0_slowdown_trigger: 3,
-        level0_stop_trigger: 4,
-        target_table_size: 4 << 10,
-        level1_target_size: 8 << 10,
-        compaction_filter: Some(Arc::new(FirstByte)),
-        ..Options::default()
-    }
+    Options::default()
+        .write_buffer_size(64 << 10)
+        .block_size(256)
+        .level0_compaction_trigger(2)
+        .level0_slowdown_trigger(3)
+        .level0_stop_trigger(4)
+        .target_table_size(4 << 10)
+        .level1_target_size(8 << 10)
+        .compaction_filter(Arc::new(FirstByte))
 }
 
 #[derive(Debug, Clone)]
@@ -311,10 +309,8 @@ fn a_panicking_filter_keeps_the_entry_and_is_counted() {
 fn the_filter_also_reaches_tables_already_at_the_bottom() {
     let dir = tempfile::tempdir().unwrap();
     // Without the filter, the values reach the deepest level unfiltered.
-    let plain = Options {
-        compaction_filter: None,
-        ..options()
-    };
+    let mut plain = options();
+    plain.compaction_filter = None;
     {
         let db = Db::open(dir.path(), plain).unwrap();
         for k in 0..=255u8 {

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use strata_engine::{Db, Error, Options, WriteOptions};
 
 fn options() -> Options {
-    Options {
-        write_buffer_size: 64 << 10,
-        ..Options::default()
-    }
+    Options::default().write_buffer_size(64 << 10)
 }
 
 fn files_with(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {

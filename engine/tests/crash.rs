@@ -24,13 +24,11 @@ const WRITER_THREADS: u32 = 4;
 fn options() -> Options {
     // Small memtables and levels so that rotations, flushes and compactions
     // (several levels deep over the rounds) happen inside the crash window.
-    Options {
-        write_buffer_size: 128 << 10,
-        level0_compaction_trigger: 2,
-        target_table_size: 64 << 10,
-        level1_target_size: 256 << 10,
-        ..Options::default()
-    }
+    Options::default()
+        .write_buffer_size(128 << 10)
+        .level0_compaction_trigger(2)
+        .target_table_size(64 << 10)
+        .level1_target_size(256 << 10)
 }
 
 fn value_for(key: &str, n: u64) -> String {

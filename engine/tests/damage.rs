@@ -287,13 +287,7 @@ fn wal_with_damaged_record(n: usize, damaged: usize) -> (tempfile::TempDir, Path
 }
 
 fn open_with(dir: &Path, mode: RecoveryMode) -> Result<Db, Error> {
-    Db::open(
-        dir,
-        Options {
-            recovery_mode: mode,
-            ..Options::default()
-        },
-    )
+    Db::open(dir, Options::default().recovery_mode(mode))
 }
 
 #[test]
@@ -398,10 +392,7 @@ fn an_open_that_met_a_torn_tail_sets_files_aside_instead_of_deleting() {
 #[test]
 fn repair_keeps_every_readable_item_of_a_damaged_table_and_wal() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        level0_compaction_trigger: 8,
-        ..Options::default()
-    };
+    let opts = Options::default().level0_compaction_trigger(8);
     {
         let db = Db::open(dir.path(), opts.clone()).unwrap();
         write_synced(&db, 0..100);

@@ -8,20 +8,13 @@ use std::sync::Arc;
 use strata_engine::{Db, Error, Options, WriteBatch, WriteOptions};
 
 fn small() -> Options {
-    Options {
-        write_buffer_size: 64 << 10,
-        ..Options::default()
-    }
+    Options::default().write_buffer_size(64 << 10)
 }
 
 #[test]
 fn oversized_keys_and_values_are_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        max_key_size: 16,
-        max_value_size: 100,
-        ..small()
-    };
+    let opts = small().max_key_size(16).max_value_size(100);
     let db = Db::open(dir.path(), opts).unwrap();
     assert!(matches!(
         db.put([b'k'; 17], "v"),
@@ -44,18 +37,12 @@ fn oversized_keys_and_values_are_refused_whole() {
 #[test]
 fn invalid_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = Options {
-        block_size: 10,
-        ..Options::default()
-    };
+    let bad = Options::default().block_size(10);
     assert!(matches!(
         Db::open(dir.path(), bad),
         Err(Error::InvalidArgument(_))
     ));
-    let missing = Options {
-        create_if_missing: false,
-        ..Options::default()
-    };
+    let missing = Options::default().create_if_missing(false);
     assert!(Db::open(dir.path().join("nope"), missing).is_err());
 }
 
@@ -142,11 +129,9 @@ fn newer_writes_win_after_reopen() {
 #[test]
 fn writers_stalled_on_frozen_memtables_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options {
-        write_buffer_size: 64 << 10,
-        max_immutable_memtables: 1,
-        ..Options::default()
-    };
+    let opts = Options::default()
+        .write_buffer_size(64 << 10)
+        .max_immutable_memtables(1);
     let db = Arc::new(Db::open(dir.path(), opts).unwrap());
     let value = vec![7u8; 1000];
     // ~10 MiB through a 64 KiB memtable with one frozen slot: writers must

@@ -59,16 +59,14 @@ fn op() -> impl Strategy<Value = Op> {
 fn options() -> Options {
     // A tiny memtable and tiny levels so that sequences rotate, flush and
     // compact often, down to deep levels.
-    Options {
-        write_buffer_size: 64 << 10,
-        block_size: 256,
-        level0_compaction_trigger: 2,
-        level0_slowdown_trigger: 3,
-        level0_stop_trigger: 4,
-        target_table_size: 4 << 10,
-        level1_target_size: 8 << 10,
-        ..Options::default()
-    }
+    Options::default()
+        .write_buffer_size(64 << 10)
+        .block_size(256)
+        .level0_compaction_trigger(2)
+        .level0_slowdown_trigger(3)
+        .level0_stop_trigger(4)
+        .target_table_size(4 << 10)
+        .level1_target_size(8 << 10)
 }
 
 fn collect(

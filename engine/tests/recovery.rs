@@ -33,10 +33,7 @@ fn value(i: u32, round: u32) -> Vec<u8> {
 
 /// Flushes and compactions only when the test asks (besides the L0 trigger).
 fn options() -> Options {
-    Options {
-        write_buffer_size: 4 << 20,
-        ..Options::default()
-    }
+    Options::default().write_buffer_size(4 << 20)
 }
 
 /// Asserts that writes are refused as retryable and reads still served.
@@ -227,10 +224,7 @@ fn a_failed_background_compaction_on_a_full_disk_is_retried_until_space_returns(
         return;
     };
     let dir = fs.path().join("db");
-    let opts = Options {
-        level0_compaction_trigger: 2,
-        ..options()
-    };
+    let opts = options().level0_compaction_trigger(2);
     let db = Db::open(&dir, opts.clone()).unwrap();
     let mut model = BTreeMap::new();
     // One big L0 table, then a small one over the same key range: their

@@ -417,10 +417,7 @@ impl Storage {
         let gc = TombstoneGc {
             grace_ms: u64::try_from(tombstone_grace.as_millis()).unwrap_or(u64::MAX),
         };
-        let options = Options {
-            compaction_filter: Some(Arc::new(gc)),
-            ..options
-        };
+        let options = options.compaction_filter(Arc::new(gc));
         let db = Db::open(dir, options)?;
         let report = db.recovery_report();
         if !report.is_clean() {

@@ -31,10 +31,7 @@ pub fn open(
     Ok(match engine {
         "strata" => Box::new(strata_engine::Db::open(
             dir,
-            strata_engine::Options {
-                write_buffer_size: write_buffer,
-                ..Default::default()
-            },
+            strata_engine::Options::default().write_buffer_size(write_buffer),
         )?),
         "fjall" => Box::new(Fjall::open(dir, write_buffer)?),
         #[cfg(feature = "rocksdb")]

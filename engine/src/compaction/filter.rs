@@ -67,10 +67,10 @@ pub enum FilterDecision {
 /// }
 ///
 /// # let dir = tempfile::tempdir()?;
-/// let db = Db::open(dir.path(), Options {
-///     compaction_filter: Some(Arc::new(DropTemporary)),
-///     ..Options::default()
-/// })?;
+/// let db = Db::open(
+///     dir.path(),
+///     Options::default().compaction_filter(Arc::new(DropTemporary)),
+/// )?;
 /// db.put(b"a", b"tmp:scratch")?;
 /// db.put(b"b", b"kept")?;
 /// db.compact_range::<&[u8]>(..)?;

@@ -228,16 +228,14 @@ impl EngineConfig {
     /// The engine's options with these knobs; the rest stay the engine's
     /// defaults.
     pub fn options(&self) -> Options {
-        Options {
-            write_buffer_size: self.memtable_bytes,
-            level0_compaction_trigger: self.l0_compaction_trigger,
-            level0_slowdown_trigger: self.l0_slowdown_trigger,
-            level0_stop_trigger: self.l0_stop_trigger,
-            level1_target_size: self.level1_bytes,
-            target_table_size: self.table_bytes,
-            bloom_bits_per_key: self.bloom_bits_per_key,
-            ..Options::default()
-        }
+        Options::default()
+            .write_buffer_size(self.memtable_bytes)
+            .level0_compaction_trigger(self.l0_compaction_trigger)
+            .level0_slowdown_trigger(self.l0_slowdown_trigger)
+            .level0_stop_trigger(self.l0_stop_trigger)
+            .level1_target_size(self.level1_bytes)
+            .target_table_size(self.table_bytes)
+            .bloom_bits_per_key(self.bloom_bits_per_key)
     }
 
     /// Whether each engine write is fsynced before it returns.

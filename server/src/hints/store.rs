@@ -168,13 +168,7 @@ impl HintStore {
         limits: HintLimits,
         metrics: HintMetrics,
     ) -> Result<Self, HintError> {
-        let db = Db::open(
-            dir,
-            Options {
-                write_buffer_size: HINT_WRITE_BUFFER,
-                ..Options::default()
-            },
-        )?;
+        let db = Db::open(dir, Options::default().write_buffer_size(HINT_WRITE_BUFFER))?;
         let mut pending: BTreeMap<NodeId, Pending> = BTreeMap::new();
         let mut max_seq = None;
         let mut bad = WriteBatch::new();
