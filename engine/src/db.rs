@@ -340,6 +340,22 @@ impl Db {
         self.inner.core.read_view().prefix(prefix.as_ref())
     }
 
+    /// Every entry, in key order (double-ended), as of the moment of the
+    /// call.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = strata_engine::Db::open(dir.path(), Default::default())?;
+    /// db.put("b", "2")?;
+    /// db.put("a", "1")?;
+    /// let all: Vec<(Vec<u8>, Vec<u8>)> = db.iter().collect::<Result<_, _>>()?;
+    /// assert_eq!(all, [(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iter(&self) -> Iter {
+        self.range::<&[u8]>(..)
+    }
+
     /// A consistent, read-only view of the database as of now. O(1); it
     /// never blocks writers, and it keeps the memtables and tables it needs
     /// alive until it is dropped.

@@ -45,4 +45,9 @@ impl Snapshot {
     pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
         self.view.prefix(prefix.as_ref())
     }
+
+    /// Every entry as of the snapshot (double-ended).
+    pub fn iter(&self) -> Iter {
+        self.range::<&[u8]>(..)
+    }
 }

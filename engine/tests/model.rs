@@ -190,7 +190,7 @@ fn run(ops: Vec<Op>) -> (Db, tempfile::TempDir) {
             Op::CheckSnapshot(i) => {
                 if !snapshots.is_empty() {
                     let (snap, at) = &snapshots[i % snapshots.len()];
-                    check_all(&|| snap.range::<Vec<u8>>(..), at);
+                    check_all(&|| snap.iter(), at);
                     for k in [0u8, 17, 100, 255] {
                         assert_eq!(snap.get(key(k)).unwrap(), at.get(&key(k)).cloned());
                     }
@@ -216,10 +216,10 @@ fn run(ops: Vec<Op>) -> (Db, tempfile::TempDir) {
             }
         }
     }
-    check_all(&|| db.range::<Vec<u8>>(..), &model);
+    check_all(&|| db.iter(), &model);
     check_levels(&db);
     for (snap, at) in &snapshots {
-        check_all(&|| snap.range::<Vec<u8>>(..), at);
+        check_all(&|| snap.iter(), at);
     }
     (db, dir)
 }
