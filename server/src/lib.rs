@@ -44,17 +44,19 @@
 //! view/         ClusterView, MemberInfo, NodeState; removal (members removed for good)
 //! peer/         the Peer trait, http, sim (tests), wire, frames, repair bodies
 //! snapshot      a node's backup: save a checkpoint with checksums, verify, restore
+//! certs         a cluster CA, node and client certificates (rcgen), PEM files
 //! vitals        what members publish for operators (version, load), when last heard
 //! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, process, auth, hlc
 //! ```
 //!
-//! [`api`], [`auth`], [`config`], [`gossip_transport`], [`join`], [`peer`],
+//! [`api`], [`auth`], [`certs`], [`config`], [`gossip_transport`], [`join`], [`peer`],
 //! [`storage`] and [`stream`] are public for the binary, the integration tests and the
 //! fuzz targets; the rest is private to the crate.
 
 pub mod api;
 mod applier;
 pub mod auth;
+pub mod certs;
 pub mod config;
 mod coordinator;
 pub mod gossip_transport;

@@ -2,6 +2,7 @@
 //! or to a subcommand: [`demo`] (a local cluster), [`admin`] (operator
 //! commands against a node or its data dir), [`status`] (read-only views of
 //! a running cluster), [`snapshot`] (backups), [`token`] (client tokens),
+//! [`cert`] (TLS certificates),
 //! or shell completions.
 //!
 //! Exit codes: 0 on success, 1 on any error (a usage error too); `status`
@@ -9,6 +10,7 @@
 //! ([`status`] says when).
 
 mod admin;
+mod cert;
 mod demo;
 mod snapshot;
 mod status;
@@ -74,6 +76,9 @@ enum Command {
     Snapshot(snapshot::SnapshotCommand),
     /// Client tokens for --auth-tokens-file.
     Token(token::TokenArgs),
+    /// TLS certificates: a cluster CA, node and client certificates (PEM
+    /// files; keys mode 0600).
+    Cert(cert::CertArgs),
     /// One line per member as a node sees it: state (UN, DN, UJ, UL),
     /// address, load, ownership, version, uptime, last heard. Exits 2 if
     /// some member is not UN or is degraded.
@@ -148,6 +153,7 @@ fn run() -> anyhow::Result<ExitCode> {
             Some(Command::Token(args)) => {
                 token::run(args).map(|()| done).map_err(anyhow::Error::msg)
             }
+            Some(Command::Cert(args)) => cert::run(args).map(|()| done),
             Some(Command::Status(args)) => Ok(status::status(args).await?),
             Some(Command::Ring(args)) => Ok(status::ring(args).await?),
             Some(Command::Info(args)) => Ok(status::info(args).await?),
