@@ -57,6 +57,7 @@ mod applier;
 pub mod auth;
 pub mod config;
 mod coordinator;
+mod files;
 pub mod gossip_transport;
 mod hints;
 mod hlc;
