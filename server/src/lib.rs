@@ -32,7 +32,7 @@
 //! ```text
 //! bin/kvnode/   main, demo, admin: the binary and its subcommands
 //! node          a node's life: open the data dir, start, serve, stop; owns the tasks
-//! api/          the HTTP adapter: kv, compat, cluster (admin), internal, stream, repair, snapshot, budget
+//! api/          the HTTP adapter: kv, compat, files, cluster (admin), internal, stream, repair, snapshot, budget
 //! coordinator/  replication and consistency; its bounded background set; in-process tests
 //! repair/       anti-entropy: digest trees, the walk, the row step, the scheduler
 //! hints/        hinted handoff: the store and its replay
@@ -59,6 +59,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 mod coordinator;
+mod files;
 pub mod gossip_transport;
 mod hints;
 mod hlc;

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use strata_ring::ReplicationFactor;
 
-use super::kv::check_key;
+use super::kv::check_client_key;
 use super::{read_body, ApiError, AppState, BodyLimit};
 use crate::coordinator::Consistency;
 use crate::storage::Record;
@@ -163,7 +163,7 @@ pub async fn post_data(
             format!("expected {{\"key\": string, \"value\": any JSON}}: {e}"),
         )
     })?;
-    check_key(&state.config.limits, item.key.as_bytes())?;
+    check_client_key(&state.config.limits, item.key.as_bytes())?;
     let value = Bytes::copy_from_slice(item.value.get().as_bytes());
     let limit = BodyLimit::value(&state.config.limits);
     if value.len() > limit.bytes() {
@@ -197,7 +197,7 @@ pub async fn read_data(State(state): State<AppState>, uri: Uri) -> Result<Respon
             "GET /v1/data needs ?key=K (or use GET /v1/data/{key})",
         ));
     };
-    check_key(&state.config.limits, key.as_bytes())?;
+    check_client_key(&state.config.limits, key.as_bytes())?;
     let level = query.level(
         "readquorum",
         query.readquorum.as_deref(),
@@ -238,7 +238,7 @@ pub async fn get_data(State(state): State<AppState>, uri: Uri) -> Result<Json<It
     )?;
     let raw = uri.path().strip_prefix("/v1/data/").unwrap_or_default();
     let key = percent_decode_str(raw).collect::<Vec<u8>>();
-    check_key(&state.config.limits, &key)?;
+    check_client_key(&state.config.limits, &key)?;
     let key = String::from_utf8(key)
         .map_err(|_| ApiError::bad_request("bad_key", "/v1/data keys are UTF-8; use /v1/kv"))?;
     let record = state

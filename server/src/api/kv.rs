@@ -6,7 +6,8 @@
 //! of exactly that size: 400 for any other, where the block store truncated.
 //!
 //! A key is the rest of the path after the route prefix, percent-decoded to
-//! bytes (so any byte string is a key: `%00`, `%2F`, UTF-8 or not).
+//! bytes (so almost any byte string is a key: `%2F`, UTF-8 or not; a key
+//! starting with `%00` is reserved for files and refused).
 //! `?consistency=one|quorum|all` picks the level; QUORUM by default.
 
 use std::borrow::Cow;
@@ -114,7 +115,7 @@ fn key_and_consistency(state: &AppState, uri: &Uri) -> Result<(Bytes, Consistenc
         .unwrap_or_default();
     let key: Cow<'_, [u8]> = percent_decode_str(raw).into();
     let key = Bytes::copy_from_slice(&key);
-    check_key(&state.config.limits, &key)?;
+    check_client_key(&state.config.limits, &key)?;
     Ok((key, consistency(uri.query())?))
 }
 
@@ -129,6 +130,20 @@ pub fn check_key(limits: &Limits, key: &[u8]) -> Result<(), ApiError> {
             StatusCode::PAYLOAD_TOO_LARGE,
             "key_too_large",
             format!("key is {} bytes; max_key_size is {limit}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_key`], and refuses the keys reserved for files' chunks and
+/// manifests (those starting with a zero byte), so that no client key
+/// reaches them.
+pub fn check_client_key(limits: &Limits, key: &[u8]) -> Result<(), ApiError> {
+    check_key(limits, key)?;
+    if crate::files::is_reserved(key) {
+        return Err(ApiError::bad_request(
+            "reserved_key",
+            "keys starting with a zero byte are reserved for files",
         ));
     }
     Ok(())

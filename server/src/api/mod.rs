@@ -5,7 +5,8 @@
 //! APIs), [`metadata`] (where nodes and keys are: `/ping`, `/v1/gossip`,
 //! `/v1/metadata/*`), `cluster` (cluster, ring, node, health, readiness, metrics, and
 //! the operator's decommission, clean-up, compaction and removenode;
-//! [`report`] types the cluster and ring documents),
+//! [`report`] types the cluster and ring documents), `files` (files of
+//! any size, chunked),
 //! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
 //! admin), `snapshot` (the operator's backups); `budget` is the byte budget of bodies in flight; [`access`] says
 //! who may call what.
@@ -24,6 +25,7 @@ pub mod access;
 pub(crate) mod budget;
 pub(crate) mod cluster;
 pub(crate) mod compat;
+pub(crate) mod files;
 pub mod internal;
 pub(crate) mod kv;
 pub(crate) mod metadata;
@@ -157,6 +159,19 @@ fn routes() -> Vec<Route> {
             "/v1/kv/{*key}",
             Method::DELETE,
             delete(kv::delete_value),
+        ),
+        Route::new(Read, "/v1/files/{*name}", Method::GET, get(files::get_file)),
+        Route::new(
+            Write,
+            "/v1/files/{*name}",
+            Method::PUT,
+            put(files::put_file),
+        ),
+        Route::new(
+            Write,
+            "/v1/files/{*name}",
+            Method::DELETE,
+            delete(files::delete_file),
         ),
         Route::new(Write, "/v1/data", Method::POST, post(compat::post_data)),
         Route::new(Read, "/v1/data", Method::GET, get(compat::read_data)),
@@ -299,6 +314,14 @@ async fn bound_and_measure(state: &AppState, access: Access, req: Request, next:
     let start = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let deadline = state.config.request_timeout;
+    // A file upload lasts as long as its body does; each of its chunk
+    // writes has the replica timeouts instead.
+    let deadline =
+        if req.method() == Method::PUT && req.uri().path().starts_with(files::FILES_PREFIX) {
+            std::time::Duration::MAX
+        } else {
+            deadline
+        };
     // Node-to-node calls do not take a client slot: a coordinator holding a
     // slot waits on its replicas' internal calls, so if those queued behind
     // the same limit, a full load on every node would deadlock until the
@@ -444,7 +467,11 @@ impl BodyLimit {
 }
 
 fn op_of(method: &axum::http::Method, path: &str) -> Op {
-    if path.starts_with("/v1/kv/") || path.starts_with("/v1/data") || path.starts_with("/block/") {
+    if path.starts_with("/v1/kv/")
+        || path.starts_with("/v1/data")
+        || path.starts_with("/block/")
+        || path.starts_with(files::FILES_PREFIX)
+    {
         match *method {
             Method::GET | Method::HEAD => Op::get,
             Method::PUT | Method::POST => Op::put,

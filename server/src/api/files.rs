@@ -1,0 +1,420 @@
+//! The file API: `PUT/GET/HEAD/DELETE /v1/files/{name}` over the chunks and
+//! manifests of [`crate::files`].
+//!
+//! A `PUT` streams its body: it is cut into chunks as it arrives, each
+//! chunk is written through the coordinator at the request's consistency
+//! level with at most [`CHUNKS_IN_FLIGHT`] writes outstanding, and each
+//! chunk in flight holds its bytes in the node's body budget (a file body
+//! is not one body, so the route itself reserves nothing). The manifest is
+//! written last, after an `x-checksum-sha256` (64 hex digits) from the
+//! client was checked against the whole file. 201 with the manifest.
+//!
+//! A `GET` streams the chunks back in order, reading a few ahead, and checks
+//! every chunk's SHA-256: a chunk that does not match is read again at ALL,
+//! and if that copy is bad too the response is cut off rather than served.
+//! `Range: bytes=a-b`, `a-` and `-n` give 206 (416 when unsatisfiable).
+//! `HEAD` answers the size, the ETag (the whole file's SHA-256) and the
+//! content type without reading a chunk.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::BytesMut;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use percent_encoding::percent_decode_str;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::kv::consistency;
+use super::{ApiError, AppState};
+use crate::coordinator::{Consistency, Coordinator};
+use crate::files::{self, Manifest};
+
+/// The route prefix.
+pub const FILES_PREFIX: &str = "/v1/files/";
+
+/// Chunk writes (on `PUT`) and reads (on `GET`) outstanding per request:
+/// enough to keep every replica busy, few enough that a request holds at
+/// most this many chunks of memory.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The header a client sends the whole file's SHA-256 in (hex).
+const CHECKSUM_HEADER: &str = "x-checksum-sha256";
+
+/// `PUT`: stores the body as the file `name`; 201 with its manifest.
+pub async fn put_file(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = file_name(&state, &uri)?;
+    let level = consistency(uri.query())?;
+    let expected = match headers.get(CHECKSUM_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(files::decode_hash)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad_checksum",
+                        format!("{CHECKSUM_HEADER} must be 64 hex digits"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let chunk_size = files::chunk_size(state.config.limits.max_value_size);
+
+    let mut body = body;
+    let mut whole = Sha256::new();
+    let mut size = 0u64;
+    let mut chunks = Vec::new();
+    let mut buf = BytesMut::with_capacity(chunk_size);
+    let mut writes = JoinSet::new();
+    // One reservation per chunk write in flight; they are all the same
+    // size, so whichever write ends gives one back.
+    let mut permits = VecDeque::new();
+    loop {
+        let frame = body.frame().await.transpose().map_err(|e| {
+            ApiError::bad_request("bad_body", format!("reading the request body: {e}"))
+        })?;
+        let end = frame.is_none();
+        let mut data = frame.and_then(|f| f.into_data().ok()).unwrap_or_default();
+        while !data.is_empty() || (end && !buf.is_empty()) {
+            let take = data.len().min(chunk_size - buf.len());
+            buf.extend_from_slice(&data.split_to(take));
+            if buf.len() < chunk_size && !end {
+                break;
+            }
+            let chunk = std::mem::replace(&mut buf, BytesMut::with_capacity(chunk_size)).freeze();
+            whole.update(&chunk);
+            size += chunk.len() as u64;
+            let hash = files::sha256(&chunk);
+            chunks.push(hex::encode(hash));
+            while writes.len() >= CHUNKS_IN_FLIGHT {
+                join_write(&mut writes).await?;
+                permits.pop_front();
+            }
+            let permit = state
+                .body_budget
+                .try_reserve(chunk.len(), false)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "request bodies in flight are at this node's budget; retry in 1 s",
+                    )
+                    .retry_after(1)
+                })?;
+            permits.push_back(permit);
+            let coordinator = state.coordinator.clone();
+            writes.spawn(async move {
+                coordinator
+                    .write(files::chunk_key(&hash), Some(chunk), level)
+                    .await
+            });
+        }
+        if end {
+            break;
+        }
+    }
+    while !writes.is_empty() {
+        join_write(&mut writes).await?;
+    }
+    drop(permits);
+    let sha256: [u8; 32] = whole.finalize().into();
+    if let Some(expected) = expected {
+        if expected != sha256 {
+            return Err(ApiError::bad_request(
+                "checksum_mismatch",
+                format!(
+                    "{CHECKSUM_HEADER} is {} but the body's SHA-256 is {}",
+                    hex::encode(expected),
+                    hex::encode(sha256)
+                ),
+            ));
+        }
+    }
+    let mut manifest = Manifest {
+        format: files::FORMAT,
+        size,
+        chunk_size: chunk_size as u64,
+        chunks,
+        sha256: hex::encode(sha256),
+        content_type,
+        created_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        version: 0,
+    };
+    manifest.version = state
+        .coordinator
+        .write(files::manifest_key(&name), Some(manifest.encode()), level)
+        .await?;
+    Ok((StatusCode::CREATED, Json(manifest)).into_response())
+}
+
+/// Waits for one chunk write; a failed one fails the upload.
+async fn join_write(
+    writes: &mut JoinSet<Result<u64, crate::coordinator::CoordinatorError>>,
+) -> Result<(), ApiError> {
+    match writes.join_next().await {
+        Some(Ok(result)) => result.map(drop).map_err(ApiError::from),
+        Some(Err(e)) => Err(ApiError::internal(format!("chunk write task: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// `GET` and `HEAD`: the file, a range of it, or its headers.
+pub async fn get_file(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = file_name(&state, &uri)?;
+    let level = consistency(uri.query())?;
+    let manifest = read_manifest(&state.coordinator, &name, level).await?;
+    let range = match headers.get(header::RANGE) {
+        Some(v) => Some(parse_range(v.to_str().unwrap_or_default(), manifest.size)?),
+        None => None,
+    };
+    let (start, end) = range.unwrap_or((0, manifest.size));
+    let mut response = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(send_chunks(
+            state.coordinator.clone(),
+            manifest.clone(),
+            start,
+            end,
+            level,
+            tx,
+        ));
+        Response::new(Body::new(ChunkBody(rx)))
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", manifest.sha256)) {
+        h.insert(header::ETAG, etag);
+    }
+    if let Ok(ct) = HeaderValue::from_str(&manifest.content_type) {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if range.is_some() {
+        if let Ok(cr) =
+            HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, manifest.size))
+        {
+            h.insert(header::CONTENT_RANGE, cr);
+        }
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(response)
+}
+
+/// `DELETE`: removes the manifest (the chunks stay); 204 either way.
+pub async fn delete_file(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let name = file_name(&state, &uri)?;
+    let level = consistency(uri.query())?;
+    state
+        .coordinator
+        .write(files::manifest_key(&name), None, level)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn read_manifest(
+    coordinator: &Coordinator,
+    name: &str,
+    level: Consistency,
+) -> Result<Manifest, ApiError> {
+    let record = coordinator.read(files::manifest_key(name), level).await?;
+    let Some((value, version)) = record.and_then(|r| r.value.map(|v| (v, r.version))) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such file",
+        ));
+    };
+    let mut manifest = Manifest::decode(&value).map_err(|e| ApiError::internal(e.to_string()))?;
+    manifest.version = version;
+    Ok(manifest)
+}
+
+/// Reads the chunks covering `start..end` in order, a few ahead, and sends
+/// the requested bytes of each; sends an error (which cuts the response
+/// off) on a chunk that cannot be read whole and right.
+async fn send_chunks(
+    coordinator: Coordinator,
+    manifest: Manifest,
+    start: u64,
+    end: u64,
+    level: Consistency,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    if start >= end {
+        return;
+    }
+    let cs = manifest.chunk_size;
+    let (first, last) = ((start / cs) as usize, ((end - 1) / cs) as usize);
+    let mut reads = VecDeque::new();
+    let mut next = first;
+    loop {
+        while next <= last && reads.len() < CHUNKS_IN_FLIGHT {
+            let Some((hash, len)) = manifest.chunk(next) else {
+                break;
+            };
+            let c = coordinator.clone();
+            reads.push_back((next, tokio::spawn(read_chunk(c, hash, len, level))));
+            next += 1;
+        }
+        let Some((i, read)) = reads.pop_front() else {
+            return;
+        };
+        let chunk = match read.await {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => {
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return;
+            }
+        };
+        let base = i as u64 * cs;
+        let from = start.saturating_sub(base) as usize;
+        let to = ((end - base).min(chunk.len() as u64)) as usize;
+        if tx.send(Ok(chunk.slice(from..to))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A chunk's bytes, checked against its hash: read at `level`, and again at
+/// ALL when the first copy is bad.
+async fn read_chunk(
+    coordinator: Coordinator,
+    hash: [u8; 32],
+    len: u64,
+    level: Consistency,
+) -> Result<Bytes, String> {
+    let key = files::chunk_key(&hash);
+    let mut last = String::new();
+    for level in [level, Consistency::All] {
+        match coordinator.read(key.clone(), level).await {
+            Ok(Some(record)) => match record.value {
+                Some(v) if v.len() as u64 == len && files::sha256(&v) == hash => return Ok(v),
+                Some(_) => {
+                    tracing::warn!(chunk = %hex::encode(hash), "a chunk read does not match its hash");
+                    last = format!("chunk {} does not match its hash", hex::encode(hash));
+                }
+                None => last = format!("chunk {} is deleted", hex::encode(hash)),
+            },
+            Ok(None) => last = format!("chunk {} is missing", hex::encode(hash)),
+            Err(e) => last = format!("chunk {}: {e}", hex::encode(hash)),
+        }
+    }
+    Err(last)
+}
+
+/// The response body of a `GET`: the chunks as [`send_chunks`] sends them.
+struct ChunkBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl http_body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|next| next.map(|r| r.map(Frame::data)))
+    }
+}
+
+/// The file name: the rest of the path, percent-decoded, as UTF-8.
+fn file_name(state: &AppState, uri: &Uri) -> Result<String, ApiError> {
+    let raw = uri.path().strip_prefix(FILES_PREFIX).unwrap_or_default();
+    let name = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("bad_name", "a file name is UTF-8"))?
+        .into_owned();
+    super::kv::check_key(&state.config.limits, name.as_bytes())?;
+    Ok(name)
+}
+
+/// One `bytes=` range of a file of `size` bytes as `start..end`, or 416.
+fn parse_range(value: &str, size: u64) -> Result<(u64, u64), ApiError> {
+    let unsatisfiable = || {
+        ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!("the file has {size} bytes; give one range bytes=a-b inside it"),
+        )
+    };
+    let spec = value.strip_prefix("bytes=").ok_or_else(unsatisfiable)?;
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+        (size.saturating_sub(n), size)
+    } else {
+        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
+        let end = if b.is_empty() {
+            size
+        } else {
+            let last: u64 = b.parse().map_err(|_| unsatisfiable())?;
+            if last < start {
+                return Err(unsatisfiable());
+            }
+            last.saturating_add(1).min(size)
+        };
+        (start, end)
+    };
+    if range.0 >= range.1 {
+        return Err(unsatisfiable());
+    }
+    Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=0-0", 10).unwrap(), (0, 1));
+        assert_eq!(parse_range("bytes=9-9", 10).unwrap(), (9, 10));
+        assert_eq!(parse_range("bytes=3-", 10).unwrap(), (3, 10));
+        assert_eq!(parse_range("bytes=-4", 10).unwrap(), (6, 10));
+        assert_eq!(parse_range("bytes=-40", 10).unwrap(), (0, 10));
+        assert_eq!(parse_range("bytes=5-99", 10).unwrap(), (5, 10));
+        assert!(parse_range("bytes=10-", 10).is_err());
+        assert!(parse_range("bytes=5-4", 10).is_err());
+        assert!(parse_range("bytes=-0", 10).is_err());
+        assert!(parse_range("bytes=0-0", 0).is_err());
+        assert!(parse_range("items=0-1", 10).is_err());
+        assert!(parse_range("bytes=0-1,3-4", 10).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! The file API on real kvnode processes: round trips of sizes around the
+//! chunk size through different nodes, ranges, an upload cut off half-way,
+//! a chunk corrupted on one replica, and a read with one node killed.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_json_error, Cluster};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use strata_server::storage::Record;
+use tokio::io::AsyncWriteExt;
+
+/// The nodes' default `max_value_size`, which is the chunk size.
+const CHUNK: usize = 1 << 20;
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64 * 2_654_435_761) >> 7) as u8 ^ seed)
+        .collect()
+}
+
+async fn put_file(c: &Cluster, i: usize, name: &str, body: Vec<u8>) -> reqwest::Response {
+    c.client
+        .put(c.nodes[i].url(&format!("/v1/files/{name}")))
+        .header("content-type", "video/mp4")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_file(c: &Cluster, i: usize, name: &str, range: Option<&str>) -> reqwest::Response {
+    let mut r = c.client.get(c.nodes[i].url(&format!("/v1/files/{name}")));
+    if let Some(range) = range {
+        r = r.header("range", range);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn files_round_trip_through_other_nodes_and_serve_ranges() {
+    let c = Cluster::start(3).await;
+    for (n, len) in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 20_000_000]
+        .into_iter()
+        .enumerate()
+    {
+        let body = data(len, n as u8);
+        let name = format!("dir/f{len}");
+        let r = put_file(&c, n % 3, &name, body.clone()).await;
+        assert_eq!(r.status(), 201, "{len}");
+        let manifest: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(manifest["size"], len);
+        assert_eq!(manifest["sha256"], hex::encode(Sha256::digest(&body)));
+        assert_eq!(
+            manifest["chunks"].as_array().unwrap().len(),
+            len.div_ceil(CHUNK)
+        );
+        let r = get_file(&c, (n + 1) % 3, &name, None).await;
+        assert_eq!(r.status(), 200, "{len}");
+        assert_eq!(r.headers()["content-type"], "video/mp4");
+        assert_eq!(r.bytes().await.unwrap().len(), len);
+        let got = get_file(&c, (n + 2) % 3, &name, None)
+            .await
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got[..] == body[..], "{len} bytes came back different");
+    }
+
+    // HEAD: size, ETag, content type, no body.
+    let body = data(CHUNK + 1, 4);
+    let h = c
+        .client
+        .head(c.nodes[1].url("/v1/files/dir/f1048577"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+    assert_eq!(h.headers()["content-length"], (CHUNK + 1).to_string());
+    assert_eq!(
+        h.headers()["etag"],
+        format!("\"{}\"", hex::encode(Sha256::digest(&body)))
+    );
+
+    // Ranges: first byte, last byte, across the chunk boundary, a suffix,
+    // an open end, and out of range.
+    let name = "dir/f1048577";
+    for (range, from, to) in [
+        ("bytes=0-0", 0, 1),
+        (&format!("bytes={CHUNK}-{CHUNK}")[..], CHUNK, CHUNK + 1),
+        ("bytes=1048570-1048576", CHUNK - 6, CHUNK + 1),
+        ("bytes=-3", CHUNK - 2, CHUNK + 1),
+        ("bytes=1000-", 1000, CHUNK + 1),
+    ] {
+        let r = get_file(&c, 2, name, Some(range)).await;
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(
+            r.headers()["content-range"],
+            format!("bytes {from}-{}/{}", to - 1, CHUNK + 1)
+        );
+        assert!(r.bytes().await.unwrap()[..] == body[from..to], "{range}");
+    }
+    let r = get_file(&c, 0, name, Some("bytes=1048577-")).await;
+    assert_json_error(r, 416, "range_not_satisfiable").await;
+
+    // DELETE removes the file; client keys cannot reach the chunks.
+    let r = c
+        .client
+        .delete(c.nodes[0].url("/v1/files/dir/f1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_json_error(get_file(&c, 1, "dir/f1", None).await, 404, "not_found").await;
+    let chunk = hex::encode(Sha256::digest(&body[..CHUNK]));
+    let r = c.put(0, &format!("%00chunk/{chunk}"), b"x", "one").await;
+    assert_json_error(r, 400, "reserved_key").await;
+
+    // A checksum that does not match leaves no file.
+    let r = c
+        .client
+        .put(c.nodes[0].url("/v1/files/checked"))
+        .header("x-checksum-sha256", hex::encode([0u8; 32]))
+        .body(b"abc".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(r, 400, "checksum_mismatch").await;
+    assert_json_error(get_file(&c, 0, "checked", None).await, 404, "not_found").await;
+    let r = c
+        .client
+        .put(c.nodes[0].url("/v1/files/checked"))
+        .header("x-checksum-sha256", hex::encode(Sha256::digest(b"abc")))
+        .body(b"abc".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn a_cut_off_upload_leaves_no_file() {
+    let c = Cluster::start(3).await;
+    let mut conn = tokio::net::TcpStream::connect(c.nodes[0].http)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/files/cut HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        4 * CHUNK
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&data(2 * CHUNK + 10, 1)).await.unwrap();
+    conn.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(conn);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for i in 0..3 {
+        assert_json_error(get_file(&c, i, "cut", None).await, 404, "not_found").await;
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_is_never_served_and_a_dead_node_does_not_stop_reads() {
+    let mut c = Cluster::start(3).await;
+    let body = data(3 * CHUNK + 7, 9);
+    assert_eq!(put_file(&c, 0, "v", body.clone()).await.status(), 201);
+    // Rot one replica's copy of the middle chunk: same version, other bytes.
+    let key = format!(
+        "\0chunk/{}",
+        hex::encode(Sha256::digest(&body[CHUNK..2 * CHUNK]))
+    );
+    let stored = c
+        .local_record(1, &key)
+        .await
+        .expect("node 2 holds the chunk");
+    let rotten = Record {
+        version: stored.version,
+        value: Some(vec![0u8; CHUNK].into()),
+    };
+    c.apply_local(1, &key, &rotten).await;
+    let r = c
+        .client
+        .get(c.nodes[1].url("/v1/files/v?consistency=one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.unwrap()[..] == body[..],
+        "the rotten chunk was served"
+    );
+
+    c.nodes[2].kill();
+    let got = get_file(&c, 0, "v", None).await.bytes().await.unwrap();
+    assert!(got[..] == body[..]);
+}
