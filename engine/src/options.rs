@@ -121,6 +121,20 @@ impl Default for Options {
 }
 
 /// How the data blocks of a table are compressed.
+///
+/// ```
+/// use strata_engine::{Compression, Db, Options};
+///
+/// // Level 0 and 1 stay uncompressed (they are rewritten soon); LZ4 below.
+/// let opts = Options {
+///     compression_per_level: vec![Compression::None, Compression::None, Compression::Lz4],
+///     ..Options::default()
+/// };
+/// # let dir = tempfile::tempdir()?;
+/// let db = Db::open(dir.path(), opts)?;
+/// db.put(b"k", b"v")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Compression {
