@@ -1168,7 +1168,8 @@ fn build_table(dir: &Path, options: &Options, number: u64, mem: &Memtable) -> Re
     let path = file_name::table_path(dir, number);
     let built = (|| {
         let mut builder =
-            TableBuilder::create(&path, options.block_size, options.bloom_bits_per_key)?;
+            TableBuilder::create(&path, options.block_size, options.bloom_bits_per_key)?
+                .with_compression(options.compression_for_level(0));
         mem.for_each(|ikey, value| builder.add(ikey, value))?;
         builder.finish()
     })();

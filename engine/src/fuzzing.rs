@@ -53,9 +53,19 @@ pub fn batch_decoder(bytes: &[u8]) {
 
 /// Walks and seeks `bytes` as a data block.
 pub fn block_reader(bytes: &[u8]) {
-    if let Ok(mut it) = crate::sstable::block::BlockIter::new(bytes) {
-        while let Ok(true) = it.advance() {}
-        let _ = it.seek(b"m", |a, b| a.cmp(b));
+    let scan = |block: &[u8]| {
+        if let Ok(mut it) = crate::sstable::block::BlockIter::new(block) {
+            while let Ok(true) = it.advance() {}
+            let _ = it.seek(b"m", |a, b| a.cmp(b));
+        }
+    };
+    scan(bytes);
+    // The same bytes as a stored LZ4 block, as a reader meets one whose
+    // checksum matched.
+    if let Ok(block) =
+        crate::sstable::footer::decompress(crate::sstable::footer::LZ4_COMPRESSION, bytes)
+    {
+        scan(&block);
     }
 }
 

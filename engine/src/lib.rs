@@ -53,7 +53,9 @@ pub use error::{Error, Result};
 pub use health::Health;
 pub use iterator::Iter;
 pub use key::MAX_SEQUENCE;
-pub use options::{Options, RecoveryMode, WriteOptions, MAX_KEY_SIZE_LIMIT, MAX_VALUE_SIZE_LIMIT};
+pub use options::{
+    Compression, Options, RecoveryMode, WriteOptions, MAX_KEY_SIZE_LIMIT, MAX_VALUE_SIZE_LIMIT,
+};
 pub use recovery_report::{Damage, RecoveryReport};
 pub use snapshot::Snapshot;
 pub use stats::{LevelStats, Stats, TableInfo};

@@ -1,4 +1,4 @@
-//! Fuzzes the block reader: arbitrary bytes must give records or errors, never a panic.
+//! Fuzzes the block reader and the LZ4 block decoder: arbitrary bytes must give records or errors, never a panic.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -188,8 +188,8 @@ pub struct Settings {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Unique, stable id of this node (a first node derives its tokens from
-    /// it; a joining node allocates its own) [default: the id its data dir
-    /// recorded, else `<host name>-<HTTP port>`].
+    /// it; a joining node allocates its own). Default: the id its data dir
+    /// recorded, else `<host name>-<HTTP port>`.
     #[arg(long, env = "KVNODE_NODE_ID")]
     pub node_id: Option<String>,
     /// Address the HTTP API listens on [default: 127.0.0.1:7700].

@@ -3,7 +3,7 @@
 //!
 //! - **Seeds are gossip (UDP) addresses.** The systems this project grew
 //!   from take a peer's HTTP address there. Before gossip starts,
-//!   [`resolve_seeds`] turns a seed given as a URL (`http://host:port`) into
+//!   `resolve_seeds` turns a seed given as a URL (`http://host:port`) into
 //!   its node's gossip address by asking `GET /v1/metadata/node` (signed
 //!   under the cluster secret, so it passes a node with a tokens file); a
 //!   bare `host:port` that accepts a TCP connection is asked the same, since
@@ -11,7 +11,7 @@
 //!   of this cluster is refused at start, naming the gossip port.
 //! - **One cluster, one replication factor.** Every seed resolved over HTTP
 //!   and, once gossip has brought the cluster, a member that answers, must
-//!   have this node's cluster id and replication factor ([`check_cluster`]):
+//!   have this node's cluster id and replication factor (`check_cluster`):
 //!   a node that coordinated at another factor would quietly place and count
 //!   replicas differently from the rest.
 //! - **A bounded wait.** [`JoinWatch`] tracks how long the bootstrap has

@@ -23,20 +23,37 @@ pub const DEFAULT_ENGINES: &str = "strata,fjall,rocksdb";
 #[cfg(not(feature = "rocksdb"))]
 pub const DEFAULT_ENGINES: &str = "strata,fjall";
 
+/// Data block compression, the same for every engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Codec {
+    None,
+    Lz4,
+}
+
 pub fn open(
     engine: &str,
     dir: &Path,
     write_buffer: usize,
+    codec: Codec,
 ) -> Result<Box<dyn Store>, Box<dyn std::error::Error>> {
     Ok(match engine {
         "strata" => Box::new(strata_engine::Db::open(
             dir,
-            strata_engine::Options::default().write_buffer_size(write_buffer),
+            strata_engine::Options::default()
+                .write_buffer_size(write_buffer)
+                .compression_per_level(vec![match codec {
+                    Codec::None => strata_engine::Compression::None,
+                    Codec::Lz4 => strata_engine::Compression::Lz4,
+                }]),
         )?),
-        "fjall" => Box::new(Fjall::open(dir, write_buffer)?),
+        "fjall" => Box::new(Fjall::open(dir, write_buffer, codec)?),
         #[cfg(feature = "rocksdb")]
-        "rocksdb" => Box::new(rocks::open(dir, write_buffer)?),
-        other => return Err(format!("unknown engine {other:?} (rocksdb needs --features rocksdb)").into()),
+        "rocksdb" => Box::new(rocks::open(dir, write_buffer, codec)?),
+        other => {
+            return Err(
+                format!("unknown engine {other:?} (rocksdb needs --features rocksdb)").into(),
+            )
+        }
     })
 }
 
@@ -46,7 +63,9 @@ impl Store for strata_engine::Db {
     }
 
     fn get(&self, key: &[u8]) -> bool {
-        strata_engine::Db::get(self, key).expect("strata get").is_some()
+        strata_engine::Db::get(self, key)
+            .expect("strata get")
+            .is_some()
     }
 
     fn scan_all(&self) -> u64 {
@@ -56,7 +75,11 @@ impl Store for strata_engine::Db {
     }
 
     fn seek(&self, key: &[u8]) -> bool {
-        self.range(key..).next().transpose().expect("strata seek").is_some()
+        self.range(key..)
+            .next()
+            .transpose()
+            .expect("strata seek")
+            .is_some()
     }
 
     fn settle(&self) {
@@ -70,13 +93,19 @@ pub struct Fjall {
 }
 
 impl Fjall {
-    fn open(dir: &Path, write_buffer: usize) -> fjall::Result<Self> {
-        use fjall::config::{BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry};
+    fn open(dir: &Path, write_buffer: usize, codec: Codec) -> fjall::Result<Self> {
+        use fjall::config::{
+            BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry,
+        };
+        let data = match codec {
+            Codec::None => CompressionPolicy::disabled(),
+            Codec::Lz4 => CompressionPolicy::all(fjall::CompressionType::Lz4),
+        };
         let db = fjall::Database::builder(dir).open()?;
         let tree = db.keyspace("bench", || {
             fjall::KeyspaceCreateOptions::default()
                 .max_memtable_size(write_buffer as u64)
-                .data_block_compression_policy(CompressionPolicy::disabled())
+                .data_block_compression_policy(data)
                 .index_block_compression_policy(CompressionPolicy::disabled())
                 .filter_policy(FilterPolicy::all(FilterPolicyEntry::Bloom(
                     BloomConstructionPolicy::BitsPerKey(10.0),
@@ -128,15 +157,23 @@ mod rocks {
 
     use rocksdb::{BlockBasedOptions, DBCompressionType, Options, WaitForCompactOptions, DB};
 
-    pub fn open(dir: &Path, write_buffer: usize) -> Result<DB, rocksdb::Error> {
+    pub fn open(
+        dir: &Path,
+        write_buffer: usize,
+        codec: super::Codec,
+    ) -> Result<DB, rocksdb::Error> {
+        let compression = match codec {
+            super::Codec::None => DBCompressionType::None,
+            super::Codec::Lz4 => DBCompressionType::Lz4,
+        };
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_block_size(4096);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_write_buffer_size(write_buffer);
-        opts.set_compression_type(DBCompressionType::None);
-        opts.set_bottommost_compression_type(DBCompressionType::None);
+        opts.set_compression_type(compression);
+        opts.set_bottommost_compression_type(compression);
         opts.set_block_based_table_factory(&table);
         DB::open(&opts, dir)
     }

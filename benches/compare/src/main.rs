@@ -68,6 +68,10 @@ struct Args {
     /// load from elsewhere otherwise lands on whichever engine runs then.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Data block compression, applied the same way to every engine (all
+    /// levels, data blocks only).
+    #[arg(long, value_enum, default_value_t = engines::Codec::None)]
+    compression: engines::Codec,
 }
 
 fn key(i: u64, size: usize) -> Vec<u8> {
@@ -139,8 +143,13 @@ impl Run<'_> {
             self.store = None;
             let _ = std::fs::remove_dir_all(&self.dir);
             std::fs::create_dir_all(&self.dir).expect("create db dir");
-            let store = engines::open(self.engine, &self.dir, self.args.write_buffer_mb << 20)
-                .unwrap_or_else(|e| panic!("open {}: {e}", self.engine));
+            let store = engines::open(
+                self.engine,
+                &self.dir,
+                self.args.write_buffer_mb << 20,
+                self.args.compression,
+            )
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.engine));
             self.store = Some(store);
         }
         self.store.as_deref().expect("store is open")
@@ -217,7 +226,12 @@ impl Run<'_> {
                 let start = Instant::now();
                 let found = keys.iter().filter(|k| store.seek(k)).count();
                 let secs = start.elapsed().as_secs_f64();
-                self.report(bench, keys.len() as u64, secs, &format!(",\"found\":{found}"))
+                self.report(
+                    bench,
+                    keys.len() as u64,
+                    secs,
+                    &format!(",\"found\":{found}"),
+                )
             }
             other => {
                 eprintln!("unknown benchmark {other:?}, skipped");
@@ -304,7 +318,10 @@ fn main() {
         print!("{:>16}", format!("{peer}/strata"));
     }
     println!();
-    for bench in benches.iter().filter(|b| fill_cpu.keys().any(|(_, fb)| fb == *b)) {
+    for bench in benches
+        .iter()
+        .filter(|b| fill_cpu.keys().any(|(_, fb)| fb == *b))
+    {
         print!("{bench:<12}");
         let get = |e: &str| fill_cpu.get(&(e.to_string(), bench.to_string())).copied();
         for engine in &engine_names {

@@ -244,6 +244,7 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Output>> {
         grandparent_index: 0,
         overlapped_bytes: 0,
         max_overlap: c.max_grandparent_overlap,
+        compression: env.options.compression_for_level(c.output_level),
     };
     let mut filtered = FilterCounts::default();
     let result = merge(c, env, &mut out, &mut filtered);
@@ -380,6 +381,8 @@ struct Outputs<'a> {
     overlapped_bytes: u64,
     /// Past this overlap, the current output is cut.
     max_overlap: u64,
+    /// Of the output level.
+    compression: crate::options::Compression,
 }
 
 impl Outputs<'_> {
@@ -404,7 +407,8 @@ impl Outputs<'_> {
                 &path,
                 self.env.options.block_size,
                 self.env.options.bloom_bits_per_key,
-            )?;
+            )?
+            .with_compression(self.compression);
             self.created.push(path);
             self.builder = Some((number, builder));
         }

@@ -40,7 +40,7 @@ use crate::iter::{Direction, KeyBounds, Source};
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, RecoveryMode};
 use crate::recovery_report::{Damage, RecoveryReport};
-use crate::sstable::{Table, TableSource};
+use crate::sstable::{BlockCache, Table, TableSource};
 use crate::stats::Counters;
 use crate::version::{ManifestState, Version, VersionEdit, VersionSet};
 use crate::wal::{LogReader, LogWriter};
@@ -61,7 +61,8 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     let files = file_name::list(dir)?;
     let max_number = file_name::highest_number(&files);
     let state = ManifestState::read(dir, options.create_if_missing)?;
-    let version = state.open_version(dir)?;
+    let block_cache = Arc::new(BlockCache::new(options.block_cache_capacity));
+    let version = state.open_version(dir, Some(&block_cache))?;
     let mut report = RecoveryReport::default();
     report.torn_tails.extend(state.torn_tail.clone());
 
@@ -122,6 +123,7 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         state.log_number(),
         state.last_sequence(),
         next_file_number,
+        Some(block_cache),
     )?;
     let mut added = Vec::new();
     for mem in memtables.iter().filter(|m| !m.is_empty()) {

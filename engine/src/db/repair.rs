@@ -170,7 +170,8 @@ impl Db {
         file_name::sync_dir(dir)?;
 
         // Step 4.
-        let mut versions = VersionSet::create(dir, Version::default(), 0, last_seq, next_number)?;
+        let mut versions =
+            VersionSet::create(dir, Version::default(), 0, last_seq, next_number, None)?;
         let log_number = versions.new_file_number();
         versions.log_and_apply(VersionEdit {
             log_number: Some(log_number),

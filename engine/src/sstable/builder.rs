@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::block::BlockBuilder;
 use super::filter::FilterBuilder;
-use super::footer::{trailer, BlockHandle, Footer};
+use super::footer::{trailer, BlockHandle, Footer, LZ4_COMPRESSION, NO_COMPRESSION};
 use super::properties::Properties;
 use crate::error::{Error, Result};
 use crate::key::{compare_internal, ParsedKey, ValueKind};
+use crate::options::Compression;
 
 /// Restart interval of data blocks: a lookup scans at most this many entries.
 const DATA_RESTART_INTERVAL: usize = 16;
@@ -24,6 +25,7 @@ pub(crate) struct TableBuilder {
     filter: FilterBuilder,
     props: Properties,
     last_key: Vec<u8>,
+    compression: Compression,
 }
 
 /// What a finished table holds, for its manifest entry.
@@ -52,7 +54,15 @@ impl TableBuilder {
             filter: FilterBuilder::new(bloom_bits_per_key),
             props: Properties::default(),
             last_key: Vec::new(),
+            compression: Compression::None,
         })
+    }
+
+    /// Compresses data blocks with `compression` from now on. Metadata
+    /// blocks are always stored as is: they are read once, at open.
+    pub(crate) fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Adds an entry. REQUIRES: `ikey` sorts after every key added before.
@@ -99,7 +109,19 @@ impl TableBuilder {
         }
         let last = self.data.last_key().to_vec();
         let contents = self.data.finish();
-        let handle = self.write_block(&contents)?;
+        let handle = match self.compression {
+            Compression::None => self.write_block(&contents)?,
+            Compression::Lz4 => {
+                let packed = lz4_flex::compress_prepend_size(&contents);
+                // Below 1/8 saved, the decompression on every cache miss
+                // costs more than the bytes are worth.
+                if packed.len() < contents.len() - contents.len() / 8 {
+                    self.write_stored(&packed, LZ4_COMPRESSION)?
+                } else {
+                    self.write_block(&contents)?
+                }
+            }
+        };
         let mut enc = Vec::with_capacity(super::footer::HANDLE_LEN);
         handle.encode_to(&mut enc);
         self.index.add(&last, &enc);
@@ -108,6 +130,11 @@ impl TableBuilder {
     }
 
     fn write_block(&mut self, contents: &[u8]) -> Result<BlockHandle> {
+        self.write_stored(contents, NO_COMPRESSION)
+    }
+
+    /// Writes the stored bytes of a block and its trailer.
+    fn write_stored(&mut self, contents: &[u8], compression: u8) -> Result<BlockHandle> {
         let size = u32::try_from(contents.len())
             .map_err(|_| Error::InvalidArgument("block larger than 4 GiB".into()))?;
         let handle = BlockHandle {
@@ -115,7 +142,7 @@ impl TableBuilder {
             size,
         };
         self.write_raw(contents)?;
-        self.write_raw(&trailer(contents))?;
+        self.write_raw(&trailer(contents, compression))?;
         Ok(handle)
     }
 

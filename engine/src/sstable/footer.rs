@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! block handle = offset u64 LE | size u32 LE                        (12 bytes)
-//! trailer      = compression u8 (0 = none) | masked crc32 u32 LE     (5 bytes)
+//! trailer      = compression u8 (0 = none, 1 = LZ4 block) | masked crc32 u32 LE
+//!                                                                   (5 bytes)
 //! footer       = filter handle | properties handle | index handle
 //!                | format version u32 LE (1) | magic u64 LE         (48 bytes)
 //! ```
@@ -17,8 +18,11 @@ pub(crate) const FOOTER_LEN: usize = 3 * HANDLE_LEN + 4 + 8;
 /// "STRATA01" read as a little-endian u64. Do not change: on disk.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"STRATA01");
 pub(crate) const FORMAT_VERSION: u32 = 1;
-/// The only compression type written so far. Do not change: on disk.
+/// Trailer byte of a block stored as is. Do not change: on disk.
 pub(crate) const NO_COMPRESSION: u8 = 0;
+/// Trailer byte of an LZ4 block: the uncompressed length as u32 LE, then the
+/// raw LZ4 block (`lz4_flex::compress_prepend_size`). Do not change: on disk.
+pub(crate) const LZ4_COMPRESSION: u8 = 1;
 
 /// Where a block lives in the file (excluding its trailer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,14 +61,16 @@ pub(crate) fn block_crc(contents: &[u8], compression: u8) -> u32 {
     mask_crc(h.finalize())
 }
 
-/// The trailer written after `contents`.
-pub(crate) fn trailer(contents: &[u8]) -> [u8; TRAILER_LEN] {
-    let crc = block_crc(contents, NO_COMPRESSION).to_le_bytes();
-    [NO_COMPRESSION, crc[0], crc[1], crc[2], crc[3]]
+/// The trailer written after the stored bytes `contents` of a block whose
+/// compression byte is `compression`.
+pub(crate) fn trailer(contents: &[u8], compression: u8) -> [u8; TRAILER_LEN] {
+    let crc = block_crc(contents, compression).to_le_bytes();
+    [compression, crc[0], crc[1], crc[2], crc[3]]
 }
 
-/// Splits `block_and_trailer` and checks the trailer; returns the contents.
-pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeError> {
+/// Splits `block_and_trailer` and checks the trailer; returns the compression
+/// byte and the stored (possibly compressed) contents.
+pub(crate) fn verify_stored_block(block_and_trailer: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     let split = block_and_trailer
         .len()
         .checked_sub(TRAILER_LEN)
@@ -72,13 +78,47 @@ pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeErro
     let (contents, mut tr) = block_and_trailer.split_at(split);
     let compression = crate::coding::get_u8(&mut tr)?;
     let crc = get_u32(&mut tr)?;
-    if compression != NO_COMPRESSION {
+    if compression != NO_COMPRESSION && compression != LZ4_COMPRESSION {
         return Err(DecodeError("unknown block compression type"));
     }
     if block_crc(contents, compression) != crc {
         return Err(DecodeError("block checksum mismatch"));
     }
-    Ok(contents)
+    Ok((compression, contents))
+}
+
+/// Like [`verify_stored_block`] for the blocks that are always stored
+/// uncompressed (filter, properties, index): anything else is corruption.
+pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeError> {
+    match verify_stored_block(block_and_trailer)? {
+        (NO_COMPRESSION, contents) => Ok(contents),
+        _ => Err(DecodeError("metadata block must not be compressed")),
+    }
+}
+
+/// The uncompressed contents of a stored block with compression byte
+/// `compression` (already checksum-verified).
+pub(crate) fn decompress(compression: u8, stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    match compression {
+        LZ4_COMPRESSION => {
+            let (mut len, body) = (stored, stored.get(4..).unwrap_or_default());
+            let claimed = get_u32(&mut len)? as usize;
+            // LZ4 expands at most ~255x; a larger claim is corruption, and
+            // checking it first keeps a bad length from allocating gigabytes.
+            if claimed > body.len().saturating_mul(255) {
+                return Err(DecodeError("LZ4 block claims an impossible length"));
+            }
+            let out = lz4_flex::decompress(body, claimed)
+                .map_err(|_| DecodeError("corrupt LZ4 block"))?;
+            // `decompress` takes the length as a capacity, not a promise.
+            if out.len() != claimed {
+                return Err(DecodeError("LZ4 block shorter than its recorded length"));
+            }
+            Ok(out)
+        }
+        NO_COMPRESSION => Ok(stored.to_vec()),
+        _ => Err(DecodeError("unknown block compression type")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +187,7 @@ mod tests {
     #[test]
     fn trailer_detects_flips() {
         let mut block = b"some block contents".to_vec();
-        block.extend_from_slice(&trailer(b"some block contents"));
+        block.extend_from_slice(&trailer(b"some block contents", NO_COMPRESSION));
         assert_eq!(verify_block(&block).unwrap(), b"some block contents");
         for i in 0..block.len() {
             let mut bad = block.clone();

@@ -28,17 +28,22 @@
 //! ([`properties`]) describes the table. The *footer* locates the filter,
 //! properties and index blocks and ends with a format version and a magic number.
 //!
-//! Tables are read through `mmap`; each block's checksum is verified the first
-//! time the block is read and remembered afterwards.
+//! Tables are read through `mmap`; each block's checksum (over the stored,
+//! possibly compressed, bytes and the compression byte) is verified the first
+//! time the block is read and remembered afterwards. Data blocks may be
+//! compressed (trailer byte 1 = LZ4); metadata blocks never are. Compressed
+//! blocks are decompressed once into the shared [`cache::BlockCache`].
 
 pub(crate) mod block;
 pub(crate) mod builder;
+pub(crate) mod cache;
 pub(crate) mod filter;
 pub(crate) mod footer;
 pub(crate) mod properties;
 pub(crate) mod reader;
 
 pub(crate) use builder::TableBuilder;
+pub(crate) use cache::BlockCache;
 pub(crate) use reader::{Table, TableSource};
 
 #[cfg(test)]

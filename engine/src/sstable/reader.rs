@@ -10,8 +10,11 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::block::BlockIter;
+use super::cache::{next_table_id, BlockCache};
 use super::filter;
-use super::footer::{verify_block, BlockHandle, Footer, FOOTER_LEN};
+use super::footer::{
+    decompress, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN, NO_COMPRESSION,
+};
 use super::properties::Properties;
 use crate::error::{DecodeError, Error, Result};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
@@ -26,11 +29,33 @@ pub(crate) struct Table {
     path: PathBuf,
     mmap: Mmap,
     /// The index block, decoded: last internal key of each data block, and where it is.
-    index: Vec<IndexEntry>,
+    pub(super) index: Vec<IndexEntry>,
     filter: std::ops::Range<usize>,
     properties: Properties,
     /// Per data block: its checksum has been verified once already.
     verified: Box<[AtomicBool]>,
+    /// This table's key in `cache`.
+    id: u64,
+    /// Where decompressed blocks are kept; without one (one-pass scans) a
+    /// compressed block is decompressed on every read.
+    pub(super) cache: Option<Arc<BlockCache>>,
+}
+
+/// A data block's uncompressed contents: in place in the mmap, or
+/// decompressed and shared with the block cache.
+enum BlockRef<'a> {
+    Mapped(&'a [u8]),
+    Decompressed(Arc<[u8]>),
+}
+
+impl std::ops::Deref for BlockRef<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockRef::Mapped(b) => b,
+            BlockRef::Decompressed(b) => b,
+        }
+    }
 }
 
 impl std::fmt::Debug for Table {
@@ -41,7 +66,14 @@ impl std::fmt::Debug for Table {
 
 impl Table {
     /// Maps the file and validates footer, index, filter and properties.
+    /// Without a block cache: for one-pass scans (repair, orphan checks),
+    /// which decompress each block once anyway.
     pub(crate) fn open(path: &Path) -> Result<Self> {
+        Self::open_with_cache(path, None)
+    }
+
+    /// [`Table::open`], keeping decompressed blocks in `cache`.
+    pub(crate) fn open_with_cache(path: &Path, cache: Option<Arc<BlockCache>>) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: a table file is written once and fsynced, and only then
         // recorded in the MANIFEST, before any reader opens it; it is never
@@ -86,6 +118,8 @@ impl Table {
             filter,
             properties,
             verified,
+            id: next_table_id(),
+            cache,
         })
     }
 
@@ -103,8 +137,8 @@ impl Table {
         (&self.properties.smallest_key, &self.properties.largest_key)
     }
 
-    /// Data block `i`'s contents, checksum-verified on first use.
-    fn data_block(&self, i: usize) -> Result<&[u8]> {
+    /// Data block `i`'s uncompressed contents, checksum-verified on first use.
+    fn data_block(&self, i: usize) -> Result<BlockRef<'_>> {
         let (_, handle) = self
             .index
             .get(i)
@@ -117,14 +151,32 @@ impl Table {
             .verified
             .get(i)
             .is_some_and(|v| v.load(AtomicOrdering::Relaxed));
-        if verified {
-            return Ok(raw.get(..handle.size as usize).unwrap_or_default());
+        let (compression, stored) = if verified {
+            let compression = raw.get(handle.size as usize).copied().unwrap_or_default();
+            (
+                compression,
+                raw.get(..handle.size as usize).unwrap_or_default(),
+            )
+        } else {
+            let verified = verify_stored_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
+            if let Some(v) = self.verified.get(i) {
+                v.store(true, AtomicOrdering::Relaxed);
+            }
+            verified
+        };
+        if compression == NO_COMPRESSION {
+            return Ok(BlockRef::Mapped(stored));
         }
-        let contents = verify_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
-        if let Some(v) = self.verified.get(i) {
-            v.store(true, AtomicOrdering::Relaxed);
-        }
-        Ok(contents)
+        let load = || -> Result<Arc<[u8]>> {
+            decompress(compression, stored)
+                .map(Arc::from)
+                .map_err(|e| e.at(&self.path, handle.offset))
+        };
+        let block = match &self.cache {
+            Some(cache) => cache.get_or_load((self.id, i as u32), load)?,
+            None => load()?,
+        };
+        Ok(BlockRef::Decompressed(block))
     }
 
     fn block_corruption(&self, i: usize, e: DecodeError) -> Error {
@@ -157,7 +209,7 @@ impl Table {
         }
         let block = self.data_block(i)?;
         let found = (|| {
-            let mut it = BlockIter::new(block)?;
+            let mut it = BlockIter::new(&block)?;
             if !it.seek(&target, compare_internal)? {
                 return Ok(None);
             }
@@ -180,7 +232,7 @@ impl Table {
     fn decode_block(&self, i: usize, out: &mut VecDeque<Entry>) -> Result<()> {
         let block = self.data_block(i)?;
         let mut decode = || -> Result<(), DecodeError> {
-            let mut it = BlockIter::new(block)?;
+            let mut it = BlockIter::new(&block)?;
             while it.advance()? {
                 if let Some((k, v)) = it.current() {
                     let parsed = ParsedKey::parse(k)?;
@@ -296,7 +348,7 @@ impl TableSource {
             let block = self.table.data_block(i)?;
             let key = std::mem::take(&mut pos.key);
             let step = (|| {
-                let mut it = BlockIter::resume(block, pos.next, key)?;
+                let mut it = BlockIter::resume(&block, pos.next, key)?;
                 let found = if self.seek_pending {
                     let target = match &self.bounds.lower {
                         Bound::Included(k) | Bound::Excluded(k) => {

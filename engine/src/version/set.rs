@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::file_name::{self, manifest_name};
 use crate::key::compare_internal;
 use crate::recovery_report::Damage;
-use crate::sstable::Table;
+use crate::sstable::{BlockCache, Table};
 use crate::wal::{LogReader, LogWriter};
 
 /// A MANIFEST longer than this is replaced by a fresh one holding one edit,
@@ -66,6 +66,8 @@ pub(crate) struct VersionSet {
     /// where recovery reports corruption. The next edit goes to a new
     /// MANIFEST instead.
     manifest_broken: bool,
+    /// Shared by every table this set opens.
+    block_cache: Option<Arc<BlockCache>>,
 }
 
 /// The state a manifest replay accumulates.
@@ -185,12 +187,16 @@ impl ManifestState {
     /// Opens every table the MANIFEST names into a version. A missing table
     /// behind a dropped torn tail means that edit had been synced (it was
     /// acted on): corruption of the MANIFEST, not of the table.
-    pub(crate) fn open_version(&self, dir: &Path) -> Result<Version> {
+    pub(crate) fn open_version(
+        &self,
+        dir: &Path,
+        block_cache: Option<&Arc<BlockCache>>,
+    ) -> Result<Version> {
         let mut version = Version::default();
         for (level, files) in self.replay.levels.iter().enumerate() {
             for meta in files.values() {
-                let file =
-                    open_table(dir, meta.clone()).map_err(|e| match (&self.torn_tail, &e) {
+                let file = open_table(dir, meta.clone(), block_cache).map_err(|e| {
+                    match (&self.torn_tail, &e) {
                         (Some(torn), Error::Corruption { reason, .. })
                             if reason == MISSING_TABLE =>
                         {
@@ -205,7 +211,8 @@ impl ManifestState {
                             )
                         }
                         _ => e,
-                    })?;
+                    }
+                })?;
                 if let Some(l) = version.levels.get_mut(level) {
                     l.push(file);
                 }
@@ -230,6 +237,7 @@ impl VersionSet {
         log_number: u64,
         last_sequence: u64,
         next_file_number: u64,
+        block_cache: Option<Arc<BlockCache>>,
     ) -> Result<Self> {
         let manifest_number = next_file_number;
         let mut set = VersionSet {
@@ -242,6 +250,7 @@ impl VersionSet {
             current: Arc::new(version),
             max_manifest_bytes: MAX_MANIFEST_BYTES,
             manifest_broken: false,
+            block_cache,
         };
         let snapshot = set.snapshot_edit();
         set.manifest.add_record(&snapshot.encode())?;
@@ -324,7 +333,7 @@ impl VersionSet {
         for (level, meta) in &edit.added {
             let file = match removed.remove(&meta.number) {
                 Some(moved) => moved,
-                None => open_table(&self.dir, meta.clone())?,
+                None => open_table(&self.dir, meta.clone(), self.block_cache.as_ref())?,
             };
             if let Some(l) = levels.get_mut(*level) {
                 l.push(file);
@@ -380,9 +389,13 @@ pub(crate) fn write_manifest(dir: &Path, number: u64, edit: &VersionEdit) -> Res
     written
 }
 
-fn open_table(dir: &Path, meta: FileMeta) -> Result<Arc<TableFile>> {
+fn open_table(
+    dir: &Path,
+    meta: FileMeta,
+    block_cache: Option<&Arc<BlockCache>>,
+) -> Result<Arc<TableFile>> {
     let path = file_name::table_path(dir, meta.number);
-    let table = Table::open(&path).map_err(|e| match e {
+    let table = Table::open_with_cache(&path, block_cache.cloned()).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::corruption(&path, 0, MISSING_TABLE)
         }
@@ -419,7 +432,7 @@ mod tests {
     #[test]
     fn a_long_manifest_is_replaced_and_recovers_the_same_state() {
         let dir = tempfile::tempdir().unwrap();
-        let mut set = VersionSet::create(dir.path(), Version::default(), 0, 0, 2).unwrap();
+        let mut set = VersionSet::create(dir.path(), Version::default(), 0, 0, 2, None).unwrap();
         set.max_manifest_bytes = 256;
         let first = set.manifest_number();
         for seq in 1..=50u64 {

@@ -34,7 +34,7 @@ pub const TOKENS_PATH: &str = "/internal/v1/tokens";
 
 /// This node's side of the replica calls (apply, apply-batch, read and
 /// read-digest): what their HTTP routes and the multiplexed transport
-/// ([`api::mux`](super::mux)) do with them, on this node's engine only.
+/// (`api::mux`) do with them, on this node's engine only.
 /// It holds nothing else of the node, so a test can serve replica calls
 /// over the real transports without a whole node around it.
 pub struct Replica {

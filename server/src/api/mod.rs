@@ -2,7 +2,7 @@
 //! error type, and the middleware that bounds and measures every request.
 //!
 //! One file per route group: `kv` (the client API), `compat` (the seeds'
-//! APIs), [`metadata`] (where nodes and keys are: `/ping`, `/v1/gossip`,
+//! APIs), `metadata` (where nodes and keys are: `/ping`, `/v1/gossip`,
 //! `/v1/metadata/*`), `cluster` (cluster, ring, node, health, readiness, metrics, and
 //! the operator's decommission, clean-up, compaction and removenode;
 //! [`report`] types the cluster and ring documents), `files` (files of
