@@ -57,13 +57,7 @@ pub async fn put_value(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (key, consistency) = key_and_consistency(&state, &uri)?;
-    let value = read_body(body, BodyLimit::value(&state.config.limits)).await?;
-    let version = state
-        .coordinator
-        .write(key, Some(value), consistency)
-        .await?;
-    Ok(written(StatusCode::NO_CONTENT, version))
+    store(&state, &uri, body, None, StatusCode::NO_CONTENT).await
 }
 
 /// `PUT /block`: stores the body as the block, refusing one of the wrong
@@ -73,24 +67,35 @@ pub async fn put_block(
     uri: Uri,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (key, consistency) = key_and_consistency(&state, &uri)?;
+    let size = state.config.limits.block_size;
+    store(&state, &uri, body, size, StatusCode::CREATED).await
+}
+
+/// Writes the body under the URI's key, answering `status` with the version;
+/// a body that is not exactly `exact_len` bytes (when given) is refused.
+async fn store(
+    state: &AppState,
+    uri: &Uri,
+    body: Body,
+    exact_len: Option<usize>,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let (key, consistency) = key_and_consistency(state, uri)?;
     let value = read_body(body, BodyLimit::value(&state.config.limits)).await?;
-    if let Some(size) = state.config.limits.block_size {
-        if value.len() != size {
-            return Err(ApiError::bad_request(
-                "bad_block_size",
-                format!(
-                    "a block is exactly {size} bytes (--block-size); this one is {}",
-                    value.len()
-                ),
-            ));
-        }
+    if let Some(size) = exact_len.filter(|&size| size != value.len()) {
+        return Err(ApiError::bad_request(
+            "bad_block_size",
+            format!(
+                "a block is exactly {size} bytes (--block-size); this one is {}",
+                value.len()
+            ),
+        ));
     }
     let version = state
         .coordinator
         .write(key, Some(value), consistency)
         .await?;
-    Ok(written(StatusCode::CREATED, version))
+    Ok(written(status, version))
 }
 
 /// `DELETE`: writes a tombstone; 204 whether or not the key existed.
