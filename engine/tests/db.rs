@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use strata_engine::{Db, Error, Options, WriteBatch, WriteOptions};
+use strata_engine::{Compression, Db, Error, Options, WriteBatch, WriteOptions};
 
 fn small() -> Options {
     Options::default().write_buffer_size(64 << 10)
@@ -32,6 +32,26 @@ fn oversized_keys_and_values_are_refused_whole() {
     // Atomic: the valid half of the refused batch is not there either.
     assert_eq!(db.get("ok").unwrap(), None);
     db.put([b'k'; 16], [0u8; 100]).unwrap();
+}
+
+#[test]
+fn zstd_levels_are_checked_and_need_the_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |level| Options::default().compression_per_level(vec![Compression::Zstd { level }]);
+    for level in [0, 23, -1] {
+        let err = Db::open(dir.path(), with(level)).unwrap_err();
+        assert!(err.to_string().contains("Zstd"), "{level}: {err}");
+    }
+    let opened = Db::open(dir.path(), with(3));
+    if cfg!(feature = "zstd") {
+        let db = opened.unwrap();
+        db.put("k", "v".repeat(1000)).unwrap();
+        db.flush().unwrap();
+        assert_eq!(db.get("k").unwrap(), Some("v".repeat(1000).into_bytes()));
+    } else {
+        let err = opened.unwrap_err();
+        assert!(err.to_string().contains("`zstd` feature"), "{err}");
+    }
 }
 
 #[test]

@@ -272,12 +272,16 @@ fn large_overwrite_workload_matches_model() {
 fn mixed_compression_database_reopens_and_reads() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = BTreeMap::new();
-    let settings = [
+    let mut settings = vec![
         vec![Compression::None],
         vec![Compression::Lz4],
         vec![Compression::Lz4, Compression::None],
         vec![Compression::None],
     ];
+    if cfg!(feature = "zstd") {
+        settings.insert(2, vec![Compression::Zstd { level: 3 }]);
+        settings.insert(3, vec![Compression::None, Compression::Zstd { level: 1 }]);
+    }
     for (round, compression) in settings.into_iter().enumerate() {
         let opts = options().compression_per_level(compression);
         let db = Db::open(dir.path(), opts).unwrap();

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::block::BlockBuilder;
 use super::filter::FilterBuilder;
-use super::footer::{trailer, BlockHandle, Footer, LZ4_COMPRESSION, NO_COMPRESSION};
+use super::footer::{
+    trailer, BlockHandle, Footer, LZ4_COMPRESSION, NO_COMPRESSION, ZSTD_COMPRESSION,
+};
 use super::properties::Properties;
+use super::zstd_codec;
 use crate::error::{Error, Result};
 use crate::key::{compare_internal, ParsedKey, ValueKind};
 use crate::options::Compression;
@@ -26,6 +29,8 @@ pub(crate) struct TableBuilder {
     props: Properties,
     last_key: Vec<u8>,
     compression: Compression,
+    /// Made at the first zstd block and reused for the rest of the table.
+    zstd: Option<zstd_codec::Compressor>,
 }
 
 /// What a finished table holds, for its manifest entry.
@@ -55,6 +60,7 @@ impl TableBuilder {
             props: Properties::default(),
             last_key: Vec::new(),
             compression: Compression::None,
+            zstd: None,
         })
     }
 
@@ -109,24 +115,36 @@ impl TableBuilder {
         }
         let last = self.data.last_key().to_vec();
         let contents = self.data.finish();
-        let handle = match self.compression {
-            Compression::None => self.write_block(&contents)?,
-            Compression::Lz4 => {
-                let packed = lz4_flex::compress_prepend_size(&contents);
-                // Below 1/8 saved, the decompression on every cache miss
-                // costs more than the bytes are worth.
-                if packed.len() < contents.len() - contents.len() / 8 {
-                    self.write_stored(&packed, LZ4_COMPRESSION)?
-                } else {
-                    self.write_block(&contents)?
-                }
+        let packed = match self.compression {
+            Compression::None => None,
+            Compression::Lz4 => Some((lz4_flex::compress_prepend_size(&contents), LZ4_COMPRESSION)),
+            Compression::Zstd { level } => Some((self.zstd(level, &contents)?, ZSTD_COMPRESSION)),
+        };
+        // Below 1/8 saved, the decompression on every cache miss costs more
+        // than the bytes are worth.
+        let handle = match packed {
+            Some((packed, kind)) if packed.len() < contents.len() - contents.len() / 8 => {
+                self.write_stored(&packed, kind)?
             }
+            _ => self.write_block(&contents)?,
         };
         let mut enc = Vec::with_capacity(super::footer::HANDLE_LEN);
         handle.encode_to(&mut enc);
         self.index.add(&last, &enc);
         self.props.data_blocks += 1;
         Ok(())
+    }
+
+    fn zstd(&mut self, level: i32, contents: &[u8]) -> Result<Vec<u8>> {
+        let compressor = match &mut self.zstd {
+            Some(compressor) => compressor,
+            None => self
+                .zstd
+                .insert(zstd_codec::Compressor::new(level).map_err(|e| Error::io(&self.path, e))?),
+        };
+        compressor
+            .compress(contents)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     fn write_block(&mut self, contents: &[u8]) -> Result<BlockHandle> {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! block handle = offset u64 LE | size u32 LE                        (12 bytes)
-//! trailer      = compression u8 (0 = none, 1 = LZ4 block) | masked crc32 u32 LE
+//! trailer      = compression u8 (0 = none, 1 = LZ4 block, 2 = zstd frame)
+//!                | masked crc32 u32 LE
 //!                                                                   (5 bytes)
 //! footer       = filter handle | properties handle | index handle
 //!                | format version u32 LE (1) | magic u64 LE         (48 bytes)
@@ -23,6 +24,9 @@ pub(crate) const NO_COMPRESSION: u8 = 0;
 /// Trailer byte of an LZ4 block: the uncompressed length as u32 LE, then the
 /// raw LZ4 block (`lz4_flex::compress_prepend_size`). Do not change: on disk.
 pub(crate) const LZ4_COMPRESSION: u8 = 1;
+/// Trailer byte of a Zstandard block: the uncompressed length as u32 LE,
+/// then one zstd frame. Do not change: on disk.
+pub(crate) const ZSTD_COMPRESSION: u8 = 2;
 
 /// Where a block lives in the file (excluding its trailer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +82,7 @@ pub(crate) fn verify_stored_block(block_and_trailer: &[u8]) -> Result<(u8, &[u8]
     let (contents, mut tr) = block_and_trailer.split_at(split);
     let compression = crate::coding::get_u8(&mut tr)?;
     let crc = get_u32(&mut tr)?;
-    if compression != NO_COMPRESSION && compression != LZ4_COMPRESSION {
+    if ![NO_COMPRESSION, LZ4_COMPRESSION, ZSTD_COMPRESSION].contains(&compression) {
         return Err(DecodeError("unknown block compression type"));
     }
     if block_crc(contents, compression) != crc {
@@ -101,23 +105,43 @@ pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeErro
 pub(crate) fn decompress(compression: u8, stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
     match compression {
         LZ4_COMPRESSION => {
-            let (mut len, body) = (stored, stored.get(4..).unwrap_or_default());
-            let claimed = get_u32(&mut len)? as usize;
-            // LZ4 expands at most ~255x; a larger claim is corruption, and
-            // checking it first keeps a bad length from allocating gigabytes.
-            if claimed > body.len().saturating_mul(255) {
-                return Err(DecodeError("LZ4 block claims an impossible length"));
-            }
+            // LZ4 expands at most ~255x.
+            let (claimed, body) = claimed_length(stored, 255)?;
             let out = lz4_flex::decompress(body, claimed)
                 .map_err(|_| DecodeError("corrupt LZ4 block"))?;
-            // `decompress` takes the length as a capacity, not a promise.
-            if out.len() != claimed {
-                return Err(DecodeError("LZ4 block shorter than its recorded length"));
-            }
-            Ok(out)
+            exactly(out, claimed)
+        }
+        ZSTD_COMPRESSION => {
+            // A zstd block of 128 KiB can be one RLE byte and its header.
+            let (claimed, body) = claimed_length(stored, 32 * 1024)?;
+            exactly(super::zstd_codec::decompress(body, claimed)?, claimed)
         }
         NO_COMPRESSION => Ok(stored.to_vec()),
         _ => Err(DecodeError("unknown block compression type")),
+    }
+}
+
+/// Splits a compressed block into its recorded uncompressed length and its
+/// body. A length beyond `max_ratio` times the body is corruption, and
+/// checking it first keeps a bad length from allocating gigabytes.
+fn claimed_length(stored: &[u8], max_ratio: usize) -> Result<(usize, &[u8]), DecodeError> {
+    let (mut len, body) = (stored, stored.get(4..).unwrap_or_default());
+    let claimed = get_u32(&mut len)? as usize;
+    if claimed > body.len().saturating_mul(max_ratio) {
+        return Err(DecodeError("compressed block claims an impossible length"));
+    }
+    Ok((claimed, body))
+}
+
+/// `out` if it has the recorded length: decoders take the length as a
+/// capacity, not a promise.
+fn exactly(out: Vec<u8>, claimed: usize) -> Result<Vec<u8>, DecodeError> {
+    if out.len() == claimed {
+        Ok(out)
+    } else {
+        Err(DecodeError(
+            "compressed block shorter than its recorded length",
+        ))
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) mod filter;
 pub(crate) mod footer;
 pub(crate) mod properties;
 pub(crate) mod reader;
+pub(crate) mod zstd_codec;
 
 pub(crate) use builder::TableBuilder;
 pub(crate) use cache::BlockCache;

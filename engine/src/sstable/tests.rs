@@ -181,6 +181,16 @@ fn table_with(
     Arc::new(Table::open_with_cache(&path, Some(cache)).unwrap())
 }
 
+/// Every block compression this build can write.
+fn compressed_codecs() -> Vec<crate::options::Compression> {
+    use crate::options::Compression;
+    let mut codecs = vec![Compression::Lz4];
+    if cfg!(feature = "zstd") {
+        codecs.push(Compression::Zstd { level: 3 });
+    }
+    codecs
+}
+
 fn all_entries(t: &Arc<Table>, direction: Direction) -> Vec<(Vec<u8>, Vec<u8>)> {
     let full = KeyBounds {
         lower: Bound::Unbounded,
@@ -209,7 +219,8 @@ proptest::proptest! {
         use proptest::prelude::*;
         let dir = tempfile::tempdir().unwrap();
         let want: Vec<_> = entries.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (i, c) in [Compression::None, Compression::Lz4].into_iter().enumerate() {
+        let codecs = std::iter::once(Compression::None).chain(compressed_codecs());
+        for (i, c) in codecs.enumerate() {
             let t = table_with(dir.path(), &format!("{i}.sst"), c, &entries);
             prop_assert_eq!(&all_entries(&t, Direction::Forward), &want);
             let mut back = all_entries(&t, Direction::Backward);
@@ -225,7 +236,7 @@ proptest::proptest! {
 /// Repetitive values compress; the table is smaller, and the compressed
 /// blocks are served from the cache.
 #[test]
-fn lz4_tables_are_smaller_and_use_the_cache() {
+fn compressed_tables_are_smaller_and_use_the_cache() {
     use crate::options::Compression;
     let dir = tempfile::tempdir().unwrap();
     let entries: std::collections::BTreeMap<_, _> = (0..2000u32)
@@ -237,20 +248,23 @@ fn lz4_tables_are_smaller_and_use_the_cache() {
         })
         .collect();
     let plain = table_with(dir.path(), "plain.sst", Compression::None, &entries);
-    let packed = table_with(dir.path(), "lz4.sst", Compression::Lz4, &entries);
     let size = |n: &str| std::fs::metadata(dir.path().join(n)).unwrap().len();
-    assert!(
-        size("lz4.sst") * 2 < size("plain.sst"),
-        "{} vs {}",
-        size("lz4.sst"),
-        size("plain.sst")
-    );
-    assert_eq!(
-        all_entries(&plain, Direction::Forward),
-        all_entries(&packed, Direction::Forward)
-    );
-    let cache = packed.cache.as_ref().unwrap();
-    assert!(cache.bytes() > 0 && cache.bytes() <= 16 << 10);
+    for (i, codec) in compressed_codecs().into_iter().enumerate() {
+        let name = format!("{i}.sst");
+        let packed = table_with(dir.path(), &name, codec, &entries);
+        assert!(
+            size(&name) * 2 < size("plain.sst"),
+            "{codec:?}: {} vs {}",
+            size(&name),
+            size("plain.sst")
+        );
+        assert_eq!(
+            all_entries(&plain, Direction::Forward),
+            all_entries(&packed, Direction::Forward)
+        );
+        let cache = packed.cache.as_ref().unwrap();
+        assert!(cache.bytes() > 0 && cache.bytes() <= 16 << 10, "{codec:?}");
+    }
 }
 
 /// A compressed block whose bytes are damaged and whose checksum is then
@@ -258,8 +272,13 @@ fn lz4_tables_are_smaller_and_use_the_cache() {
 /// (or decode to different entries), never panic.
 #[test]
 fn corrupt_compressed_block_with_fixed_checksum_is_caught() {
-    use super::footer::{block_crc, LZ4_COMPRESSION, TRAILER_LEN};
-    use crate::options::Compression;
+    for codec in compressed_codecs() {
+        damaged_blocks_are_caught(codec);
+    }
+}
+
+fn damaged_blocks_are_caught(codec: crate::options::Compression) {
+    use super::footer::{block_crc, TRAILER_LEN};
     let dir = tempfile::tempdir().unwrap();
     let entries: std::collections::BTreeMap<_, _> = (0..300u32)
         .map(|i| {
@@ -269,13 +288,18 @@ fn corrupt_compressed_block_with_fixed_checksum_is_caught() {
             )
         })
         .collect();
-    let t = table_with(dir.path(), "good.sst", Compression::Lz4, &entries);
+    let t = table_with(dir.path(), "good.sst", codec, &entries);
     let (_, first) = t.index.first().cloned().unwrap();
     drop(t);
     let good = std::fs::read(dir.path().join("good.sst")).unwrap();
     let start = first.offset as usize;
     let end = start + first.size as usize;
-    assert_eq!(good[end], LZ4_COMPRESSION);
+    let kind = good[end];
+    assert_ne!(
+        kind,
+        super::footer::NO_COMPRESSION,
+        "{codec:?} block stored plain"
+    );
     let want: Vec<_> = entries.into_iter().collect();
     let mut caught = 0;
     for (pos, flip) in [
@@ -287,7 +311,7 @@ fn corrupt_compressed_block_with_fixed_checksum_is_caught() {
     ] {
         let mut bad = good.clone();
         bad[pos] ^= flip;
-        let crc = block_crc(&bad[start..end], LZ4_COMPRESSION).to_le_bytes();
+        let crc = block_crc(&bad[start..end], kind).to_le_bytes();
         bad[end + 1..end + TRAILER_LEN].copy_from_slice(&crc);
         let path = dir.path().join("bad.sst");
         std::fs::write(&path, &bad).unwrap();
@@ -306,14 +330,14 @@ fn corrupt_compressed_block_with_fixed_checksum_is_caught() {
         })();
         match result {
             Err(e) => {
-                assert!(e.is_corruption(), "flip at {pos}: {e}");
+                assert!(e.is_corruption(), "{codec:?} flip at {pos}: {e}");
                 caught += 1;
             }
-            Ok(got) => assert_ne!(got, want, "flip at {pos} went unnoticed"),
+            Ok(got) => assert_ne!(got, want, "{codec:?} flip at {pos} went unnoticed"),
         }
     }
     assert!(
         caught >= 3,
-        "only {caught} of 5 damaged blocks reported corrupt"
+        "{codec:?}: only {caught} of 5 damaged blocks reported corrupt"
     );
 }
