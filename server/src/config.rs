@@ -1234,7 +1234,7 @@ mod tests {
     fn the_engine_section_comes_from_the_file_under_flags() {
         let file = parse_file(
             Path::new("k.toml"),
-            "[engine]\nwal_sync = \"always\"\nmemtable_bytes = 1048576\nbloom_bits_per_key = 12\nl0_stop_trigger = 20",
+            "[engine]\nwal_sync = \"always\"\nmemtable_bytes = 1048576\nbloom_bits_per_key = 12\nl0_stop_trigger = 20\ncompression = \"zstd:5\"",
         )
         .unwrap();
         let c = resolve(
@@ -1253,6 +1253,7 @@ mod tests {
         assert_eq!(c.engine.l0_stop_trigger, 20);
         assert_eq!(c.engine.table_bytes, 8192);
         assert_eq!(c.engine.l0_compaction_trigger, 4);
+        assert_eq!(c.engine.compression.to_string(), "zstd:5");
         let options = c.engine.options();
         assert_eq!(options.write_buffer_size, 2 << 20);
         assert_eq!(options.target_table_size, 8192);
@@ -1261,6 +1262,7 @@ mod tests {
         assert_eq!(c.engine, EngineConfig::default());
         assert!(parse_file(Path::new("k.toml"), "[engine]\nmemtable = 5").is_err());
         assert!(parse_file(Path::new("k.toml"), "[engine]\nwal_sync = \"sometimes\"").is_err());
+        assert!(parse_file(Path::new("k.toml"), "[engine]\ncompression = \"snappy\"").is_err());
         let err = resolve(
             args(&["--engine-l0-slowdown-trigger", "2"]),
             Settings::default(),

@@ -12,6 +12,7 @@
 //! level1_bytes = 268435456
 //! table_bytes = 67108864
 //! bloom_bits_per_key = 10
+//! compression = "lz4"          # "none" (the default), "lz4", "zstd" or "zstd:LEVEL"
 //! ```
 //!
 //! Each unset knob is the engine's own default ([`strata_engine::Options`]).
@@ -19,8 +20,11 @@
 //! hints engine (`<data_dir>/hints/`) keeps the engine's defaults: its load
 //! is small and its writes are never a client's answer.
 
+use std::fmt;
+use std::str::FromStr;
+
 use serde::Deserialize;
-use strata_engine::Options;
+use strata_engine::{Compression, Options};
 
 use super::{invalid, ConfigError};
 
@@ -37,6 +41,49 @@ pub enum WalSync {
     /// Every write group is fsynced before its writes are acknowledged
     /// (group commit: one fsync for all the writers waiting together).
     Always,
+}
+
+/// Data block compression of every level: `none`, `lz4`, `zstd` (level 3)
+/// or `zstd:LEVEL` (1..=22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BlockCompression(pub Compression);
+
+impl FromStr for BlockCompression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let codec = match s.split_once(':') {
+            None if s == "none" => Compression::None,
+            None if s == "lz4" => Compression::Lz4,
+            None if s == "zstd" => Compression::Zstd { level: 3 },
+            Some(("zstd", level)) => Compression::Zstd {
+                level: level
+                    .parse()
+                    .map_err(|_| format!("zstd level {level:?} is not a number"))?,
+            },
+            _ => return Err(format!("{s:?}: expected none, lz4, zstd or zstd:LEVEL")),
+        };
+        Ok(BlockCompression(codec))
+    }
+}
+
+impl TryFrom<String> for BlockCompression {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for BlockCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Compression::Lz4 => f.write_str("lz4"),
+            Compression::Zstd { level } => write!(f, "zstd:{level}"),
+            _ => f.write_str("none"),
+        }
+    }
 }
 
 /// The `[engine]` settings, all optional (module doc). Merged and resolved
@@ -108,6 +155,15 @@ pub struct EngineSettings {
         env = "KVNODE_ENGINE_BLOOM_BITS_PER_KEY"
     )]
     pub bloom_bits_per_key: Option<u32>,
+    /// Data block compression of every level: `none`, `lz4`, `zstd` or
+    /// `zstd:LEVEL` (1..=22; `zstd` is level 3). Tables already written keep
+    /// theirs: each block records its own [default: none].
+    #[arg(
+        id = "engine_compression",
+        long = "engine-compression",
+        env = "KVNODE_ENGINE_COMPRESSION"
+    )]
+    pub compression: Option<BlockCompression>,
 }
 
 /// Lays `$high` over `$low` field by field; the literal names every field,
@@ -132,6 +188,7 @@ impl EngineSettings {
             level1_bytes,
             table_bytes,
             bloom_bits_per_key,
+            compression,
         )
     }
 }
@@ -166,6 +223,8 @@ pub struct EngineConfig {
     pub table_bytes: u64,
     /// Bloom filter bits per key.
     pub bloom_bits_per_key: u32,
+    /// Data block compression of every level.
+    pub compression: BlockCompression,
 }
 
 impl Default for EngineConfig {
@@ -180,6 +239,7 @@ impl Default for EngineConfig {
             level1_bytes: engine.level1_target_size,
             table_bytes: engine.target_table_size,
             bloom_bits_per_key: engine.bloom_bits_per_key,
+            compression: BlockCompression::default(),
         }
     }
 }
@@ -199,6 +259,7 @@ impl EngineConfig {
             level1_bytes: s.level1_bytes.unwrap_or(d.level1_bytes),
             table_bytes: s.table_bytes.unwrap_or(d.table_bytes),
             bloom_bits_per_key: s.bloom_bits_per_key.unwrap_or(d.bloom_bits_per_key),
+            compression: s.compression.unwrap_or(d.compression),
         };
         if !(MIN_MEMTABLE_BYTES..=MAX_MEMTABLE_BYTES).contains(&c.memtable_bytes) {
             return invalid("engine.memtable_bytes", "must be 64 KiB..=4 GiB");
@@ -222,6 +283,11 @@ impl EngineConfig {
         if !(1..=30).contains(&c.bloom_bits_per_key) {
             return invalid("engine.bloom_bits_per_key", "must be 1..=30");
         }
+        if let Compression::Zstd { level } = c.compression.0 {
+            if !(1..=22).contains(&level) {
+                return invalid("engine.compression", "a zstd level must be 1..=22");
+            }
+        }
         Ok(c)
     }
 
@@ -236,6 +302,7 @@ impl EngineConfig {
             .level1_target_size(self.level1_bytes)
             .target_table_size(self.table_bytes)
             .bloom_bits_per_key(self.bloom_bits_per_key)
+            .compression_per_level(vec![self.compression.0])
     }
 
     /// Whether each engine write is fsynced before it returns.
@@ -261,7 +328,7 @@ mod tests {
 
     #[test]
     fn every_nonsense_value_names_its_setting() {
-        let cases: [(EngineSettings, &str); 7] = [
+        let cases: [(EngineSettings, &str); 8] = [
             (
                 EngineSettings {
                     memtable_bytes: Some(1000),
@@ -314,12 +381,33 @@ mod tests {
                 },
                 "engine.bloom_bits_per_key",
             ),
+            (
+                EngineSettings {
+                    compression: Some("zstd:23".parse().unwrap()),
+                    ..Default::default()
+                },
+                "engine.compression",
+            ),
         ];
         for (settings, field) in cases {
             match EngineConfig::resolve(&settings) {
                 Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{settings:?}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn compression_spellings_round_trip_and_nonsense_is_refused() {
+        for text in ["none", "lz4", "zstd:3", "zstd:19"] {
+            assert_eq!(text.parse::<BlockCompression>().unwrap().to_string(), text);
+        }
+        assert_eq!(
+            "zstd".parse::<BlockCompression>().unwrap().0,
+            Compression::Zstd { level: 3 }
+        );
+        for bad in ["", "LZ4", "snappy", "zstd:", "zstd:x", "lz4:3"] {
+            assert!(bad.parse::<BlockCompression>().is_err(), "{bad}");
         }
     }
 
@@ -334,6 +422,7 @@ mod tests {
             level1_bytes: Some(1 << 20),
             table_bytes: Some(1 << 20),
             bloom_bits_per_key: Some(30),
+            compression: Some("zstd:1".parse().unwrap()),
         };
         let c = EngineConfig::resolve(&settings).unwrap();
         assert!(c.sync());
