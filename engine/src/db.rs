@@ -1159,6 +1159,11 @@ impl Core {
         stats.memtable_bytes = sv.mem.approximate_size() as u64;
         stats.immutable_memtables = sv.imms.len();
         stats.background_error = self.background_error().map(|e| e.to_string());
+        if let Some(cache) = self.versions.lock().block_cache() {
+            (stats.block_cache_hits, stats.block_cache_misses) = cache.hits_and_misses();
+            stats.block_cache_bytes = cache.bytes();
+            stats.block_cache_capacity = cache.capacity();
+        }
         stats
     }
 }

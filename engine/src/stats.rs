@@ -182,6 +182,14 @@ pub struct Stats {
     pub compaction_filter_changed: u64,
     /// Calls of the compaction filter that panicked (the entry was kept).
     pub compaction_filter_panics: u64,
+    /// Reads of a compressed block found decompressed in the block cache.
+    pub block_cache_hits: u64,
+    /// Reads of a compressed block that had to decompress it.
+    pub block_cache_misses: u64,
+    /// Bytes of decompressed blocks in the cache now.
+    pub block_cache_bytes: u64,
+    /// The cache's capacity in bytes (`Options::block_cache_capacity`).
+    pub block_cache_capacity: u64,
 }
 
 impl Stats {
@@ -314,6 +322,19 @@ impl fmt::Display for Stats {
         if let Some(e) = &self.background_error {
             write!(f, "; now: {e}")?;
         }
+        write!(
+            f,
+            "\nBlock cache: {} hits, {} misses ({:.2}% hits), {:.1} of {:.1} MiB",
+            self.block_cache_hits,
+            self.block_cache_misses,
+            100.0
+                * ratio(
+                    self.block_cache_hits,
+                    self.block_cache_hits + self.block_cache_misses
+                ),
+            self.block_cache_bytes as f64 / MIB,
+            self.block_cache_capacity as f64 / MIB,
+        )?;
         write!(
             f,
             "\nCompaction filter: {} removed, {} changed, {} panics",

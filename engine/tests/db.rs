@@ -54,6 +54,34 @@ fn zstd_levels_are_checked_and_need_the_feature() {
     }
 }
 
+/// Reads of compressed blocks go through the cache: the first read of a
+/// key's blocks misses, a second read of the same key only hits, and the
+/// bytes stay in bounds.
+#[test]
+fn block_cache_counts_hits_and_misses_of_compressed_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small()
+        .compression_per_level(vec![Compression::Lz4])
+        .block_cache_capacity(1 << 20);
+    let db = Db::open(dir.path(), opts).unwrap();
+    for i in 0..2000u32 {
+        db.put(format!("key{i:05}"), "compressible ".repeat(8))
+            .unwrap();
+    }
+    db.flush().unwrap();
+    let before = db.stats();
+    assert_eq!(before.block_cache_capacity, 1 << 20);
+    assert!(db.get("key00042").unwrap().is_some());
+    let first = db.stats();
+    assert!(first.block_cache_misses > before.block_cache_misses);
+    assert!(db.get("key00042").unwrap().is_some());
+    let second = db.stats();
+    assert!(second.block_cache_hits > first.block_cache_hits);
+    assert_eq!(second.block_cache_misses, first.block_cache_misses);
+    assert!(second.block_cache_bytes > 0 && second.block_cache_bytes <= 1 << 20);
+    assert!(second.to_string().contains("Block cache: "), "{second}");
+}
+
 #[test]
 fn invalid_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -785,6 +785,16 @@ impl Collector for EngineCollector {
                 stats.bloom_false_positives,
             ),
             (
+                "block_cache_hits",
+                "Reads of a compressed block served decompressed from the block cache.",
+                stats.block_cache_hits,
+            ),
+            (
+                "block_cache_misses",
+                "Reads of a compressed block that decompressed it.",
+                stats.block_cache_misses,
+            ),
+            (
                 "compaction_filter_removed",
                 "Entries the compaction filter removed: in kvnode, tombstones purged past the grace.",
                 stats.compaction_filter_removed,
@@ -824,6 +834,11 @@ impl Collector for EngineCollector {
                 "immutable_memtables",
                 "Frozen memtables waiting for a flush.",
                 stats.immutable_memtables as u64,
+            ),
+            (
+                "block_cache_bytes",
+                "Bytes of decompressed blocks in the block cache.",
+                stats.block_cache_bytes,
             ),
             (
                 "background_error",

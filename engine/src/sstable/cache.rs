@@ -62,9 +62,18 @@ impl BlockCache {
     }
 
     /// Bytes of blocks held now.
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
         self.blocks.weight()
+    }
+
+    /// Its capacity in bytes.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.blocks.capacity()
+    }
+
+    /// Lookups that found their block, and lookups that loaded it.
+    pub(crate) fn hits_and_misses(&self) -> (u64, u64) {
+        (self.blocks.hits(), self.blocks.misses())
     }
 }
 

@@ -224,6 +224,11 @@ impl ManifestState {
 }
 
 impl VersionSet {
+    /// The cache that this set's tables keep decompressed blocks in.
+    pub(crate) fn block_cache(&self) -> Option<&Arc<BlockCache>> {
+        self.block_cache.as_ref()
+    }
+
     /// Starts a fresh MANIFEST in `dir` holding one edit that describes
     /// `version` and the counters, syncs it, and only then points `CURRENT`
     /// at it. Older MANIFESTs are left for the caller to remove once the
