@@ -210,6 +210,11 @@ pub struct Settings {
     /// Data directory (default: `./kvnode-data/<node id>`).
     #[arg(long, env = "KVNODE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The only directory under which `kvnode snapshot save` (`POST
+    /// /admin/v1/snapshot`) may create a backup; without it an admin token
+    /// may have one created at any absolute path the node can write.
+    #[arg(long, env = "KVNODE_SNAPSHOT_ROOT")]
+    pub snapshot_root: Option<PathBuf>,
     /// Seed nodes, comma-separated: gossip addresses (host:port, UDP), or
     /// HTTP URLs (http://host:port) that are resolved to their node's
     /// gossip address at start.
@@ -398,6 +403,7 @@ impl Settings {
         gossip_listen,
         gossip_advertise,
         data_dir,
+        snapshot_root,
         seeds,
         join_timeout_secs,
         cluster_id,
@@ -546,6 +552,8 @@ pub struct Config {
     pub gossip_advertise: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Where snapshots may be saved, when confined.
+    pub snapshot_root: Option<PathBuf>,
     /// Seeds: gossip addresses (`host:port`), or HTTP URLs until
     /// [`join`](crate::join) resolves them.
     pub seeds: Vec<String>,
@@ -742,6 +750,12 @@ impl Config {
         let engine = EngineConfig::resolve(&s.engine)?;
         Ok(Self {
             data_dir,
+            snapshot_root: match &s.snapshot_root {
+                Some(root) if !root.is_absolute() => {
+                    return invalid("snapshot_root", "must be an absolute path")
+                }
+                root => root.clone(),
+            },
             node_id,
             listen,
             advertise,

@@ -34,7 +34,18 @@ const KEYS: usize = 600;
 async fn a_cluster_restored_from_its_snapshots_holds_every_acknowledged_key_on_each_node() {
     let _serial = SERIAL.lock().await;
     // No repair pass, so nothing but the snapshot can put a key back.
-    let mut c = Cluster::start_with(3, 3, &[("KVNODE_REPAIR_INTERVAL", "0")]).await;
+    // Saves are confined to `backups`.
+    let backups = tempfile::tempdir().unwrap();
+    let root = backups.path().to_str().unwrap();
+    let mut c = Cluster::start_with(
+        3,
+        3,
+        &[
+            ("KVNODE_REPAIR_INTERVAL", "0"),
+            ("KVNODE_SNAPSHOT_ROOT", root),
+        ],
+    )
+    .await;
     let keys: Vec<String> = (0..KEYS).map(|i| format!("backup-{i:05}")).collect();
     // At ALL: each write is acknowledged by every node's own engine, so
     // every node's snapshot must hold every key.
@@ -43,7 +54,17 @@ async fn a_cluster_restored_from_its_snapshots_holds_every_acknowledged_key_on_e
             .await;
     }
 
-    let backups = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, out) = kvnode(&[
+        "snapshot",
+        "save",
+        elsewhere.path().join("snap").to_str().unwrap(),
+        "--node",
+        &c.nodes[0].http.to_string(),
+    ])
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not inside --snapshot-root"), "{out}");
     for i in 0..3 {
         let dir = backups.path().join(format!("snap-{}", c.nodes[i].id));
         let (code, out) = kvnode(&[

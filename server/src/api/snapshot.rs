@@ -6,15 +6,17 @@
 //! (a checkpoint is quick, but checksumming every table of a large engine
 //! outlasts a request's deadline); `GET /v1/node` shows the save under
 //! `"snapshot"`, and `kvnode snapshot save` follows it there. 400 for a
-//! body without an absolute `dir`, 409 while another save runs or when the
-//! node is not AVAILABLE (a joining node's engine is not yet its ranges).
+//! body without an absolute `dir`, 403 for one outside `--snapshot-root`
+//! when that is set (checked on the real path of `dir`'s parent, so `..`
+//! and symbolic links do not lead out), 409 while another save runs or when
+//! the node is not AVAILABLE (a joining node's engine is not yet its ranges).
 //! While it runs, `bytes_checked` of `bytes_total` say how far the
 //! checksums are.
 //!
 //! Hard links make the engine's part of a snapshot nearly free when `dir`
 //! is on the data dir's file system; elsewhere the tables are copied.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -119,6 +121,34 @@ impl Snapshots {
     }
 }
 
+/// Refuses an absolute `dir` that would not be created inside `root`.
+fn within_root(dir: &Path, root: &Path) -> Result<(), ApiError> {
+    let outside = |why: String| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "snapshot_outside_root",
+            format!(
+                "{} is not inside --snapshot-root {}: {why}",
+                dir.display(),
+                root.display()
+            ),
+        )
+    };
+    if dir.components().any(|c| c == Component::ParentDir) {
+        return Err(outside("it goes up with `..`".into()));
+    }
+    let (Some(parent), Some(_)) = (dir.parent(), dir.file_name()) else {
+        return Err(outside("it names no new directory".into()));
+    };
+    let real =
+        |p: &Path| std::fs::canonicalize(p).map_err(|e| outside(format!("{}: {e}", p.display())));
+    if real(parent)?.starts_with(real(root)?) {
+        Ok(())
+    } else {
+        Err(outside("its parent lies elsewhere".into()))
+    }
+}
+
 /// `POST /admin/v1/snapshot` (module doc).
 pub(crate) async fn save(State(state): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let body = read_body(body, BodyLimit::Body(MAX_SNAPSHOT_REQUEST)).await?;
@@ -134,6 +164,9 @@ pub(crate) async fn save(State(state): State<AppState>, body: Body) -> Result<Re
             "bad_snapshot",
             format!("{} is not an absolute path", dir.display()),
         ));
+    }
+    if let Some(root) = &state.config.snapshot_root {
+        within_root(&dir, root)?;
     }
     let node_state = state.membership.state();
     if node_state != NodeState::Available {
@@ -213,4 +246,37 @@ pub(crate) async fn save(State(state): State<AppState>, body: Body) -> Result<Re
         Json(serde_json::json!({ "status": "saving", "dir": dir.display().to_string() })),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_new_directories_under_the_root_pass() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let inside = root.path().join("deeper");
+        std::fs::create_dir(&inside).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("link")).unwrap();
+        assert!(within_root(&root.path().join("snap"), root.path()).is_ok());
+        assert!(within_root(&inside.join("snap"), root.path()).is_ok());
+        for bad in [
+            elsewhere.path().join("snap"),
+            root.path().join("..").join("snap"),
+            root.path().join("link").join("snap"),
+            root.path().join("missing").join("snap"),
+            PathBuf::from("/"),
+        ] {
+            let e = within_root(&bad, root.path()).unwrap_err();
+            assert_eq!(
+                e.status_and_message().0,
+                StatusCode::FORBIDDEN,
+                "{}",
+                bad.display()
+            );
+        }
+    }
 }

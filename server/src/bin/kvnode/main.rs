@@ -14,6 +14,7 @@ mod cert;
 mod demo;
 mod snapshot;
 mod status;
+mod telemetry;
 mod token;
 
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use demo::DemoArgs;
 use status::{VersionArgs, ViewArgs};
 use strata_server::config::{Config, Settings};
+use telemetry::LogFormat;
 
 /// A ring-routed, replicated HTTP key-value node.
 #[derive(Parser)]
@@ -38,18 +40,11 @@ struct Cli {
     /// [default: text].
     #[arg(long, env = "KVNODE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
-}
-
-/// How log lines are written (`--log-format`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// tracing's human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object a line: `timestamp`, `level`, `fields` (the
-    /// message and the event's fields), `target`, `span` (the innermost
-    /// span, e.g. `{"name": "request", "id": ".."}`) and `spans`.
-    Json,
+    /// Export every span to this OpenTelemetry collector's OTLP/HTTP traces
+    /// URL, e.g. `http://127.0.0.1:4318/v1/traces` (needs kvnode built
+    /// with `--features otel`).
+    #[arg(long, env = "KVNODE_OTEL_ENDPOINT", value_name = "URL")]
+    otel_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -122,17 +117,10 @@ fn run() -> anyhow::Result<ExitCode> {
             }));
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KVNODE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match cli.log_format.unwrap_or_default() {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .init(),
-    }
+    let _telemetry = telemetry::init(
+        cli.log_format.unwrap_or_default(),
+        cli.otel_endpoint.as_deref(),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kvnode")
