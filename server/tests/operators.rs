@@ -202,6 +202,14 @@ async fn engine_settings_reach_the_engine_and_nonsense_is_refused() {
     let (code, out) = kvnode(&["--engine-wal-sync", "sometimes"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("always"), "{out}");
+    let (code, out) = kvnode(&["--engine-compression", "zstd:30"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("engine.compression"), "{out}");
+    if !cfg!(feature = "otel") {
+        let (code, out) = kvnode(&["--otel-endpoint", "http://127.0.0.1:9/v1/traces"]).await;
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("--features otel"), "{out}");
+    }
 
     let c = Cluster::start_with(
         1,
@@ -209,6 +217,7 @@ async fn engine_settings_reach_the_engine_and_nonsense_is_refused() {
         &[
             ("KVNODE_ENGINE_MEMTABLE_BYTES", "65536"),
             ("KVNODE_ENGINE_WAL_SYNC", "always"),
+            ("KVNODE_ENGINE_COMPRESSION", "zstd"),
         ],
     )
     .await;
@@ -220,6 +229,15 @@ async fn engine_settings_reach_the_engine_and_nonsense_is_refused() {
     let info = c.node_info(0).await.unwrap();
     let flushes = info["engine"]["flushes"].as_u64().unwrap();
     assert!(flushes >= 2, "400 KiB through a 64 KiB memtable: {info}");
+    // Only compressed blocks pass through the block cache: reads of flushed
+    // keys going through it show the tables are compressed.
+    for i in 0..20 {
+        let r = c.get(0, &format!("k{i}"), "one").await;
+        assert_eq!(r.status(), 200);
+    }
+    let info = c.node_info(0).await.unwrap();
+    let cached = info["engine"]["block_cache_misses"].as_u64().unwrap();
+    assert!(cached > 0, "reads of zstd tables decompress: {info}");
 }
 
 /// `--log-format json`: every line the node logs is one JSON object, and a

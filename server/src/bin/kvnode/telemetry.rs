@@ -44,8 +44,7 @@ impl Drop for Telemetry {
 /// Installs the global subscriber; `otel_endpoint` is the collector's OTLP/HTTP
 /// traces URL (e.g. `http://127.0.0.1:4318/v1/traces`), used as given.
 pub(crate) fn init(format: LogFormat, otel_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-    let filter =
-        EnvFilter::try_from_env("KVNODE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("KVNODE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
