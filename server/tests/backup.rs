@@ -14,18 +14,7 @@ use common::{Cluster, SECRET, SERIAL};
 
 /// Runs `kvnode ARGS` with the cluster secret; its exit code and output.
 async fn kvnode(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
-        .args(args)
-        .env("KVNODE_CLUSTER_SECRET", SECRET)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    common::kvnode_with(&[("KVNODE_CLUSTER_SECRET", SECRET)], args).await
 }
 
 const KEYS: usize = 600;

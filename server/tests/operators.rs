@@ -9,23 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Cluster, SERIAL};
+use common::{kvnode, Cluster, SERIAL};
 use strata_server::api::report::ClusterReport;
-
-/// Runs `kvnode ARGS`; its exit code and stdout (stderr appended).
-async fn kvnode(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
 
 /// The `kvnode status` line of member `id`.
 fn line_of<'a>(table: &'a str, id: &str) -> &'a str {

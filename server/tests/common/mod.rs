@@ -339,19 +339,10 @@ impl Cluster {
 
     /// Runs `kvnode repair` against node `i` to the end; its output.
     pub async fn kvnode_repair(&self, i: usize) -> String {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
-            .args(["repair", "--node", &self.nodes[i].http.to_string()])
-            .args(["--timeout-secs", "300"])
-            .env("KVNODE_CLUSTER_SECRET", SECRET)
-            .output()
-            .await
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "kvnode repair failed: {text}");
+        let node = self.nodes[i].http.to_string();
+        let args = ["repair", "--node", &node, "--timeout-secs", "300"];
+        let (code, text) = kvnode_with(&[("KVNODE_CLUSTER_SECRET", SECRET)], &args).await;
+        assert_eq!(code, 0, "kvnode repair failed: {text}");
         assert!(text.contains("repair done"), "{text}");
         text
     }
@@ -752,4 +743,26 @@ pub async fn assert_json_error(response: reqwest::Response, status: u16, kind: &
         body["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{body}"
     );
+}
+
+/// Runs the `kvnode` command line with `args` and nothing but the test's own
+/// environment; its exit code and stdout with stderr appended.
+pub async fn kvnode(args: &[&str]) -> (i32, String) {
+    kvnode_with(&[], args).await
+}
+
+/// [`kvnode`] with extra environment variables (the cluster secret, say).
+pub async fn kvnode_with(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
 }
