@@ -10,7 +10,7 @@ with a message at the first that does not hold:
    typed (kept in the tab's sessionStorage) it shows 3 members UN;
 2. n3 killed (SIGKILL) turns DN on the page within DOWN_WITHIN_S seconds;
 3. a key put through the page's key browser reads back with curl from n2,
-   and the page's Get shows it.
+   and the page's Get shows it; a value that is not UTF-8 shows as hex.
 
 Prints the time each step took and writes screenshots to --screenshots.
 Everything it starts is stopped on exit, also on failure.
@@ -211,6 +211,14 @@ def main():
              lambda d: text_of(d, "#kv-result")[1] == "200" and VALUE in text_of(d, "#kv-result")[0])
         if args.screenshots:
             driver.save_screenshot(os.path.join(args.screenshots, "console-node-down.png"))
+        # A value that is not UTF-8 is shown as hex, not as replacement characters.
+        cluster.request(1, "PUT", "/v1/kv/console-binary", b"\xff\x00\x01")
+        key = driver.find_element(By.ID, "kv-key")
+        key.clear()
+        key.send_keys("console-binary")
+        driver.find_element(By.ID, "kv-get").click()
+        wait(driver, 10, "the page did not show a binary value as hex",
+             lambda d: "not UTF-8" in text_of(d, "#kv-result")[0] and "ff 00 01" in text_of(d, "#kv-result")[0])
         print("console test passed")
     except AssertionError as e:
         print(f"console test FAILED: {e}", file=sys.stderr)

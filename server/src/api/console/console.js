@@ -7,6 +7,10 @@
 
 const TOKEN_KEY = "kvnode.token";
 const REFRESH_MS = 2000;
+/** A call unanswered this long fails, so a hung node shows as unreachable. */
+const CALL_TIMEOUT_MS = 10000;
+/** Most bytes of a value that is not UTF-8 shown, in hex. */
+const HEX_SHOWN = 256;
 /** Operations always shown, in this order; others once they have requests. */
 const CLIENT_OPS = ["get", "put", "delete"];
 
@@ -21,7 +25,7 @@ function call(method, path, body) {
   const headers = {};
   const t = token();
   if (t) headers.Authorization = "Bearer " + t;
-  return fetch(path, { method, headers, body, cache: "no-store" });
+  return fetch(path, { method, headers, body, cache: "no-store", signal: AbortSignal.timeout(CALL_TIMEOUT_MS) });
 }
 
 /** The node's JSON error ({"error", "message"}) as an Error with a status. */
@@ -331,6 +335,16 @@ function result(text, ok, status) {
   out.dataset.status = String(status);
 }
 
+/** A value as text if it is UTF-8, else the hex of its first bytes. */
+function shown(value) {
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(value);
+  } catch (_) {
+    const hex = Array.from(value.subarray(0, HEX_SHOWN), (b) => b.toString(16).padStart(2, "0")).join(" ");
+    return `(not UTF-8; hex${value.length > HEX_SHOWN ? `, first ${HEX_SHOWN} bytes` : ""})\n${hex}`;
+  }
+}
+
 async function keyCall(method) {
   let path;
   try {
@@ -349,7 +363,7 @@ async function keyCall(method) {
     }
     if (method === "GET") {
       const value = new Uint8Array(await response.arrayBuffer());
-      result(`${value.length} bytes, version ${version}\n${new TextDecoder().decode(value)}`, true, response.status);
+      result(`${value.length} bytes, version ${version}\n${shown(value)}`, true, response.status);
     } else if (method === "PUT") {
       result(`stored, version ${version}`, true, response.status);
     } else {
