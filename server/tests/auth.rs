@@ -44,6 +44,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("GET", "/ready", Open),
         ("GET", "/ping", Open),
         ("GET", "/ui", Open),
+        ("GET", "/ui/", Open),
         ("GET", "/ui/console.css", Open),
         ("GET", "/ui/console.js", Open),
         ("GET", "/v1/gossip", Admin),

@@ -66,6 +66,8 @@ async fn the_console_and_its_files_are_served_with_their_content_types() {
 
     let page = get("/ui".to_owned()).await;
     assert!(page.starts_with("<!doctype html>"), "{page}");
+    // `/ui/` as people type it leads to the page.
+    assert_eq!(get("/ui/".to_owned()).await, page);
     let mut assets: Vec<&str> = attributes(&page, "src");
     assets.extend(attributes(&page, "href"));
     assert!(assets.len() >= 2, "the page references {assets:?}");

@@ -1,6 +1,6 @@
-//! The web console: one page at `/ui` and the two files it loads, embedded
-//! in the binary (no CDN, no build step), so that a node is all an
-//! operator needs to look at the cluster in a browser.
+//! The web console: one page at `/ui` (`/ui/` redirects there) and the two
+//! files it loads, embedded in the binary (no CDN, no build step), so that
+//! a node is all an operator needs to look at the cluster in a browser.
 //!
 //! The page is static and carries no data, so its routes are open (see
 //! [`access`](super::access)); everything it shows it fetches with the
@@ -25,13 +25,16 @@
 //! own console rather than a browser's stale copy.
 
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, MethodRouter};
 
 use super::AppState;
 
 /// Path of the page.
 pub const UI_PATH: &str = "/ui";
+
+/// The page's path as people also type it; redirected to [`UI_PATH`].
+const UI_SLASH_PATH: &str = "/ui/";
 
 /// What the page may load and call: its own origin only, no inline script.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
@@ -63,28 +66,36 @@ static ASSETS: [Asset; 3] = [
     },
 ];
 
-/// Each asset's path and its handler, for the route table.
+/// Each asset's path and its handler, and the redirect of `/ui/`, for the
+/// route table.
 pub(crate) fn routes() -> impl Iterator<Item = (&'static str, MethodRouter<AppState>)> {
-    ASSETS.iter().map(|asset| {
-        let handler = move || async move {
-            (
-                [
-                    (header::CONTENT_TYPE, asset.content_type),
-                    (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
-                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-                    (header::CACHE_CONTROL, "no-cache"),
-                ],
-                asset.body,
-            )
-                .into_response()
-        };
-        (asset.path, get(handler))
-    })
+    let redirect = (
+        UI_SLASH_PATH,
+        get(|| async { Redirect::permanent(UI_PATH) }),
+    );
+    ASSETS
+        .iter()
+        .map(|asset| {
+            let handler = move || async move {
+                (
+                    [
+                        (header::CONTENT_TYPE, asset.content_type),
+                        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+                        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    asset.body,
+                )
+                    .into_response()
+            };
+            (asset.path, get(handler))
+        })
+        .chain(std::iter::once(redirect))
 }
 
-/// Whether `path` is one of the console's files.
+/// Whether `path` is one of the console's routes.
 pub(crate) fn is_console_path(path: &str) -> bool {
-    ASSETS.iter().any(|a| a.path == path)
+    path == UI_SLASH_PATH || ASSETS.iter().any(|a| a.path == path)
 }
 
 #[cfg(test)]
