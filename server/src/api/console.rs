@@ -37,8 +37,8 @@ pub const UI_PATH: &str = "/ui";
 const UI_SLASH_PATH: &str = "/ui/";
 
 /// What the page may load and call: its own origin only, no inline script.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
-     frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// One embedded file of the console.
 struct Asset {
