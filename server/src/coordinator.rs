@@ -507,10 +507,10 @@ impl ReadCalls<'_> {
     /// Asks `member`.
     fn start(&mut self, member: Arc<MemberInfo>, ask: Ask) {
         let (this, key) = (self.coordinator.clone(), self.key.clone());
-        self.calls.spawn(async move {
+        self.calls.spawn(crate::peer::trace::carried(async move {
             let answer = this.ask(&member, key, ask).await;
             (member, ask, answer)
-        });
+        }));
     }
 
     /// Asks the next untried replica, if any, in place of one that failed.

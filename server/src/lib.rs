@@ -32,7 +32,7 @@
 //! ```text
 //! bin/kvnode/   main, demo, admin: the binary and its subcommands
 //! node          a node's life: open the data dir, start, serve, stop; owns the tasks
-//! api/          the HTTP adapter: kv, compat, files, cluster (admin), internal, stream, repair, snapshot, budget
+//! api/          the HTTP adapter: kv, compat, files, cluster (admin), internal, stream, repair, snapshot, console (/ui), budget
 //! coordinator/  replication and consistency; its bounded background set; in-process tests
 //! repair/       anti-entropy: digest trees, the walk, the row step, the scheduler
 //! hints/        hinted handoff: the store and its replay

@@ -5,10 +5,11 @@
 //! a hand-rolled registry: it gets the text format, label escaping and
 //! histogram buckets right, and costs one small dependency.
 //!
-//! Engine statistics (`strata_engine::Db::stats()`) and the incoming ranges
-//! by state are read fresh at each scrape by two collectors in the registry
-//! (`strata_engine_*`, `kvnode_stream_ranges`), rather than copied into
-//! counters that could drift from their sources.
+//! Engine statistics (`strata_engine::Db::stats()`), the incoming ranges
+//! by state and the engine's bytes on disk are read fresh at each scrape by
+//! collectors in the registry (`strata_engine_*`, `kvnode_stream_ranges`,
+//! `kvnode_disk_bytes`), rather than copied into counters that could drift
+//! from their sources.
 
 use std::fmt;
 use std::time::Duration;
@@ -46,7 +47,8 @@ pub(crate) enum Op {
     internal_stream,
     /// A digest or repair-rows call from a repairing replica.
     internal_repair,
-    /// Cluster, node, health, readiness and metrics routes.
+    /// Cluster, node, health, readiness and metrics routes, and the web
+    /// console's files.
     admin,
     /// No route matched.
     unmatched,
@@ -650,17 +652,32 @@ impl Metrics {
     }
 
     /// Adds the families read at each scrape: the engine's statistics from
-    /// `engine` and the incoming ranges by state from `stream_ranges`.
+    /// `engine`, the incoming ranges by state from `stream_ranges` and the
+    /// engine's bytes on disk by kind from `disk`.
     pub(crate) fn with_sources(
         mut self,
         engine: impl Fn() -> Stats + Send + Sync + 'static,
         stream_ranges: impl Fn() -> RangeCounts + Send + Sync + 'static,
+        disk: impl Fn() -> DiskBytes + Send + Sync + 'static,
     ) -> Self {
-        self.registry
-            .sub_registry_with_prefix("kvnode")
-            .register_collector(Box::new(StreamRangesCollector(Source(Box::new(
-                stream_ranges,
-            )))));
+        let kvnode = self.registry.sub_registry_with_prefix("kvnode");
+        kvnode.register_collector(Box::new(LabelledGauges {
+            name: "stream_ranges",
+            help: "Ranges of this node's current bootstrap or take-over, by state",
+            label: "state",
+            read: Source(Box::new(move || {
+                stream_ranges()
+                    .iter()
+                    .map(|&(state, n)| (state, n as u64))
+                    .collect()
+            })),
+        }));
+        kvnode.register_collector(Box::new(LabelledGauges {
+            name: "disk_bytes",
+            help: "Bytes the engine holds on disk, by kind: live tables and write-ahead logs",
+            label: "kind",
+            read: Source(Box::new(move || disk().to_vec())),
+        }));
         self.registry
             .sub_registry_with_prefix("strata_engine")
             .register_collector(Box::new(EngineCollector(Source(Box::new(engine)))));
@@ -678,6 +695,10 @@ impl Metrics {
 /// Incoming ranges by state name, as `stream::Progress::counts` reports them.
 pub(crate) type RangeCounts = [(&'static str, usize); 4];
 
+/// The engine's bytes on disk by kind (`tables`, `wal`), as
+/// `storage::DiskUsage` has them.
+pub(crate) type DiskBytes = [(&'static str, u64); 2];
+
 /// What a collector reads at each scrape. A closure rather than the node's
 /// types, so that metrics stays below the modules it measures.
 struct Source<T>(Box<dyn Fn() -> T + Send + Sync>);
@@ -688,21 +709,22 @@ impl<T> fmt::Debug for Source<T> {
     }
 }
 
-/// `kvnode_stream_ranges`: the ranges of this node's current bootstrap or
-/// take-over, by state.
+/// A gauge family read fresh at each scrape, one sample per value of its
+/// one label.
 #[derive(Debug)]
-struct StreamRangesCollector(Source<RangeCounts>);
+struct LabelledGauges {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    read: Source<Vec<(&'static str, u64)>>,
+}
 
-impl Collector for StreamRangesCollector {
+impl Collector for LabelledGauges {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let mut family = encoder.encode_descriptor(
-            "stream_ranges",
-            "Ranges of this node's current bootstrap or take-over, by state",
-            None,
-            ConstGauge::<u64>::TYPE,
-        )?;
-        for (state, ranges) in (self.0 .0)() {
-            ConstGauge::new(ranges as u64).encode(family.encode_family(&[("state", state)])?)?;
+        let mut family =
+            encoder.encode_descriptor(self.name, self.help, None, ConstGauge::<u64>::TYPE)?;
+        for (value, n) in (self.read.0)() {
+            ConstGauge::new(n).encode(family.encode_family(&[(self.label, value)])?)?;
         }
         Ok(())
     }
@@ -909,6 +931,7 @@ mod tests {
         let m = m.with_sources(
             move || stats.clone(),
             || [("pending", 1), ("streaming", 0), ("done", 2), ("failed", 0)],
+            || [("tables", 4096), ("wal", 512)],
         );
         let text = m.encode().unwrap();
         for needle in [
@@ -922,6 +945,7 @@ mod tests {
             "kvnode_replica_calls_total{op=\"digest\",target=\"remote\",outcome=\"ok\"} 1",
             "kvnode_stream_received_bytes_total 100",
             "kvnode_stream_ranges{state=\"done\"} 2",
+            "kvnode_disk_bytes{kind=\"wal\"} 512",
             "kvnode_hlc_remote_ahead_total 1",
             "kvnode_gossip_datagrams_total{direction=\"received\",outcome=\"clock_offset\"} 1",
             "kvnode_hints_stored_total 1",

@@ -260,6 +260,13 @@ impl Node {
                     let progress = progress.clone();
                     move || progress.counts()
                 },
+                {
+                    let storage = storage.clone();
+                    move || {
+                        let disk = storage.disk_usage();
+                        [("tables", disk.tables), ("wal", disk.wal)]
+                    }
+                },
             ),
         );
         let hints_dir = config.data_dir.join("hints");

@@ -1,7 +1,8 @@
 //! Operator tools against real clusters: `kvnode status`, `ring`, `info`
 //! and `completions` run as an operator runs them (the binary, its output,
-//! its exit code), and `/ready` on a restarted node, which must not say
-//! ready before the node can take a QUORUM write.
+//! its exit code), `/ready` on a restarted node, which must not say
+//! ready before the node can take a QUORUM write, and request ids in the
+//! JSON logs of the coordinator and of the replicas.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -272,4 +273,62 @@ async fn json_log_lines_parse_and_carry_the_request_id() {
         .unwrap_or_else(|| panic!("no compaction line in {log}"));
     assert_eq!(compaction["span"]["name"], "request", "{compaction}");
     assert_eq!(compaction["span"]["id"], "ops-test-4242", "{compaction}");
+}
+
+/// The JSON log lines of `log` whose `request` span carries `id`.
+fn lines_with_id(log: &str, id: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["span"]["id"] == id
+                || l["spans"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["id"] == id))
+        })
+        .collect()
+}
+
+/// A client's request id reaches the replicas (over the HTTP transport):
+/// the write's `answered` line on the coordinator and the replica write's
+/// on the other node carry the one id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_logged_by_the_coordinator_and_the_replica() {
+    let c = Cluster::start_with(
+        2,
+        2,
+        &[
+            ("KVNODE_LOG_FORMAT", "json"),
+            ("KVNODE_PEER_TRANSPORT", "http"),
+            ("KVNODE_LOG", "info,strata_server::api::request_id=debug"),
+        ],
+    )
+    .await;
+    let id = "carried-to-replicas-7";
+    let r = c
+        .client
+        .put(c.nodes[0].url("/v1/kv/traced?consistency=all"))
+        .header("x-request-id", id)
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-request-id"], id);
+
+    let coordinator = lines_with_id(&c.nodes[0].log_text(), id);
+    assert!(
+        coordinator
+            .iter()
+            .any(|l| l["fields"]["message"] == "answered" && l["fields"]["status"] == 204),
+        "{coordinator:?}"
+    );
+    // ALL waited for the replica's answer, which it logs before sending.
+    let replica = lines_with_id(&c.nodes[1].log_text(), id);
+    assert!(
+        replica
+            .iter()
+            .any(|l| l["fields"]["message"] == "answered" && l["fields"]["status"] == 204),
+        "the replica logged no line with the id: {}",
+        c.nodes[1].log_text()
+    );
 }

@@ -12,7 +12,7 @@
 //!
 //! | access     | routes                                                   | no tokens file | with a tokens file       |
 //! |------------|----------------------------------------------------------|----------------|--------------------------|
-//! | `Open`     | `/health`, `/ready`, `/ping`                             | open           | open                     |
+//! | `Open`     | `/health`, `/ready`, `/ping`, `/ui` and its files        | open           | open                     |
 //! | `Read`     | `GET` of keys (`/v1/data?key=` too), `/metrics`          | open           | `read` token or above    |
 //! | `Write`    | `PUT`/`DELETE` of keys, `POST /v1/data`                  | open           | `write` token or above   |
 //! | `Admin`    | `/v1/node`, `/v1/cluster`, `/v1/gossip`, `/v1/metadata/*` | open          | `admin` token            |
@@ -21,8 +21,11 @@
 //!
 //! `/ready` stays open because load balancers and orchestrators probe it
 //! without credentials and it says only whether the node serves; `/ping`
-//! says less still. `/v1/gossip` and `/v1/metadata/*` name the nodes and
-//! their addresses, as `/v1/cluster` does, and take what it takes.
+//! says less still. `/ui` ([`console`](super::console)) is a static page
+//! that holds no data: what it shows it fetches from the other routes with
+//! the token the user types, so opening it needs none. `/v1/gossip` and
+//! `/v1/metadata/*` name the nodes and their addresses, as `/v1/cluster`
+//! does, and take what it takes.
 //! `/metrics` needs a `read` token: request counts and engine sizes are
 //! not for anyone on the network, and Prometheus sends a bearer token
 //! (`authorization` in a scrape config).

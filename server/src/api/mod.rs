@@ -8,7 +8,8 @@
 //! [`report`] types the cluster and ring documents), `files` (files of
 //! any size, chunked),
 //! [`internal`] (node-to-node) and `repair` (anti-entropy, internal and
-//! admin), `snapshot` (the operator's backups); `budget` is the byte budget of bodies in flight; [`access`] says
+//! admin), `snapshot` (the operator's backups), [`console`] (the web
+//! console at `/ui`); `budget` is the byte budget of bodies in flight; [`access`] says
 //! who may call what.
 //!
 //! Every route is one row of [`route_table`], with the [`Access`] it
@@ -25,6 +26,7 @@ pub mod access;
 pub(crate) mod budget;
 pub(crate) mod cluster;
 pub(crate) mod compat;
+pub mod console;
 pub(crate) mod files;
 pub mod internal;
 pub(crate) mod kv;
@@ -151,7 +153,9 @@ impl Route {
 fn routes() -> Vec<Route> {
     use Access::{Admin, Node, Open, Operator, Read, Write};
     let removenode = format!("{}/{{id}}", cluster::REMOVENODE_PATH);
-    vec![
+    let console =
+        console::routes().map(|(path, handler)| Route::new(Open, path, Method::GET, handler));
+    let mut routes = vec![
         Route::new(Read, "/v1/kv/{*key}", Method::GET, get(kv::get_value)),
         Route::new(Write, "/v1/kv/{*key}", Method::PUT, put(kv::put_value)),
         Route::new(
@@ -258,7 +262,9 @@ fn routes() -> Vec<Route> {
             Method::POST,
             post(repair::repair_rows),
         ),
-    ]
+    ];
+    routes.extend(console);
+    routes
 }
 
 /// Every route the node serves: method, path pattern (`{name}` is one
@@ -507,6 +513,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
             .is_some_and(|id| id.starts_with('/'))
         || path == repair::REPAIR_PATH
         || path == snapshot::SNAPSHOT_PATH
+        || console::is_console_path(path)
     {
         Op::admin
     } else {

@@ -9,8 +9,15 @@
 //! number, rather than echoed: a client must not write arbitrary bytes
 //! into the logs or the answer's headers.
 //!
-//! Node-to-node routes (`/internal/*`) get none: they are not client
-//! requests, and carrying a client's id to the replicas is future work.
+//! The id goes with the replica calls the request causes
+//! ([`peer::trace`](crate::peer::trace)): an internal call (`/internal/*`)
+//! that carries a sane one runs in a `request` span with it, so the lines it
+//! logs on the replica carry the client's id too; one that carries none gets
+//! no span and no fresh id (it is not a client request). With
+//! `KVNODE_LOG=...,strata_server::api::request_id=debug` every request logs
+//! one `answered` line with its status in its span, so one id finds a
+//! write on its coordinator and on each replica (over the HTTP transport:
+//! the multiplexed one does not carry the id yet).
 //!
 //! Cost, measured on a 1-node GET at ONE (the cheapest request, release
 //! build, `wrk -c64`, a shared 2-core machine): the node's CPU per request
@@ -21,12 +28,12 @@
 use std::future::Future;
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::HeaderValue;
 use axum::response::Response;
 use tracing::Instrument;
 
-/// The header that carries the id both ways.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::peer::trace;
+pub use crate::peer::trace::REQUEST_ID;
 
 /// Longest id taken from a client.
 const MAX_LEN: usize = 128;
@@ -65,21 +72,42 @@ fn is_sane(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Runs `serve` on `req` within the request's span and puts its id on the
-/// answer (node-to-node routes: neither). Called by the router's one
-/// middleware, `edge`, rather than as a layer of its own.
+/// Runs `serve` on `req` within the request's span, as the current
+/// request of its task ([`trace`]), and puts its id on the answer; an
+/// internal call only gets the span of the id it carries. Called by the
+/// router's one middleware, `edge`, rather than as a layer of its own.
 pub(crate) async fn within<F, Fut>(req: Request, serve: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
     if req.uri().path().starts_with("/internal/") {
-        return serve(req).await;
+        let carried = req
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|id| is_sane(id.as_bytes()))
+            .map(|id| RequestId(id.clone()));
+        return match carried {
+            Some(id) => answered(serve(req)).instrument(span(&id)).await,
+            None => serve(req).await,
+        };
     }
     let id = RequestId::of(&req);
-    let span = tracing::info_span!("request", id = id.as_str());
-    let mut response = serve(req).instrument(span).await;
+    let mut response = trace::scope(id.0.clone(), answered(serve(req)))
+        .instrument(span(&id))
+        .await;
     response.headers_mut().insert(REQUEST_ID.clone(), id.0);
+    response
+}
+
+fn span(id: &RequestId) -> tracing::Span {
+    tracing::info_span!("request", id = id.as_str())
+}
+
+/// `response`, with a debug line of its status in the request's span.
+async fn answered(response: impl Future<Output = Response>) -> Response {
+    let response = response.await;
+    tracing::debug!(status = response.status().as_u16(), "answered");
     response
 }
 

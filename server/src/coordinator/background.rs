@@ -84,10 +84,12 @@ impl Background {
         self.permits.clone().try_acquire_owned().ok()
     }
 
-    /// Runs `call` in the set; `permit` is released when it ends, panics
-    /// included.
+    /// Runs `call` in the set, with the id of the request it serves
+    /// ([`trace`](crate::peer::trace)); `permit` is released when it ends,
+    /// panics included.
     pub(crate) fn spawn(&self, permit: Permit, call: impl Future<Output = ()> + Send + 'static) {
         let cancel = self.cancel.clone();
+        let call = crate::peer::trace::carried(call);
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {

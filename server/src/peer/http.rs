@@ -61,9 +61,15 @@ impl HttpPeer {
         self
     }
 
-    /// Signs and sends `request`.
+    /// Signs and sends `request`, with the id of the client request it
+    /// serves, if any ([`trace`](super::trace)).
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, PeerError> {
         let mut request = request.build().map_err(failure)?;
+        if let Some(id) = super::trace::current() {
+            request
+                .headers_mut()
+                .insert(super::trace::REQUEST_ID.clone(), id);
+        }
         self.signer
             .sign(&mut request)
             .map_err(|e| PeerError::Unreachable(e.to_string()))?;

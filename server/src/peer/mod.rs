@@ -5,6 +5,7 @@
 //! - [`wire`]: the apply, read and read-digest bodies, the internal paths.
 //! - [`frames`]: the checksummed frames a streamed range travels in.
 //! - [`repair`]: the bodies of the anti-entropy calls.
+//! - [`trace`]: the client request id a call carries to its replica.
 //! - `sim` (tests only): a simulated network of in-process nodes with
 //!   scripted faults.
 
@@ -14,6 +15,7 @@ pub mod mux;
 pub mod repair;
 #[cfg(test)]
 pub(crate) mod sim;
+pub mod trace;
 pub mod wire;
 
 use std::net::SocketAddr;
