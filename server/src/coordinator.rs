@@ -354,6 +354,33 @@ impl Coordinator {
         Ok(newest)
     }
 
+    /// Every available replica's own record of `key`, each read in full
+    /// (`None` where a replica holds nothing or does not answer), in no
+    /// particular order. For values whose right copy is known by their
+    /// content (file chunks named by their hash), where newest-wins cannot
+    /// tell a rotten copy from a good one.
+    pub(crate) async fn read_each(&self, key: Bytes) -> Vec<Option<Record>> {
+        let view = self.inner.routing.view();
+        let mut calls = JoinSet::new();
+        for member in view.replicas(&key, self.inner.rf) {
+            if !(member.readable() && member.state == NodeState::Available) {
+                continue;
+            }
+            let (this, member, key) = (self.clone(), Arc::clone(member), key.clone());
+            calls.spawn(crate::peer::trace::carried(async move {
+                match this.ask(&member, key, Ask::Record).await {
+                    Some(Answer::Record(record)) => record,
+                    _ => None,
+                }
+            }));
+        }
+        let mut records = Vec::with_capacity(calls.len());
+        while let Some(done) = calls.join_next().await {
+            records.push(done.unwrap_or_default());
+        }
+        records
+    }
+
     /// Sends `newest` to every answering replica that holds something
     /// else (older, by the digest path's rules), in the background; skipped
     /// (and counted) for a replica when the background set is full.

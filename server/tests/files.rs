@@ -166,7 +166,8 @@ async fn a_corrupt_chunk_is_never_served_and_a_dead_node_does_not_stop_reads() {
     let mut c = Cluster::start(3).await;
     let body = data(3 * CHUNK + 7, 9);
     assert_eq!(put_file(&c, 0, "v", body.clone()).await.status(), 201);
-    // Rot one replica's copy of the middle chunk: same version, other bytes.
+    // Rot one replica's copy of the middle chunk: other bytes, and a newer
+    // version, so that newest-wins at any level would pick it.
     let key = format!(
         "\0chunk/{}",
         hex::encode(Sha256::digest(&body[CHUNK..2 * CHUNK]))
@@ -176,8 +177,8 @@ async fn a_corrupt_chunk_is_never_served_and_a_dead_node_does_not_stop_reads() {
         .await
         .expect("node 2 holds the chunk");
     let rotten = Record {
-        version: stored.version,
-        value: Some(vec![0u8; CHUNK].into()),
+        version: stored.version + 1,
+        value: Some(vec![0xffu8; CHUNK].into()),
     };
     c.apply_local(1, &key, &rotten).await;
     let r = c
@@ -191,6 +192,25 @@ async fn a_corrupt_chunk_is_never_served_and_a_dead_node_does_not_stop_reads() {
         r.bytes().await.unwrap()[..] == body[..],
         "the rotten chunk was served"
     );
+    // The good copy was written back over the rotten one under a newer
+    // version: every replica's own engine comes to hold the right bytes
+    // (the write-back waits for one replica; the others follow).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for i in 0..3 {
+        loop {
+            let held = c.local_record(i, &key).await.expect("each node holds it");
+            if held.value.as_deref() == Some(&body[CHUNK..2 * CHUNK]) {
+                assert!(held.version > rotten.version, "node {}", i + 1);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {} still holds a bad copy",
+                i + 1
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 
     c.nodes[2].kill();
     let got = get_file(&c, 0, "v", None).await.bytes().await.unwrap();

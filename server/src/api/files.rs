@@ -39,6 +39,7 @@ use super::kv::consistency;
 use super::{ApiError, AppState};
 use crate::coordinator::{Consistency, Coordinator};
 use crate::files::{self, Manifest};
+use crate::storage::Record;
 
 /// The route prefix.
 pub const FILES_PREFIX: &str = "/v1/files/";
@@ -309,8 +310,11 @@ async fn send_chunks(
     }
 }
 
-/// A chunk's bytes, checked against its hash: read at `level`, and again at
-/// ALL when the first copy is bad.
+/// A chunk's bytes, checked against its hash: read at `level`; when that
+/// copy is bad or missing, every replica's own copy is read and a good one
+/// served, and written back under a fresh version so that it supersedes the
+/// bad copies everywhere (newest-wins alone could keep serving a rotten copy
+/// as new as the good ones, or newer).
 async fn read_chunk(
     coordinator: Coordinator,
     hash: [u8; 32],
@@ -318,22 +322,47 @@ async fn read_chunk(
     level: Consistency,
 ) -> Result<Bytes, String> {
     let key = files::chunk_key(&hash);
-    let mut last = String::new();
-    for level in [level, Consistency::All] {
-        match coordinator.read(key.clone(), level).await {
-            Ok(Some(record)) => match record.value {
-                Some(v) if v.len() as u64 == len && files::sha256(&v) == hash => return Ok(v),
-                Some(_) => {
-                    tracing::warn!(chunk = %hex::encode(hash), "a chunk read does not match its hash");
-                    last = format!("chunk {} does not match its hash", hex::encode(hash));
-                }
-                None => last = format!("chunk {} is deleted", hex::encode(hash)),
-            },
-            Ok(None) => last = format!("chunk {} is missing", hex::encode(hash)),
-            Err(e) => last = format!("chunk {}: {e}", hex::encode(hash)),
-        }
+    let is_good = |v: &Bytes| v.len() as u64 == len && files::sha256(v) == hash;
+    let first = match coordinator.read(key.clone(), level).await {
+        Ok(Some(Record { value: Some(v), .. })) if is_good(&v) => return Ok(v),
+        Ok(Some(Record { value: Some(_), .. })) => "does not match its hash".to_owned(),
+        Ok(Some(Record { value: None, .. })) => "is deleted".to_owned(),
+        Ok(None) => "is missing".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let copies = coordinator.read_each(key.clone()).await;
+    let good = copies
+        .iter()
+        .flatten()
+        .find_map(|r| r.value.clone().filter(is_good));
+    let Some(good) = good else {
+        return Err(format!(
+            "chunk {}: {first}, and none of the {} copies read from its replicas is good",
+            hex::encode(hash),
+            copies.len()
+        ));
+    };
+    let bad = copies
+        .iter()
+        .filter(|r| {
+            !r.as_ref()
+                .and_then(|r| r.value.as_ref())
+                .is_some_and(is_good)
+        })
+        .count();
+    tracing::warn!(
+        chunk = %hex::encode(hash),
+        first = %first,
+        bad,
+        "a chunk read was not good; served a good replica's copy and writing it back"
+    );
+    if let Err(e) = coordinator
+        .write(key, Some(good.clone()), Consistency::One)
+        .await
+    {
+        tracing::warn!(chunk = %hex::encode(hash), error = %e, "writing a chunk back failed");
     }
-    Err(last)
+    Ok(good)
 }
 
 /// The response body of a `GET`: the chunks as [`send_chunks`] sends them.
