@@ -161,6 +161,39 @@ async fn a_cut_off_upload_leaves_no_file() {
     }
 }
 
+/// A body that stops coming is cut after the request timeout with a 408, and
+/// leaves no file; the node goes on serving.
+#[tokio::test]
+async fn a_stalled_upload_is_cut_and_leaves_no_file() {
+    let c = Cluster::start_with(1, 1, &[("KVNODE_REQUEST_TIMEOUT_MS", "1000")]).await;
+    let mut conn = tokio::net::TcpStream::connect(c.nodes[0].http)
+        .await
+        .unwrap();
+    let head = format!(
+        "PUT /v1/files/stalled HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        2 * CHUNK
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&data(CHUNK / 2, 3)).await.unwrap();
+    conn.flush().await.unwrap();
+    let start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer),
+    )
+    .await
+    .expect("the node answers a stalled upload")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_stalled"), "{answer}");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(900));
+    assert_json_error(get_file(&c, 0, "stalled", None).await, 404, "not_found").await;
+    let r = c.put(0, "after", b"fine", "one").await;
+    assert_eq!(r.status(), 204);
+}
+
 #[tokio::test]
 async fn a_corrupt_chunk_is_never_served_and_a_dead_node_does_not_stop_reads() {
     let mut c = Cluster::start(3).await;

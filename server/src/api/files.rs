@@ -91,10 +91,27 @@ pub async fn put_file(
     // One reservation per chunk write in flight; they are all the same
     // size, so whichever write ends gives one back.
     let mut permits = VecDeque::new();
+    // An upload has no overall deadline (it lasts as long as its body), so a
+    // body that stops sending must not hold its request slot and buffers for
+    // ever: each part of it must come within the request timeout.
+    let idle = state.config.request_timeout;
     loop {
-        let frame = body.frame().await.transpose().map_err(|e| {
-            ApiError::bad_request("bad_body", format!("reading the request body: {e}"))
-        })?;
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_stalled",
+                    format!(
+                        "no bytes of the body came for {} ms (--request-timeout-ms); the upload is dropped",
+                        idle.as_millis()
+                    ),
+                )
+            })?
+            .transpose()
+            .map_err(|e| {
+                ApiError::bad_request("bad_body", format!("reading the request body: {e}"))
+            })?;
         let end = frame.is_none();
         let mut data = frame.and_then(|f| f.into_data().ok()).unwrap_or_default();
         while !data.is_empty() || (end && !buf.is_empty()) {

@@ -320,8 +320,9 @@ async fn bound_and_measure(state: &AppState, access: Access, req: Request, next:
     let start = Instant::now();
     let op = op_of(req.method(), req.uri().path());
     let deadline = state.config.request_timeout;
-    // A file upload lasts as long as its body does; each of its chunk
-    // writes has the replica timeouts instead.
+    // A file upload lasts as long as its body does: it has an idle timeout
+    // between parts of the body instead, and its chunk writes have the
+    // replica timeouts.
     let deadline =
         if req.method() == Method::PUT && req.uri().path().starts_with(files::FILES_PREFIX) {
             std::time::Duration::MAX
