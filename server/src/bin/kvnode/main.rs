@@ -14,6 +14,7 @@ mod cert;
 mod demo;
 mod snapshot;
 mod status;
+mod tls_args;
 mod token;
 
 use std::process::ExitCode;
