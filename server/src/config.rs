@@ -1562,4 +1562,52 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn tls_files_come_from_the_file_or_flags_and_come_in_pairs() {
+        let file = parse_file(
+            Path::new("k.toml"),
+            r#"
+                tls_cert = "/etc/kvnode/node.crt"
+                tls_key = "/etc/kvnode/node.key"
+                tls_client_ca = "/etc/kvnode/ca.crt"
+            "#,
+        )
+        .unwrap();
+        let c = resolve(args(&["--tls-key", "/k"]), file).unwrap();
+        let tls = c.tls.clone().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/kvnode/node.crt"));
+        assert_eq!(tls.key, Path::new("/k"));
+        assert_eq!(
+            tls.client_ca.as_deref(),
+            Some(Path::new("/etc/kvnode/ca.crt"))
+        );
+        assert_eq!(c.scheme(), "https");
+        let plain = resolve(Settings::default(), Settings::default()).unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.scheme(), "http");
+
+        for (argv, field) in [
+            (&["--tls-cert", "/c"][..], "tls_cert"),
+            (&["--tls-key", "/k"][..], "tls_key"),
+            (&["--tls-client-ca", "/ca"][..], "tls_client_ca"),
+            // Nodes verify each other against the client CA.
+            (
+                &[
+                    "--tls-cert",
+                    "/c",
+                    "--tls-key",
+                    "/k",
+                    "--seeds",
+                    "127.0.0.1:9001",
+                    "--cluster-secret",
+                    "0123456789abcdef0123",
+                ][..],
+                "tls_client_ca",
+            ),
+        ] {
+            let e = resolve(args(argv), Settings::default()).unwrap_err();
+            assert!(e.to_string().contains(field), "{argv:?}: {e}");
+        }
+    }
 }

@@ -219,6 +219,14 @@ async fn a_mutual_tls_cluster_keeps_every_quorum_write_through_a_restart() {
         assert_eq!(answer.bytes().await.unwrap().as_ref(), key.as_bytes());
     }
 
+    // Replica calls went over the multiplexed transport inside TLS, not
+    // over HTTP for want of it.
+    for node in &c.nodes {
+        let log = node.log_text();
+        assert!(!log.contains("calling it over HTTP"), "{}", node.id);
+        assert!(!log.contains("handshake refused"), "{}", node.id);
+    }
+
     // The CLI reaches the same cluster with --ca and a client certificate.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
         .args(["status", "--node", &c.nodes[0].http.to_string()])
