@@ -2,12 +2,12 @@
 //! PEM files in, rustls configurations (ring provider, TLS 1.2 and 1.3)
 //! out.
 //!
-//! - **Server side** ([`ServerTls`]): the node's certificate chain and key
+//! - **Server side** (`ServerTls`): the node's certificate chain and key
 //!   (`--tls-cert`, `--tls-key`; the key file must be private, like the
 //!   cluster secret's) and, with `--tls-client-ca`, the CA whose
 //!   certificates clients must present. The configuration is an
 //!   `Arc<ServerConfig>` behind a lock, taken once per accepted connection:
-//!   [`ServerTls::reload`] (on SIGHUP) builds a new one from the files and
+//!   `ServerTls::reload` (on SIGHUP) builds a new one from the files and
 //!   swaps it in, so connections already open keep theirs and new ones get
 //!   the new certificate. A file that does not load leaves the old
 //!   configuration in place and says why.

@@ -434,3 +434,69 @@ async fn a_certificate_reloads_on_sighup_under_load_without_a_failed_request() {
     );
     println!("reload under load: {total} requests, 0 failed");
 }
+
+#[tokio::test]
+async fn demo_secure_prints_a_token_and_files_that_reach_the_cluster() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // Two ports in a row: the node's HTTP and gossip.
+    let base = loop {
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = http.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            break port;
+        }
+    };
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_kvnode"))
+        .args(["demo", "--secure", "--nodes", "1"])
+        .args(["--base-port", &base.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    // The reader comes back with the token: the demo's later lines need an
+    // open pipe.
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut token = None;
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 {
+            if let Some(t) = line.trim().strip_prefix("TOKEN='") {
+                token = Some(t.trim_end_matches('\'').to_owned());
+            }
+            if line.contains("kvnode status") {
+                break;
+            }
+            line.clear();
+        }
+        (token, reader)
+    });
+    let (token, _stdout) = tokio::time::timeout(Duration::from_secs(60), printed)
+        .await
+        .expect("the demo formed its cluster")
+        .unwrap();
+    let token = token.expect("the demo printed a token");
+    let pki = dir.path().join("pki");
+    let tls = client_config(
+        &pki.join("ca.crt"),
+        Some((&pki.join("admin.crt"), &pki.join("admin.key"))),
+    )
+    .unwrap();
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{base}/v1/cluster");
+    let open = client.get(&url).send().await.unwrap();
+    assert_eq!(open.status(), 401);
+    let admin = client.get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(admin.status(), 200);
+    // SAFETY: kill(2) on our own unreaped child with a valid signal.
+    unsafe {
+        libc::kill(i32::try_from(demo.id()).unwrap(), libc::SIGTERM);
+    }
+    assert!(demo.wait().unwrap().success());
+}
