@@ -477,6 +477,8 @@ impl hyper::body::Body for TrackedBody {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -488,6 +490,37 @@ mod tests {
             default_max_connections(u64::MAX, 3),
             (u64::MAX - 256) as usize / 3
         );
+    }
+
+    /// What `sniff_mux` reads from a stream that first sends `sent` and
+    /// then ends, and what is left in it after.
+    async fn sniff(sent: &[u8]) -> (Vec<u8>, bool, Vec<u8>) {
+        let (mut near, mut far) = tokio::io::duplex(64);
+        near.write_all(sent).await.unwrap();
+        drop(near);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (seen, is_mux) = sniff_mux(&mut far, deadline).await;
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.unwrap();
+        (seen, is_mux, rest)
+    }
+
+    #[tokio::test]
+    async fn sniffing_a_decrypted_stream_takes_no_more_than_the_magic() {
+        let magic = crate::peer::mux::handshake::MAGIC;
+        let mut mux = magic.to_vec();
+        mux.extend_from_slice(b"handshake");
+        assert_eq!(
+            sniff(&mux).await,
+            (magic.to_vec(), true, b"handshake".to_vec())
+        );
+        // HTTP differs at the first byte: one read, handed on whole.
+        let (seen, is_mux, rest) = sniff(b"GET /health HTTP/1.1\r\n").await;
+        assert!(!is_mux);
+        assert_eq!([seen, rest].concat(), b"GET /health HTTP/1.1\r\n");
+        // A prefix of the magic, then the end: not the transport.
+        let partial = magic.get(..3).unwrap();
+        assert_eq!(sniff(partial).await, (partial.to_vec(), false, Vec::new()));
     }
 
     #[tokio::test(start_paused = true)]
