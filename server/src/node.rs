@@ -151,9 +151,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let mut config = config;
-    let served = marker_path(&config.data_dir).exists();
-    config.seeds = resolve_seeds(&config, served).await?;
     // Before anything else starts: a certificate that does not load stops
     // the node here, with the file's name.
     let tls = match &config.tls {
@@ -164,6 +161,9 @@ pub async fn run(
         }
         None => None,
     };
+    let mut config = config;
+    let served = marker_path(&config.data_dir).exists();
+    config.seeds = resolve_seeds(&config, served).await?;
     let config = Arc::new(config);
     let disk = DataDir::open(&config)?;
     let node = Node::start(config, disk).await?;
