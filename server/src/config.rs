@@ -20,6 +20,7 @@ use crate::auth::{check_private, ClusterSecret, SecretFileError};
 use crate::hlc::derived_tag;
 use crate::marker::{recorded_node_id, MarkerError};
 use crate::storage::RECORD_HEADER_LEN;
+use crate::tls::TlsFiles;
 
 mod engine;
 
@@ -247,6 +248,18 @@ pub struct Settings {
     /// <token>`. Without it the client API is open to anyone.
     #[arg(long, env = "KVNODE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. SIGHUP reloads both. Plain HTTP is then refused.
+    #[arg(long, env = "KVNODE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); it must not be accessible by
+    /// group or others (chmod 600).
+    #[arg(long, env = "KVNODE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM) on every
+    /// connection; needs --tls-cert.
+    #[arg(long, env = "KVNODE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Largest key in bytes [default: 4096].
     #[arg(long, env = "KVNODE_MAX_KEY_SIZE")]
     pub max_key_size: Option<usize>,
@@ -412,6 +425,9 @@ impl Settings {
         cluster_secret,
         cluster_secret_file,
         auth_tokens_file,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
         max_key_size,
         max_value_size,
         max_body_size,
@@ -569,6 +585,8 @@ pub struct Config {
     pub secret: ClusterSecret,
     /// The client tokens; `None` leaves the client API open.
     pub tokens: Option<Arc<Tokens>>,
+    /// The listener's TLS files; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// Request size limits.
     pub limits: Limits,
     /// Deadline of a client request.
@@ -719,6 +737,7 @@ impl Config {
             Some(path) => Some(Arc::new(Tokens::load(path)?)),
             None => None,
         };
+        let tls = tls(&s, &seeds, gossip_advertise)?;
         let Timeouts {
             request_timeout,
             replica_timeout,
@@ -771,6 +790,7 @@ impl Config {
             replication_factor,
             secret,
             tokens,
+            tls,
             limits,
             request_timeout,
             replica_timeout,
@@ -796,6 +816,17 @@ impl Config {
             peer_transport: s.peer_transport.unwrap_or_default(),
             engine,
         })
+    }
+
+    /// The scheme of this node's URLs, and of its peers' (a cluster is
+    /// TLS throughout or not at all).
+    #[must_use]
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Seeds other than this node itself.
@@ -987,6 +1018,40 @@ fn secret(
             "required when joining other nodes (--seeds): set --cluster-secret-file",
         ),
         None => Ok(ClusterSecret::random()),
+    }
+}
+
+/// The listener's TLS files: a certificate needs its key and the reverse,
+/// and a client CA needs both. The client CA is also the cluster CA that
+/// peers are verified against, so a TLS node with other seeds needs one.
+/// The files are read when the node starts.
+fn tls(
+    s: &Settings,
+    seeds: &[String],
+    gossip_advertise: SocketAddr,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), Some(_))
+            if s.tls_client_ca.is_none()
+                && seeds.iter().any(|seed| !is_self(seed, gossip_advertise)) =>
+        {
+            invalid(
+                "tls_client_ca",
+                "a TLS node with other seeds needs the cluster CA: nodes present their \
+                 certificates to each other and verify them against it",
+            )
+        }
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: s.tls_client_ca.clone(),
+        })),
+        (None, None) if s.tls_client_ca.is_some() => {
+            invalid("tls_client_ca", "needs tls_cert and tls_key")
+        }
+        (None, None) => Ok(None),
+        (Some(_), None) => invalid("tls_cert", "needs tls_key"),
+        (None, Some(_)) => invalid("tls_key", "needs tls_cert"),
     }
 }
 
@@ -1511,6 +1576,54 @@ mod tests {
                 resolve(args(argv), Settings::default()).is_err(),
                 "{argv:?}"
             );
+        }
+    }
+
+    #[test]
+    fn tls_files_come_from_the_file_or_flags_and_come_in_pairs() {
+        let file = parse_file(
+            Path::new("k.toml"),
+            r#"
+                tls_cert = "/etc/kvnode/node.crt"
+                tls_key = "/etc/kvnode/node.key"
+                tls_client_ca = "/etc/kvnode/ca.crt"
+            "#,
+        )
+        .unwrap();
+        let c = resolve(args(&["--tls-key", "/k"]), file).unwrap();
+        let tls = c.tls.clone().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/kvnode/node.crt"));
+        assert_eq!(tls.key, Path::new("/k"));
+        assert_eq!(
+            tls.client_ca.as_deref(),
+            Some(Path::new("/etc/kvnode/ca.crt"))
+        );
+        assert_eq!(c.scheme(), "https");
+        let plain = resolve(Settings::default(), Settings::default()).unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.scheme(), "http");
+
+        for (argv, field) in [
+            (&["--tls-cert", "/c"][..], "tls_cert"),
+            (&["--tls-key", "/k"][..], "tls_key"),
+            (&["--tls-client-ca", "/ca"][..], "tls_client_ca"),
+            // Nodes verify each other against the client CA.
+            (
+                &[
+                    "--tls-cert",
+                    "/c",
+                    "--tls-key",
+                    "/k",
+                    "--seeds",
+                    "127.0.0.1:9001",
+                    "--cluster-secret",
+                    "0123456789abcdef0123",
+                ][..],
+                "tls_client_ca",
+            ),
+        ] {
+            let e = resolve(args(argv), Settings::default()).unwrap_err();
+            assert!(e.to_string().contains(field), "{argv:?}: {e}");
         }
     }
 }

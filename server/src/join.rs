@@ -142,7 +142,10 @@ async fn metadata(
     let url = format!("{}{NODE_PATH}", base.trim_end_matches('/'));
     let mut request = client.get(&url).build().map_err(|e| e.to_string())?;
     signer.sign(&mut request).map_err(|e| e.to_string())?;
-    let response = client.execute(request).await.map_err(|e| e.to_string())?;
+    let response = client
+        .execute(request)
+        .await
+        .map_err(|e| crate::tls::error_chain(&e))?;
     let status = response.status();
     let body = response.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -157,9 +160,14 @@ async fn metadata(
 
 /// The client and signer of the checks.
 fn client_and_signer(config: &Config) -> Result<(reqwest::Client, RequestSigner), JoinError> {
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(PROBE_TIMEOUT)
-        .connect_timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT);
+    if let Some(files) = &config.tls {
+        let tls = crate::tls::peer_config(files).map_err(|e| JoinError::Client(e.to_string()))?;
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let client = builder
         .build()
         .map_err(|e| JoinError::Client(e.to_string()))?;
     let signer = RequestSigner::new(&config.secret, &config.node_id)
@@ -200,7 +208,7 @@ pub(crate) async fn resolve_seeds(config: &Config, served: bool) -> Result<Vec<S
                 Err(e) => return Err(e),
             }
         } else {
-            ask_if_tcp(&client, &signer, seed).await?
+            ask_if_tcp(&client, &signer, config.scheme(), seed).await?
         };
         match found {
             Some(node) => {
@@ -274,13 +282,14 @@ async fn ask_url(
 async fn ask_if_tcp(
     client: &reqwest::Client,
     signer: &RequestSigner,
+    scheme: &str,
     seed: &str,
 ) -> Result<Option<NodeMetadata>, JoinError> {
     let connect = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(seed)).await;
     if !matches!(connect, Ok(Ok(_))) {
         return Ok(None);
     }
-    metadata(client, signer, &format!("http://{seed}"))
+    metadata(client, signer, &format!("{scheme}://{seed}"))
         .await
         .map(Some)
         .map_err(|reason| JoinError::NotASeed {
@@ -330,7 +339,8 @@ pub(crate) async fn check_cluster(
 ) -> Result<(), JoinError> {
     let (client, signer) = client_and_signer(config)?;
     for addr in members {
-        match metadata(&client, &signer, &format!("http://{addr}")).await {
+        let url = format!("{}://{addr}", config.scheme());
+        match metadata(&client, &signer, &url).await {
             Ok(node) => return check(config, &node),
             Err(error) => tracing::debug!(%addr, %error, "member did not answer the join check"),
         }

@@ -45,12 +45,13 @@
 //! peer/         the Peer trait, http, sim (tests), wire, frames, repair bodies
 //! snapshot      a node's backup: save a checkpoint with checksums, verify, restore
 //! certs         a cluster CA, node and client certificates (rcgen), PEM files
+//! tls           rustls configurations from PEM files; the listener's, reloaded on SIGHUP
 //! vitals        what members publish for operators (version, load), when last heard
 //! marker, listener, gossip_transport, config, storage, tasks, throttle, metrics, process, auth, hlc
 //! ```
 //!
 //! [`api`], [`auth`], [`certs`], [`config`], [`gossip_transport`], [`join`], [`peer`],
-//! [`storage`] and [`stream`] are public for the binary, the integration tests and the
+//! [`storage`], [`stream`] and [`tls`] are public for the binary, the integration tests and the
 //! fuzz targets; the rest is private to the crate.
 
 pub mod api;
@@ -58,6 +59,7 @@ mod applier;
 pub mod auth;
 pub mod certs;
 pub mod config;
+mod conn;
 mod coordinator;
 mod files;
 pub mod gossip_transport;
@@ -79,6 +81,7 @@ pub mod storage;
 pub mod stream;
 mod tasks;
 mod throttle;
+pub mod tls;
 mod view;
 mod vitals;
 

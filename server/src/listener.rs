@@ -25,6 +25,13 @@
 //!   (a 413 on its `Content-Length`), and closing a socket with unread data
 //!   makes the kernel send a reset that can destroy the answer before the
 //!   client reads it.
+//! - **TLS.** With a [`ServerTls`], every connection is a TLS session
+//!   first: the handshake must end within the header timeout, and a client
+//!   that speaks plain HTTP fails it and is closed unserved. The
+//!   configuration is taken per connection, so a reload changes new
+//!   connections only. The transport's magic is then looked for in the
+//!   decrypted bytes, which are replayed to whichever side takes the
+//!   connection ([`Conn`]).
 //! - **Graceful shutdown**: stop accepting, ask every connection to close
 //!   after its request in flight, and wait for all of them.
 
@@ -46,6 +53,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::defaults::FD_RESERVE;
+use crate::conn::{Conn, Replay};
+use crate::tls::ServerTls;
 
 /// How long a closing connection reads and drops what the client still
 /// sends (see the module doc). Long enough for a refused 1 MiB body on a
@@ -112,19 +121,18 @@ pub(crate) fn default_max_connections(fd_limit: u64, replication_factor: usize) 
 /// Serves a connection of the multiplexed peer transport to its end; it
 /// should close once the receiver says stop.
 pub(crate) type MuxServe = Arc<
-    dyn Fn(TcpStream, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>>
-        + Send
-        + Sync,
+    dyn Fn(Conn, watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
 >;
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops
 /// accepting and waits until every connection has closed. With `mux`, a
 /// connection that starts with the multiplexed transport's magic is handed
-/// to it instead.
+/// to it instead. With `tls`, every connection is TLS.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     mux: Option<MuxServe>,
+    tls: Option<Arc<ServerTls>>,
     limits: ServeLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -152,15 +160,22 @@ pub(crate) async fn serve(
                     mux.clone(),
                     stop_rx.clone(),
                 );
+                let acceptor = tls.as_ref().map(|tls| tls.acceptor());
                 tokio::spawn(async move {
-                    match mux {
-                        Some(mux) if speaks_mux(&stream, limits.header_read_timeout).await => {
-                            mux(stream, stop).await;
+                    let timeout = limits.header_read_timeout;
+                    let opened = match acceptor {
+                        Some(acceptor) => open_tls(stream, acceptor, mux.is_some(), timeout).await,
+                        None => {
+                            let is_mux = mux.is_some() && speaks_mux(&stream, timeout).await;
+                            Some((Conn::Plain(stream), is_mux))
                         }
-                        _ => {
-                            serve_connection(stream, builder, router, limits.idle_timeout, stop)
-                                .await
+                    };
+                    match (opened, mux) {
+                        (Some((conn, true)), Some(mux)) => mux(conn, stop).await,
+                        (Some((conn, _)), _) => {
+                            serve_connection(conn, builder, router, limits.idle_timeout, stop).await
                         }
+                        (None, _) => {}
                     }
                     drop(slot);
                 });
@@ -225,9 +240,66 @@ async fn speaks_mux(stream: &TcpStream, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, look).await.unwrap_or(false)
 }
 
+/// The TLS session of a new connection and whether it speaks the
+/// multiplexed transport (looked for only when `look_for_mux`); `None` when
+/// the handshake fails or takes longer than `timeout`.
+async fn open_tls(
+    stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    look_for_mux: bool,
+    timeout: Duration,
+) -> Option<(Conn, bool)> {
+    let peer = stream.peer_addr().ok();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tokio_rustls::TlsStream::Server(tls),
+        Ok(Err(e)) => {
+            // Plain HTTP, an unknown CA, an expired certificate: the
+            // client's doing, and rustls has told it with an alert.
+            tracing::debug!(?peer, error = %e, "TLS handshake refused");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let (seen, is_mux) = if look_for_mux {
+        sniff_mux(&mut tls, deadline).await
+    } else {
+        (Vec::new(), false)
+    };
+    Some((Conn::Tls(Box::new(Replay::new(seen, tls))), is_mux))
+}
+
+/// Reads from a stream that cannot be peeked at until its first bytes
+/// match the transport's magic or differ from it (or `deadline` passes, or
+/// it ends); returns what it read, for [`Replay`], and whether they match.
+async fn sniff_mux<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    deadline: tokio::time::Instant,
+) -> (Vec<u8>, bool) {
+    let magic = crate::peer::mux::handshake::MAGIC;
+    let mut seen = Vec::with_capacity(magic.len());
+    let mut chunk = [0u8; 16];
+    while seen.len() < magic.len() && magic.starts_with(&seen) {
+        let Some(want) = chunk.get_mut(..magic.len() - seen.len()) else {
+            break;
+        };
+        // Cancelling a read loses nothing: rustls keeps what it decrypted
+        // until a read takes it.
+        match tokio::time::timeout_at(deadline, stream.read(want)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(want.get(..n).unwrap_or_default()),
+            _ => break,
+        }
+    }
+    let is_mux = seen == magic;
+    (seen, is_mux)
+}
+
 /// Serves one connection to its end, then closes it with a linger.
 async fn serve_connection(
-    stream: TcpStream,
+    stream: Conn,
     builder: http1::Builder,
     router: Router,
     idle_timeout: Duration,
@@ -265,7 +337,7 @@ async fn serve_connection(
 
 /// Shuts the write side, then reads and drops until the client closes or
 /// [`LINGER`] passes.
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: Conn) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -405,6 +477,8 @@ impl hyper::body::Body for TrackedBody {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -416,6 +490,37 @@ mod tests {
             default_max_connections(u64::MAX, 3),
             (u64::MAX - 256) as usize / 3
         );
+    }
+
+    /// What `sniff_mux` reads from a stream that first sends `sent` and
+    /// then ends, and what is left in it after.
+    async fn sniff(sent: &[u8]) -> (Vec<u8>, bool, Vec<u8>) {
+        let (mut near, mut far) = tokio::io::duplex(64);
+        near.write_all(sent).await.unwrap();
+        drop(near);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (seen, is_mux) = sniff_mux(&mut far, deadline).await;
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.unwrap();
+        (seen, is_mux, rest)
+    }
+
+    #[tokio::test]
+    async fn sniffing_a_decrypted_stream_takes_no_more_than_the_magic() {
+        let magic = crate::peer::mux::handshake::MAGIC;
+        let mut mux = magic.to_vec();
+        mux.extend_from_slice(b"handshake");
+        assert_eq!(
+            sniff(&mux).await,
+            (magic.to_vec(), true, b"handshake".to_vec())
+        );
+        // HTTP differs at the first byte: one read, handed on whole.
+        let (seen, is_mux, rest) = sniff(b"GET /health HTTP/1.1\r\n").await;
+        assert!(!is_mux);
+        assert_eq!([seen, rest].concat(), b"GET /health HTTP/1.1\r\n");
+        // A prefix of the magic, then the end: not the transport.
+        let partial = magic.get(..3).unwrap();
+        assert_eq!(sniff(partial).await, (partial.to_vec(), false, Vec::new()));
     }
 
     #[tokio::test(start_paused = true)]

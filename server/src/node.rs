@@ -59,6 +59,7 @@ use crate::stream::receiver::Receiver;
 use crate::stream::{handoff, Progress};
 use crate::tasks::Tasks;
 use crate::throttle::Throttle;
+use crate::tls::{self, ServerTls, TlsError};
 use crate::view::removal::Removal;
 use strata_ring::Member;
 
@@ -126,6 +127,9 @@ pub enum NodeError {
     /// The HTTP client for replica calls could not be built.
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The listener's certificate, key or client CA did not load.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
@@ -147,13 +151,23 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    // Before anything else starts: a certificate that does not load stops
+    // the node here, with the file's name.
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = Arc::new(ServerTls::load(files.clone())?);
+            tls.reload_on_sighup()?;
+            Some(tls)
+        }
+        None => None,
+    };
     let mut config = config;
     let served = marker_path(&config.data_dir).exists();
     config.seeds = resolve_seeds(&config, served).await?;
     let config = Arc::new(config);
     let disk = DataDir::open(&config)?;
     let node = Node::start(config, disk).await?;
-    node.serve(listener, shutdown).await;
+    node.serve(listener, tls, shutdown).await;
     node.stop().await
 }
 
@@ -301,6 +315,7 @@ impl Node {
             config.max_clock_offset,
             metrics.hlc_remote_ahead(),
         ));
+        let peer_tls = config.tls.as_ref().map(tls::peer_config).transpose()?;
         let http = HttpPeer::new(
             config.secret.clone(),
             config.replica_timeout,
@@ -311,6 +326,7 @@ impl Node {
                 .header_read_timeout
                 .min(config.edges.idle_timeout)
                 / 2,
+            peer_tls.clone(),
         )?
         .signing_as(&config.node_id, clock);
         let peer: Arc<dyn Peer> = match config.peer_transport {
@@ -320,6 +336,7 @@ impl Node {
                 &config.node_id,
                 config.replica_timeout,
                 config.limits.apply_batch_body_size(),
+                peer_tls.map(Arc::new),
             )),
             PeerTransport::Http => Arc::new(http),
         };
@@ -474,6 +491,7 @@ impl Node {
     async fn serve(
         &self,
         listener: TcpListener,
+        tls: Option<Arc<ServerTls>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         let edges = &self.config.edges;
@@ -512,6 +530,7 @@ impl Node {
             listener,
             api::router(self.state.clone()),
             mux,
+            tls,
             limits,
             stopping,
         )

@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::internal::Replica;
 use super::ApiError;
 use crate::config::Config;
+use crate::conn::Conn;
 use crate::peer::mux::frame::{Frame, Kind, Opener, Sealer};
 use crate::peer::mux::handshake::{self, MuxKey};
 use crate::peer::mux::{write_batched, READ_CHUNK};
@@ -81,11 +81,12 @@ impl Serving {
 
 /// Serves one connection whose first bytes are the transport's magic.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    mut stream: Conn,
     serving: Arc<Serving>,
     mut stop: watch::Receiver<bool>,
 ) {
     let peer = stream
+        .tcp()
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let accepted = tokio::time::timeout(
@@ -104,7 +105,7 @@ pub(crate) async fn serve(
             return;
         }
     };
-    if let Err(e) = stream.set_nodelay(true) {
+    if let Err(e) = stream.tcp().set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "TCP_NODELAY");
     }
     tracing::debug!(%peer, %node, "multiplexed connection open");

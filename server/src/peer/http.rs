@@ -1,5 +1,7 @@
 //! The real transport: pooled HTTP, each request signed under the cluster
 //! secret ([`auth::request`](crate::auth::request)), which never travels.
+//! In a TLS cluster it is HTTPS, the node presenting its certificate and
+//! trusting only the cluster CA ([`tls`](crate::tls)).
 
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub struct HttpPeer {
     signer: RequestSigner,
     /// Deadline of one apply or read.
     replica_timeout: Duration,
+    /// `http`, or `https` with TLS.
+    scheme: &'static str,
 }
 
 impl HttpPeer {
@@ -34,22 +38,27 @@ impl HttpPeer {
     /// `pool_idle_timeout` is how long an idle pooled connection is kept:
     /// below the peers' own idle limit (their header and idle timeouts), or
     /// a call could go out on a connection the peer is closing at that
-    /// moment.
+    /// moment. With `tls`, peers are called over HTTPS.
     pub fn new(
         secret: ClusterSecret,
         replica_timeout: Duration,
         pool_idle_timeout: Duration,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(replica_timeout)
             .pool_max_idle_per_host(128)
             .pool_idle_timeout(pool_idle_timeout)
-            .tcp_nodelay(true)
-            .build()?;
+            .tcp_nodelay(true);
+        let (builder, scheme) = match tls {
+            Some(tls) => (builder.use_preconfigured_tls(tls), "https"),
+            None => (builder, "http"),
+        };
         Ok(Self {
-            client,
+            client: builder.build()?,
             signer: RequestSigner::new(&secret, UNNAMED),
             replica_timeout,
+            scheme,
         })
     }
 
@@ -86,7 +95,7 @@ impl HttpPeer {
     ) -> Result<reqwest::Response, PeerError> {
         let mut request = self
             .client
-            .post(format!("http://{}{path}", to.addr))
+            .post(format!("{}://{}{path}", self.scheme, to.addr))
             .body(body);
         if let Some(t) = timeout {
             request = request.timeout(t);
@@ -150,7 +159,8 @@ impl Peer for HttpPeer {
         after: Option<&[u8]>,
     ) -> Result<Box<dyn Chunks>, PeerError> {
         let mut url = format!(
-            "http://{}{STREAM_PATH}?start={}&end={}",
+            "{}://{}{STREAM_PATH}?start={}&end={}",
+            self.scheme,
             to.addr,
             range.start(),
             range.end()
@@ -221,6 +231,6 @@ fn failure(e: reqwest::Error) -> PeerError {
     if e.is_timeout() {
         PeerError::Timeout
     } else {
-        PeerError::Unreachable(e.to_string())
+        PeerError::Unreachable(crate::tls::error_chain(&e))
     }
 }

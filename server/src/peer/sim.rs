@@ -252,7 +252,7 @@ impl SimNet {
     /// The peer `from` calls the others through.
     pub(crate) fn peer(self: &Arc<Self>, from: &str) -> SimPeer {
         let http = || {
-            HttpPeer::new(secret(), self.timeout, self.timeout)
+            HttpPeer::new(secret(), self.timeout, self.timeout, None)
                 .expect("an HTTP client builds")
                 .signing_as(from, WallClock::default())
         };
@@ -265,6 +265,7 @@ impl SimNet {
                 from,
                 self.timeout,
                 limits().apply_batch_body_size(),
+                None,
             ))),
         };
         SimPeer {
@@ -623,7 +624,11 @@ fn start_serving(
             ));
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(stream, serving.clone(), stop.clone()));
+                    tokio::spawn(serve(
+                        crate::conn::Conn::Plain(stream),
+                        serving.clone(),
+                        stop.clone(),
+                    ));
                 }
             })
         }

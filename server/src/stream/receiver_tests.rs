@@ -218,6 +218,7 @@ fn receiver(dir: &std::path::Path) -> (Receiver, Storage, Arc<Metrics>) {
         ClusterSecret::new("a-test-secret-of-some-length".into()),
         Duration::from_secs(2),
         Duration::from_secs(30),
+        None,
     )
     .unwrap();
     let mut receiver = Receiver::new(

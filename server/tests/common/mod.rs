@@ -53,6 +53,8 @@ pub struct NodeProc {
     rf: u8,
     /// Extra `KVNODE_*` settings.
     env: Vec<(String, String)>,
+    /// `http`, or `https` for a node started with a certificate.
+    scheme: &'static str,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -105,6 +107,11 @@ impl NodeProc {
     /// SIGCONT after [`NodeProc::pause`].
     pub fn resume(&self) {
         self.signal(libc::SIGCONT);
+    }
+
+    /// SIGHUP: a node with TLS reloads its certificate and key.
+    pub fn hangup(&self) {
+        self.signal(libc::SIGHUP);
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -168,7 +175,7 @@ impl NodeProc {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        format!("{}://{}{path}", self.scheme, self.http)
     }
 }
 
@@ -223,6 +230,23 @@ impl Cluster {
 
     /// [`Cluster::start_with_rf`] with extra `KVNODE_*` settings.
     pub async fn start_with(n: usize, rf: u8, env: &[(&str, &str)]) -> Cluster {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        Cluster::start_over(n, rf, env, "http", client).await
+    }
+
+    /// [`Cluster::start_with`] for nodes that serve `scheme` (`env` names
+    /// their TLS files), asked through `client`.
+    pub async fn start_over(
+        n: usize,
+        rf: u8,
+        env: &[(&str, &str)],
+        scheme: &'static str,
+        client: reqwest::Client,
+    ) -> Cluster {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -244,17 +268,13 @@ impl Cluster {
                     seeds: seeds.clone(),
                     rf,
                     env: env.clone(),
+                    scheme,
                     child: None,
                 };
                 node.spawn();
                 node
             })
             .collect();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap();
         let cluster = Cluster { nodes, client, dir };
         for i in 0..n {
             cluster.wait_until_sees(i, n, Duration::from_secs(30)).await;
@@ -294,6 +314,7 @@ impl Cluster {
                 .cloned()
                 .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
                 .collect(),
+            scheme: self.nodes[0].scheme,
             child: None,
         };
         node.spawn();

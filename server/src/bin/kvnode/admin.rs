@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use strata_server::auth::request::{RequestSigner, SignError};
 use strata_server::auth::{ClusterSecret, SecretFileError};
+use strata_server::tls::TlsError;
 use strata_server::{CLEANUP_PATH, DECOMMISSION_PATH, REMOVENODE_PATH, REPAIR_PATH};
+
+use crate::tls_args::TlsArgs;
 
 /// The sender id the CLI signs its requests with.
 const CLI_SENDER: &str = "kvnode-cli";
@@ -29,6 +32,9 @@ pub struct AdminArgs {
     /// Give up waiting for the node after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// HTTPS to the node.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// The cluster secret, given or in a file: exactly one of them.
@@ -72,6 +78,9 @@ pub enum AdminError {
     /// The node could not be reached or answered garbage.
     #[error("{0}")]
     Http(#[from] reqwest::Error),
+    /// The TLS files given do not load.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The node refused.
     #[error("node refused ({status}): {body}")]
     Refused {
@@ -346,11 +355,12 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn new(args: &AdminArgs) -> Result<Self, AdminError> {
+        let (builder, scheme) = args
+            .tls
+            .apply(reqwest::Client::builder().timeout(Duration::from_secs(10)))?;
         Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?,
-            base: format!("http://{}", args.node),
+            client: builder.build()?,
+            base: format!("{scheme}://{}", args.node),
             signer: RequestSigner::new(&args.secret.secret()?, CLI_SENDER),
         })
     }

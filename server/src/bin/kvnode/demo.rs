@@ -7,15 +7,25 @@
 //! With `--join-after SECS` it then shows a live bootstrap: it writes
 //! `--keys` keys, waits, starts one more node into the running cluster and
 //! draws its streaming progress until it is AVAILABLE.
+//!
+//! With `--secure` the cluster runs as a production one would: a throw-away
+//! CA in `DATA_DIR/pki` (made afresh each run), one node certificate for
+//! the loopback address that every node serves, mutual TLS between nodes,
+//! an `admin` client certificate that clients must present, and a tokens
+//! file holding one admin token; it prints how to use them with curl and
+//! the CLI.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use strata_server::auth::tokens::{self, Role};
 use strata_server::auth::ClusterSecret;
+use strata_server::certs::{self, Leaf};
 
 /// Flags of `kvnode demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,6 +49,10 @@ pub struct DemoArgs {
     /// Every node's --tombstone-grace-ms [default: the node's, 10 days].
     #[arg(long)]
     pub tombstone_grace_ms: Option<u64>,
+    /// TLS with client certificates, mutual TLS between nodes and an admin
+    /// token, all made for this run in DATA_DIR/pki.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// Why the demo failed.
@@ -56,6 +70,9 @@ pub enum DemoError {
         /// The error.
         source: std::io::Error,
     },
+    /// The certificates or the token of `--secure` could not be made.
+    #[error("--secure: {0}")]
+    Secure(String),
     /// A node did not become ready in time.
     #[error("node {0} did not become ready; see its log in the data dir")]
     NotReady(String),
@@ -65,6 +82,88 @@ pub enum DemoError {
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `--secure` made for this run.
+struct Secure {
+    /// The directory of the CA, the certificates and the tokens file.
+    pki: PathBuf,
+    /// The admin client token.
+    token: String,
+}
+
+impl Secure {
+    /// A fresh CA, node and `admin` client certificates, and an admin
+    /// token, in `pki` (whatever an earlier run left there is removed).
+    fn create(pki: &Path) -> Result<Self, DemoError> {
+        let fail = |e: &dyn std::fmt::Display| DemoError::Secure(e.to_string());
+        if pki.exists() {
+            std::fs::remove_dir_all(pki).map_err(|e| fail(&e))?;
+        }
+        let ca = certs::create_ca("kvnode demo CA", 1).map_err(|e| fail(&e))?;
+        certs::write(pki, "ca", &ca).map_err(|e| fail(&e))?;
+        let node = Leaf::Node {
+            names: vec!["127.0.0.1".into(), "localhost".into()],
+        };
+        for (name, leaf) in [("node", node), ("admin", Leaf::Client)] {
+            let issued = certs::create_leaf(&ca, name, &leaf, 1).map_err(|e| fail(&e))?;
+            certs::write(pki, name, &issued).map_err(|e| fail(&e))?;
+        }
+        let (token, line) = tokens::create("admin", Role::Admin).map_err(|e| fail(&e))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(pki.join("tokens"))
+            .map_err(|e| fail(&e))?;
+        std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())
+            .map_err(|e| fail(&e))?;
+        Ok(Self {
+            pki: pki.to_owned(),
+            token,
+        })
+    }
+
+    /// The settings every node starts with.
+    fn node_env(&self) -> [(&'static str, PathBuf); 4] {
+        [
+            ("KVNODE_TLS_CERT", self.pki.join("node.crt")),
+            ("KVNODE_TLS_KEY", self.pki.join("node.key")),
+            ("KVNODE_TLS_CLIENT_CA", self.pki.join("ca.crt")),
+            ("KVNODE_AUTH_TOKENS_FILE", self.pki.join("tokens")),
+        ]
+    }
+
+    /// `builder` trusting the CA, presenting the admin certificate and
+    /// sending the admin token.
+    fn client(&self, builder: reqwest::ClientBuilder) -> Result<reqwest::ClientBuilder, DemoError> {
+        let fail = |e: &dyn std::fmt::Display| DemoError::Secure(e.to_string());
+        let (cert, key) = (self.pki.join("admin.crt"), self.pki.join("admin.key"));
+        let tls = strata_server::tls::client_config(&self.pki.join("ca.crt"), Some((&cert, &key)))
+            .map_err(|e| fail(&e))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.token))
+            .map_err(|e| fail(&e))?;
+        headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        Ok(builder.use_preconfigured_tls(tls).default_headers(headers))
+    }
+
+    /// How to talk to the cluster, for the banner.
+    fn usage(&self, first: SocketAddr) -> String {
+        let pki = self.pki.display();
+        format!(
+            "secure: CA, certificates and the admin token are in {pki}. In a shell:\n\n  \
+             TLS='--cacert {pki}/ca.crt --cert {pki}/admin.crt --key {pki}/admin.key'\n  \
+             TOKEN='{token}'\n  \
+             curl $TLS -H \"Authorization: Bearer $TOKEN\" https://{first}/v1/cluster\n  \
+             kvnode status --node {first} --ca {pki}/ca.crt --cert {pki}/admin.crt \
+             --key {pki}/admin.key --token $TOKEN\n\n\
+             Without the client certificate the handshake is refused; without the token \
+             the answer is 401. More tokens: kvnode token create NAME read|write|admin, \
+             appended to {pki}/tokens.\n",
+            token = self.token
+        )
+    }
+}
 
 struct DemoNode {
     id: String,
@@ -88,6 +187,13 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let exe = std::env::current_exe().map_err(io("finding the kvnode binary"))?;
     std::fs::create_dir_all(&args.data_dir).map_err(io("creating the data dir"))?;
     let secret = ClusterSecret::random();
+    let secure = if args.secure {
+        Some(Secure::create(&args.data_dir.join("pki"))?)
+    } else {
+        None
+    };
+    let scheme = if secure.is_some() { "https" } else { "http" };
+    let client = http_client(secure.as_ref())?;
     let addr = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let seed = addr(args.base_port + 1);
     let spawn = |i: u16| -> Result<DemoNode, DemoError> {
@@ -110,6 +216,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
                 args.tombstone_grace_ms
                     .map(|ms| ("KVNODE_TOMBSTONE_GRACE_MS", ms.to_string())),
             )
+            .envs(secure.iter().flat_map(Secure::node_env))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log))
@@ -117,7 +224,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             .spawn()
             .map_err(io("starting a node"))?;
         println!(
-            "started {id}: http://{http}  (gossip {gossip}, log {})",
+            "started {id}: {scheme}://{http}  (gossip {gossip}, log {})",
             log_path.display()
         );
         Ok(DemoNode { id, http, child })
@@ -126,14 +233,21 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     for i in 0..args.nodes {
         nodes.push(spawn(i)?);
     }
-    let formed = wait_until_formed(&nodes).await;
+    let formed = wait_until_formed(&client, scheme, &nodes).await;
     if let Err(e) = formed {
         stop_all(&mut nodes).await;
         return Err(e);
     }
     let first = nodes.first().map(|n| n.http).unwrap_or(seed);
     let last = nodes.last().map(|n| n.http).unwrap_or(first);
-    println!(
+    if let Some(secure) = &secure {
+        println!(
+            "\ncluster of {} ready.\n\n{}",
+            nodes.len(),
+            secure.usage(first)
+        );
+    } else {
+        println!(
         "\ncluster of {} ready. Try:\n\n  \
          curl -X PUT --data-binary 'hello' http://{first}/v1/kv/greeting\n  \
          curl http://{last}/v1/kv/greeting\n  \
@@ -145,9 +259,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
          Ctrl-C stops every node.",
         nodes.len()
     );
+    }
     if let Some(after) = args.join_after {
         let joined = tokio::select! {
-            r = show_join(&args, after, first, || spawn(args.nodes), &mut nodes) => r,
+            r = show_join(&args, &client, scheme, after, || spawn(args.nodes), &mut nodes) => r,
             () = wait_for_signal() => {
                 println!("stopping...");
                 stop_all(&mut nodes).await;
@@ -169,12 +284,15 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
 /// bootstrap until it is AVAILABLE.
 async fn show_join(
     args: &DemoArgs,
+    client: &reqwest::Client,
+    scheme: &'static str,
     after: u64,
-    first: SocketAddr,
     spawn: impl FnOnce() -> Result<DemoNode, DemoError>,
     nodes: &mut Vec<DemoNode>,
 ) -> Result<(), DemoError> {
-    let client = http_client()?;
+    let Some(first) = nodes.first().map(|n| n.http) else {
+        return Ok(());
+    };
     println!("\nwriting {} keys through {first} ...", args.keys);
     let started = Instant::now();
     let value = vec![b'v'; 512];
@@ -187,7 +305,7 @@ async fn show_join(
         let (client, value) = (client.clone(), value.clone());
         tasks.push(tokio::spawn(async move {
             let _ = client
-                .put(format!("http://{first}/v1/kv/demo-{k}"))
+                .put(format!("{scheme}://{first}/v1/kv/demo-{k}"))
                 .body(value)
                 .send()
                 .await;
@@ -212,7 +330,11 @@ async fn show_join(
     bar.set_prefix(id.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let Ok(r) = client.get(format!("http://{http}/v1/node")).send().await else {
+        let Ok(r) = client
+            .get(format!("{scheme}://{http}/v1/node"))
+            .send()
+            .await
+        else {
             continue;
         };
         let Ok(info) = r
@@ -241,7 +363,7 @@ async fn show_join(
         if state == "AVAILABLE" {
             bar.finish_and_clear();
             println!(
-                "{id} joined in {secs:.1} s: see http://{http}/v1/node and http://{first}/v1/cluster"
+                "{id} joined in {secs:.1} s: see {scheme}://{http}/v1/node and {scheme}://{first}/v1/cluster"
             );
             return Ok(());
         }
@@ -281,22 +403,28 @@ fn done_share(streaming: Option<&serde_json::Value>) -> f64 {
     }
 }
 
-fn http_client() -> Result<reqwest::Client, DemoError> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| DemoError::Io {
-            what: "building an HTTP client".into(),
-            source: std::io::Error::other(e),
-        })
+/// The demo's own client: plain, or what `secure` says.
+fn http_client(secure: Option<&Secure>) -> Result<reqwest::Client, DemoError> {
+    let builder = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    let builder = match secure {
+        Some(secure) => secure.client(builder)?,
+        None => builder,
+    };
+    builder.build().map_err(|e| DemoError::Io {
+        what: "building an HTTP client".into(),
+        source: std::io::Error::other(e),
+    })
 }
 
-async fn wait_until_formed(nodes: &[DemoNode]) -> Result<(), DemoError> {
-    let client = http_client()?;
+async fn wait_until_formed(
+    client: &reqwest::Client,
+    scheme: &str,
+    nodes: &[DemoNode],
+) -> Result<(), DemoError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     for node in nodes {
         loop {
-            if sees_whole_cluster(&client, node.http, nodes.len()).await {
+            if sees_whole_cluster(client, scheme, node.http, nodes.len()).await {
                 break;
             }
             if Instant::now() > deadline {
@@ -309,12 +437,21 @@ async fn wait_until_formed(nodes: &[DemoNode]) -> Result<(), DemoError> {
 }
 
 /// Whether the node is ready and sees `n` AVAILABLE members that are up.
-async fn sees_whole_cluster(client: &reqwest::Client, http: SocketAddr, n: usize) -> bool {
-    let ready = client.get(format!("http://{http}/ready")).send().await;
+async fn sees_whole_cluster(
+    client: &reqwest::Client,
+    scheme: &str,
+    http: SocketAddr,
+    n: usize,
+) -> bool {
+    let ready = client.get(format!("{scheme}://{http}/ready")).send().await;
     if !ready.is_ok_and(|r| r.status().is_success()) {
         return false;
     }
-    let Ok(response) = client.get(format!("http://{http}/v1/cluster")).send().await else {
+    let Ok(response) = client
+        .get(format!("{scheme}://{http}/v1/cluster"))
+        .send()
+        .await
+    else {
         return false;
     };
     let Ok(body) = response.bytes().await else {

@@ -15,6 +15,7 @@ mod demo;
 mod snapshot;
 mod status;
 mod telemetry;
+mod tls_args;
 mod token;
 
 use std::process::ExitCode;

@@ -25,6 +25,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use strata_server::api::report::{ClusterReport, MemberReport, RingReport};
+use strata_server::tls::TlsError;
+
+use crate::tls_args::TlsArgs;
 
 /// Exit code: every member UN and healthy, or the node ready.
 pub const EXIT_OK: u8 = 0;
@@ -49,6 +52,9 @@ pub struct ViewArgs {
     /// An admin client token, for a node started with --auth-tokens-file.
     #[arg(long, env = "KVNODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// HTTPS to the node.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Why a view could not be shown.
@@ -75,6 +81,9 @@ pub enum ViewError {
         /// Its explanation.
         body: String,
     },
+    /// The TLS files given do not load.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The node's answer is not the document expected.
     #[error("{node}{path}: not the expected document: {source}")]
     Json {
@@ -87,19 +96,18 @@ pub enum ViewError {
     },
 }
 
-/// GETs `path` from `node` and parses the JSON answer. Every request of
-/// these views goes through here.
+/// GETs `path` from `node`, with `token` and over `tls`, and parses the
+/// JSON answer. Every request of these views goes through here.
 pub async fn get_json<T: DeserializeOwned>(
     node: SocketAddr,
     path: &str,
     token: Option<&str>,
+    tls: &TlsArgs,
 ) -> Result<T, ViewError> {
     let http = |source| ViewError::Http { node, source };
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(http)?;
-    let mut request = client.get(format!("http://{node}{path}"));
+    let (builder, scheme) = tls.apply(reqwest::Client::builder().timeout(REQUEST_TIMEOUT))?;
+    let client = builder.build().map_err(http)?;
+    let mut request = client.get(format!("{scheme}://{node}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -123,7 +131,8 @@ pub async fn get_json<T: DeserializeOwned>(
 
 /// `kvnode status`.
 pub async fn status(args: ViewArgs) -> Result<ExitCode, ViewError> {
-    let cluster: ClusterReport = get_json(args.node, "/v1/cluster", args.token.as_deref()).await?;
+    let cluster: ClusterReport =
+        get_json(args.node, "/v1/cluster", args.token.as_deref(), &args.tls).await?;
     if args.json {
         println!("{}", pretty(&cluster));
     } else {
@@ -139,12 +148,13 @@ pub async fn status(args: ViewArgs) -> Result<ExitCode, ViewError> {
 
 /// `kvnode ring`.
 pub async fn ring(args: ViewArgs) -> Result<ExitCode, ViewError> {
-    let ring: RingReport = get_json(args.node, "/v1/ring", args.token.as_deref()).await?;
+    let ring: RingReport =
+        get_json(args.node, "/v1/ring", args.token.as_deref(), &args.tls).await?;
     if args.json {
         println!("{}", pretty(&ring));
     } else {
         let cluster: ClusterReport =
-            get_json(args.node, "/v1/cluster", args.token.as_deref()).await?;
+            get_json(args.node, "/v1/cluster", args.token.as_deref(), &args.tls).await?;
         print!("{}", ring_table(&ring, &cluster));
     }
     Ok(ExitCode::from(EXIT_OK))
@@ -152,7 +162,7 @@ pub async fn ring(args: ViewArgs) -> Result<ExitCode, ViewError> {
 
 /// `kvnode info`.
 pub async fn info(args: ViewArgs) -> Result<ExitCode, ViewError> {
-    let node: Value = get_json(args.node, "/v1/node", args.token.as_deref()).await?;
+    let node: Value = get_json(args.node, "/v1/node", args.token.as_deref(), &args.tls).await?;
     if args.json {
         println!("{}", pretty(&node));
     } else {
@@ -175,13 +185,16 @@ pub struct VersionArgs {
     /// An admin client token, for a node started with --auth-tokens-file.
     #[arg(long, env = "KVNODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// HTTPS to the node.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `kvnode version`.
 pub async fn version(args: VersionArgs) -> Result<ExitCode, ViewError> {
     println!("kvnode {}", env!("CARGO_PKG_VERSION"));
     if let Some(addr) = args.node {
-        let node: Value = get_json(addr, "/v1/node", args.token.as_deref()).await?;
+        let node: Value = get_json(addr, "/v1/node", args.token.as_deref(), &args.tls).await?;
         println!(
             "{} at {addr}: kvnode {}",
             text(&node, "id"),

@@ -22,13 +22,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::frame::{Frame, Kind, Opener, Sealer};
 use super::handshake::{self, HandshakeError, MuxKey};
+use crate::conn::{Conn, ConnRead, ConnWrite, Replay};
 use crate::peer::PeerError;
 
 /// Frames queued for the writer at most.
@@ -67,22 +67,37 @@ pub(crate) enum OpenError {
     /// No TCP connection.
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake failed (a certificate not from the cluster CA, or
+    /// not for the peer's address).
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
     /// The handshake failed.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
 }
 
 impl Link {
-    /// Connects to `addr` and proves the secret as `node_id`; replies over
-    /// `max_payload` close the link.
+    /// Connects to `addr` (over TLS with `tls`, the peer's certificate
+    /// checked for its IP address) and proves the secret as `node_id`;
+    /// replies over `max_payload` close the link.
     pub(crate) async fn open(
         addr: SocketAddr,
+        tls: Option<&tokio_rustls::TlsConnector>,
         key: &MuxKey,
         node_id: &str,
         max_payload: usize,
     ) -> Result<Self, OpenError> {
-        let mut stream = TcpStream::connect(addr).await.map_err(OpenError::Connect)?;
-        stream.set_nodelay(true).map_err(OpenError::Connect)?;
+        let tcp = TcpStream::connect(addr).await.map_err(OpenError::Connect)?;
+        tcp.set_nodelay(true).map_err(OpenError::Connect)?;
+        let mut stream = match tls {
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                let session = tls.connect(name, tcp).await.map_err(OpenError::Tls)?;
+                let session = tokio_rustls::TlsStream::Client(session);
+                Conn::Tls(Box::new(Replay::new(Vec::new(), session)))
+            }
+            None => Conn::Plain(tcp),
+        };
         let keys = handshake::connect(&mut stream, key, node_id).await?;
         let (read, write) = stream.into_split();
         let calls = Arc::new(Mutex::new(Calls::default()));
@@ -174,7 +189,7 @@ fn closed() -> PeerError {
 
 /// The writer of a link.
 async fn write_frames(
-    mut stream: OwnedWriteHalf,
+    mut stream: ConnWrite,
     mut queue: mpsc::Receiver<Frame>,
     mut sealer: Sealer,
     calls: Arc<Mutex<Calls>>,
@@ -209,7 +224,7 @@ pub(crate) async fn write_batched<W: AsyncWrite + Unpin>(
 
 /// The reader: each reply to the call waiting on its id.
 async fn read_replies(
-    mut stream: OwnedReadHalf,
+    mut stream: ConnRead,
     mut opener: Opener,
     calls: Arc<Mutex<Calls>>,
     peer: SocketAddr,

@@ -62,6 +62,8 @@ pub struct MuxPeer {
     timeout: Duration,
     /// Largest reply payload accepted.
     max_payload: usize,
+    /// The TLS of every link, in a TLS cluster.
+    tls: Option<tokio_rustls::TlsConnector>,
     peers: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
 }
 
@@ -101,13 +103,15 @@ enum Route {
 impl MuxPeer {
     /// A peer client over `http`'s secret and deadlines: `key` from the
     /// same secret, calls sent as `node_id`, replies up to `max_payload`
-    /// bytes, each call and each connection attempt bounded by `timeout`.
+    /// bytes, each call and each connection attempt bounded by `timeout`;
+    /// links over TLS with `tls` (the configuration `http` has too).
     pub fn new(
         http: HttpPeer,
         key: MuxKey,
         node_id: &str,
         timeout: Duration,
         max_payload: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
         Self {
             http,
@@ -115,6 +119,7 @@ impl MuxPeer {
             node_id: node_id.to_owned(),
             timeout,
             max_payload,
+            tls: tls.map(tokio_rustls::TlsConnector::from),
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -147,7 +152,13 @@ impl MuxPeer {
         }
         let opened = tokio::time::timeout(
             self.timeout,
-            Link::open(addr, &self.key, &self.node_id, self.max_payload),
+            Link::open(
+                addr,
+                self.tls.as_ref(),
+                &self.key,
+                &self.node_id,
+                self.max_payload,
+            ),
         )
         .await;
         let result = match opened {
