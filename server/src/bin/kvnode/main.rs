@@ -12,6 +12,7 @@
 mod admin;
 mod cert;
 mod demo;
+mod files;
 mod snapshot;
 mod status;
 mod telemetry;
@@ -75,6 +76,12 @@ enum Command {
     /// TLS certificates: a cluster CA, node and client certificates (PEM
     /// files; keys mode 0600).
     Cert(cert::CertArgs),
+    /// Upload a local file to the cluster's file API, streamed, its SHA-256
+    /// checked by the node.
+    PutFile(files::PutFileArgs),
+    /// Download a file from the cluster into a local path, its SHA-256
+    /// checked before the path appears.
+    GetFile(files::GetFileArgs),
     /// One line per member as a node sees it: state (UN, DN, UJ, UL),
     /// address, load, ownership, version, uptime, last heard. Exits 2 if
     /// some member is not UN or is degraded.
@@ -143,6 +150,8 @@ fn run() -> anyhow::Result<ExitCode> {
                 token::run(args).map(|()| done).map_err(anyhow::Error::msg)
             }
             Some(Command::Cert(args)) => cert::run(args).map(|()| done),
+            Some(Command::PutFile(args)) => files::put(args).await.map(|()| done),
+            Some(Command::GetFile(args)) => files::get(args).await.map(|()| done),
             Some(Command::Status(args)) => Ok(status::status(args).await?),
             Some(Command::Ring(args)) => Ok(status::ring(args).await?),
             Some(Command::Info(args)) => Ok(status::info(args).await?),
