@@ -316,6 +316,30 @@ pub(crate) struct Metrics {
     hints: HintMetrics,
     task_failures: Family<TaskLabels, Counter>,
     hlc_remote_ahead: Counter,
+    in_flight: Family<ClassLabels, Gauge>,
+}
+
+/// Whose request: a client's, or another node's internal call.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum RequestClass {
+    client,
+    internal,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: RequestClass,
+}
+
+/// Counts one request in flight until dropped (so a request cancelled by
+/// its deadline or its client leaves the count too).
+pub(crate) struct InFlightRequest(Gauge);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -536,6 +560,12 @@ impl Metrics {
             "Always 1; the labels say which kvnode build this node runs",
             build_info,
         );
+        let in_flight = Family::<ClassLabels, Gauge>::default();
+        registry.register(
+            "requests_in_flight",
+            "HTTP requests being served now (waiting for a slot or running), by class",
+            in_flight.clone(),
+        );
         root.register_collector(Box::new(crate::process::ProcessCollector));
         Self {
             registry: root,
@@ -550,7 +580,15 @@ impl Metrics {
             hints,
             task_failures,
             hlc_remote_ahead,
+            in_flight,
         }
+    }
+
+    /// Counts a request of `class` as in flight until the guard drops.
+    pub(crate) fn in_flight(&self, class: RequestClass) -> InFlightRequest {
+        let gauge = self.in_flight.get_or_create(&ClassLabels { class }).clone();
+        gauge.inc();
+        InFlightRequest(gauge)
     }
 
     /// Counts one handled request.
@@ -923,6 +961,8 @@ mod tests {
         m.gossip()
             .set_members([("AVAILABLE", "UP", 2), ("AVAILABLE", "DOWN", 1)]);
         m.request(Op::put, 503, 9.5);
+        let _served = m.in_flight(RequestClass::client);
+        drop(m.in_flight(RequestClass::internal));
         let mut stats = Stats::default();
         stats.levels = vec![LevelStats::default(); 2];
         stats.flushes = 5;
@@ -946,6 +986,8 @@ mod tests {
             "kvnode_stream_received_bytes_total 100",
             "kvnode_stream_ranges{state=\"done\"} 2",
             "kvnode_disk_bytes{kind=\"wal\"} 512",
+            "kvnode_requests_in_flight{class=\"client\"} 1",
+            "kvnode_requests_in_flight{class=\"internal\"} 0",
             "kvnode_hlc_remote_ahead_total 1",
             "kvnode_gossip_datagrams_total{direction=\"received\",outcome=\"clock_offset\"} 1",
             "kvnode_hints_stored_total 1",

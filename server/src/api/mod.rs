@@ -57,7 +57,7 @@ use crate::auth::request::RequestVerifier;
 use crate::config::{Config, Limits};
 use crate::coordinator::{Coordinator, CoordinatorError};
 use crate::membership::Membership;
-use crate::metrics::{Metrics, Op};
+use crate::metrics::{Metrics, Op, RequestClass};
 use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST, REPAIR_ROWS_PATH};
 use crate::peer::wire::{APPLY_BATCH_PATH, APPLY_PATH, READ_DIGEST_PATH, READ_PATH, STREAM_PATH};
 use crate::repair::Repairer;
@@ -335,6 +335,11 @@ async fn bound_and_measure(state: &AppState, access: Access, req: Request, next:
     // replica timeouts fired. They are bounded anyway, by the coordinators'
     // own client limits times the replication factor.
     let internal = req.uri().path().starts_with("/internal/");
+    let _in_flight = state.metrics.in_flight(if internal {
+        RequestClass::internal
+    } else {
+        RequestClass::client
+    });
     let response = match admit(state, &req, internal) {
         Err(refusal) => refusal.into_response(),
         Ok(_body_permit) => match tokio::time::timeout(deadline, async {
