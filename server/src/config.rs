@@ -84,6 +84,11 @@ pub mod defaults {
     /// well inside the tombstone grace (10 days), and an hour keeps a
     /// replica that missed writes wrong for an hour at most.
     pub const REPAIR_INTERVAL_SECS: u64 = 3600;
+    /// A chunk GC pass reads every chunk this node holds, so once an hour.
+    pub const FILE_GC_INTERVAL_SECS: u64 = 3600;
+    /// A day: an upload may take half of it, and a chunk that a file
+    /// stopped referring to is on disk for at most a day and an interval.
+    pub const FILE_GC_GRACE_MS: u64 = 86_400_000;
     /// chitchat's default phi-accrual threshold.
     pub const PHI_THRESHOLD: f64 = 8.0;
     /// The least mean heartbeat interval the failure detector judges
@@ -317,6 +322,16 @@ pub struct Settings {
     /// this node replicates; 0 turns them off [default: 3600].
     #[arg(long, env = "KVNODE_REPAIR_INTERVAL")]
     pub repair_interval: Option<u64>,
+    /// Seconds between two passes of the chunk GC, which deletes this
+    /// node's chunks that no file refers to; 0 turns it off [default: 3600].
+    #[arg(long, env = "KVNODE_FILE_GC_INTERVAL")]
+    pub file_gc_interval: Option<u64>,
+    /// How long a chunk is kept after its last write before the GC may
+    /// delete it, in ms; an upload that lasts longer than half of it is
+    /// refused, so that none loses a chunk to the GC [default: 86400000,
+    /// 1 day].
+    #[arg(long, env = "KVNODE_FILE_GC_GRACE_MS")]
+    pub file_gc_grace_ms: Option<u64>,
     /// Bytes of request bodies in flight, client and internal together;
     /// requests past it get 503 with Retry-After [default: RAM / 16 within
     /// 64 MiB..1 GiB].
@@ -443,6 +458,8 @@ impl Settings {
         auto_cleanup,
         max_members,
         repair_interval,
+        file_gc_interval,
+        file_gc_grace_ms,
         max_inflight_body_bytes,
         header_read_timeout_ms,
         idle_timeout_ms,
@@ -609,6 +626,10 @@ pub struct Config {
     pub max_members: usize,
     /// Time between background repairs; `None` when turned off.
     pub repair_interval: Option<Duration>,
+    /// Time between chunk GC passes; `None` when turned off.
+    pub file_gc_interval: Option<Duration>,
+    /// Age of a chunk's last write before the GC may delete it.
+    pub file_gc_grace: Duration,
     /// The HTTP server's edges.
     pub edges: Edges,
     /// This node's tag in its versions (`hlc`).
@@ -744,6 +765,7 @@ impl Config {
             gossip_interval,
             cleanup_grace,
             tombstone_grace,
+            file_gc_grace,
         } = timeouts(&s)?;
         let max_concurrent_requests = checked(
             "max_concurrent_requests",
@@ -805,6 +827,14 @@ impl Config {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            file_gc_interval: match s
+                .file_gc_interval
+                .unwrap_or(defaults::FILE_GC_INTERVAL_SECS)
+            {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            file_gc_grace,
             edges,
             node_tag,
             max_clock_offset,
@@ -1063,6 +1093,7 @@ struct Timeouts {
     gossip_interval: Duration,
     cleanup_grace: Duration,
     tombstone_grace: Duration,
+    file_gc_grace: Duration,
 }
 
 fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
@@ -1072,7 +1103,16 @@ fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
         gossip_interval: millis(s.gossip_interval_ms, defaults::GOSSIP_INTERVAL_MS),
         cleanup_grace: millis(s.cleanup_grace_ms, defaults::CLEANUP_GRACE_MS),
         tombstone_grace: millis(s.tombstone_grace_ms, defaults::TOMBSTONE_GRACE_MS),
+        file_gc_grace: millis(s.file_gc_grace_ms, defaults::FILE_GC_GRACE_MS),
     };
+    if t.file_gc_grace <= t.replica_timeout * 2 {
+        return invalid(
+            "file_gc_grace_ms",
+            "must be more than twice replica_timeout_ms: an upload commits its file at most \
+             half the grace after its first chunk, and the commit's write must end before \
+             the GC can see the chunk as old",
+        );
+    }
     if t.request_timeout.is_zero() || t.replica_timeout.is_zero() || t.gossip_interval.is_zero() {
         return invalid("timeouts", "must be positive");
     }

@@ -56,6 +56,7 @@ use tokio::task::JoinSet;
 
 use self::background::Background;
 use crate::applier::Applier;
+use crate::files::index::{ListRequest, Listed};
 use crate::hints::Hints;
 use crate::hlc::Hlc;
 use crate::metrics::{Metrics, Outcome, ReplicaOp, Target};
@@ -381,6 +382,59 @@ impl Coordinator {
         records
     }
 
+    /// Every member's page of its manifests for `request` (`files::index`):
+    /// members that own or are taking over ranges are asked, this one
+    /// locally; those down or failing are named in `unanswered`.
+    pub(crate) async fn list_files(&self, request: &ListRequest) -> FileListing {
+        let view = self.inner.routing.view();
+        let mut listing = FileListing::default();
+        let mut calls = JoinSet::new();
+        // Members asked that have not answered yet; a call that panics
+        // stays here.
+        let mut waiting = std::collections::BTreeSet::new();
+        for member in view.members.values() {
+            if !(member.state.in_ring() || member.state.in_transition()) {
+                continue;
+            }
+            if member.id == *self.inner.routing.self_id() {
+                listing
+                    .pages
+                    .push(self.inner.storage.manifests().page(request));
+                continue;
+            }
+            if !member.live {
+                listing.unanswered.push(member.id.to_string());
+                continue;
+            }
+            waiting.insert(member.id.to_string());
+            let (this, member, request) = (self.clone(), Arc::clone(member), request.clone());
+            calls.spawn(async move {
+                let page = this
+                    .inner
+                    .peer
+                    .list_files(member.endpoint(), &request)
+                    .await;
+                (member.id.to_string(), page)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((id, Ok(page))) => {
+                    waiting.remove(&id);
+                    listing.pages.push(page);
+                }
+                Ok((id, Err(e))) => {
+                    tracing::debug!(node = %id, error = %e, "listing files: no page")
+                }
+                Err(e) => tracing::error!(error = %e, "listing files: a call panicked"),
+            }
+        }
+        listing.unanswered.extend(waiting);
+        listing.asked = listing.pages.len() + listing.unanswered.len();
+        listing.unanswered.sort();
+        listing
+    }
+
     /// Sends `newest` to every answering replica that holds something
     /// else (older, by the digest path's rules), in the background; skipped
     /// (and counted) for a replica when the background set is full.
@@ -489,6 +543,17 @@ impl Coordinator {
         }
         answer
     }
+}
+
+/// The members' answers to one page of a file listing.
+#[derive(Debug, Default)]
+pub(crate) struct FileListing {
+    /// The pages of the members that answered.
+    pub(crate) pages: Vec<Vec<Listed>>,
+    /// The members asked, answering or not.
+    pub(crate) asked: usize,
+    /// The members that did not answer, by id.
+    pub(crate) unanswered: Vec<String>,
 }
 
 /// What a read asks of one replica.

@@ -47,6 +47,8 @@ pub(crate) enum Op {
     internal_stream,
     /// A digest or repair-rows call from a repairing replica.
     internal_repair,
+    /// A page of this node's manifests, for a file listing.
+    internal_list,
     /// Cluster, node, health, readiness and metrics routes, and the web
     /// console's files.
     admin,
@@ -352,7 +354,8 @@ struct TaskLabels {
     task: &'static str,
 }
 
-/// Streaming and clean-up counters (`kvnode_stream_*`, `kvnode_cleanup_*`).
+/// Counters of background data work (`kvnode_stream_*`, `kvnode_cleanup_*`,
+/// `kvnode_repair_*`, `kvnode_file_gc_*`).
 #[derive(Debug, Default)]
 struct StreamCounters {
     sent_bytes: Counter,
@@ -365,6 +368,10 @@ struct StreamCounters {
     repair_keys: Counter,
     repair_digest_bytes: Counter,
     repair_item_bytes: Counter,
+    file_gc_passes: Counter,
+    file_gc_skipped: Counter,
+    file_gc_chunks: Counter,
+    file_gc_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -450,6 +457,26 @@ impl Metrics {
                 "stream_retries",
                 "Stream attempts that failed and were resumed or moved to another source",
                 &stream.retries,
+            ),
+            (
+                "file_gc_passes",
+                "Chunk GC passes that ran to the end",
+                &stream.file_gc_passes,
+            ),
+            (
+                "file_gc_skipped_passes",
+                "Chunk GC passes that did not run: a node did not answer the listing of files, or a manifest could not be read",
+                &stream.file_gc_skipped,
+            ),
+            (
+                "file_gc_deleted_chunks",
+                "Chunks this node deleted because no file referred to them",
+                &stream.file_gc_chunks,
+            ),
+            (
+                "file_gc_deleted_bytes",
+                "Stored bytes of the chunks the GC deleted",
+                &stream.file_gc_bytes,
             ),
             (
                 "cleanup_deleted_items",
@@ -682,6 +709,20 @@ impl Metrics {
     /// Counts item bytes of a repair, received or pushed.
     pub(crate) fn repair_item_bytes(&self, bytes: u64) {
         self.stream.repair_item_bytes.inc_by(bytes);
+    }
+
+    /// Counts a chunk GC pass: `None` when it was skipped.
+    pub(crate) fn file_gc_pass(&self, deleted: Option<(u64, u64)>) {
+        match deleted {
+            Some((chunks, bytes)) => {
+                self.stream.file_gc_passes.inc();
+                self.stream.file_gc_chunks.inc_by(chunks);
+                self.stream.file_gc_bytes.inc_by(bytes);
+            }
+            None => {
+                self.stream.file_gc_skipped.inc();
+            }
+        }
     }
 
     /// Counts items dropped by clean-up.

@@ -35,6 +35,7 @@ use crate::applier::Applier;
 use crate::auth::request::RequestVerifier;
 use crate::config::{defaults, Config, PeerTransport};
 use crate::coordinator::{Coordinator, CoordinatorParts};
+use crate::files::gc::FileGc;
 use crate::hints::replay::Replay;
 use crate::hints::Hints;
 use crate::hlc::{Hlc, WallClock};
@@ -423,7 +424,7 @@ impl Node {
                 hints: hints.clone(),
                 routing: membership.routing(),
                 peer: peer.clone(),
-                throttle,
+                throttle: throttle.clone(),
                 rf: config.replication_factor,
             }
             .run(),
@@ -440,6 +441,16 @@ impl Node {
             max_background_calls: config.max_background_replica_calls,
             hints: hints.clone(),
         });
+        let file_gc = FileGc::new(
+            coordinator.clone(),
+            storage.clone(),
+            (config.file_gc_grace, clock),
+            metrics.clone(),
+            throttle,
+        );
+        if let Some(every) = config.file_gc_interval {
+            tasks.spawn("file_gc", file_gc.clone().run_scheduled(every));
+        }
         tracing::info!(
             node = %config.node_id,
             http = %config.advertise,
@@ -476,6 +487,7 @@ impl Node {
             readiness: Arc::new(Readiness::new(expects_peers, config.gossip_interval)),
             join: join.clone(),
             snapshots: Arc::default(),
+            file_gc,
         });
         Ok(Self {
             config,

@@ -74,6 +74,7 @@ use strata_engine::{
 };
 use strata_ring::token;
 
+use crate::files::index::ManifestIndex;
 use crate::hlc;
 
 /// The only record format this build reads and writes. Do not change: on disk.
@@ -342,8 +343,32 @@ pub struct Batch {
     pub bytes: u64,
     /// Items this batch deleted.
     pub deleted: u64,
+    /// Stored bytes of the items this batch deleted.
+    pub deleted_bytes: u64,
     /// Items the pass deleted so far.
     pub total: u64,
+}
+
+/// What a sweep does with an item it picked.
+enum Doom {
+    /// Deletes it from the engine (its range is no longer this node's).
+    Remove,
+    /// Stores this tombstone over it.
+    Tombstone(Record),
+}
+
+/// The manifests `db` holds: one scan of the whole engine, when a node
+/// opens (see `files::index`).
+fn index_manifests(db: &Db) -> Result<ManifestIndex, StorageError> {
+    let index = ManifestIndex::default();
+    for item in db.snapshot().range::<&[u8]>(..) {
+        let (ekey, stored) = item?;
+        let key = ekey.get(8..).unwrap_or_default();
+        if crate::files::is_manifest_key(key) {
+            index.stored(key, &Record::decode(Bytes::from(stored))?);
+        }
+    }
+    Ok(index)
 }
 
 /// Why a [`Storage::retain`] pass stopped before the end.
@@ -383,6 +408,9 @@ pub struct Storage {
     /// of the same key cannot both read the old record and let the older write
     /// land last.
     stripes: std::sync::Arc<[Mutex<()>]>,
+    /// The manifests of files this engine holds, kept current by every
+    /// write and deletion below (see `files::index`).
+    manifests: Arc<ManifestIndex>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -431,11 +459,18 @@ impl Storage {
             );
         }
         let stripes = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
+        let manifests = Arc::new(index_manifests(&db)?);
         Ok(Self {
             db,
             write_options,
             stripes,
+            manifests,
         })
+    }
+
+    /// The manifests of files this engine holds.
+    pub fn manifests(&self) -> &ManifestIndex {
+        &self.manifests
     }
 
     /// The record stored for `key`, tombstones included.
@@ -474,6 +509,7 @@ impl Storage {
         let mut batch = WriteBatch::with_capacity(11 + ekey.len() + record.bytes().len());
         batch.put(&ekey, record.bytes());
         self.db.write(batch, &self.write_options)?;
+        self.manifests.stored(key, record.record());
         Ok(Applied::Stored)
     }
 
@@ -494,20 +530,23 @@ impl Storage {
             .collect();
         let mut batch = WriteBatch::new();
         // What this batch already stores per engine key, for repeated keys.
-        let mut pending: HashMap<Vec<u8>, &Record> = HashMap::new();
+        let mut pending: HashMap<Vec<u8>, (&[u8], &Record)> = HashMap::new();
         for (key, record) in items {
             let ekey = engine_key(key);
             let newer = match pending.get(&ekey) {
-                Some(earlier) => record.record().supersedes(earlier),
+                Some((_, earlier)) => record.record().supersedes(earlier),
                 None => self.supersedes_stored(&ekey, record.record())?,
             };
             if newer {
                 batch.put(&ekey, record.bytes());
-                pending.insert(ekey, record.record());
+                pending.insert(ekey, (key, record.record()));
             }
         }
         if !batch.is_empty() {
             self.db.write(batch, &self.write_options)?;
+            for (key, record) in pending.into_values() {
+                self.manifests.stored(key, record);
+            }
         }
         Ok(())
     }
@@ -544,6 +583,62 @@ impl Storage {
         &self,
         keep: impl Fn(u64) -> bool,
         batch: usize,
+        between: impl FnMut(Batch) -> Result<(), String>,
+    ) -> Result<u64, RetainStopped> {
+        self.sweep(
+            |ekey, _| {
+                let token = ekey
+                    .first_chunk::<8>()
+                    .map_or(0, |t| u64::from_be_bytes(*t));
+                (!keep(token)).then_some(Doom::Remove)
+            },
+            batch,
+            between,
+        )
+    }
+
+    /// Replaces with a tombstone every live record whose user key starts
+    /// with `prefix` and that `doomed` picks; returns how many. As
+    /// [`Storage::retain`] does, it scans a snapshot, and a record is
+    /// replaced only if it is still the one the snapshot saw (a write that
+    /// arrived since is never deleted). The tombstone's version is one past
+    /// the record's, so that the record's other copies never come back
+    /// over it by repair while any write made since wins. Blocks: call it
+    /// from a blocking context.
+    pub fn tombstone_where(
+        &self,
+        prefix: &[u8],
+        doomed: impl Fn(&[u8], &Record) -> bool,
+        batch: usize,
+        between: impl FnMut(Batch) -> Result<(), String>,
+    ) -> Result<u64, RetainStopped> {
+        self.sweep(
+            |ekey, stored| {
+                let key = ekey.get(8..)?;
+                if !key.starts_with(prefix) {
+                    return None;
+                }
+                let record = Record::decode(Bytes::copy_from_slice(stored)).ok()?;
+                if record.value.is_none() || !doomed(key, &record) {
+                    return None;
+                }
+                Some(Doom::Tombstone(Record::tombstone(
+                    record.version.saturating_add(1),
+                )))
+            },
+            batch,
+            between,
+        )
+    }
+
+    /// The scan behind [`Storage::retain`] and [`Storage::tombstone_where`]:
+    /// `doom` sees each engine key and stored bytes of a snapshot and says
+    /// what to do with the item, which is done under the key's stripe lock
+    /// only if the item is unchanged since the snapshot.
+    fn sweep(
+        &self,
+        doom: impl Fn(&[u8], &[u8]) -> Option<Doom>,
+        batch: usize,
         mut between: impl FnMut(Batch) -> Result<(), String>,
     ) -> Result<u64, RetainStopped> {
         let mut deleted = 0u64;
@@ -553,19 +648,34 @@ impl Storage {
             let (key, seen) = item.map_err(|e| stopped(deleted, e.to_string()))?;
             in_batch.examined += 1;
             in_batch.bytes += (key.len() + seen.len()) as u64;
-            let token = key.first_chunk::<8>().map_or(0, |t| u64::from_be_bytes(*t));
-            if !keep(token) {
+            if let Some(doom) = doom(&key, &seen) {
+                let token = key.first_chunk::<8>().map_or(0, |t| u64::from_be_bytes(*t));
                 let _guard = self.stripes.get(stripe(token)).map(Mutex::lock);
                 let current = self
                     .db
                     .get(&key)
                     .map_err(|e| stopped(deleted, e.to_string()))?;
                 if current.as_deref() == Some(seen.as_slice()) {
-                    self.db
-                        .delete(&key)
-                        .map_err(|e| stopped(deleted, e.to_string()))?;
+                    let user_key = key.get(8..).unwrap_or_default();
+                    match doom {
+                        Doom::Remove => {
+                            self.db
+                                .delete(&key)
+                                .map_err(|e| stopped(deleted, e.to_string()))?;
+                            self.manifests.removed(user_key);
+                        }
+                        Doom::Tombstone(tombstone) => {
+                            let mut write = WriteBatch::new();
+                            write.put(&key, tombstone.encode());
+                            self.db
+                                .write(write, &self.write_options)
+                                .map_err(|e| stopped(deleted, e.to_string()))?;
+                            self.manifests.stored(user_key, &tombstone);
+                        }
+                    }
                     deleted += 1;
                     in_batch.deleted += 1;
+                    in_batch.deleted_bytes += seen.len() as u64;
                 }
             }
             if in_batch.examined >= batch as u64 {

@@ -28,6 +28,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("GET", "/v1/kv/{*key}", Read),
         ("PUT", "/v1/kv/{*key}", Write),
         ("DELETE", "/v1/kv/{*key}", Write),
+        ("GET", "/v1/files", Read),
         ("GET", "/v1/files/{*name}", Read),
         ("PUT", "/v1/files/{*name}", Write),
         ("DELETE", "/v1/files/{*name}", Write),
@@ -57,6 +58,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("POST", "/admin/v1/removenode/{id}", Operator),
         ("POST", "/admin/v1/repair", Operator),
         ("POST", "/admin/v1/snapshot", Operator),
+        ("POST", "/admin/v1/files/gc", Operator),
         ("POST", "/internal/v1/apply", Node),
         ("POST", "/internal/v1/apply-batch", Node),
         ("POST", "/internal/v1/read", Node),
@@ -65,6 +67,7 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("GET", "/internal/v1/stream", Node),
         ("POST", "/internal/v1/digest", Node),
         ("POST", "/internal/v1/repair-rows", Node),
+        ("POST", "/internal/v1/files", Node),
     ]
     .into_iter()
     .map(|(m, p, a)| ((m.to_owned(), p.to_owned()), a))

@@ -1,6 +1,8 @@
 //! The file API on real kvnode processes: round trips of sizes around the
 //! chunk size through different nodes, ranges, an upload cut off half-way,
-//! a chunk corrupted on one replica, and a read with one node killed.
+//! a chunk corrupted on one replica, a read with one node killed, nodes
+//! killed during an upload and a download, listings merged from every
+//! node, and the chunk GC.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -289,4 +291,271 @@ async fn a_corrupt_chunk_is_never_served_and_a_dead_node_does_not_stop_reads() {
     c.nodes[2].kill();
     let got = get_file(&c, 0, "v", None).await.bytes().await.unwrap();
     assert!(got[..] == body[..]);
+}
+
+/// The names of every page of `GET /v1/files?prefix=` through node `i`,
+/// `limit` at a time, following `next`; also each file's size.
+async fn list_all(c: &Cluster, i: usize, prefix: &str, limit: u32) -> Vec<(String, u64)> {
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let mut query = vec![("prefix", prefix.to_owned()), ("limit", limit.to_string())];
+        if let Some(a) = &after {
+            query.push(("after", a.clone()));
+        }
+        let r = c
+            .client
+            .get(c.nodes[i].url("/v1/files"))
+            .query(&query)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let files = page["files"].as_array().unwrap();
+        assert!(files.len() <= limit as usize);
+        for f in files {
+            names.push((
+                f["name"].as_str().unwrap().to_owned(),
+                f["size"].as_u64().unwrap(),
+            ));
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return names,
+        }
+    }
+    panic!("a listing of {prefix:?} did not end within 100 pages");
+}
+
+/// Files are listed by prefix, in pages, from the nodes' own indexes of
+/// their manifests: 4 nodes with RF 2, so no node holds every file and the
+/// pages of several must be merged; a deleted file drops out; one node down
+/// (fewer than RF) still lists everything, two are refused.
+#[tokio::test]
+async fn files_are_listed_in_pages_merged_from_every_node() {
+    let mut c = Cluster::start_with_rf(4, 2).await;
+    let mut expected = Vec::new();
+    for n in 0..20usize {
+        let name = format!("logs/{n:02}");
+        assert_eq!(
+            put_file(&c, n % 4, &name, data(n * 10, n as u8))
+                .await
+                .status(),
+            201
+        );
+        expected.push((name, n as u64 * 10));
+    }
+    for name in ["media/a", "media/b", "logs"] {
+        assert_eq!(put_file(&c, 1, name, data(3, 1)).await.status(), 201);
+    }
+    let r = c
+        .client
+        .delete(c.nodes[2].url("/v1/files/logs/05"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    expected.remove(5);
+
+    for limit in [1, 7, 100] {
+        assert_eq!(
+            list_all(&c, limit as usize % 4, "logs/", limit).await,
+            expected,
+            "pages of {limit}"
+        );
+    }
+    let media: Vec<String> = list_all(&c, 3, "media/", 10)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(media, ["media/a", "media/b"]);
+    assert_eq!(list_all(&c, 0, "", 1000).await.len(), 22);
+    for bad in ["limit=0", "limit=1001", "limit=x"] {
+        let r = c
+            .client
+            .get(c.nodes[0].url(&format!("/v1/files?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+
+    c.nodes[3].kill();
+    assert_eq!(list_all(&c, 0, "logs/", 6).await, expected, "one node down");
+    c.nodes[2].kill();
+    let r = c
+        .client
+        .get(c.nodes[0].url("/v1/files"))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(r, 503, "unavailable").await;
+}
+
+/// The chunk GC deletes the chunks no file names once they are older than
+/// the grace, on every replica, and keeps the chunks a live file shares
+/// with a deleted one; a chunk written again after the GC comes back; a
+/// pass with a node down is skipped.
+#[tokio::test]
+async fn the_chunk_gc_collects_orphans_and_keeps_shared_chunks() {
+    let grace = std::time::Duration::from_millis(5000);
+    let mut c = Cluster::start_with(
+        3,
+        3,
+        &[
+            ("KVNODE_FILE_GC_INTERVAL", "0"),
+            ("KVNODE_FILE_GC_GRACE_MS", "5000"),
+        ],
+    )
+    .await;
+    let shared = data(CHUNK, 1);
+    let only_a = data(CHUNK, 2);
+    let a = [&shared[..], &only_a[..], b"tail of a"].concat();
+    let b = [&shared[..], &data(CHUNK, 3)[..]].concat();
+    let gone = data(CHUNK + 5, 4);
+    for (name, body) in [("a", &a), ("b", &b), ("gone", &gone)] {
+        assert_eq!(put_file(&c, 0, name, body.clone()).await.status(), 201);
+    }
+    let written = std::time::Instant::now();
+    for name in ["a", "gone"] {
+        let r = c
+            .client
+            .delete(c.nodes[1].url(&format!("/v1/files/{name}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let key = |bytes: &[u8]| format!("\0chunk/{}", hex::encode(Sha256::digest(bytes)));
+    let orphans = [
+        key(&only_a),
+        key(b"tail of a"),
+        key(&gone[..CHUNK]),
+        key(&gone[CHUNK..]),
+    ];
+    let kept = [key(&shared), key(&b[CHUNK..])];
+
+    // Within the grace nothing goes, referenced or not.
+    let (status, report) = c.admin_post(0, "/admin/v1/files/gc").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["files"], 1, "{report}");
+    assert_eq!(report["referenced_chunks"], 2, "{report}");
+    assert_eq!(report["deleted_chunks"], 0, "{report}");
+
+    tokio::time::sleep(grace.saturating_sub(written.elapsed()) + grace / 5).await;
+    for i in 0..3 {
+        let (status, report) = c.admin_post(i, "/admin/v1/files/gc").await;
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(report["deleted_chunks"], 4, "node {}: {report}", i + 1);
+        assert!(report["deleted_bytes"].as_u64().unwrap() > 2 * CHUNK as u64);
+        assert_eq!(
+            c.metric(i, "kvnode_file_gc_deleted_chunks_total").await,
+            4.0
+        );
+        for k in &orphans {
+            let held = c.local_record(i, k).await.expect("a tombstone at least");
+            assert!(held.value.is_none(), "node {} kept an orphan", i + 1);
+        }
+        for k in &kept {
+            let held = c.local_record(i, k).await.expect("a shared chunk");
+            assert!(held.value.is_some(), "node {} lost a live chunk", i + 1);
+        }
+    }
+    let got = get_file(&c, 2, "b", None).await.bytes().await.unwrap();
+    assert!(got[..] == b[..], "b changed");
+    // The same bytes uploaded again are written anew, over the tombstones.
+    assert_eq!(put_file(&c, 1, "again", a.clone()).await.status(), 201);
+    let got = get_file(&c, 0, "again", None).await.bytes().await.unwrap();
+    assert!(
+        got[..] == a[..],
+        "a chunk written after the GC did not come back"
+    );
+
+    c.nodes[2].kill();
+    let (status, report) = c.admin_post(0, "/admin/v1/files/gc").await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["error"], "gc_skipped", "{report}");
+    assert_eq!(
+        c.metric(0, "kvnode_file_gc_skipped_passes_total").await,
+        1.0
+    );
+}
+
+/// A node killed while a file goes up through another, and another killed
+/// while it comes down: the upload is acknowledged with every chunk on
+/// both surviving nodes' own engines, and the download is whole.
+#[tokio::test]
+async fn a_node_killed_during_an_upload_or_a_download_loses_nothing() {
+    let mut c = Cluster::start(3).await;
+    let slow = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let body = data(16 * CHUNK + 3, 7);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let upload = tokio::spawn(
+        slow.put(c.nodes[0].url("/v1/files/big"))
+            .body(reqwest::Body::wrap_stream(stream))
+            .send(),
+    );
+    for (n, piece) in body.chunks(CHUNK / 2).enumerate() {
+        if n == 10 {
+            c.nodes[2].kill();
+        }
+        tx.send(Ok(piece.to_vec())).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(tx);
+    let r = upload.await.unwrap().unwrap();
+    assert_eq!(r.status(), 201);
+    let keys: Vec<String> = body
+        .chunks(CHUNK)
+        .map(|chunk| format!("\0chunk/{}", hex::encode(Sha256::digest(chunk))))
+        .collect();
+    // QUORUM with node 3 dead: each chunk acknowledged by nodes 1 and 2,
+    // or by one of them and node 3 before it died, the other's write then
+    // still on its way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for i in 0..2 {
+        loop {
+            let held = c.local_records(i, &keys).await;
+            if held
+                .iter()
+                .all(|r| r.as_ref().is_some_and(|r| r.value.is_some()))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {} lacks acknowledged chunks",
+                i + 1
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    c.nodes[2].restart();
+    c.wait_ready(2, std::time::Duration::from_secs(30)).await;
+    let mut download = slow
+        .get(c.nodes[0].url("/v1/files/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    let mut got = Vec::new();
+    let mut killed = false;
+    while let Some(piece) = download.chunk().await.unwrap() {
+        got.extend_from_slice(&piece);
+        if !killed && got.len() > 4 * CHUNK {
+            c.nodes[1].kill();
+            killed = true;
+        }
+    }
+    assert!(killed);
+    assert!(got[..] == body[..], "the download came back different");
 }

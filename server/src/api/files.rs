@@ -15,11 +15,18 @@
 //! `Range: bytes=a-b`, `a-` and `-n` give 206 (416 when unsatisfiable).
 //! `HEAD` answers the size, the ETag (the whole file's SHA-256) and the
 //! content type without reading a chunk.
+//!
+//! `GET /v1/files?prefix=&after=&limit=` lists names in order, a page at a
+//! time, from every node's index of its manifests (`files::index`): the
+//! answer is `{"files": [{"name", "size", "created_ms", "version"}],
+//! "next": <the next page's "after", or null>}`. A listing needs answers
+//! from all but fewer than the replication factor of the nodes (so that
+//! every file has a replica that answered); otherwise it is 503.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -38,11 +45,18 @@ use tokio::task::JoinSet;
 use super::kv::consistency;
 use super::{ApiError, AppState};
 use crate::coordinator::{Consistency, Coordinator};
+use crate::files::index::{self, ListRequest, MAX_PAGE};
 use crate::files::{self, Manifest};
 use crate::storage::Record;
 
 /// The route prefix.
 pub const FILES_PREFIX: &str = "/v1/files/";
+
+/// The listing route.
+pub const LIST_ROUTE: &str = "/v1/files";
+
+/// The route that runs a pass of this node's chunk GC now.
+pub const GC_PATH: &str = "/admin/v1/files/gc";
 
 /// Chunk writes (on `PUT`) and reads (on `GET`) outstanding per request:
 /// enough to keep every replica busy, few enough that a request holds at
@@ -59,6 +73,7 @@ pub async fn put_file(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let began = Instant::now();
     let name = file_name(&state, &uri)?;
     let level = consistency(uri.query())?;
     let expected = match headers.get(CHECKSUM_HEADER) {
@@ -169,6 +184,22 @@ pub async fn put_file(
             ));
         }
     }
+    // The chunk GC spares chunks for a grace after their write, and counts
+    // on a manifest coming within half of it (`files::gc`).
+    let half_grace = state.config.file_gc_grace / 2;
+    if began.elapsed() > half_grace {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_too_slow",
+            format!(
+                "the upload took {} s, more than half of --file-gc-grace-ms ({} s): its first \
+                 chunks may be collected before the file would be visible; upload again, or \
+                 raise the grace",
+                began.elapsed().as_secs(),
+                state.config.file_gc_grace.as_secs()
+            ),
+        ));
+    }
     let mut manifest = Manifest {
         format: files::FORMAT,
         size,
@@ -247,6 +278,94 @@ pub async fn get_file(
     }
     Ok(response)
 }
+
+/// The query of a listing.
+#[derive(Debug, serde::Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Names a page holds unless the query asks for another number.
+const DEFAULT_PAGE: u32 = 100;
+
+/// `GET /v1/files`: a page of the names of existing files.
+pub async fn list_files(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let query: ListQuery = serde_urlencoded::from_str(uri.query().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request("bad_query", format!("query string: {e}")))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    let request = ListRequest {
+        prefix: query.prefix,
+        after: query.after,
+        limit,
+    };
+    let listing = state.coordinator.list_files(&request).await;
+    if listing.unanswered.len() >= state.config.replication_factor.get() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "{} of {} nodes did not answer ({}): files whose replicas are all there may be missing",
+                listing.unanswered.len(),
+                listing.asked,
+                listing.unanswered.join(", ")
+            ),
+        )
+        .retry_after(1));
+    }
+    let merged = index::merge(listing.pages, limit);
+    let files: Vec<serde_json::Value> = merged
+        .files
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "size": f.size,
+                "created_ms": f.created_ms,
+                "version": f.version,
+            })
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "files": files, "next": merged.next }),
+    ))
+}
+
+/// `POST /internal/v1/files`: a page of this node's own manifests, for a
+/// listing coordinated elsewhere.
+pub async fn list_own(
+    State(state): State<AppState>,
+    body: Body,
+) -> Result<Json<Vec<index::Listed>>, ApiError> {
+    let body = super::read_body(body, super::BodyLimit::Body(LIST_REQUEST_LIMIT)).await?;
+    let request: ListRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("a list request: {e}")))?;
+    Ok(Json(state.storage.manifests().page(&request)))
+}
+
+/// `POST /admin/v1/files/gc`: one pass of this node's chunk GC, now; 200 with
+/// what it did, 503 when it was skipped or another pass is running.
+pub async fn collect_garbage(
+    State(state): State<AppState>,
+) -> Result<Json<crate::files::gc::GcReport>, ApiError> {
+    state.file_gc.pass().await.map(Json).map_err(|e| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "gc_skipped", e.to_string()).retry_after(5)
+    })
+}
+
+/// A list request holds a prefix and a name at most: two keys.
+pub(crate) const LIST_REQUEST_LIMIT: usize = 64 * 1024;
 
 /// `DELETE`: removes the manifest (the chunks stay); 204 either way.
 pub async fn delete_file(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {

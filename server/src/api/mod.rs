@@ -56,6 +56,7 @@ use self::budget::{BodyBudget, BodyPermit};
 use crate::auth::request::RequestVerifier;
 use crate::config::{Config, Limits};
 use crate::coordinator::{Coordinator, CoordinatorError};
+use crate::files::index::LIST_PATH;
 use crate::membership::Membership;
 use crate::metrics::{Metrics, Op, RequestClass};
 use crate::peer::repair::{DIGEST_PATH, MAX_DIGEST_REQUEST, MAX_ROWS_REQUEST, REPAIR_ROWS_PATH};
@@ -127,6 +128,8 @@ pub struct AppParts {
     pub(crate) join: Arc<crate::join::JoinWatch>,
     /// This node's backups: the save running, the last one's outcome.
     pub(crate) snapshots: Arc<snapshot::Snapshots>,
+    /// The chunk GC (`POST /admin/v1/files/gc` runs a pass).
+    pub(crate) file_gc: crate::files::gc::FileGc,
 }
 
 /// One route: its method, its path pattern (axum's syntax), who may call it
@@ -164,6 +167,7 @@ fn routes() -> Vec<Route> {
             Method::DELETE,
             delete(kv::delete_value),
         ),
+        Route::new(Read, files::LIST_ROUTE, Method::GET, get(files::list_files)),
         Route::new(Read, "/v1/files/{*name}", Method::GET, get(files::get_file)),
         Route::new(
             Write,
@@ -255,6 +259,13 @@ fn routes() -> Vec<Route> {
             get(internal::tokens),
         ),
         Route::new(Node, STREAM_PATH, Method::GET, get(stream::stream)),
+        Route::new(Node, LIST_PATH, Method::POST, post(files::list_own)),
+        Route::new(
+            Operator,
+            files::GC_PATH,
+            Method::POST,
+            post(files::collect_garbage),
+        ),
         Route::new(Node, DIGEST_PATH, Method::POST, post(repair::digest)),
         Route::new(
             Node,
@@ -428,6 +439,8 @@ fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<Body
         Some(BodyLimit::Body(limits.max_key_size))
     } else if *method == Method::POST && path == DIGEST_PATH {
         Some(BodyLimit::Body(MAX_DIGEST_REQUEST))
+    } else if *method == Method::POST && path == LIST_PATH {
+        Some(BodyLimit::Body(files::LIST_REQUEST_LIMIT))
     } else if *method == Method::POST && path == REPAIR_ROWS_PATH {
         Some(BodyLimit::Body(MAX_ROWS_REQUEST))
     } else if *method == Method::POST && path == repair::REPAIR_PATH {
@@ -483,6 +496,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         || path.starts_with("/v1/data")
         || path.starts_with("/block/")
         || path.starts_with(files::FILES_PREFIX)
+        || path == files::LIST_ROUTE
     {
         match *method {
             Method::GET | Method::HEAD => Op::get,
@@ -498,6 +512,8 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         Op::internal_read_digest
     } else if path == STREAM_PATH {
         Op::internal_stream
+    } else if path == LIST_PATH {
+        Op::internal_list
     } else if path == DIGEST_PATH || path == REPAIR_ROWS_PATH {
         Op::internal_repair
     } else if matches!(
@@ -519,6 +535,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
             .is_some_and(|id| id.starts_with('/'))
         || path == repair::REPAIR_PATH
         || path == snapshot::SNAPSHOT_PATH
+        || path == files::GC_PATH
         || console::is_console_path(path)
     {
         Op::admin

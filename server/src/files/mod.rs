@@ -28,6 +28,9 @@
 //! of the file is in chunk `n / chunk_size`: a range read goes straight to
 //! its chunks.
 
+pub mod gc;
+pub mod index;
+
 use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,7 +39,7 @@ use sha2::{Digest, Sha256};
 pub const RESERVED_PREFIX: u8 = 0;
 
 /// The prefix of chunk keys.
-const CHUNK_PREFIX: &[u8] = b"\0chunk/";
+pub const CHUNK_PREFIX: &[u8] = b"\0chunk/";
 
 /// The prefix of manifest keys.
 const FILE_PREFIX: &[u8] = b"\0file/";
@@ -47,6 +50,16 @@ pub const FORMAT: u32 = 1;
 /// Whether `key` is in the reserved key space that client routes refuse.
 pub fn is_reserved(key: &[u8]) -> bool {
     key.first() == Some(&RESERVED_PREFIX)
+}
+
+/// Whether `key` is the key of a manifest.
+pub fn is_manifest_key(key: &[u8]) -> bool {
+    key.starts_with(FILE_PREFIX)
+}
+
+/// The chunk hash a chunk key names, `None` for any other key.
+pub fn chunk_hash(key: &[u8]) -> Option<[u8; 32]> {
+    decode_hash(std::str::from_utf8(key.strip_prefix(CHUNK_PREFIX)?).ok()?)
 }
 
 /// The chunk size of new files: the node's value limit, so that a chunk is

@@ -264,6 +264,7 @@ mod tests {
 
     use super::*;
     use crate::config::HintLimits;
+    use crate::files::index::{ListRequest, Listed};
     use crate::hints::outbox::IN_FLIGHT;
     use crate::metrics::HintMetrics;
     use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
@@ -350,6 +351,14 @@ mod tests {
             _: Endpoint<'_>,
             _: &RowsRequest,
         ) -> Result<RowsAnswer, PeerError> {
+            Err(PeerError::Unreachable("not in this test".into()))
+        }
+
+        async fn list_files(
+            &self,
+            _: Endpoint<'_>,
+            _: &ListRequest,
+        ) -> Result<Vec<Listed>, PeerError> {
             Err(PeerError::Unreachable("not in this test".into()))
         }
     }

@@ -18,6 +18,7 @@ use super::wire::{
 use super::{Chunks, Endpoint, Peer, PeerError};
 use crate::auth::request::RequestSigner;
 use crate::auth::ClusterSecret;
+use crate::files::index::{ListRequest, Listed, LIST_PATH};
 use crate::hlc::WallClock;
 use crate::storage::Record;
 
@@ -199,6 +200,20 @@ impl Peer for HttpPeer {
         refused(&response)?;
         let body = response.bytes().await.map_err(failure)?;
         RowsAnswer::decode(&body, request).map_err(|e| PeerError::BadAnswer(e.to_string()))
+    }
+
+    async fn list_files(
+        &self,
+        to: Endpoint<'_>,
+        request: &ListRequest,
+    ) -> Result<Vec<Listed>, PeerError> {
+        let body = serde_json::to_vec(request).map_err(|e| PeerError::BadAnswer(e.to_string()))?;
+        let response = self
+            .post(to, LIST_PATH, body.into(), Some(self.replica_timeout))
+            .await?;
+        refused(&response)?;
+        let body = response.bytes().await.map_err(failure)?;
+        serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
     }
 }
 

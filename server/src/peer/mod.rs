@@ -26,6 +26,7 @@ use strata_ring::{NodeId, TokenRange};
 
 use self::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
 use self::wire::RecordDigest;
+use crate::files::index::{ListRequest, Listed};
 use crate::storage::Record;
 
 /// The member a call goes to.
@@ -117,4 +118,12 @@ pub trait Peer: Send + Sync {
         to: Endpoint<'_>,
         request: &RowsRequest,
     ) -> Result<RowsAnswer, PeerError>;
+
+    /// A page of the manifests the peer holds (`files::index`), tombstones
+    /// included.
+    async fn list_files(
+        &self,
+        to: Endpoint<'_>,
+        request: &ListRequest,
+    ) -> Result<Vec<Listed>, PeerError>;
 }

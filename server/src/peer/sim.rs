@@ -59,6 +59,7 @@ use crate::applier::Applier;
 use crate::auth::ClusterSecret;
 use crate::config::defaults::{MAX_BODY_SIZE, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 use crate::config::Limits;
+use crate::files::index::{ListRequest, Listed};
 use crate::hlc::{Hlc, WallClock};
 use crate::storage::{Record, Storage};
 
@@ -566,6 +567,14 @@ impl Peer for SimPeer {
         _request: &RowsRequest,
     ) -> Result<RowsAnswer, PeerError> {
         Err(PeerError::Unreachable("repair is not simulated".to_owned()))
+    }
+
+    async fn list_files(
+        &self,
+        to: Endpoint<'_>,
+        request: &ListRequest,
+    ) -> Result<Vec<Listed>, PeerError> {
+        Ok(self.node(to.id)?.storage.manifests().page(request))
     }
 }
 

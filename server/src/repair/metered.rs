@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use strata_ring::TokenRange;
 
+use crate::files::index::{ListRequest, Listed};
 use crate::metrics::Metrics;
 use crate::peer::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
 use crate::peer::wire::RecordDigest;
@@ -66,6 +67,15 @@ impl Peer for MeteredPeer {
         after: Option<&[u8]>,
     ) -> Result<Box<dyn Chunks>, PeerError> {
         self.inner.stream(to, range, after).await
+    }
+
+    /// Not metered: a listing is not repair traffic.
+    async fn list_files(
+        &self,
+        to: Endpoint<'_>,
+        request: &ListRequest,
+    ) -> Result<Vec<Listed>, PeerError> {
+        self.inner.list_files(to, request).await
     }
 
     async fn digest(

@@ -46,6 +46,7 @@ use super::http::HttpPeer;
 use super::repair::{DigestAnswer, DigestRequest, RowsAnswer, RowsRequest};
 use super::wire::RecordDigest;
 use super::{Chunks, Endpoint, Peer, PeerError};
+use crate::files::index::{ListRequest, Listed};
 use crate::storage::Record;
 
 /// How long a peer that does not speak the transport is called over HTTP
@@ -277,5 +278,13 @@ impl Peer for MuxPeer {
         request: &RowsRequest,
     ) -> Result<RowsAnswer, PeerError> {
         self.http.repair_rows(to, request).await
+    }
+
+    async fn list_files(
+        &self,
+        to: Endpoint<'_>,
+        request: &ListRequest,
+    ) -> Result<Vec<Listed>, PeerError> {
+        self.http.list_files(to, request).await
     }
 }
