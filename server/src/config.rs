@@ -715,6 +715,15 @@ impl Edges {
 }
 
 impl Config {
+    /// How long after its oldest chunk was written a file's manifest may
+    /// still be written (`files::gc`): half the chunk grace, less the
+    /// manifest write's own time and the clocks' offset.
+    pub fn file_commit_window(&self) -> Duration {
+        (self.file_gc_grace / 2)
+            .saturating_sub(self.replica_timeout)
+            .saturating_sub(self.max_clock_offset)
+    }
+
     /// Reads the file named by `settings.config` (if any), lays `settings`
     /// over it and resolves.
     pub fn load(settings: Settings) -> Result<Self, ConfigError> {
@@ -787,6 +796,14 @@ impl Config {
             max_clock_offset,
             clock_skew_ms,
         } = clocks(&s, &node_id)?;
+        if file_gc_grace <= (replica_timeout + max_clock_offset) * 2 {
+            return invalid(
+                "file_gc_grace_ms",
+                "must be more than twice replica_timeout_ms plus max_clock_offset_ms: an upload \
+                 must commit its file within half the grace of its chunks' writes, less the \
+                 commit's own write and the clocks' offset",
+            );
+        }
         let hints = HintLimits::resolve(&s);
         let engine = EngineConfig::resolve(&s.engine)?;
         Ok(Self {
@@ -1105,14 +1122,7 @@ fn timeouts(s: &Settings) -> Result<Timeouts, ConfigError> {
         tombstone_grace: millis(s.tombstone_grace_ms, defaults::TOMBSTONE_GRACE_MS),
         file_gc_grace: millis(s.file_gc_grace_ms, defaults::FILE_GC_GRACE_MS),
     };
-    if t.file_gc_grace <= t.replica_timeout * 2 {
-        return invalid(
-            "file_gc_grace_ms",
-            "must be more than twice replica_timeout_ms: an upload commits its file at most \
-             half the grace after its first chunk, and the commit's write must end before \
-             the GC can see the chunk as old",
-        );
-    }
+
     if t.request_timeout.is_zero() || t.replica_timeout.is_zero() || t.gossip_interval.is_zero() {
         return invalid("timeouts", "must be positive");
     }
@@ -1316,6 +1326,24 @@ mod tests {
         assert_eq!(c.background_bytes_per_sec, 1000);
         let c = resolve(args(&["--repair-interval", "60"]), Settings::default()).unwrap();
         assert_eq!(c.repair_interval, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn the_chunk_gc_grace_leaves_uploads_a_commit_window() {
+        let c = resolve(Settings::default(), Settings::default()).unwrap();
+        assert_eq!(c.file_gc_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(c.file_gc_grace, Duration::from_secs(86_400));
+        assert_eq!(
+            c.file_commit_window(),
+            Duration::from_millis(43_200_000 - 2_000 - 500)
+        );
+        let file = parse_file(Path::new("k.toml"), "file_gc_interval = 0").unwrap();
+        let c = resolve(args(&["--file-gc-grace-ms", "10000"]), file).unwrap();
+        assert_eq!(c.file_gc_interval, None);
+        assert_eq!(c.file_commit_window(), Duration::from_millis(2_500));
+        // No window left once the commit's write and the clock offset are paid.
+        let e = resolve(args(&["--file-gc-grace-ms", "5000"]), Settings::default()).unwrap_err();
+        assert!(e.to_string().contains("file_gc_grace_ms"), "{e}");
     }
 
     #[test]

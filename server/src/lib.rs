@@ -61,7 +61,7 @@ pub mod certs;
 pub mod config;
 mod conn;
 mod coordinator;
-mod files;
+pub mod files;
 pub mod gossip_transport;
 mod hints;
 mod hlc;

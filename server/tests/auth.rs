@@ -32,6 +32,9 @@ fn expected_routes() -> BTreeMap<(String, String), Access> {
         ("GET", "/v1/files/{*name}", Read),
         ("PUT", "/v1/files/{*name}", Write),
         ("DELETE", "/v1/files/{*name}", Write),
+        ("POST", "/v1/files/{*name}", Write),
+        ("POST", "/v1/chunks/missing", Write),
+        ("PUT", "/v1/chunks/{hash}", Write),
         ("POST", "/v1/data", Write),
         ("GET", "/v1/data", Read),
         ("GET", "/v1/data/{*key}", Read),
@@ -112,6 +115,7 @@ fn concrete(pattern: &str) -> String {
     pattern
         .replace("{*key}", "matrix-key")
         .replace("{*id}", "matrix-id")
+        .replace("{hash}", "matrix-hash")
         .replace("{id}", "node9")
 }
 

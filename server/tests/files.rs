@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_json_error, kvnode, Cluster};
+use common::{assert_json_error, kvnode, status_and_json, Cluster};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use strata_server::storage::Record;
@@ -400,13 +400,14 @@ async fn files_are_listed_in_pages_merged_from_every_node() {
 /// pass with a node down is skipped.
 #[tokio::test]
 async fn the_chunk_gc_collects_orphans_and_keeps_shared_chunks() {
-    let grace = std::time::Duration::from_millis(5000);
+    let grace = std::time::Duration::from_millis(10_000);
     let mut c = Cluster::start_with(
         3,
         3,
         &[
             ("KVNODE_FILE_GC_INTERVAL", "0"),
-            ("KVNODE_FILE_GC_GRACE_MS", "5000"),
+            ("KVNODE_FILE_GC_GRACE_MS", "10000"),
+            ("KVNODE_REPLICA_TIMEOUT_MS", "1000"),
         ],
     )
     .await;
@@ -558,4 +559,134 @@ async fn a_node_killed_during_an_upload_or_a_download_loses_nothing() {
     }
     assert!(killed);
     assert!(got[..] == body[..], "the download came back different");
+}
+
+/// The SHA-256 of `bytes` in hex.
+fn hex_sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+async fn post_json(c: &Cluster, i: usize, path: &str, body: &Value) -> (u16, Value) {
+    status_and_json(
+        c.client
+            .post(c.nodes[i].url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// A resumable upload: the cluster names the chunks it lacks, a chunk whose
+/// bytes do not hash to its name is refused, a commit names the chunks still
+/// missing and checks the whole file; `kvnode put-file` then sends only the
+/// missing chunks, and a second upload of the same bytes sends none.
+#[tokio::test]
+async fn uploads_resume_and_send_only_the_chunks_the_cluster_lacks() {
+    let c = Cluster::start(3).await;
+    // `data` repeats itself every chunk: a seed per chunk makes them differ.
+    let body: Vec<u8> = (0..6)
+        .flat_map(|i| data(if i < 5 { CHUNK } else { 100 }, 20 + i as u8))
+        .collect();
+    let hashes: Vec<String> = body.chunks(CHUNK).map(hex_sha).collect();
+    let ask = serde_json::json!({ "chunks": hashes });
+    let (status, answer) = post_json(&c, 0, "/v1/chunks/missing", &ask).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["chunk_size"], CHUNK);
+    assert_eq!(answer["missing"].as_array().unwrap().len(), 6);
+
+    // Half the file was sent before an interruption.
+    for (hash, chunk) in hashes.iter().zip(body.chunks(CHUNK)).take(3) {
+        let r = c
+            .client
+            .put(c.nodes[1].url(&format!("/v1/chunks/{hash}")))
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let wrong = c
+        .client
+        .put(c.nodes[1].url(&format!("/v1/chunks/{}", hashes[3])))
+        .body(b"other bytes".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(wrong, 400, "checksum_mismatch").await;
+    let bad = c
+        .client
+        .put(c.nodes[1].url("/v1/chunks/not-a-hash"))
+        .body(b"x".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(bad, 400, "bad_hash").await;
+    let (_, answer) = post_json(&c, 2, "/v1/chunks/missing", &ask).await;
+    assert_eq!(answer["missing"], serde_json::json!(hashes[3..]));
+
+    let commit = |sha: &str| {
+        serde_json::json!({
+            "size": body.len(), "chunk_size": CHUNK, "chunks": hashes,
+            "sha256": sha, "content_type": "video/mp4",
+        })
+    };
+    let (status, answer) = post_json(&c, 0, "/v1/files/movie", &commit(&hex_sha(&body))).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"], "chunks_missing");
+    let mut expected: Vec<&String> = hashes[3..].iter().collect();
+    expected.sort();
+    assert_eq!(answer["missing"], serde_json::json!(expected));
+    assert_eq!(get_file(&c, 0, "movie", None).await.status(), 404);
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("movie.mp4");
+    std::fs::write(&src, &body).unwrap();
+    let put = |name: &'static str, i: usize| {
+        let (src, node) = (
+            src.to_str().unwrap().to_owned(),
+            c.nodes[i].http.to_string(),
+        );
+        async move { kvnode(&["put-file", &src, name, "--node", &node]).await }
+    };
+    let (code, out) = put("movie", 2).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "sent 3 chunks ({} bytes), 3 already stored",
+            2 * CHUNK + 100
+        )),
+        "{out}"
+    );
+    let got = get_file(&c, 1, "movie", None).await.bytes().await.unwrap();
+    assert!(got[..] == body[..]);
+    let (code, out) = put("copy of movie", 0).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("sent 0 chunks (0 bytes), 6 already stored"),
+        "{out}"
+    );
+    let got = get_file(&c, 2, "copy%20of%20movie", None)
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got[..] == body[..]);
+
+    // Every chunk stored, but the whole is not what the commit says.
+    let (status, answer) = post_json(&c, 1, "/v1/files/liar", &commit(&hex_sha(b"x"))).await;
+    assert_eq!(
+        (status, &answer["error"]),
+        (400, &serde_json::json!("checksum_mismatch"))
+    );
+    let mut oversized = commit(&hex_sha(&body));
+    oversized["chunk_size"] = serde_json::json!(2 * CHUNK);
+    let (status, answer) = post_json(&c, 1, "/v1/files/liar", &oversized).await;
+    assert_eq!(
+        (status, &answer["error"]),
+        (400, &serde_json::json!("bad_manifest"))
+    );
+    assert_eq!(get_file(&c, 0, "liar", None).await.status(), 404);
 }

@@ -35,6 +35,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::BytesMut;
+use futures_util::StreamExt;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use percent_encoding::percent_decode_str;
@@ -46,7 +47,7 @@ use super::kv::consistency;
 use super::{ApiError, AppState};
 use crate::coordinator::{Consistency, Coordinator};
 use crate::files::index::{self, ListRequest, MAX_PAGE};
-use crate::files::{self, Manifest};
+use crate::files::{self, Manifest, MAX_MISSING_QUERY};
 use crate::storage::Record;
 
 /// The route prefix.
@@ -62,6 +63,9 @@ pub const GC_PATH: &str = "/admin/v1/files/gc";
 /// enough to keep every replica busy, few enough that a request holds at
 /// most this many chunks of memory.
 pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// The content type of a file uploaded without one.
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// The header a client sends the whole file's SHA-256 in (hex).
 const CHECKSUM_HEADER: &str = "x-checksum-sha256";
@@ -93,7 +97,7 @@ pub async fn put_file(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
+        .unwrap_or(DEFAULT_CONTENT_TYPE)
         .to_owned();
     let chunk_size = files::chunk_size(state.config.limits.max_value_size);
 
@@ -184,39 +188,256 @@ pub async fn put_file(
             ));
         }
     }
-    // The chunk GC spares chunks for a grace after their write, and counts
-    // on a manifest coming within half of it (`files::gc`).
-    let half_grace = state.config.file_gc_grace / 2;
-    if began.elapsed() > half_grace {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "upload_too_slow",
-            format!(
-                "the upload took {} s, more than half of --file-gc-grace-ms ({} s): its first \
-                 chunks may be collected before the file would be visible; upload again, or \
-                 raise the grace",
-                began.elapsed().as_secs(),
-                state.config.file_gc_grace.as_secs()
-            ),
-        ));
-    }
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         format: files::FORMAT,
         size,
         chunk_size: chunk_size as u64,
         chunks,
         sha256: hex::encode(sha256),
         content_type,
-        created_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        created_ms: now_ms(),
         version: 0,
     };
+    commit(&state, &name, manifest, level, began).await
+}
+
+/// Writes `manifest` as the file `name`, if it comes within the commit
+/// window of `began` (before which every chunk it names was written or
+/// found fresh); 201 with the manifest.
+async fn commit(
+    state: &AppState,
+    name: &str,
+    mut manifest: Manifest,
+    level: Consistency,
+    began: Instant,
+) -> Result<Response, ApiError> {
+    // The chunk GC spares a chunk for a grace after its write, and counts on
+    // a manifest naming it coming within this window (`files::gc`).
+    let window = state.config.file_commit_window();
+    if began.elapsed() > window {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "upload_too_slow",
+            format!(
+                "the upload took {} s, more than the {} s that --file-gc-grace-ms allows: its \
+                 first chunks may be collected before the file would be visible; upload \
+                 again (chunks already stored are not sent again by kvnode put-file), or \
+                 raise the grace",
+                began.elapsed().as_secs(),
+                window.as_secs()
+            ),
+        ));
+    }
     manifest.version = state
         .coordinator
-        .write(files::manifest_key(&name), Some(manifest.encode()), level)
+        .write(files::manifest_key(name), Some(manifest.encode()), level)
         .await?;
     Ok((StatusCode::CREATED, Json(manifest)).into_response())
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The prefix of the chunk routes of resumable uploads.
+pub const CHUNKS_PREFIX: &str = "/v1/chunks/";
+
+/// The route that says which chunks the cluster lacks.
+pub const MISSING_PATH: &str = "/v1/chunks/missing";
+
+/// The body limit of a missing-chunks query: [`MAX_MISSING_QUERY`] hashes
+/// of 64 hex digits, quoted, with commas, and room to spare.
+pub(crate) const MISSING_QUERY_LIMIT: usize = 1 << 20;
+
+/// The body limit of a commit: the chunk list of a file of about 200 GiB
+/// at 1 MiB chunks.
+pub(crate) const COMMIT_LIMIT: usize = 16 << 20;
+
+/// The body of a missing-chunks query.
+#[derive(Debug, serde::Deserialize)]
+struct MissingQuery {
+    chunks: Vec<String>,
+}
+
+/// `POST /v1/chunks/missing`: which of the named chunks (SHA-256 in hex)
+/// the cluster does not hold at the request's level, and the chunk size a
+/// file must be cut into: `{"chunk_size": N, "missing": [...]}`. A chunk
+/// counts as held if a live copy answers; its bytes are checked when a file
+/// that names it is committed.
+pub async fn missing_chunks(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let level = consistency(uri.query())?;
+    let body = super::read_body(body, super::BodyLimit::Body(MISSING_QUERY_LIMIT)).await?;
+    let query: MissingQuery = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("a missing-chunks query: {e}")))?;
+    if query.chunks.len() > MAX_MISSING_QUERY {
+        return Err(ApiError::bad_request(
+            "too_many_chunks",
+            format!("ask about at most {MAX_MISSING_QUERY} chunks at a time"),
+        ));
+    }
+    let hashes = query
+        .chunks
+        .iter()
+        .map(|h| files::decode_hash(h).ok_or_else(|| bad_hash(h)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let reads = hashes.into_iter().map(|hash| {
+        let coordinator = state.coordinator.clone();
+        async move {
+            let held = coordinator.read(files::chunk_key(&hash), level).await?;
+            let present = held.is_some_and(|r| r.value.is_some());
+            Ok::<_, ApiError>((!present).then(|| hex::encode(hash)))
+        }
+    });
+    let answers: Vec<Result<Option<String>, ApiError>> = futures_util::stream::iter(reads)
+        .buffered(CHUNKS_IN_FLIGHT * 4)
+        .collect()
+        .await;
+    let mut missing = Vec::new();
+    for answer in answers {
+        missing.extend(answer?);
+    }
+    Ok(Json(serde_json::json!({
+        "chunk_size": files::chunk_size(state.config.limits.max_value_size),
+        "missing": missing,
+    })))
+}
+
+/// `PUT /v1/chunks/{sha256}`: stores one chunk, refused unless its bytes
+/// hash to the name; 204.
+pub async fn put_chunk(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let named = uri.path().strip_prefix(CHUNKS_PREFIX).unwrap_or_default();
+    let hash = files::decode_hash(named).ok_or_else(|| bad_hash(named))?;
+    let level = consistency(uri.query())?;
+    let value = super::read_body(body, super::BodyLimit::value(&state.config.limits)).await?;
+    let got = files::sha256(&value);
+    if got != hash {
+        return Err(ApiError::bad_request(
+            "checksum_mismatch",
+            format!(
+                "the body's SHA-256 is {}, not the chunk's name",
+                hex::encode(got)
+            ),
+        ));
+    }
+    state
+        .coordinator
+        .write(files::chunk_key(&hash), Some(value), level)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn bad_hash(given: &str) -> ApiError {
+    ApiError::bad_request(
+        "bad_hash",
+        format!("{given:?} is not a SHA-256 in 64 hex digits"),
+    )
+}
+
+/// The body of a commit: the file's manifest as the client cut it.
+#[derive(Debug, serde::Deserialize)]
+struct CommitBody {
+    size: u64,
+    chunk_size: u64,
+    chunks: Vec<String>,
+    sha256: String,
+    content_type: Option<String>,
+}
+
+/// `POST /v1/files/{name}`: makes the file `name` out of chunks already
+/// stored (`PUT /v1/chunks/{sha256}`, or any earlier upload). Every chunk
+/// is read at the request's level and checked against its hash, and the
+/// whole file against `sha256`; a chunk written longer ago than the commit
+/// window is written again, so that the chunk GC spares it (`files::gc`).
+/// 201 with the manifest; 409 `chunks_missing` with `"missing": [...]`
+/// when some are not there, to be uploaded before committing again.
+pub async fn commit_file(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let began = Instant::now();
+    let name = file_name(&state, &uri)?;
+    let level = consistency(uri.query())?;
+    let body = super::read_body(body, super::BodyLimit::Body(COMMIT_LIMIT)).await?;
+    let given: CommitBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad_body", format!("a commit: {e}")))?;
+    let max_chunk = files::chunk_size(state.config.limits.max_value_size) as u64;
+    if given.chunk_size > max_chunk {
+        return Err(ApiError::bad_request(
+            "bad_manifest",
+            format!("chunk_size is over this cluster's {max_chunk}"),
+        ));
+    }
+    let manifest = Manifest {
+        format: files::FORMAT,
+        size: given.size,
+        chunk_size: given.chunk_size,
+        chunks: given.chunks,
+        sha256: given.sha256,
+        content_type: given
+            .content_type
+            .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned()),
+        created_ms: now_ms(),
+        version: 0,
+    };
+    manifest
+        .check()
+        .map_err(|e| ApiError::bad_request("bad_manifest", e.to_string()))?;
+    let oldest_fresh_ms = now_ms().saturating_sub(
+        u64::try_from(state.config.file_commit_window().as_millis()).unwrap_or(u64::MAX),
+    );
+    let mut reader = ChunkReader::new(
+        state.coordinator.clone(),
+        manifest.clone(),
+        0..manifest.chunks.len(),
+        level,
+    );
+    let mut whole = Sha256::new();
+    let mut missing = std::collections::BTreeSet::new();
+    while let Some((i, read)) = reader.next().await {
+        let Ok(chunk) = read else {
+            missing.extend(manifest.chunks.get(i).cloned());
+            continue;
+        };
+        whole.update(&chunk.bytes);
+        if crate::hlc::ms(chunk.version) < oldest_fresh_ms {
+            let key = files::chunk_key(&files::sha256(&chunk.bytes));
+            state
+                .coordinator
+                .write(key, Some(chunk.bytes), level)
+                .await?;
+        }
+    }
+    if !missing.is_empty() {
+        let body = serde_json::json!({
+            "error": "chunks_missing",
+            "message": format!("{} chunks of the file are not stored: upload them, then commit again", missing.len()),
+            "missing": missing,
+        });
+        return Ok((StatusCode::CONFLICT, Json(body)).into_response());
+    }
+    let sha256 = hex::encode(whole.finalize());
+    if sha256 != manifest.sha256 {
+        return Err(ApiError::bad_request(
+            "checksum_mismatch",
+            format!(
+                "the chunks make a file whose SHA-256 is {sha256}, not {}",
+                manifest.sha256
+            ),
+        ));
+    }
+    commit(&state, &name, manifest, level, began).await
 }
 
 /// Waits for one chunk write; a failed one fails the upload.
@@ -412,26 +633,10 @@ async fn send_chunks(
     }
     let cs = manifest.chunk_size;
     let (first, last) = ((start / cs) as usize, ((end - 1) / cs) as usize);
-    let mut reads = VecDeque::new();
-    let mut next = first;
-    loop {
-        while next <= last && reads.len() < CHUNKS_IN_FLIGHT {
-            let Some((hash, len)) = manifest.chunk(next) else {
-                break;
-            };
-            let c = coordinator.clone();
-            reads.push_back((next, tokio::spawn(read_chunk(c, hash, len, level))));
-            next += 1;
-        }
-        let Some((i, read)) = reads.pop_front() else {
-            return;
-        };
-        let chunk = match read.await {
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => {
-                let _ = tx.send(Err(std::io::Error::other(e))).await;
-                return;
-            }
+    let mut reader = ChunkReader::new(coordinator, manifest, first..last + 1, level);
+    while let Some((i, read)) = reader.next().await {
+        let chunk = match read {
+            Ok(chunk) => chunk.bytes,
             Err(e) => {
                 let _ = tx.send(Err(std::io::Error::other(e))).await;
                 return;
@@ -446,6 +651,55 @@ async fn send_chunks(
     }
 }
 
+/// Reads some of a manifest's chunks in file order, [`CHUNKS_IN_FLIGHT`]
+/// ahead of the one asked for; reads still running are dropped with it.
+struct ChunkReader {
+    coordinator: Coordinator,
+    manifest: Manifest,
+    level: Consistency,
+    next: usize,
+    end: usize,
+    reads: VecDeque<(usize, tokio::task::JoinHandle<Result<Chunk, String>>)>,
+}
+
+impl ChunkReader {
+    fn new(
+        coordinator: Coordinator,
+        manifest: Manifest,
+        chunks: std::ops::Range<usize>,
+        level: Consistency,
+    ) -> Self {
+        Self {
+            coordinator,
+            manifest,
+            level,
+            next: chunks.start,
+            end: chunks.end,
+            reads: VecDeque::new(),
+        }
+    }
+
+    /// The next chunk's index and what reading it gave; `None` at the end.
+    async fn next(&mut self) -> Option<(usize, Result<Chunk, String>)> {
+        while self.next < self.end && self.reads.len() < CHUNKS_IN_FLIGHT {
+            let (hash, len) = self.manifest.chunk(self.next)?;
+            let read = read_chunk(self.coordinator.clone(), hash, len, self.level);
+            self.reads.push_back((self.next, tokio::spawn(read)));
+            self.next += 1;
+        }
+        let (i, read) = self.reads.pop_front()?;
+        Some((i, read.await.unwrap_or_else(|e| Err(e.to_string()))))
+    }
+}
+
+impl Drop for ChunkReader {
+    fn drop(&mut self) {
+        for (_, read) in &self.reads {
+            read.abort();
+        }
+    }
+}
+
 /// A chunk's bytes, checked against its hash: read at `level`; when that
 /// copy is bad or missing, every replica's own copy is read and a good one
 /// served, and written back under a fresh version so that it supersedes the
@@ -456,11 +710,14 @@ async fn read_chunk(
     hash: [u8; 32],
     len: u64,
     level: Consistency,
-) -> Result<Bytes, String> {
+) -> Result<Chunk, String> {
     let key = files::chunk_key(&hash);
     let is_good = |v: &Bytes| v.len() as u64 == len && files::sha256(v) == hash;
     let first = match coordinator.read(key.clone(), level).await {
-        Ok(Some(Record { value: Some(v), .. })) if is_good(&v) => return Ok(v),
+        Ok(Some(Record {
+            value: Some(bytes),
+            version,
+        })) if is_good(&bytes) => return Ok(Chunk { bytes, version }),
         Ok(Some(Record { value: Some(_), .. })) => "does not match its hash".to_owned(),
         Ok(Some(Record { value: None, .. })) => "is deleted".to_owned(),
         Ok(None) => "is missing".to_owned(),
@@ -492,13 +749,36 @@ async fn read_chunk(
         bad,
         "a chunk read was not good; served a good replica's copy and writing it back"
     );
-    if let Err(e) = coordinator
+    match coordinator
         .write(key, Some(good.clone()), Consistency::One)
         .await
     {
-        tracing::warn!(chunk = %hex::encode(hash), error = %e, "writing a chunk back failed");
+        Ok(version) => Ok(Chunk {
+            bytes: good,
+            version,
+        }),
+        Err(e) => {
+            tracing::warn!(chunk = %hex::encode(hash), error = %e, "writing a chunk back failed");
+            // Served all the same; its age is the best copy's.
+            let version = copies
+                .iter()
+                .flatten()
+                .filter(|r| r.value.as_ref().is_some_and(is_good))
+                .map(|r| r.version)
+                .max()
+                .unwrap_or_default();
+            Ok(Chunk {
+                bytes: good,
+                version,
+            })
+        }
     }
-    Ok(good)
+}
+
+/// A chunk read whole and checked, and the version it was read at.
+struct Chunk {
+    bytes: Bytes,
+    version: u64,
 }
 
 /// The response body of a `GET`: the chunks as [`send_chunks`] sends them.

@@ -181,6 +181,24 @@ fn routes() -> Vec<Route> {
             Method::DELETE,
             delete(files::delete_file),
         ),
+        Route::new(
+            Write,
+            "/v1/files/{*name}",
+            Method::POST,
+            post(files::commit_file),
+        ),
+        Route::new(
+            Write,
+            files::MISSING_PATH,
+            Method::POST,
+            post(files::missing_chunks),
+        ),
+        Route::new(
+            Write,
+            "/v1/chunks/{hash}",
+            Method::PUT,
+            put(files::put_chunk),
+        ),
         Route::new(Write, "/v1/data", Method::POST, post(compat::post_data)),
         Route::new(Read, "/v1/data", Method::GET, get(compat::read_data)),
         Route::new(Read, "/v1/data/{*key}", Method::GET, get(compat::get_data)),
@@ -333,13 +351,15 @@ async fn bound_and_measure(state: &AppState, access: Access, req: Request, next:
     let deadline = state.config.request_timeout;
     // A file upload lasts as long as its body does: it has an idle timeout
     // between parts of the body instead, and its chunk writes have the
-    // replica timeouts.
-    let deadline =
-        if req.method() == Method::PUT && req.uri().path().starts_with(files::FILES_PREFIX) {
-            std::time::Duration::MAX
-        } else {
-            deadline
-        };
+    // replica timeouts. So does a commit, which reads every chunk of the
+    // file, each read with the replica timeouts.
+    let file_upload = matches!(*req.method(), Method::PUT | Method::POST)
+        && req.uri().path().starts_with(files::FILES_PREFIX);
+    let deadline = if file_upload {
+        std::time::Duration::MAX
+    } else {
+        deadline
+    };
     // Node-to-node calls do not take a client slot: a coordinator holding a
     // slot waits on its replicas' internal calls, so if those queued behind
     // the same limit, a full load on every node would deadlock until the
@@ -426,9 +446,15 @@ const RETRY_AFTER_SECS: u32 = 1;
 /// none. The handlers read with the same limits.
 fn route_body_limit(method: &Method, path: &str, limits: &Limits) -> Option<BodyLimit> {
     let writes_value = matches!(*method, Method::PUT)
-        && (path.starts_with("/v1/kv/") || path.starts_with("/block/"));
+        && (path.starts_with("/v1/kv/")
+            || path.starts_with("/block/")
+            || path.starts_with(files::CHUNKS_PREFIX));
     if writes_value {
         Some(BodyLimit::value(limits))
+    } else if *method == Method::POST && path == files::MISSING_PATH {
+        Some(BodyLimit::Body(files::MISSING_QUERY_LIMIT))
+    } else if *method == Method::POST && path.starts_with(files::FILES_PREFIX) {
+        Some(BodyLimit::Body(files::COMMIT_LIMIT))
     } else if *method == Method::POST && path == "/v1/data" {
         Some(BodyLimit::Body(limits.max_body_size))
     } else if *method == Method::POST && path == APPLY_PATH {
@@ -497,6 +523,7 @@ fn op_of(method: &axum::http::Method, path: &str) -> Op {
         || path.starts_with("/block/")
         || path.starts_with(files::FILES_PREFIX)
         || path == files::LIST_ROUTE
+        || path.starts_with(files::CHUNKS_PREFIX)
     {
         match *method {
             Method::GET | Method::HEAD => Op::get,

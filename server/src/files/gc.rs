@@ -12,14 +12,15 @@
 //! over it, and a write of the same chunk since (a new upload) is newer and
 //! wins, on this replica or any other.
 //!
-//! Why a pass never deletes a chunk that a file needs: an upload writes
-//! every chunk of its file under a fresh version, then the manifest, and
-//! is refused if that comes more than half the grace after it began (the
-//! upload route checks), so a manifest is written within half the grace and
-//! a replica timeout of the oldest version of its chunks. A chunk the
-//! sweep may delete was written more than a grace before the pass began, so
-//! any manifest that names it was written before the pass began, and the
-//! listing, which hears from every node, sees it. A file deleted (or
+//! Why a pass never deletes a chunk that a file needs: a manifest is
+//! written only within the commit window (`Config::file_commit_window`:
+//! half the grace, less the manifest write's own time and the clocks'
+//! offset) of the versions of its chunks. A streamed upload writes every
+//! chunk under a fresh version and is refused past the window; a commit of
+//! chunks stored earlier writes again each chunk older than the window. A
+//! chunk the sweep may delete was written more than a grace before the pass
+//! began, so any manifest that names it was written before the pass began,
+//! and the listing, which hears from every node, sees it. A file deleted (or
 //! overwritten) leaves its chunks to the next pass that runs a grace after
 //! their last write; chunks it shares with other files stay.
 

@@ -44,6 +44,9 @@ pub const CHUNK_PREFIX: &[u8] = b"\0chunk/";
 /// The prefix of manifest keys.
 const FILE_PREFIX: &[u8] = b"\0file/";
 
+/// The most chunk hashes one `POST /v1/chunks/missing` may name.
+pub const MAX_MISSING_QUERY: usize = 10_000;
+
 /// The manifest format this node writes and reads.
 pub const FORMAT: u32 = 1;
 
@@ -137,6 +140,14 @@ impl Manifest {
     /// Decodes and checks a stored manifest.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         let m: Self = serde_json::from_slice(bytes)?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Checks that the format is known, that sizes and chunk list agree and
+    /// that every hash is 64 hex digits.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        let m = self;
         if m.format != FORMAT {
             return Err(ManifestError::Format(m.format));
         }
@@ -156,7 +167,7 @@ impl Manifest {
         if m.chunks.iter().any(|h| decode_hash(h).is_none()) || decode_hash(&m.sha256).is_none() {
             return Err(ManifestError::Inconsistent("a hash is not 64 hex digits"));
         }
-        Ok(m)
+        Ok(())
     }
 
     /// The chunk `i`'s hash and its length in bytes.

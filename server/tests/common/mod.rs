@@ -325,15 +325,13 @@ impl Cluster {
     /// `POST` of an admin `path` on node `i`, with the cluster secret: the
     /// status and the JSON body.
     pub async fn admin_post(&self, i: usize, path: &str) -> (u16, Value) {
-        let r = signed(self.client.post(self.nodes[i].url(path)))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (
-            status,
-            serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+        status_and_json(
+            signed(self.client.post(self.nodes[i].url(path)))
+                .send()
+                .await
+                .unwrap(),
         )
+        .await
     }
 
     /// Writes `value` (`None` deletes) under `key` at `cl` through node
@@ -786,4 +784,13 @@ pub async fn kvnode_with(env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// The status of an answer and its body parsed as JSON.
+pub async fn status_and_json(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().await.unwrap()).unwrap(),
+    )
 }
