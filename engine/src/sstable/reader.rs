@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use super::block::BlockIter;
 use super::cache::{next_table_id, BlockCache};
@@ -23,6 +23,13 @@ use crate::memtable::Lookup;
 
 /// The last internal key of a data block, and where the block is.
 type IndexEntry = (Box<[u8]>, BlockHandle);
+
+/// A data block at least this large holds a big value (a file chunk, say)
+/// and is rarely read twice in a row: once read, its whole pages leave this
+/// process's mapping, so reading a gigabyte of big values (a download, a
+/// compaction) does not leave a gigabyte of resident table pages behind. The
+/// page cache keeps them; the next read maps them again without disk I/O.
+const RELEASE_AFTER_READ: u64 = 256 << 10;
 
 /// An open, immutable table.
 pub(crate) struct Table {
@@ -179,6 +186,33 @@ impl Table {
         Ok(BlockRef::Decompressed(block))
     }
 
+    /// Drops data block `i`'s whole pages from the mapping when the block
+    /// is big (see [`RELEASE_AFTER_READ`]). Best effort: the advice only
+    /// saves memory, so its failure is ignored.
+    fn release_if_big(&self, i: usize) {
+        let Some((_, handle)) = self.index.get(i) else {
+            return;
+        };
+        if u64::from(handle.size) < RELEASE_AFTER_READ {
+            return;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let start = (handle.offset as usize).next_multiple_of(page);
+        let end = (handle.offset + u64::from(handle.size)) as usize / page * page;
+        if start < end && end <= self.mmap.len() {
+            // SAFETY: the mapping is shared, read-only and of a file that is
+            // never modified while open (see `open_with_cache`): a dropped
+            // page is mapped again from the page cache, with the same bytes,
+            // on its next access, so any reader of the range, even one on
+            // another thread, sees the same contents.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+
     fn block_corruption(&self, i: usize, e: DecodeError) -> Error {
         let offset = self.index.get(i).map_or(0, |(_, h)| h.offset);
         e.at(&self.path, offset)
@@ -225,6 +259,8 @@ impl Table {
                 ValueKind::Deletion => Lookup::Deleted,
             }))
         })();
+        drop(block);
+        self.release_if_big(i);
         found.map_err(|e| self.block_corruption(i, e))
     }
 
@@ -245,7 +281,10 @@ impl Table {
             }
             Ok(())
         };
-        decode().map_err(|e| self.block_corruption(i, e))
+        let decoded = decode().map_err(|e| self.block_corruption(i, e));
+        drop(block);
+        self.release_if_big(i);
+        decoded
     }
 }
 
@@ -379,6 +418,8 @@ impl TableSource {
             pos.key = key;
             let Some(entry) = entry else {
                 // End of this block: on to the next one, from its start.
+                drop(block);
+                self.table.release_if_big(i);
                 pos.block += 1;
                 pos.next = 0;
                 pos.key.clear();

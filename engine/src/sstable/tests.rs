@@ -341,3 +341,54 @@ fn damaged_blocks_are_caught(codec: crate::options::Compression) {
         "{codec:?}: only {caught} of 5 damaged blocks reported corrupt"
     );
 }
+
+/// Resident bytes of this process's mapping of `path`, from /proc/self/smaps.
+#[cfg(target_os = "linux")]
+fn mapped_rss(path: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_str().unwrap();
+    let mut lines = smaps.lines().skip_while(|l| !l.ends_with(name));
+    assert!(lines.next().is_some(), "{name} is not mapped");
+    let rss = lines.find(|l| l.starts_with("Rss:")).unwrap();
+    let kib: u64 = rss.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// Big values read by lookups and by scans both ways come back
+/// byte-identical every time, although their pages leave the mapping after
+/// each read (so reading them all leaves almost nothing resident).
+#[test]
+fn big_values_read_back_identical_and_leave_the_mapping() {
+    use crate::options::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let entries: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = (0..8u8)
+        .map(|i| {
+            let v = (0..1u32 << 20)
+                .map(|j| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+                .collect();
+            (vec![b'c', i], v)
+        })
+        .collect();
+    let want: Vec<_> = entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let t = table_with(dir.path(), "big.sst", Compression::None, &entries);
+    for _ in 0..2 {
+        for (k, v) in &entries {
+            assert_eq!(t.lookup(k, 1).unwrap(), Some(Lookup::Value(v.clone())));
+        }
+        assert_eq!(all_entries(&t, Direction::Forward), want);
+        let mut back = all_entries(&t, Direction::Backward);
+        back.reverse();
+        assert_eq!(back, want);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let rss = mapped_rss(t.path());
+        assert!(
+            rss < 1 << 20,
+            "{rss} bytes of 8 MiB of values stay resident"
+        );
+    }
+}
