@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 
 use super::kv::consistency;
 use super::{ApiError, AppState};
-use crate::coordinator::{Consistency, Coordinator};
+use crate::coordinator::{Consistency, Coordinator, CoordinatorError};
 use crate::files::index::{self, ListRequest, MAX_PAGE};
 use crate::files::{self, Manifest, MAX_MISSING_QUERY};
 use crate::storage::Record;
@@ -161,11 +161,7 @@ pub async fn put_file(
                 })?;
             permits.push_back(permit);
             let coordinator = state.coordinator.clone();
-            writes.spawn(async move {
-                coordinator
-                    .write(files::chunk_key(&hash), Some(chunk), level)
-                    .await
-            });
+            writes.spawn(async move { write_chunk(&coordinator, &hash, chunk, level).await });
         }
         if end {
             break;
@@ -330,10 +326,7 @@ pub async fn put_chunk(
             ),
         ));
     }
-    state
-        .coordinator
-        .write(files::chunk_key(&hash), Some(value), level)
-        .await?;
+    write_chunk(&state.coordinator, &hash, value, level).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -412,11 +405,8 @@ pub async fn commit_file(
         };
         whole.update(&chunk.bytes);
         if crate::hlc::ms(chunk.version) < oldest_fresh_ms {
-            let key = files::chunk_key(&files::sha256(&chunk.bytes));
-            state
-                .coordinator
-                .write(key, Some(chunk.bytes), level)
-                .await?;
+            let hash = files::sha256(&chunk.bytes);
+            write_chunk(&state.coordinator, &hash, chunk.bytes, level).await?;
         }
     }
     if !missing.is_empty() {
@@ -440,10 +430,40 @@ pub async fn commit_file(
     commit(&state, &name, manifest, level, began).await
 }
 
+/// Tries of one chunk write whose replicas did not answer enough.
+const CHUNK_WRITE_TRIES: u32 = 4;
+
+/// Writes a chunk under its hash, again (after 250, 500, then 1000 ms) when
+/// too few replicas answered in time: a replica busy with a long fsync or a
+/// compaction misses the replica timeout now and then under a big upload,
+/// and one such chunk must not fail a gigabyte. Writing a chunk twice is
+/// harmless, as its key is its content; a streamed upload has no other way
+/// to retry one chunk. Fewer replicas up than the level needs is not tried
+/// again: that does not pass in a second.
+async fn write_chunk(
+    coordinator: &Coordinator,
+    hash: &[u8; 32],
+    bytes: Bytes,
+    level: Consistency,
+) -> Result<u64, CoordinatorError> {
+    let mut tries = 1;
+    loop {
+        match coordinator
+            .write(files::chunk_key(hash), Some(bytes.clone()), level)
+            .await
+        {
+            Err(e @ CoordinatorError::Failed { .. }) if tries < CHUNK_WRITE_TRIES => {
+                tracing::debug!(chunk = %hex::encode(hash), error = %e, tries, "writing a chunk again");
+                tokio::time::sleep(Duration::from_millis(250 << (tries - 1))).await;
+                tries += 1;
+            }
+            written => return written,
+        }
+    }
+}
+
 /// Waits for one chunk write; a failed one fails the upload.
-async fn join_write(
-    writes: &mut JoinSet<Result<u64, crate::coordinator::CoordinatorError>>,
-) -> Result<(), ApiError> {
+async fn join_write(writes: &mut JoinSet<Result<u64, CoordinatorError>>) -> Result<(), ApiError> {
     match writes.join_next().await {
         Some(Ok(result)) => result.map(drop).map_err(ApiError::from),
         Some(Err(e)) => Err(ApiError::internal(format!("chunk write task: {e}"))),
@@ -470,12 +490,17 @@ pub async fn get_file(
         Response::new(Body::empty())
     } else {
         let (tx, rx) = mpsc::channel(1);
+        // The level applies to the manifest. A chunk is the same bytes
+        // wherever it is found (its name is their hash, checked on every
+        // read), so one copy is enough: this node's own, usually, with no
+        // digest read elsewhere; a copy missing or bad there is looked for
+        // on every replica (`read_chunk`).
         tokio::spawn(send_chunks(
             state.coordinator.clone(),
             manifest.clone(),
             start,
             end,
-            level,
+            Consistency::One,
             tx,
         ));
         Response::new(Body::new(ChunkBody(rx)))
