@@ -36,6 +36,10 @@ if [ "$peer" = garage ]; then
   fi
 fi
 
+# A grace short enough to wait out here, long enough that the upload
+# fits in its commit window (half of it, less 2.5 s).
+grace_s=120
+export KVNODE_FILE_GC_GRACE_MS=$((grace_s * 1000))
 start_cluster "$bin" 7900
 f="$dir/in.bin"
 head -c "$((size << 20))" /dev/urandom >"$f"
@@ -100,6 +104,7 @@ strata=("${pids[@]}")
 sample "$dir/rss.log" "${strata[@]}"
 transfer strata "http://127.0.0.1:7900/v1/files/big?consistency=quorum" \
   "http://127.0.0.1:7902/v1/files/big?consistency=quorum"
+uploaded=$(secs)
 kill "$sampler"
 strata_up=$up strata_down=$down strata_same=$same
 memory "$dir/rss.log" "${strata[@]}"
@@ -110,7 +115,24 @@ curl -sf -o "$dir/out.bin" "http://127.0.0.1:7902/v1/files/big?consistency=quoru
 cmp -s "$f" "$dir/out.bin" && killed=yes || killed=NO
 rm -f "$dir/out.bin"
 echo "  download with n3 killed: bytes equal: $killed"
-kill "${strata[0]}" "${strata[1]}"
+
+# The chunk GC: n3 back, both files deleted, and once the grace has passed
+# since the upload, one pass on each node, timed by the node.
+"$bin" --node-id n3 --listen 127.0.0.1:7904 --seeds 127.0.0.1:7901 --data-dir "$dir/n3" \
+  >>"$dir/n3.log" 2>&1 &
+pids+=($!)
+until curl -sf http://127.0.0.1:7904/ready >/dev/null; do sleep 0.2; done
+curl -sSf -X DELETE "http://127.0.0.1:7900/v1/files/big?consistency=quorum"
+curl -sSf -X DELETE "http://127.0.0.1:7900/v1/files/again?consistency=quorum"
+python3 -c "import time; time.sleep(max(0, $uploaded + $grace_s + 1 - time.time()))"
+for port in 7900 7902 7904; do
+  scripts/signed-curl.sh POST "http://127.0.0.1:$port/admin/v1/files/gc" '' -sS | python3 -c "
+import json, sys
+r = json.load(sys.stdin)
+print(f'  chunk GC on :$port: {r[\"deleted_chunks\"]} chunks ({r[\"deleted_bytes\"] / 2**20:.0f} MiB) of' +
+      f' {r[\"examined_items\"]} items deleted in {r[\"seconds\"]:.2f} s' if 'seconds' in r else f'  chunk GC on :$port: {r}')"
+done
+kill "${strata[0]}" "${strata[1]}" "${pids[-1]}"
 
 if [ -n "$garage" ]; then
   secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')

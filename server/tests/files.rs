@@ -399,7 +399,8 @@ async fn files_are_listed_in_pages_merged_from_every_node() {
 /// The chunk GC deletes the chunks no file names once they are older than
 /// the grace, on every replica, and keeps the chunks a live file shares
 /// with a deleted one; a chunk written again after the GC comes back; a
-/// pass with a node down is skipped.
+/// pass with a node down is skipped. The background throttle makes each
+/// pass outlast the request deadline, which must not cut it off.
 #[tokio::test]
 async fn the_chunk_gc_collects_orphans_and_keeps_shared_chunks() {
     let grace = std::time::Duration::from_millis(10_000);
@@ -410,6 +411,8 @@ async fn the_chunk_gc_collects_orphans_and_keeps_shared_chunks() {
             ("KVNODE_FILE_GC_INTERVAL", "0"),
             ("KVNODE_FILE_GC_GRACE_MS", "10000"),
             ("KVNODE_REPLICA_TIMEOUT_MS", "1000"),
+            ("KVNODE_REQUEST_TIMEOUT_MS", "2000"),
+            ("KVNODE_BACKGROUND_BYTES_PER_SEC", "1048576"),
         ],
     )
     .await;
@@ -446,6 +449,10 @@ async fn the_chunk_gc_collects_orphans_and_keeps_shared_chunks() {
     assert_eq!(report["files"], 1, "{report}");
     assert_eq!(report["referenced_chunks"], 2, "{report}");
     assert_eq!(report["deleted_chunks"], 0, "{report}");
+    assert!(
+        report["seconds"].as_f64().unwrap() > 2.0,
+        "the pass did not outlast the request deadline: {report}"
+    );
 
     tokio::time::sleep(grace.saturating_sub(written.elapsed()) + grace / 5).await;
     for i in 0..3 {

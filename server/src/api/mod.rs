@@ -352,10 +352,13 @@ async fn bound_and_measure(state: &AppState, access: Access, req: Request, next:
     // A file upload lasts as long as its body does: it has an idle timeout
     // between parts of the body instead, and its chunk writes have the
     // replica timeouts. So does a commit, which reads every chunk of the
-    // file, each read with the replica timeouts.
-    let file_upload = matches!(*req.method(), Method::PUT | Method::POST)
-        && req.uri().path().starts_with(files::FILES_PREFIX);
-    let deadline = if file_upload {
+    // file, each read with the replica timeouts, and a chunk GC pass, which
+    // reads every manifest and the whole engine (a gigabyte of chunks takes
+    // longer than any request deadline) through the background throttle.
+    let path = req.uri().path();
+    let unbounded = matches!(*req.method(), Method::PUT | Method::POST)
+        && (path.starts_with(files::FILES_PREFIX) || path == files::GC_PATH);
+    let deadline = if unbounded {
         std::time::Duration::MAX
     } else {
         deadline
