@@ -7,9 +7,9 @@
 #
 #   scripts/tls-cost.sh [KVNODE_BINARY] [SECONDS]
 #
-# Prints one line per figure. Internode mutual TLS is not measured here: a
-# node with --tls-client-ca requires client certificates, which wrk cannot
-# present.
+# Prints one line per figure. Internode mutual TLS is measured by
+# `benches/cluster --tls` instead: a node with --tls-client-ca requires
+# client certificates, which wrk cannot present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh

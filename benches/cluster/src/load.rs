@@ -35,9 +35,11 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{HeaderValue, HOST};
 use hyper::{http, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
 
 use crate::process::{own_cpu, Processes};
 
@@ -89,6 +91,12 @@ pub trait Api: Send + Sync + 'static {
     /// answers a missing key with 200 says here that it was missing).
     fn answered(&self, _op: Op, _body: &[u8]) -> bool {
         true
+    }
+
+    /// How connections to the servers start TLS (with this client's
+    /// certificate); `None` for plain HTTP.
+    fn tls(&self) -> Option<&TlsConnector> {
+        None
     }
 }
 
@@ -213,9 +221,14 @@ pub async fn preload(api: Arc<dyn Api>, addrs: &[SocketAddr], load: &Load) -> Re
     Ok(started.elapsed())
 }
 
-/// One request on a fresh connection: for readiness checks and set-up.
-pub async fn fetch(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
-    let mut conn = Conn::open(addr).await?;
+/// One request on a fresh connection (TLS through `tls`): for readiness
+/// checks and set-up.
+pub async fn fetch(
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes)> {
+    let mut conn = Conn::open(addr, tls).await?;
     tokio::time::timeout(REQUEST_TIMEOUT, conn.send(with_host(request, addr)?))
         .await
         .map_err(|_| anyhow!("{addr}: no answer within {REQUEST_TIMEOUT:?}"))?
@@ -379,7 +392,7 @@ impl Worker {
     async fn exchange(&mut self, op: Op, key: u64) -> Result<(StatusCode, Bytes)> {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => match Conn::open(self.addr).await {
+            None => match Conn::open(self.addr, self.api.tls()).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     tokio::time::sleep(RECONNECT_PAUSE).await;
@@ -401,21 +414,38 @@ impl Worker {
     }
 }
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// What drives a connection's socket I/O.
+type Driver = http1::Connection<TokioIo<Box<dyn Io>>, Full<Bytes>>;
+
 /// A client connection whose I/O is driven by whoever awaits [`Conn::send`].
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    driver: Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>,
+    driver: Pin<Box<Driver>>,
     /// The driver has finished: the connection is gone, whatever the last
     /// exchange got.
     closed: bool,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Result<Self> {
+    /// Connects to `addr`, and starts TLS there through `tls`, checking
+    /// that the server's certificate names `addr`'s IP address.
+    async fn open(addr: SocketAddr, tls: Option<&TlsConnector>) -> Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match tls {
+            Some(tls) => Box::new(
+                tls.connect(addr.ip().into(), stream)
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?,
+            ),
+            None => Box::new(stream),
+        };
         let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
         Ok(Self {
             sender,

@@ -7,6 +7,7 @@
 //! cargo run --release -- --nodes 3 --workload put --consistency quorum --peer etcd
 //! cargo run --release -- --suite            # the table of issue 15, kvnode against etcd and axum
 //! cargo run --release -- --suite --json     # the same, as one JSON document
+//! cargo run --release -- --nodes 3 --workload put --tls   # TLS and mTLS against plain
 //! ```
 //!
 //! Every measurement starts its servers fresh (data under `--data-dir`,
@@ -113,6 +114,11 @@ struct Args {
     /// Threads of the load generator, each with its own event loop (wrk's -t).
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// kvnode with TLS throughout (HTTPS for clients, who must present a
+    /// certificate, and mutual TLS between nodes; a throw-away CA), against
+    /// the same cluster plain in the peer's columns. Takes no --peer.
+    #[arg(long, conflicts_with_all = ["peer", "suite"])]
+    tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -282,18 +288,17 @@ async fn measure(
         threads: args.client_threads,
     };
 
-    eprintln!("{label}: kvnode");
-    let cluster = Kvnodes::start(kvnode, s.nodes, s.rf, &args.data_dir).await?;
-    // Preloaded at ALL, so that no read of the window meets a replica that
-    // missed the write and pays for a read repair.
-    let preload = KvnodeApi::new(Consistency::All, value.clone());
-    preload_if_read(&load, Arc::new(preload), &cluster.addrs).await?;
-    let api = Arc::new(KvnodeApi::new(s.consistency, value.clone()));
-    let outcome = load::run(api, &cluster.addrs, &load, cluster.processes()).await?;
-    drop(cluster);
-    let kvnode_row = Row::new("kvnode", &outcome);
+    let system = if args.tls { "kvnode TLS" } else { "kvnode" };
+    eprintln!("{label}: {system}");
+    let outcome = run_kvnode(args, s, kvnode, &value, &load, args.tls).await?;
+    let kvnode_row = Row::new(system, &outcome);
 
     let (peer, note) = match (s.peer, etcd) {
+        (None, _) if args.tls => {
+            eprintln!("{label}: kvnode plain");
+            let outcome = run_kvnode(args, s, kvnode, &value, &load, false).await?;
+            (Some(Row::new("kvnode plain", &outcome)), None)
+        }
         (None, _) => (None, None),
         (Some(Peer::Etcd), Err(why)) => (None, Some(format!("etcd skipped: {why}"))),
         (Some(Peer::Etcd), Ok(bin)) => {
@@ -320,6 +325,29 @@ async fn measure(
         }
     };
     Ok(Case::new(label, kvnode_row, peer, note))
+}
+
+/// One run of `load` against a fresh kvnode cluster of `s`, TLS
+/// throughout if `tls`.
+async fn run_kvnode(
+    args: &Args,
+    s: &Scenario,
+    kvnode: &Path,
+    value: &Bytes,
+    load: &Load,
+    tls: bool,
+) -> Result<load::Outcome> {
+    let cluster = Kvnodes::start(kvnode, s.nodes, s.rf, &args.data_dir, tls).await?;
+    // Preloaded at ALL, so that no read of the window meets a replica that
+    // missed the write and pays for a read repair.
+    let preload = KvnodeApi::new(Consistency::All, value.clone(), cluster.tls.clone());
+    preload_if_read(load, Arc::new(preload), &cluster.addrs).await?;
+    let api = Arc::new(KvnodeApi::new(
+        s.consistency,
+        value.clone(),
+        cluster.tls.clone(),
+    ));
+    load::run(api, &cluster.addrs, load, cluster.processes()).await
 }
 
 /// Writes every key first if `load` reads them.

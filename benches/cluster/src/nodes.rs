@@ -7,17 +7,26 @@
 //! node answers `/ready` and its `/v1/cluster` shows every node AVAILABLE
 //! and UP: a node that still missed a peer would coordinate with a smaller
 //! preference list than the others and measure something else.
+//!
+//! With TLS, a throw-away CA (`kvnode cert`) signs a certificate for each
+//! node and one for the load: nodes serve HTTPS, require a client
+//! certificate of that CA, and present theirs to each other (mutual TLS on
+//! every replica call), as a secure deployment runs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{http, Method, Request};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
+use tokio_rustls::TlsConnector;
 
 use crate::load::{self, key, Api, Op};
 use crate::process::{free_tcp_ports, free_udp_ports, Processes};
@@ -61,16 +70,31 @@ pub struct Kvnodes {
     procs: Processes,
     /// The nodes' client (HTTP) addresses.
     pub addrs: Vec<SocketAddr>,
+    /// How to reach them when they serve HTTPS: the CA's roots and the
+    /// load's own certificate.
+    pub tls: Option<TlsConnector>,
 }
 
 impl Kvnodes {
     /// Starts `nodes` nodes of `bin` with replication factor `rf`, data
-    /// under `data_root`, and waits until they all see each other up.
-    pub async fn start(bin: &Path, nodes: usize, rf: usize, data_root: &Path) -> Result<Self> {
+    /// under `data_root`, with TLS throughout if `tls`, and waits until they
+    /// all see each other up.
+    pub async fn start(
+        bin: &Path,
+        nodes: usize,
+        rf: usize,
+        data_root: &Path,
+        tls: bool,
+    ) -> Result<Self> {
         let mut procs = Processes::new(data_root, "kvnode")?;
+        let pki = procs.dir().join("pki");
         let addrs = free_tcp_ports(nodes)?;
         let gossip = free_udp_ports(nodes)?;
         let seed = gossip.first().context("at least one node")?.to_string();
+        if tls {
+            cert(bin, &pki, &["create-ca"])?;
+            cert(bin, &pki, &["create-client", "load"])?;
+        }
         for (i, (http, gossip)) in addrs.iter().zip(&gossip).enumerate() {
             let id = format!("n{}", i + 1);
             let mut command = Command::new(bin);
@@ -84,9 +108,28 @@ impl Kvnodes {
                 .arg(procs.dir().join(&id))
                 .env("KVNODE_CLUSTER_SECRET", SECRET)
                 .env("KVNODE_LOG", "warn");
+            if tls {
+                cert(
+                    bin,
+                    &pki,
+                    &["create-node", &id, "--host", &http.ip().to_string()],
+                )?;
+                command
+                    .arg("--tls-cert")
+                    .arg(pki.join(format!("{id}.crt")))
+                    .arg("--tls-key")
+                    .arg(pki.join(format!("{id}.key")))
+                    .arg("--tls-client-ca")
+                    .arg(pki.join("ca.crt"));
+            }
             procs.spawn(&id, command)?;
         }
-        let mut cluster = Self { procs, addrs };
+        let tls = if tls {
+            Some(connector(&pki, "load")?)
+        } else {
+            None
+        };
+        let mut cluster = Self { procs, addrs, tls };
         cluster.wait_ready().await?;
         Ok(cluster)
     }
@@ -125,8 +168,9 @@ impl Kvnodes {
     /// Whether the node at `addr` is ready and sees every node up.
     async fn sees_all(&self, addr: SocketAddr) -> bool {
         let ready = async {
-            let (status, _) = load::fetch(addr, load::get("/ready")?).await?;
-            let (_, body) = load::fetch(addr, load::get("/v1/cluster")?).await?;
+            let tls = self.tls.as_ref();
+            let (status, _) = load::fetch(addr, tls, load::get("/ready")?).await?;
+            let (_, body) = load::fetch(addr, tls, load::get("/v1/cluster")?).await?;
             anyhow::Ok((status, serde_json::from_slice::<Value>(&body)?))
         };
         let Ok((status, cluster)) = ready.await else {
@@ -142,16 +186,59 @@ impl Kvnodes {
     }
 }
 
+/// `kvnode cert ARGS --dir PKI`: a certificate (and key) of the
+/// throw-away CA in `pki`.
+fn cert(bin: &Path, pki: &Path, args: &[&str]) -> Result<()> {
+    let output = Command::new(bin)
+        .arg("cert")
+        .args(args)
+        .arg("--dir")
+        .arg(pki)
+        .output()
+        .context("running kvnode cert")?;
+    if !output.status.success() {
+        bail!(
+            "kvnode cert {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A TLS client that trusts only `pki`'s CA and presents `name`'s
+/// certificate.
+fn connector(pki: &Path, name: &str) -> Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.join("ca.crt"))? {
+        roots.add(cert?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(pki.join(format!("{name}.crt")))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(pki.join(format!("{name}.key")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 /// `PUT` and `GET /v1/kv/{key}?consistency=…` with raw bodies.
 pub struct KvnodeApi {
     consistency: Consistency,
     value: Bytes,
+    tls: Option<TlsConnector>,
 }
 
 impl KvnodeApi {
-    /// Requests at `consistency`; PUTs write `value`.
-    pub fn new(consistency: Consistency, value: Bytes) -> Self {
-        Self { consistency, value }
+    /// Requests at `consistency`, over `tls` if given; PUTs write `value`.
+    pub fn new(consistency: Consistency, value: Bytes, tls: Option<TlsConnector>) -> Self {
+        Self {
+            consistency,
+            value,
+            tls,
+        }
     }
 }
 
@@ -169,6 +256,10 @@ impl Api for KvnodeApi {
                 self.consistency.as_str()
             ))
             .body(Full::new(body))
+    }
+
+    fn tls(&self) -> Option<&TlsConnector> {
+        self.tls.as_ref()
     }
 }
 

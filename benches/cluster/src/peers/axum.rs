@@ -68,7 +68,7 @@ impl AxumPeer {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             procs.check_running()?;
-            if load::fetch(addr, load::get("/")?).await.is_ok() {
+            if load::fetch(addr, None, load::get("/")?).await.is_ok() {
                 return Ok(Self { procs, addr });
             }
             if Instant::now() > deadline {

@@ -157,7 +157,7 @@ async fn healthy(addr: SocketAddr) -> bool {
     let Ok(request) = load::get("/health") else {
         return false;
     };
-    match load::fetch(addr, request).await {
+    match load::fetch(addr, None, request).await {
         Ok((status, body)) => {
             status.is_success() && String::from_utf8_lossy(&body).contains("\"true\"")
         }
@@ -169,7 +169,7 @@ async fn healthy(addr: SocketAddr) -> bool {
 async fn gateway(addr: SocketAddr) -> Result<&'static str> {
     for prefix in GATEWAYS {
         let request = json_post(&format!("{prefix}kv/range"), r#"{"key":"AA=="}"#.to_owned())?;
-        let (status, _) = load::fetch(addr, request).await?;
+        let (status, _) = load::fetch(addr, None, request).await?;
         if status.is_success() {
             return Ok(prefix);
         }
