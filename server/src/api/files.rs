@@ -727,9 +727,10 @@ impl Drop for ChunkReader {
 
 /// A chunk's bytes, checked against its hash: read at `level`; when that
 /// copy is bad or missing, every replica's own copy is read and a good one
-/// served, and written back under a fresh version so that it supersedes the
-/// bad copies everywhere (newest-wins alone could keep serving a rotten copy
-/// as new as the good ones, or newer).
+/// served. When some replica holds a bad copy (other bytes, or a
+/// tombstone), the good one is written back under a fresh version so that
+/// it supersedes the bad copies everywhere (newest-wins alone could keep
+/// serving a rotten copy as new as the good ones, or newer).
 async fn read_chunk(
     coordinator: Coordinator,
     hash: [u8; 32],
@@ -749,53 +750,48 @@ async fn read_chunk(
         Err(e) => e.to_string(),
     };
     let copies = coordinator.read_each(key.clone()).await;
+    // The newest good copy: its age is the chunk's.
     let good = copies
         .iter()
         .flatten()
-        .find_map(|r| r.value.clone().filter(is_good));
-    let Some(good) = good else {
+        .filter_map(|r| r.value.clone().filter(is_good).map(|v| (v, r.version)))
+        .max_by_key(|(_, version)| *version);
+    let Some((bytes, version)) = good else {
         return Err(format!(
             "chunk {}: {first}, and none of the {} copies read from its replicas is good",
             hex::encode(hash),
             copies.len()
         ));
     };
-    let bad = copies
+    let rotten = copies
         .iter()
-        .filter(|r| {
-            !r.as_ref()
-                .and_then(|r| r.value.as_ref())
-                .is_some_and(is_good)
-        })
+        .flatten()
+        .filter(|r| !r.value.as_ref().is_some_and(is_good))
         .count();
+    if rotten == 0 {
+        // Copies were only missing: a replica that missed the write (its
+        // hint still on the way) or did not answer. Hints and anti-entropy
+        // give it the record at its own version; a write-back here would
+        // give every replica a fresh version for nothing, and restart the
+        // chunk's GC grace.
+        tracing::debug!(chunk = %hex::encode(hash), first = %first, "a chunk copy was missing; served a replica's good copy");
+        return Ok(Chunk { bytes, version });
+    }
     tracing::warn!(
         chunk = %hex::encode(hash),
         first = %first,
-        bad,
-        "a chunk read was not good; served a good replica's copy and writing it back"
+        rotten,
+        "a chunk copy was not good; served a good replica's copy and writing it back"
     );
     match coordinator
-        .write(key, Some(good.clone()), Consistency::One)
+        .write(key, Some(bytes.clone()), Consistency::One)
         .await
     {
-        Ok(version) => Ok(Chunk {
-            bytes: good,
-            version,
-        }),
+        Ok(version) => Ok(Chunk { bytes, version }),
         Err(e) => {
             tracing::warn!(chunk = %hex::encode(hash), error = %e, "writing a chunk back failed");
-            // Served all the same; its age is the best copy's.
-            let version = copies
-                .iter()
-                .flatten()
-                .filter(|r| r.value.as_ref().is_some_and(is_good))
-                .map(|r| r.version)
-                .max()
-                .unwrap_or_default();
-            Ok(Chunk {
-                bytes: good,
-                version,
-            })
+            // Served all the same.
+            Ok(Chunk { bytes, version })
         }
     }
 }
