@@ -174,6 +174,7 @@ impl<'a> BatchRecords<'a> {
         let value = match kind {
             ValueKind::Value => get_length_prefixed(&mut self.rest)?,
             ValueKind::Deletion => &[],
+            ValueKind::BlobIndex => return Err(DecodeError("blob pointer in a write batch")),
         };
         let seq = self.next_seq;
         self.next_seq = self

@@ -72,13 +72,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::{BatchRecords, WriteBatch};
+use crate::blob::{self, BlobMeta, BlobWriter};
 use crate::compaction::{self, picker, Compaction};
 use crate::error::{Error, Result};
 use crate::file_name;
 use crate::health::Health;
 use crate::iter::KeyBounds;
 use crate::iterator::{Iter, ReadView};
-use crate::key::MAX_SEQUENCE;
+use crate::key::{append_internal_key, ParsedKey, ValueKind, MAX_SEQUENCE};
 use crate::memtable::{ChunkPool, Memtable};
 use crate::options::{Options, WriteOptions};
 use crate::recovery_report::RecoveryReport;
@@ -927,29 +928,43 @@ impl Core {
             }
         };
         let start = Instant::now();
-        let meta = if imm.is_empty() {
+        let flushed = if imm.is_empty() {
             None
         } else {
             // The versions lock is not held while the table is written: rotation needs it.
-            let number = self.versions.lock().new_file_number();
-            Some(build_table(&self.dir, &self.options, number, imm)?)
+            let (number, blob_number) = {
+                let mut versions = self.versions.lock();
+                (versions.new_file_number(), versions.new_file_number())
+            };
+            Some(build_table(
+                &self.dir,
+                &self.options,
+                number,
+                blob_number,
+                imm,
+            )?)
         };
-        let written = meta.as_ref().map(|m| m.size);
-        let table = meta.as_ref().map(|m| m.number);
+        let written = flushed
+            .as_ref()
+            .map(|f| f.table.size + f.blob.map_or(0, |b| b.bytes));
+        let created: Vec<PathBuf> = flushed.as_ref().map_or_else(Vec::new, |f| {
+            std::iter::once(file_name::table_path(&self.dir, f.table.number))
+                .chain(f.blob.map(|b| blob::blob_path(&self.dir, b.number)))
+                .collect()
+        });
         let installed = self.install(
             VersionEdit {
                 log_number: Some(newer_log),
                 last_sequence: Some(self.visible_seq.load(Ordering::Acquire)),
-                added: meta.into_iter().map(|m| (0, m)).collect(),
-                ..VersionEdit::default()
+                ..flushed.map(Flushed::edit).unwrap_or_default()
             },
             Some(imm),
         );
         if let Err(e) = installed {
-            if let Some(number) = table {
+            for path in created {
                 // Never installed, so garbage: on a full disk, a retry needs
                 // the space. The next open would delete it too.
-                let _ = std::fs::remove_file(file_name::table_path(&self.dir, number));
+                let _ = std::fs::remove_file(path);
             }
             return Err(e);
         }
@@ -1035,15 +1050,19 @@ impl Core {
             new_file_number: &next_number,
             cancel: &self.cancel,
         };
-        let Some(compaction::Output { tables, filtered }) = compaction::run(c, &env)? else {
+        let Some(output) = compaction::run(c, &env)? else {
             return Ok(());
         };
-        let written = tables.iter().map(|m| m.size).sum();
-        let created: Vec<PathBuf> = tables
+        let written =
+            output.tables.iter().map(|m| m.size).sum::<u64>() + output.blob.map_or(0, |b| b.bytes);
+        let created: Vec<PathBuf> = output
+            .tables
             .iter()
             .map(|m| file_name::table_path(&self.dir, m.number))
+            .chain(output.blob.map(|b| blob::blob_path(&self.dir, b.number)))
             .collect();
-        if let Err(e) = self.install(c.edit(tables), None) {
+        let filtered = output.filtered;
+        if let Err(e) = self.install(c.edit(output), None) {
             for path in created {
                 // Never installed, so garbage; the next open would delete it too.
                 let _ = std::fs::remove_file(path);
@@ -1082,17 +1101,20 @@ impl Core {
                 self.run_manual_compaction(&c)?;
             }
         }
-        if self.options.compaction_filter.is_some() {
+        let version = self.super_version.read().version.clone();
+        let relocate = compaction::has_blob_files_to_relocate(&version);
+        if self.options.compaction_filter.is_some() || relocate {
             // See "bottom rewrite" in `compaction`: without it, tables that
             // reached the deepest level by trivial moves, or were there
-            // before, would never meet the filter.
-            let version = self.super_version.read().version.clone();
+            // before, would never meet the filter. Moving blob values out of
+            // a file rewrites every table, those just written included: any
+            // of them may point into the file.
             let rewrites = picker::pick_bottom_rewrites(
                 &version,
                 &self.options,
                 deepest,
                 bounds,
-                written_from,
+                if relocate { u64::MAX } else { written_from },
             );
             for c in &rewrites {
                 self.run_manual_compaction(c)?;
@@ -1158,6 +1180,11 @@ impl Core {
         let mut stats = Stats::from_counters(&self.counters, levels);
         stats.memtable_bytes = sv.mem.approximate_size() as u64;
         stats.immutable_memtables = sv.imms.len();
+        for live in sv.version.blobs.values() {
+            stats.blob_files += 1;
+            stats.blob_bytes += live.file.meta.bytes;
+            stats.blob_garbage_bytes += live.garbage.bytes;
+        }
         stats.background_error = self.background_error().map(|e| e.to_string());
         if let Some(cache) = self.versions.lock().block_cache() {
             (stats.block_cache_hits, stats.block_cache_misses) = cache.hits_and_misses();
@@ -1169,25 +1196,74 @@ impl Core {
 }
 
 /// Writes `mem` to table `number` and returns its manifest entry.
-fn build_table(dir: &Path, options: &Options, number: u64, mem: &Memtable) -> Result<FileMeta> {
+/// What a flush wrote: a table, and the blob file of its separated values
+/// if it had any (see `blob`).
+pub(crate) struct Flushed {
+    pub(crate) table: FileMeta,
+    pub(crate) blob: Option<BlobMeta>,
+}
+
+impl Flushed {
+    /// The edit that adds both files to L0.
+    fn edit(self) -> VersionEdit {
+        VersionEdit {
+            added: vec![(0, self.table)],
+            added_blobs: self.blob.into_iter().collect(),
+            ..VersionEdit::default()
+        }
+    }
+}
+
+/// Writes `mem` to table `number`; values of at least the blob threshold go
+/// to blob file `blob_number`, which is created only if one does.
+fn build_table(
+    dir: &Path,
+    options: &Options,
+    number: u64,
+    blob_number: u64,
+    mem: &Memtable,
+) -> Result<Flushed> {
     let path = file_name::table_path(dir, number);
+    let mut blobs: Option<BlobWriter> = None;
     let built = (|| {
         let mut builder =
             TableBuilder::create(&path, options.block_size, options.bloom_bits_per_key)?
                 .with_compression(options.compression_for_level(0));
-        mem.for_each(|ikey, value| builder.add(ikey, value))?;
-        builder.finish()
+        let mut separated_key = Vec::new();
+        mem.for_each(|ikey, value| {
+            let separable = ParsedKey::parse(ikey).ok().filter(|k| {
+                k.kind == ValueKind::Value
+                    && options.blob_threshold.is_some_and(|t| value.len() >= t)
+            });
+            let Some(k) = separable else {
+                return builder.add(ikey, value);
+            };
+            let writer = match &mut blobs {
+                Some(w) => w,
+                None => blobs.insert(BlobWriter::create(dir, blob_number)?),
+            };
+            let pointer = writer.add(value)?;
+            separated_key.clear();
+            append_internal_key(&mut separated_key, k.user_key, k.seq, ValueKind::BlobIndex);
+            builder.add(&separated_key, &pointer.encode())
+        })?;
+        let blob = blobs.take().map(BlobWriter::finish).transpose()?;
+        Ok((builder.finish()?, blob))
     })();
     match built {
-        Ok(built) => Ok(FileMeta {
-            number,
-            size: built.file_size,
-            smallest: built.smallest,
-            largest: built.largest,
+        Ok((built, blob)) => Ok(Flushed {
+            table: FileMeta {
+                number,
+                size: built.file_size,
+                smallest: built.smallest,
+                largest: built.largest,
+            },
+            blob,
         }),
         Err(e) => {
-            // A partial table is garbage; left behind, the next open would set it aside in lost/.
+            // Partial files are garbage; left behind, the next open would set them aside in lost/.
             let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(blob::blob_path(dir, blob_number));
             Err(e)
         }
     }

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 pub(crate) enum FileKind {
     Log(u64),
     Table(u64),
+    Blob(u64),
     Manifest(u64),
     Current,
     Lock,
@@ -75,7 +76,9 @@ pub(crate) fn highest_number(files: &[(PathBuf, FileKind)]) -> u64 {
     files
         .iter()
         .filter_map(|(_, kind)| match kind {
-            FileKind::Log(n) | FileKind::Table(n) | FileKind::Manifest(n) => Some(*n),
+            FileKind::Log(n) | FileKind::Table(n) | FileKind::Blob(n) | FileKind::Manifest(n) => {
+                Some(*n)
+            }
             _ => None,
         })
         .max()
@@ -95,6 +98,8 @@ pub(crate) fn parse(name: &str) -> Option<FileKind> {
                 number(n).map(FileKind::Log)
             } else if let Some(n) = name.strip_suffix(".sst") {
                 number(n).map(FileKind::Table)
+            } else if let Some(n) = name.strip_suffix(".blob") {
+                number(n).map(FileKind::Blob)
             } else {
                 None
             }

@@ -36,6 +36,7 @@ impl ReadView {
         };
         Ok(match found {
             Some(Lookup::Value(v)) => Some(v),
+            Some(Lookup::Blob(pointer)) => Some(self.sv.version.read_blob(&pointer)?),
             Some(Lookup::Deleted) | None => None,
         })
     }
@@ -203,6 +204,15 @@ impl Iter {
                 buf.extend_from_slice(&entry.user_key);
             }
             None => *mine = Some(entry.user_key.clone()),
+        }
+        if entry.is_blob_index() {
+            return Some(match self.view.sv.version.read_blob(&entry.value) {
+                Ok(value) => Ok((entry.user_key, value)),
+                Err(e) => {
+                    self.done = true;
+                    Err(e)
+                }
+            });
         }
         Some(Ok((entry.user_key, entry.value)))
     }

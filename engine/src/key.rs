@@ -31,11 +31,14 @@ pub(crate) enum ValueKind {
     Deletion = 0,
     /// A live value.
     Value = 1,
+    /// A value moved to a blob file: the entry's value is its
+    /// `blob::BlobRef`. Only tables hold it; a write batch never does.
+    BlobIndex = 2,
 }
 
 /// The kind used in seek keys: the highest, so that `(key, seq, SEEK_KIND)`
 /// sorts before every real entry of `key` at `seq`.
-pub(crate) const SEEK_KIND: ValueKind = ValueKind::Value;
+pub(crate) const SEEK_KIND: ValueKind = ValueKind::BlobIndex;
 
 impl TryFrom<u8> for ValueKind {
     type Error = DecodeError;
@@ -44,6 +47,7 @@ impl TryFrom<u8> for ValueKind {
         match b {
             0 => Ok(ValueKind::Deletion),
             1 => Ok(ValueKind::Value),
+            2 => Ok(ValueKind::BlobIndex),
             _ => Err(DecodeError("unknown value kind")),
         }
     }

@@ -23,6 +23,7 @@
 //! edits (`src/version/edit.rs`) and internal keys (`src/key.rs`).
 
 mod batch;
+mod blob;
 mod coding;
 mod compaction;
 mod db;

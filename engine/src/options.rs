@@ -74,6 +74,15 @@ pub struct Options {
     /// ones are read in place from the mmap. Default: 32 MiB, as fjall's and
     /// RocksDB's block caches.
     pub block_cache_capacity: usize,
+    /// Values of at least this many bytes are moved out of the tables into
+    /// blob files when their memtable is flushed, and compaction then moves
+    /// a 20-byte pointer instead of the value (value separation, as
+    /// RocksDB's BlobDB and fjall's blob files): a large value is written
+    /// twice (WAL, blob file) instead of once per level it passes, at the
+    /// cost of one more read (`pread`) to fetch it. Default: `None` (every
+    /// value stays in its table), as in RocksDB and fjall; 4-64 KiB suits
+    /// a workload of large values.
+    pub blob_threshold: Option<usize>,
 }
 
 /// What [`Db::open`](crate::Db::open) does when a write-ahead log is damaged
@@ -120,6 +129,7 @@ impl Default for Options {
             compaction_filter: None,
             compression_per_level: Vec::new(),
             block_cache_capacity: 32 << 20,
+            blob_threshold: None,
         }
     }
 }
@@ -156,6 +166,7 @@ setters! {
     recovery_mode: RecoveryMode,
     compression_per_level: Vec<Compression>,
     block_cache_capacity: usize,
+    blob_threshold: Option<usize>,
 }
 
 /// How the data blocks of a table are compressed.

@@ -190,6 +190,13 @@ pub struct Stats {
     pub block_cache_bytes: u64,
     /// The cache's capacity in bytes (`Options::block_cache_capacity`).
     pub block_cache_capacity: u64,
+    /// Blob files live now (see `Options::blob_threshold`).
+    pub blob_files: u64,
+    /// Bytes of values in live blob files, garbage included.
+    pub blob_bytes: u64,
+    /// Bytes of values in live blob files that no table points to any more:
+    /// reclaimed when the rest of their file is.
+    pub blob_garbage_bytes: u64,
 }
 
 impl Stats {
@@ -334,6 +341,13 @@ impl fmt::Display for Stats {
                 ),
             self.block_cache_bytes as f64 / MIB,
             self.block_cache_capacity as f64 / MIB,
+        )?;
+        write!(
+            f,
+            "\nBlob files: {}, {:.1} MiB of values, {:.1} MiB of it garbage",
+            self.blob_files,
+            self.blob_bytes as f64 / MIB,
+            self.blob_garbage_bytes as f64 / MIB,
         )?;
         write!(
             f,

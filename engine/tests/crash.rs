@@ -24,7 +24,10 @@ const WRITER_THREADS: u32 = 4;
 fn options() -> Options {
     // Small memtables and levels so that rotations, flushes and compactions
     // (several levels deep over the rounds) happen inside the crash window.
+    // Values are 107 to 130 bytes: the threshold puts some of them in blob
+    // files and keeps the rest in tables.
     Options::default()
+        .blob_threshold(Some(118))
         .write_buffer_size(128 << 10)
         .level0_compaction_trigger(2)
         .target_table_size(64 << 10)
@@ -222,6 +225,9 @@ fn verify(dir: &std::path::Path, acked: &mut Acked) -> Result<usize, String> {
             "scan saw {count} keys, fewer than {} acknowledged",
             acked.puts.len()
         ));
+    }
+    if db.stats().blob_files == 0 {
+        return Err("no value went to a blob file: the threshold tests nothing".into());
     }
     Ok(db.live_tables().iter().map(|t| t.level).max().unwrap_or(0))
 }

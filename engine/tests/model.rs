@@ -106,8 +106,13 @@ fn check_levels(db: &Db) {
 /// Runs `ops` against a fresh database and the model; returns the database
 /// with its directory, which must outlive it.
 fn run(ops: Vec<Op>) -> (Db, tempfile::TempDir) {
+    run_with(ops, &options())
+}
+
+/// [`run`] under other options, kept across its reopens.
+fn run_with(ops: Vec<Op>, opts: &Options) -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut db = Db::open(dir.path(), options()).unwrap();
+    let mut db = Db::open(dir.path(), opts.clone()).unwrap();
     let mut model = Model::new();
     let mut snapshots: Vec<(Snapshot, Model)> = Vec::new();
     for op in ops {
@@ -216,7 +221,7 @@ fn run(ops: Vec<Op>) -> (Db, tempfile::TempDir) {
             Op::Reopen => {
                 // Snapshots outlive their database handle; they still read their view.
                 drop(db);
-                db = Db::open(dir.path(), options()).unwrap();
+                db = Db::open(dir.path(), opts.clone()).unwrap();
             }
         }
     }
@@ -234,6 +239,12 @@ proptest! {
     #[test]
     fn matches_btreemap(ops in proptest::collection::vec(op(), 1..300)) {
         run(ops);
+    }
+
+    /// Values of 20 bytes and more (about half) live in blob files.
+    #[test]
+    fn matches_btreemap_with_blob_values(ops in proptest::collection::vec(op(), 1..300)) {
+        run_with(ops, &options().blob_threshold(Some(20)));
     }
 }
 

@@ -88,6 +88,15 @@ pub trait CompactionFilter: Send + Sync {
     fn name(&self) -> &str {
         std::any::type_name::<Self>()
     }
+
+    /// Whether values kept in blob files (see
+    /// [`Options::blob_threshold`](crate::Options::blob_threshold)) are
+    /// offered. Offering one reads it from its blob file, a disk read per
+    /// value; a filter that decides only by small values (tombstones, say)
+    /// answers `false`, and blob values are then kept as they are.
+    fn filters_blob_values(&self) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Debug for dyn CompactionFilter {

@@ -30,6 +30,19 @@
 //! down (and not too much two levels down), the manifest just records them at
 //! the next level.
 //!
+//! # Blob garbage
+//!
+//! A dropped `BlobIndex` entry makes its blob record garbage (see `blob`),
+//! recorded in the compaction's edit. A blob file is deleted only once all
+//! its records are garbage, so a few live values would keep a mostly dead
+//! file: a compaction that keeps an entry pointing into a file that is at
+//! least half garbage reads the value and writes it to a blob file of its
+//! own, and the old record becomes garbage too (RocksDB's blob garbage
+//! collection during compaction). A manual compaction that leaves such a
+//! file rewrites the deepest level in its range (a bottom rewrite, below)
+//! to move the rest, so `compact_range` over the whole key space leaves no
+//! file half garbage.
+//!
 //! A *bottom rewrite* merges tables of the deepest level in use into that
 //! same level: manual compaction runs one when a filter is set, so that the
 //! filter reaches entries that no compaction would otherwise rewrite
@@ -38,24 +51,30 @@
 pub(crate) mod filter;
 pub(crate) mod picker;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::blob::{blob_path, BlobMeta, BlobRef, BlobWriter, Garbage};
+use crate::error::{Error, Result};
 use crate::file_name;
 use crate::iter::merge::MergingSource;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{append_tagged, compare_internal, pack_tag, ValueKind};
 use crate::options::Options;
 use crate::sstable::{TableBuilder, TableSource};
-use crate::version::{FileMeta, TableFile, Version, VersionEdit, NUM_LEVELS};
+use crate::version::{FileMeta, LiveBlob, TableFile, Version, VersionEdit, NUM_LEVELS};
 
 pub(crate) use filter::FilterCounts;
 pub use filter::{CompactionFilter, FilterDecision};
 
 /// How often (in entries) a running compaction checks whether to give up.
 const CANCEL_CHECK_INTERVAL: u64 = 4096;
+
+/// A blob file at least this much garbage (by bytes) has the live values a
+/// compaction meets moved to the compaction's own blob file.
+const RELOCATE_GARBAGE_RATIO: f64 = 0.5;
 
 /// One planned compaction: tables of `level` and what they overlap below.
 pub(crate) struct Compaction {
@@ -172,13 +191,16 @@ impl Compaction {
     }
 
     /// The manifest edit that replaces every input with `outputs`.
-    pub(crate) fn edit(&self, outputs: Vec<FileMeta>) -> VersionEdit {
+    pub(crate) fn edit(&self, outputs: Output) -> VersionEdit {
         VersionEdit {
             deleted: self.deleted(),
             added: outputs
+                .tables
                 .into_iter()
                 .map(|m| (self.output_level(), m))
                 .collect(),
+            added_blobs: outputs.blob.into_iter().collect(),
+            blob_garbage: outputs.garbage.into_iter().collect(),
             ..VersionEdit::default()
         }
     }
@@ -225,8 +247,12 @@ pub(crate) struct Env<'a> {
 /// What a finished compaction wrote.
 pub(crate) struct Output {
     pub(crate) tables: Vec<FileMeta>,
+    /// The blob file of relocated values, if any were.
+    pub(crate) blob: Option<BlobMeta>,
     /// What the options' filter decided, if one is set.
     pub(crate) filtered: FilterCounts,
+    /// Blob records whose pointers the compaction dropped, per blob file.
+    pub(crate) garbage: BTreeMap<u64, Garbage>,
 }
 
 /// Merges the compaction's inputs into new tables of its output level and
@@ -245,11 +271,20 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Output>> {
         overlapped_bytes: 0,
         max_overlap: c.max_grandparent_overlap,
         compression: env.options.compression_for_level(c.output_level),
+        blob: None,
     };
     let mut filtered = FilterCounts::default();
-    let result = merge(c, env, &mut out, &mut filtered);
+    let mut garbage = BTreeMap::new();
+    let result = merge(c, env, &mut out, &mut filtered, &mut garbage);
     match result {
-        Ok(true) => out.finish().map(|tables| Some(Output { tables, filtered })),
+        Ok(true) => out.finish().map(|(tables, blob)| {
+            Some(Output {
+                tables,
+                blob,
+                filtered,
+                garbage,
+            })
+        }),
         Ok(false) => {
             out.abandon();
             Ok(None)
@@ -268,7 +303,22 @@ fn merge(
     env: &Env<'_>,
     out: &mut Outputs<'_>,
     filtered: &mut FilterCounts,
+    garbage: &mut BTreeMap<u64, Garbage>,
 ) -> Result<bool> {
+    // Every dropped or rewritten pointer makes its blob record garbage
+    // (see "Lifetime" in `blob`).
+    let mut drop_pointer = |entry: &Entry| -> Result<()> {
+        if entry.is_blob_index() {
+            let r = BlobRef::decode(&entry.value).map_err(|e| {
+                Error::corruption(PathBuf::new(), 0, format!("bad blob pointer: {}", e.0))
+            })?;
+            garbage.entry(r.file).or_default().add(Garbage {
+                count: 1,
+                bytes: r.len,
+            });
+        }
+        Ok(())
+    };
     let everything = KeyBounds {
         lower: std::ops::Bound::Unbounded,
         upper: std::ops::Bound::Unbounded,
@@ -306,21 +356,49 @@ fn merge(
             && base.is_base_level_for(&entry.user_key);
         last_seq_for_key = entry.seq();
         if shadowed || dead_tombstone {
+            drop_pointer(&entry)?;
             continue;
         }
-        let offered = newest && !entry.is_deletion() && entry.seq() <= env.smallest_snapshot;
+        let offered = newest
+            && !entry.is_deletion()
+            && entry.seq() <= env.smallest_snapshot
+            && env
+                .options
+                .compaction_filter
+                .as_deref()
+                .is_some_and(|f| !entry.is_blob_index() || f.filters_blob_values());
         if let (true, Some(filter)) = (offered, env.options.compaction_filter.as_deref()) {
-            match filtered.decide(filter, c.output_level(), &entry.user_key, &entry.value) {
+            let separated;
+            let value = if entry.is_blob_index() {
+                separated = c.version.read_blob(&entry.value)?;
+                &separated
+            } else {
+                &entry.value
+            };
+            match filtered.decide(filter, c.output_level(), &entry.user_key, value) {
                 FilterDecision::Keep => {}
-                FilterDecision::ChangeValue(value) => entry.value = value,
+                FilterDecision::ChangeValue(value) => {
+                    drop_pointer(&entry)?;
+                    entry.tag = pack_tag(entry.seq(), ValueKind::Value);
+                    entry.value = value;
+                }
                 // Older versions of the key in this compaction are shadowed
                 // by this entry's sequence all the same (`last_seq_for_key`).
-                FilterDecision::Remove if base.is_base_level_for(&entry.user_key) => continue,
+                FilterDecision::Remove if base.is_base_level_for(&entry.user_key) => {
+                    drop_pointer(&entry)?;
+                    continue;
+                }
                 FilterDecision::Remove => {
+                    drop_pointer(&entry)?;
                     entry.tag = pack_tag(entry.seq(), ValueKind::Deletion);
                     entry.value.clear();
                 }
             }
+        }
+        if entry.is_blob_index() && worth_relocating(&c.version, &entry.value) {
+            let value = c.version.read_blob(&entry.value)?;
+            drop_pointer(&entry)?;
+            entry.value = out.relocate(&value)?.encode();
         }
         out.add(&entry)?;
     }
@@ -329,6 +407,25 @@ fn merge(
 
 /// Answers "does any level below the output hold this user key?" for keys
 /// asked in ascending order, walking each level once.
+/// Whether the blob record `pointer` names sits in a file whose live
+/// values are to be moved (see "Blob garbage").
+fn worth_relocating(version: &Version, pointer: &[u8]) -> bool {
+    let Ok(r) = BlobRef::decode(pointer) else {
+        return false;
+    };
+    version.blobs.get(&r.file).is_some_and(mostly_garbage)
+}
+
+/// Whether some blob file of `version` is mostly garbage: a manual
+/// compaction then rewrites its deepest level to move the live values out.
+pub(crate) fn has_blob_files_to_relocate(version: &Version) -> bool {
+    version.blobs.values().any(mostly_garbage)
+}
+
+fn mostly_garbage(live: &LiveBlob) -> bool {
+    live.garbage.bytes as f64 >= RELOCATE_GARBAGE_RATIO * live.file.meta.bytes as f64
+}
+
 struct BaseLevelCheck<'a> {
     version: &'a Version,
     output_level: usize,
@@ -383,9 +480,25 @@ struct Outputs<'a> {
     max_overlap: u64,
     /// Of the output level.
     compression: crate::options::Compression,
+    /// Where relocated blob values go (see "Blob garbage" above), created
+    /// at the first one.
+    blob: Option<BlobWriter>,
 }
 
 impl Outputs<'_> {
+    /// Writes `value` to the compaction's blob file and returns its new pointer.
+    fn relocate(&mut self, value: &[u8]) -> Result<BlobRef> {
+        let writer = match &mut self.blob {
+            Some(w) => w,
+            None => {
+                let number = (self.env.new_file_number)();
+                self.created.push(blob_path(self.env.dir, number));
+                self.blob.insert(BlobWriter::create(self.env.dir, number)?)
+            }
+        };
+        writer.add(value)
+    }
+
     fn add(&mut self, entry: &Entry) -> Result<()> {
         let new_user_key = self.builder.is_none() || self.last_user_key != entry.user_key;
         if new_user_key {
@@ -453,18 +566,20 @@ impl Outputs<'_> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Vec<FileMeta>> {
-        match self.finish_current() {
-            Ok(()) => Ok(std::mem::take(&mut self.metas)),
-            Err(e) => {
-                self.abandon();
-                Err(e)
-            }
+    fn finish(mut self) -> Result<(Vec<FileMeta>, Option<BlobMeta>)> {
+        let finished = self.finish_current().and_then(|()| {
+            let blob = self.blob.take().map(BlobWriter::finish).transpose()?;
+            Ok((std::mem::take(&mut self.metas), blob))
+        });
+        if finished.is_err() {
+            self.abandon();
         }
+        finished
     }
 
     fn abandon(&mut self) {
         self.builder = None;
+        self.blob = None;
         for path in self.created.drain(..) {
             // Left behind, the file is garbage the next open deletes.
             let _ = std::fs::remove_file(path);

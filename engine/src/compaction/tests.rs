@@ -80,8 +80,12 @@ fn compact_with(
     };
     let Output {
         tables: metas,
+        blob,
         filtered,
+        garbage,
     } = run(c, &env).unwrap()?;
+    assert!(blob.is_none());
+    assert!(garbage.is_empty(), "these tables hold no blob pointers");
     let mut rows = Vec::new();
     for m in &metas {
         let t = Table::open(&file_name::table_path(dir, m.number)).unwrap();
@@ -416,7 +420,12 @@ fn a_bottom_rewrite_writes_to_its_own_level_and_drops_removed_entries() {
     let (rows, metas, _) =
         compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
     assert_eq!(rows, vec![row("b", 5, Some("y"))]);
-    let edit = c.edit(metas);
+    let edit = c.edit(Output {
+        tables: metas,
+        blob: None,
+        filtered: FilterCounts::default(),
+        garbage: Default::default(),
+    });
     assert_eq!(edit.deleted, vec![(3, 1)]);
     assert!(edit.added.iter().all(|(level, _)| *level == 3));
 }

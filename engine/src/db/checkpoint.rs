@@ -6,7 +6,7 @@
 //! 2. Under the versions lock, the current version is taken (held, so that
 //!    no compaction deletes one of its tables while they are copied) with
 //!    the one edit that describes it and the counters.
-//! 3. Each table is hard-linked into the new directory (tables never change
+//! 3. Each table and blob file is hard-linked into the new directory (tables never change
 //!    once written, so both databases can share the file), or copied and
 //!    synced where a link cannot be made (another file system).
 //! 4. A MANIFEST holding that edit is written and synced, `CURRENT` is
@@ -21,6 +21,7 @@ use std::io::ErrorKind;
 use std::path::Path;
 
 use super::Db;
+use crate::blob::blob_path;
 use crate::error::{Error, Result};
 use crate::file_name::{self, table_path};
 use crate::version::set::write_manifest;
@@ -58,6 +59,9 @@ impl Db {
             for file in version.levels.iter().flatten() {
                 let number = file.meta.number;
                 link_or_copy(&table_path(&core.dir, number), &table_path(dir, number))?;
+            }
+            for &number in version.blobs.keys() {
+                link_or_copy(&blob_path(&core.dir, number), &blob_path(dir, number))?;
             }
             // Every table of the copy is numbered below the live database's
             // next file number, so the manifest takes that number.

@@ -34,9 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{BatchRecords, Record};
+use crate::blob::{self, BlobRef};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
-use crate::iter::{Direction, KeyBounds, Source};
+use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, RecoveryMode};
 use crate::recovery_report::{Damage, RecoveryReport};
@@ -90,7 +91,7 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
             // A compaction input a reader kept alive past its edit.
             continue;
         }
-        match orphan_is_obsolete(path, &version, &memtables)? {
+        match orphan_is_obsolete(dir, path, &version, &memtables)? {
             Some(true) => {}
             Some(false) if report.skipped.is_empty() => {
                 // Either the torn tail dropped the edit that added it, or an
@@ -125,17 +126,18 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         next_file_number,
         Some(block_cache),
     )?;
-    let mut added = Vec::new();
+    let mut edit = VersionEdit::default();
     for mem in memtables.iter().filter(|m| !m.is_empty()) {
-        let number = versions.new_file_number();
-        added.push((0, super::build_table(dir, options, number, mem)?));
+        let (number, blob_number) = (versions.new_file_number(), versions.new_file_number());
+        let flushed = super::build_table(dir, options, number, blob_number, mem)?;
+        edit.added.push((0, flushed.table));
+        edit.added_blobs.extend(flushed.blob);
     }
     let log_number = versions.new_file_number();
     let version = versions.log_and_apply(VersionEdit {
         log_number: Some(log_number),
         last_sequence: Some(last_seq),
-        added,
-        ..VersionEdit::default()
+        ..edit
     })?;
     let wal = LogWriter::create(&file_name::log_path(dir, log_number))?;
     file_name::sync_dir(dir)?;
@@ -146,6 +148,9 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         let (obsolete, keep_aside) = match kind {
             FileKind::Log(n) => (n < log_number, damaged),
             FileKind::Table(n) => (!live.contains(&n), damaged || orphans_to_keep.contains(&n)),
+            // An orphan blob file belongs to an orphan table (one edit adds
+            // both), so it is kept with them.
+            FileKind::Blob(n) => (!live.contains(&n), damaged),
             FileKind::Manifest(n) => (n != versions.manifest_number(), damaged),
             FileKind::Temp => (true, false),
             FileKind::Current | FileKind::Lock => (false, false),
@@ -382,6 +387,7 @@ impl LogReplay {
 /// its key at its sequence, so dropping it changes no read at any
 /// sequence. `None` when it cannot be read.
 fn orphan_is_obsolete(
+    dir: &Path,
     path: &Path,
     version: &Version,
     memtables: &[Memtable],
@@ -409,8 +415,34 @@ fn orphan_is_obsolete(
         };
         let same = match found {
             Some(Lookup::Deleted) => entry.is_deletion(),
-            Some(Lookup::Value(v)) => !entry.is_deletion() && v == entry.value,
-            None => false,
+            // A compaction output that copied the pointer.
+            Some(Lookup::Blob(pointer)) if pointer == entry.value => entry.is_blob_index(),
+            Some(found) if !entry.is_deletion() => {
+                // Compared by value: a flush that crashed before its edit
+                // has its values in the replayed WAL too, and a compaction
+                // that moved blob values (see `compaction`) points into a
+                // blob file of its own.
+                let value = |lookup: Lookup| match lookup {
+                    Lookup::Value(v) => Ok(v),
+                    Lookup::Blob(pointer) => version.read_blob(&pointer),
+                    Lookup::Deleted => Ok(Vec::new()),
+                };
+                let separated = |e: &Entry| {
+                    let r = BlobRef::decode(&e.value).map_err(|e| e.at(path, 0))?;
+                    blob::read_from_dir(dir, &r)
+                };
+                let orphan = if entry.is_blob_index() {
+                    separated(&entry)
+                } else {
+                    Ok(entry.value.clone())
+                };
+                match (orphan, value(found)) {
+                    (Ok(a), Ok(b)) => a == b,
+                    // Unreadable: not provably garbage.
+                    _ => return Ok(None),
+                }
+            }
+            Some(_) | None => false,
         };
         if !same {
             return Ok(Some(false));

@@ -21,11 +21,12 @@
 //! A crash during a repair leaves either the old `CURRENT` or the new one,
 //! and running the repair again finishes the job.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{build_table, lock_dir, open, Db};
+use crate::blob::{self, BlobMeta, BlobRef, Garbage};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
 use crate::iter::{Direction, KeyBounds, Source};
@@ -104,17 +105,42 @@ impl Db {
         // Step 1.
         let mut tables: Vec<(PathBuf, u64)> = Vec::new();
         let mut unreadable = Vec::new();
+        let mut blobs: Vec<BlobMeta> = Vec::new();
+        // Per blob file, the records and bytes the kept tables point to.
+        let mut referenced: BTreeMap<u64, Garbage> = BTreeMap::new();
         for (path, kind) in &files {
-            if let FileKind::Table(_) = kind {
-                match salvage_table(path)? {
-                    Ok(largest_seq) => tables.push((path.clone(), largest_seq)),
-                    Err(damage) => {
-                        unreadable.push(path.clone());
-                        report.tables_set_aside.push(damage);
+            let salvaged = match kind {
+                FileKind::Table(_) => salvage_table(path)?.map(|s| {
+                    for (number, r) in s.pointers {
+                        referenced.entry(number).or_default().add(r);
                     }
-                }
+                    tables.push((path.clone(), s.largest_seq));
+                }),
+                FileKind::Blob(n) => salvage(blob::scan(path, *n))?.map(|meta| blobs.push(meta)),
+                _ => continue,
+            };
+            if let Err(damage) = salvaged {
+                unreadable.push(path.clone());
+                report.tables_set_aside.push(damage);
             }
         }
+        // What the tables no longer point to is garbage; a file they do
+        // not point into at all is set aside.
+        let mut blob_garbage = Vec::new();
+        blobs.retain(|meta| {
+            let Some(r) = referenced.get(&meta.number) else {
+                unreadable.push(blob::blob_path(dir, meta.number));
+                return false;
+            };
+            let garbage = Garbage {
+                count: meta.count.saturating_sub(r.count),
+                bytes: meta.bytes.saturating_sub(r.bytes),
+            };
+            if garbage != Garbage::default() {
+                blob_garbage.push((meta.number, garbage));
+            }
+            true
+        });
 
         // Step 2.
         let mut logs: Vec<u64> = files
@@ -136,9 +162,10 @@ impl Db {
         report.wal_damage = replayed.torn_tails;
         report.wal_damage.extend(replayed.skipped);
         for mem in memtables.iter().filter(|m| !m.is_empty()) {
-            let meta = build_table(dir, &options, next_number, mem)?;
-            next_number += 1;
-            let path = file_name::table_path(dir, meta.number);
+            let flushed = build_table(dir, &options, next_number, next_number + 1, mem)?;
+            next_number += 2;
+            blobs.extend(flushed.blob);
+            let path = file_name::table_path(dir, flushed.table.number);
             let table = Table::open(&path)?;
             tables.push((path, table.entries_and_largest_seq().1));
         }
@@ -177,6 +204,8 @@ impl Db {
             log_number: Some(log_number),
             last_sequence: Some(last_seq),
             added,
+            added_blobs: blobs,
+            blob_garbage,
             ..VersionEdit::default()
         })?;
         let damaged_logs: HashSet<PathBuf> =
@@ -185,7 +214,7 @@ impl Db {
         for (path, kind) in files {
             let aside = match kind {
                 FileKind::Log(_) => damaged_logs.contains(&path),
-                FileKind::Table(_) => unreadable.contains(&path),
+                FileKind::Table(_) | FileKind::Blob(_) => unreadable.contains(&path),
                 FileKind::Manifest(_) => true,
                 FileKind::Temp | FileKind::Current | FileKind::Lock => continue,
             };
@@ -202,40 +231,59 @@ impl Db {
 
 /// Reads the table at `path` whole. `Ok(Err(damage))` when it is damaged;
 /// the outer error is for I/O that failed.
-fn salvage_table(path: &Path) -> Result<Result<u64, Damage>> {
-    let damaged = |e: Error| match e {
-        Error::Corruption {
+fn salvage_table(path: &Path) -> Result<Result<Salvaged, Damage>> {
+    salvage((|| {
+        let table = Arc::new(Table::open(path)?);
+        let (entries, largest_seq) = table.entries_and_largest_seq();
+        let mut source = TableSource::new(table, &KeyBounds::prefix(b""), Direction::Forward);
+        let mut seen = 0u64;
+        let mut pointers: BTreeMap<u64, Garbage> = BTreeMap::new();
+        while let Some(entry) = source.next_entry()? {
+            seen += 1;
+            if entry.is_blob_index() {
+                let r = BlobRef::decode(&entry.value).map_err(|e| e.at(path, 0))?;
+                pointers.entry(r.file).or_default().add(Garbage {
+                    count: 1,
+                    bytes: r.len,
+                });
+            }
+        }
+        if seen != entries {
+            return Err(Error::corruption(
+                path,
+                0,
+                format!("table holds {seen} entries, its properties say {entries}"),
+            ));
+        }
+        Ok(Salvaged {
+            largest_seq,
+            pointers,
+        })
+    })())
+}
+
+/// What a readable table holds that the repair needs.
+struct Salvaged {
+    largest_seq: u64,
+    /// Records and value bytes it points to, per blob file.
+    pointers: BTreeMap<u64, Garbage>,
+}
+
+/// Splits corruption (`Ok(Err(damage))`, the file is set aside) from
+/// other errors (I/O that failed, which fails the repair).
+fn salvage<T>(read: Result<T>) -> Result<Result<T, Damage>> {
+    match read {
+        Ok(t) => Ok(Ok(t)),
+        Err(Error::Corruption {
             file,
             offset,
             reason,
-        } => Ok(Err(Damage {
+        }) => Ok(Err(Damage {
             bytes: std::fs::metadata(&file).map_or(0, |m| m.len()),
             file,
             offset,
             reason,
         })),
-        other => Err(other),
-    };
-    let table = match Table::open(path) {
-        Ok(table) => Arc::new(table),
-        Err(e) => return damaged(e),
-    };
-    let (entries, largest_seq) = table.entries_and_largest_seq();
-    let mut source = TableSource::new(table, &KeyBounds::prefix(b""), Direction::Forward);
-    let mut seen = 0u64;
-    loop {
-        match source.next_entry() {
-            Ok(Some(_)) => seen += 1,
-            Ok(None) => break,
-            Err(e) => return damaged(e),
-        }
+        Err(other) => Err(other),
     }
-    if seen != entries {
-        return damaged(Error::corruption(
-            path,
-            0,
-            format!("table holds {seen} entries, its properties say {entries}"),
-        ));
-    }
-    Ok(Ok(largest_seq))
 }

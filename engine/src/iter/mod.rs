@@ -36,6 +36,10 @@ impl Entry {
     }
 
     /// Internal-key order: user key ascending, tag descending.
+    pub(crate) fn is_blob_index(&self) -> bool {
+        self.tag & 0xff == ValueKind::BlobIndex as u64
+    }
+
     pub(crate) fn cmp_key(&self, other: &Entry) -> Ordering {
         self.user_key
             .cmp(&other.user_key)

@@ -33,6 +33,9 @@ const SCAN_CHUNK: usize = 64;
 pub(crate) enum Lookup {
     Value(Vec<u8>),
     Deleted,
+    /// A value in a blob file: the table entry's `BlobRef`, for the version
+    /// to read (tables only).
+    Blob(Vec<u8>),
 }
 
 pub(crate) struct Memtable {

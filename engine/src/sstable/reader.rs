@@ -257,6 +257,7 @@ impl Table {
             Ok(Some(match parsed.kind {
                 ValueKind::Value => Lookup::Value(v.to_vec()),
                 ValueKind::Deletion => Lookup::Deleted,
+                ValueKind::BlobIndex => Lookup::Blob(v.to_vec()),
             }))
         })();
         drop(block);

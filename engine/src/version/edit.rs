@@ -13,6 +13,7 @@
 //!
 //! Replaying every edit of a MANIFEST in order rebuilds the set of live tables.
 
+use crate::blob::{BlobMeta, Garbage};
 use crate::coding::{
     get_length_prefixed, get_varint32, get_varint64, put_length_prefixed, put_varint32,
     put_varint64,
@@ -25,6 +26,8 @@ const TAG_NEXT_FILE: u32 = 2;
 const TAG_LAST_SEQUENCE: u32 = 3;
 const TAG_DELETED_FILE: u32 = 4;
 const TAG_NEW_FILE: u32 = 5;
+const TAG_NEW_BLOB: u32 = 6;
+const TAG_BLOB_GARBAGE: u32 = 7;
 
 /// Number of levels. Do not lower: level numbers are on disk.
 pub(crate) const NUM_LEVELS: usize = 7;
@@ -46,6 +49,11 @@ pub(crate) struct VersionEdit {
     pub(crate) last_sequence: Option<u64>,
     pub(crate) deleted: Vec<(usize, u64)>,
     pub(crate) added: Vec<(usize, FileMeta)>,
+    /// Blob files written by the flush or compaction this edit installs.
+    pub(crate) added_blobs: Vec<BlobMeta>,
+    /// Records of blob files that the edit's compaction dropped the
+    /// pointers to (see `blob`); applied after `added_blobs`.
+    pub(crate) blob_garbage: Vec<(u64, Garbage)>,
 }
 
 impl VersionEdit {
@@ -76,6 +84,18 @@ impl VersionEdit {
             put_varint64(&mut out, f.size);
             put_length_prefixed(&mut out, &f.smallest);
             put_length_prefixed(&mut out, &f.largest);
+        }
+        for b in &self.added_blobs {
+            put_varint32(&mut out, TAG_NEW_BLOB);
+            put_varint64(&mut out, b.number);
+            put_varint64(&mut out, b.count);
+            put_varint64(&mut out, b.bytes);
+        }
+        for (number, g) in &self.blob_garbage {
+            put_varint32(&mut out, TAG_BLOB_GARBAGE);
+            put_varint64(&mut out, *number);
+            put_varint64(&mut out, g.count);
+            put_varint64(&mut out, g.bytes);
         }
         out
     }
@@ -110,6 +130,19 @@ impl VersionEdit {
                     ParsedKey::parse(&meta.largest)?;
                     edit.added.push((l, meta));
                 }
+                TAG_NEW_BLOB => edit.added_blobs.push(BlobMeta {
+                    number: get_varint64(&mut src)?,
+                    count: get_varint64(&mut src)?,
+                    bytes: get_varint64(&mut src)?,
+                }),
+                TAG_BLOB_GARBAGE => {
+                    let number = get_varint64(&mut src)?;
+                    let garbage = Garbage {
+                        count: get_varint64(&mut src)?,
+                        bytes: get_varint64(&mut src)?,
+                    };
+                    edit.blob_garbage.push((number, garbage));
+                }
                 _ => return Err(DecodeError("unknown version edit tag")),
             }
         }
@@ -135,6 +168,18 @@ mod tests {
                     size: 4096,
                     smallest: internal_key(b"a", 5, ValueKind::Value),
                     largest: internal_key(b"q", 9, ValueKind::Deletion),
+                },
+            )],
+            added_blobs: vec![BlobMeta {
+                number: 38,
+                count: 12,
+                bytes: 1 << 22,
+            }],
+            blob_garbage: vec![(
+                21,
+                Garbage {
+                    count: 3,
+                    bytes: 70_000,
                 },
             )],
         }
@@ -166,7 +211,7 @@ mod tests {
             }
         }
         // log, next file, sequence, two deletions: six boundaries with the empty one.
-        assert_eq!(decoded_prefixes, 6);
+        assert_eq!(decoded_prefixes, 8);
     }
 
     #[test]

@@ -16,12 +16,16 @@
 pub(crate) mod edit;
 pub(crate) mod set;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub(crate) use edit::{FileMeta, VersionEdit, NUM_LEVELS};
 pub(crate) use set::{ManifestState, VersionSet};
 
+use crate::blob::{blob_path, BlobFile, BlobRef, Garbage};
+use crate::error::Error;
 use crate::iter::{Direction, KeyBounds, Source};
 use crate::key::user_key;
 use crate::memtable::Lookup;
@@ -70,10 +74,19 @@ impl Drop for TableFile {
     }
 }
 
+/// A blob file of a version, with the garbage the version's edits recorded for it.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveBlob {
+    pub(crate) file: Arc<BlobFile>,
+    pub(crate) garbage: Garbage,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Version {
     /// `levels[0]` newest first; deeper levels sorted by smallest key.
     pub(crate) levels: [Vec<Arc<TableFile>>; NUM_LEVELS],
+    /// Blob files that tables of this version point into, by number.
+    pub(crate) blobs: BTreeMap<u64, LiveBlob>,
 }
 
 impl Version {
@@ -105,6 +118,24 @@ impl Version {
     }
 
     /// One scan source per table that may hold keys within `bounds`.
+    /// The value a `BlobIndex` entry of this version points to.
+    pub(crate) fn read_blob(&self, pointer: &[u8]) -> Result<Vec<u8>> {
+        let r = BlobRef::decode(pointer).map_err(|e| Error::Corruption {
+            file: PathBuf::new(),
+            offset: 0,
+            reason: format!("bad blob pointer in a table entry: {}", e.0),
+        })?;
+        match self.blobs.get(&r.file) {
+            Some(live) => live.file.read(&r),
+            // Named relative to the database directory, which a version does not know.
+            None => Err(Error::Corruption {
+                file: blob_path(Path::new(""), r.file),
+                offset: r.offset,
+                reason: "a table entry points into a blob file the manifest does not name".into(),
+            }),
+        }
+    }
+
     pub(crate) fn sources(&self, bounds: &KeyBounds, direction: Direction) -> Vec<Box<dyn Source>> {
         self.levels
             .iter()
@@ -142,6 +173,10 @@ impl Version {
 
     /// Numbers of every live table.
     pub(crate) fn live_files(&self) -> impl Iterator<Item = u64> + '_ {
-        self.levels.iter().flatten().map(|f| f.meta.number)
+        self.levels
+            .iter()
+            .flatten()
+            .map(|f| f.meta.number)
+            .chain(self.blobs.keys().copied())
     }
 }

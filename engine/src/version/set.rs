@@ -38,7 +38,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{FileMeta, TableFile, Version, VersionEdit, NUM_LEVELS};
+use super::{FileMeta, LiveBlob, TableFile, Version, VersionEdit, NUM_LEVELS};
+use crate::blob::{BlobFile, BlobMeta, Garbage};
 use crate::error::{Error, Result};
 use crate::file_name::{self, manifest_name};
 use crate::key::compare_internal;
@@ -77,13 +78,25 @@ struct Replay {
     next_file_number: u64,
     last_sequence: u64,
     levels: [BTreeMap<u64, FileMeta>; NUM_LEVELS],
-    /// Tables an edit deleted (and no later edit added back): garbage by
-    /// the word of a synced edit, even if a reader kept the file alive.
+    blobs: BTreeMap<u64, (BlobMeta, Garbage)>,
+    /// Tables and blob files an edit deleted (and no later edit added
+    /// back): garbage by the word of a synced edit, even if a reader kept
+    /// the file alive.
     deleted: HashSet<u64>,
 }
 
 impl Replay {
     fn apply(&mut self, edit: VersionEdit) {
+        let dead = apply_blob_changes(
+            &mut self.blobs,
+            &edit,
+            |meta| Ok((*meta, Garbage::default())),
+            |(meta, garbage)| (&*meta, garbage),
+        );
+        // Replaying cannot fail: nothing is opened.
+        for (meta, _) in dead.unwrap_or_default() {
+            self.deleted.insert(meta.number);
+        }
         if let Some(n) = edit.log_number {
             self.log_number = n;
         }
@@ -218,9 +231,44 @@ impl ManifestState {
                 }
             }
         }
+        for (meta, garbage) in self.replay.blobs.values() {
+            let file = Arc::new(BlobFile::open(dir, *meta)?);
+            let garbage = *garbage;
+            version
+                .blobs
+                .insert(meta.number, LiveBlob { file, garbage });
+        }
         sort_levels(&mut version);
         Ok(version)
     }
+}
+
+/// Applies the blob files and garbage of `edit` to `blobs` (see "Lifetime"
+/// in `blob`), opening each added file with `open`, and returns the files
+/// whose garbage now covers all their records, removed from `blobs`.
+fn apply_blob_changes<T>(
+    blobs: &mut BTreeMap<u64, T>,
+    edit: &VersionEdit,
+    mut open: impl FnMut(&BlobMeta) -> Result<T>,
+    parts: impl Fn(&mut T) -> (&BlobMeta, &mut Garbage),
+) -> Result<Vec<T>> {
+    for meta in &edit.added_blobs {
+        blobs.insert(meta.number, open(meta)?);
+    }
+    let mut dead = Vec::new();
+    for (number, more) in &edit.blob_garbage {
+        // Garbage of a file already gone (its last records dropped by an
+        // earlier edit) has nothing left to count against.
+        let Some(entry) = blobs.get_mut(number) else {
+            continue;
+        };
+        let (meta, garbage) = parts(entry);
+        garbage.add(*more);
+        if garbage.covers(meta) {
+            dead.extend(blobs.remove(number));
+        }
+    }
+    Ok(dead)
 }
 
 impl VersionSet {
@@ -281,6 +329,12 @@ impl VersionSet {
         for (level, files) in self.current.levels.iter().enumerate() {
             edit.added
                 .extend(files.iter().map(|f| (level, f.meta.clone())));
+        }
+        for (number, live) in &self.current.blobs {
+            edit.added_blobs.push(live.file.meta);
+            if live.garbage != Garbage::default() {
+                edit.blob_garbage.push((*number, live.garbage));
+            }
         }
         edit
     }
@@ -344,6 +398,17 @@ impl VersionSet {
                 l.push(file);
             }
         }
+        let mut blobs = self.current.blobs.clone();
+        let dead_blobs = apply_blob_changes(
+            &mut blobs,
+            &edit,
+            |meta| {
+                let file = Arc::new(BlobFile::open(&self.dir, *meta)?);
+                let garbage = Garbage::default();
+                Ok(LiveBlob { file, garbage })
+            },
+            |live| (&live.file.meta, &mut live.garbage),
+        )?;
         file_name::sync_dir(&self.dir)?;
         let logged = self
             .manifest
@@ -359,11 +424,14 @@ impl VersionSet {
         if let Some(n) = edit.last_sequence {
             self.last_sequence = n;
         }
-        let mut version = Version { levels };
+        let mut version = Version { levels, blobs };
         sort_levels(&mut version);
         self.current = Arc::new(version);
         for gone in removed.values() {
             gone.mark_obsolete();
+        }
+        for gone in &dead_blobs {
+            gone.file.mark_obsolete();
         }
         if self.manifest.len() > self.max_manifest_bytes {
             // The edit is durable already; a failed roll only means the old

@@ -1,0 +1,378 @@
+//! Blob files: value separation. A value of at least
+//! [`Options::blob_threshold`](crate::Options::blob_threshold) bytes leaves
+//! the tree when its memtable is flushed: the value is appended to a blob
+//! file written beside the table, and the table holds a small [`BlobRef`]
+//! under the entry kind `BlobIndex` instead (WiscKey; RocksDB's integrated
+//! BlobDB; fjall's blob files). Compaction then moves the 20-byte pointer
+//! down the levels, not the value, so a large value is written twice (WAL,
+//! blob file) instead of once per level.
+//!
+//! # File layout (`NNNNNN.blob`)
+//!
+//! ```text
+//! magic   8 bytes   b"STRBLOB1"
+//! record  repeated  value_len u32 LE | masked crc32 of the value u32 LE | value
+//! ```
+//!
+//! A file is written once, fsynced, and only then named by the manifest
+//! edit that adds the table pointing into it (the same edit); it never
+//! changes afterwards. A [`BlobRef`] names the file, the record's offset and
+//! the value's length, so a read is one `pread` of the record, checked
+//! against both the pointer and the checksum.
+//!
+//! # Lifetime
+//!
+//! Every record is pointed to by exactly one entry of one table: pointers
+//! are made only by a flush, and a compaction either copies an entry or
+//! drops it. So a compaction that drops a `BlobIndex` entry (overwritten,
+//! deleted, filtered) adds that record to its file's *garbage* in the edit
+//! it installs, and a file whose garbage covers every record leaves the
+//! version; like a table, it is deleted when the last reader holding a
+//! version with it is gone. The manifest records each file's record count
+//! and value bytes with its garbage, so the accounting survives restarts.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::coding::{get_varint64, put_varint64};
+use crate::error::{DecodeError, Error, Result};
+use crate::wal::mask_crc;
+
+const MAGIC: &[u8; 8] = b"STRBLOB1";
+/// `value_len` and the checksum.
+const RECORD_HEADER: u64 = 8;
+
+/// Where a separated value lives: the table entry's value for kind `BlobIndex`.
+///
+/// Encoded as three varint64s: file number, record offset, value length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlobRef {
+    pub(crate) file: u64,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+}
+
+impl BlobRef {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        put_varint64(&mut out, self.file);
+        put_varint64(&mut out, self.offset);
+        put_varint64(&mut out, self.len);
+        out
+    }
+
+    pub(crate) fn decode(mut src: &[u8]) -> Result<Self, DecodeError> {
+        let r = BlobRef {
+            file: get_varint64(&mut src)?,
+            offset: get_varint64(&mut src)?,
+            len: get_varint64(&mut src)?,
+        };
+        if !src.is_empty() {
+            return Err(DecodeError("blob pointer has trailing bytes"));
+        }
+        if r.offset < MAGIC.len() as u64 || r.len > u64::from(u32::MAX) {
+            return Err(DecodeError("blob pointer out of range"));
+        }
+        Ok(r)
+    }
+}
+
+/// What the manifest records of a blob file: its record count and the
+/// bytes of its values (headers excluded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BlobMeta {
+    pub(crate) number: u64,
+    pub(crate) count: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Records of a blob file that no table points to any more.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Garbage {
+    pub(crate) count: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Garbage {
+    pub(crate) fn add(&mut self, other: Garbage) {
+        self.count = self.count.saturating_add(other.count);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+
+    /// Whether every record of the file is garbage, so that it can go.
+    pub(crate) fn covers(&self, meta: &BlobMeta) -> bool {
+        self.count >= meta.count
+    }
+}
+
+pub(crate) fn blob_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:06}.blob"))
+}
+
+/// Appends values to a new blob file.
+pub(crate) struct BlobWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    meta: BlobMeta,
+    offset: u64,
+}
+
+impl BlobWriter {
+    pub(crate) fn create(dir: &Path, number: u64) -> Result<Self> {
+        let path = blob_path(dir, number);
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let mut out = BufWriter::with_capacity(256 << 10, file);
+        out.write_all(MAGIC).map_err(|e| Error::io(&path, e))?;
+        Ok(BlobWriter {
+            path,
+            out,
+            meta: BlobMeta {
+                number,
+                ..BlobMeta::default()
+            },
+            offset: MAGIC.len() as u64,
+        })
+    }
+
+    /// Appends `value` and returns the pointer a table stores for it.
+    pub(crate) fn add(&mut self, value: &[u8]) -> Result<BlobRef> {
+        let len = u32::try_from(value.len())
+            .map_err(|_| Error::InvalidArgument("value too large for a blob file".into()))?;
+        let crc = mask_crc(crc32fast::hash(value));
+        let written = self
+            .out
+            .write_all(&len.to_le_bytes())
+            .and_then(|()| self.out.write_all(&crc.to_le_bytes()))
+            .and_then(|()| self.out.write_all(value));
+        written.map_err(|e| Error::io(&self.path, e))?;
+        let r = BlobRef {
+            file: self.meta.number,
+            offset: self.offset,
+            len: u64::from(len),
+        };
+        self.offset += RECORD_HEADER + u64::from(len);
+        self.meta.count += 1;
+        self.meta.bytes += u64::from(len);
+        Ok(r)
+    }
+
+    /// Flushes and fsyncs the file.
+    pub(crate) fn finish(self) -> Result<BlobMeta> {
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        Ok(self.meta)
+    }
+}
+
+/// An open blob file of a version. Deleted when dropped after a version
+/// edit made it obsolete (see "Lifetime").
+#[derive(Debug)]
+pub(crate) struct BlobFile {
+    pub(crate) meta: BlobMeta,
+    path: PathBuf,
+    file: File,
+    obsolete: AtomicBool,
+}
+
+impl BlobFile {
+    pub(crate) fn open(dir: &Path, meta: BlobMeta) -> Result<Self> {
+        let path = blob_path(dir, meta.number);
+        let file = File::open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::corruption(&path, 0, "blob file named by the manifest is missing")
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
+        Ok(BlobFile {
+            meta,
+            path,
+            file,
+            obsolete: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn read(&self, r: &BlobRef) -> Result<Vec<u8>> {
+        read_record(&self.file, &self.path, r)
+    }
+
+    pub(crate) fn mark_obsolete(&self) {
+        self.obsolete.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for BlobFile {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            // A failed delete leaves garbage, not damage: the next open
+            // removes it (the manifest no longer names it).
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Reads the value `r` points to straight from its file in `dir`, for the
+/// checks of an open that have no version holding the file.
+pub(crate) fn read_from_dir(dir: &Path, r: &BlobRef) -> Result<Vec<u8>> {
+    let path = blob_path(dir, r.file);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    read_record(&file, &path, r)
+}
+
+fn read_record(file: &File, path: &Path, r: &BlobRef) -> Result<Vec<u8>> {
+    let len = usize::try_from(r.len)
+        .map_err(|_| Error::corruption(path, r.offset, "blob pointer length out of range"))?;
+    let mut buf = vec![0u8; len + RECORD_HEADER as usize];
+    file.read_exact_at(&mut buf, r.offset).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::corruption(path, r.offset, "blob record runs past the end of its file")
+        } else {
+            Error::io(path, e)
+        }
+    })?;
+    let (stored_len, stored_crc, value) = split_record(&buf)
+        .ok_or_else(|| Error::corruption(path, r.offset, "blob record shorter than its header"))?;
+    if u64::from(stored_len) != r.len {
+        return Err(Error::corruption(
+            path,
+            r.offset,
+            format!(
+                "blob record holds {stored_len} bytes, its pointer says {}",
+                r.len
+            ),
+        ));
+    }
+    if mask_crc(crc32fast::hash(value)) != stored_crc {
+        return Err(Error::corruption(
+            path,
+            r.offset,
+            "blob record checksum mismatch",
+        ));
+    }
+    buf.drain(..RECORD_HEADER as usize);
+    Ok(buf)
+}
+
+/// A record's stored length and checksum, and the bytes after its header.
+fn split_record(record: &[u8]) -> Option<(u32, u32, &[u8])> {
+    let (len, rest) = record.split_first_chunk::<4>()?;
+    let (crc, value) = rest.split_first_chunk::<4>()?;
+    Some((u32::from_le_bytes(*len), u32::from_le_bytes(*crc), value))
+}
+
+/// Walks every record of the blob file at `path`, checking each checksum:
+/// what [`Db::repair`](crate::Db::repair) learns of a file the manifest
+/// cannot be trusted for. An error names the first bad record.
+pub(crate) fn scan(path: &Path, number: u64) -> Result<BlobMeta> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if data.get(..MAGIC.len()) != Some(&MAGIC[..]) {
+        return Err(Error::corruption(path, 0, "not a blob file (bad magic)"));
+    }
+    let mut meta = BlobMeta {
+        number,
+        ..BlobMeta::default()
+    };
+    let mut offset = MAGIC.len();
+    while offset < data.len() {
+        let bad = |reason: &str| Error::corruption(path, offset as u64, reason);
+        let (len, crc, _) = data
+            .get(offset..)
+            .and_then(split_record)
+            .ok_or_else(|| bad("blob record header runs past the end"))?;
+        let start = offset + RECORD_HEADER as usize;
+        let value = data
+            .get(start..start + len as usize)
+            .ok_or_else(|| bad("blob record runs past the end"))?;
+        if mask_crc(crc32fast::hash(value)) != crc {
+            return Err(bad("blob record checksum mismatch"));
+        }
+        meta.count += 1;
+        meta.bytes += u64::from(len);
+        offset = start + len as usize;
+    }
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, values: &[&[u8]]) -> (BlobMeta, Vec<BlobRef>) {
+        let mut w = BlobWriter::create(dir, 7).unwrap();
+        let refs = values.iter().map(|v| w.add(v).unwrap()).collect();
+        (w.finish().unwrap(), refs)
+    }
+
+    #[test]
+    fn values_read_back_and_the_file_scans_to_its_meta() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![0xabu8; 300_000];
+        let values: [&[u8]; 3] = [b"first", &[], &big];
+        let (meta, refs) = write(dir.path(), &values);
+        assert_eq!((meta.count, meta.bytes), (3, 5 + 300_000));
+        let file = BlobFile::open(dir.path(), meta).unwrap();
+        for (r, v) in refs.iter().zip(values) {
+            assert_eq!(BlobRef::decode(&r.encode()).unwrap(), *r);
+            assert_eq!(file.read(r).unwrap(), v);
+            assert_eq!(read_from_dir(dir.path(), r).unwrap(), v);
+        }
+        assert_eq!(scan(&blob_path(dir.path(), 7), 7).unwrap(), meta);
+    }
+
+    #[test]
+    fn damage_is_corruption_never_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (meta, refs) = write(dir.path(), &[b"hello world", b"second value"]);
+        let path = blob_path(dir.path(), 7);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let flip = refs[1].offset as usize + RECORD_HEADER as usize + 3;
+        bytes[flip] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let file = BlobFile::open(dir.path(), meta).unwrap();
+        assert_eq!(file.read(&refs[0]).unwrap(), b"hello world");
+        let err = file.read(&refs[1]).unwrap_err();
+        assert!(err.is_corruption(), "{err}");
+        assert!(scan(&path, 7).unwrap_err().is_corruption());
+
+        let wrong_len = BlobRef {
+            len: refs[0].len + 1,
+            ..refs[0]
+        };
+        assert!(file.read(&wrong_len).unwrap_err().is_corruption());
+        let past_end = BlobRef {
+            offset: bytes.len() as u64,
+            ..refs[0]
+        };
+        assert!(file.read(&past_end).unwrap_err().is_corruption());
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        assert!(scan(&path, 7).unwrap_err().is_corruption());
+    }
+
+    #[test]
+    fn bad_pointers_do_not_decode() {
+        let ok = BlobRef {
+            file: 3,
+            offset: 8,
+            len: 10,
+        };
+        let enc = ok.encode();
+        for cut in 0..enc.len() {
+            assert!(BlobRef::decode(&enc[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = enc.clone();
+        trailing.push(0);
+        assert!(BlobRef::decode(&trailing).is_err());
+        let inside_magic = BlobRef { offset: 2, ..ok };
+        assert!(BlobRef::decode(&inside_magic.encode()).is_err());
+    }
+}
