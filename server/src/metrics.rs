@@ -942,6 +942,21 @@ impl Collector for EngineCollector {
                 stats.block_cache_bytes,
             ),
             (
+                "blob_files",
+                "Live blob files (values of engine.blob_threshold bytes and more).",
+                stats.blob_files,
+            ),
+            (
+                "blob_bytes",
+                "Bytes of values in live blob files, garbage included.",
+                stats.blob_bytes,
+            ),
+            (
+                "blob_garbage_bytes",
+                "Bytes of values in live blob files that nothing points to any more.",
+                stats.blob_garbage_bytes,
+            ),
+            (
                 "background_error",
                 "1 while a background error stops writes.",
                 u64::from(stats.background_error.is_some()),

@@ -303,6 +303,13 @@ impl CompactionFilter for TombstoneGc {
     fn name(&self) -> &str {
         "kvnode tombstone GC"
     }
+
+    /// Tombstones are a header alone, never large enough for a blob file:
+    /// reading every blob value back to find none would cost a disk read
+    /// per chunk per compaction.
+    fn filters_blob_values(&self) -> bool {
+        false
+    }
 }
 
 impl TombstoneGc {

@@ -13,9 +13,14 @@
 //! table_bytes = 67108864
 //! bloom_bits_per_key = 10
 //! compression = "lz4"          # "none" (the default), "lz4", "zstd" or "zstd:LEVEL"
+//! blob_threshold = 65536       # values this large go to blob files; 0 keeps all in tables
 //! ```
 //!
-//! Each unset knob is the engine's own default ([`strata_engine::Options`]).
+//! Each unset knob is the engine's own default ([`strata_engine::Options`]),
+//! except `blob_threshold`: the engine keeps every value in its tables by
+//! default, and a node separates values of 64 KiB and more, which file
+//! chunks (1 MiB) always are, so that compaction moves pointers to them
+//! instead of rewriting them at every level.
 //! The compaction filter (tombstone GC, `storage`) stays internal, and the
 //! hints engine (`<data_dir>/hints/`) keeps the engine's defaults: its load
 //! is small and its writes are never a client's answer.
@@ -164,6 +169,16 @@ pub struct EngineSettings {
         env = "KVNODE_ENGINE_COMPRESSION"
     )]
     pub compression: Option<BlockCompression>,
+    /// Values of at least this many bytes (file chunks among them) are kept
+    /// in blob files beside the tables, so that compaction moves a pointer
+    /// instead of the value; 0 keeps every value in the tables
+    /// [default: 65536].
+    #[arg(
+        id = "engine_blob_threshold",
+        long = "engine-blob-threshold",
+        env = "KVNODE_ENGINE_BLOB_THRESHOLD"
+    )]
+    pub blob_threshold: Option<usize>,
 }
 
 /// Lays `$high` over `$low` field by field; the literal names every field,
@@ -189,9 +204,13 @@ impl EngineSettings {
             table_bytes,
             bloom_bits_per_key,
             compression,
+            blob_threshold,
         )
     }
 }
+
+/// Values from this size on go to blob files (module doc).
+const DEFAULT_BLOB_THRESHOLD: usize = 64 << 10;
 
 /// Smallest memtable: the engine's own floor.
 const MIN_MEMTABLE_BYTES: usize = 64 << 10;
@@ -225,6 +244,8 @@ pub struct EngineConfig {
     pub bloom_bits_per_key: u32,
     /// Data block compression of every level.
     pub compression: BlockCompression,
+    /// Smallest value kept in a blob file; 0: none is.
+    pub blob_threshold: usize,
 }
 
 impl Default for EngineConfig {
@@ -240,6 +261,7 @@ impl Default for EngineConfig {
             table_bytes: engine.target_table_size,
             bloom_bits_per_key: engine.bloom_bits_per_key,
             compression: BlockCompression::default(),
+            blob_threshold: DEFAULT_BLOB_THRESHOLD,
         }
     }
 }
@@ -260,6 +282,7 @@ impl EngineConfig {
             table_bytes: s.table_bytes.unwrap_or(d.table_bytes),
             bloom_bits_per_key: s.bloom_bits_per_key.unwrap_or(d.bloom_bits_per_key),
             compression: s.compression.unwrap_or(d.compression),
+            blob_threshold: s.blob_threshold.unwrap_or(d.blob_threshold),
         };
         if !(MIN_MEMTABLE_BYTES..=MAX_MEMTABLE_BYTES).contains(&c.memtable_bytes) {
             return invalid("engine.memtable_bytes", "must be 64 KiB..=4 GiB");
@@ -303,6 +326,7 @@ impl EngineConfig {
             .target_table_size(self.table_bytes)
             .bloom_bits_per_key(self.bloom_bits_per_key)
             .compression_per_level(vec![self.compression.0])
+            .blob_threshold((self.blob_threshold > 0).then_some(self.blob_threshold))
     }
 
     /// Whether each engine write is fsynced before it returns.
@@ -423,9 +447,15 @@ mod tests {
             table_bytes: Some(1 << 20),
             bloom_bits_per_key: Some(30),
             compression: Some("zstd:1".parse().unwrap()),
+            blob_threshold: Some(0),
         };
         let c = EngineConfig::resolve(&settings).unwrap();
         assert!(c.sync());
+        assert_eq!(c.options().blob_threshold, None, "0 keeps values in tables");
+        assert_eq!(
+            EngineConfig::default().options().blob_threshold,
+            Some(64 << 10)
+        );
         let dir = tempfile::tempdir().unwrap();
         strata_engine::Db::open(dir.path(), c.options()).unwrap();
     }
