@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::coding::{get_varint64, put_varint64};
 use crate::error::{DecodeError, Error, Result};
 use crate::wal::mask_crc;
+use crate::writeback::Writeback;
 
 const MAGIC: &[u8; 8] = b"STRBLOB1";
 /// `value_len` and the checksum.
@@ -118,6 +119,7 @@ pub(crate) struct BlobWriter {
     out: BufWriter<File>,
     meta: BlobMeta,
     offset: u64,
+    writeback: Writeback,
 }
 
 impl BlobWriter {
@@ -138,6 +140,7 @@ impl BlobWriter {
                 ..BlobMeta::default()
             },
             offset: MAGIC.len() as u64,
+            writeback: Writeback::default(),
         })
     }
 
@@ -160,6 +163,8 @@ impl BlobWriter {
         self.offset += RECORD_HEADER + u64::from(len);
         self.meta.count += 1;
         self.meta.bytes += u64::from(len);
+        let in_file = self.offset - self.out.buffer().len() as u64;
+        self.writeback.appended(self.out.get_ref(), in_file);
         Ok(r)
     }
 

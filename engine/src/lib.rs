@@ -41,6 +41,7 @@ mod sstable;
 mod stats;
 mod version;
 mod wal;
+mod writeback;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -14,6 +14,7 @@ use super::zstd_codec;
 use crate::error::{Error, Result};
 use crate::key::{compare_internal, ParsedKey, ValueKind};
 use crate::options::Compression;
+use crate::writeback::Writeback;
 
 /// Restart interval of data blocks: a lookup scans at most this many entries.
 const DATA_RESTART_INTERVAL: usize = 16;
@@ -31,6 +32,7 @@ pub(crate) struct TableBuilder {
     compression: Compression,
     /// Made at the first zstd block and reused for the rest of the table.
     zstd: Option<zstd_codec::Compressor>,
+    writeback: Writeback,
 }
 
 /// What a finished table holds, for its manifest entry.
@@ -61,6 +63,7 @@ impl TableBuilder {
             last_key: Vec::new(),
             compression: Compression::None,
             zstd: None,
+            writeback: Writeback::default(),
         })
     }
 
@@ -169,6 +172,8 @@ impl TableBuilder {
             .write_all(bytes)
             .map_err(|e| Error::io(&self.path, e))?;
         self.offset += bytes.len() as u64;
+        let in_file = self.offset - self.out.buffer().len() as u64;
+        self.writeback.appended(self.out.get_ref(), in_file);
         Ok(())
     }
 

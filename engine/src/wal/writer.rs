@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::{fragment_crc, FragmentType, BLOCK_SIZE, HEADER_SIZE};
 use crate::error::{Error, Result};
+use crate::writeback::Writeback;
 
 /// An append-only log writer. Each [`add_record`](Self::add_record) issues a
 /// single `write` system call, so a record is either wholly in the OS page
@@ -18,6 +19,7 @@ pub(crate) struct LogWriter {
     scratch: Vec<u8>,
     /// Bytes appended so far: the file's length.
     len: u64,
+    writeback: Writeback,
 }
 
 impl LogWriter {
@@ -34,6 +36,7 @@ impl LogWriter {
             block_offset: 0,
             scratch: Vec::new(),
             len: 0,
+            writeback: Writeback::default(),
         })
     }
 
@@ -45,6 +48,7 @@ impl LogWriter {
             .write_all(&self.scratch)
             .map_err(|e| Error::io(&self.path, e))?;
         self.len += self.scratch.len() as u64;
+        self.writeback.appended(&self.file, self.len);
         Ok(())
     }
 
