@@ -33,26 +33,38 @@ pub enum Codec {
     Zstd,
 }
 
+/// The settings every engine is opened with.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Memtable size in bytes.
+    pub write_buffer: usize,
+    pub codec: Codec,
+    /// Values of at least this many bytes go to blob files: strata's
+    /// `blob_threshold`, fjall's KV separation, RocksDB's BlobDB
+    /// (`enable_blob_files`, `min_blob_size`). `None`: all inline.
+    pub blob_threshold: Option<usize>,
+}
+
 pub fn open(
     engine: &str,
     dir: &Path,
-    write_buffer: usize,
-    codec: Codec,
+    s: Settings,
 ) -> Result<Box<dyn Store>, Box<dyn std::error::Error>> {
     Ok(match engine {
         "strata" => Box::new(strata_engine::Db::open(
             dir,
             strata_engine::Options::default()
-                .write_buffer_size(write_buffer)
-                .compression_per_level(vec![match codec {
+                .write_buffer_size(s.write_buffer)
+                .blob_threshold(s.blob_threshold)
+                .compression_per_level(vec![match s.codec {
                     Codec::None => strata_engine::Compression::None,
                     Codec::Lz4 => strata_engine::Compression::Lz4,
                     Codec::Zstd => strata_engine::Compression::Zstd { level: 3 },
                 }]),
         )?),
-        "fjall" => Box::new(Fjall::open(dir, write_buffer, codec)?),
+        "fjall" => Box::new(Fjall::open(dir, s)?),
         #[cfg(feature = "rocksdb")]
-        "rocksdb" => Box::new(rocks::open(dir, write_buffer, codec)?),
+        "rocksdb" => Box::new(rocks::open(dir, s)?),
         other => {
             return Err(
                 format!("unknown engine {other:?} (rocksdb needs --features rocksdb)").into(),
@@ -99,15 +111,11 @@ pub struct Fjall {
 }
 
 impl Fjall {
-    fn open(
-        dir: &Path,
-        write_buffer: usize,
-        codec: Codec,
-    ) -> Result<Self, Box<dyn std::error::Error>> {
+    fn open(dir: &Path, s: Settings) -> Result<Self, Box<dyn std::error::Error>> {
         use fjall::config::{
             BloomConstructionPolicy, CompressionPolicy, FilterPolicy, FilterPolicyEntry,
         };
-        let data = match codec {
+        let data = match s.codec {
             Codec::None => CompressionPolicy::disabled(),
             Codec::Lz4 => CompressionPolicy::all(fjall::CompressionType::Lz4),
             Codec::Zstd => {
@@ -117,7 +125,11 @@ impl Fjall {
         let db = fjall::Database::builder(dir).open()?;
         let tree = db.keyspace("bench", || {
             fjall::KeyspaceCreateOptions::default()
-                .max_memtable_size(write_buffer as u64)
+                .max_memtable_size(s.write_buffer as u64)
+                .with_kv_separation(s.blob_threshold.map(|t| {
+                    fjall::KvSeparationOptions::default()
+                        .separation_threshold(u32::try_from(t).unwrap_or(u32::MAX))
+                }))
                 .data_block_compression_policy(data)
                 .index_block_compression_policy(CompressionPolicy::disabled())
                 .filter_policy(FilterPolicy::all(FilterPolicyEntry::Bloom(
@@ -170,12 +182,8 @@ mod rocks {
 
     use rocksdb::{BlockBasedOptions, DBCompressionType, Options, WaitForCompactOptions, DB};
 
-    pub fn open(
-        dir: &Path,
-        write_buffer: usize,
-        codec: super::Codec,
-    ) -> Result<DB, rocksdb::Error> {
-        let compression = match codec {
+    pub fn open(dir: &Path, s: super::Settings) -> Result<DB, rocksdb::Error> {
+        let compression = match s.codec {
             super::Codec::None => DBCompressionType::None,
             super::Codec::Lz4 => DBCompressionType::Lz4,
             super::Codec::Zstd => DBCompressionType::Zstd,
@@ -185,7 +193,12 @@ mod rocks {
         table.set_block_size(4096);
         let mut opts = Options::default();
         opts.create_if_missing(true);
-        opts.set_write_buffer_size(write_buffer);
+        opts.set_write_buffer_size(s.write_buffer);
+        if let Some(threshold) = s.blob_threshold {
+            opts.set_enable_blob_files(true);
+            opts.set_min_blob_size(threshold as u64);
+            opts.set_enable_blob_gc(true);
+        }
         opts.set_compression_type(compression);
         opts.set_bottommost_compression_type(compression);
         opts.set_block_based_table_factory(&table);

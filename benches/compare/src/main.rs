@@ -10,7 +10,8 @@
 //!
 //! Every engine gets comparable settings: WAL on without per-write fsync,
 //! bloom filters at 10 bits per key, no block compression, 4 KiB blocks and
-//! the same memtable size (`--write-buffer-mb`). After each fill the tool
+//! the same memtable size (`--write-buffer-mb`); with `--blob-threshold N`,
+//! every engine keeps values of N bytes and more in blob files. After each fill the tool
 //! waits, untimed, for flushes and compactions to finish, so reads meet a
 //! settled tree, and reports the bytes the process wrote through `write(2)`
 //! (`wchar` in `/proc/self/io`: WAL, tables and metadata alike) per user
@@ -72,6 +73,11 @@ struct Args {
     /// levels, data blocks only).
     #[arg(long, value_enum, default_value_t = engines::Codec::None)]
     compression: engines::Codec,
+    /// Values of at least this many bytes go to blob files in every engine
+    /// (strata's blob files, fjall's KV separation, RocksDB's BlobDB);
+    /// unset: every value stays in the tree.
+    #[arg(long)]
+    blob_threshold: Option<usize>,
 }
 
 fn key(i: u64, size: usize) -> Vec<u8> {
@@ -143,13 +149,13 @@ impl Run<'_> {
             self.store = None;
             let _ = std::fs::remove_dir_all(&self.dir);
             std::fs::create_dir_all(&self.dir).expect("create db dir");
-            let store = engines::open(
-                self.engine,
-                &self.dir,
-                self.args.write_buffer_mb << 20,
-                self.args.compression,
-            )
-            .unwrap_or_else(|e| panic!("open {}: {e}", self.engine));
+            let settings = engines::Settings {
+                write_buffer: self.args.write_buffer_mb << 20,
+                codec: self.args.compression,
+                blob_threshold: self.args.blob_threshold,
+            };
+            let store = engines::open(self.engine, &self.dir, settings)
+                .unwrap_or_else(|e| panic!("open {}: {e}", self.engine));
             self.store = Some(store);
         }
         self.store.as_deref().expect("store is open")
