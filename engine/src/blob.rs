@@ -245,27 +245,43 @@ fn read_record(file: &File, path: &Path, r: &BlobRef) -> Result<Vec<u8>> {
             Error::io(path, e)
         }
     })?;
-    let (stored_len, stored_crc, value) = split_record(&buf)
-        .ok_or_else(|| Error::corruption(path, r.offset, "blob record shorter than its header"))?;
-    if u64::from(stored_len) != r.len {
+    check_pointed(&buf, path, r)?;
+    buf.drain(..RECORD_HEADER as usize);
+    Ok(buf)
+}
+
+/// The value of the record `r` points to, given the file's bytes from the
+/// record on: checked, and of the pointer's length.
+pub(crate) fn check_pointed<'a>(record: &'a [u8], path: &Path, r: &BlobRef) -> Result<&'a [u8]> {
+    let value = check_record(record, path, r.offset)?;
+    if value.len() as u64 != r.len {
         return Err(Error::corruption(
             path,
             r.offset,
             format!(
-                "blob record holds {stored_len} bytes, its pointer says {}",
+                "blob record holds {} bytes, its pointer says {}",
+                value.len(),
                 r.len
             ),
         ));
     }
-    if mask_crc(crc32fast::hash(value)) != stored_crc {
-        return Err(Error::corruption(
-            path,
-            r.offset,
-            "blob record checksum mismatch",
-        ));
+    Ok(value)
+}
+
+/// The value of the record at the start of `bytes` (which lies at `offset`
+/// in the file at `path`), its length and checksum checked.
+fn check_record<'a>(bytes: &'a [u8], path: &Path, offset: u64) -> Result<&'a [u8]> {
+    let bad = |reason: &str| Error::corruption(path, offset, reason);
+    let (len, crc, rest) =
+        split_record(bytes).ok_or_else(|| bad("blob record header runs past the end"))?;
+    let value = usize::try_from(len)
+        .ok()
+        .and_then(|len| rest.get(..len))
+        .ok_or_else(|| bad("blob record runs past the end"))?;
+    if mask_crc(crc32fast::hash(value)) != crc {
+        return Err(bad("blob record checksum mismatch"));
     }
-    buf.drain(..RECORD_HEADER as usize);
-    Ok(buf)
+    Ok(value)
 }
 
 /// A record's stored length and checksum, and the bytes after its header.
@@ -280,6 +296,11 @@ fn split_record(record: &[u8]) -> Option<(u32, u32, &[u8])> {
 /// cannot be trusted for. An error names the first bad record.
 pub(crate) fn scan(path: &Path, number: u64) -> Result<BlobMeta> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    scan_bytes(&data, path, number)
+}
+
+/// [`scan`] of a file's bytes, already read.
+pub(crate) fn scan_bytes(data: &[u8], path: &Path, number: u64) -> Result<BlobMeta> {
     if data.get(..MAGIC.len()) != Some(&MAGIC[..]) {
         return Err(Error::corruption(path, 0, "not a blob file (bad magic)"));
     }
@@ -288,22 +309,11 @@ pub(crate) fn scan(path: &Path, number: u64) -> Result<BlobMeta> {
         ..BlobMeta::default()
     };
     let mut offset = MAGIC.len();
-    while offset < data.len() {
-        let bad = |reason: &str| Error::corruption(path, offset as u64, reason);
-        let (len, crc, _) = data
-            .get(offset..)
-            .and_then(split_record)
-            .ok_or_else(|| bad("blob record header runs past the end"))?;
-        let start = offset + RECORD_HEADER as usize;
-        let value = data
-            .get(start..start + len as usize)
-            .ok_or_else(|| bad("blob record runs past the end"))?;
-        if mask_crc(crc32fast::hash(value)) != crc {
-            return Err(bad("blob record checksum mismatch"));
-        }
+    while let Some(rest) = data.get(offset..).filter(|rest| !rest.is_empty()) {
+        let value = check_record(rest, path, offset as u64)?;
         meta.count += 1;
-        meta.bytes += u64::from(len);
-        offset = start + len as usize;
+        meta.bytes += value.len() as u64;
+        offset += RECORD_HEADER as usize + value.len();
     }
     Ok(meta)
 }

@@ -87,3 +87,33 @@ pub fn table_reader(dir: &Path, bytes: &[u8]) {
         while let Ok(Some(_)) = source.next_entry() {}
     }
 }
+
+/// Reads `bytes` as a blob file, and reads the record a pointer decoded
+/// from its first bytes names: damage is an error, and a record that passes
+/// is exactly what the scan counted.
+pub fn blob_file(bytes: &[u8]) {
+    let path = Path::new("000001.blob");
+    let scanned = crate::blob::scan_bytes(bytes, path, 1);
+    let pointer = bytes.get(..bytes.len().min(24)).unwrap_or_default();
+    if let Ok(r) = crate::blob::BlobRef::decode(pointer) {
+        let record = usize::try_from(r.offset)
+            .ok()
+            .and_then(|at| bytes.get(at..))
+            .unwrap_or_default();
+        if let Ok(value) = crate::blob::check_pointed(record, path, &r) {
+            assert_eq!(
+                value.len() as u64,
+                r.len,
+                "a checked record has the pointer's length"
+            );
+        }
+    }
+    if let Ok(meta) = scanned {
+        // Magic, then an 8-byte header per record.
+        assert_eq!(
+            meta.bytes + meta.count * 8 + 8,
+            bytes.len() as u64,
+            "a clean scan covers the file"
+        );
+    }
+}
