@@ -31,16 +31,14 @@
 //! version with it is gone. The manifest records each file's record count
 //! and value bytes with its garbage, so the accounting survives restarts.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::coding::{get_varint64, put_varint64};
 use crate::error::{DecodeError, Error, Result};
+use crate::fs::{self, Appender, Dir, FileSystem, RandomAccessFile};
 use crate::wal::mask_crc;
-use crate::writeback::Writeback;
 
 const MAGIC: &[u8; 8] = b"STRBLOB1";
 /// `value_len` and the checksum.
@@ -115,32 +113,20 @@ pub(crate) fn blob_path(dir: &Path, number: u64) -> PathBuf {
 
 /// Appends values to a new blob file.
 pub(crate) struct BlobWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: Appender,
     meta: BlobMeta,
-    offset: u64,
-    writeback: Writeback,
 }
 
 impl BlobWriter {
-    pub(crate) fn create(dir: &Path, number: u64) -> Result<Self> {
-        let path = blob_path(dir, number);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let mut out = BufWriter::with_capacity(256 << 10, file);
-        out.write_all(MAGIC).map_err(|e| Error::io(&path, e))?;
+    pub(crate) fn create(dir: &Dir, number: u64) -> Result<Self> {
+        let mut out = Appender::create(&**dir.fs(), &blob_path(dir, number), 256 << 10)?;
+        out.write(MAGIC)?;
         Ok(BlobWriter {
-            path,
             out,
             meta: BlobMeta {
                 number,
                 ..BlobMeta::default()
             },
-            offset: MAGIC.len() as u64,
-            writeback: Writeback::default(),
         })
     }
 
@@ -149,32 +135,22 @@ impl BlobWriter {
         let len = u32::try_from(value.len())
             .map_err(|_| Error::InvalidArgument("value too large for a blob file".into()))?;
         let crc = mask_crc(crc32fast::hash(value));
-        let written = self
-            .out
-            .write_all(&len.to_le_bytes())
-            .and_then(|()| self.out.write_all(&crc.to_le_bytes()))
-            .and_then(|()| self.out.write_all(value));
-        written.map_err(|e| Error::io(&self.path, e))?;
         let r = BlobRef {
             file: self.meta.number,
-            offset: self.offset,
+            offset: self.out.len(),
             len: u64::from(len),
         };
-        self.offset += RECORD_HEADER + u64::from(len);
+        self.out.write(&len.to_le_bytes())?;
+        self.out.write(&crc.to_le_bytes())?;
+        self.out.write(value)?;
         self.meta.count += 1;
         self.meta.bytes += u64::from(len);
-        let in_file = self.offset - self.out.buffer().len() as u64;
-        self.writeback.appended(self.out.get_ref(), in_file);
         Ok(r)
     }
 
     /// Flushes and fsyncs the file.
-    pub(crate) fn finish(self) -> Result<BlobMeta> {
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+    pub(crate) fn finish(mut self) -> Result<BlobMeta> {
+        self.out.sync()?;
         Ok(self.meta)
     }
 }
@@ -185,14 +161,15 @@ impl BlobWriter {
 pub(crate) struct BlobFile {
     pub(crate) meta: BlobMeta,
     path: PathBuf,
-    file: File,
+    file: Arc<dyn RandomAccessFile>,
+    fs: Arc<dyn FileSystem>,
     obsolete: AtomicBool,
 }
 
 impl BlobFile {
-    pub(crate) fn open(dir: &Path, meta: BlobMeta) -> Result<Self> {
+    pub(crate) fn open(dir: &Dir, meta: BlobMeta) -> Result<Self> {
         let path = blob_path(dir, meta.number);
-        let file = File::open(&path).map_err(|e| {
+        let file = dir.fs().open(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::corruption(&path, 0, "blob file named by the manifest is missing")
             } else {
@@ -203,12 +180,13 @@ impl BlobFile {
             meta,
             path,
             file,
+            fs: dir.fs().clone(),
             obsolete: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn read(&self, r: &BlobRef) -> Result<Vec<u8>> {
-        read_record(&self.file, &self.path, r)
+        read_record(&*self.file, &self.path, r)
     }
 
     pub(crate) fn mark_obsolete(&self) {
@@ -221,20 +199,20 @@ impl Drop for BlobFile {
         if self.obsolete.load(Ordering::Acquire) {
             // A failed delete leaves garbage, not damage: the next open
             // removes it (the manifest no longer names it).
-            let _ = std::fs::remove_file(&self.path);
+            let _ = self.fs.remove_file(&self.path);
         }
     }
 }
 
 /// Reads the value `r` points to straight from its file in `dir`, for the
 /// checks of an open that have no version holding the file.
-pub(crate) fn read_from_dir(dir: &Path, r: &BlobRef) -> Result<Vec<u8>> {
+pub(crate) fn read_from_dir(dir: &Dir, r: &BlobRef) -> Result<Vec<u8>> {
     let path = blob_path(dir, r.file);
-    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-    read_record(&file, &path, r)
+    let file = dir.fs().open(&path).map_err(|e| Error::io(&path, e))?;
+    read_record(&*file, &path, r)
 }
 
-fn read_record(file: &File, path: &Path, r: &BlobRef) -> Result<Vec<u8>> {
+fn read_record(file: &dyn RandomAccessFile, path: &Path, r: &BlobRef) -> Result<Vec<u8>> {
     let len = usize::try_from(r.len)
         .map_err(|_| Error::corruption(path, r.offset, "blob pointer length out of range"))?;
     let mut buf = vec![0u8; len + RECORD_HEADER as usize];
@@ -294,8 +272,8 @@ fn split_record(record: &[u8]) -> Option<(u32, u32, &[u8])> {
 /// Walks every record of the blob file at `path`, checking each checksum:
 /// what [`Db::repair`](crate::Db::repair) learns of a file the manifest
 /// cannot be trusted for. An error names the first bad record.
-pub(crate) fn scan(path: &Path, number: u64) -> Result<BlobMeta> {
-    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+pub(crate) fn scan(fs: &dyn FileSystem, path: &Path, number: u64) -> Result<BlobMeta> {
+    let data = fs::read_all(fs, path).map_err(|e| Error::io(path, e))?;
     scan_bytes(&data, path, number)
 }
 
@@ -322,7 +300,7 @@ pub(crate) fn scan_bytes(data: &[u8], path: &Path, number: u64) -> Result<BlobMe
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, values: &[&[u8]]) -> (BlobMeta, Vec<BlobRef>) {
+    fn write(dir: &Dir, values: &[&[u8]]) -> (BlobMeta, Vec<BlobRef>) {
         let mut w = BlobWriter::create(dir, 7).unwrap();
         let refs = values.iter().map(|v| w.add(v).unwrap()).collect();
         (w.finish().unwrap(), refs)
@@ -330,34 +308,36 @@ mod tests {
 
     #[test]
     fn values_read_back_and_the_file_scans_to_its_meta() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fs::os_dir(tmp.path());
         let big = vec![0xabu8; 300_000];
         let values: [&[u8]; 3] = [b"first", &[], &big];
-        let (meta, refs) = write(dir.path(), &values);
+        let (meta, refs) = write(&dir, &values);
         assert_eq!((meta.count, meta.bytes), (3, 5 + 300_000));
-        let file = BlobFile::open(dir.path(), meta).unwrap();
+        let file = BlobFile::open(&dir, meta).unwrap();
         for (r, v) in refs.iter().zip(values) {
             assert_eq!(BlobRef::decode(&r.encode()).unwrap(), *r);
             assert_eq!(file.read(r).unwrap(), v);
-            assert_eq!(read_from_dir(dir.path(), r).unwrap(), v);
+            assert_eq!(read_from_dir(&dir, r).unwrap(), v);
         }
-        assert_eq!(scan(&blob_path(dir.path(), 7), 7).unwrap(), meta);
+        assert_eq!(scan(&fs::OsFs, &blob_path(&dir, 7), 7).unwrap(), meta);
     }
 
     #[test]
     fn damage_is_corruption_never_other_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (meta, refs) = write(dir.path(), &[b"hello world", b"second value"]);
-        let path = blob_path(dir.path(), 7);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fs::os_dir(tmp.path());
+        let (meta, refs) = write(&dir, &[b"hello world", b"second value"]);
+        let path = blob_path(&dir, 7);
         let mut bytes = std::fs::read(&path).unwrap();
         let flip = refs[1].offset as usize + RECORD_HEADER as usize + 3;
         bytes[flip] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let file = BlobFile::open(dir.path(), meta).unwrap();
+        let file = BlobFile::open(&dir, meta).unwrap();
         assert_eq!(file.read(&refs[0]).unwrap(), b"hello world");
         let err = file.read(&refs[1]).unwrap_err();
         assert!(err.is_corruption(), "{err}");
-        assert!(scan(&path, 7).unwrap_err().is_corruption());
+        assert!(scan(&fs::OsFs, &path, 7).unwrap_err().is_corruption());
 
         let wrong_len = BlobRef {
             len: refs[0].len + 1,
@@ -370,7 +350,7 @@ mod tests {
         };
         assert!(file.read(&past_end).unwrap_err().is_corruption());
         std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
-        assert!(scan(&path, 7).unwrap_err().is_corruption());
+        assert!(scan(&fs::OsFs, &path, 7).unwrap_err().is_corruption());
     }
 
     #[test]

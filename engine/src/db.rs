@@ -45,8 +45,7 @@
 //! deletes what it cannot prove obsolete are in `db/open.rs`.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,6 +57,7 @@ use crate::batch::WriteBatch;
 use crate::compaction::picker;
 use crate::error::{Error, Result};
 use crate::file_name;
+use crate::fs::Dir;
 use crate::health::Health;
 use crate::iter::KeyBounds;
 use crate::iterator::{Iter, ReadView};
@@ -130,7 +130,7 @@ struct Owner {
 }
 
 struct Core {
-    dir: PathBuf,
+    dir: Dir,
     options: Options,
     super_version: RwLock<Arc<SuperVersion>>,
     /// Highest sequence whose write is wholly in the memtable: the read horizon.
@@ -157,7 +157,7 @@ struct Core {
     /// What the open that started this database recovered past.
     recovery_report: RecoveryReport,
     /// Holds the flock on `LOCK` for as long as the database is open.
-    _lock: File,
+    _lock: Box<dyn std::fmt::Debug + Send + Sync>,
 }
 
 struct LogState {
@@ -187,9 +187,11 @@ impl Db {
     /// and recovers every write acknowledged before the last close or crash.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Db> {
         options.validate()?;
-        let dir = path.as_ref().to_path_buf();
+        let dir = Dir::new(options.file_system.clone(), path.as_ref().to_path_buf());
         if options.create_if_missing {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            dir.fs()
+                .create_dir_all(&dir)
+                .map_err(|e| Error::io(&dir, e))?;
         }
         let lock = lock_dir(&dir)?;
         let open::Recovered {
@@ -538,17 +540,10 @@ impl Core {
 }
 
 /// Takes the directory's `LOCK` so that two openers never share the files.
-fn lock_dir(dir: &Path) -> Result<File> {
+fn lock_dir(dir: &Dir) -> Result<Box<dyn std::fmt::Debug + Send + Sync>> {
     let path = file_name::lock_path(dir);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+    dir.fs().lock(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => Error::Locked(dir.to_path_buf()),
+        _ => Error::io(&path, e),
+    })
 }

@@ -17,11 +17,10 @@
 //! moves the files it could not read there. Nothing reads `lost/` again; it
 //! is evidence for an operator, who may delete it.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fs::{self, Dir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {
@@ -55,14 +54,25 @@ const SPACE_PROBE: &str = "SPACE.probe";
 
 /// Writes `bytes` to a fresh file in `dir`, syncs it and deletes it: an
 /// error (`ENOSPC`, `EMFILE`) says the disk or the process has no room yet.
-pub(crate) fn probe_space(dir: &Path, bytes: usize) -> Result<()> {
+pub(crate) fn probe_space(dir: &Dir, bytes: usize) -> Result<()> {
     let path = dir.join(SPACE_PROBE);
-    let written = File::create(&path)
-        .and_then(|mut f| f.write_all(&vec![0u8; bytes]).and_then(|()| f.sync_data()));
+    let written = write_synced(dir, &path, &vec![0u8; bytes]);
     // Removed whatever happened: it holds nothing, and space is what is short.
-    let removed = std::fs::remove_file(&path);
-    written.map_err(|e| Error::io(&path, e))?;
+    let removed = dir.fs().remove_file(&path);
+    written?;
     removed.map_err(|e| Error::io(&path, e))
+}
+
+/// Writes `bytes` to `path` (replacing a leftover file of that name) and
+/// syncs the file.
+fn write_synced(dir: &Dir, path: &Path, bytes: &[u8]) -> Result<()> {
+    match dir.fs().remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path, e)),
+        _ => {}
+    }
+    let mut file = fs::Appender::create(&**dir.fs(), path, 0)?;
+    file.write(bytes)?;
+    file.sync()
 }
 
 pub(crate) fn lock_path(dir: &Path) -> PathBuf {
@@ -114,68 +124,65 @@ pub(crate) fn lost_dir(dir: &Path) -> PathBuf {
 /// Moves `path` (a file in `dir`) into `dir/lost/`, under its own name or,
 /// if that is taken by an earlier set-aside, with a `.N` suffix. Returns
 /// where it went. The caller syncs `dir` afterwards.
-pub(crate) fn set_aside(dir: &Path, path: &Path) -> Result<PathBuf> {
+pub(crate) fn set_aside(dir: &Dir, path: &Path) -> Result<PathBuf> {
+    let fs = dir.fs();
     let lost = lost_dir(dir);
-    std::fs::create_dir_all(&lost).map_err(|e| Error::io(&lost, e))?;
+    fs.create_dir_all(&lost).map_err(|e| Error::io(&lost, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut target = lost.join(&name);
     let mut n = 1u32;
-    while target.exists() {
+    while fs.exists(&target) {
         target = lost.join(format!("{name}.{n}"));
         n += 1;
     }
-    std::fs::rename(path, &target).map_err(|e| Error::io(path, e))?;
-    sync_dir(&lost)?;
+    fs.rename(path, &target).map_err(|e| Error::io(path, e))?;
+    sync_dir(&dir.with_path(lost))?;
     Ok(target)
 }
 
 /// The database's files in `dir`, with what each is.
-pub(crate) fn list(dir: &Path) -> Result<Vec<(PathBuf, FileKind)>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        if let Some(kind) = entry.file_name().to_str().and_then(parse) {
-            out.push((entry.path(), kind));
-        }
-    }
-    Ok(out)
+pub(crate) fn list(dir: &Dir) -> Result<Vec<(PathBuf, FileKind)>> {
+    let entries = dir.fs().read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(entries
+        .into_iter()
+        .filter_map(|path| {
+            let kind = path.file_name()?.to_str().and_then(parse)?;
+            Some((path, kind))
+        })
+        .collect())
 }
 
 /// Makes directory entries (creations, renames, deletions) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+pub(crate) fn sync_dir(dir: &Dir) -> Result<()> {
+    dir.fs().sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Points `CURRENT` at `MANIFEST-<number>` atomically: write a temporary
 /// file, fsync it, rename it over `CURRENT`, fsync the directory. A crash
 /// leaves either the old or the new `CURRENT`, never a torn one.
-pub(crate) fn set_current(dir: &Path, manifest_number: u64) -> Result<()> {
+pub(crate) fn set_current(dir: &Dir, manifest_number: u64) -> Result<()> {
     let tmp = dir.join("CURRENT.tmp");
     let contents = format!("{}\n", manifest_name(manifest_number));
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(&tmp, e))?;
+    write_synced(dir, &tmp, contents.as_bytes())?;
     let current = current_path(dir);
-    std::fs::rename(&tmp, &current).map_err(|e| Error::io(&current, e))?;
+    dir.fs()
+        .rename(&tmp, &current)
+        .map_err(|e| Error::io(&current, e))?;
     sync_dir(dir)
 }
 
 /// The path of the MANIFEST that `CURRENT` names.
-pub(crate) fn current_manifest(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn current_manifest(dir: &Dir) -> Result<PathBuf> {
     Ok(dir.join(manifest_name(read_current(dir)?)))
 }
 
 /// The manifest number named by `CURRENT`.
-pub(crate) fn read_current(dir: &Path) -> Result<u64> {
+pub(crate) fn read_current(dir: &Dir) -> Result<u64> {
     let path = current_path(dir);
-    let contents = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let contents = fs::read_all(&**dir.fs(), &path).map_err(|e| Error::io(&path, e))?;
     std::str::from_utf8(&contents)
         .ok()
         .and_then(|s| s.strip_suffix('\n'))
@@ -205,27 +212,29 @@ mod tests {
 
     #[test]
     fn current_switch() {
-        let dir = tempfile::tempdir().unwrap();
-        set_current(dir.path(), 5).unwrap();
-        assert_eq!(read_current(dir.path()).unwrap(), 5);
-        set_current(dir.path(), 9).unwrap();
-        assert_eq!(read_current(dir.path()).unwrap(), 9);
-        std::fs::write(current_path(dir.path()), "garbage").unwrap();
-        assert!(read_current(dir.path()).unwrap_err().is_corruption());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fs::os_dir(tmp.path());
+        set_current(&dir, 5).unwrap();
+        assert_eq!(read_current(&dir).unwrap(), 5);
+        set_current(&dir, 9).unwrap();
+        assert_eq!(read_current(&dir).unwrap(), 9);
+        std::fs::write(current_path(&dir), "garbage").unwrap();
+        assert!(read_current(&dir).unwrap_err().is_corruption());
         assert!(
-            !dir.path().join("CURRENT.tmp").exists(),
+            !dir.join("CURRENT.tmp").exists(),
             "the temporary file is renamed, not left behind"
         );
     }
 
     #[test]
     fn set_aside_never_overwrites() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = dir.path().join("000007.log");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fs::os_dir(tmp.path());
+        let first = dir.join("000007.log");
         std::fs::write(&first, "one").unwrap();
-        let a = set_aside(dir.path(), &first).unwrap();
+        let a = set_aside(&dir, &first).unwrap();
         std::fs::write(&first, "two").unwrap();
-        let b = set_aside(dir.path(), &first).unwrap();
+        let b = set_aside(&dir, &first).unwrap();
         assert_ne!(a, b);
         assert_eq!(std::fs::read(&a).unwrap(), b"one");
         assert_eq!(std::fs::read(&b).unwrap(), b"two");

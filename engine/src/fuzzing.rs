@@ -75,7 +75,8 @@ pub fn table_reader(dir: &Path, bytes: &[u8]) {
     if std::fs::write(&path, bytes).is_err() {
         return;
     }
-    if let Ok(table) = crate::sstable::Table::open(&path) {
+    let fs: std::sync::Arc<dyn crate::fs::FileSystem> = std::sync::Arc::new(crate::fs::OsFs);
+    if let Ok(table) = crate::sstable::Table::open(&fs, &path) {
         let _ = table.lookup(b"key", crate::MAX_SEQUENCE);
         let bounds = crate::iter::KeyBounds::prefix(b"");
         let mut source = crate::sstable::TableSource::new(

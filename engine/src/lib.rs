@@ -29,6 +29,7 @@ mod compaction;
 mod db;
 mod error;
 mod file_name;
+pub mod fs;
 mod health;
 mod iter;
 mod iterator;
@@ -41,7 +42,6 @@ mod sstable;
 mod stats;
 mod version;
 mod wal;
-mod writeback;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

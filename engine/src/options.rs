@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::compaction::CompactionFilter;
 use crate::error::{Error, Result};
+use crate::fs::{FileSystem, OsFs};
 
 /// Largest key any configuration may allow: keys live in memory whole and in
 /// every index entry of the blocks they end.
@@ -83,6 +84,10 @@ pub struct Options {
     /// value stays in its table), as in RocksDB and fjall; 4-64 KiB suits
     /// a workload of large values.
     pub blob_threshold: Option<usize>,
+    /// Where the database's files live: [`OsFs`](crate::fs::OsFs) by
+    /// default; [`MemFs`](crate::fs::MemFs) keeps them in memory and can
+    /// simulate a power loss.
+    pub file_system: Arc<dyn FileSystem>,
 }
 
 /// What [`Db::open`](crate::Db::open) does when a write-ahead log is damaged
@@ -130,6 +135,7 @@ impl Default for Options {
             compression_per_level: Vec::new(),
             block_cache_capacity: 32 << 20,
             blob_threshold: None,
+            file_system: Arc::new(OsFs),
         }
     }
 }
@@ -209,6 +215,13 @@ impl Options {
     #[must_use]
     pub fn compaction_filter(mut self, filter: Arc<dyn CompactionFilter>) -> Self {
         self.compaction_filter = Some(filter);
+        self
+    }
+
+    /// Sets [`Options::file_system`].
+    #[must_use]
+    pub fn file_system(mut self, fs: Arc<dyn FileSystem>) -> Self {
+        self.file_system = fs;
         self
     }
 

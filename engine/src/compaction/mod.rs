@@ -52,13 +52,14 @@ pub(crate) mod filter;
 pub(crate) mod picker;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::blob::{blob_path, BlobMeta, BlobRef, BlobWriter, Garbage};
 use crate::error::{Error, Result};
 use crate::file_name;
+use crate::fs::Dir;
 use crate::iter::merge::MergingSource;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{append_tagged, compare_internal, pack_tag, ValueKind};
@@ -235,7 +236,7 @@ fn user_range<'a>(
 
 /// What running a compaction needs from the database.
 pub(crate) struct Env<'a> {
-    pub(crate) dir: &'a Path,
+    pub(crate) dir: &'a Dir,
     pub(crate) options: &'a Options,
     /// See the module docs: no reader of the output reads below this.
     pub(crate) smallest_snapshot: u64,
@@ -517,6 +518,7 @@ impl Outputs<'_> {
             let number = (self.env.new_file_number)();
             let path = file_name::table_path(self.env.dir, number);
             let builder = TableBuilder::create(
+                &**self.env.dir.fs(),
                 &path,
                 self.env.options.block_size,
                 self.env.options.bloom_bits_per_key,
@@ -582,7 +584,7 @@ impl Outputs<'_> {
         self.blob = None;
         for path in self.created.drain(..) {
             // Left behind, the file is garbage the next open deletes.
-            let _ = std::fs::remove_file(path);
+            let _ = self.env.dir.fs().remove_file(&path);
         }
     }
 }

@@ -16,7 +16,7 @@ type OwnedRow = (String, u64, Option<String>);
 
 fn table(dir: &Path, number: u64, rows: &[Row]) -> Arc<TableFile> {
     let path = file_name::table_path(dir, number);
-    let mut b = TableBuilder::create(&path, 256, 10).unwrap();
+    let mut b = TableBuilder::create(&*crate::fs::os(), &path, 256, 10).unwrap();
     let mut sorted: Vec<Row> = rows.to_vec();
     sorted.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)));
     for (k, seq, v) in sorted {
@@ -38,7 +38,10 @@ fn table(dir: &Path, number: u64, rows: &[Row]) -> Arc<TableFile> {
         smallest: built.smallest,
         largest: built.largest,
     };
-    Arc::new(TableFile::new(meta, Arc::new(Table::open(&path).unwrap())))
+    Arc::new(TableFile::new(
+        meta,
+        Arc::new(Table::open(&crate::fs::os(), &path).unwrap()),
+    ))
 }
 
 fn options() -> Options {
@@ -71,8 +74,9 @@ fn compact_with(
     let next = AtomicU64::new(1000);
     let new_file_number = || next.fetch_add(1, Ordering::Relaxed);
     let cancel = AtomicBool::new(cancel);
+    let dir = crate::fs::os_dir(dir);
     let env = Env {
-        dir,
+        dir: &dir,
         options,
         smallest_snapshot,
         new_file_number: &new_file_number,
@@ -88,7 +92,7 @@ fn compact_with(
     assert!(garbage.is_empty(), "these tables hold no blob pointers");
     let mut rows = Vec::new();
     for m in &metas {
-        let t = Table::open(&file_name::table_path(dir, m.number)).unwrap();
+        let t = Table::open(&crate::fs::os(), &file_name::table_path(&dir, m.number)).unwrap();
         let everything = KeyBounds {
             lower: std::ops::Bound::Unbounded,
             upper: std::ops::Bound::Unbounded,

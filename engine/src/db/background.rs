@@ -9,7 +9,7 @@
 //! never installed (the edit failed) are removed at once, and the next open
 //! would remove them too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::blob::{self, BlobMeta, BlobWriter};
 use crate::compaction::{self, picker, Compaction};
 use crate::error::{Error, Result};
 use crate::file_name;
+use crate::fs::Dir;
 use crate::iter::KeyBounds;
 use crate::key::{append_internal_key, ParsedKey, ValueKind};
 use crate::memtable::Memtable;
@@ -168,7 +169,7 @@ impl Core {
             for path in created {
                 // Never installed, so garbage: on a full disk, a retry needs
                 // the space. The next open would delete it too.
-                let _ = std::fs::remove_file(path);
+                let _ = self.dir.fs().remove_file(&path);
             }
             return Err(e);
         }
@@ -184,7 +185,7 @@ impl Core {
             );
         }
         let old_log = file_name::log_path(&self.dir, imm.log_number());
-        match std::fs::remove_file(&old_log) {
+        match self.dir.fs().remove_file(&old_log) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(&old_log, e)),
@@ -269,7 +270,7 @@ impl Core {
         if let Err(e) = self.install(c.edit(output), None) {
             for path in created {
                 // Never installed, so garbage; the next open would delete it too.
-                let _ = std::fs::remove_file(path);
+                let _ = self.dir.fs().remove_file(&path);
             }
             return Err(e);
         }
@@ -385,7 +386,7 @@ impl Flushed {
 /// Writes `mem` to table `number`; values of at least the blob threshold go
 /// to blob file `blob_number`, which is created only if one does.
 pub(super) fn build_table(
-    dir: &Path,
+    dir: &Dir,
     options: &Options,
     number: u64,
     blob_number: u64,
@@ -394,9 +395,13 @@ pub(super) fn build_table(
     let path = file_name::table_path(dir, number);
     let mut blobs: Option<BlobWriter> = None;
     let built = (|| {
-        let mut builder =
-            TableBuilder::create(&path, options.block_size, options.bloom_bits_per_key)?
-                .with_compression(options.compression_for_level(0));
+        let mut builder = TableBuilder::create(
+            &**dir.fs(),
+            &path,
+            options.block_size,
+            options.bloom_bits_per_key,
+        )?
+        .with_compression(options.compression_for_level(0));
         let mut separated_key = Vec::new();
         mem.for_each(|ikey, value| {
             let separable = ParsedKey::parse(ikey).ok().filter(|k| {
@@ -430,8 +435,8 @@ pub(super) fn build_table(
         }),
         Err(e) => {
             // Partial files are garbage; left behind, the next open would set them aside in lost/.
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(blob::blob_path(dir, blob_number));
+            let _ = dir.fs().remove_file(&path);
+            let _ = dir.fs().remove_file(&blob::blob_path(dir, blob_number));
             Err(e)
         }
     }

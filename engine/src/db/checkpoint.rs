@@ -24,6 +24,7 @@ use super::Db;
 use crate::blob::blob_path;
 use crate::error::{Error, Result};
 use crate::file_name::{self, table_path};
+use crate::fs::{Appender, FileSystem};
 use crate::version::set::write_manifest;
 
 impl Db {
@@ -44,9 +45,10 @@ impl Db {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref();
         let core = &self.inner.core;
-        if dir.exists() {
+        let dir = core.dir.with_path(dir.as_ref().to_path_buf());
+        let fs = dir.fs();
+        if fs.exists(&dir) {
             return Err(Error::InvalidArgument(format!(
                 "checkpoint directory {} already exists",
                 dir.display()
@@ -54,24 +56,32 @@ impl Db {
         }
         core.flush()?;
         let (version, mut edit) = core.versions.lock().checkpoint_state();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let written = (|| {
             for file in version.levels.iter().flatten() {
                 let number = file.meta.number;
-                link_or_copy(&table_path(&core.dir, number), &table_path(dir, number))?;
+                link_or_copy(
+                    &**fs,
+                    &table_path(&core.dir, number),
+                    &table_path(&dir, number),
+                )?;
             }
             for &number in version.blobs.keys() {
-                link_or_copy(&blob_path(&core.dir, number), &blob_path(dir, number))?;
+                link_or_copy(
+                    &**fs,
+                    &blob_path(&core.dir, number),
+                    &blob_path(&dir, number),
+                )?;
             }
             // Every table of the copy is numbered below the live database's
             // next file number, so the manifest takes that number.
             let manifest_number = edit.next_file_number.unwrap_or(1);
             edit.next_file_number = Some(manifest_number + 1);
-            write_manifest(dir, manifest_number, &edit)?;
-            file_name::sync_dir(dir)
+            write_manifest(&dir, manifest_number, &edit)?;
+            file_name::sync_dir(&dir)
         })();
         if written.is_err() {
-            let _ = std::fs::remove_dir_all(dir);
+            let _ = fs.remove_dir_all(&dir);
         }
         written
     }
@@ -79,14 +89,28 @@ impl Db {
 
 /// Hard-links `from` at `to`, or copies it (and syncs the copy) where the
 /// file system cannot link it there.
-fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    match std::fs::hard_link(from, to) {
+fn link_or_copy(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
+    match fs.hard_link(from, to) {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.kind(), ErrorKind::CrossesDevices | ErrorKind::Unsupported) => {
-            std::fs::copy(from, to)
-                .and_then(|_| std::fs::File::open(to)?.sync_all())
-                .map_err(|e| Error::io(to, e))
+            copy(fs, from, to)
         }
         Err(e) => Err(Error::io(to, e)),
+    }
+}
+
+/// Copies `from` to a new file `to`, a megabyte at a time, and syncs the copy.
+fn copy(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
+    let src = fs.open(from).map_err(|e| Error::io(from, e))?;
+    let mut out = Appender::create(fs, to, 0)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = src
+            .read_at(&mut buf, out.len())
+            .map_err(|e| Error::io(from, e))?;
+        if n == 0 {
+            return out.sync();
+        }
+        out.write(buf.get(..n).unwrap_or_default())?;
     }
 }

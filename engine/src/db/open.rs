@@ -18,7 +18,10 @@
 //!    deleted): corruption, whether the edit was torn or vanished whole.
 //!    One false alarm is possible: a compaction input kept alive by an
 //!    iterator across a MANIFEST roll (which forgets deletions) and a
-//!    crash; `Db::repair` then loses nothing.
+//!    crash; `Db::repair` then loses nothing. The tables an edit deleted
+//!    are removed (or set aside) and the directory synced before step 4:
+//!    the new MANIFEST forgets those deletions, and a table that came back
+//!    after a crash would look like the output of a lost edit.
 //! 4. Only now write: a fresh MANIFEST (`CURRENT` switched to it once it is
 //!    synced), L0 tables of the replayed memtables, an edit naming them
 //!    (synced), and a new WAL.
@@ -26,10 +29,10 @@
 //!    included, removes no table and no WAL: they go into `lost/` (see
 //!    [`file_name::set_aside`]), as does an orphan it could not read, and
 //!    the old MANIFEST. A clean open deletes them, which is safe because
-//!    the edit covering them was synced in step 4.
+//!    the edit covering them was synced in step 4. The directory is synced
+//!    last, so that a deleted table does not return after a crash.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +40,7 @@ use crate::batch::{BatchRecords, Record};
 use crate::blob::{self, BlobRef};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
+use crate::fs::{Dir, SequentialReader};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, RecoveryMode};
@@ -58,7 +62,7 @@ pub(super) struct Recovered {
 }
 
 /// Steps 1 to 5 of the module docs. REQUIRES: the caller holds the lock on `dir`.
-pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
+pub(super) fn recover(dir: &Dir, options: &Options) -> Result<Recovered> {
     let files = file_name::list(dir)?;
     let max_number = file_name::highest_number(&files);
     let state = ManifestState::read(dir, options.create_if_missing)?;
@@ -117,6 +121,21 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         }
     }
 
+    // Tables an edit of this MANIFEST deleted (compaction inputs a reader
+    // held past the edit) go, durably, before a new MANIFEST replaces it:
+    // after that nothing would tell one from the output of a lost edit.
+    let damaged = !report.is_clean() || !orphans_to_keep.is_empty();
+    let mut deleted = false;
+    for (path, kind) in &files {
+        if matches!(*kind, FileKind::Table(n) if !live.contains(&n) && state.deleted_by_edit(n)) {
+            remove_or_set_aside(dir, path, damaged, &mut report)?;
+            deleted = true;
+        }
+    }
+    if deleted {
+        file_name::sync_dir(dir)?;
+    }
+
     let next_file_number = state.next_file_number().max(max_number + 1);
     let mut versions = VersionSet::create(
         dir,
@@ -139,11 +158,10 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
         last_sequence: Some(last_seq),
         ..edit
     })?;
-    let wal = LogWriter::create(&file_name::log_path(dir, log_number))?;
+    let wal = LogWriter::create(&**dir.fs(), &file_name::log_path(dir, log_number))?;
     file_name::sync_dir(dir)?;
 
     let live: HashSet<u64> = version.live_files().collect();
-    let damaged = !report.is_clean() || !orphans_to_keep.is_empty();
     for (path, kind) in file_name::list(dir)? {
         let (obsolete, keep_aside) = match kind {
             FileKind::Log(n) => (n < log_number, damaged),
@@ -155,18 +173,14 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
             FileKind::Temp => (true, false),
             FileKind::Current | FileKind::Lock => (false, false),
         };
-        if !obsolete {
-            continue;
-        }
-        if keep_aside {
-            report.set_aside.push(file_name::set_aside(dir, &path)?);
-        } else {
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        if obsolete {
+            remove_or_set_aside(dir, &path, keep_aside, &mut report)?;
         }
     }
-    if !report.set_aside.is_empty() {
-        file_name::sync_dir(dir)?;
-    }
+    // Deletions made durable too: a table this open deleted as provably
+    // obsolete must not come back after a crash under a MANIFEST that
+    // never heard of it, once compactions have moved on.
+    file_name::sync_dir(dir)?;
     Ok(Recovered {
         versions,
         version,
@@ -177,13 +191,29 @@ pub(super) fn recover(dir: &Path, options: &Options) -> Result<Recovered> {
     })
 }
 
+/// Deletes an obsolete file, or moves it into `lost/` when the open met
+/// damage (`keep`). The caller syncs `dir` afterwards.
+fn remove_or_set_aside(
+    dir: &Dir,
+    path: &Path,
+    keep: bool,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    if keep {
+        report.set_aside.push(file_name::set_aside(dir, path)?);
+        Ok(())
+    } else {
+        dir.fs().remove_file(path).map_err(|e| Error::io(path, e))
+    }
+}
+
 /// Replays `logs` (numbers, oldest first) into memtables of about
 /// `write_buffer_size` each, raising `last_seq` to the newest sequence seen,
 /// handling damage as `options.recovery_mode` says and noting it in `report`.
 /// The memtables stay in memory until the open has checked everything: the
 /// database held as much before it closed.
 pub(super) fn replay_logs(
-    dir: &Path,
+    dir: &Dir,
     logs: &[u64],
     options: &Options,
     last_seq: &mut u64,
@@ -193,7 +223,7 @@ pub(super) fn replay_logs(
     for (i, &number) in logs.iter().enumerate() {
         let path = file_name::log_path(dir, number);
         let newest = i + 1 == logs.len();
-        let mut replay = LogReplay::open(&path, newest)?;
+        let mut replay = LogReplay::open(dir, &path, newest)?;
         let stopped = loop {
             let mem = memtables.last().map_or(0, Memtable::approximate_size);
             if mem >= options.write_buffer_size {
@@ -218,9 +248,7 @@ pub(super) fn replay_logs(
                         })
                     }
                     RecoveryMode::PointInTime => {
-                        let len = std::fs::metadata(&path)
-                            .map_err(|e| Error::io(&path, e))?
-                            .len();
+                        let len = dir.fs().file_size(&path).map_err(|e| Error::io(&path, e))?;
                         report.skipped.push(Damage {
                             file,
                             offset,
@@ -253,7 +281,7 @@ pub(super) fn replay_logs(
 /// One WAL being replayed.
 struct LogReplay {
     path: PathBuf,
-    reader: LogReader<std::io::BufReader<File>>,
+    reader: LogReader<std::io::BufReader<SequentialReader>>,
     /// Damage skipped so far, in file order.
     skipped: Vec<Skipped>,
     /// The record that passed its checksum but did not decode, if the last
@@ -277,12 +305,12 @@ enum Skipped {
 }
 
 impl LogReplay {
-    fn open(path: &Path, newest: bool) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    fn open(dir: &Dir, path: &Path, newest: bool) -> Result<Self> {
+        let file = dir.fs().open(path).map_err(|e| Error::io(path, e))?;
         Ok(LogReplay {
             path: path.to_path_buf(),
             reader: LogReader::new(
-                std::io::BufReader::with_capacity(1 << 16, file),
+                std::io::BufReader::with_capacity(1 << 16, SequentialReader::new(file)),
                 path,
                 newest,
             ),
@@ -387,12 +415,12 @@ impl LogReplay {
 /// its key at its sequence, so dropping it changes no read at any
 /// sequence. `None` when it cannot be read.
 fn orphan_is_obsolete(
-    dir: &Path,
+    dir: &Dir,
     path: &Path,
     version: &Version,
     memtables: &[Memtable],
 ) -> Result<Option<bool>> {
-    let Ok(table) = Table::open(path) else {
+    let Ok(table) = Table::open(dir.fs(), path) else {
         return Ok(None);
     };
     let counters = Counters::default();

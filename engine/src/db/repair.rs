@@ -29,6 +29,7 @@ use super::{build_table, lock_dir, open, Db};
 use crate::blob::{self, BlobMeta, BlobRef, Garbage};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
+use crate::fs::{Dir, FileSystem};
 use crate::iter::{Direction, KeyBounds, Source};
 use crate::options::{Options, RecoveryMode};
 use crate::recovery_report::{Damage, RecoveryReport};
@@ -90,15 +91,39 @@ impl Db {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn repair(path: impl AsRef<Path>) -> Result<RepairReport> {
-        let dir = path.as_ref();
-        if !dir.is_dir() {
+        Self::repair_with(path, Options::default())
+    }
+
+    /// [`Db::repair`] on the file system of `options`
+    /// ([`Options::file_system`]), writing its tables with `options`'
+    /// settings. Its WALs are replayed as [`RecoveryMode::SkipCorrupted`]
+    /// does, whatever `options` says.
+    ///
+    /// ```
+    /// use strata_engine::{Db, Options};
+    /// # let dir = tempfile::tempdir()?;
+    /// # { let db = Db::open(dir.path(), Options::default())?; db.put(b"k", b"v")?; }
+    /// let options = Options::default().block_size(16 << 10);
+    /// Db::repair_with(dir.path(), options.clone())?;
+    /// let db = Db::open(dir.path(), options)?;
+    /// assert_eq!(db.get(b"k")?.as_deref(), Some(&b"v"[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn repair_with(path: impl AsRef<Path>, options: Options) -> Result<RepairReport> {
+        let options = Options {
+            recovery_mode: RecoveryMode::SkipCorrupted,
+            ..options
+        };
+        let dir = Dir::new(options.file_system.clone(), path.as_ref().to_path_buf());
+        let fs = dir.fs().clone();
+        if !fs.exists(&dir) {
             return Err(Error::InvalidArgument(format!(
                 "no database directory at {}",
                 dir.display()
             )));
         }
-        let _lock = lock_dir(dir)?;
-        let files = file_name::list(dir)?;
+        let _lock = lock_dir(&dir)?;
+        let files = file_name::list(&dir)?;
         let mut next_number = 1 + file_name::highest_number(&files);
         let mut report = RepairReport::default();
 
@@ -110,13 +135,15 @@ impl Db {
         let mut referenced: BTreeMap<u64, Garbage> = BTreeMap::new();
         for (path, kind) in &files {
             let salvaged = match kind {
-                FileKind::Table(_) => salvage_table(path)?.map(|s| {
+                FileKind::Table(_) => salvage_table(&fs, path)?.map(|s| {
                     for (number, r) in s.pointers {
                         referenced.entry(number).or_default().add(r);
                     }
                     tables.push((path.clone(), s.largest_seq));
                 }),
-                FileKind::Blob(n) => salvage(blob::scan(path, *n))?.map(|meta| blobs.push(meta)),
+                FileKind::Blob(n) => {
+                    salvage(&*fs, blob::scan(&*fs, path, *n))?.map(|meta| blobs.push(meta))
+                }
                 _ => continue,
             };
             if let Err(damage) = salvaged {
@@ -129,7 +156,7 @@ impl Db {
         let mut blob_garbage = Vec::new();
         blobs.retain(|meta| {
             let Some(r) = referenced.get(&meta.number) else {
-                unreadable.push(blob::blob_path(dir, meta.number));
+                unreadable.push(blob::blob_path(&dir, meta.number));
                 return false;
             };
             let garbage = Garbage {
@@ -151,22 +178,18 @@ impl Db {
             })
             .collect();
         logs.sort_unstable();
-        let options = Options {
-            recovery_mode: RecoveryMode::SkipCorrupted,
-            ..Options::default()
-        };
         let mut last_seq = tables.iter().map(|(_, s)| *s).max().unwrap_or(0);
         let mut replayed = RecoveryReport::default();
-        let memtables = open::replay_logs(dir, &logs, &options, &mut last_seq, &mut replayed)?;
+        let memtables = open::replay_logs(&dir, &logs, &options, &mut last_seq, &mut replayed)?;
         report.wal_records_recovered = replayed.wal_records_replayed;
         report.wal_damage = replayed.torn_tails;
         report.wal_damage.extend(replayed.skipped);
         for mem in memtables.iter().filter(|m| !m.is_empty()) {
-            let flushed = build_table(dir, &options, next_number, next_number + 1, mem)?;
+            let flushed = build_table(&dir, &options, next_number, next_number + 1, mem)?;
             next_number += 2;
             blobs.extend(flushed.blob);
-            let path = file_name::table_path(dir, flushed.table.number);
-            let table = Table::open(&path)?;
+            let path = file_name::table_path(&dir, flushed.table.number);
+            let table = Table::open(&fs, &path)?;
             tables.push((path, table.entries_and_largest_seq().1));
         }
 
@@ -176,13 +199,11 @@ impl Db {
         for (old, _) in tables {
             let number = next_number;
             next_number += 1;
-            let new = file_name::table_path(dir, number);
-            std::fs::rename(&old, &new).map_err(|e| Error::io(&old, e))?;
-            let table = Table::open(&new)?;
+            let new = file_name::table_path(&dir, number);
+            fs.rename(&old, &new).map_err(|e| Error::io(&old, e))?;
+            let table = Table::open(&fs, &new)?;
             let (smallest, largest) = table.key_range();
-            let size = std::fs::metadata(&new)
-                .map_err(|e| Error::io(&new, e))?
-                .len();
+            let size = fs.file_size(&new).map_err(|e| Error::io(&new, e))?;
             added.push((
                 0,
                 FileMeta {
@@ -194,11 +215,11 @@ impl Db {
             ));
             report.tables_kept.push(new);
         }
-        file_name::sync_dir(dir)?;
+        file_name::sync_dir(&dir)?;
 
         // Step 4.
         let mut versions =
-            VersionSet::create(dir, Version::default(), 0, last_seq, next_number, None)?;
+            VersionSet::create(&dir, Version::default(), 0, last_seq, next_number, None)?;
         let log_number = versions.new_file_number();
         versions.log_and_apply(VersionEdit {
             log_number: Some(log_number),
@@ -219,47 +240,50 @@ impl Db {
                 FileKind::Temp | FileKind::Current | FileKind::Lock => continue,
             };
             if aside {
-                report.set_aside.push(file_name::set_aside(dir, &path)?);
+                report.set_aside.push(file_name::set_aside(&dir, &path)?);
             } else if let FileKind::Log(_) = kind {
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                fs.remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }
-        file_name::sync_dir(dir)?;
+        file_name::sync_dir(&dir)?;
         Ok(report)
     }
 }
 
 /// Reads the table at `path` whole. `Ok(Err(damage))` when it is damaged;
 /// the outer error is for I/O that failed.
-fn salvage_table(path: &Path) -> Result<Result<Salvaged, Damage>> {
-    salvage((|| {
-        let table = Arc::new(Table::open(path)?);
-        let (entries, largest_seq) = table.entries_and_largest_seq();
-        let mut source = TableSource::new(table, &KeyBounds::prefix(b""), Direction::Forward);
-        let mut seen = 0u64;
-        let mut pointers: BTreeMap<u64, Garbage> = BTreeMap::new();
-        while let Some(entry) = source.next_entry()? {
-            seen += 1;
-            if entry.is_blob_index() {
-                let r = BlobRef::decode(&entry.value).map_err(|e| e.at(path, 0))?;
-                pointers.entry(r.file).or_default().add(Garbage {
-                    count: 1,
-                    bytes: r.len,
-                });
+fn salvage_table(fs: &Arc<dyn FileSystem>, path: &Path) -> Result<Result<Salvaged, Damage>> {
+    salvage(
+        &**fs,
+        (|| {
+            let table = Arc::new(Table::open(fs, path)?);
+            let (entries, largest_seq) = table.entries_and_largest_seq();
+            let mut source = TableSource::new(table, &KeyBounds::prefix(b""), Direction::Forward);
+            let mut seen = 0u64;
+            let mut pointers: BTreeMap<u64, Garbage> = BTreeMap::new();
+            while let Some(entry) = source.next_entry()? {
+                seen += 1;
+                if entry.is_blob_index() {
+                    let r = BlobRef::decode(&entry.value).map_err(|e| e.at(path, 0))?;
+                    pointers.entry(r.file).or_default().add(Garbage {
+                        count: 1,
+                        bytes: r.len,
+                    });
+                }
             }
-        }
-        if seen != entries {
-            return Err(Error::corruption(
-                path,
-                0,
-                format!("table holds {seen} entries, its properties say {entries}"),
-            ));
-        }
-        Ok(Salvaged {
-            largest_seq,
-            pointers,
-        })
-    })())
+            if seen != entries {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("table holds {seen} entries, its properties say {entries}"),
+                ));
+            }
+            Ok(Salvaged {
+                largest_seq,
+                pointers,
+            })
+        })(),
+    )
 }
 
 /// What a readable table holds that the repair needs.
@@ -271,7 +295,7 @@ struct Salvaged {
 
 /// Splits corruption (`Ok(Err(damage))`, the file is set aside) from
 /// other errors (I/O that failed, which fails the repair).
-fn salvage<T>(read: Result<T>) -> Result<Result<T, Damage>> {
+fn salvage<T>(fs: &dyn FileSystem, read: Result<T>) -> Result<Result<T, Damage>> {
     match read {
         Ok(t) => Ok(Ok(t)),
         Err(Error::Corruption {
@@ -279,7 +303,7 @@ fn salvage<T>(read: Result<T>) -> Result<Result<T, Damage>> {
             offset,
             reason,
         }) => Ok(Err(Damage {
-            bytes: std::fs::metadata(&file).map_or(0, |m| m.len()),
+            bytes: fs.file_size(&file).unwrap_or(0),
             file,
             offset,
             reason,

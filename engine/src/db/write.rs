@@ -299,18 +299,17 @@ impl Core {
     /// Freezes the memtable and starts a new one with its own WAL.
     /// REQUIRES: `log` is the locked log state (so the memtable cannot change).
     fn rotate(&self, log: &mut LogState) -> Result<()> {
-        let (number, wal) = self.create_wal()?;
-        // The frozen memtable's log must be durable before a later log can be,
-        // or a power loss could keep newer writes and lose older ones.
+        // The frozen memtable's log must be durable before a later log
+        // exists: recovery accepts a torn tail only in the newest log, and a
+        // power loss must not keep newer writes while losing older ones.
         if let Err(e) = log.wal.sync() {
-            // Unused and empty; a reopen would delete it too.
-            let _ = std::fs::remove_file(file_name::log_path(&self.dir, number));
             // After a failed sync the log may have lost unsynced writes that
             // the memtable still holds: recovery must flush them.
             log.damaged = Some(log.wal.len());
             self.set_background_error(e.clone(), Job::Write);
             return Err(e);
         }
+        let (number, wal) = self.create_wal()?;
         self.switch_wal(log, number, wal);
         Ok(())
     }
@@ -319,9 +318,9 @@ impl Core {
     pub(super) fn create_wal(&self) -> Result<(u64, LogWriter)> {
         let number = self.versions.lock().new_file_number();
         let path = file_name::log_path(&self.dir, number);
-        let wal = LogWriter::create(&path)?;
+        let wal = LogWriter::create(&**self.dir.fs(), &path)?;
         if let Err(e) = file_name::sync_dir(&self.dir) {
-            let _ = std::fs::remove_file(&path);
+            let _ = self.dir.fs().remove_file(&path);
             return Err(e);
         }
         Ok((number, wal))

@@ -1,8 +1,6 @@
 //! Writes a table file from entries given in internal-key order.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::block::BlockBuilder;
 use super::filter::FilterBuilder;
@@ -12,17 +10,15 @@ use super::footer::{
 use super::properties::Properties;
 use super::zstd_codec;
 use crate::error::{Error, Result};
+use crate::fs::{Appender, FileSystem};
 use crate::key::{compare_internal, ParsedKey, ValueKind};
 use crate::options::Compression;
-use crate::writeback::Writeback;
 
 /// Restart interval of data blocks: a lookup scans at most this many entries.
 const DATA_RESTART_INTERVAL: usize = 16;
 
 pub(crate) struct TableBuilder {
-    path: PathBuf,
-    out: BufWriter<File>,
-    offset: u64,
+    out: Appender,
     block_size: usize,
     data: BlockBuilder,
     index: BlockBuilder,
@@ -32,7 +28,6 @@ pub(crate) struct TableBuilder {
     compression: Compression,
     /// Made at the first zstd block and reused for the rest of the table.
     zstd: Option<zstd_codec::Compressor>,
-    writeback: Writeback,
 }
 
 /// What a finished table holds, for its manifest entry.
@@ -44,16 +39,14 @@ pub(crate) struct BuiltTable {
 }
 
 impl TableBuilder {
-    pub(crate) fn create(path: &Path, block_size: usize, bloom_bits_per_key: u32) -> Result<Self> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+    pub(crate) fn create(
+        fs: &dyn FileSystem,
+        path: &Path,
+        block_size: usize,
+        bloom_bits_per_key: u32,
+    ) -> Result<Self> {
         Ok(TableBuilder {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(256 * 1024, file),
-            offset: 0,
+            out: Appender::create(fs, path, 256 << 10)?,
             block_size,
             data: BlockBuilder::new(DATA_RESTART_INTERVAL),
             // One restart per entry: the index is binary-searched entry by entry.
@@ -63,7 +56,6 @@ impl TableBuilder {
             last_key: Vec::new(),
             compression: Compression::None,
             zstd: None,
-            writeback: Writeback::default(),
         })
     }
 
@@ -81,7 +73,7 @@ impl TableBuilder {
             if compare_internal(&self.last_key, ikey) != std::cmp::Ordering::Less {
                 return Err(Error::InvalidArgument(format!(
                     "table keys out of order while writing {}",
-                    self.path.display()
+                    self.out.path().display()
                 )));
             }
             if crate::key::user_key(&self.last_key) != parsed.user_key {
@@ -109,7 +101,7 @@ impl TableBuilder {
 
     /// Bytes the table would take if finished now, less its index and filter.
     pub(crate) fn estimated_size(&self) -> u64 {
-        self.offset + self.data.estimated_size() as u64
+        self.out.len() + self.data.estimated_size() as u64
     }
 
     fn finish_data_block(&mut self) -> Result<()> {
@@ -141,13 +133,13 @@ impl TableBuilder {
     fn zstd(&mut self, level: i32, contents: &[u8]) -> Result<Vec<u8>> {
         let compressor = match &mut self.zstd {
             Some(compressor) => compressor,
-            None => self
-                .zstd
-                .insert(zstd_codec::Compressor::new(level).map_err(|e| Error::io(&self.path, e))?),
+            None => self.zstd.insert(
+                zstd_codec::Compressor::new(level).map_err(|e| Error::io(self.out.path(), e))?,
+            ),
         };
         compressor
             .compress(contents)
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(self.out.path(), e))
     }
 
     fn write_block(&mut self, contents: &[u8]) -> Result<BlockHandle> {
@@ -159,7 +151,7 @@ impl TableBuilder {
         let size = u32::try_from(contents.len())
             .map_err(|_| Error::InvalidArgument("block larger than 4 GiB".into()))?;
         let handle = BlockHandle {
-            offset: self.offset,
+            offset: self.out.len(),
             size,
         };
         self.write_raw(contents)?;
@@ -168,13 +160,7 @@ impl TableBuilder {
     }
 
     fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out
-            .write_all(bytes)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.offset += bytes.len() as u64;
-        let in_file = self.offset - self.out.buffer().len() as u64;
-        self.writeback.appended(self.out.get_ref(), in_file);
-        Ok(())
+        self.out.write(bytes)
     }
 
     /// Writes filter, properties, index and footer, and fsyncs the file.
@@ -196,13 +182,9 @@ impl TableBuilder {
         }
         .encode();
         self.write_raw(&footer)?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&self.path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        self.out.sync()?;
         Ok(BuiltTable {
-            file_size: self.offset,
+            file_size: self.out.len(),
             smallest: self.props.smallest_key,
             largest: self.props.largest_key,
         })

@@ -1,13 +1,10 @@
 //! Opens a table file through `mmap`, answers point lookups and serves scans.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
-
-use memmap2::{Mmap, UncheckedAdvice};
 
 use super::block::BlockIter;
 use super::cache::{next_table_id, BlockCache};
@@ -17,6 +14,7 @@ use super::footer::{
 };
 use super::properties::Properties;
 use crate::error::{DecodeError, Error, Result};
+use crate::fs::{FileBytes, FileSystem};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
 use crate::memtable::Lookup;
@@ -34,7 +32,8 @@ const RELEASE_AFTER_READ: u64 = 256 << 10;
 /// An open, immutable table.
 pub(crate) struct Table {
     path: PathBuf,
-    mmap: Mmap,
+    fs: Arc<dyn FileSystem>,
+    mmap: FileBytes,
     /// The index block, decoded: last internal key of each data block, and where it is.
     pub(super) index: Vec<IndexEntry>,
     filter: std::ops::Range<usize>,
@@ -75,19 +74,20 @@ impl Table {
     /// Maps the file and validates footer, index, filter and properties.
     /// Without a block cache: for one-pass scans (repair, orphan checks),
     /// which decompress each block once anyway.
-    pub(crate) fn open(path: &Path) -> Result<Self> {
-        Self::open_with_cache(path, None)
+    pub(crate) fn open(fs: &Arc<dyn FileSystem>, path: &Path) -> Result<Self> {
+        Self::open_with_cache(fs, path, None)
     }
 
     /// [`Table::open`], keeping decompressed blocks in `cache`.
-    pub(crate) fn open_with_cache(path: &Path, cache: Option<Arc<BlockCache>>) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        // SAFETY: a table file is written once and fsynced, and only then
-        // recorded in the MANIFEST, before any reader opens it; it is never
-        // modified or truncated afterwards, only unlinked, which leaves an
-        // existing mapping valid. (Repair renames tables, but only while the
-        // database is closed.)
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    pub(crate) fn open_with_cache(
+        fs: &Arc<dyn FileSystem>,
+        path: &Path,
+        cache: Option<Arc<BlockCache>>,
+    ) -> Result<Self> {
+        // A table is written once and synced, and only then recorded in the
+        // MANIFEST, before any reader opens it: it never changes under the
+        // mapping (see `OsFs::map`).
+        let mmap = fs.map(path).map_err(|e| Error::io(path, e))?;
         let corrupt = |offset: u64, e: DecodeError| e.at(path, offset);
         let len = mmap.len();
         let footer_at = len
@@ -120,6 +120,7 @@ impl Table {
         let verified = (0..index.len()).map(|_| AtomicBool::new(false)).collect();
         Ok(Table {
             path: path.to_path_buf(),
+            fs: fs.clone(),
             mmap,
             index,
             filter,
@@ -130,9 +131,9 @@ impl Table {
         })
     }
 
-    /// Smallest and largest internal keys, from the properties block.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// Unlinks the table's file; this open table stays readable.
+    pub(crate) fn remove_file(&self) -> std::io::Result<()> {
+        self.fs.remove_file(&self.path)
     }
 
     /// Entries and the newest sequence in the table, from the properties block.
@@ -140,6 +141,7 @@ impl Table {
         (self.properties.entries, self.properties.largest_seq)
     }
 
+    /// Smallest and largest internal keys, from the properties block.
     pub(crate) fn key_range(&self) -> (&[u8], &[u8]) {
         (&self.properties.smallest_key, &self.properties.largest_key)
     }
@@ -201,15 +203,10 @@ impl Table {
         let start = (handle.offset as usize).next_multiple_of(page);
         let end = (handle.offset + u64::from(handle.size)) as usize / page * page;
         if start < end && end <= self.mmap.len() {
-            // SAFETY: the mapping is shared, read-only and of a file that is
-            // never modified while open (see `open_with_cache`): a dropped
-            // page is mapped again from the page cache, with the same bytes,
-            // on its next access, so any reader of the range, even one on
-            // another thread, sees the same contents.
-            let _ = unsafe {
-                self.mmap
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
-            };
+            // A dropped page is mapped again from the page cache, with the
+            // same bytes (the file never changes while open), on its next
+            // access, so any reader of the range sees the same contents.
+            self.mmap.release(start, end);
         }
     }
 

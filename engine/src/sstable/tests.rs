@@ -12,7 +12,7 @@ use crate::memtable::Lookup;
 /// Keys `k0000..`, each with versions at seq 10*i+1 (value) and, for odd i, 10*i+5 (deletion).
 fn build_table(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
     let path = dir.join("000001.sst");
-    let mut b = TableBuilder::create(&path, 512, 10).unwrap();
+    let mut b = TableBuilder::create(&*crate::fs::os(), &path, 512, 10).unwrap();
     for i in 0..n {
         let k = format!("k{i:04}");
         let s = u64::from(i) * 10;
@@ -35,7 +35,7 @@ fn build_table(dir: &std::path::Path, n: u32) -> std::path::PathBuf {
 fn point_lookups_honour_sequence_and_tombstones() {
     let dir = tempfile::tempdir().unwrap();
     let path = build_table(dir.path(), 500);
-    let t = Table::open(&path).unwrap();
+    let t = Table::open(&crate::fs::os(), &path).unwrap();
     for i in 0..500u32 {
         let k = format!("k{i:04}");
         let s = u64::from(i) * 10;
@@ -56,7 +56,8 @@ fn point_lookups_honour_sequence_and_tombstones() {
 #[test]
 fn out_of_order_adds_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut b = TableBuilder::create(&dir.path().join("x.sst"), 4096, 10).unwrap();
+    let mut b =
+        TableBuilder::create(&*crate::fs::os(), &dir.path().join("x.sst"), 4096, 10).unwrap();
     b.add(&internal_key(b"b", 1, ValueKind::Value), b"")
         .unwrap();
     assert!(b
@@ -83,7 +84,7 @@ fn scan(t: &Arc<Table>, bounds: &KeyBounds, dir: Direction) -> Vec<(Vec<u8>, u64
 fn scans_match_in_both_directions_for_many_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let path = build_table(dir.path(), 300);
-    let t = Arc::new(Table::open(&path).unwrap());
+    let t = Arc::new(Table::open(&crate::fs::os(), &path).unwrap());
     let all = scan(
         &t,
         &KeyBounds::from_range(&(..Vec::<u8>::new())),
@@ -127,7 +128,7 @@ fn every_flipped_byte_is_caught_or_harmless() {
         upper: Bound::Unbounded,
     };
     let expected = scan(
-        &Arc::new(Table::open(&path).unwrap()),
+        &Arc::new(Table::open(&crate::fs::os(), &path).unwrap()),
         &full,
         Direction::Forward,
     );
@@ -136,7 +137,7 @@ fn every_flipped_byte_is_caught_or_harmless() {
         let mut bad = good.clone();
         bad[pos] ^= 0x5a;
         std::fs::write(&bad_path, &bad).unwrap();
-        let result = Table::open(&bad_path).and_then(|t| {
+        let result = Table::open(&crate::fs::os(), &bad_path).and_then(|t| {
             let mut s = TableSource::new(Arc::new(t), &full, Direction::Forward);
             let mut out = Vec::new();
             while let Some(e) = s.next_entry()? {
@@ -156,7 +157,7 @@ fn every_flipped_byte_is_caught_or_harmless() {
     }
     for cut in [0, 10, good.len() / 2, good.len() - 1] {
         std::fs::write(&bad_path, &good[..cut]).unwrap();
-        let err = Table::open(&bad_path).unwrap_err();
+        let err = Table::open(&crate::fs::os(), &bad_path).unwrap_err();
         assert!(err.is_corruption(), "cut at {cut}: {err}");
     }
 }
@@ -170,7 +171,7 @@ fn table_with(
     entries: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
 ) -> Arc<Table> {
     let path = dir.join(name);
-    let mut b = TableBuilder::create(&path, 512, 10)
+    let mut b = TableBuilder::create(&*crate::fs::os(), &path, 512, 10)
         .unwrap()
         .with_compression(compression);
     for (k, v) in entries {
@@ -178,7 +179,7 @@ fn table_with(
     }
     b.finish().unwrap();
     let cache = Arc::new(BlockCache::new(16 << 10));
-    Arc::new(Table::open_with_cache(&path, Some(cache)).unwrap())
+    Arc::new(Table::open_with_cache(&crate::fs::os(), &path, Some(cache)).unwrap())
 }
 
 /// Every block compression this build can write.
@@ -315,7 +316,7 @@ fn damaged_blocks_are_caught(codec: crate::options::Compression) {
         bad[end + 1..end + TRAILER_LEN].copy_from_slice(&crc);
         let path = dir.path().join("bad.sst");
         std::fs::write(&path, &bad).unwrap();
-        let t = Arc::new(Table::open(&path).unwrap());
+        let t = Arc::new(Table::open(&crate::fs::os(), &path).unwrap());
         let full = KeyBounds {
             lower: Bound::Unbounded,
             upper: Bound::Unbounded,
@@ -385,7 +386,7 @@ fn big_values_read_back_identical_and_leave_the_mapping() {
     }
     #[cfg(target_os = "linux")]
     {
-        let rss = mapped_rss(t.path());
+        let rss = mapped_rss(&dir.path().join("big.sst"));
         assert!(
             rss < 1 << 20,
             "{rss} bytes of 8 MiB of values stay resident"

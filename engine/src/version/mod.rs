@@ -69,7 +69,7 @@ impl Drop for TableFile {
         if self.obsolete.load(Ordering::Acquire) {
             // A failed delete leaves garbage, not damage: the next open
             // removes it (an edit of its manifest deleted it).
-            let _ = std::fs::remove_file(self.table.path());
+            let _ = self.table.remove_file();
         }
     }
 }

@@ -34,14 +34,13 @@
 //! themselves, which is the remedy the error points to.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{FileMeta, LiveBlob, TableFile, Version, VersionEdit, NUM_LEVELS};
 use crate::blob::{BlobFile, BlobMeta, Garbage};
 use crate::error::{Error, Result};
 use crate::file_name::{self, manifest_name};
+use crate::fs::{Dir, SequentialReader};
 use crate::key::compare_internal;
 use crate::recovery_report::Damage;
 use crate::sstable::{BlockCache, Table};
@@ -52,7 +51,7 @@ use crate::wal::{LogReader, LogWriter};
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
 
 pub(crate) struct VersionSet {
-    dir: PathBuf,
+    dir: Dir,
     manifest: LogWriter,
     manifest_number: u64,
     next_file_number: u64,
@@ -132,12 +131,12 @@ impl ManifestState {
     /// Reads the MANIFEST of the database in `dir`, or an empty state if
     /// there is none and `create_if_missing`. Any damage but a torn tail is
     /// [`Error::Corruption`] (see the module docs).
-    pub(crate) fn read(dir: &Path, create_if_missing: bool) -> Result<Self> {
+    pub(crate) fn read(dir: &Dir, create_if_missing: bool) -> Result<Self> {
         let mut replay = Replay {
             next_file_number: 2,
             ..Replay::default()
         };
-        if !file_name::current_path(dir).exists() {
+        if !dir.fs().exists(&file_name::current_path(dir)) {
             if !create_if_missing {
                 return Err(Error::InvalidArgument(format!(
                     "no database at {} and create_if_missing is false",
@@ -151,8 +150,12 @@ impl ManifestState {
         }
         let number = file_name::read_current(dir)?;
         let path = dir.join(manifest_name(number));
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let mut reader = LogReader::new(std::io::BufReader::new(file), &path, true);
+        let file = dir.fs().open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut reader = LogReader::new(
+            std::io::BufReader::new(SequentialReader::new(file)),
+            &path,
+            true,
+        );
         let mut records = 0u64;
         while let Some(record) = reader.next_record()? {
             let edit =
@@ -202,7 +205,7 @@ impl ManifestState {
     /// acted on): corruption of the MANIFEST, not of the table.
     pub(crate) fn open_version(
         &self,
-        dir: &Path,
+        dir: &Dir,
         block_cache: Option<&Arc<BlockCache>>,
     ) -> Result<Version> {
         let mut version = Version::default();
@@ -285,7 +288,7 @@ impl VersionSet {
     /// half-written table or manifest) that no manifest heard of, and their
     /// numbers must not be reused.
     pub(crate) fn create(
-        dir: &Path,
+        dir: &Dir,
         version: Version,
         log_number: u64,
         last_sequence: u64,
@@ -294,8 +297,8 @@ impl VersionSet {
     ) -> Result<Self> {
         let manifest_number = next_file_number;
         let mut set = VersionSet {
-            dir: dir.to_path_buf(),
-            manifest: LogWriter::create(&dir.join(manifest_name(manifest_number)))?,
+            dir: dir.clone(),
+            manifest: LogWriter::create(&**dir.fs(), &dir.join(manifest_name(manifest_number)))?,
             manifest_number,
             next_file_number: manifest_number + 1,
             log_number,
@@ -348,7 +351,7 @@ impl VersionSet {
         self.manifest = manifest;
         self.manifest_number = number;
         // Garbage once CURRENT moved on; the next open deletes it if this fails.
-        let _ = std::fs::remove_file(old);
+        let _ = self.dir.fs().remove_file(&old);
         Ok(())
     }
 
@@ -448,32 +451,33 @@ const MISSING_TABLE: &str = "table named by the manifest is missing";
 /// Writes `MANIFEST-<number>` in `dir` holding `edit`, syncs it and points
 /// `CURRENT` at it. On failure the new file is removed and `CURRENT` is
 /// unchanged.
-pub(crate) fn write_manifest(dir: &Path, number: u64, edit: &VersionEdit) -> Result<LogWriter> {
+pub(crate) fn write_manifest(dir: &Dir, number: u64, edit: &VersionEdit) -> Result<LogWriter> {
     let path = dir.join(manifest_name(number));
-    let written = LogWriter::create(&path).and_then(|mut manifest| {
+    let written = LogWriter::create(&**dir.fs(), &path).and_then(|mut manifest| {
         manifest.add_record(&edit.encode())?;
         manifest.sync()?;
         file_name::set_current(dir, number)?;
         Ok(manifest)
     });
     if written.is_err() {
-        let _ = std::fs::remove_file(&path);
+        let _ = dir.fs().remove_file(&path);
     }
     written
 }
 
 fn open_table(
-    dir: &Path,
+    dir: &Dir,
     meta: FileMeta,
     block_cache: Option<&Arc<BlockCache>>,
 ) -> Result<Arc<TableFile>> {
     let path = file_name::table_path(dir, meta.number);
-    let table = Table::open_with_cache(&path, block_cache.cloned()).map_err(|e| match e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            Error::corruption(&path, 0, MISSING_TABLE)
-        }
-        other => other,
-    })?;
+    let table =
+        Table::open_with_cache(dir.fs(), &path, block_cache.cloned()).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::corruption(&path, 0, MISSING_TABLE)
+            }
+            other => other,
+        })?;
     let (smallest, largest) = table.key_range();
     if smallest != meta.smallest.as_slice() || largest != meta.largest.as_slice() {
         return Err(Error::corruption(
@@ -504,8 +508,9 @@ mod tests {
 
     #[test]
     fn a_long_manifest_is_replaced_and_recovers_the_same_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut set = VersionSet::create(dir.path(), Version::default(), 0, 0, 2, None).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::fs::os_dir(tmp.path());
+        let mut set = VersionSet::create(&dir, Version::default(), 0, 0, 2, None).unwrap();
         set.max_manifest_bytes = 256;
         let first = set.manifest_number();
         for seq in 1..=50u64 {
@@ -520,7 +525,7 @@ mod tests {
             first,
             "the manifest was never rolled"
         );
-        let manifests = std::fs::read_dir(dir.path())
+        let manifests = std::fs::read_dir(&*dir)
             .unwrap()
             .filter(|e| {
                 e.as_ref()
@@ -533,7 +538,7 @@ mod tests {
         assert_eq!(manifests, 1, "old manifests are deleted");
         let next = set.new_file_number();
         drop(set);
-        let state = ManifestState::read(dir.path(), false).unwrap();
+        let state = ManifestState::read(&dir, false).unwrap();
         assert!(state.torn_tail.is_none());
         assert_eq!(state.last_sequence(), 50);
         // `next` was handed out after the last edit, so the manifest cannot

@@ -7,7 +7,7 @@ use std::path::Path;
 fn write_log(records: &[Vec<u8>]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.log");
-    let mut w = LogWriter::create(&path).unwrap();
+    let mut w = LogWriter::create(&*crate::fs::os(), &path).unwrap();
     for r in records {
         w.add_record(r).unwrap();
     }

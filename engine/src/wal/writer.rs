@@ -1,42 +1,29 @@
 //! Appends records to a log file. See the [module docs](super) for the layout.
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{fragment_crc, FragmentType, BLOCK_SIZE, HEADER_SIZE};
-use crate::error::{Error, Result};
-use crate::writeback::Writeback;
+use crate::error::Result;
+use crate::fs::{Appender, FileSystem};
 
 /// An append-only log writer. Each [`add_record`](Self::add_record) issues a
 /// single `write` system call, so a record is either wholly in the OS page
 /// cache or torn only by a crash during that one call.
 pub(crate) struct LogWriter {
-    file: File,
-    path: PathBuf,
+    /// Unbuffered: each record is one append.
+    file: Appender,
     /// Offset within the current block, in `0..BLOCK_SIZE`.
     block_offset: usize,
     scratch: Vec<u8>,
-    /// Bytes appended so far: the file's length.
-    len: u64,
-    writeback: Writeback,
 }
 
 impl LogWriter {
     /// Creates a new, empty log file. Fails if the file exists: logs are never reused.
-    pub(crate) fn create(path: &Path) -> Result<Self> {
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+    pub(crate) fn create(fs: &dyn FileSystem, path: &Path) -> Result<Self> {
         Ok(LogWriter {
-            file,
-            path: path.to_path_buf(),
+            file: Appender::create(fs, path, 0)?,
             block_offset: 0,
             scratch: Vec::new(),
-            len: 0,
-            writeback: Writeback::default(),
         })
     }
 
@@ -44,22 +31,17 @@ impl LogWriter {
     pub(crate) fn add_record(&mut self, record: &[u8]) -> Result<()> {
         self.scratch.clear();
         encode_fragments(&mut self.scratch, &mut self.block_offset, record);
-        self.file
-            .write_all(&self.scratch)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.len += self.scratch.len() as u64;
-        self.writeback.appended(&self.file, self.len);
-        Ok(())
+        self.file.write(&self.scratch)
     }
 
     /// The log file.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Bytes appended so far.
     pub(crate) fn len(&self) -> u64 {
-        self.len
+        self.file.len()
     }
 
     /// Cuts the file back to `len` bytes and makes the cut durable: after a
@@ -68,17 +50,12 @@ impl LogWriter {
     /// the file. REQUIRES: the writer is not appended to afterwards (its block
     /// position no longer matches the file); it is only being retired.
     pub(crate) fn truncate(&mut self, len: u64) -> Result<()> {
-        self.file
-            .set_len(len)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.len = len;
-        Ok(())
+        self.file.truncate(len)
     }
 
     /// Makes every appended record durable (fdatasync).
-    pub(crate) fn sync(&self) -> Result<()> {
-        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.file.sync()
     }
 }
 
