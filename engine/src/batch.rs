@@ -7,6 +7,7 @@
 //! | sequence u64 LE | count u32 LE| count x record                           |
 //! +-----------------+-------------+------------------------------------------+
 //! record = kind u8 | varint key_len | key | (kind == Value: varint val_len | value)
+//!        | (kind == RangeDeletion: varint end_len | end; the key is the start)
 //! ```
 //!
 //! `sequence` is the sequence of the first record; record `i` gets `sequence + i`.
@@ -17,7 +18,7 @@ use crate::key::ValueKind;
 
 const HEADER_LEN: usize = 12;
 
-/// A set of puts and deletes applied atomically by [`Db::write`](crate::Db::write).
+/// A set of puts, deletes and range deletes applied atomically by [`Db::write`](crate::Db::write).
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -75,7 +76,13 @@ impl WriteBatch {
         self.push(ValueKind::Deletion, key.as_ref(), &[]);
     }
 
-    /// Number of puts and deletes in the batch.
+    /// Adds a deletion of every key in `start..end` (see
+    /// [`Db::delete_range`](crate::Db::delete_range)).
+    pub fn delete_range(&mut self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) {
+        self.push(ValueKind::RangeDeletion, start.as_ref(), end.as_ref());
+    }
+
+    /// Number of operations in the batch.
     pub fn len(&self) -> usize {
         self.count() as usize
     }
@@ -99,7 +106,7 @@ impl WriteBatch {
     fn push(&mut self, kind: ValueKind, key: &[u8], value: &[u8]) {
         self.rep.push(kind as u8);
         put_length_prefixed(&mut self.rep, key);
-        if kind == ValueKind::Value {
+        if matches!(kind, ValueKind::Value | ValueKind::RangeDeletion) {
             put_length_prefixed(&mut self.rep, value);
         }
         self.set_count(self.count() + 1);
@@ -172,7 +179,7 @@ impl<'a> BatchRecords<'a> {
         let kind = ValueKind::try_from(get_u8(&mut self.rest)?)?;
         let key = get_length_prefixed(&mut self.rest)?;
         let value = match kind {
-            ValueKind::Value => get_length_prefixed(&mut self.rest)?,
+            ValueKind::Value | ValueKind::RangeDeletion => get_length_prefixed(&mut self.rest)?,
             ValueKind::Deletion => &[],
             ValueKind::BlobIndex => return Err(DecodeError("blob pointer in a write batch")),
         };
@@ -230,9 +237,10 @@ mod tests {
         a.delete(b"k2");
         let mut b = WriteBatch::new();
         b.put(b"", b"");
+        b.delete_range(b"a", b"m");
         a.append(&b);
         a.set_sequence(100);
-        assert_eq!(a.len(), 3);
+        assert_eq!(a.len(), 4);
         let recs = decode_all(a.encoded()).unwrap();
         assert_eq!(
             recs,
@@ -240,6 +248,7 @@ mod tests {
                 (100, ValueKind::Value, b"k1".to_vec(), b"v1".to_vec()),
                 (101, ValueKind::Deletion, b"k2".to_vec(), vec![]),
                 (102, ValueKind::Value, vec![], vec![]),
+                (103, ValueKind::RangeDeletion, b"a".to_vec(), b"m".to_vec()),
             ]
         );
         a.clear();

@@ -270,6 +270,29 @@ impl Db {
         self.write(batch, &WriteOptions::default())
     }
 
+    /// Removes every key in `start..end` (`start` included, `end` not) with
+    /// one record, however many keys the range holds: reads, scans and
+    /// snapshots taken after it no longer see them, and compaction drops
+    /// them (see `range_del`). `start > end` is refused; `start == end`
+    /// deletes nothing.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = strata_engine::Db::open(dir.path(), Default::default())?;
+    /// for k in ["a", "b", "c", "d"] {
+    ///     db.put(k, "x")?;
+    /// }
+    /// db.delete_range("b", "d")?;
+    /// let keys: Vec<Vec<u8>> = db.iter().map(|kv| kv.map(|(k, _)| k)).collect::<Result<_, _>>()?;
+    /// assert_eq!(keys, [b"a", b"d"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn delete_range(&self, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete_range(start, end);
+        self.write(batch, &WriteOptions::default())
+    }
+
     /// Applies every operation of `batch` atomically: a reader or a recovery
     /// sees all of them or none. With `sync`, returns only once the batch is
     /// on stable storage.

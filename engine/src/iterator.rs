@@ -7,6 +7,7 @@ use crate::db::SuperVersion;
 use crate::iter::merge::MergingSource;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::memtable::{Lookup, MemSource};
+use crate::range_del::{Fragments, RangeTombstone};
 use crate::Result;
 
 /// A sequence number and the structures that hold everything up to it.
@@ -25,20 +26,47 @@ impl ReadView {
         self.seq
     }
 
-    /// Newest source first: the first one that knows the key decides.
+    /// Newest source first: the first one that knows the key decides,
+    /// unless a range tombstone newer than what it found covers the key.
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let found = std::iter::once(&self.sv.mem)
-            .chain(&self.sv.imms)
-            .find_map(|m| m.get(key, self.seq));
+        let memtables = || std::iter::once(&self.sv.mem).chain(&self.sv.imms);
+        let found = memtables().find_map(|m| m.get(key, self.seq));
         let found = match found {
             Some(found) => Some(found),
             None => self.sv.version.get(key, self.seq, &self.sv.counters)?,
         };
-        Ok(match found {
-            Some(Lookup::Value(v)) => Some(v),
-            Some(Lookup::Blob(pointer)) => Some(self.sv.version.read_blob(&pointer)?),
-            Some(Lookup::Deleted) | None => None,
+        let Some((seq, lookup)) = found else {
+            return Ok(None);
+        };
+        let tombstone = memtables()
+            .map(|m| m.newest_tombstone_covering(key, self.seq))
+            .chain(std::iter::once(
+                self.sv.version.newest_tombstone_covering(key, self.seq),
+            ))
+            .max()
+            .unwrap_or(0);
+        if tombstone > seq {
+            return Ok(None);
+        }
+        Ok(match lookup {
+            Lookup::Value(v) => Some(v),
+            Lookup::Blob(pointer) => Some(self.sv.version.read_blob(&pointer)?),
+            Lookup::Deleted => None,
         })
+    }
+
+    /// The range tombstones visible to this view that may cover keys in `bounds`.
+    fn fragments(&self, bounds: &KeyBounds) -> Fragments {
+        let in_memory: Vec<RangeTombstone> = std::iter::once(&self.sv.mem)
+            .chain(&self.sv.imms)
+            .flat_map(|m| m.range_tombstones())
+            .collect();
+        Fragments::new(
+            in_memory
+                .iter()
+                .chain(self.sv.version.range_tombstones(bounds)),
+            self.seq,
+        )
     }
 
     pub(crate) fn range<K: AsRef<[u8]>>(&self, range: impl std::ops::RangeBounds<K>) -> Iter {
@@ -70,9 +98,19 @@ struct Cursor {
     has_decided: bool,
     /// Backward: an entry read past the end of the key being decided.
     lookahead: Option<Entry>,
+    /// The range tombstones visible to the view, shared by both ends.
+    tombstones: Arc<Fragments>,
 }
 
 impl Cursor {
+    /// Whether the visible version `e` of its key hides the key: a deletion,
+    /// or a value under a newer range tombstone.
+    fn hides(&self, e: &Entry) -> bool {
+        e.is_deletion()
+            || (!self.tombstones.is_empty()
+                && self.tombstones.newest_covering(&e.user_key) > e.seq())
+    }
+
     fn next_visible(&mut self, seq: u64) -> Result<Option<Entry>> {
         match self.direction {
             Direction::Forward => self.next_forward(seq),
@@ -89,7 +127,7 @@ impl Cursor {
             self.decided.clear();
             self.decided.extend_from_slice(&e.user_key);
             self.has_decided = true;
-            if !e.is_deletion() {
+            if !self.hides(&e) {
                 return Ok(Some(e));
             }
         }
@@ -106,12 +144,12 @@ impl Cursor {
                 None => self.merged.next_entry()?,
             };
             let Some(e) = next else {
-                return Ok(best.filter(|b| !b.is_deletion()));
+                return Ok(best.filter(|b| !self.hides(b)));
             };
             if let Some(b) = &best {
                 if b.user_key != e.user_key {
                     self.lookahead = Some(e);
-                    if !b.is_deletion() {
+                    if !self.hides(b) {
                         return Ok(best);
                     }
                     best = None;
@@ -137,6 +175,8 @@ pub struct Iter {
     front_key: Option<Vec<u8>>,
     back_key: Option<Vec<u8>>,
     done: bool,
+    /// Built when the first end starts.
+    tombstones: Option<Arc<Fragments>>,
 }
 
 impl Iter {
@@ -149,6 +189,7 @@ impl Iter {
             front_key: None,
             back_key: None,
             done: false,
+            tombstones: None,
         }
     }
 
@@ -163,12 +204,16 @@ impl Iter {
             };
             let view = &self.view;
             let bounds = &self.bounds;
+            let tombstones = self
+                .tombstones
+                .get_or_insert_with(|| Arc::new(view.fragments(bounds)));
             let cursor = slot.get_or_insert_with(|| Cursor {
                 merged: view.merged(bounds, direction),
                 direction,
                 decided: Vec::new(),
                 has_decided: false,
                 lookahead: None,
+                tombstones: tombstones.clone(),
             });
             (cursor, view.seq)
         };

@@ -34,6 +34,10 @@ pub(crate) enum ValueKind {
     /// A value moved to a blob file: the entry's value is its
     /// `blob::BlobRef`. Only tables hold it; a write batch never does.
     BlobIndex = 2,
+    /// `Db::delete_range`: the record's key is the range's start and its
+    /// value the end (see `range_del`). Only write batches hold it; a table
+    /// keeps range tombstones apart from its entries.
+    RangeDeletion = 3,
 }
 
 /// The kind used in seek keys: the highest, so that `(key, seq, SEEK_KIND)`
@@ -48,6 +52,7 @@ impl TryFrom<u8> for ValueKind {
             0 => Ok(ValueKind::Deletion),
             1 => Ok(ValueKind::Value),
             2 => Ok(ValueKind::BlobIndex),
+            3 => Ok(ValueKind::RangeDeletion),
             _ => Err(DecodeError("unknown value kind")),
         }
     }
@@ -58,9 +63,13 @@ pub(crate) fn pack_tag(seq: u64, kind: ValueKind) -> u64 {
     (seq << 8) | kind as u64
 }
 
-/// Splits a tag into sequence and kind.
+/// Splits a tag into sequence and kind. Tags are those of point entries:
+/// a range deletion is never one.
 pub(crate) fn unpack_tag(tag: u64) -> Result<(u64, ValueKind), DecodeError> {
-    Ok((tag >> 8, ValueKind::try_from((tag & 0xff) as u8)?))
+    match ValueKind::try_from((tag & 0xff) as u8)? {
+        ValueKind::RangeDeletion => Err(DecodeError("range deletion among point entries")),
+        kind => Ok((tag >> 8, kind)),
+    }
 }
 
 /// Appends the internal key `user_key ++ tag` to `dst`.

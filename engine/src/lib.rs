@@ -36,6 +36,7 @@ mod iterator;
 mod key;
 mod memtable;
 mod options;
+mod range_del;
 mod recovery_report;
 mod snapshot;
 mod sstable;

@@ -1,5 +1,5 @@
 //! Model test: random operation sequences against a `BTreeMap`, including
-//! batches, snapshots, flushes and reopening the database.
+//! batches, range deletes, snapshots, flushes and reopening the database.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
@@ -15,6 +15,8 @@ type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 enum Op {
     Put(u8, Vec<u8>),
     Delete(u8),
+    /// Deletes the keys from the first to the second, excluded, in either order.
+    DeleteRange(u8, u8),
     Batch(Vec<(u8, Option<Vec<u8>>)>),
     Get(u8),
     Range(Option<u8>, Option<u8>, bool),
@@ -40,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         30 => (any::<u8>(), value.clone()).prop_map(|(k, v)| Op::Put(k, v)),
         10 => any::<u8>().prop_map(Op::Delete),
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::DeleteRange(a, b)),
         8 => proptest::collection::vec((any::<u8>(), proptest::option::of(value)), 1..8).prop_map(Op::Batch),
         10 => any::<u8>().prop_map(Op::Get),
         6 => (proptest::option::of(any::<u8>()), proptest::option::of(any::<u8>()), any::<bool>())
@@ -124,6 +127,11 @@ fn run_with(ops: Vec<Op>, opts: &Options) -> (Db, tempfile::TempDir) {
             Op::Delete(k) => {
                 db.delete(key(k)).unwrap();
                 model.remove(&key(k));
+            }
+            Op::DeleteRange(a, b) => {
+                let (start, end) = (key(a.min(b)), key(a.max(b)));
+                db.delete_range(&start, &end).unwrap();
+                model.retain(|k, _| *k < start || *k >= end);
             }
             Op::Batch(items) => {
                 let mut batch = WriteBatch::new();

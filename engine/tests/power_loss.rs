@@ -34,6 +34,7 @@ const WRITES_PER_LIFE: u64 = 400;
 enum Op {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
 }
 
 fn options(fs: &MemFs) -> Options {
@@ -48,11 +49,17 @@ fn options(fs: &MemFs) -> Options {
         .blob_threshold(Some(1024))
 }
 
-/// One write of the workload: a batch of one to three puts and deletes.
+/// One write of the workload: a batch of one to three puts, deletes and
+/// range deletes.
 fn random_write(rng: &mut StdRng, n: u64) -> Vec<Op> {
+    let key = |i: u32| format!("key-{i:03}").into_bytes();
     (0..rng.gen_range(1..=3))
         .map(|_| {
-            let key = format!("key-{:03}", rng.gen_range(0..60)).into_bytes();
+            let k = rng.gen_range(0..60);
+            if rng.gen_bool(0.03) {
+                return Op::DeleteRange(key(k), key(k + rng.gen_range(1..8)));
+            }
+            let key = key(k);
             if rng.gen_bool(0.2) {
                 return Op::Delete(key);
             }
@@ -77,6 +84,7 @@ fn apply(state: &mut State, write: &[Op]) {
             Op::Delete(k) => {
                 state.remove(k);
             }
+            Op::DeleteRange(start, end) => state.retain(|k, _| k < start || k >= end),
         }
     }
 }
@@ -100,6 +108,7 @@ fn live(db: &Db, rng: &mut StdRng, writes: &mut Vec<Vec<Op>>, mut must_keep: usi
             match op {
                 Op::Put(k, v) => batch.put(k, v),
                 Op::Delete(k) => batch.delete(k),
+                Op::DeleteRange(start, end) => batch.delete_range(start, end),
             }
         }
         let sync = rng.gen_bool(0.2);

@@ -13,7 +13,12 @@
 //! - a newer entry of the same key is itself at or below `smallest_snapshot`
 //!   (every reader sees that newer entry instead), or
 //! - it is a tombstone at or below `smallest_snapshot` and no level below
-//!   the output holds the key (there is nothing left for it to hide).
+//!   the output holds the key (there is nothing left for it to hide), or
+//! - a range tombstone of the inputs at or below `smallest_snapshot` is
+//!   newer than it and covers its key (see `range_del`).
+//!
+//! The inputs' range tombstones go to the outputs, except those at or
+//! below `smallest_snapshot` whose range no level below the output holds.
 //!
 //! A [`CompactionFilter`] set in the options then decides about the newest
 //! value of each key; see `filter` for its rules.
@@ -24,7 +29,9 @@
 //! earlier where a table would overlap more than ten target tables of the
 //! level below its own (which would make the next compaction down huge).
 //! A cut never falls between two versions of one user key, so no user key
-//! spans two tables of a level.
+//! spans two tables of a level, nor inside a range tombstone an output
+//! holds (a table's key range covers its tombstones, up to and including
+//! the end key), so tables of a level never overlap.
 //!
 //! A *trivial move* needs no merge: when the inputs overlap nothing one level
 //! down (and not too much two levels down), the manifest just records them at
@@ -51,7 +58,7 @@
 pub(crate) mod filter;
 pub(crate) mod picker;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,6 +71,7 @@ use crate::iter::merge::MergingSource;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{append_tagged, compare_internal, pack_tag, ValueKind};
 use crate::options::Options;
+use crate::range_del::{Fragments, RangeTombstone};
 use crate::sstable::{TableBuilder, TableSource};
 use crate::version::{FileMeta, LiveBlob, TableFile, Version, VersionEdit, NUM_LEVELS};
 
@@ -260,8 +268,30 @@ pub(crate) struct Output {
 /// returns them, or `None` if it was cancelled. On error or cancellation the
 /// partial outputs are deleted.
 pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Output>> {
+    let tombstones: Vec<RangeTombstone> = c
+        .inputs
+        .iter()
+        .chain(&c.lower)
+        .flat_map(|f| f.table.range_tombstones().iter().cloned())
+        .collect();
+    let mut pending: Vec<RangeTombstone> = tombstones
+        .iter()
+        .filter(|t| {
+            t.seq > env.smallest_snapshot
+                || (c.output_level() + 1..NUM_LEVELS).any(|level| {
+                    c.version
+                        .files(level)
+                        .iter()
+                        .any(|f| t.overlaps(f.smallest_user_key(), f.largest_user_key()))
+                })
+        })
+        .cloned()
+        .collect();
+    pending.sort_by(|a, b| a.start.cmp(&b.start));
     let mut out = Outputs {
         env,
+        tombstones: pending.into(),
+        max_tombstone_end: None,
         builder: None,
         metas: Vec::new(),
         created: Vec::new(),
@@ -276,7 +306,9 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Output>> {
     };
     let mut filtered = FilterCounts::default();
     let mut garbage = BTreeMap::new();
-    let result = merge(c, env, &mut out, &mut filtered, &mut garbage);
+    // What every reader of the output sees deleted.
+    let deleted = Fragments::new(&tombstones, env.smallest_snapshot);
+    let result = merge(c, env, &deleted, &mut out, &mut filtered, &mut garbage);
     match result {
         Ok(true) => out.finish().map(|(tables, blob)| {
             Some(Output {
@@ -302,6 +334,7 @@ pub(crate) fn run(c: &Compaction, env: &Env<'_>) -> Result<Option<Output>> {
 fn merge(
     c: &Compaction,
     env: &Env<'_>,
+    deleted: &Fragments,
     out: &mut Outputs<'_>,
     filtered: &mut FilterCounts,
     garbage: &mut BTreeMap<u64, Garbage>,
@@ -351,7 +384,8 @@ fn merge(
             current_key = Some(entry.user_key.clone());
             last_seq_for_key = u64::MAX;
         }
-        let shadowed = last_seq_for_key <= env.smallest_snapshot;
+        let shadowed = last_seq_for_key <= env.smallest_snapshot
+            || (!deleted.is_empty() && deleted.newest_covering(&entry.user_key) > entry.seq());
         let dead_tombstone = entry.is_deletion()
             && entry.seq() <= env.smallest_snapshot
             && base.is_base_level_for(&entry.user_key);
@@ -467,6 +501,11 @@ impl<'a> BaseLevelCheck<'a> {
 /// The output tables being written.
 struct Outputs<'a> {
     env: &'a Env<'a>,
+    /// Range tombstones still to be written, by start: each goes to the
+    /// output being written when the merge reaches its start.
+    tombstones: VecDeque<RangeTombstone>,
+    /// The furthest end of the current output's tombstones: no cut before it.
+    max_tombstone_end: Option<Vec<u8>>,
     builder: Option<(u64, TableBuilder)>,
     metas: Vec<FileMeta>,
     /// Every file created so far, for clean-up on failure.
@@ -508,12 +547,33 @@ impl Outputs<'_> {
                 .builder
                 .as_ref()
                 .is_some_and(|(_, b)| b.estimated_size() >= self.env.options.target_table_size);
-            if overlap_full || size_full {
+            let inside_tombstone = self
+                .max_tombstone_end
+                .as_deref()
+                .is_some_and(|end| end >= entry.user_key.as_slice());
+            if (overlap_full || size_full) && !inside_tombstone {
                 self.finish_current()?;
             }
             self.last_user_key.clear();
             self.last_user_key.extend_from_slice(&entry.user_key);
         }
+        self.open_builder()?;
+        while let Some(t) = self.tombstones.pop_front() {
+            if t.start > entry.user_key {
+                self.tombstones.push_front(t);
+                break;
+            }
+            self.add_tombstone(t);
+        }
+        self.key_buf.clear();
+        append_tagged(&mut self.key_buf, &entry.user_key, entry.tag);
+        if let Some((_, b)) = self.builder.as_mut() {
+            b.add(&self.key_buf, &entry.value)?;
+        }
+        Ok(())
+    }
+
+    fn open_builder(&mut self) -> Result<()> {
         if self.builder.is_none() {
             let number = (self.env.new_file_number)();
             let path = file_name::table_path(self.env.dir, number);
@@ -527,12 +587,22 @@ impl Outputs<'_> {
             self.created.push(path);
             self.builder = Some((number, builder));
         }
-        self.key_buf.clear();
-        append_tagged(&mut self.key_buf, &entry.user_key, entry.tag);
-        if let Some((_, b)) = self.builder.as_mut() {
-            b.add(&self.key_buf, &entry.value)?;
-        }
         Ok(())
+    }
+
+    /// Adds a range tombstone to the current output, which then cannot be
+    /// cut before its end.
+    fn add_tombstone(&mut self, t: RangeTombstone) {
+        if self
+            .max_tombstone_end
+            .as_ref()
+            .is_none_or(|end| *end < t.end)
+        {
+            self.max_tombstone_end = Some(t.end.clone());
+        }
+        if let Some((_, b)) = self.builder.as_mut() {
+            b.add_range_tombstone(t);
+        }
     }
 
     /// Counts the grandparent tables wholly before `key`; true once the
@@ -556,6 +626,7 @@ impl Outputs<'_> {
     }
 
     fn finish_current(&mut self) -> Result<()> {
+        self.max_tombstone_end = None;
         if let Some((number, builder)) = self.builder.take() {
             let built = builder.finish()?;
             self.metas.push(FileMeta {
@@ -569,7 +640,17 @@ impl Outputs<'_> {
     }
 
     fn finish(mut self) -> Result<(Vec<FileMeta>, Option<BlobMeta>)> {
-        let finished = self.finish_current().and_then(|()| {
+        // Tombstones past the last entry go to the last output.
+        let rest = (|| {
+            if !self.tombstones.is_empty() {
+                self.open_builder()?;
+            }
+            while let Some(t) = self.tombstones.pop_front() {
+                self.add_tombstone(t);
+            }
+            Ok(())
+        })();
+        let finished = rest.and_then(|()| self.finish_current()).and_then(|()| {
             let blob = self.blob.take().map(BlobWriter::finish).transpose()?;
             Ok((std::mem::take(&mut self.metas), blob))
         });

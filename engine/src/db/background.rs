@@ -420,6 +420,9 @@ pub(super) fn build_table(
             append_internal_key(&mut separated_key, k.user_key, k.seq, ValueKind::BlobIndex);
             builder.add(&separated_key, &pointer.encode())
         })?;
+        for t in mem.range_tombstones() {
+            builder.add_range_tombstone(t);
+        }
         let blob = blobs.take().map(BlobWriter::finish).transpose()?;
         Ok((builder.finish()?, blob))
     })();

@@ -423,6 +423,19 @@ fn orphan_is_obsolete(
     let Ok(table) = Table::open(dir.fs(), path) else {
         return Ok(None);
     };
+    // Its range tombstones, copied from a WAL or from compaction inputs,
+    // must be in the recovered state as they are.
+    for t in table.range_tombstones() {
+        let known = memtables.iter().any(|m| m.range_tombstones().contains(t))
+            || version
+                .levels
+                .iter()
+                .flatten()
+                .any(|f| f.table.range_tombstones().contains(t));
+        if !known {
+            return Ok(Some(false));
+        }
+    }
     let counters = Counters::default();
     let mut source = TableSource::new(Arc::new(table), &KeyBounds::prefix(b""), Direction::Forward);
     loop {
@@ -441,7 +454,7 @@ fn orphan_is_obsolete(
             Some(found) => Some(found),
             None => version.get(&entry.user_key, seq, &counters)?,
         };
-        let same = match found {
+        let same = match found.map(|(_, lookup)| lookup) {
             Some(Lookup::Deleted) => entry.is_deletion(),
             // A compaction output that copied the pointer.
             Some(Lookup::Blob(pointer)) if pointer == entry.value => entry.is_blob_index(),

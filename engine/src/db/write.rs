@@ -35,7 +35,7 @@ use super::{Core, LogState, SuperVersion};
 use crate::batch::{BatchRecords, WriteBatch};
 use crate::error::{Error, Result};
 use crate::file_name;
-use crate::key::MAX_SEQUENCE;
+use crate::key::{ValueKind, MAX_SEQUENCE};
 use crate::memtable::Memtable;
 use crate::stats::Counters;
 use crate::wal::LogWriter;
@@ -80,7 +80,20 @@ impl Core {
                     self.options.max_key_size
                 )));
             }
-            if record.value.len() > self.options.max_value_size {
+            if record.kind == ValueKind::RangeDeletion {
+                if record.value.len() > self.options.max_key_size {
+                    return Err(Error::InvalidArgument(format!(
+                        "range end of {} bytes exceeds max_key_size ({})",
+                        record.value.len(),
+                        self.options.max_key_size
+                    )));
+                }
+                if record.key > record.value {
+                    return Err(Error::InvalidArgument(
+                        "delete_range: the start is after the end".into(),
+                    ));
+                }
+            } else if record.value.len() > self.options.max_value_size {
                 return Err(Error::InvalidArgument(format!(
                     "value of {} bytes exceeds max_value_size ({})",
                     record.value.len(),

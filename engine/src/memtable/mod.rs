@@ -13,12 +13,16 @@ mod skiplist;
 
 use std::collections::VecDeque;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::batch::Record;
 use crate::error::Error;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{pack_tag, ValueKind, SEEK_KIND};
+use crate::range_del::{self, RangeTombstone};
 use crate::Result;
 use skiplist::{NodeRef, Probe, SkipList};
 
@@ -43,23 +47,30 @@ pub(crate) struct Memtable {
     /// The WAL file that holds this memtable's writes; once the memtable is in
     /// a table, WAL files older than the next memtable's can go.
     log_number: u64,
+    /// Range tombstones, in sequence order: few, and read whole.
+    tombstones: RwLock<Vec<RangeTombstone>>,
+    /// Their bytes, which also tells readers without the lock that there are none.
+    tombstone_bytes: AtomicUsize,
 }
 
 impl Memtable {
     pub(crate) fn new(log_number: u64) -> Self {
+        Self::with_list(SkipList::new(None), log_number)
+    }
+
+    fn with_list(list: SkipList, log_number: u64) -> Self {
         Memtable {
-            list: SkipList::new(None),
+            list,
             log_number,
+            tombstones: RwLock::new(Vec::new()),
+            tombstone_bytes: AtomicUsize::new(0),
         }
     }
 
     /// A memtable that takes its memory from `pool` first and gives it back
     /// there when dropped: the live memtables of one database.
     pub(crate) fn with_pool(log_number: u64, pool: &Arc<ChunkPool>) -> Self {
-        Memtable {
-            list: SkipList::new(Some(pool.clone())),
-            log_number,
-        }
+        Self::with_list(SkipList::new(Some(pool.clone())), log_number)
     }
 
     pub(crate) fn log_number(&self) -> u64 {
@@ -68,11 +79,31 @@ impl Memtable {
 
     /// Memory used, in bytes: the arena the entries live in.
     pub(crate) fn approximate_size(&self) -> usize {
-        self.list.memory()
+        self.list.memory() + self.tombstone_bytes.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.list.len() == 0
+        self.list.len() == 0 && !self.has_tombstones()
+    }
+
+    fn has_tombstones(&self) -> bool {
+        self.tombstone_bytes.load(Ordering::Acquire) > 0
+    }
+
+    /// The range tombstones, for a flush or a scan.
+    pub(crate) fn range_tombstones(&self) -> Vec<RangeTombstone> {
+        if !self.has_tombstones() {
+            return Vec::new();
+        }
+        self.tombstones.read().clone()
+    }
+
+    /// The newest range tombstone visible at `seq` that covers `key`; 0 if none.
+    pub(crate) fn newest_tombstone_covering(&self, key: &[u8], seq: u64) -> u64 {
+        if !self.has_tombstones() {
+            return 0;
+        }
+        range_del::newest_covering(self.tombstones.read().iter(), key, seq)
     }
 
     /// Adds `record`. A record whose sequence this memtable already holds
@@ -80,6 +111,21 @@ impl Memtable {
     /// caller is the one writer of this memtable (the group-commit leader,
     /// or recovery); concurrent inserts are serialised, not merged.
     pub(crate) fn insert(&self, record: &Record<'_>) -> Result<()> {
+        if record.kind == ValueKind::RangeDeletion {
+            let mut tombstones = self.tombstones.write();
+            if tombstones.iter().any(|t| t.seq == record.seq) {
+                return Ok(());
+            }
+            tombstones.push(RangeTombstone {
+                start: record.key.to_vec(),
+                end: record.value.to_vec(),
+                seq: record.seq,
+            });
+            // Counted like a skiplist entry: the bytes and some overhead.
+            let bytes = record.key.len() + record.value.len() + 64;
+            self.tombstone_bytes.fetch_add(bytes, Ordering::Release);
+            return Ok(());
+        }
         self.list
             .insert(record.key, pack_tag(record.seq, record.kind), record.value)
             .map(drop)
@@ -92,18 +138,20 @@ impl Memtable {
             })
     }
 
-    /// The newest version of `key` visible at `seq`, if this memtable has one.
-    pub(crate) fn get(&self, key: &[u8], seq: u64) -> Option<Lookup> {
+    /// The newest version of `key` visible at `seq`, with its sequence, if
+    /// this memtable has one. Ignores range tombstones: see [`Memtable::newest_tombstone_covering`].
+    pub(crate) fn get(&self, key: &[u8], seq: u64) -> Option<(u64, Lookup)> {
         let entry = self
             .list
             .seek(&Probe::new(key, pack_tag(seq, SEEK_KIND)), true)?;
         if entry.user_key() != key {
             return None;
         }
-        Some(match entry.tag() & 0xff {
+        let lookup = match entry.tag() & 0xff {
             t if t == ValueKind::Deletion as u64 => Lookup::Deleted,
             _ => Lookup::Value(entry.value().to_vec()),
-        })
+        };
+        Some((entry.tag() >> 8, lookup))
     }
 
     /// Calls `f(internal_key, value)` for every entry in internal-key order,
@@ -259,10 +307,10 @@ mod tests {
         m.insert(&rec(b"k0", 2, ValueKind::Value, b"other"))
             .unwrap();
         assert_eq!(m.get(b"k", 0), None);
-        assert_eq!(m.get(b"k", 1), Some(Lookup::Value(b"v1".to_vec())));
-        assert_eq!(m.get(b"k", 2), Some(Lookup::Value(b"v1".to_vec())));
-        assert_eq!(m.get(b"k", 4), Some(Lookup::Deleted));
-        assert_eq!(m.get(b"k", 99), Some(Lookup::Value(b"v5".to_vec())));
+        assert_eq!(m.get(b"k", 1), Some((1, Lookup::Value(b"v1".to_vec()))));
+        assert_eq!(m.get(b"k", 2), Some((1, Lookup::Value(b"v1".to_vec()))));
+        assert_eq!(m.get(b"k", 4), Some((3, Lookup::Deleted)));
+        assert_eq!(m.get(b"k", 99), Some((5, Lookup::Value(b"v5".to_vec()))));
         assert_eq!(m.get(b"j", 99), None);
         assert!(m.approximate_size() > 0);
     }

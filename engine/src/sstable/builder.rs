@@ -11,8 +11,9 @@ use super::properties::Properties;
 use super::zstd_codec;
 use crate::error::{Error, Result};
 use crate::fs::{Appender, FileSystem};
-use crate::key::{compare_internal, ParsedKey, ValueKind};
+use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
 use crate::options::Compression;
+use crate::range_del::RangeTombstone;
 
 /// Restart interval of data blocks: a lookup scans at most this many entries.
 const DATA_RESTART_INTERVAL: usize = 16;
@@ -99,6 +100,17 @@ impl TableBuilder {
         Ok(())
     }
 
+    /// Adds a range tombstone, kept in the properties block. The table's key
+    /// range grows to cover it.
+    pub(crate) fn add_range_tombstone(&mut self, t: RangeTombstone) {
+        if self.props.entries == 0 && self.props.range_tombstones.is_empty() {
+            self.props.smallest_seq = t.seq;
+        }
+        self.props.smallest_seq = self.props.smallest_seq.min(t.seq);
+        self.props.largest_seq = self.props.largest_seq.max(t.seq);
+        self.props.range_tombstones.push(t);
+    }
+
     /// Bytes the table would take if finished now, less its index and filter.
     pub(crate) fn estimated_size(&self) -> u64 {
         self.out.len() + self.data.estimated_size() as u64
@@ -164,13 +176,29 @@ impl TableBuilder {
     }
 
     /// Writes filter, properties, index and footer, and fsyncs the file.
-    /// REQUIRES: at least one entry was added.
+    /// REQUIRES: at least one entry or range tombstone was added.
     pub(crate) fn finish(mut self) -> Result<BuiltTable> {
-        if self.props.entries == 0 {
+        if self.props.entries == 0 && self.props.range_tombstones.is_empty() {
             return Err(Error::InvalidArgument("cannot write an empty table".into()));
         }
         self.finish_data_block()?;
         self.props.largest_key = self.last_key.clone();
+        // The key range covers the tombstones: from before every entry of
+        // a start key to before every entry of an end key (which a
+        // tombstone does not cover).
+        for t in &self.props.range_tombstones {
+            let start = internal_key(&t.start, MAX_SEQUENCE, SEEK_KIND);
+            let end = internal_key(&t.end, MAX_SEQUENCE, SEEK_KIND);
+            let first = self.props.entries == 0 && self.props.smallest_key.is_empty();
+            if first || compare_internal(&start, &self.props.smallest_key).is_lt() {
+                self.props.smallest_key = start;
+            }
+            if self.props.largest_key.is_empty()
+                || compare_internal(&end, &self.props.largest_key).is_gt()
+            {
+                self.props.largest_key = end;
+            }
+        }
         let filter = self.write_block(&self.filter.finish())?;
         let properties = self.write_block(&self.props.encode())?;
         let index_contents = self.index.finish();

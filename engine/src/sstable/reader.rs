@@ -18,6 +18,7 @@ use crate::fs::{FileBytes, FileSystem};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
 use crate::memtable::Lookup;
+use crate::range_del::RangeTombstone;
 
 /// The last internal key of a data block, and where the block is.
 type IndexEntry = (Box<[u8]>, BlockHandle);
@@ -141,6 +142,11 @@ impl Table {
         (self.properties.entries, self.properties.largest_seq)
     }
 
+    /// The range tombstones the table holds, from the properties block.
+    pub(crate) fn range_tombstones(&self) -> &[RangeTombstone] {
+        &self.properties.range_tombstones
+    }
+
     /// Smallest and largest internal keys, from the properties block.
     pub(crate) fn key_range(&self) -> (&[u8], &[u8]) {
         (&self.properties.smallest_key, &self.properties.largest_key)
@@ -229,10 +235,11 @@ impl Table {
         )
     }
 
-    /// The newest version of `user_key` visible at `seq`. The caller has
+    /// The newest version of `user_key` visible at `seq`, with its
+    /// sequence; range tombstones are not applied. The caller has
     /// already checked the key range and [`Table::may_contain`], counting
     /// the filter's verdicts.
-    pub(crate) fn lookup(&self, user_key: &[u8], seq: u64) -> Result<Option<Lookup>> {
+    pub(crate) fn lookup(&self, user_key: &[u8], seq: u64) -> Result<Option<(u64, Lookup)>> {
         let target = internal_key(user_key, seq, SEEK_KIND);
         let i = self.find_block(&target);
         if i >= self.index.len() {
@@ -251,11 +258,15 @@ impl Table {
             if parsed.user_key != user_key {
                 return Ok(None);
             }
-            Ok(Some(match parsed.kind {
+            let lookup = match parsed.kind {
                 ValueKind::Value => Lookup::Value(v.to_vec()),
                 ValueKind::Deletion => Lookup::Deleted,
                 ValueKind::BlobIndex => Lookup::Blob(v.to_vec()),
-            }))
+                ValueKind::RangeDeletion => {
+                    return Err(DecodeError("range deletion among point entries"))
+                }
+            };
+            Ok(Some((parsed.seq, lookup)))
         })();
         drop(block);
         self.release_if_big(i);

@@ -45,9 +45,17 @@ fn point_lookups_honour_sequence_and_tombstones() {
             "{k} before its write"
         );
         let v = Lookup::Value(format!("v{i}").into_bytes());
-        assert_eq!(t.lookup(k.as_bytes(), s + 1).unwrap(), Some(v.clone()));
+        assert_eq!(
+            t.lookup(k.as_bytes(), s + 1).unwrap(),
+            Some((s + 1, v.clone()))
+        );
         let latest = if i % 2 == 1 { Lookup::Deleted } else { v };
-        assert_eq!(t.lookup(k.as_bytes(), u64::MAX >> 8).unwrap(), Some(latest));
+        assert_eq!(
+            t.lookup(k.as_bytes(), u64::MAX >> 8)
+                .unwrap()
+                .map(|(_, l)| l),
+            Some(latest)
+        );
     }
     assert_eq!(t.lookup(b"k9999", 1 << 40).unwrap(), None);
     assert_eq!(t.lookup(b"a", 1 << 40).unwrap(), None);
@@ -228,7 +236,7 @@ proptest::proptest! {
             back.reverse();
             prop_assert_eq!(&back, &want);
             for (k, v) in &entries {
-                prop_assert_eq!(t.lookup(k, 1).unwrap(), Some(Lookup::Value(v.clone())));
+                prop_assert_eq!(t.lookup(k, 1).unwrap(), Some((1, Lookup::Value(v.clone()))));
             }
         }
     }
@@ -377,7 +385,7 @@ fn big_values_read_back_identical_and_leave_the_mapping() {
     let t = table_with(dir.path(), "big.sst", Compression::None, &entries);
     for _ in 0..2 {
         for (k, v) in &entries {
-            assert_eq!(t.lookup(k, 1).unwrap(), Some(Lookup::Value(v.clone())));
+            assert_eq!(t.lookup(k, 1).unwrap(), Some((1, Lookup::Value(v.clone()))));
         }
         assert_eq!(all_entries(&t, Direction::Forward), want);
         let mut back = all_entries(&t, Direction::Backward);
@@ -392,4 +400,50 @@ fn big_values_read_back_identical_and_leave_the_mapping() {
             "{rss} bytes of 8 MiB of values stay resident"
         );
     }
+}
+
+#[test]
+fn range_tombstones_round_trip_and_widen_the_key_range() {
+    use crate::key::user_key;
+    use crate::range_del::RangeTombstone;
+    let dir = tempfile::tempdir().unwrap();
+    let t = |start: &str, end: &str, seq| RangeTombstone {
+        start: start.into(),
+        end: end.into(),
+        seq,
+    };
+    // Only tombstones: a table all the same.
+    let path = dir.path().join("only.sst");
+    let mut b = TableBuilder::create(&*crate::fs::os(), &path, 512, 10).unwrap();
+    b.add_range_tombstone(t("c", "f", 7));
+    b.add_range_tombstone(t("a", "b", 9));
+    let built = b.finish().unwrap();
+    let table = Table::open(&crate::fs::os(), &path).unwrap();
+    assert_eq!(table.range_tombstones(), [t("c", "f", 7), t("a", "b", 9)]);
+    assert_eq!(user_key(&built.smallest), b"a");
+    assert_eq!(user_key(&built.largest), b"f");
+    assert_eq!(table.lookup(b"d", 100).unwrap(), None);
+    assert_eq!(table.entries_and_largest_seq(), (0, 9));
+
+    // Entries inside and outside the tombstones' span.
+    let path = dir.path().join("mixed.sst");
+    let mut b = TableBuilder::create(&*crate::fs::os(), &path, 512, 10).unwrap();
+    b.add(&internal_key(b"d", 3, ValueKind::Value), b"v")
+        .unwrap();
+    b.add(&internal_key(b"m", 4, ValueKind::Value), b"v")
+        .unwrap();
+    b.add_range_tombstone(t("b", "z", 5));
+    let built = b.finish().unwrap();
+    assert_eq!(user_key(&built.smallest), b"b");
+    assert_eq!(user_key(&built.largest), b"z");
+    let table = Table::open(&crate::fs::os(), &path).unwrap();
+    assert_eq!(table.key_range(), (&built.smallest[..], &built.largest[..]));
+    assert_eq!(
+        table.lookup(b"d", 10).unwrap(),
+        Some((3, Lookup::Value(b"v".to_vec())))
+    );
+
+    let empty = dir.path().join("empty.sst");
+    let b = TableBuilder::create(&*crate::fs::os(), &empty, 512, 10).unwrap();
+    assert!(b.finish().is_err(), "nothing at all is still refused");
 }

@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::iter::{Direction, KeyBounds, Source};
 use crate::key::user_key;
 use crate::memtable::Lookup;
+use crate::range_del::{self, RangeTombstone};
 use crate::sstable::{Table, TableSource};
 use crate::stats::Counters;
 use crate::Result;
@@ -90,31 +91,65 @@ pub(crate) struct Version {
 }
 
 impl Version {
-    /// The newest version of `key` visible at `seq` among the tables.
-    pub(crate) fn get(&self, key: &[u8], seq: u64, counters: &Counters) -> Result<Option<Lookup>> {
-        for (level, files) in self.levels.iter().enumerate() {
-            let candidates: &[Arc<TableFile>] = if level == 0 {
-                files
-            } else {
-                let i = files.partition_point(|f| f.largest_user_key() < key);
-                files.get(i..=i).unwrap_or_default()
-            };
-            for f in candidates {
-                if key < f.smallest_user_key() || key > f.largest_user_key() {
-                    continue;
-                }
-                Counters::add(&counters.bloom_checks, 1);
-                if !f.table.may_contain(key) {
-                    Counters::add(&counters.bloom_negatives, 1);
-                    continue;
-                }
-                match f.table.lookup(key, seq)? {
-                    Some(found) => return Ok(Some(found)),
-                    None => Counters::add(&counters.bloom_false_positives, 1),
-                }
+    /// The newest version of `key` visible at `seq` among the tables, with
+    /// its sequence; range tombstones are not applied (see
+    /// [`Version::newest_tombstone_covering`]).
+    pub(crate) fn get(
+        &self,
+        key: &[u8],
+        seq: u64,
+        counters: &Counters,
+    ) -> Result<Option<(u64, Lookup)>> {
+        for f in self.tables_holding(key) {
+            Counters::add(&counters.bloom_checks, 1);
+            if !f.table.may_contain(key) {
+                Counters::add(&counters.bloom_negatives, 1);
+                continue;
+            }
+            match f.table.lookup(key, seq)? {
+                Some(found) => return Ok(Some(found)),
+                None => Counters::add(&counters.bloom_false_positives, 1),
             }
         }
         Ok(None)
+    }
+
+    /// The tables whose key range holds `key`, newest first.
+    fn tables_holding<'a>(&'a self, key: &'a [u8]) -> impl Iterator<Item = &'a Arc<TableFile>> {
+        self.levels
+            .iter()
+            .enumerate()
+            .flat_map(move |(level, files)| {
+                if level == 0 {
+                    files.as_slice()
+                } else {
+                    let i = files.partition_point(|f| f.largest_user_key() < key);
+                    files.get(i..=i).unwrap_or_default()
+                }
+            })
+            .filter(move |f| f.smallest_user_key() <= key && key <= f.largest_user_key())
+    }
+
+    /// The newest range tombstone of the tables visible at `seq` that covers
+    /// `key`; 0 if none does. A table's range covers its tombstones, so
+    /// only the tables holding `key` can have one.
+    pub(crate) fn newest_tombstone_covering(&self, key: &[u8], seq: u64) -> u64 {
+        self.tables_holding(key)
+            .map(|f| range_del::newest_covering(f.table.range_tombstones(), key, seq))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The range tombstones of the tables that may hold keys within `bounds`.
+    pub(crate) fn range_tombstones<'a>(
+        &'a self,
+        bounds: &'a KeyBounds,
+    ) -> impl Iterator<Item = &'a RangeTombstone> {
+        self.levels
+            .iter()
+            .flatten()
+            .filter(|f| bounds.overlaps(f.smallest_user_key(), f.largest_user_key()))
+            .flat_map(|f| f.table.range_tombstones())
     }
 
     /// One scan source per table that may hold keys within `bounds`.
