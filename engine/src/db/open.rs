@@ -16,9 +16,9 @@
 //!    writes; the table is then set aside in `lost/`), the MANIFEST lost
 //!    the edit that added it, after the edit was acted on (its WAL
 //!    deleted): corruption, whether the edit was torn or vanished whole.
-//!    One false alarm is possible: a compaction input kept alive by an
-//!    iterator across a MANIFEST roll (which forgets deletions) and a
-//!    crash; `Db::repair` then loses nothing. The tables an edit deleted
+//!    (A MANIFEST roll repeats the deletions of tables whose files a reader
+//!    still held, so a compaction input that survives a crash is known
+//!    as deleted under the new MANIFEST too.) The tables an edit deleted
 //!    are removed (or set aside) and the directory synced before step 4:
 //!    the new MANIFEST forgets those deletions, and a table that came back
 //!    after a crash would look like the output of a lost edit.

@@ -49,6 +49,9 @@ use crate::wal::{LogReader, LogWriter};
 /// A MANIFEST longer than this is replaced by a fresh one holding one edit,
 /// so that a long-running database's recovery stays quick.
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// Past this many remembered deletions, the ones whose files are gone are
+/// forgotten (see `VersionSet::deleted`).
+const MAX_REMEMBERED_DELETIONS: usize = 1024;
 
 pub(crate) struct VersionSet {
     dir: Dir,
@@ -68,6 +71,11 @@ pub(crate) struct VersionSet {
     manifest_broken: bool,
     /// Shared by every table this set opens.
     block_cache: Option<Arc<BlockCache>>,
+    /// Tables an edit of this set deleted, by level and number, whose file
+    /// may still exist (a reader holds it). A new MANIFEST's snapshot edit
+    /// deletes them again: without that, one that survived a crash would
+    /// look like the output of a lost edit to the next open.
+    deleted: Vec<(usize, u64)>,
 }
 
 /// The state a manifest replay accumulates.
@@ -307,6 +315,7 @@ impl VersionSet {
             max_manifest_bytes: MAX_MANIFEST_BYTES,
             manifest_broken: false,
             block_cache,
+            deleted: Vec::new(),
         };
         let snapshot = set.snapshot_edit();
         set.manifest.add_record(&snapshot.encode())?;
@@ -339,12 +348,21 @@ impl VersionSet {
                 edit.blob_garbage.push((*number, live.garbage));
             }
         }
+        edit.deleted.clone_from(&self.deleted);
         edit
+    }
+
+    /// Forgets the deleted tables whose files are gone.
+    fn prune_deleted(&mut self) {
+        let dir = &self.dir;
+        self.deleted
+            .retain(|&(_, number)| dir.fs().exists(&file_name::table_path(dir, number)));
     }
 
     /// Starts a new MANIFEST holding the current state and points `CURRENT`
     /// at it. On failure the old MANIFEST stays in use and nothing changes.
     fn roll_manifest(&mut self) -> Result<()> {
+        self.prune_deleted();
         let number = self.new_file_number();
         let manifest = write_manifest(&self.dir, number, &self.snapshot_edit())?;
         let old = self.dir.join(manifest_name(self.manifest_number));
@@ -430,8 +448,18 @@ impl VersionSet {
         let mut version = Version { levels, blobs };
         sort_levels(&mut version);
         self.current = Arc::new(version);
-        for gone in removed.values() {
+        for (&number, gone) in &removed {
             gone.mark_obsolete();
+            if let Some(level) = edit
+                .deleted
+                .iter()
+                .find_map(|&(level, n)| (n == number).then_some(level))
+            {
+                self.deleted.push((level, number));
+            }
+        }
+        if self.deleted.len() > MAX_REMEMBERED_DELETIONS {
+            self.prune_deleted();
         }
         for gone in &dead_blobs {
             gone.file.mark_obsolete();
@@ -548,5 +576,65 @@ mod tests {
             state.next_file_number() >= next,
             "file numbers never go back"
         );
+    }
+
+    #[test]
+    fn a_rolled_manifest_still_knows_the_tables_deleted_before_it() {
+        use crate::key::{internal_key, ValueKind};
+        use crate::sstable::TableBuilder;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::fs::os_dir(tmp.path());
+        let mut set = VersionSet::create(&dir, Version::default(), 0, 0, 2, None).unwrap();
+        set.max_manifest_bytes = 256;
+        let mut table = |key: &[u8]| {
+            let number = set.new_file_number();
+            let path = file_name::table_path(&dir, number);
+            let mut b = TableBuilder::create(&**dir.fs(), &path, 4096, 10).unwrap();
+            b.add(&internal_key(key, 1, ValueKind::Value), b"v")
+                .unwrap();
+            let built = b.finish().unwrap();
+            FileMeta {
+                number,
+                size: built.file_size,
+                smallest: built.smallest,
+                largest: built.largest,
+            }
+        };
+        let (a, b) = (table(b"a"), table(b"b"));
+        let (gone, kept) = (a.number, b.number);
+        set.log_and_apply(VersionEdit {
+            added: vec![(1, a), (1, b)],
+            ..VersionEdit::default()
+        })
+        .unwrap();
+        // A reader holds the version with both tables across the deletion.
+        let reader = set.log_and_apply(VersionEdit::default()).unwrap();
+        set.log_and_apply(VersionEdit {
+            deleted: vec![(1, gone)],
+            ..VersionEdit::default()
+        })
+        .unwrap();
+        let first = set.manifest_number();
+        for seq in 1..=20u64 {
+            set.log_and_apply(VersionEdit {
+                last_sequence: Some(seq),
+                ..VersionEdit::default()
+            })
+            .unwrap();
+        }
+        assert_ne!(
+            set.manifest_number(),
+            first,
+            "the manifest was never rolled"
+        );
+        drop(set);
+        assert!(
+            dir.fs().exists(&file_name::table_path(&dir, gone)),
+            "the reader holds it"
+        );
+        let state = ManifestState::read(&dir, false).unwrap();
+        assert!(state.deleted_by_edit(gone), "the roll forgot the deletion");
+        assert!(!state.deleted_by_edit(kept));
+        drop(reader);
     }
 }
