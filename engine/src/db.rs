@@ -189,9 +189,7 @@ impl Db {
         options.validate()?;
         let dir = Dir::new(options.file_system.clone(), path.as_ref().to_path_buf());
         if options.create_if_missing {
-            dir.fs()
-                .create_dir_all(&dir)
-                .map_err(|e| Error::io(&dir, e))?;
+            crate::fs::create_dir_durably(&**dir.fs(), &dir).map_err(|e| Error::io(&dir, e))?;
         }
         let lock = lock_dir(&dir)?;
         let open::Recovered {

@@ -40,8 +40,9 @@ pub(crate) enum ValueKind {
     RangeDeletion = 3,
 }
 
-/// The kind used in seek keys: the highest, so that `(key, seq, SEEK_KIND)`
-/// sorts before every real entry of `key` at `seq`.
+/// The kind used in seek keys: the highest kind of a point entry, so that
+/// `(key, seq, SEEK_KIND)` sorts before every real entry of `key` at `seq`
+/// (`RangeDeletion` is never one).
 pub(crate) const SEEK_KIND: ValueKind = ValueKind::BlobIndex;
 
 impl TryFrom<u8> for ValueKind {

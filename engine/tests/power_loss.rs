@@ -52,10 +52,9 @@ fn options(fs: &MemFs) -> Options {
 /// One write of the workload: a batch of one to three puts, deletes and
 /// range deletes.
 fn random_write(rng: &mut StdRng, n: u64) -> Vec<Op> {
-    let key = |i: u32| format!("key-{i:03}").into_bytes();
     (0..rng.gen_range(1..=3))
         .map(|_| {
-            let k = rng.gen_range(0..60);
+            let k = rng.gen_range(0..KEYS);
             if rng.gen_bool(0.03) {
                 return Op::DeleteRange(key(k), key(k + rng.gen_range(1..8)));
             }
@@ -90,11 +89,31 @@ fn apply(state: &mut State, write: &[Op]) {
 }
 
 /// What the database holds, read through a full scan (which also reads
-/// every blob value).
+/// every blob value); point reads of every key must agree with it.
 fn contents(db: &Db) -> Result<State, String> {
-    db.iter()
+    let scanned = db
+        .iter()
         .collect::<Result<State, _>>()
-        .map_err(|e| format!("scan failed: {e}"))
+        .map_err(|e| format!("scan failed: {e}"))?;
+    for i in 0..KEYS + 8 {
+        let key = key(i);
+        let got = db.get(&key).map_err(|e| format!("get failed: {e}"))?;
+        if got.as_ref() != scanned.get(&key) {
+            return Err(format!(
+                "get of {} disagrees with the scan",
+                String::from_utf8_lossy(&key)
+            ));
+        }
+    }
+    Ok(scanned)
+}
+
+/// Keys of the workload: `key-000` up to `KEYS`, and a range delete's end
+/// a little past it.
+const KEYS: u32 = 60;
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key-{i:03}").into_bytes()
 }
 
 /// One life: writes until the power goes (or the life's writes are done),

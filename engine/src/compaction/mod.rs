@@ -542,6 +542,13 @@ impl Outputs<'_> {
     fn add(&mut self, entry: &Entry) -> Result<()> {
         let new_user_key = self.builder.is_none() || self.last_user_key != entry.user_key;
         if new_user_key {
+            // Tombstones starting at or before this key join the current
+            // output before the cut is decided, so that no later output
+            // starts inside one (two outputs of a level would then share a
+            // user key).
+            if self.builder.is_some() {
+                self.take_tombstones_to(&entry.user_key);
+            }
             let overlap_full = self.advance_grandparents(&entry.user_key);
             let size_full = self
                 .builder
@@ -558,13 +565,7 @@ impl Outputs<'_> {
             self.last_user_key.extend_from_slice(&entry.user_key);
         }
         self.open_builder()?;
-        while let Some(t) = self.tombstones.pop_front() {
-            if t.start > entry.user_key {
-                self.tombstones.push_front(t);
-                break;
-            }
-            self.add_tombstone(t);
-        }
+        self.take_tombstones_to(&entry.user_key);
         self.key_buf.clear();
         append_tagged(&mut self.key_buf, &entry.user_key, entry.tag);
         if let Some((_, b)) = self.builder.as_mut() {
@@ -588,6 +589,18 @@ impl Outputs<'_> {
             self.builder = Some((number, builder));
         }
         Ok(())
+    }
+
+    /// Moves the pending tombstones that start at or before `key` into the
+    /// current output.
+    fn take_tombstones_to(&mut self, key: &[u8]) {
+        while let Some(t) = self.tombstones.pop_front() {
+            if t.start.as_slice() > key {
+                self.tombstones.push_front(t);
+                break;
+            }
+            self.add_tombstone(t);
+        }
     }
 
     /// Adds a range tombstone to the current output, which then cannot be
@@ -617,16 +630,13 @@ impl Outputs<'_> {
             }
             self.grandparent_index += 1;
         }
-        if self.overlapped_bytes > self.max_overlap {
-            self.overlapped_bytes = 0;
-            true
-        } else {
-            false
-        }
+        // Reset by the cut, which a tombstone may put off.
+        self.overlapped_bytes > self.max_overlap
     }
 
     fn finish_current(&mut self) -> Result<()> {
         self.max_tombstone_end = None;
+        self.overlapped_bytes = 0;
         if let Some((number, builder)) = self.builder.take() {
             let built = builder.finish()?;
             self.metas.push(FileMeta {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::*;
-use crate::key::{internal_key, ParsedKey, ValueKind};
+use crate::key::{internal_key, user_key, ParsedKey, ValueKind};
 use crate::sstable::Table;
 
 /// `(user key, seq, value)`; a `None` value is a tombstone.
@@ -15,6 +15,16 @@ type Row = (&'static str, u64, Option<&'static str>);
 type OwnedRow = (String, u64, Option<String>);
 
 fn table(dir: &Path, number: u64, rows: &[Row]) -> Arc<TableFile> {
+    table_with_tombstones(dir, number, rows, &[])
+}
+
+/// [`table`] with range tombstones `(start, end, seq)`.
+fn table_with_tombstones(
+    dir: &Path,
+    number: u64,
+    rows: &[Row],
+    tombstones: &[(&str, &str, u64)],
+) -> Arc<TableFile> {
     let path = file_name::table_path(dir, number);
     let mut b = TableBuilder::create(&*crate::fs::os(), &path, 256, 10).unwrap();
     let mut sorted: Vec<Row> = rows.to_vec();
@@ -30,6 +40,13 @@ fn table(dir: &Path, number: u64, rows: &[Row]) -> Arc<TableFile> {
             v.unwrap_or("").as_bytes(),
         )
         .unwrap();
+    }
+    for &(start, end, seq) in tombstones {
+        b.add_range_tombstone(RangeTombstone {
+            start: start.into(),
+            end: end.into(),
+            seq,
+        });
     }
     let built = b.finish().unwrap();
     let meta = FileMeta {
@@ -432,4 +449,35 @@ fn a_bottom_rewrite_writes_to_its_own_level_and_drops_removed_entries() {
     });
     assert_eq!(edit.deleted, vec![(3, 1)]);
     assert!(edit.added.iter().all(|(level, _)| *level == 3));
+}
+
+#[test]
+fn adjacent_kept_tombstones_never_make_outputs_share_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: &'static str = Box::leak("v".repeat(6000).into_boxed_str());
+    // [a, c) and [c, z) are kept (L2 holds keys in both), and the value of b
+    // fills a target-sized output before zz.
+    let upper = table_with_tombstones(
+        dir.path(),
+        1,
+        &[("b", 11, Some(big)), ("zz", 13, Some("x"))],
+        &[("a", "c", 10), ("c", "z", 12)],
+    );
+    let bottom = table(
+        dir.path(),
+        2,
+        &[("a0", 1, Some("old")), ("c", 1, Some("old"))],
+    );
+    let v = version(vec![(0, upper), (2, bottom)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let (_, metas) = compact(dir.path(), &c, 100, false).unwrap();
+    assert!(metas.len() >= 2, "the value of b was meant to force a cut");
+    for pair in metas.windows(2) {
+        assert!(
+            user_key(&pair[0].largest) < user_key(&pair[1].smallest),
+            "outputs share a user key: {:?} / {:?}",
+            String::from_utf8_lossy(user_key(&pair[0].largest)),
+            String::from_utf8_lossy(user_key(&pair[1].smallest)),
+        );
+    }
 }

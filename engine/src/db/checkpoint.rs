@@ -56,7 +56,7 @@ impl Db {
         }
         core.flush()?;
         let (version, mut edit) = core.versions.lock().checkpoint_state();
-        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        crate::fs::create_dir_durably(&**fs, &dir).map_err(|e| Error::io(&dir, e))?;
         let written = (|| {
             for file in version.levels.iter().flatten() {
                 let number = file.meta.number;

@@ -2,7 +2,8 @@
 //!
 //! A file's bytes are durable up to its last sync; a name (created,
 //! renamed, linked or unlinked) is durable once its directory was synced
-//! after the change. Directories themselves are always durable. The disk
+//! after the change, a directory's name included (the root is always
+//! there); a removed directory is gone at once. The disk
 //! after a power loss holds the durable names, each file with its synced
 //! bytes and a random part of the bytes appended after them (a torn write;
 //! part of an append can reach the disk without a sync).
@@ -90,6 +91,10 @@ impl State {
     /// What a power loss now would leave: durable names, synced bytes, and
     /// a random prefix of each unsynced tail. Hard links stay one file.
     fn surviving(&mut self) -> BTreeMap<PathBuf, Node> {
+        if self.rng == 0 {
+            // Never seeded (no cut was set): any fixed start will do.
+            self.rng = 0x9e37_79b9_7f4a_7c15;
+        }
         let mut copies: HashMap<*const Mutex<Inode>, Arc<Mutex<Inode>>> = HashMap::new();
         let mut image = BTreeMap::new();
         for (path, node) in &self.durable {
@@ -207,7 +212,9 @@ impl FileSystem for MemFs {
                 }
                 None => {
                     state.names.insert(d.to_path_buf(), Node::Dir);
-                    state.durable.insert(d.to_path_buf(), Node::Dir);
+                    if d.parent().is_none() {
+                        state.durable.insert(d.to_path_buf(), Node::Dir);
+                    }
                 }
             }
         }
@@ -500,5 +507,16 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         drop(lock);
         fs.lock(Path::new("/d/LOCK")).unwrap();
+    }
+
+    #[test]
+    fn a_new_directory_needs_its_parent_synced() {
+        let fs = MemFs::new();
+        fs.create_dir_all(Path::new("/a/b")).unwrap();
+        let after = fs.after_power_loss();
+        assert!(!after.exists(Path::new("/a")), "nothing synced its name");
+        super::super::create_dir_durably(&fs, Path::new("/c/d")).unwrap();
+        let after = fs.after_power_loss();
+        assert!(after.exists(Path::new("/c/d")));
     }
 }

@@ -241,6 +241,29 @@ impl io::Read for SequentialReader {
     }
 }
 
+/// Creates `dir` and its missing parents, and makes each new directory's
+/// name durable in its parent: without that a power loss may take a new
+/// database, or a finished checkpoint, with it.
+pub(crate) fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|d| !d.as_os_str().is_empty())
+        .take_while(|d| !fs.exists(d))
+        .collect();
+    fs.create_dir_all(dir)?;
+    // Outermost first: a name is durable only under a durable parent.
+    for parent in missing.iter().rev().filter_map(|d| d.parent()) {
+        // A relative path's first directory is named in the working one.
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        fs.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// Reads a whole file.
 pub(crate) fn read_all(fs: &dyn FileSystem, path: &Path) -> io::Result<Vec<u8>> {
     let len = usize::try_from(fs.file_size(path)?).map_err(io::Error::other)?;

@@ -113,7 +113,9 @@ impl Memtable {
     pub(crate) fn insert(&self, record: &Record<'_>) -> Result<()> {
         if record.kind == ValueKind::RangeDeletion {
             let mut tombstones = self.tombstones.write();
-            if tombstones.iter().any(|t| t.seq == record.seq) {
+            // In sequence order, so only a replayed record needs the search.
+            let replayed = tombstones.last().is_some_and(|t| t.seq >= record.seq);
+            if replayed && tombstones.iter().any(|t| t.seq == record.seq) {
                 return Ok(());
             }
             tombstones.push(RangeTombstone {

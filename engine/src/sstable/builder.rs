@@ -83,7 +83,9 @@ impl TableBuilder {
         } else {
             self.filter.add_key(parsed.user_key);
             self.props.smallest_key = ikey.to_vec();
-            self.props.smallest_seq = parsed.seq;
+            if self.props.range_tombstones.is_empty() {
+                self.props.smallest_seq = parsed.seq;
+            }
         }
         self.props.entries += 1;
         if parsed.kind == ValueKind::Deletion {

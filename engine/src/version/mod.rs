@@ -152,7 +152,6 @@ impl Version {
             .flat_map(|f| f.table.range_tombstones())
     }
 
-    /// One scan source per table that may hold keys within `bounds`.
     /// The value a `BlobIndex` entry of this version points to.
     pub(crate) fn read_blob(&self, pointer: &[u8]) -> Result<Vec<u8>> {
         let r = BlobRef::decode(pointer).map_err(|e| Error::Corruption {
@@ -171,6 +170,7 @@ impl Version {
         }
     }
 
+    /// One scan source per table that may hold keys within `bounds`.
     pub(crate) fn sources(&self, bounds: &KeyBounds, direction: Direction) -> Vec<Box<dyn Source>> {
         self.levels
             .iter()
