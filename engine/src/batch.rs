@@ -8,6 +8,8 @@
 //! +-----------------+-------------+------------------------------------------+
 //! record = kind u8 | varint key_len | key | (kind == Value: varint val_len | value)
 //!        | (kind == RangeDeletion: varint end_len | end; the key is the start)
+//!        | (kind == BlobIndex: varint len | a `blob::BlobRef` into the WAL's blob
+//!           file; only in the WAL, where the leader moved a large value)
 //! ```
 //!
 //! `sequence` is the sequence of the first record; record `i` gets `sequence + i`.
@@ -103,10 +105,15 @@ impl WriteBatch {
         self.rep.len()
     }
 
+    /// Adds `record` with its kind, key and value (its sequence is the batch's).
+    pub(crate) fn push_record(&mut self, record: &Record<'_>) {
+        self.push(record.kind, record.key, record.value);
+    }
+
     fn push(&mut self, kind: ValueKind, key: &[u8], value: &[u8]) {
         self.rep.push(kind as u8);
         put_length_prefixed(&mut self.rep, key);
-        if matches!(kind, ValueKind::Value | ValueKind::RangeDeletion) {
+        if kind != ValueKind::Deletion {
             put_length_prefixed(&mut self.rep, value);
         }
         self.set_count(self.count() + 1);
@@ -179,9 +186,10 @@ impl<'a> BatchRecords<'a> {
         let kind = ValueKind::try_from(get_u8(&mut self.rest)?)?;
         let key = get_length_prefixed(&mut self.rest)?;
         let value = match kind {
-            ValueKind::Value | ValueKind::RangeDeletion => get_length_prefixed(&mut self.rest)?,
+            ValueKind::Value | ValueKind::RangeDeletion | ValueKind::BlobIndex => {
+                get_length_prefixed(&mut self.rest)?
+            }
             ValueKind::Deletion => &[],
-            ValueKind::BlobIndex => return Err(DecodeError("blob pointer in a write batch")),
         };
         let seq = self.next_seq;
         self.next_seq = self

@@ -54,6 +54,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::batch::WriteBatch;
+use crate::blob::BlobWriter;
 use crate::compaction::picker;
 use crate::error::{Error, Result};
 use crate::file_name;
@@ -162,12 +163,27 @@ struct Core {
 
 struct LogState {
     wal: LogWriter,
+    /// The WAL's blob file, created at the first value of at least
+    /// `blob_threshold` (see `db/write`): it holds those values, the WAL
+    /// their pointers.
+    vlog: Option<BlobWriter>,
     /// Sequence of the last write appended to the WAL.
     last_seq: u64,
     /// Set when an append to or a sync of `wal` failed: the length up to
     /// which it holds whole records. Recovery cuts the rest off and moves
     /// writes to a fresh WAL (see `recovery`).
     damaged: Option<u64>,
+}
+
+impl LogState {
+    /// Makes every appended record durable: the blob file first, so that a
+    /// synced WAL record never points at a value that is not.
+    fn sync(&mut self) -> Result<()> {
+        if let Some(vlog) = &mut self.vlog {
+            vlog.sync()?;
+        }
+        self.wal.sync()
+    }
 }
 
 #[derive(Default)]
@@ -214,6 +230,7 @@ impl Db {
             queue: Mutex::new(VecDeque::new()),
             log: Mutex::new(LogState {
                 wal,
+                vlog: None,
                 last_seq,
                 damaged: None,
             }),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::blob::BlobRef;
 use crate::db::SuperVersion;
 use crate::iter::merge::MergingSource;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
@@ -50,9 +51,23 @@ impl ReadView {
         }
         Ok(match lookup {
             Lookup::Value(v) => Some(v),
-            Lookup::Blob(pointer) => Some(self.sv.version.read_blob(&pointer)?),
+            Lookup::Blob(pointer) => Some(self.read_blob(&pointer)?),
             Lookup::Deleted => None,
         })
+    }
+
+    /// The value a `BlobIndex` entry points to: in the blob file of a
+    /// memtable's WAL, or in a blob file of the version.
+    fn read_blob(&self, pointer: &[u8]) -> Result<Vec<u8>> {
+        if let Ok(r) = BlobRef::decode(pointer) {
+            let vlog = std::iter::once(&self.sv.mem)
+                .chain(&self.sv.imms)
+                .find_map(|m| m.vlog(r.file));
+            if let Some(file) = vlog {
+                return file.read(&r);
+            }
+        }
+        self.sv.version.read_blob(pointer)
     }
 
     /// The range tombstones visible to this view that may cover keys in `bounds`.
@@ -251,7 +266,7 @@ impl Iter {
             None => *mine = Some(entry.user_key.clone()),
         }
         if entry.is_blob_index() {
-            return Some(match self.view.sv.version.read_blob(&entry.value) {
+            return Some(match self.view.read_blob(&entry.value) {
                 Ok(value) => Ok((entry.user_key, value)),
                 Err(e) => {
                     self.done = true;

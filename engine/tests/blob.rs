@@ -292,3 +292,79 @@ fn a_mostly_dead_blob_file_has_its_live_values_moved_and_goes() {
     assert_eq!(stats.blob_bytes, 200 * BIG as u64, "{stats}");
     assert_eq!(stats.blob_garbage_bytes, 0, "{stats}");
 }
+
+/// Keys `0..n` hold `big(i, 1)`, and nothing else is there.
+fn all_big(db: &Db, n: u32) {
+    for i in 0..n {
+        let got = db.get(key(i)).unwrap();
+        assert!(got == Some(big(i, 1)), "key {i}");
+    }
+    assert_eq!(db.iter().count(), n as usize);
+}
+
+#[test]
+fn a_large_value_is_written_once_to_the_wal_blob_file_and_replayed_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        for i in 0..20 {
+            db.put(key(i), big(i, 1)).unwrap();
+        }
+        assert_eq!(
+            blob_files(dir.path()).len(),
+            1,
+            "the WAL's blob file holds the values before any flush"
+        );
+        all_big(&db, 20);
+        let stats = db.stats();
+        assert!(
+            stats.wal_bytes_written >= 20 * BIG as u64,
+            "the values count as log bytes: {}",
+            stats.wal_bytes_written
+        );
+        assert_eq!(stats.bytes_flushed, 0);
+    }
+    // Reopened without a flush: the WAL's pointers are replayed and their
+    // blob file joins the version with the recovered table.
+    let db = Db::open(dir.path(), options()).unwrap();
+    all_big(&db, 20);
+    assert_eq!(blob_files(dir.path()).len(), 1, "no value was copied");
+    let stats = db.stats();
+    assert_eq!(stats.blob_files, 1);
+    assert_eq!(stats.blob_bytes, 20 * BIG as u64);
+    db.flush().unwrap();
+    assert!(
+        db.stats().bytes_flushed < 4 * BIG as u64,
+        "a flush writes pointers, not values: {}",
+        db.stats().bytes_flushed
+    );
+}
+
+#[test]
+fn a_torn_wal_blob_file_ends_the_replay_where_its_values_do() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), options()).unwrap();
+        for i in 0..10 {
+            db.put(key(i), big(i, 1)).unwrap();
+        }
+    }
+    // The last value's record lost its end, as an unsynced append can.
+    let vlog = dir.path().join(&blob_files(dir.path())[0]);
+    let len = std::fs::metadata(&vlog).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&vlog)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let db = Db::open(dir.path(), options()).unwrap();
+    all_big(&db, 9);
+    assert_eq!(db.get(key(9)).unwrap(), None);
+    let report = db.recovery_report();
+    assert_eq!(report.torn_tails.len(), 1, "{report:?}");
+    assert!(
+        report.torn_tails[0].reason.contains("blob file"),
+        "{report:?}"
+    );
+}

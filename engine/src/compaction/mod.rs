@@ -64,7 +64,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::blob::{blob_path, BlobMeta, BlobRef, BlobWriter, Garbage};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::file_name;
 use crate::fs::Dir;
 use crate::iter::merge::MergingSource;
@@ -343,9 +343,7 @@ fn merge(
     // (see "Lifetime" in `blob`).
     let mut drop_pointer = |entry: &Entry| -> Result<()> {
         if entry.is_blob_index() {
-            let r = BlobRef::decode(&entry.value).map_err(|e| {
-                Error::corruption(PathBuf::new(), 0, format!("bad blob pointer: {}", e.0))
-            })?;
+            let r = BlobRef::from_entry(&entry.value)?;
             garbage.entry(r.file).or_default().add(Garbage {
                 count: 1,
                 bytes: r.len,

@@ -9,6 +9,7 @@
 //! never installed (the edit failed) are removed at once, and the next open
 //! would remove them too.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::recovery::Job;
 use super::{Core, SuperVersion};
-use crate::blob::{self, BlobMeta, BlobWriter};
+use crate::blob::{self, BlobMeta, BlobRef, BlobWriter};
 use crate::compaction::{self, picker, Compaction};
 use crate::error::{Error, Result};
 use crate::file_name;
@@ -370,14 +371,18 @@ impl Core {
 pub(crate) struct Flushed {
     pub(crate) table: FileMeta,
     pub(crate) blob: Option<BlobMeta>,
+    /// The WALs' blob files the table points into (see `db/write`), each
+    /// with the records and bytes its pointers cover: they join the version
+    /// with the table.
+    pub(crate) pointed: Vec<BlobMeta>,
 }
 
 impl Flushed {
-    /// The edit that adds both files to L0.
+    /// The edit that adds the table and the blob files to L0.
     fn edit(self) -> VersionEdit {
         VersionEdit {
             added: vec![(0, self.table)],
-            added_blobs: self.blob.into_iter().collect(),
+            added_blobs: self.blob.into_iter().chain(self.pointed).collect(),
             ..VersionEdit::default()
         }
     }
@@ -394,6 +399,7 @@ pub(super) fn build_table(
 ) -> Result<Flushed> {
     let path = file_name::table_path(dir, number);
     let mut blobs: Option<BlobWriter> = None;
+    let mut pointed: BTreeMap<u64, BlobMeta> = BTreeMap::new();
     let built = (|| {
         let mut builder = TableBuilder::create(
             &**dir.fs(),
@@ -409,6 +415,15 @@ pub(super) fn build_table(
                     && options.blob_threshold.is_some_and(|t| value.len() >= t)
             });
             let Some(k) = separable else {
+                if ParsedKey::parse(ikey).is_ok_and(|k| k.kind == ValueKind::BlobIndex) {
+                    let r = BlobRef::from_entry(value)?;
+                    let meta = pointed.entry(r.file).or_insert(BlobMeta {
+                        number: r.file,
+                        ..BlobMeta::default()
+                    });
+                    meta.count += 1;
+                    meta.bytes += r.len;
+                }
                 return builder.add(ikey, value);
             };
             let writer = match &mut blobs {
@@ -435,6 +450,7 @@ pub(super) fn build_table(
                 largest: built.largest,
             },
             blob,
+            pointed: pointed.into_values().collect(),
         }),
         Err(e) => {
             // Partial files are garbage; left behind, the next open would set them aside in lost/.

@@ -42,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
 use crate::fs::{Dir, SequentialReader};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
+use crate::key::ValueKind;
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, RecoveryMode};
 use crate::recovery_report::{Damage, RecoveryReport};
@@ -146,12 +147,16 @@ pub(super) fn recover(dir: &Dir, options: &Options) -> Result<Recovered> {
         Some(block_cache),
     )?;
     let mut edit = VersionEdit::default();
+    let mut pointed = Vec::new();
     for mem in memtables.iter().filter(|m| !m.is_empty()) {
         let (number, blob_number) = (versions.new_file_number(), versions.new_file_number());
         let flushed = super::build_table(dir, options, number, blob_number, mem)?;
         edit.added.push((0, flushed.table));
         edit.added_blobs.extend(flushed.blob);
+        pointed.extend(flushed.pointed);
     }
+    // One WAL's blob file may be pointed into by several of its memtables.
+    edit.added_blobs.extend(blob::merge_counts(pointed));
     let log_number = versions.new_file_number();
     let version = versions.log_and_apply(VersionEdit {
         log_number: Some(log_number),
@@ -280,7 +285,13 @@ pub(super) fn replay_logs(
 
 /// One WAL being replayed.
 struct LogReplay {
+    dir: Dir,
     path: PathBuf,
+    /// This is the newest log: a pointer into its blob file that finds no
+    /// record ends the replay as a torn tail (see `LogReplay::next`).
+    newest: bool,
+    /// The record where a missing blob record ended the replay.
+    blob_torn: Option<Damage>,
     reader: LogReader<std::io::BufReader<SequentialReader>>,
     /// Damage skipped so far, in file order.
     skipped: Vec<Skipped>,
@@ -308,7 +319,10 @@ impl LogReplay {
     fn open(dir: &Dir, path: &Path, newest: bool) -> Result<Self> {
         let file = dir.fs().open(path).map_err(|e| Error::io(path, e))?;
         Ok(LogReplay {
+            dir: dir.clone(),
             path: path.to_path_buf(),
+            newest,
+            blob_torn: None,
             reader: LogReader::new(
                 std::io::BufReader::with_capacity(1 << 16, SequentialReader::new(file)),
                 path,
@@ -322,7 +336,16 @@ impl LogReplay {
 
     /// Applies the next record to `mem`; false at the end of the log. A
     /// batch is applied whole or not at all.
+    ///
+    /// Every pointer into the WAL's blob file must find its record, whole.
+    /// The WAL and its blob file are synced together, blob file first, so a
+    /// record whose value is missing was never synced, and neither was
+    /// anything after it: in the newest log that is a torn tail, where the
+    /// replay ends; in an older one (synced whole at rotation) it is damage.
     fn next(&mut self, mem: &Memtable, last_seq: &mut u64) -> Result<bool> {
+        if self.blob_torn.is_some() {
+            return Ok(false);
+        }
         let Some(record) = self.reader.next_record()? else {
             return Ok(false);
         };
@@ -330,6 +353,31 @@ impl LogReplay {
         let offset = self.reader.record_offset();
         let decoded: Result<Vec<Record<'_>>, _> =
             BatchRecords::decode(&record).and_then(|records| records.collect());
+        if let Ok(records) = &decoded {
+            if let Some(reason) = self.missing_blob_value(records)? {
+                let damage = Damage {
+                    file: self.path.clone(),
+                    offset,
+                    bytes: record.len() as u64,
+                    reason,
+                };
+                if self.newest {
+                    let len = self
+                        .dir
+                        .fs()
+                        .file_size(&self.path)
+                        .map_err(|e| Error::io(&self.path, e))?;
+                    self.blob_torn = Some(Damage {
+                        bytes: len.saturating_sub(offset),
+                        ..damage
+                    });
+                    return Ok(false);
+                }
+                let err = Error::corruption(&self.path, offset, &damage.reason);
+                self.bad_record = Some(damage);
+                return Err(err);
+            }
+        }
         match decoded {
             Ok(records) => {
                 for rec in &records {
@@ -400,13 +448,42 @@ impl LogReplay {
         out
     }
 
+    /// Why a pointer of `records` finds no whole value, if one does not.
+    fn missing_blob_value(&self, records: &[Record<'_>]) -> Result<Option<String>> {
+        for rec in records.iter().filter(|r| r.kind == ValueKind::BlobIndex) {
+            let found = BlobRef::decode(rec.value)
+                .map_err(|e| Error::corruption(&self.path, 0, e.0))
+                .and_then(|r| blob::read_from_dir(&self.dir, &r));
+            match found {
+                Ok(_) => {}
+                Err(Error::Corruption { file, reason, .. }) => {
+                    return Ok(Some(format!(
+                        "its value is not in the WAL's blob file {}: {reason}",
+                        file.display()
+                    )))
+                }
+                Err(Error::Io { path, source })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Ok(Some(format!(
+                        "the WAL's blob file {} is missing",
+                        path.display()
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     fn torn_tail(&self) -> Option<Damage> {
-        self.reader.torn_tail().map(|t| Damage {
+        let torn = self.reader.torn_tail().map(|t| Damage {
             file: self.path.clone(),
             offset: t.offset,
             bytes: t.bytes,
             reason: t.reason.to_string(),
-        })
+        });
+        torn.or_else(|| self.blob_torn.clone())
     }
 }
 
@@ -465,7 +542,11 @@ fn orphan_is_obsolete(
                 // blob file of its own.
                 let value = |lookup: Lookup| match lookup {
                     Lookup::Value(v) => Ok(v),
-                    Lookup::Blob(pointer) => version.read_blob(&pointer),
+                    // A replayed memtable's pointer names a WAL's blob
+                    // file, which no version holds yet.
+                    Lookup::Blob(pointer) => {
+                        BlobRef::from_entry(&pointer).and_then(|r| blob::read_from_dir(dir, &r))
+                    }
                     Lookup::Deleted => Ok(Vec::new()),
                 };
                 let separated = |e: &Entry| {

@@ -191,6 +191,11 @@ impl Core {
         };
         // First, and durably: see "Why a crash at any point replays cleanly".
         log.wal.truncate(whole_len)?;
+        // The frozen memtable's pointers into the WAL's blob file must be
+        // durable before its flush installs the file.
+        if let Some(vlog) = &mut log.vlog {
+            vlog.sync()?;
+        }
         let (number, wal) = self.create_wal()?;
         self.switch_wal(&mut log, number, wal);
         log.damaged = None;

@@ -151,24 +151,6 @@ impl Db {
                 report.tables_set_aside.push(damage);
             }
         }
-        // What the tables no longer point to is garbage; a file they do
-        // not point into at all is set aside.
-        let mut blob_garbage = Vec::new();
-        blobs.retain(|meta| {
-            let Some(r) = referenced.get(&meta.number) else {
-                unreadable.push(blob::blob_path(&dir, meta.number));
-                return false;
-            };
-            let garbage = Garbage {
-                count: meta.count.saturating_sub(r.count),
-                bytes: meta.bytes.saturating_sub(r.bytes),
-            };
-            if garbage != Garbage::default() {
-                blob_garbage.push((meta.number, garbage));
-            }
-            true
-        });
-
         // Step 2.
         let mut logs: Vec<u64> = files
             .iter()
@@ -187,11 +169,37 @@ impl Db {
         for mem in memtables.iter().filter(|m| !m.is_empty()) {
             let flushed = build_table(&dir, &options, next_number, next_number + 1, mem)?;
             next_number += 2;
+            // The new table points into the blob file it wrote and into the
+            // WALs' blob files.
+            for meta in flushed.blob.iter().chain(&flushed.pointed) {
+                referenced.entry(meta.number).or_default().add(Garbage {
+                    count: meta.count,
+                    bytes: meta.bytes,
+                });
+            }
             blobs.extend(flushed.blob);
             let path = file_name::table_path(&dir, flushed.table.number);
             let table = Table::open(&fs, &path)?;
             tables.push((path, table.entries_and_largest_seq().1));
         }
+
+        // What the tables no longer point to is garbage; a file they do
+        // not point into at all is set aside.
+        let mut blob_garbage = Vec::new();
+        blobs.retain(|meta| {
+            let Some(r) = referenced.get(&meta.number) else {
+                unreadable.push(blob::blob_path(&dir, meta.number));
+                return false;
+            };
+            let garbage = Garbage {
+                count: meta.count.saturating_sub(r.count),
+                bytes: meta.bytes.saturating_sub(r.bytes),
+            };
+            if garbage != Garbage::default() {
+                blob_garbage.push((meta.number, garbage));
+            }
+            true
+        });
 
         // Step 3.
         tables.sort_by_key(|(_, largest_seq)| *largest_seq);

@@ -23,6 +23,15 @@
 //! synced first, so that only the newest WAL can ever end torn, and writes
 //! go on into a new memtable and a new WAL while the flush thread writes the
 //! frozen one to a table.
+//!
+//! # Large values
+//!
+//! With `blob_threshold` set, the leader appends each value of at least the
+//! threshold to the WAL's own blob file and logs a pointer in its place, so
+//! the value is written once: not to the WAL and again to a blob file at
+//! the flush. The blob file is synced whenever the WAL is, first; its bytes
+//! count towards the memtable's size, so a memtable of pointers still
+//! rotates and recovery replays a bounded amount.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,7 +41,8 @@ use parking_lot::{Condvar, Mutex};
 
 use super::recovery::Job;
 use super::{Core, LogState, SuperVersion};
-use crate::batch::{BatchRecords, WriteBatch};
+use crate::batch::{BatchRecords, Record, WriteBatch};
+use crate::blob::{BlobFile, BlobMeta, BlobWriter};
 use crate::error::{Error, Result};
 use crate::file_name;
 use crate::key::{ValueKind, MAX_SEQUENCE};
@@ -79,6 +89,11 @@ impl Core {
                     record.key.len(),
                     self.options.max_key_size
                 )));
+            }
+            if record.kind == ValueKind::BlobIndex {
+                return Err(Error::InvalidArgument(
+                    "a blob pointer in a write batch".into(),
+                ));
             }
             if record.kind == ValueKind::RangeDeletion {
                 if record.value.len() > self.options.max_key_size {
@@ -206,15 +221,15 @@ impl Core {
         if last > MAX_SEQUENCE {
             return Err(Error::InvalidArgument("sequence numbers exhausted".into()));
         }
-        merged.set_sequence(first);
-        Counters::add(&self.counters.wal_bytes, merged.encoded().len() as u64);
         let whole_len = log.wal.len();
-        let appended = log.wal.add_record(merged.encoded()).and_then(|()| {
+        let appended = self.separate_values(log, &mut merged).and_then(|()| {
+            merged.set_sequence(first);
+            Counters::add(&self.counters.wal_bytes, merged.encoded().len() as u64);
+            log.wal.add_record(merged.encoded())?;
             if sync {
-                log.wal.sync()
-            } else {
-                Ok(())
+                log.sync()?;
             }
+            Ok(())
         });
         if let Err(e) = appended {
             // The WAL may now end in part of this record, and after a failed
@@ -240,11 +255,65 @@ impl Core {
         Ok(())
     }
 
+    /// Moves the values of at least `blob_threshold` out of `batch` into
+    /// the WAL's blob file, leaving pointers (kind `BlobIndex`) in their
+    /// place: a large value is then written once before its flush (here)
+    /// instead of twice (WAL, then blob file). The blob file is created at
+    /// the first such value of a WAL, and its name made durable then.
+    fn separate_values(&self, log: &mut LogState, batch: &mut WriteBatch) -> Result<()> {
+        let Some(threshold) = self.options.blob_threshold else {
+            return Ok(());
+        };
+        let records = || BatchRecords::decode(batch.encoded());
+        let large = |r: &Record<'_>| r.kind == ValueKind::Value && r.value.len() >= threshold;
+        let any_large = records()
+            .map_err(|e| Error::InvalidArgument(e.0.into()))?
+            .any(|r| r.is_ok_and(|r| large(&r)));
+        if !any_large {
+            return Ok(());
+        }
+        let vlog = match &mut log.vlog {
+            Some(vlog) => vlog,
+            None => {
+                let number = self.versions.lock().new_file_number();
+                let writer = BlobWriter::create_unbuffered(&self.dir, number)?;
+                file_name::sync_dir(&self.dir)?;
+                let reader = BlobFile::open(
+                    &self.dir,
+                    BlobMeta {
+                        number,
+                        ..BlobMeta::default()
+                    },
+                )?;
+                self.super_version.read().mem.set_vlog(Arc::new(reader));
+                log.vlog.insert(writer)
+            }
+        };
+        let mut separated = WriteBatch::with_capacity(batch.approximate_size());
+        for record in records().map_err(|e| Error::InvalidArgument(e.0.into()))? {
+            let record = record.map_err(|e| Error::InvalidArgument(e.0.into()))?;
+            if large(&record) {
+                let pointer = vlog.add(record.value)?.encode();
+                // Log bytes: written once, before any flush.
+                Counters::add(&self.counters.wal_bytes, record.value.len() as u64);
+                separated.push_record(&Record {
+                    kind: ValueKind::BlobIndex,
+                    value: &pointer,
+                    ..record
+                });
+            } else {
+                separated.push_record(&record);
+            }
+        }
+        *batch = separated;
+        Ok(())
+    }
+
     /// Syncs the WAL whatever the state, then reports a background error
     /// first: while one stands, a failed write may have left the WAL short
     /// of what was asked of it.
     pub(super) fn sync_wal(&self) -> Result<()> {
-        let synced = self.log.lock().wal.sync();
+        let synced = self.log.lock().sync();
         match self.background_error() {
             Some(e) => Err(e),
             None => synced,
@@ -315,7 +384,7 @@ impl Core {
         // The frozen memtable's log must be durable before a later log
         // exists: recovery accepts a torn tail only in the newest log, and a
         // power loss must not keep newer writes while losing older ones.
-        if let Err(e) = log.wal.sync() {
+        if let Err(e) = log.sync() {
             // After a failed sync the log may have lost unsynced writes that
             // the memtable still holds: recovery must flush them.
             log.damaged = Some(log.wal.len());
@@ -344,6 +413,9 @@ impl Core {
     /// writes go to the new WAL.
     pub(super) fn switch_wal(&self, log: &mut LogState, number: u64, wal: LogWriter) {
         log.wal = wal;
+        // Synced with the old WAL (every caller did): the frozen memtable
+        // keeps its reader.
+        log.vlog = None;
         {
             // Built from the super version under the write lock: a flush or
             // compaction may have swapped in a new table version meanwhile.

@@ -14,11 +14,12 @@ mod skiplist;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
 use crate::batch::Record;
+use crate::blob::{BlobFile, BlobRef};
 use crate::error::Error;
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{pack_tag, ValueKind, SEEK_KIND};
@@ -37,8 +38,8 @@ const SCAN_CHUNK: usize = 64;
 pub(crate) enum Lookup {
     Value(Vec<u8>),
     Deleted,
-    /// A value in a blob file: the table entry's `BlobRef`, for the version
-    /// to read (tables only).
+    /// A value in a blob file: the entry's `BlobRef`, for the read view
+    /// to read.
     Blob(Vec<u8>),
 }
 
@@ -51,6 +52,13 @@ pub(crate) struct Memtable {
     tombstones: RwLock<Vec<RangeTombstone>>,
     /// Their bytes, which also tells readers without the lock that there are none.
     tombstone_bytes: AtomicUsize,
+    /// Bytes of the values its `BlobIndex` entries point to: they count
+    /// towards its size, so that a memtable of pointers still fills up
+    /// (bounding what a flush installs and what recovery replays).
+    blob_bytes: AtomicUsize,
+    /// The blob file of this memtable's WAL, once a value went there: reads
+    /// of its pointers go through it until a flush hands it to a version.
+    vlog: OnceLock<Arc<BlobFile>>,
 }
 
 impl Memtable {
@@ -64,6 +72,8 @@ impl Memtable {
             log_number,
             tombstones: RwLock::new(Vec::new()),
             tombstone_bytes: AtomicUsize::new(0),
+            blob_bytes: AtomicUsize::new(0),
+            vlog: OnceLock::new(),
         }
     }
 
@@ -79,7 +89,19 @@ impl Memtable {
 
     /// Memory used, in bytes: the arena the entries live in.
     pub(crate) fn approximate_size(&self) -> usize {
-        self.list.memory() + self.tombstone_bytes.load(Ordering::Relaxed)
+        self.list.memory()
+            + self.tombstone_bytes.load(Ordering::Relaxed)
+            + self.blob_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets the blob file of this memtable's WAL; once only.
+    pub(crate) fn set_vlog(&self, file: Arc<BlobFile>) {
+        let _ = self.vlog.set(file);
+    }
+
+    /// The blob file of this memtable's WAL, if it is number `number`.
+    pub(crate) fn vlog(&self, number: u64) -> Option<&Arc<BlobFile>> {
+        self.vlog.get().filter(|f| f.meta.number == number)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -128,6 +150,13 @@ impl Memtable {
             self.tombstone_bytes.fetch_add(bytes, Ordering::Release);
             return Ok(());
         }
+        if record.kind == ValueKind::BlobIndex {
+            let len = BlobRef::decode(record.value).map_or(0, |r| r.len);
+            self.blob_bytes.fetch_add(
+                usize::try_from(len).unwrap_or(usize::MAX),
+                Ordering::Relaxed,
+            );
+        }
         self.list
             .insert(record.key, pack_tag(record.seq, record.kind), record.value)
             .map(drop)
@@ -151,6 +180,7 @@ impl Memtable {
         }
         let lookup = match entry.tag() & 0xff {
             t if t == ValueKind::Deletion as u64 => Lookup::Deleted,
+            t if t == ValueKind::BlobIndex as u64 => Lookup::Blob(entry.value().to_vec()),
             _ => Lookup::Value(entry.value().to_vec()),
         };
         Some((entry.tag() >> 8, lookup))

@@ -17,7 +17,7 @@ pub(crate) mod edit;
 pub(crate) mod set;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -154,11 +154,7 @@ impl Version {
 
     /// The value a `BlobIndex` entry of this version points to.
     pub(crate) fn read_blob(&self, pointer: &[u8]) -> Result<Vec<u8>> {
-        let r = BlobRef::decode(pointer).map_err(|e| Error::Corruption {
-            file: PathBuf::new(),
-            offset: 0,
-            reason: format!("bad blob pointer in a table entry: {}", e.0),
-        })?;
+        let r = BlobRef::from_entry(pointer)?;
         match self.blobs.get(&r.file) {
             Some(live) => live.file.read(&r),
             // Named relative to the database directory, which a version does not know.
