@@ -75,12 +75,13 @@ pub struct Options {
     /// ones are read in place from the mmap. Default: 32 MiB, as fjall's and
     /// RocksDB's block caches.
     pub block_cache_capacity: usize,
-    /// Values of at least this many bytes are moved out of the tables into
-    /// blob files when their memtable is flushed, and compaction then moves
-    /// a 20-byte pointer instead of the value (value separation, as
-    /// RocksDB's BlobDB and fjall's blob files): a large value is written
-    /// twice (WAL, blob file) instead of once per level it passes, at the
-    /// cost of one more read (`pread`) to fetch it. Default: `None` (every
+    /// Values of at least this many bytes go at commit to the blob file of
+    /// the current WAL, which logs a pointer in their place; the memtable
+    /// and the tables hold that pointer, and compaction moves 20 bytes
+    /// instead of the value (value separation, as WiscKey, RocksDB's BlobDB
+    /// and fjall's blob files): a large value is written once instead of
+    /// once per level it passes, at the cost of one more read (`pread`) to
+    /// fetch it. Default: `None` (every
     /// value stays in its table), as in RocksDB and fjall; 4-64 KiB suits
     /// a workload of large values.
     pub blob_threshold: Option<usize>,
