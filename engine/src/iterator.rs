@@ -28,7 +28,8 @@ impl ReadView {
     }
 
     /// Newest source first: the first one that knows the key decides,
-    /// unless a range tombstone newer than what it found covers the key.
+    /// unless a range tombstone of a memtable newer than what it found
+    /// covers the key (the version applies its tables' own).
     pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let memtables = || std::iter::once(&self.sv.mem).chain(&self.sv.imms);
         let found = memtables().find_map(|m| m.get(key, self.seq));
@@ -41,9 +42,6 @@ impl ReadView {
         };
         let tombstone = memtables()
             .map(|m| m.newest_tombstone_covering(key, self.seq))
-            .chain(std::iter::once(
-                self.sv.version.newest_tombstone_covering(key, self.seq),
-            ))
             .max()
             .unwrap_or(0);
         if tombstone > seq {

@@ -92,26 +92,38 @@ pub(crate) struct Version {
 
 impl Version {
     /// The newest version of `key` visible at `seq` among the tables, with
-    /// its sequence; range tombstones are not applied (see
-    /// [`Version::newest_tombstone_covering`]).
+    /// its sequence, range tombstones applied: a visible one newer than
+    /// what was found (or covering a key not found) gives `Deleted` at the
+    /// tombstone's sequence. The tables holding the key are visited newest
+    /// first and a table's range covers its tombstones, so the tables past
+    /// the one that holds the version found hold only older tombstones.
     pub(crate) fn get(
         &self,
         key: &[u8],
         seq: u64,
         counters: &Counters,
     ) -> Result<Option<(u64, Lookup)>> {
+        let mut tombstone = 0;
         for f in self.tables_holding(key) {
+            tombstone = tombstone.max(range_del::newest_covering(
+                f.table.range_tombstones(),
+                key,
+                seq,
+            ));
             Counters::add(&counters.bloom_checks, 1);
             if !f.table.may_contain(key) {
                 Counters::add(&counters.bloom_negatives, 1);
                 continue;
             }
             match f.table.lookup(key, seq)? {
+                Some((found, _)) if tombstone > found => {
+                    return Ok(Some((tombstone, Lookup::Deleted)))
+                }
                 Some(found) => return Ok(Some(found)),
                 None => Counters::add(&counters.bloom_false_positives, 1),
             }
         }
-        Ok(None)
+        Ok((tombstone > 0).then_some((tombstone, Lookup::Deleted)))
     }
 
     /// The tables whose key range holds `key`, newest first.
@@ -128,16 +140,6 @@ impl Version {
                 }
             })
             .filter(move |f| f.smallest_user_key() <= key && key <= f.largest_user_key())
-    }
-
-    /// The newest range tombstone of the tables visible at `seq` that covers
-    /// `key`; 0 if none does. A table's range covers its tombstones, so
-    /// only the tables holding `key` can have one.
-    pub(crate) fn newest_tombstone_covering(&self, key: &[u8], seq: u64) -> u64 {
-        self.tables_holding(key)
-            .map(|f| range_del::newest_covering(f.table.range_tombstones(), key, seq))
-            .max()
-            .unwrap_or(0)
     }
 
     /// The range tombstones of the tables that may hold keys within `bounds`.

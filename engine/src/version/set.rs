@@ -534,14 +534,10 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_long_manifest_is_replaced_and_recovers_the_same_state() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = crate::fs::os_dir(tmp.path());
-        let mut set = VersionSet::create(&dir, Version::default(), 0, 0, 2, None).unwrap();
-        set.max_manifest_bytes = 256;
+    /// Logs `edits` edits, enough to roll a manifest of 256 bytes.
+    fn roll_by_edits(set: &mut VersionSet, edits: u64) {
         let first = set.manifest_number();
-        for seq in 1..=50u64 {
+        for seq in 1..=edits {
             set.log_and_apply(VersionEdit {
                 last_sequence: Some(seq),
                 ..VersionEdit::default()
@@ -553,6 +549,15 @@ mod tests {
             first,
             "the manifest was never rolled"
         );
+    }
+
+    #[test]
+    fn a_long_manifest_is_replaced_and_recovers_the_same_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = crate::fs::os_dir(tmp.path());
+        let mut set = VersionSet::create(&dir, Version::default(), 0, 0, 2, None).unwrap();
+        set.max_manifest_bytes = 256;
+        roll_by_edits(&mut set, 50);
         let manifests = std::fs::read_dir(&*dir)
             .unwrap()
             .filter(|e| {
@@ -614,19 +619,7 @@ mod tests {
             ..VersionEdit::default()
         })
         .unwrap();
-        let first = set.manifest_number();
-        for seq in 1..=20u64 {
-            set.log_and_apply(VersionEdit {
-                last_sequence: Some(seq),
-                ..VersionEdit::default()
-            })
-            .unwrap();
-        }
-        assert_ne!(
-            set.manifest_number(),
-            first,
-            "the manifest was never rolled"
-        );
+        roll_by_edits(&mut set, 20);
         drop(set);
         assert!(
             dir.fs().exists(&file_name::table_path(&dir, gone)),
