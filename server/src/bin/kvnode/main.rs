@@ -29,6 +29,14 @@ use status::{VersionArgs, ViewArgs};
 use strata_server::config::{Config, Settings};
 use telemetry::LogFormat;
 
+/// mimalloc rather than glibc's malloc: a file's chunks pass through fresh
+/// 1 MiB buffers (the body, the apply body, the engine batch) that glibc
+/// returns to the kernel on free and faults in, zeroed, on the next chunk;
+/// that was a third of a node's CPU during an upload. mimalloc keeps them
+/// for reuse, and purges what stays unused.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A ring-routed, replicated HTTP key-value node.
 #[derive(Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]

@@ -38,7 +38,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::auth::ClusterSecret;
 
 /// The first bytes of a multiplexed connection.
-pub const MAGIC: &[u8; 8] = b"KVNMUX1\n";
+/// Version 2 seals frames with keyed BLAKE3 (version 1: HMAC-SHA256); nodes
+/// of different versions see each other as not speaking the transport and
+/// talk HTTP, so a rolling upgrade works, more slowly, until it is done.
+pub const MAGIC: &[u8; 8] = b"KVNMUX2\n";
 const NONCE_LEN: usize = 32;
 const ACCEPTED: u8 = 1;
 
