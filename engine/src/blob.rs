@@ -259,38 +259,49 @@ pub(crate) fn read_from_dir(dir: &Dir, r: &BlobRef) -> Result<Vec<u8>> {
     read_record(&*file, &path, r)
 }
 
-fn read_record(file: &dyn RandomAccessFile, path: &Path, r: &BlobRef) -> Result<Vec<u8>> {
+pub(crate) fn read_record(
+    file: &dyn RandomAccessFile,
+    path: &Path,
+    r: &BlobRef,
+) -> Result<Vec<u8>> {
     let len = usize::try_from(r.len)
         .map_err(|_| Error::corruption(path, r.offset, "blob pointer length out of range"))?;
-    let mut buf = vec![0u8; len + RECORD_HEADER as usize];
-    file.read_exact_at(&mut buf, r.offset).map_err(|e| {
+    let past_end = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Error::corruption(path, r.offset, "blob record runs past the end of its file")
         } else {
             Error::io(path, e)
         }
-    })?;
-    check_pointed(&buf, path, r)?;
-    buf.drain(..RECORD_HEADER as usize);
-    Ok(buf)
+    };
+    // The header and the value in two reads, so that the value lands in a
+    // buffer of its own that is returned as it is, never shifted down over
+    // the header.
+    let mut header = [0u8; RECORD_HEADER as usize];
+    file.read_exact_at(&mut header, r.offset)
+        .map_err(past_end)?;
+    let (stored, crc, _) = split_record(&header).unwrap_or_default();
+    check_length(stored, path, r)?;
+    let value = file
+        .read_vec_at(len, r.offset + RECORD_HEADER)
+        .map_err(past_end)?;
+    check_crc(&value, crc, path, r.offset)?;
+    Ok(value)
 }
 
-/// The value of the record `r` points to, given the file's bytes from the
-/// record on: checked, and of the pointer's length.
-pub(crate) fn check_pointed<'a>(record: &'a [u8], path: &Path, r: &BlobRef) -> Result<&'a [u8]> {
-    let value = check_record(record, path, r.offset)?;
-    if value.len() as u64 != r.len {
+/// Whether a record that holds `stored` bytes is the one `r` points to.
+fn check_length(stored: impl Into<u64>, path: &Path, r: &BlobRef) -> Result<()> {
+    let stored = stored.into();
+    if stored != r.len {
         return Err(Error::corruption(
             path,
             r.offset,
             format!(
-                "blob record holds {} bytes, its pointer says {}",
-                value.len(),
+                "blob record holds {stored} bytes, its pointer says {}",
                 r.len
             ),
         ));
     }
-    Ok(value)
+    Ok(())
 }
 
 /// The value of the record at the start of `bytes` (which lies at `offset`
@@ -303,10 +314,19 @@ fn check_record<'a>(bytes: &'a [u8], path: &Path, offset: u64) -> Result<&'a [u8
         .ok()
         .and_then(|len| rest.get(..len))
         .ok_or_else(|| bad("blob record runs past the end"))?;
-    if mask_crc(crc32fast::hash(value)) != crc {
-        return Err(bad("blob record checksum mismatch"));
-    }
+    check_crc(value, crc, path, offset)?;
     Ok(value)
+}
+
+fn check_crc(value: &[u8], crc: u32, path: &Path, offset: u64) -> Result<()> {
+    if mask_crc(crc32fast::hash(value)) != crc {
+        return Err(Error::corruption(
+            path,
+            offset,
+            "blob record checksum mismatch",
+        ));
+    }
+    Ok(())
 }
 
 /// A record's stored length and checksum, and the bytes after its header.

@@ -95,6 +95,16 @@ pub trait RandomAccessFile: fmt::Debug + Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; 0 at the end of the file.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
 
+    /// The `len` bytes at `offset`, or [`io::ErrorKind::UnexpectedEof`] if
+    /// the file ends first. An implementation may read into memory it never
+    /// zeroed: a large value read on every request should not be written
+    /// twice, once with zeroes and once with its bytes.
+    fn read_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
     /// Fills `buf` from `offset`, or fails with
     /// [`io::ErrorKind::UnexpectedEof`] if the file ends first.
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {

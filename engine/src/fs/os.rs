@@ -132,4 +132,60 @@ impl RandomAccessFile for OsReadable {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.file.read_at(buf, offset)
     }
+
+    #[cfg(unix)]
+    fn read_vec_at(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let mut buf: Vec<u8> = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = offset
+                .checked_add(buf.len() as u64)
+                .and_then(|at| libc::off_t::try_from(at).ok())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let spare = buf.spare_capacity_mut();
+            // SAFETY: pread writes at most `spare.len()` bytes into `spare`,
+            // memory this Vec owns and nothing else refers to; it needs no
+            // initialised bytes there.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                    at,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                // SAFETY: the kernel initialised the `n` bytes after the
+                // Vec's length, and `n <= spare.len()` keeps it in capacity.
+                Ok(n) => unsafe { buf.set_len(buf.len() + n) },
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_vec_at_reads_exactly_the_bytes_asked_or_says_the_file_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = OsFs.open(&path).unwrap();
+        assert_eq!(file.read_vec_at(50_000, 7).unwrap(), bytes[7..50_007]);
+        assert_eq!(file.read_vec_at(0, 100_000).unwrap(), Vec::<u8>::new());
+        assert_eq!(file.read_vec_at(100, 99_900).unwrap(), bytes[99_900..]);
+        let past = file.read_vec_at(101, 99_900).unwrap_err();
+        assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }
