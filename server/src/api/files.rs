@@ -142,10 +142,8 @@ pub async fn put_file(
             let chunk = std::mem::replace(&mut buf, BytesMut::with_capacity(chunk_size)).freeze();
             whole.update(&chunk);
             size += chunk.len() as u64;
-            let hash = files::sha256(&chunk);
-            chunks.push(hex::encode(hash));
             while writes.len() >= CHUNKS_IN_FLIGHT {
-                join_write(&mut writes).await?;
+                join_write(&mut writes, &mut chunks).await?;
                 permits.pop_front();
             }
             let permit = state
@@ -161,14 +159,23 @@ pub async fn put_file(
                 })?;
             permits.push_back(permit);
             let coordinator = state.coordinator.clone();
-            writes.spawn(async move { write_chunk(&coordinator, &hash, chunk, level).await });
+            let index = chunks.len();
+            chunks.push(String::new());
+            // The chunk's own hash is taken by its write task, so that it
+            // runs beside the whole file's, which this task takes in order.
+            writes.spawn(async move {
+                let hash = files::sha256(&chunk);
+                write_chunk(&coordinator, &hash, chunk, level)
+                    .await
+                    .map(|_| (index, hash))
+            });
         }
         if end {
             break;
         }
     }
     while !writes.is_empty() {
-        join_write(&mut writes).await?;
+        join_write(&mut writes, &mut chunks).await?;
     }
     drop(permits);
     let sha256: [u8; 32] = whole.finalize().into();
@@ -462,10 +469,23 @@ async fn write_chunk(
     }
 }
 
-/// Waits for one chunk write; a failed one fails the upload.
-async fn join_write(writes: &mut JoinSet<Result<u64, CoordinatorError>>) -> Result<(), ApiError> {
+/// A chunk write of an upload: the chunk's index in the file and its hash.
+type ChunkWrite = Result<(usize, [u8; 32]), CoordinatorError>;
+
+/// Waits for one chunk write and names the chunk in `chunks`; a failed one
+/// fails the upload.
+async fn join_write(
+    writes: &mut JoinSet<ChunkWrite>,
+    chunks: &mut [String],
+) -> Result<(), ApiError> {
     match writes.join_next().await {
-        Some(Ok(result)) => result.map(drop).map_err(ApiError::from),
+        Some(Ok(Ok((index, hash)))) => {
+            if let Some(name) = chunks.get_mut(index) {
+                *name = hex::encode(hash);
+            }
+            Ok(())
+        }
+        Some(Ok(Err(e))) => Err(e.into()),
         Some(Err(e)) => Err(ApiError::internal(format!("chunk write task: {e}"))),
         None => Ok(()),
     }
