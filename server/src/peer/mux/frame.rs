@@ -14,9 +14,10 @@
 //!               direction's key of (sequence number u64 BE ++ bytes 4..13+n)
 //! ```
 //!
-//! BLAKE3's keyed mode is a MAC as strong as HMAC-SHA256 at several times
-//! its speed: a chunk of a file crosses two links at its coordinator, and
-//! HMAC-SHA256 of those bytes took a fifth of the coordinator's CPU.
+//! BLAKE3's keyed mode is a MAC as strong as HMAC-SHA256 and faster (about
+//! 1.5x per byte against SHA-NI on the 2-core test machine): a chunk of a
+//! file crosses two links at its coordinator, and HMAC-SHA256 of those
+//! bytes took a fifth of the coordinator's CPU.
 //!
 //! The sequence number is the frame's position in its direction of the
 //! connection, from 0; it is not sent. So a frame that is altered, dropped,
