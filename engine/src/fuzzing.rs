@@ -3,11 +3,38 @@
 
 use std::path::Path;
 
-/// Reads every record of `bytes` as a log file, both as the newest log and as an older one.
+/// Reads every record of `bytes` as a log file: as the newest log and as
+/// an older one, as a WAL (where reserved zeros end the log) and not,
+/// skipping damage.
 pub fn wal_reader(bytes: &[u8]) {
     for tolerate in [false, true] {
-        let mut reader = crate::wal::LogReader::new(bytes, Path::new("fuzz.log"), tolerate);
-        while let Ok(Some(_)) = reader.next_record() {}
+        for wal in [false, true] {
+            let reader = crate::wal::LogReader::new(bytes, Path::new("fuzz.log"), tolerate);
+            let reader = if wal { reader.zero_tail_ends() } else { reader };
+            read_skipping_damage(reader, bytes.len(), |_| ());
+        }
+    }
+}
+
+/// Reads `reader` (over `len` bytes) to its end, skipping each
+/// corruption, and hands each record to `each`.
+fn read_skipping_damage(
+    mut reader: crate::wal::LogReader<&[u8]>,
+    len: usize,
+    each: impl Fn(&[u8]),
+) {
+    // Each skip moves on to a later block, or keeps a block read ahead past
+    // the damage (then the next skip there drops it): the skips are bounded.
+    let mut skips_left = 2 * (len / crate::wal::BLOCK_SIZE) + 2;
+    loop {
+        match reader.next_record() {
+            Ok(Some(record)) => each(&record),
+            Err(crate::Error::Corruption { offset, .. }) if skips_left > 0 => {
+                skips_left -= 1;
+                reader.skip_damage(offset);
+            }
+            Ok(None) | Err(_) => return,
+        }
     }
 }
 
@@ -23,21 +50,10 @@ pub fn version_edit(bytes: &[u8]) {
 /// Reads `bytes` as a MANIFEST: the log reader skipping damage, each record
 /// decoded as a version edit.
 pub fn manifest(bytes: &[u8]) {
-    let mut reader = crate::wal::LogReader::new(bytes, Path::new("MANIFEST-fuzz"), true);
-    // Each skip moves on to a later block, so the skips are bounded too.
-    let mut skips_left = bytes.len() / crate::wal::BLOCK_SIZE + 2;
-    loop {
-        match reader.next_record() {
-            Ok(Some(record)) => {
-                let _ = crate::version::VersionEdit::decode(&record);
-            }
-            Err(crate::Error::Corruption { offset, .. }) if skips_left > 0 => {
-                skips_left -= 1;
-                reader.skip_damage(offset);
-            }
-            Ok(None) | Err(_) => return,
-        }
-    }
+    let reader = crate::wal::LogReader::new(bytes, Path::new("MANIFEST-fuzz"), true);
+    read_skipping_damage(reader, bytes.len(), |record| {
+        let _ = crate::version::VersionEdit::decode(record);
+    });
 }
 
 /// Decodes `bytes` as a write batch.

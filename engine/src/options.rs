@@ -85,6 +85,20 @@ pub struct Options {
     /// value stays in its table), as in RocksDB and fjall; 4-64 KiB suits
     /// a workload of large values.
     pub blob_threshold: Option<usize>,
+    /// Append to write-ahead logs through a shared memory mapping of the
+    /// file, space reserved ahead with `fallocate` (see `fs/mapped_log.rs`),
+    /// instead of one `write` system call per write group: the same
+    /// guarantee (a write survives the process's death once acknowledged,
+    /// and a power loss once synced) at a fraction of the cost. The file
+    /// system must make `fallocate` a real reservation, as ext4, XFS and
+    /// tmpfs do; where it cannot reserve at all the WAL falls back to
+    /// `write`. Turn it off on file systems whose `fallocate` does not
+    /// guarantee the space (copy-on-write ones), where a full disk could
+    /// otherwise end the process with `SIGBUS`. Default: true. Only
+    /// [`FileSystem`]s that implement
+    /// [`create_log`](crate::fs::FileSystem::create_log) differently from
+    /// `create_new` (as [`OsFs`](crate::fs::OsFs) does) are affected.
+    pub mapped_wal: bool,
     /// Where the database's files live: [`OsFs`](crate::fs::OsFs) by
     /// default; [`MemFs`](crate::fs::MemFs) keeps them in memory and can
     /// simulate a power loss.
@@ -136,6 +150,7 @@ impl Default for Options {
             compression_per_level: Vec::new(),
             block_cache_capacity: 32 << 20,
             blob_threshold: None,
+            mapped_wal: true,
             file_system: Arc::new(OsFs),
         }
     }
@@ -174,6 +189,7 @@ setters! {
     compression_per_level: Vec<Compression>,
     block_cache_capacity: usize,
     blob_threshold: Option<usize>,
+    mapped_wal: bool,
 }
 
 /// How the data blocks of a table are compressed.

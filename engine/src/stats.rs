@@ -138,7 +138,9 @@ pub struct Stats {
     pub levels: Vec<LevelStats>,
     /// Key and value bytes of every accepted write: the denominator of write amplification.
     pub user_bytes_written: u64,
-    /// Bytes appended to write-ahead logs.
+    /// Bytes appended to write-ahead logs (fragment headers and padding
+    /// included) and, with `blob_threshold`, the values written to their
+    /// blob files.
     pub wal_bytes_written: u64,
     /// Bytes of L0 tables written by flushes.
     pub bytes_flushed: u64,

@@ -43,6 +43,28 @@ fn crash_copy(n: u32) -> tempfile::TempDir {
     copy
 }
 
+/// The bytes of a WAL up to its last record: a WAL appended through a
+/// mapping holds reserved zeros behind it until it is closed.
+fn written_len(path: &Path) -> usize {
+    let bytes = std::fs::read(path).unwrap();
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// How a crash tears the last record of a WAL: with a `write` cut short
+/// (the file ends early), or with a copy into a mapping cut short (zeros
+/// where the rest of the record would be).
+const TEARS: [fn(&Path, usize); 2] = [
+    |log, end| {
+        let f = std::fs::OpenOptions::new().write(true).open(log).unwrap();
+        f.set_len(end as u64).unwrap();
+    },
+    |log, end| {
+        let mut bytes = std::fs::read(log).unwrap();
+        bytes[end..].fill(0);
+        std::fs::write(log, bytes).unwrap();
+    },
+];
+
 fn flip(path: &Path, offset: usize) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[offset] ^= 0x20;
@@ -74,48 +96,43 @@ fn wal_byte_flip_in_the_middle_is_corruption() {
 
 #[test]
 fn wal_torn_tail_recovers_up_to_the_tear() {
-    let dir = crash_copy(500);
-    let log = files_with(dir.path(), |n| n.ends_with(".log"))
-        .pop()
-        .unwrap();
-    let len = std::fs::metadata(&log).unwrap().len();
-    // Cut the last record in half, as a crash during its write would.
-    let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
-    f.set_len(len - 20).unwrap();
-    drop(f);
-    let db = Db::open(dir.path(), Options::default()).unwrap();
-    for i in 0..499 {
-        assert_eq!(
-            db.get(format!("key{i:05}")).unwrap(),
-            Some(value(i)),
-            "key {i}"
-        );
+    for tear in TEARS {
+        let dir = crash_copy(500);
+        let log = files_with(dir.path(), |n| n.ends_with(".log"))
+            .pop()
+            .unwrap();
+        // Cut the last record in half, as a crash during its write would.
+        tear(&log, written_len(&log) - 20);
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        for i in 0..499 {
+            assert_eq!(
+                db.get(format!("key{i:05}")).unwrap(),
+                Some(value(i)),
+                "key {i}"
+            );
+        }
+        assert_eq!(db.get("key00499").unwrap(), None);
+        // The recovered state is durable: a second reopen sees the same.
+        drop(db);
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(db.range::<&[u8]>(..).count(), 499);
     }
-    assert_eq!(db.get("key00499").unwrap(), None);
-    // The recovered state is durable: a second reopen sees the same.
-    drop(db);
-    let db = Db::open(dir.path(), Options::default()).unwrap();
-    assert_eq!(db.range::<&[u8]>(..).count(), 499);
 }
 
 #[test]
 fn older_wal_damage_is_corruption_even_at_its_tail() {
-    let dir = crash_copy(500);
-    // Give the log a successor, as a memtable rotation would: the first log
-    // is then no longer the newest and was complete when it was closed.
-    let log = files_with(dir.path(), |n| n.ends_with(".log"))
-        .pop()
-        .unwrap();
-    let number: u64 = log.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    std::fs::write(dir.path().join(format!("{:06}.log", number + 1)), b"").unwrap();
-    let len = std::fs::metadata(&log).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(len - 20)
-        .unwrap();
-    expect_corruption(Db::open(dir.path(), options()), ".log");
+    for tear in TEARS {
+        let dir = crash_copy(500);
+        // Give the log a successor, as a memtable rotation would: the first log
+        // is then no longer the newest and was complete when it was closed.
+        let log = files_with(dir.path(), |n| n.ends_with(".log"))
+            .pop()
+            .unwrap();
+        let number: u64 = log.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        std::fs::write(dir.path().join(format!("{:06}.log", number + 1)), b"").unwrap();
+        tear(&log, written_len(&log) - 20);
+        expect_corruption(Db::open(dir.path(), options()), ".log");
+    }
 }
 
 #[test]

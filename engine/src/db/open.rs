@@ -163,7 +163,11 @@ pub(super) fn recover(dir: &Dir, options: &Options) -> Result<Recovered> {
         last_sequence: Some(last_seq),
         ..edit
     })?;
-    let wal = LogWriter::create(&**dir.fs(), &file_name::log_path(dir, log_number))?;
+    let wal = LogWriter::create_wal(
+        &**dir.fs(),
+        &file_name::log_path(dir, log_number),
+        options.mapped_wal,
+    )?;
     file_name::sync_dir(dir)?;
 
     let live: HashSet<u64> = version.live_files().collect();
@@ -327,7 +331,8 @@ impl LogReplay {
                 std::io::BufReader::with_capacity(1 << 16, SequentialReader::new(file)),
                 path,
                 newest,
-            ),
+            )
+            .zero_tail_ends(),
             skipped: Vec::new(),
             bad_record: None,
             read_since_skip: true,

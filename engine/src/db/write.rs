@@ -224,8 +224,9 @@ impl Core {
         let whole_len = log.wal.len();
         let appended = self.separate_values(log, &mut merged).and_then(|()| {
             merged.set_sequence(first);
-            Counters::add(&self.counters.wal_bytes, merged.encoded().len() as u64);
             log.wal.add_record(merged.encoded())?;
+            // The record as it lies in the file, fragment headers included.
+            Counters::add(&self.counters.wal_bytes, log.wal.len() - whole_len);
             if sync {
                 log.sync()?;
             }
@@ -400,7 +401,7 @@ impl Core {
     pub(super) fn create_wal(&self) -> Result<(u64, LogWriter)> {
         let number = self.versions.lock().new_file_number();
         let path = file_name::log_path(&self.dir, number);
-        let wal = LogWriter::create(&**self.dir.fs(), &path)?;
+        let wal = LogWriter::create_wal(&**self.dir.fs(), &path, self.options.mapped_wal)?;
         if let Err(e) = file_name::sync_dir(&self.dir) {
             let _ = self.dir.fs().remove_file(&path);
             return Err(e);

@@ -39,14 +39,25 @@ impl Appender {
     /// Creates the file; fails if it exists (files are never reused).
     pub(crate) fn create(fs: &dyn FileSystem, path: &Path, capacity: usize) -> Result<Self> {
         let file = fs.create_new(path).map_err(|e| Error::io(path, e))?;
-        Ok(Appender {
+        Ok(Self::over(file, path, capacity))
+    }
+
+    /// Creates a write-ahead log through [`FileSystem::create_log`],
+    /// unbuffered.
+    pub(crate) fn create_log(fs: &dyn FileSystem, path: &Path) -> Result<Self> {
+        let file = fs.create_log(path).map_err(|e| Error::io(path, e))?;
+        Ok(Self::over(file, path, 0))
+    }
+
+    fn over(file: Box<dyn WritableFile>, path: &Path, capacity: usize) -> Self {
+        Appender {
             file,
             path: path.to_path_buf(),
             buf: Vec::with_capacity(capacity),
             capacity,
             in_file: 0,
             written_back: 0,
-        })
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -7,6 +7,13 @@
 //! after a power loss holds the durable names, each file with its synced
 //! bytes and a random part of the bytes appended after them (a torn write;
 //! part of an append can reach the disk without a sync).
+//!
+//! Write-ahead logs ([`FileSystem::create_log`]) are modelled as `OsFs`
+//! writes them, through a mapping with space reserved ahead: the file grows
+//! in zero-filled steps of `RESERVE` bytes, is cut to its appended length
+//! when its writer is dropped, and after a power loss may keep its full
+//! length with zeros where the lost bytes were (a copy cut short) as well as
+//! end early.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -50,11 +57,17 @@ enum Node {
     File(Arc<Mutex<Inode>>),
 }
 
+/// How much a write-ahead log grows at a time, zero-filled.
+const RESERVE: usize = 4096;
+
 #[derive(Default)]
 struct Inode {
     data: Vec<u8>,
     /// Bytes made durable by a sync.
     synced: usize,
+    /// A write-ahead log with space reserved ahead: a power loss may zero
+    /// its lost bytes in place instead of cutting them off.
+    reserved: bool,
 }
 
 fn power_off() -> io::Error {
@@ -108,9 +121,14 @@ impl State {
                         self.rng ^= self.rng >> 7;
                         self.rng ^= self.rng << 17;
                         let kept = inode.synced + (self.rng % (unsynced as u64 + 1)) as usize;
+                        let mut data = inode.data.get(..kept).unwrap_or_default().to_vec();
+                        if inode.reserved && (self.rng & (1 << 40)) != 0 {
+                            data.resize(inode.data.len(), 0);
+                        }
                         Arc::new(Mutex::new(Inode {
-                            data: inode.data.get(..kept).unwrap_or_default().to_vec(),
-                            synced: kept,
+                            synced: data.len(),
+                            data,
+                            reserved: false,
                         }))
                     });
                     Node::File(copy.clone())
@@ -148,6 +166,31 @@ impl MemFs {
     /// An empty file system.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new file at `path`; `reserved`: a write-ahead log (module docs).
+    fn create(&self, path: &Path, reserved: bool) -> io::Result<Box<dyn WritableFile>> {
+        let mut state = self.state.lock();
+        state.step()?;
+        state.check_parent(path)?;
+        if state.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        let inode = Arc::new(Mutex::new(Inode {
+            reserved,
+            ..Inode::default()
+        }));
+        state
+            .names
+            .insert(path.to_path_buf(), Node::File(inode.clone()));
+        Ok(Box::new(MemWritable {
+            fs: self.clone(),
+            inode,
+            appended: reserved.then_some(0),
+        }))
     }
 
     /// Cuts the power after `ops` more changing operations (creates,
@@ -222,23 +265,11 @@ impl FileSystem for MemFs {
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        let mut state = self.state.lock();
-        state.step()?;
-        state.check_parent(path)?;
-        if state.names.contains_key(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists", path.display()),
-            ));
-        }
-        let inode = Arc::new(Mutex::new(Inode::default()));
-        state
-            .names
-            .insert(path.to_path_buf(), Node::File(inode.clone()));
-        Ok(Box::new(MemWritable {
-            fs: self.clone(),
-            inode,
-        }))
+        self.create(path, false)
+    }
+
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.create(path, true)
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
@@ -360,12 +391,26 @@ impl FileSystem for MemFs {
 struct MemWritable {
     fs: MemFs,
     inode: Arc<Mutex<Inode>>,
+    /// For a write-ahead log, the bytes appended (the rest is reserved).
+    appended: Option<usize>,
 }
 
 impl WritableFile for MemWritable {
     fn append(&mut self, data: &[u8]) -> io::Result<()> {
         self.fs.state.lock().step()?;
-        self.inode.lock().data.extend_from_slice(data);
+        let mut inode = self.inode.lock();
+        let Some(at) = self.appended else {
+            inode.data.extend_from_slice(data);
+            return Ok(());
+        };
+        let end = at + data.len();
+        if inode.data.len() < end {
+            inode.data.resize(end.next_multiple_of(RESERVE), 0);
+        }
+        if let Some(to) = inode.data.get_mut(at..end) {
+            to.copy_from_slice(data);
+        }
+        self.appended = Some(end);
         Ok(())
     }
 
@@ -382,7 +427,24 @@ impl WritableFile for MemWritable {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         inode.data.truncate(len);
         inode.synced = inode.synced.min(len);
+        if self.appended.is_some() {
+            self.appended = Some(len);
+        }
         Ok(())
+    }
+}
+
+impl Drop for MemWritable {
+    /// A write-ahead log is cut to what was appended, unsynced, as
+    /// `OsFs` does; not once the power is off.
+    fn drop(&mut self) {
+        if let Some(len) = self.appended {
+            if self.fs.state.lock().alive().is_ok() {
+                let mut inode = self.inode.lock();
+                inode.data.truncate(len);
+                inode.synced = inode.synced.min(len);
+            }
+        }
     }
 }
 
@@ -518,5 +580,33 @@ mod tests {
         super::super::create_dir_durably(&fs, Path::new("/c/d")).unwrap();
         let after = fs.after_power_loss();
         assert!(after.exists(Path::new("/c/d")));
+    }
+
+    #[test]
+    fn a_log_holds_reserved_zeros_until_dropped_and_may_keep_them_after_a_power_loss() {
+        let fs = MemFs::new();
+        super::super::create_dir_durably(&fs, Path::new("/d")).unwrap();
+        let path = Path::new("/d/000001.log");
+        let mut log = fs.create_log(path).unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        log.append(b"synced").unwrap();
+        log.sync().unwrap();
+        log.append(b"lost").unwrap();
+        assert_eq!(fs.file_size(path).unwrap(), RESERVE as u64);
+        let mut zeroed_in_place = false;
+        for seed in 1..64 {
+            fs.state.lock().rng = seed;
+            let after = fs.after_power_loss();
+            let bytes = read(&after, "/d/000001.log").unwrap();
+            assert_eq!(&bytes[..6], b"synced");
+            // A prefix of the unsynced append, then nothing or zeros.
+            let tail = &bytes[6..];
+            let kept = tail.iter().zip(b"lost").take_while(|(a, b)| a == b).count();
+            assert!(tail[kept..].iter().all(|&b| b == 0), "{bytes:?}");
+            zeroed_in_place |= bytes.len() == RESERVE;
+        }
+        assert!(zeroed_in_place, "some power loss keeps the length, zeroed");
+        drop(log);
+        assert_eq!(read(&fs, "/d/000001.log").unwrap(), b"syncedlost");
     }
 }

@@ -4,7 +4,8 @@
 //! remembers what was made durable and loses the rest.
 //!
 //! - [`OsFs`], the default: the operating system's files, tables mapped
-//!   with `mmap`, appends written back early (`sync_file_range`).
+//!   with `mmap`, write-ahead logs appended through a shared mapping
+//!   (`mapped_log`), appends written back early (`sync_file_range`).
 //! - [`MemFs`]: files in memory that model a power loss. Each file keeps
 //!   what its last sync made durable, each directory what its last
 //!   directory sync made durable; [`MemFs::cut_power_after`] makes every
@@ -27,6 +28,7 @@
 //! ```
 
 mod appender;
+mod mapped_log;
 mod mem;
 mod os;
 
@@ -49,6 +51,15 @@ pub trait FileSystem: fmt::Debug + Send + Sync {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Creates a new, empty file for appending; fails if `path` exists.
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Creates a new write-ahead log, failing if the file exists. As with
+    /// [`create_new`](Self::create_new), each append must be in the
+    /// operating system's hands when it returns (it survives the process's
+    /// death). Unlike it, the file may hold zeros past the last append (space
+    /// reserved ahead) until the writer is dropped: the WAL reader takes a
+    /// zero-filled tail for the end of the log. Default: `create_new`.
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.create_new(path)
+    }
     /// Opens a file for reads at any offset.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>>;
     /// The whole of a file that no longer changes (a finished table), as

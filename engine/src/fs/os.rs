@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::mapped_log::MappedLog;
 use super::{FileBytes, FileSystem, RandomAccessFile, WritableFile};
 
 /// The operating system's files: what [`Options`](crate::Options) uses
@@ -22,6 +23,18 @@ impl FileSystem for OsFs {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let file = File::options().write(true).create_new(true).open(path)?;
         Ok(Box::new(OsWritable { file }))
+    }
+
+    /// Appends through a mapping (`fs/mapped_log.rs`) where the file system can
+    /// reserve space ahead; elsewhere with `write`, as a file of
+    /// [`create_new`](Self::create_new) does.
+    fn create_log(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(MappedLog::new(file)))
     }
 
     fn open(&self, path: &Path) -> io::Result<Arc<dyn RandomAccessFile>> {
@@ -104,8 +117,15 @@ impl WritableFile for OsWritable {
         self.file.set_len(len)
     }
 
-    #[cfg(target_os = "linux")]
     fn start_writeback(&mut self, offset: u64, len: u64) {
+        start_writeback(&self.file, offset, len);
+    }
+}
+
+/// [`WritableFile::start_writeback`] for a file of the OS.
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
         use std::os::fd::AsRawFd;
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return;
@@ -113,14 +133,11 @@ impl WritableFile for OsWritable {
         // SAFETY: a plain syscall on a file descriptor this `File` owns; it
         // reads no memory of ours. Advice only: its error changes nothing.
         let _ = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset,
-                len,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
         };
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 #[derive(Debug)]

@@ -9,6 +9,17 @@
 //!   it). Only a file allowed to have one (the newest log, the manifest)
 //!   ends there; [`LogReader::torn_tail`] then says where and how much was
 //!   dropped, so the caller can report it.
+//! - A write-ahead log may have been appended through a mapping with space
+//!   reserved ahead (`fs/mapped_log.rs`): there zeros that start where a
+//!   fragment would and run to the end of the file are where writing
+//!   stopped ([`LogReader::zero_tail_ends`]), in any WAL, not a tear. A
+//!   fragment whose bytes end in zeros that run to the end of the file,
+//!   and that fails its checksum (or has no type), was being copied when the
+//!   process died or the power went: a torn tail like one cut short by the
+//!   end of the file, with the same test for a damaged length. (The one
+//!   case this cannot tell from damage: a bit flipped in the newest WAL's
+//!   last record when that record ends in zero bytes. It is reported as a
+//!   torn tail, and the log kept aside, not read as a record.)
 //! - Anything else is [`Error::Corruption`] with the offset: a whole
 //!   fragment whose checksum fails (even the very last one: an append that
 //!   was cut short cannot produce a fragment of full length, so its bytes
@@ -69,6 +80,8 @@ pub(crate) struct LogReader<R> {
     /// `block` is the last one: the source returned less than a full block.
     at_last_block: bool,
     tolerate_torn_tail: bool,
+    /// A zero-filled tail at a fragment boundary is the end, not a tear.
+    zero_tail_ends: bool,
     /// Set when the file ended in a torn tail that was tolerated.
     torn: Option<TornTail>,
     /// File offset of the last record returned.
@@ -78,6 +91,9 @@ pub(crate) struct LogReader<R> {
     skipping_from: Option<u64>,
     /// Bytes skipped as damage so far.
     skipped_bytes: u64,
+    /// `block` was read by [`rest_is_zero`](Self::rest_is_zero) looking past
+    /// damage, so it starts at a fragment boundary a skip must not drop.
+    looked_ahead: bool,
 }
 
 impl<R: Read> LogReader<R> {
@@ -92,11 +108,20 @@ impl<R: Read> LogReader<R> {
             block_start: 0,
             at_last_block: false,
             tolerate_torn_tail,
+            zero_tail_ends: false,
             torn: None,
             record_offset: 0,
             skipping_from: None,
             skipped_bytes: 0,
+            looked_ahead: false,
         }
+    }
+
+    /// For a write-ahead log: space reserved ahead of the appends (module
+    /// docs) reads as the end of the log, whether or not the file may be torn.
+    pub(crate) fn zero_tail_ends(mut self) -> Self {
+        self.zero_tail_ends = true;
+        self
     }
 
     /// The torn tail the reader dropped, once [`next_record`](Self::next_record)
@@ -122,7 +147,9 @@ impl<R: Read> LogReader<R> {
     /// [`skipped_bytes`](Self::skipped_bytes).
     pub(crate) fn skip_damage(&mut self, offset: u64) {
         self.skipping_from.get_or_insert(offset);
-        self.pos = self.block.len();
+        if !std::mem::take(&mut self.looked_ahead) {
+            self.pos = self.block.len();
+        }
     }
 
     /// Ends a skip at `offset` (a record start or the end of the file).
@@ -224,6 +251,7 @@ impl<R: Read> LogReader<R> {
         self.block_start += self.block.len() as u64;
         self.block.clear();
         self.pos = 0;
+        self.looked_ahead = false;
         let mut limited = (&mut self.src).take(BLOCK_SIZE as u64);
         limited
             .read_to_end(&mut self.block)
@@ -266,6 +294,10 @@ impl<R: Read> LogReader<R> {
                 // Zeros where a header should be: a preallocated or torn tail, if
                 // nothing but zeros follows.
                 return if self.rest_is_zero()? {
+                    if self.zero_tail_ends {
+                        self.pos = self.block.len();
+                        return Ok(Fragment::Eof);
+                    }
                     Ok(Fragment::Torn {
                         offset,
                         reason: "zero-filled tail",
@@ -274,8 +306,12 @@ impl<R: Read> LogReader<R> {
                     Err(self.corrupt(offset, "zeroed fragment header followed by data"))
                 };
             }
-            let kind = FragmentType::try_from(kind_byte)
-                .map_err(|_| self.corrupt(offset, "unknown fragment type"))?;
+            let Ok(kind) = FragmentType::try_from(kind_byte) else {
+                if kind_byte == 0 && self.cut_short_by_zeros(0, crc, start)? {
+                    return Ok(self.cut_short(offset));
+                }
+                return Err(self.corrupt(offset, "unknown fragment type"));
+            };
             if end > BLOCK_SIZE {
                 // No writer ever produces this, torn or not.
                 return Err(self.corrupt(offset, "fragment length crosses a block boundary"));
@@ -294,6 +330,9 @@ impl<R: Read> LogReader<R> {
             }
             let payload = self.block.get(start..end).unwrap_or_default();
             if fragment_crc(kind_byte, payload) != crc {
+                if self.cut_short_by_zeros(kind_byte, crc, end)? {
+                    return Ok(self.cut_short(offset));
+                }
                 return Err(self.corrupt(offset, "fragment checksum mismatch"));
             }
             self.pos = end;
@@ -308,6 +347,50 @@ impl<R: Read> LogReader<R> {
 
     fn offset(&self) -> u64 {
         self.block_start + self.pos as u64
+    }
+
+    /// In a WAL with space reserved ahead ([`zero_tail_ends`](Self::zero_tail_ends)),
+    /// whether the damaged fragment at `pos`, of type `kind` and checksum
+    /// `crc`, reaching to `end` in the block, was cut short by the end of
+    /// the writing (module docs): its bytes end in zeros that run to the
+    /// end of the file, and no prefix of the payload before them matches
+    /// the checksum (which would make it a whole record behind a damaged
+    /// length). Reads ahead only if the rest of the block is zero.
+    fn cut_short_by_zeros(&mut self, kind: u8, crc: u32, end: usize) -> Result<bool> {
+        if !self.zero_tail_ends {
+            return Ok(false);
+        }
+        let end = end.min(self.block.len());
+        let fragment = self.block.get(self.pos..end).unwrap_or_default();
+        let written = fragment.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let payload = fragment.get(HEADER_SIZE..written).unwrap_or_default();
+        if written == fragment.len()
+            || some_prefix_has_crc(kind, payload, crc)
+            || self
+                .block
+                .get(end..)
+                .unwrap_or_default()
+                .iter()
+                .any(|&b| b != 0)
+        {
+            return Ok(false);
+        }
+        let at = self.pos;
+        self.pos = end;
+        let zero = self.rest_is_zero()?;
+        if !zero && !self.looked_ahead {
+            self.pos = at;
+        }
+        Ok(zero)
+    }
+
+    /// The torn tail of a fragment [`cut_short_by_zeros`](Self::cut_short_by_zeros).
+    fn cut_short(&mut self, offset: u64) -> Fragment {
+        self.pos = self.block.len();
+        Fragment::Torn {
+            offset,
+            reason: "record cut short by the reserved zeros",
+        }
     }
 
     /// True when every byte from the current position to the end of the file is zero.
@@ -326,6 +409,7 @@ impl<R: Read> LogReader<R> {
                 return Ok(true);
             }
             self.read_block()?;
+            self.looked_ahead = true;
         }
     }
 }

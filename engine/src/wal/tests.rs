@@ -184,3 +184,108 @@ fn zero_filled_tail_is_torn_but_zeros_before_data_are_not() {
     bytes.push(1);
     assert!(read_log(&bytes, true).unwrap_err().is_corruption());
 }
+
+#[test]
+fn a_mapped_wal_read_before_its_writer_is_dropped_ends_at_its_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("000001.log");
+    let mut w = LogWriter::create_wal(&*crate::fs::os(), &path, true).unwrap();
+    // Past the first reserved window, records of every fragmentation.
+    let mut records: Vec<Vec<u8>> = (0..8u8)
+        .flat_map(|i| {
+            let mut r = sample_records();
+            r.iter_mut().for_each(|r| r.push(i));
+            r
+        })
+        .collect();
+    // Last, a record of nonzero bytes that spans a block boundary.
+    records.push((0..40_000u32).map(|i| (i % 251 + 1) as u8).collect());
+    let mut last_start = 0;
+    for r in &records {
+        last_start = usize::try_from(w.len()).unwrap();
+        w.add_record(r).unwrap();
+    }
+    // Read as a crash leaves it: the reserved zeros still follow.
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() as u64 > w.len(), "space is reserved ahead");
+    let read = |bytes: &[u8]| {
+        let mut r = LogReader::new(bytes, &path, false).zero_tail_ends();
+        let mut out = Vec::new();
+        while let Some(rec) = r.next_record()? {
+            out.push(rec);
+        }
+        assert!(r.torn_tail().is_none());
+        Ok::<_, crate::Error>(out)
+    };
+    assert_eq!(read(&bytes).unwrap(), records);
+    // Not a WAL: the same zeros are a tear, refused where none may be.
+    assert!(read_log(&bytes, false).unwrap_err().is_corruption());
+    // A copy cut short anywhere in the last record (the zeros reserved
+    // behind it) is a torn tail in the newest log, corruption in an older one.
+    let end = usize::try_from(w.len()).unwrap();
+    for cut in (last_start..end).step_by(499) {
+        let mut torn = bytes.clone();
+        torn[cut..].fill(0);
+        let mut r = LogReader::new(&torn[..], &path, true).zero_tail_ends();
+        let mut got = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push(rec);
+        }
+        assert_eq!(got[..], records[..records.len() - 1], "cut at {cut}");
+        let tail = r.torn_tail();
+        assert!(cut == last_start || tail.is_some(), "cut at {cut}");
+        let mut older = LogReader::new(&torn[..], &path, false).zero_tail_ends();
+        let refused = loop {
+            match older.next_record() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break false,
+                Err(e) => break e.is_corruption(),
+            }
+        };
+        assert!(cut == last_start || refused, "cut at {cut}");
+    }
+    // A flipped byte in a record that ends in data is damage, not a cut.
+    let mut flipped = bytes.clone();
+    flipped[end - 50] ^= 0x40;
+    let mut r = LogReader::new(&flipped[..], &path, true).zero_tail_ends();
+    let err = loop {
+        match r.next_record() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("a flipped byte read as the end"),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_corruption());
+    drop(w);
+    assert_eq!(
+        read_log(&std::fs::read(&path).unwrap(), false).unwrap(),
+        records
+    );
+}
+
+#[test]
+fn skipping_damage_that_ends_in_zeros_resumes_at_the_next_block() {
+    // rec2 fills block 0 to its end and ends in zeros; rec3 starts block 1.
+    let rec1 = vec![5u8; 100];
+    let mut rec2 = vec![9u8; 1000];
+    rec2.resize(BLOCK_SIZE - 2 * HEADER_SIZE - rec1.len(), 0);
+    let rec3 = b"after the damage".to_vec();
+    let mut bytes = write_log(&[rec1.clone(), rec2, rec3.clone()]);
+    bytes[HEADER_SIZE + rec1.len() + HEADER_SIZE + 500] ^= 1;
+    let path = Path::new("000001.log");
+    let mut r = LogReader::new(&bytes[..], path, false).zero_tail_ends();
+    let mut got = Vec::new();
+    loop {
+        match r.next_record() {
+            Ok(Some(rec)) => got.push(rec),
+            Ok(None) => break,
+            Err(e) => {
+                let crate::Error::Corruption { offset, .. } = e else {
+                    panic!("{e}");
+                };
+                r.skip_damage(offset);
+            }
+        }
+    }
+    assert_eq!(got, vec![rec1, rec3]);
+}

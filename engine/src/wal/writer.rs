@@ -6,9 +6,10 @@ use super::{fragment_crc, FragmentType, BLOCK_SIZE, HEADER_SIZE};
 use crate::error::Result;
 use crate::fs::{Appender, FileSystem};
 
-/// An append-only log writer. Each [`add_record`](Self::add_record) issues a
-/// single `write` system call, so a record is either wholly in the OS page
-/// cache or torn only by a crash during that one call.
+/// An append-only log writer. Each [`add_record`](Self::add_record) is one
+/// append to the file (one `write` system call, or one copy into a mapped
+/// WAL), so a record is either wholly in the OS page cache or torn only by a
+/// crash during that one append.
 pub(crate) struct LogWriter {
     /// Unbuffered: each record is one append.
     file: Appender,
@@ -20,11 +21,25 @@ pub(crate) struct LogWriter {
 impl LogWriter {
     /// Creates a new, empty log file. Fails if the file exists: logs are never reused.
     pub(crate) fn create(fs: &dyn FileSystem, path: &Path) -> Result<Self> {
-        Ok(LogWriter {
-            file: Appender::create(fs, path, 0)?,
+        Ok(Self::over(Appender::create(fs, path, 0)?))
+    }
+
+    /// Creates a new, empty write-ahead log, through
+    /// [`FileSystem::create_log`] when `mapped` (it may then hold zeros past
+    /// its last record until dropped), else as [`create`](Self::create).
+    pub(crate) fn create_wal(fs: &dyn FileSystem, path: &Path, mapped: bool) -> Result<Self> {
+        if !mapped {
+            return Self::create(fs, path);
+        }
+        Ok(Self::over(Appender::create_log(fs, path)?))
+    }
+
+    fn over(file: Appender) -> Self {
+        LogWriter {
+            file,
             block_offset: 0,
             scratch: Vec::new(),
-        })
+        }
     }
 
     /// Appends one logical record (fragmenting it across blocks as needed).
