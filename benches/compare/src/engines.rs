@@ -2,6 +2,7 @@
 //! comparable settings the crate docs list.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// What the workloads need from an engine. Errors abort the run: a
@@ -16,6 +17,11 @@ pub trait Store {
     fn seek(&self, key: &[u8]) -> bool;
     /// Flushes the memtable and waits for background compaction to finish.
     fn settle(&self);
+    /// Bytes written so far through a mapping rather than `write(2)`, which
+    /// `wchar` does not see: strata's mapped WAL.
+    fn mapped_bytes_written(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(feature = "rocksdb")]
@@ -43,6 +49,20 @@ pub struct Settings {
     /// `blob_threshold`, fjall's KV separation, RocksDB's BlobDB
     /// (`enable_blob_files`, `min_blob_size`). `None`: all inline.
     pub blob_threshold: Option<usize>,
+    pub mmap_writes: MmapWrites,
+}
+
+/// Whether logs are appended through a shared mapping instead of `write`:
+/// strata's `mapped_wal` (its default) and RocksDB's `allow_mmap_writes`
+/// (off by default; it maps its tables' writes too). fjall has no such
+/// setting. Either way a write survives the process's death once
+/// acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MmapWrites {
+    /// Each engine's own default.
+    Default,
+    On,
+    Off,
 }
 
 pub fn open(
@@ -51,17 +71,23 @@ pub fn open(
     s: Settings,
 ) -> Result<Box<dyn Store>, Box<dyn std::error::Error>> {
     Ok(match engine {
-        "strata" => Box::new(strata_engine::Db::open(
-            dir,
-            strata_engine::Options::default()
-                .write_buffer_size(s.write_buffer)
-                .blob_threshold(s.blob_threshold)
-                .compression_per_level(vec![match s.codec {
-                    Codec::None => strata_engine::Compression::None,
-                    Codec::Lz4 => strata_engine::Compression::Lz4,
-                    Codec::Zstd => strata_engine::Compression::Zstd { level: 3 },
-                }]),
-        )?),
+        "strata" => Box::new(Strata {
+            db: strata_engine::Db::open(
+                dir,
+                strata_engine::Options::default()
+                    .write_buffer_size(s.write_buffer)
+                    .blob_threshold(s.blob_threshold)
+                    .mapped_wal(s.mmap_writes != MmapWrites::Off)
+                    .compression_per_level(vec![match s.codec {
+                        Codec::None => strata_engine::Compression::None,
+                        Codec::Lz4 => strata_engine::Compression::Lz4,
+                        Codec::Zstd => strata_engine::Compression::Zstd { level: 3 },
+                    }]),
+            )?,
+            mapped: s.mmap_writes != MmapWrites::Off,
+            blob_threshold: s.blob_threshold,
+            blob_value_bytes: AtomicU64::new(0),
+        }),
         "fjall" => Box::new(Fjall::open(dir, s)?),
         #[cfg(feature = "rocksdb")]
         "rocksdb" => Box::new(rocks::open(dir, s)?),
@@ -73,27 +99,40 @@ pub fn open(
     })
 }
 
-impl Store for strata_engine::Db {
+/// strata, with what its WAL wrote through the mapping.
+pub struct Strata {
+    db: strata_engine::Db,
+    mapped: bool,
+    blob_threshold: Option<usize>,
+    /// Values put into blob files as they were written: counted in the
+    /// engine's `wal_bytes_written`, but written with `write(2)`.
+    blob_value_bytes: AtomicU64,
+}
+
+impl Store for Strata {
     fn put(&self, key: &[u8], value: &[u8]) {
-        strata_engine::Db::put(self, key, value).expect("strata put");
+        if self.blob_threshold.is_some_and(|t| value.len() >= t) {
+            self.blob_value_bytes
+                .fetch_add(value.len() as u64, Ordering::Relaxed);
+        }
+        self.db.put(key, value).expect("strata put");
     }
 
     fn get(&self, key: &[u8]) -> bool {
-        strata_engine::Db::get(self, key)
-            .expect("strata get")
-            .is_some()
+        self.db.get(key).expect("strata get").is_some()
     }
 
     fn scan_all(&self) -> u64 {
         // Every entry is decoded (and its error checked), as a reader would.
-        self.range::<&[u8]>(..).fold(0, |n, kv| {
+        self.db.range::<&[u8]>(..).fold(0, |n, kv| {
             kv.expect("strata scan");
             n + 1
         })
     }
 
     fn seek(&self, key: &[u8]) -> bool {
-        self.range(key..)
+        self.db
+            .range(key..)
             .next()
             .transpose()
             .expect("strata seek")
@@ -101,7 +140,15 @@ impl Store for strata_engine::Db {
     }
 
     fn settle(&self) {
-        self.wait_for_compactions().expect("strata compaction");
+        self.db.wait_for_compactions().expect("strata compaction");
+    }
+
+    fn mapped_bytes_written(&self) -> u64 {
+        if !self.mapped {
+            return 0;
+        }
+        let wal = self.db.stats().wal_bytes_written;
+        wal.saturating_sub(self.blob_value_bytes.load(Ordering::Relaxed))
     }
 }
 
@@ -202,6 +249,9 @@ mod rocks {
         opts.set_compression_type(compression);
         opts.set_bottommost_compression_type(compression);
         opts.set_block_based_table_factory(&table);
+        if s.mmap_writes == super::MmapWrites::On {
+            opts.set_allow_mmap_writes(true);
+        }
         DB::open(&opts, dir)
     }
 

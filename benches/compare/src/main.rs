@@ -8,13 +8,17 @@
 //! cargo run --release --features rocksdb -- --num 1000000    # and RocksDB
 //! ```
 //!
-//! Every engine gets comparable settings: WAL on without per-write fsync,
+//! Every engine gets comparable settings: WAL on without per-write fsync
+//! (a write survives the process's death once acknowledged: strata copies
+//! it into its mapped WAL, fjall and RocksDB `write` it; `--mmap-writes on`
+//! turns on RocksDB's `allow_mmap_writes`, `off` strata's `mapped_wal`),
 //! bloom filters at 10 bits per key, no block compression, 4 KiB blocks and
 //! the same memtable size (`--write-buffer-mb`); with `--blob-threshold N`,
 //! every engine keeps values of N bytes and more in blob files. After each fill the tool
 //! waits, untimed, for flushes and compactions to finish, so reads meet a
 //! settled tree, and reports the bytes the process wrote through `write(2)`
-//! (`wchar` in `/proc/self/io`: WAL, tables and metadata alike) per user
+//! (`wchar` in `/proc/self/io`: WAL, tables and metadata alike; plus what
+//! strata's WAL copied into its mapping, from its own count) per user
 //! byte as the write amplification, and the database's size on disk.
 //!
 //! Fills also report the CPU time (user + system) of the thread that made
@@ -78,6 +82,11 @@ struct Args {
     /// unset: every value stays in the tree.
     #[arg(long)]
     blob_threshold: Option<usize>,
+    /// Logs appended through a mapping (strata's `mapped_wal`, RocksDB's
+    /// `allow_mmap_writes`): each engine's default, or on or off for both.
+    /// With RocksDB's on, its write amplification misses what it mapped.
+    #[arg(long, value_enum, default_value_t = engines::MmapWrites::Default)]
+    mmap_writes: engines::MmapWrites,
 }
 
 fn key(i: u64, size: usize) -> Vec<u8> {
@@ -153,6 +162,7 @@ impl Run<'_> {
                 write_buffer: self.args.write_buffer_mb << 20,
                 codec: self.args.compression,
                 blob_threshold: self.args.blob_threshold,
+                mmap_writes: self.args.mmap_writes,
             };
             let store = engines::open(self.engine, &self.dir, settings)
                 .unwrap_or_else(|e| panic!("open {}: {e}", self.engine));
@@ -176,7 +186,7 @@ impl Run<'_> {
         let value = self.value.clone();
         let dir = self.dir.clone();
         let store = self.store(fresh);
-        let before = written_bytes();
+        let before = written_bytes() + store.mapped_bytes_written();
         let cpu_before = thread_cpu_secs();
         let start = Instant::now();
         for &i in order {
@@ -185,7 +195,7 @@ impl Run<'_> {
         let secs = start.elapsed().as_secs_f64();
         let cpu_micros = (thread_cpu_secs() - cpu_before) * 1e6 / order.len().max(1) as f64;
         store.settle();
-        let written = written_bytes() - before;
+        let written = written_bytes() + store.mapped_bytes_written() - before;
         let user = order.len() as u64 * (key_size + value.len()) as u64;
         let extra = format!(
             ",\"write_amp\":{:.2},\"db_bytes\":{},\"writer_cpu_micros_per_op\":{cpu_micros:.3}",
