@@ -5,10 +5,11 @@ use std::path::Path;
 use super::block::BlockBuilder;
 use super::filter::FilterBuilder;
 use super::footer::{
-    trailer, BlockHandle, Footer, LZ4_COMPRESSION, NO_COMPRESSION, ZSTD_COMPRESSION,
+    trailer, BlockHandle, Footer, FORMAT_VERSION, LZ4_COMPRESSION, NO_COMPRESSION, ZSTD_COMPRESSION,
 };
 use super::properties::Properties;
 use super::zstd_codec;
+use crate::coding::put_varint32;
 use crate::error::{Error, Result};
 use crate::fs::{Appender, FileSystem};
 use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
@@ -17,6 +18,8 @@ use crate::range_del::RangeTombstone;
 
 /// Restart interval of data blocks: a lookup scans at most this many entries.
 const DATA_RESTART_INTERVAL: usize = 16;
+/// Restart interval of the index block (prefix compression of its keys).
+const INDEX_RESTART_INTERVAL: usize = 16;
 
 pub(crate) struct TableBuilder {
     out: Appender,
@@ -50,8 +53,9 @@ impl TableBuilder {
             out: Appender::create(fs, path, 256 << 10)?,
             block_size,
             data: BlockBuilder::new(DATA_RESTART_INTERVAL),
-            // One restart per entry: the index is binary-searched entry by entry.
-            index: BlockBuilder::new(1),
+            // Read whole at open, never searched in place: restarts only
+            // cost space here.
+            index: BlockBuilder::new(INDEX_RESTART_INTERVAL),
             filter: FilterBuilder::new(bloom_bits_per_key),
             props: Properties::default(),
             last_key: Vec::new(),
@@ -124,21 +128,11 @@ impl TableBuilder {
         }
         let last = self.data.last_key().to_vec();
         let contents = self.data.finish();
-        let packed = match self.compression {
-            Compression::None => None,
-            Compression::Lz4 => Some((lz4_flex::compress_prepend_size(&contents), LZ4_COMPRESSION)),
-            Compression::Zstd { level } => Some((self.zstd(level, &contents)?, ZSTD_COMPRESSION)),
-        };
-        // Below 1/8 saved, the decompression on every cache miss costs more
-        // than the bytes are worth.
-        let handle = match packed {
-            Some((packed, kind)) if packed.len() < contents.len() - contents.len() / 8 => {
-                self.write_stored(&packed, kind)?
-            }
-            _ => self.write_block(&contents)?,
-        };
-        let mut enc = Vec::with_capacity(super::footer::HANDLE_LEN);
-        handle.encode_to(&mut enc);
+        let handle = self.write_packed(&contents)?;
+        // The offset is where the previous block's trailer ended (format
+        // version 2, module docs): only the size is stored.
+        let mut enc = Vec::with_capacity(5);
+        put_varint32(&mut enc, handle.size);
         self.index.add(&last, &enc);
         self.props.data_blocks += 1;
         Ok(())
@@ -154,6 +148,23 @@ impl TableBuilder {
         compressor
             .compress(contents)
             .map_err(|e| Error::io(self.out.path(), e))
+    }
+
+    /// Writes a block compressed with the table's compression, or as is
+    /// where that saves less than 1/8: below that, the decompression on
+    /// every cache miss costs more than the bytes are worth.
+    fn write_packed(&mut self, contents: &[u8]) -> Result<BlockHandle> {
+        let packed = match self.compression {
+            Compression::None => None,
+            Compression::Lz4 => Some((lz4_flex::compress_prepend_size(contents), LZ4_COMPRESSION)),
+            Compression::Zstd { level } => Some((self.zstd(level, contents)?, ZSTD_COMPRESSION)),
+        };
+        match packed {
+            Some((packed, kind)) if packed.len() < contents.len() - contents.len() / 8 => {
+                self.write_stored(&packed, kind)
+            }
+            _ => self.write_block(contents),
+        }
     }
 
     fn write_block(&mut self, contents: &[u8]) -> Result<BlockHandle> {
@@ -204,11 +215,12 @@ impl TableBuilder {
         let filter = self.write_block(&self.filter.finish())?;
         let properties = self.write_block(&self.props.encode())?;
         let index_contents = self.index.finish();
-        let index = self.write_block(&index_contents)?;
+        let index = self.write_packed(&index_contents)?;
         let footer = Footer {
             filter,
             properties,
             index,
+            version: FORMAT_VERSION,
         }
         .encode();
         self.write_raw(&footer)?;

@@ -6,8 +6,11 @@
 //!                | masked crc32 u32 LE
 //!                                                                   (5 bytes)
 //! footer       = filter handle | properties handle | index handle
-//!                | format version u32 LE (1) | magic u64 LE         (48 bytes)
+//!                | format version u32 LE | magic u64 LE             (48 bytes)
 //! ```
+//!
+//! Format versions (what the index block holds; see the module docs of
+//! `sstable`): 1, written until 2026-12, and 2, written since. Both read.
 
 use crate::coding::{get_u32, get_u64};
 use crate::error::DecodeError;
@@ -18,7 +21,11 @@ pub(crate) const TRAILER_LEN: usize = 5;
 pub(crate) const FOOTER_LEN: usize = 3 * HANDLE_LEN + 4 + 8;
 /// "STRATA01" read as a little-endian u64. Do not change: on disk.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"STRATA01");
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The version written. Do not change what a version means: on disk.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Tables of this version: the index block is stored uncompressed, with a
+/// restart at every entry, and each value is a 12-byte [`BlockHandle`].
+pub(crate) const FORMAT_V1: u32 = 1;
 /// Trailer byte of a block stored as is. Do not change: on disk.
 pub(crate) const NO_COMPRESSION: u8 = 0;
 /// Trailer byte of an LZ4 block: the uncompressed length as u32 LE, then the
@@ -150,6 +157,8 @@ pub(crate) struct Footer {
     pub(crate) filter: BlockHandle,
     pub(crate) properties: BlockHandle,
     pub(crate) index: BlockHandle,
+    /// [`FORMAT_V1`] or [`FORMAT_VERSION`].
+    pub(crate) version: u32,
 }
 
 impl Footer {
@@ -158,7 +167,7 @@ impl Footer {
         self.filter.encode_to(&mut out);
         self.properties.encode_to(&mut out);
         self.index.encode_to(&mut out);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out
     }
@@ -175,13 +184,14 @@ impl Footer {
         if magic != MAGIC {
             return Err(DecodeError("bad table magic number (not a table file)"));
         }
-        if version != FORMAT_VERSION {
+        if version != FORMAT_V1 && version != FORMAT_VERSION {
             return Err(DecodeError("unsupported table format version"));
         }
         Ok(Footer {
             filter,
             properties,
             index,
+            version,
         })
     }
 }
@@ -197,10 +207,18 @@ mod tests {
             filter: h(1, 2),
             properties: h(3, 4),
             index: h(u64::MAX, u32::MAX),
+            version: FORMAT_VERSION,
         };
         let enc = f.encode();
         assert_eq!(enc.len(), FOOTER_LEN);
         assert_eq!(Footer::decode(&enc).unwrap(), f);
+        let v1 = Footer {
+            version: FORMAT_V1,
+            ..f
+        };
+        assert_eq!(Footer::decode(&v1.encode()).unwrap(), v1);
+        let v3 = Footer { version: 3, ..f };
+        assert!(Footer::decode(&v3.encode()).is_err());
         let mut bad = enc.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(Footer::decode(&bad).is_err());

@@ -15,13 +15,22 @@
 //! ```
 //!
 //! Every block is followed by a 5-byte trailer: `compression u8` (0 = none,
-//! the only value written today) and `masked crc32 u32 LE` over the block
-//! contents followed by the compression byte ([`footer`]).
+//! 1 = LZ4, 2 = zstd) and `masked crc32 u32 LE` over the stored block
+//! followed by the compression byte ([`footer`]).
 //!
-//! *Data and index blocks* ([`block`]) hold prefix-compressed entries with a
-//! restart point every 16 entries (every entry in the index block) so that a
-//! lookup binary-searches the restarts and scans at most 16 entries. The index
-//! maps the last internal key of each data block to its [`footer::BlockHandle`].
+//! *Data blocks* ([`block`]) hold prefix-compressed entries with a restart
+//! point every 16 entries, so that a lookup binary-searches the restarts and
+//! scans at most 16 entries. The *index block* has one entry per data block,
+//! keyed by the block's last internal key; it is decoded whole when the
+//! table is opened, never searched in place. What it holds depends on the
+//! footer's format version:
+//!
+//! - **2** (written since 2026-12): a restart every 16 entries (its keys are
+//!   prefix-compressed too), each value the data block's size as a varint32
+//!   (block `i` starts where block `i - 1`'s trailer ends, block 0 at offset
+//!   0), and the block compressed like the data blocks.
+//! - **1**: a restart at every entry, each value a 12-byte
+//!   [`footer::BlockHandle`], the block stored uncompressed.
 //!
 //! The *filter* ([`filter`]) is one bloom filter over the table's user keys,
 //! checked before any data block is touched. The *properties* block
@@ -30,9 +39,10 @@
 //!
 //! Tables are read through `mmap`; each block's checksum (over the stored,
 //! possibly compressed, bytes and the compression byte) is verified the first
-//! time the block is read and remembered afterwards. Data blocks may be
-//! compressed (trailer byte 1 = LZ4); metadata blocks never are. Compressed
-//! blocks are decompressed once into the shared [`cache::BlockCache`].
+//! time the block is read and remembered afterwards. Data blocks and the
+//! index block may be compressed; the filter and properties never are.
+//! Compressed data blocks are decompressed once into the shared
+//! [`cache::BlockCache`].
 
 pub(crate) mod block;
 pub(crate) mod builder;

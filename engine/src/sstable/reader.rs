@@ -10,9 +10,11 @@ use super::block::BlockIter;
 use super::cache::{next_table_id, BlockCache};
 use super::filter;
 use super::footer::{
-    decompress, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN, NO_COMPRESSION,
+    decompress, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN, FORMAT_V1,
+    NO_COMPRESSION,
 };
 use super::properties::Properties;
+use crate::coding::get_varint32;
 use crate::error::{DecodeError, Error, Result};
 use crate::fs::{FileBytes, FileSystem};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
@@ -108,9 +110,8 @@ impl Table {
         let props_range = block(footer.properties)?;
         let properties = Properties::decode(mmap.get(props_range).unwrap_or_default())
             .map_err(|e| corrupt(footer.properties.offset, e))?;
-        let index_range = block(footer.index)?;
-        let index = decode_index(mmap.get(index_range).unwrap_or_default(), footer_at)
-            .map_err(|e| corrupt(footer.index.offset, e))?;
+        let index =
+            read_index(&mmap, &footer, footer_at).map_err(|e| corrupt(footer.index.offset, e))?;
         if index.len() as u64 != properties.data_blocks {
             return Err(Error::corruption(
                 path,
@@ -297,9 +298,45 @@ impl Table {
     }
 }
 
-fn decode_index(block: &[u8], data_end: usize) -> Result<Vec<IndexEntry>, DecodeError> {
+/// Reads and decodes the index block (see the module docs for what each
+/// format version holds); `data_end` bounds the data blocks.
+fn read_index(
+    file: &[u8],
+    footer: &Footer,
+    data_end: usize,
+) -> Result<Vec<IndexEntry>, DecodeError> {
+    let range = footer
+        .index
+        .range_with_trailer(data_end)
+        .ok_or(DecodeError("block handle points outside the file"))?;
+    let stored = file.get(range).unwrap_or_default();
+    if footer.version == FORMAT_V1 {
+        return decode_index(verify_block(stored)?, data_end, |v, _| {
+            BlockHandle::decode_from(v)
+        });
+    }
+    let contents = match verify_stored_block(stored)? {
+        (NO_COMPRESSION, contents) => std::borrow::Cow::Borrowed(contents),
+        (compression, packed) => std::borrow::Cow::Owned(decompress(compression, packed)?),
+    };
+    decode_index(&contents, data_end, |v, offset| {
+        Ok(BlockHandle {
+            offset,
+            size: get_varint32(v)?,
+        })
+    })
+}
+
+/// Decodes an index block whose values `handle` decodes, given where the
+/// block ends if it follows the previous one.
+fn decode_index(
+    block: &[u8],
+    data_end: usize,
+    handle: impl Fn(&mut &[u8], u64) -> Result<BlockHandle, DecodeError>,
+) -> Result<Vec<IndexEntry>, DecodeError> {
     let mut it = BlockIter::new(block)?;
     let mut out: Vec<IndexEntry> = Vec::new();
+    let mut next_offset = 0u64;
     while it.advance()? {
         let Some((k, mut v)) = it.current() else {
             break;
@@ -310,10 +347,11 @@ fn decode_index(block: &[u8], data_end: usize) -> Result<Vec<IndexEntry>, Decode
                 return Err(DecodeError("index keys out of order"));
             }
         }
-        let handle = BlockHandle::decode_from(&mut v)?;
-        if handle.range_with_trailer(data_end).is_none() {
-            return Err(DecodeError("index entry points outside the data"));
-        }
+        let handle = handle(&mut v, next_offset)?;
+        let range = handle
+            .range_with_trailer(data_end)
+            .ok_or(DecodeError("index entry points outside the data"))?;
+        next_offset = range.end as u64;
         out.push((k.into(), handle));
     }
     Ok(out)
