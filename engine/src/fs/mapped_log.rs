@@ -25,8 +25,18 @@
 //! file holds zeros up to the window's end; dropping the log cuts the file
 //! to what was appended. After a crash the zeros stay: the log reader takes
 //! a zero-filled tail that starts where a fragment would as the end of a WAL
-//! (see `wal::reader`). Where the file system cannot reserve space at all,
-//! appends are plain `write`s.
+//! (see `wal::reader`). Where the file system cannot reserve space, or a
+//! reservation does not keep a later store from needing space (copy-on-write
+//! file systems), appends are plain `write`s.
+//!
+//! # Order of the bytes
+//!
+//! Each append is copied front to back ([`copy_front_to_back`]), so that a
+//! process killed mid-copy leaves what `write` would: a prefix of the
+//! append. A power cut may leave more: pages of the mapping reach the disk
+//! independently, so any page written after the last `sync` may read back
+//! as zeros while a later one holds data. The reader takes a zeroed page in
+//! the newest WAL for the end of it.
 
 use std::fs::File;
 use std::io;
@@ -57,11 +67,11 @@ impl MappedLog {
     /// is reserved before the first append.
     pub(crate) fn new(file: File) -> Self {
         MappedLog {
+            plain: !reservation_holds(&file),
             file,
             map: None,
             map_start: 0,
             len: 0,
-            plain: false,
         }
     }
 
@@ -72,7 +82,10 @@ impl MappedLog {
         self.map = None;
         let window = match reserve(&self.file, self.len, WINDOW) {
             Ok(()) => WINDOW,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && need < WINDOW => {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+                    && need < WINDOW =>
+            {
                 reserve(&self.file, self.len, need)?;
                 need
             }
@@ -122,11 +135,89 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Whether space `fallocate` reserved in `file` is still there when a
+/// mapped page is first written back. True on the file systems that write
+/// a file's blocks in place (ext4, XFS: a new file shares no blocks), in
+/// memory (tmpfs), and through overlayfs (whose writable layer is one of
+/// those in practice). Copy-on-write file systems (btrfs, bcachefs, ZFS)
+/// need new space at every write, so a full disk could raise `SIGBUS` at
+/// a store: there, and wherever the answer is unknown, appends are
+/// `write`s.
+#[cfg(target_os = "linux")]
+fn reservation_holds(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    const IN_PLACE: [u32; 4] = [
+        0xEF53,      // ext2/3/4
+        0x5846_5342, // XFS
+        0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs
+    ];
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `fstatfs` fills the buffer it is given on success, and it is
+    // read only then.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialized by the successful call above.
+    let kind = unsafe { st.assume_init() }.f_type;
+    // Magic numbers are 32-bit; `f_type`'s width varies by target.
+    #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+    let kind = kind as u32;
+    IN_PLACE.contains(&kind)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reservation_holds(_: &File) -> bool {
+    false
+}
+
 /// Elsewhere a zero-filled extension is not a reservation, and a mapped
 /// page might fail to find space when first written: refused.
 #[cfg(not(target_os = "linux"))]
 fn reserve(_: &File, _: u64, _: u64) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Copies `src` into the mapped `dst` (of the same length) front to back,
+/// so that a process killed mid-copy leaves a prefix of `src` in the file,
+/// then the zeros that were there: the shape the log reader takes for an
+/// append cut short.
+///
+/// `copy_from_slice` would not: `memcpy` stores in whatever order is
+/// fastest (glibc's stores a small copy's first 32 bytes, a fragment's
+/// header, last), and a kill at a page fault halfway leaves a zero header
+/// before written bytes, or the end of a record written and its middle
+/// not: damage the reader must report, for a record that was never
+/// acknowledged. Volatile stores are kept in program order by the
+/// compiler, and a kill interrupts the store sequence between two of its
+/// instructions, every earlier store already in the page cache.
+fn copy_front_to_back(dst: &mut [u8], src: &[u8]) {
+    const WORD: usize = std::mem::size_of::<usize>();
+    let n = dst.len().min(src.len());
+    let out = dst.as_mut_ptr();
+    // Single bytes up to a word boundary of the destination, aligned
+    // machine words (one store instruction each), then the last bytes.
+    let head = out.align_offset(WORD).min(n);
+    let words = (n - head) / WORD;
+    let (first, rest) = src.split_at(head);
+    let (middle, last) = rest.split_at(words * WORD);
+    // SAFETY: every store is to `dst[i]` for some `i < n <= dst.len()`, and
+    // the word stores are to `dst[head + WORD * k..][..WORD]`, aligned by
+    // the choice of `head`.
+    unsafe {
+        for (i, &b) in first.iter().enumerate() {
+            std::ptr::write_volatile(out.add(i), b);
+        }
+        for (k, chunk) in middle.chunks_exact(WORD).enumerate() {
+            let mut word = [0u8; WORD];
+            word.copy_from_slice(chunk);
+            let to = out.add(head + WORD * k).cast::<usize>();
+            std::ptr::write_volatile(to, usize::from_ne_bytes(word));
+        }
+        for (i, &b) in last.iter().enumerate() {
+            std::ptr::write_volatile(out.add(head + WORD * words + i), b);
+        }
+    }
 }
 
 impl WritableFile for MappedLog {
@@ -151,7 +242,7 @@ impl WritableFile for MappedLog {
             let n = room.len().min(data.len());
             let (now, rest) = data.split_at(n);
             let (into, _) = room.split_at_mut(n);
-            into.copy_from_slice(now);
+            copy_front_to_back(into, now);
             self.len += n as u64;
             data = rest;
         }
@@ -188,17 +279,33 @@ impl Drop for MappedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::{FileSystem, OsFs};
+    use std::path::PathBuf;
 
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
     }
 
-    #[test]
-    fn appends_across_windows_read_back_and_drop_cuts_the_reserved_zeros() {
+    /// A new log in a fresh directory, as `OsFs::create_log` makes it; says
+    /// so where this file system makes it a plain one.
+    fn new_log() -> (tempfile::TempDir, PathBuf, MappedLog) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("000001.log");
-        let mut log = OsFs.create_log(&path).unwrap();
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        let log = MappedLog::new(file);
+        if log.plain {
+            eprintln!("the temporary directory's file system is not mapped: testing plain writes");
+        }
+        (dir, path, log)
+    }
+
+    #[test]
+    fn appends_across_windows_read_back_and_drop_cuts_the_reserved_zeros() {
+        let (_dir, path, mut log) = new_log();
         let mut expect = Vec::new();
         // Records of odd sizes, one larger than a window.
         for (i, size) in [130usize, 4093, 1, WINDOW as usize + 17, 70_000]
@@ -211,7 +318,9 @@ mod tests {
         }
         log.sync().unwrap();
         let on_disk = std::fs::read(&path).unwrap();
-        assert!(on_disk.len() > expect.len(), "the window is reserved ahead");
+        if !log.plain {
+            assert!(on_disk.len() > expect.len(), "the window is reserved ahead");
+        }
         assert_eq!(&on_disk[..expect.len()], &expect[..]);
         assert!(on_disk[expect.len()..].iter().all(|&b| b == 0));
         drop(log);
@@ -220,9 +329,7 @@ mod tests {
 
     #[test]
     fn truncate_then_append_continues_at_the_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000001.log");
-        let mut log = OsFs.create_log(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
         log.append(&pattern(10_000, 1)).unwrap();
         log.truncate(4_000).unwrap();
         log.append(b"tail").unwrap();
@@ -235,28 +342,19 @@ mod tests {
 
     #[test]
     fn appended_bytes_are_in_the_file_without_a_sync_or_a_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000001.log");
-        let mut log = OsFs.create_log(&path).unwrap();
+        let (_dir, path, mut log) = new_log();
+        let plain = log.plain;
         log.append(b"acknowledged").unwrap();
         // As a killed process leaves it: mapped, unsynced, not cut.
         std::mem::forget(log);
         let on_disk = std::fs::read(&path).unwrap();
-        assert_eq!(on_disk.len() as u64, WINDOW);
+        assert_eq!(on_disk.len() as u64, if plain { 12 } else { WINDOW });
         assert_eq!(&on_disk[..12], b"acknowledged");
     }
 
     #[test]
     fn where_nothing_can_be_reserved_appends_are_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000001.log");
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .unwrap();
-        let mut log = MappedLog::new(file);
+        let (_dir, path, mut log) = new_log();
         log.plain = true;
         log.append(b"one ").unwrap();
         log.append(b"two").unwrap();
@@ -265,5 +363,18 @@ mod tests {
         log.append(b"!").unwrap();
         drop(log);
         assert_eq!(std::fs::read(&path).unwrap(), b"one!");
+    }
+
+    #[test]
+    fn the_ordered_copy_copies_every_length_at_every_alignment() {
+        let src = pattern(100, 7);
+        for at in 0..16 {
+            for n in 0..=src.len() - 16 {
+                let mut dst = [0u8; 100];
+                copy_front_to_back(&mut dst[at..at + n], &src[..n]);
+                assert_eq!(&dst[at..at + n], &src[..n], "at {at}, {n} bytes");
+                assert!(dst[..at].iter().chain(&dst[at + n..]).all(|&b| b == 0));
+            }
+        }
     }
 }

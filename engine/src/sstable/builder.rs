@@ -64,8 +64,9 @@ impl TableBuilder {
         })
     }
 
-    /// Compresses data blocks with `compression` from now on. Metadata
-    /// blocks are always stored as is: they are read once, at open.
+    /// Compresses data blocks, and the index of a format-2 table, with
+    /// `compression` from now on. The filter and properties blocks are
+    /// stored as is: they are small or do not compress.
     pub(crate) fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
         self

@@ -99,7 +99,8 @@ pub(crate) fn verify_stored_block(block_and_trailer: &[u8]) -> Result<(u8, &[u8]
 }
 
 /// Like [`verify_stored_block`] for the blocks that are always stored
-/// uncompressed (filter, properties, index): anything else is corruption.
+/// uncompressed (filter, properties, and a format-1 table's index):
+/// anything else is corruption.
 pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeError> {
     match verify_stored_block(block_and_trailer)? {
         (NO_COMPRESSION, contents) => Ok(contents),

@@ -20,6 +20,17 @@
 //!   case this cannot tell from damage: a bit flipped in the newest WAL's
 //!   last record when that record ends in zero bytes. It is reported as a
 //!   torn tail, and the log kept aside, not read as a record.)
+//! - A power cut can also leave a hole: pages of the page cache reach the
+//!   disk independently, each whole or not at all, so a page of the newest
+//!   WAL written back before its last appends may read back with zeros from
+//!   there to its end while a later page holds data. In the newest WAL, a
+//!   damaged fragment with such zeros (at least [`MIN_LOST_RUN`] bytes, or
+//!   from its header on, up to a page boundary: see
+//!   [`LogReader::lost_page_suffix`]) ends the log as a torn tail. Nothing
+//!   after the hole had been synced, since a sync makes every earlier byte
+//!   durable. The price: damage in a fragment that really holds that many
+//!   zeros before a page boundary is taken for a power cut (reported as a
+//!   torn tail, the WAL kept aside) rather than failing the open.
 //! - Anything else is [`Error::Corruption`] with the offset: a whole
 //!   fragment whose checksum fails (even the very last one: an append that
 //!   was cut short cannot produce a fragment of full length, so its bytes
@@ -43,6 +54,16 @@ use std::path::{Path, PathBuf};
 
 use super::{fragment_crc, FragmentType, BLOCK_SIZE, HEADER_SIZE};
 use crate::error::{Error, Result};
+
+/// The unit in which a power cut loses unsynced bytes: a page of the page
+/// cache, written back whole or not at all. Aligned in the file, and a
+/// divisor of [`BLOCK_SIZE`], so blocks start on page boundaries.
+const PAGE: usize = 4096;
+
+/// The fewest zeros before a page boundary a damaged fragment must hold to
+/// be taken for a lost page suffix: a page written back within its last
+/// few bytes is rare, a few zero bytes in data are not.
+pub(crate) const MIN_LOST_RUN: usize = 32;
 
 /// What the next physical fragment turned out to be.
 enum Fragment {
@@ -227,8 +248,7 @@ impl<R: Read> LogReader<R> {
         if !self.tolerate_torn_tail {
             return Err(self.corrupt(offset, reason));
         }
-        // Every torn case is found in the file's last block, so its end is the file's.
-        let end = self.block_start + self.block.len() as u64;
+        let end = self.file_end()?;
         if self.skipping_from.is_some() {
             // The damage being skipped runs into the tear: count it once, as damage.
             self.end_skip(end);
@@ -240,6 +260,19 @@ impl<R: Read> LogReader<R> {
             reason,
         });
         Ok(None)
+    }
+
+    /// The file's length: the end of the current block, or, where a torn
+    /// tail was found before the last block (a lost page), of what is left.
+    fn file_end(&mut self) -> Result<u64> {
+        let mut end = self.block_start + self.block.len() as u64;
+        if !self.at_last_block {
+            end += std::io::copy(&mut self.src, &mut std::io::sink())
+                .map_err(|e| Error::io(&self.path, e))?;
+            self.at_last_block = true;
+            self.pos = self.block.len();
+        }
+        Ok(end)
     }
 
     fn corrupt(&self, offset: u64, reason: &str) -> Error {
@@ -292,7 +325,8 @@ impl<R: Read> LogReader<R> {
             let end = start + len;
             if kind_byte == 0 && len == 0 && crc == 0 {
                 // Zeros where a header should be: a preallocated or torn tail, if
-                // nothing but zeros follows.
+                // nothing but zeros follows. (Judged before `rest_is_zero` reads ahead.)
+                let lost = self.lost_page_suffix(0, crc, start);
                 return if self.rest_is_zero()? {
                     if self.zero_tail_ends {
                         self.pos = self.block.len();
@@ -302,13 +336,19 @@ impl<R: Read> LogReader<R> {
                         offset,
                         reason: "zero-filled tail",
                     })
+                } else if lost {
+                    Ok(self.lost_page(offset))
                 } else {
                     Err(self.corrupt(offset, "zeroed fragment header followed by data"))
                 };
             }
             let Ok(kind) = FragmentType::try_from(kind_byte) else {
+                let lost = kind_byte == 0 && self.lost_page_suffix(0, crc, start);
                 if kind_byte == 0 && self.cut_short_by_zeros(0, crc, start)? {
                     return Ok(self.cut_short(offset));
+                }
+                if lost {
+                    return Ok(self.lost_page(offset));
                 }
                 return Err(self.corrupt(offset, "unknown fragment type"));
             };
@@ -330,8 +370,12 @@ impl<R: Read> LogReader<R> {
             }
             let payload = self.block.get(start..end).unwrap_or_default();
             if fragment_crc(kind_byte, payload) != crc {
+                let lost = self.lost_page_suffix(kind_byte, crc, end);
                 if self.cut_short_by_zeros(kind_byte, crc, end)? {
                     return Ok(self.cut_short(offset));
+                }
+                if lost {
+                    return Ok(self.lost_page(offset));
                 }
                 return Err(self.corrupt(offset, "fragment checksum mismatch"));
             }
@@ -375,13 +419,8 @@ impl<R: Read> LogReader<R> {
         {
             return Ok(false);
         }
-        let at = self.pos;
         self.pos = end;
-        let zero = self.rest_is_zero()?;
-        if !zero && !self.looked_ahead {
-            self.pos = at;
-        }
-        Ok(zero)
+        self.rest_is_zero()
     }
 
     /// The torn tail of a fragment [`cut_short_by_zeros`](Self::cut_short_by_zeros).
@@ -390,6 +429,48 @@ impl<R: Read> LogReader<R> {
         Fragment::Torn {
             offset,
             reason: "record cut short by the reserved zeros",
+        }
+    }
+
+    /// In the newest WAL, whether the damaged fragment at `pos`, of type
+    /// `kind` and checksum `crc`, reaching to `end` in the block, shows a
+    /// page suffix a power cut lost (module docs): zeros that run up to a
+    /// page boundary from inside the fragment, at least [`MIN_LOST_RUN`] of
+    /// them or all of it from its header on, and no prefix of its payload
+    /// that matches the checksum (that would be a whole record behind a
+    /// damaged length). Reads nothing: called before a look-ahead replaces
+    /// the block.
+    fn lost_page_suffix(&self, kind: u8, crc: u32, end: usize) -> bool {
+        if !(self.tolerate_torn_tail && self.zero_tail_ends) {
+            return false;
+        }
+        let end = end.clamp(self.pos + HEADER_SIZE, self.block.len());
+        let last = end.next_multiple_of(PAGE).min(self.block.len());
+        let zeros_to_a_boundary =
+            ((self.pos / PAGE + 1) * PAGE..=last)
+                .step_by(PAGE)
+                .any(|boundary| {
+                    let from = boundary
+                        .saturating_sub(MIN_LOST_RUN)
+                        .min(end - 1)
+                        .max(self.pos);
+                    self.block
+                        .get(from..boundary)
+                        .is_some_and(|run| run.iter().all(|&b| b == 0))
+                });
+        let payload = self
+            .block
+            .get(self.pos + HEADER_SIZE..end)
+            .unwrap_or_default();
+        zeros_to_a_boundary && !some_prefix_has_crc(kind, payload, crc)
+    }
+
+    /// The torn tail of a fragment that met a [lost page suffix](Self::lost_page_suffix).
+    fn lost_page(&mut self, offset: u64) -> Fragment {
+        self.pos = self.block.len();
+        Fragment::Torn {
+            offset,
+            reason: "page lost by a power cut (zeros, then data)",
         }
     }
 

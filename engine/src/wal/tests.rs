@@ -289,3 +289,134 @@ fn skipping_damage_that_ends_in_zeros_resumes_at_the_next_block() {
     }
     assert_eq!(got, vec![rec1, rec3]);
 }
+
+/// A newest WAL of nonzero records, and where each record ends.
+fn nonzero_log() -> (Vec<Vec<u8>>, Vec<usize>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.log");
+    let mut w = LogWriter::create(&*crate::fs::os(), &path).unwrap();
+    let mut records = Vec::new();
+    let mut ends = Vec::new();
+    for i in 0..120u32 {
+        let len = 300 + (i as usize * 37) % 900;
+        let record: Vec<u8> = (0..len)
+            .map(|j| ((i as usize + j) % 251 + 1) as u8)
+            .collect();
+        w.add_record(&record).unwrap();
+        records.push(record);
+        ends.push(usize::try_from(w.len()).unwrap());
+    }
+    w.sync().unwrap();
+    (records, ends, std::fs::read(&path).unwrap())
+}
+
+fn read_wal(bytes: &[u8], newest: bool) -> crate::Result<(Vec<Vec<u8>>, Option<reader::TornTail>)> {
+    let mut r = LogReader::new(bytes, Path::new("000001.log"), newest).zero_tail_ends();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record()? {
+        out.push(rec);
+    }
+    Ok((out, r.torn_tail().cloned()))
+}
+
+#[test]
+fn a_page_suffix_lost_by_a_power_cut_ends_the_newest_wal_and_is_damage_in_an_older_one() {
+    let (records, ends, bytes) = nonzero_log();
+    let page = 4096;
+    for boundary in (page..bytes.len() - page).step_by(page) {
+        for lost in [page, 1000, reader::MIN_LOST_RUN] {
+            let from = boundary - lost;
+            let mut holed = bytes.clone();
+            holed[from..boundary].fill(0);
+            let (got, torn) = read_wal(&holed, true)
+                .unwrap_or_else(|e| panic!("hole at {from}..{boundary}: {e}"));
+            let intact = ends.iter().take_while(|&&end| end <= from).count();
+            assert!(got.len() >= intact, "hole at {from}..{boundary}");
+            assert_eq!(got[..], records[..got.len()], "hole at {from}..{boundary}");
+            let torn = torn.expect("the hole is reported as a torn tail");
+            assert!(torn.offset <= from as u64);
+            assert_eq!(torn.offset + torn.bytes, bytes.len() as u64);
+            assert!(read_wal(&holed, false).unwrap_err().is_corruption());
+        }
+    }
+}
+
+#[test]
+fn zeros_that_do_not_reach_a_page_boundary_or_are_too_few_are_damage() {
+    let (_, _, bytes) = nonzero_log();
+    let boundary = 3 * 4096;
+    let damaged = [
+        // Zeros inside a page: no writeback leaves them.
+        (boundary - 2000, boundary - 100),
+        // Too few zeros before the boundary to tell from data.
+        (boundary - (reader::MIN_LOST_RUN - 1), boundary),
+    ];
+    for (from, to) in damaged {
+        let mut holed = bytes.clone();
+        holed[from..to].fill(0);
+        let err = read_wal(&holed, true).unwrap_err();
+        assert!(err.is_corruption(), "zeros at {from}..{to}: {err}");
+    }
+}
+
+/// The record a child of the kill test writes `i`-th: 200 to ~3.5 KiB of
+/// nonzero bytes, the sizes `memcpy` copies in no particular order.
+fn killed_writer_record(i: usize) -> Vec<u8> {
+    let len = 200 + (i * 1237) % 3300;
+    (0..len).map(|j| ((i + j) % 251 + 1) as u8).collect()
+}
+
+/// The child half of [`a_writer_killed_mid_append_leaves_a_torn_tail_not_damage`]:
+/// appends records to the mapped WAL at `STRATA_KILLED_WAL` until killed.
+#[test]
+#[ignore = "the child process of a_writer_killed_mid_append_leaves_a_torn_tail_not_damage"]
+fn killed_wal_writer_child() {
+    let path = std::env::var_os("STRATA_KILLED_WAL").expect("run by its parent test");
+    let mut w = LogWriter::create_wal(&*crate::fs::os(), Path::new(&path), true).unwrap();
+    for i in 0.. {
+        w.add_record(&killed_writer_record(i)).unwrap();
+    }
+}
+
+#[test]
+fn a_writer_killed_mid_append_leaves_a_torn_tail_not_damage() {
+    let exe = std::env::current_exe().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut torn = 0;
+    for round in 0..40u64 {
+        let path = dir.path().join(format!("{round:06}.log"));
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "wal::tests::killed_wal_writer_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("STRATA_KILLED_WAL", &path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Let it write for a while, until its log has grown past a block.
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&path).map_or(0, |m| m.len()) == 0
+            && started.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5 + round * 7 % 23));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (records, tail) = read_wal(&bytes, true)
+            .unwrap_or_else(|e| panic!("round {round}: a kill left damage: {e}"));
+        assert!(
+            !records.is_empty(),
+            "round {round}: the child wrote nothing"
+        );
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(*r, killed_writer_record(i), "round {round}, record {i}");
+        }
+        torn += usize::from(tail.is_some());
+    }
+    println!("{torn} of 40 kills cut a record short");
+}
