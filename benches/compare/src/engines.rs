@@ -22,6 +22,11 @@ pub trait Store {
     fn mapped_bytes_written(&self) -> u64 {
         0
     }
+    /// The engine's own description of its tree, level by level, where it
+    /// has one (`--levels`).
+    fn levels(&self) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(feature = "rocksdb")]
@@ -141,6 +146,10 @@ impl Store for Strata {
 
     fn settle(&self) {
         self.db.wait_for_compactions().expect("strata compaction");
+    }
+
+    fn levels(&self) -> Option<String> {
+        Some(self.db.stats().to_string())
     }
 
     fn mapped_bytes_written(&self) -> u64 {
@@ -290,6 +299,10 @@ mod rocks {
             let mut opts = WaitForCompactOptions::default();
             opts.set_flush(true);
             self.wait_for_compact(&opts).expect("rocksdb compaction");
+        }
+
+        fn levels(&self) -> Option<String> {
+            self.property_value("rocksdb.levelstats").ok().flatten()
         }
     }
 }

@@ -87,6 +87,10 @@ struct Args {
     /// With RocksDB's on, its write amplification misses what it mapped.
     #[arg(long, value_enum, default_value_t = engines::MmapWrites::Default)]
     mmap_writes: engines::MmapWrites,
+    /// After each fill, print each engine's tree level by level (to stderr),
+    /// where the engine describes it (strata, RocksDB).
+    #[arg(long)]
+    levels: bool,
 }
 
 fn key(i: u64, size: usize) -> Vec<u8> {
@@ -185,6 +189,7 @@ impl Run<'_> {
         let key_size = self.args.key_size;
         let value = self.value.clone();
         let dir = self.dir.clone();
+        let show_levels = self.args.levels;
         let store = self.store(fresh);
         let before = written_bytes() + store.mapped_bytes_written();
         let cpu_before = thread_cpu_secs();
@@ -196,6 +201,9 @@ impl Run<'_> {
         let cpu_micros = (thread_cpu_secs() - cpu_before) * 1e6 / order.len().max(1) as f64;
         store.settle();
         let written = written_bytes() + store.mapped_bytes_written() - before;
+        if let Some(levels) = show_levels.then(|| store.levels()).flatten() {
+            eprintln!("{} after {bench}:\n{levels}", self.engine);
+        }
         let user = order.len() as u64 * (key_size + value.len()) as u64;
         let extra = format!(
             ",\"write_amp\":{:.2},\"db_bytes\":{},\"writer_cpu_micros_per_op\":{cpu_micros:.3}",

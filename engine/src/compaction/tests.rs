@@ -148,8 +148,9 @@ fn keeps_only_the_newest_version_when_no_reader_needs_older() {
     let v = version(vec![(0, old), (0, new)]);
     let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
     let (rows, _) = compact(dir.path(), &c, 100, false).unwrap();
-    // b's tombstone hides nothing deeper, so it goes too.
-    assert_eq!(rows, vec![row("a", 9, Some("v2"))]);
+    // b's tombstone hides nothing deeper, so it goes too; a@9 is the base
+    // version of a, visible to every reader: its sequence goes.
+    assert_eq!(rows, vec![row("a", 0, Some("v2"))]);
 }
 
 #[test]
@@ -160,14 +161,15 @@ fn keeps_every_version_a_reader_at_the_smallest_snapshot_can_see() {
     let v = version(vec![(0, old), (0, new)]);
     let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
     let (rows, _) = compact(dir.path(), &c, 6, false).unwrap();
-    // A reader at 6 sees a@5 and b@1; the newer entries stay for later readers.
+    // A reader at 6 sees a@5 and b@1 (every reader does: their sequences
+    // go); the newer entries stay for later readers.
     assert_eq!(
         rows,
         vec![
             row("a", 9, Some("v2")),
-            row("a", 5, Some("v1")),
+            row("a", 0, Some("v1")),
             row("b", 7, None),
-            row("b", 1, Some("x")),
+            row("b", 0, Some("x")),
         ]
     );
 }
@@ -320,7 +322,7 @@ fn the_filter_sees_only_the_newest_value_of_each_key() {
     let filter = Arc::new(TestFilter::default());
     let (rows, _, counts) =
         compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
-    assert_eq!(rows, vec![row("a", 9, Some("keep"))]);
+    assert_eq!(rows, vec![row("a", 0, Some("keep"))]);
     // Not a@5 (shadowed), not b's tombstone (deletions are never offered).
     assert_eq!(
         *filter.offered.lock(),
@@ -366,7 +368,9 @@ fn a_removed_entry_takes_its_older_versions_in_the_compaction_along() {
 fn a_changed_value_keeps_its_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let t = table(dir.path(), 1, &[("a", 4, Some("+x")), ("b", 5, Some("y"))]);
-    let v = version(vec![(1, t)]);
+    // Deeper versions, so that the outputs keep their sequences.
+    let deeper = table(dir.path(), 2, &[("a", 1, Some("d")), ("b", 1, Some("d"))]);
+    let v = version(vec![(1, t), (3, deeper)]);
     let c = Compaction::new(v.clone(), 1, v.files(1).to_vec(), &options());
     let filter = Arc::new(TestFilter::default());
     let (rows, _, counts) =
@@ -398,7 +402,7 @@ fn a_panicking_filter_keeps_the_entry_and_the_compaction_goes_on() {
         compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
     assert_eq!(
         rows,
-        vec![row("a", 4, Some("!boom")), row("c", 6, Some("z"))]
+        vec![row("a", 0, Some("!boom")), row("c", 0, Some("z"))]
     );
     assert_eq!(
         counts,
@@ -426,7 +430,7 @@ fn entries_above_the_smallest_snapshot_are_not_offered() {
     // it, and a@3 is not the newest version: neither is offered.
     assert_eq!(
         rows,
-        vec![row("a", 7, Some("-new")), row("a", 3, Some("-old"))]
+        vec![row("a", 7, Some("-new")), row("a", 0, Some("-old"))]
     );
     assert!(filter.offered.lock().is_empty());
 }
@@ -440,7 +444,7 @@ fn a_bottom_rewrite_writes_to_its_own_level_and_drops_removed_entries() {
     let filter = Arc::new(TestFilter::default());
     let (rows, metas, _) =
         compact_with(dir.path(), &c, 100, false, &filtered_options(&filter)).unwrap();
-    assert_eq!(rows, vec![row("b", 5, Some("y"))]);
+    assert_eq!(rows, vec![row("b", 0, Some("y"))]);
     let edit = c.edit(Output {
         tables: metas,
         blob: None,
@@ -480,4 +484,42 @@ fn adjacent_kept_tombstones_never_make_outputs_share_a_key() {
             String::from_utf8_lossy(user_key(&pair[1].smallest)),
         );
     }
+}
+
+#[test]
+fn only_base_versions_every_reader_sees_lose_their_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    // b: a deeper level holds it. d: a kept tombstone covers it (L2 holds
+    // c5 in its range), older than d@7 but not than 0. e@8: above the smallest snapshot. a, e@4: base
+    // versions every reader sees.
+    let l0 = table_with_tombstones(
+        dir.path(),
+        3,
+        &[
+            ("a", 5, Some("a")),
+            ("b", 6, Some("b")),
+            ("d", 7, Some("d")),
+            ("e", 8, Some("e-new")),
+            ("e", 4, Some("e-old")),
+        ],
+        &[("c", "d5", 3)],
+    );
+    let l2 = table(
+        dir.path(),
+        1,
+        &[("b", 1, Some("old")), ("c5", 1, Some("old"))],
+    );
+    let v = version(vec![(0, l0), (2, l2)]);
+    let c = Compaction::new(v.clone(), 0, v.files(0).to_vec(), &options());
+    let (rows, _) = compact(dir.path(), &c, 7, false).unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            row("a", 0, Some("a")),
+            row("b", 6, Some("b")),
+            row("d", 7, Some("d")),
+            row("e", 8, Some("e-new")),
+            row("e", 0, Some("e-old")),
+        ]
+    );
 }

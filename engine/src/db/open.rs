@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
 use crate::fs::{Dir, SequentialReader};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
-use crate::key::ValueKind;
+use crate::key::{ValueKind, MAX_SEQUENCE};
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, RecoveryMode};
 use crate::recovery_report::{Damage, RecoveryReport};
@@ -527,49 +527,73 @@ fn orphan_is_obsolete(
             Err(e) if e.is_corruption() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let seq = entry.seq();
-        let found = match memtables
-            .iter()
-            .rev()
-            .find_map(|m| m.get(&entry.user_key, seq))
-        {
-            Some(found) => Some(found),
-            None => version.get(&entry.user_key, seq, &counters)?,
+        let lookup = |seq: u64| -> Result<Option<(u64, Lookup)>> {
+            match memtables
+                .iter()
+                .rev()
+                .find_map(|m| m.get(&entry.user_key, seq))
+            {
+                Some(found) => Ok(Some(found)),
+                None => version.get(&entry.user_key, seq, &counters),
+            }
         };
-        let same = match found.map(|(_, lookup)| lookup) {
-            Some(Lookup::Deleted) => entry.is_deletion(),
-            // A compaction output that copied the pointer.
-            Some(Lookup::Blob(pointer)) if pointer == entry.value => entry.is_blob_index(),
-            Some(found) if !entry.is_deletion() => {
-                // Compared by value: a flush that crashed before its edit
-                // has its values in the replayed WAL too, and a compaction
-                // that moved blob values (see `compaction`) points into a
-                // blob file of its own.
-                let value = |lookup: Lookup| match lookup {
-                    Lookup::Value(v) => Ok(v),
-                    // A replayed memtable's pointer names a WAL's blob
-                    // file, which no version holds yet.
-                    Lookup::Blob(pointer) => {
-                        BlobRef::from_entry(&pointer).and_then(|r| blob::read_from_dir(dir, &r))
+        let same = |found: Option<(u64, Lookup)>| -> Result<Option<bool>> {
+            Ok(Some(match found.map(|(_, lookup)| lookup) {
+                Some(Lookup::Deleted) => entry.is_deletion(),
+                // A compaction output that copied the pointer.
+                Some(Lookup::Blob(pointer)) if pointer == entry.value => entry.is_blob_index(),
+                Some(found) if !entry.is_deletion() => {
+                    // Compared by value: a flush that crashed before its edit
+                    // has its values in the replayed WAL too, and a compaction
+                    // that moved blob values (see `compaction`) points into a
+                    // blob file of its own.
+                    let value = |lookup: Lookup| match lookup {
+                        Lookup::Value(v) => Ok(v),
+                        // A replayed memtable's pointer names a WAL's blob
+                        // file, which no version holds yet.
+                        Lookup::Blob(pointer) => {
+                            BlobRef::from_entry(&pointer).and_then(|r| blob::read_from_dir(dir, &r))
+                        }
+                        Lookup::Deleted => Ok(Vec::new()),
+                    };
+                    let separated = |e: &Entry| {
+                        let r = BlobRef::decode(&e.value).map_err(|e| e.at(path, 0))?;
+                        blob::read_from_dir(dir, &r)
+                    };
+                    let orphan = if entry.is_blob_index() {
+                        separated(&entry)
+                    } else {
+                        Ok(entry.value.clone())
+                    };
+                    match (orphan, value(found)) {
+                        (Ok(a), Ok(b)) => a == b,
+                        // Unreadable: not provably garbage.
+                        _ => return Ok(None),
                     }
-                    Lookup::Deleted => Ok(Vec::new()),
-                };
-                let separated = |e: &Entry| {
-                    let r = BlobRef::decode(&e.value).map_err(|e| e.at(path, 0))?;
-                    blob::read_from_dir(dir, &r)
-                };
-                let orphan = if entry.is_blob_index() {
-                    separated(&entry)
-                } else {
-                    Ok(entry.value.clone())
-                };
-                match (orphan, value(found)) {
-                    (Ok(a), Ok(b)) => a == b,
-                    // Unreadable: not provably garbage.
-                    _ => return Ok(None),
+                }
+                Some(_) | None => false,
+            }))
+        };
+        let same = if entry.seq() == 0 {
+            // A compaction into the base level dropped the sequence of a
+            // version every reader saw (see `compaction`): it must be one of
+            // the key's versions in the recovered state, newest first.
+            let mut at = MAX_SEQUENCE;
+            loop {
+                let found = lookup(at)?;
+                let next = found.as_ref().map_or(0, |(seq, _)| *seq);
+                match same(found)? {
+                    Some(true) => break true,
+                    None => return Ok(None),
+                    Some(false) if next == 0 => break false,
+                    Some(false) => at = next - 1,
                 }
             }
-            Some(_) | None => false,
+        } else {
+            match same(lookup(entry.seq())?)? {
+                Some(same) => same,
+                None => return Ok(None),
+            }
         };
         if !same {
             return Ok(Some(false));
