@@ -117,7 +117,10 @@ pub struct Options {
 pub enum RecoveryMode {
     /// Any damage but a torn tail fails the open with
     /// [`Error::Corruption`] naming the file and offset. Nothing is lost
-    /// without the caller knowing.
+    /// without the caller knowing. What a power cut can leave at the end of
+    /// the newest WAL counts as its torn tail, a page of zeros followed by
+    /// later records included; the report names it and the WAL is kept in
+    /// `lost/`.
     #[default]
     AbsoluteConsistency,
     /// Replay stops at the first damage: the database opens holding every

@@ -232,7 +232,8 @@ pub(super) fn replay_logs(
     for (i, &number) in logs.iter().enumerate() {
         let path = file_name::log_path(dir, number);
         let newest = i + 1 == logs.len();
-        let mut replay = LogReplay::open(dir, &path, newest)?;
+        let skipping = options.recovery_mode == RecoveryMode::SkipCorrupted;
+        let mut replay = LogReplay::open(dir, &path, newest, skipping)?;
         let stopped = loop {
             let mem = memtables.last().map_or(0, Memtable::approximate_size);
             if mem >= options.write_buffer_size {
@@ -320,19 +321,26 @@ enum Skipped {
 }
 
 impl LogReplay {
-    fn open(dir: &Dir, path: &Path, newest: bool) -> Result<Self> {
+    /// `skipping`: damage will be skipped, so a page a power cut lost in
+    /// the newest log is damage to skip rather than its end (see `wal::reader`).
+    fn open(dir: &Dir, path: &Path, newest: bool, skipping: bool) -> Result<Self> {
         let file = dir.fs().open(path).map_err(|e| Error::io(path, e))?;
+        let reader = LogReader::new(
+            std::io::BufReader::with_capacity(1 << 16, SequentialReader::new(file)),
+            path,
+            newest,
+        )
+        .zero_tail_ends();
         Ok(LogReplay {
             dir: dir.clone(),
             path: path.to_path_buf(),
             newest,
             blob_torn: None,
-            reader: LogReader::new(
-                std::io::BufReader::with_capacity(1 << 16, SequentialReader::new(file)),
-                path,
-                newest,
-            )
-            .zero_tail_ends(),
+            reader: if skipping {
+                reader.read_past_holes()
+            } else {
+                reader
+            },
             skipped: Vec::new(),
             bad_record: None,
             read_since_skip: true,

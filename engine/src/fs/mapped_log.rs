@@ -34,9 +34,10 @@
 //! Each append is copied front to back ([`copy_front_to_back`]), so that a
 //! process killed mid-copy leaves what `write` would: a prefix of the
 //! append. A power cut may leave more: pages of the mapping reach the disk
-//! independently, so any page written after the last `sync` may read back
-//! as zeros while a later one holds data. The reader takes a zeroed page in
-//! the newest WAL for the end of it.
+//! independently, so a page dirtied after the last `sync` may read back
+//! with zeros from where its last writeback left it to its end, while a
+//! later page holds data. The reader takes such zeros in the newest WAL for
+//! its end (see `wal::reader`).
 
 use std::fs::File;
 use std::io;
@@ -57,8 +58,9 @@ pub(crate) struct MappedLog {
     map_start: u64,
     /// Bytes appended: the offset of the next one.
     len: u64,
-    /// The file system cannot reserve space, or the file cannot be mapped:
-    /// appends are `write`s.
+    /// The file system cannot reserve space, a reservation there does not
+    /// keep a store from needing space ([`reservation_holds`]), or the file
+    /// cannot be mapped: appends are `write`s.
     plain: bool,
 }
 
@@ -139,7 +141,8 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// mapped page is first written back. True on the file systems that write
 /// a file's blocks in place (ext4, XFS: a new file shares no blocks), in
 /// memory (tmpfs), and through overlayfs (whose writable layer is one of
-/// those in practice). Copy-on-write file systems (btrfs, bcachefs, ZFS)
+/// those in practice; an overlay on a copy-on-write layer is not told
+/// apart). Copy-on-write file systems (btrfs, bcachefs, ZFS)
 /// need new space at every write, so a full disk could raise `SIGBUS` at
 /// a store: there, and wherever the answer is unknown, appends are
 /// `write`s.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{FileBytes, FileSystem, RandomAccessFile, WritableFile};
+use super::{FileBytes, FileSystem, RandomAccessFile, WritableFile, PAGE};
 
 /// An in-memory file system that can lose power; see the [module docs](super).
 ///
@@ -60,10 +60,6 @@ enum Node {
 
 /// How much a write-ahead log grows at a time, zero-filled.
 const RESERVE: usize = 4096;
-
-/// The unit of the page cache's writeback: a power cut loses unsynced
-/// bytes of a mapped log page by page.
-const PAGE: usize = 4096;
 
 #[derive(Default)]
 struct Inode {
@@ -108,7 +104,9 @@ fn lose_page_suffixes(data: &mut [u8], synced: usize, append_ends: &[usize], rng
     while page < data.len() {
         let roll = next_random(rng);
         let end = (page + PAGE).min(data.len());
-        let points: Vec<usize> = std::iter::once(page)
+        // Its start, or the sync point in it: a sync wrote the page back,
+        // and appends after it dirtied the page again.
+        let points: Vec<usize> = std::iter::once(page.max(synced))
             .chain(append_ends.iter().copied())
             .filter(|&at| at >= synced && at >= page && at < end)
             .collect();
@@ -464,8 +462,9 @@ impl WritableFile for MemWritable {
     fn sync(&mut self) -> io::Result<()> {
         self.fs.state.lock().step()?;
         let mut inode = self.inode.lock();
-        // A log's reserved zeros are durable, but not what is later copied
-        // over them.
+        // What is later copied over a log's reserved zeros is not durable.
+        // (A power cut may then also cut the synced zeros off; the reader
+        // takes both for the end of the log.)
         inode.synced = self.appended.unwrap_or(inode.data.len());
         inode.append_ends.clear();
         Ok(())
@@ -675,7 +674,9 @@ mod tests {
         for piece in appended.chunks(700) {
             log.append(piece).unwrap();
         }
-        let ends: Vec<usize> = (1..=appended.len().div_ceil(700))
+        // Where a page can have been written back: the sync point and
+        // the end of each append.
+        let ends: Vec<usize> = (0..=appended.len().div_ceil(700))
             .map(|k| 1000 + 700 * k)
             .collect();
         let mut holes = 0;

@@ -39,6 +39,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub(crate) use appender::Appender;
+
+/// The unit of the page cache's writeback: a log page dirtied after a
+/// sync reaches the disk whole or not at all, independently of the others
+/// (written into reserved space, a page not written back reads as zeros).
+/// Larger pages only make the unit a multiple of this one; a drive that
+/// tears a page into sectors is not modelled.
+pub(crate) const PAGE: usize = 4096;
 pub use mem::MemFs;
 pub use os::OsFs;
 

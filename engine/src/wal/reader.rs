@@ -28,9 +28,14 @@
 //!   from its header on, up to a page boundary: see
 //!   [`LogReader::lost_page_suffix`]) ends the log as a torn tail. Nothing
 //!   after the hole had been synced, since a sync makes every earlier byte
-//!   durable. The price: damage in a fragment that really holds that many
-//!   zeros before a page boundary is taken for a power cut (reported as a
-//!   torn tail, the WAL kept aside) rather than failing the open.
+//!   durable, if a power cut made the hole. The price: other damage of the
+//!   same shape (a page of the newest WAL the drive lost or zeroed later,
+//!   synced or not, or a damaged fragment that really holds that many zeros
+//!   before a page boundary) is taken for a power cut too, and the records
+//!   after it are dropped as a reported torn tail (the WAL is kept aside in
+//!   `lost/`) rather than failing the open. A caller that skips damage
+//!   ([`LogReader::read_past_holes`]) gets such a hole as damage, and the
+//!   records after it.
 //! - Anything else is [`Error::Corruption`] with the offset: a whole
 //!   fragment whose checksum fails (even the very last one: an append that
 //!   was cut short cannot produce a fragment of full length, so its bytes
@@ -54,11 +59,14 @@ use std::path::{Path, PathBuf};
 
 use super::{fragment_crc, FragmentType, BLOCK_SIZE, HEADER_SIZE};
 use crate::error::{Error, Result};
+use crate::fs::PAGE;
 
-/// The unit in which a power cut loses unsynced bytes: a page of the page
-/// cache, written back whole or not at all. Aligned in the file, and a
-/// divisor of [`BLOCK_SIZE`], so blocks start on page boundaries.
-const PAGE: usize = 4096;
+// Blocks start on page boundaries, so a page's bounds within a block are
+// its bounds in the file.
+const _: () = assert!(BLOCK_SIZE.is_multiple_of(PAGE));
+
+const CUT_SHORT: &str = "record cut short by the reserved zeros";
+const LOST_PAGE: &str = "page lost by a power cut (zeros, then data)";
 
 /// The fewest zeros before a page boundary a damaged fragment must hold to
 /// be taken for a lost page suffix: a page written back within its last
@@ -103,6 +111,8 @@ pub(crate) struct LogReader<R> {
     tolerate_torn_tail: bool,
     /// A zero-filled tail at a fragment boundary is the end, not a tear.
     zero_tail_ends: bool,
+    /// The newest WAL: a page suffix lost by a power cut ends it.
+    holes_end_log: bool,
     /// Set when the file ended in a torn tail that was tolerated.
     torn: Option<TornTail>,
     /// File offset of the last record returned.
@@ -130,6 +140,7 @@ impl<R: Read> LogReader<R> {
             at_last_block: false,
             tolerate_torn_tail,
             zero_tail_ends: false,
+            holes_end_log: false,
             torn: None,
             record_offset: 0,
             skipping_from: None,
@@ -142,6 +153,15 @@ impl<R: Read> LogReader<R> {
     /// docs) reads as the end of the log, whether or not the file may be torn.
     pub(crate) fn zero_tail_ends(mut self) -> Self {
         self.zero_tail_ends = true;
+        self.holes_end_log = self.tolerate_torn_tail;
+        self
+    }
+
+    /// For a caller that skips damage: a page suffix lost by a power cut
+    /// (module docs) is reported as damage to skip, so that the records
+    /// after it are read too, instead of ending the log.
+    pub(crate) fn read_past_holes(mut self) -> Self {
+        self.holes_end_log = false;
         self
     }
 
@@ -337,18 +357,16 @@ impl<R: Read> LogReader<R> {
                         reason: "zero-filled tail",
                     })
                 } else if lost {
-                    Ok(self.lost_page(offset))
+                    Ok(self.torn_at(offset, LOST_PAGE))
                 } else {
                     Err(self.corrupt(offset, "zeroed fragment header followed by data"))
                 };
             }
             let Ok(kind) = FragmentType::try_from(kind_byte) else {
-                let lost = kind_byte == 0 && self.lost_page_suffix(0, crc, start);
-                if kind_byte == 0 && self.cut_short_by_zeros(0, crc, start)? {
-                    return Ok(self.cut_short(offset));
-                }
-                if lost {
-                    return Ok(self.lost_page(offset));
+                if kind_byte == 0 {
+                    if let Some(torn) = self.torn_by_zeros(offset, 0, crc, start)? {
+                        return Ok(torn);
+                    }
                 }
                 return Err(self.corrupt(offset, "unknown fragment type"));
             };
@@ -370,12 +388,8 @@ impl<R: Read> LogReader<R> {
             }
             let payload = self.block.get(start..end).unwrap_or_default();
             if fragment_crc(kind_byte, payload) != crc {
-                let lost = self.lost_page_suffix(kind_byte, crc, end);
-                if self.cut_short_by_zeros(kind_byte, crc, end)? {
-                    return Ok(self.cut_short(offset));
-                }
-                if lost {
-                    return Ok(self.lost_page(offset));
+                if let Some(torn) = self.torn_by_zeros(offset, kind_byte, crc, end)? {
+                    return Ok(torn);
                 }
                 return Err(self.corrupt(offset, "fragment checksum mismatch"));
             }
@@ -423,55 +437,71 @@ impl<R: Read> LogReader<R> {
         self.rest_is_zero()
     }
 
-    /// The torn tail of a fragment [`cut_short_by_zeros`](Self::cut_short_by_zeros).
-    fn cut_short(&mut self, offset: u64) -> Fragment {
-        self.pos = self.block.len();
-        Fragment::Torn {
-            offset,
-            reason: "record cut short by the reserved zeros",
+    /// The torn tail the damaged fragment at `pos` (at file `offset`, of
+    /// type `kind` and checksum `crc`, reaching to `end`) is, if its zeros
+    /// say it was [cut short](Self::cut_short_by_zeros) or lost a [page
+    /// suffix](Self::lost_page_suffix). The page test runs first: the other
+    /// may read ahead, replacing the block.
+    fn torn_by_zeros(
+        &mut self,
+        offset: u64,
+        kind: u8,
+        crc: u32,
+        end: usize,
+    ) -> Result<Option<Fragment>> {
+        let lost = self.lost_page_suffix(kind, crc, end);
+        if self.cut_short_by_zeros(kind, crc, end)? {
+            return Ok(Some(self.torn_at(offset, CUT_SHORT)));
         }
+        Ok(lost.then(|| self.torn_at(offset, LOST_PAGE)))
+    }
+
+    /// A torn tail from file `offset` on: nothing after it is read.
+    fn torn_at(&mut self, offset: u64, reason: &'static str) -> Fragment {
+        self.pos = self.block.len();
+        Fragment::Torn { offset, reason }
     }
 
     /// In the newest WAL, whether the damaged fragment at `pos`, of type
     /// `kind` and checksum `crc`, reaching to `end` in the block, shows a
-    /// page suffix a power cut lost (module docs): zeros that run up to a
-    /// page boundary from inside the fragment, at least [`MIN_LOST_RUN`] of
-    /// them or all of it from its header on, and no prefix of its payload
-    /// that matches the checksum (that would be a whole record behind a
-    /// damaged length). Reads nothing: called before a look-ahead replaces
-    /// the block.
+    /// page suffix a power cut lost (module docs): zeros up to a page
+    /// boundary that reach back into the fragment, at least
+    /// [`MIN_LOST_RUN`] of them or all of it from its header on (where only
+    /// checksum bytes were lost, the ones kept must be the payload's), and
+    /// no prefix of its payload that matches the checksum (that would be a
+    /// whole record behind a damaged length). Reads nothing.
     fn lost_page_suffix(&self, kind: u8, crc: u32, end: usize) -> bool {
-        if !(self.tolerate_torn_tail && self.zero_tail_ends) {
+        if !self.holes_end_log {
             return false;
         }
-        let end = end.clamp(self.pos + HEADER_SIZE, self.block.len());
-        let last = end.next_multiple_of(PAGE).min(self.block.len());
-        let zeros_to_a_boundary =
-            ((self.pos / PAGE + 1) * PAGE..=last)
-                .step_by(PAGE)
-                .any(|boundary| {
-                    let from = boundary
-                        .saturating_sub(MIN_LOST_RUN)
-                        .min(end - 1)
-                        .max(self.pos);
-                    self.block
-                        .get(from..boundary)
-                        .is_some_and(|run| run.iter().all(|&b| b == 0))
-                });
+        let end = end.max(self.pos + HEADER_SIZE).min(self.block.len());
         let payload = self
             .block
             .get(self.pos + HEADER_SIZE..end)
             .unwrap_or_default();
-        zeros_to_a_boundary && !some_prefix_has_crc(kind, payload, crc)
-    }
-
-    /// The torn tail of a fragment that met a [lost page suffix](Self::lost_page_suffix).
-    fn lost_page(&mut self, offset: u64) -> Fragment {
-        self.pos = self.block.len();
-        Fragment::Torn {
-            offset,
-            reason: "page lost by a power cut (zeros, then data)",
-        }
+        let hole_before = |boundary: usize| {
+            let from = boundary
+                .saturating_sub(MIN_LOST_RUN)
+                .min(end.saturating_sub(1))
+                .max(self.pos);
+            let zeros = self
+                .block
+                .get(from..boundary)
+                .is_some_and(|run| run.iter().all(|&b| b == 0));
+            let header_lost = boundary - self.pos;
+            if zeros && header_lost <= 4 {
+                // Length, type and payload lie past the boundary, as written:
+                // the checksum bytes there must be theirs.
+                let want = fragment_crc(kind, payload).to_le_bytes();
+                return want.get(header_lost..) == crc.to_le_bytes().get(header_lost..);
+            }
+            zeros
+        };
+        let last = end.next_multiple_of(PAGE).min(self.block.len());
+        ((self.pos / PAGE + 1) * PAGE..=last)
+            .step_by(PAGE)
+            .any(hole_before)
+            && !some_prefix_has_crc(kind, payload, crc)
     }
 
     /// True when every byte from the current position to the end of the file is zero.
