@@ -585,10 +585,11 @@ fn orphan_is_obsolete(
         let same = if entry.seq() == 0 {
             // A compaction into the base level dropped the sequence of a
             // version every reader saw (see `compaction`): it must be one of
-            // the key's versions in the recovered state, newest first.
+            // the key's versions in the recovered tables (compactions read
+            // only tables), newest first.
             let mut at = MAX_SEQUENCE;
             loop {
-                let found = lookup(at)?;
+                let found = version.get(&entry.user_key, at, &counters)?;
                 let next = found.as_ref().map_or(0, |(seq, _)| *seq);
                 match same(found)? {
                     Some(true) => break true,

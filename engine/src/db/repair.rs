@@ -12,7 +12,12 @@
 //!    goes into L0, where lookups search the highest file number first. So
 //!    the tables are renamed to fresh numbers in the order of the newest
 //!    sequence each holds, and a newer version of a key is found before an
-//!    older one. Compaction sorts L0 into levels afterwards.
+//!    older one. Compaction sorts L0 into levels afterwards. (Known limit:
+//!    base-level compaction outputs hold versions at sequence 0, see
+//!    `compaction`; a compaction input that a reader kept alive past its
+//!    edit when the process died is older than them but carries its real
+//!    sequences, and would shadow them here. The open deletes such tables
+//!    when it can read the MANIFEST; repair does not read it yet.)
 //! 4. A fresh MANIFEST naming every table is synced and `CURRENT` switched
 //!    to it; only then are the old MANIFESTs, the unreadable tables and the
 //!    damaged logs moved into `lost/`, and the logs that replayed whole
