@@ -632,20 +632,33 @@ mod tests {
         assert!(after.exists(Path::new("/c/d")));
     }
 
+    /// A new write-ahead log at `path` whose name (and directory) survive
+    /// a power loss.
+    fn durable_log(fs: &MemFs, path: &Path) -> Box<dyn WritableFile> {
+        let dir = path.parent().unwrap();
+        super::super::create_dir_durably(fs, dir).unwrap();
+        let log = fs.create_log(path).unwrap();
+        fs.sync_dir(dir).unwrap();
+        log
+    }
+
+    /// Seeds the power-loss generator, spreading small seeds over all bits.
+    fn reseed(fs: &MemFs, seed: u64) {
+        fs.state.lock().rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    }
+
     #[test]
     fn a_log_holds_reserved_zeros_until_dropped_and_may_keep_them_after_a_power_loss() {
         let fs = MemFs::new();
-        super::super::create_dir_durably(&fs, Path::new("/d")).unwrap();
         let path = Path::new("/d/000001.log");
-        let mut log = fs.create_log(path).unwrap();
-        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut log = durable_log(&fs, path);
         log.append(b"synced").unwrap();
         log.sync().unwrap();
         log.append(b"lost").unwrap();
         assert_eq!(fs.file_size(path).unwrap(), RESERVE as u64);
         let mut zeroed_in_place = false;
         for seed in 1..64u64 {
-            fs.state.lock().rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            reseed(&fs, seed);
             let after = fs.after_power_loss();
             let bytes = read(&after, "/d/000001.log").unwrap();
             assert_eq!(&bytes[..6], b"synced");
@@ -663,10 +676,8 @@ mod tests {
     #[test]
     fn a_power_loss_may_lose_the_end_of_a_page_and_keep_a_later_one() {
         let fs = MemFs::new();
-        super::super::create_dir_durably(&fs, Path::new("/d")).unwrap();
         let path = Path::new("/d/000001.log");
-        let mut log = fs.create_log(path).unwrap();
-        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut log = durable_log(&fs, path);
         let synced = vec![1u8; 1000];
         log.append(&synced).unwrap();
         log.sync().unwrap();
@@ -681,7 +692,7 @@ mod tests {
             .collect();
         let mut holes = 0;
         for seed in 1..200u64 {
-            fs.state.lock().rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            reseed(&fs, seed);
             let bytes = read(&fs.after_power_loss(), "/d/000001.log").unwrap();
             assert_eq!(&bytes[..1000], &synced[..]);
             let tail = &bytes[1000..];

@@ -24,6 +24,20 @@ fn read_log(bytes: &[u8], tolerate: bool) -> crate::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// Every record `r` yields, skipping each corruption as a caller in
+/// `RecoveryMode::SkipCorrupted` does; any other error fails the test.
+fn records_skipping_damage(r: &mut LogReader<&[u8]>) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    loop {
+        match r.next_record() {
+            Ok(Some(rec)) => got.push(rec),
+            Ok(None) => return got,
+            Err(crate::Error::Corruption { offset, .. }) => r.skip_damage(offset),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 fn sample_records() -> Vec<Vec<u8>> {
     vec![
         b"small".to_vec(),
@@ -274,19 +288,7 @@ fn skipping_damage_that_ends_in_zeros_resumes_at_the_next_block() {
     bytes[HEADER_SIZE + rec1.len() + HEADER_SIZE + 500] ^= 1;
     let path = Path::new("000001.log");
     let mut r = LogReader::new(&bytes[..], path, false).zero_tail_ends();
-    let mut got = Vec::new();
-    loop {
-        match r.next_record() {
-            Ok(Some(rec)) => got.push(rec),
-            Ok(None) => break,
-            Err(e) => {
-                let crate::Error::Corruption { offset, .. } = e else {
-                    panic!("{e}");
-                };
-                r.skip_damage(offset);
-            }
-        }
-    }
+    let got = records_skipping_damage(&mut r);
     assert_eq!(got, vec![rec1, rec3]);
 }
 
@@ -454,19 +456,7 @@ fn a_reader_that_skips_damage_reads_past_a_lost_page() {
     let mut r = LogReader::new(&holed[..], Path::new("000001.log"), true)
         .zero_tail_ends()
         .read_past_holes();
-    let mut got = Vec::new();
-    loop {
-        match r.next_record() {
-            Ok(Some(rec)) => got.push(rec),
-            Ok(None) => break,
-            Err(e) => {
-                let crate::Error::Corruption { offset, .. } = e else {
-                    panic!("{e}");
-                };
-                r.skip_damage(offset);
-            }
-        }
-    }
+    let got = records_skipping_damage(&mut r);
     // A skip resumes at the next block.
     let after = ends.iter().filter(|&&end| end > 2 * BLOCK_SIZE).count();
     assert!(after > 0);
