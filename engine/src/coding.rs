@@ -38,7 +38,16 @@ pub(crate) fn get_varint64(src: &mut &[u8]) -> Result<u64, DecodeError> {
     Err(DecodeError("varint longer than 10 bytes"))
 }
 
+#[inline]
 pub(crate) fn get_varint32(src: &mut &[u8]) -> Result<u32, DecodeError> {
+    // The lengths in a block entry's header nearly always fit in one byte;
+    // this path is inlined into the block reader's inner loop.
+    if let Some((&b, rest)) = src.split_first() {
+        if b < 0x80 {
+            *src = rest;
+            return Ok(u32::from(b));
+        }
+    }
     u32::try_from(get_varint64(src)?).map_err(|_| DecodeError("varint overflows 32 bits"))
 }
 

@@ -93,6 +93,7 @@ pub fn table_reader(dir: &Path, bytes: &[u8]) {
     }
     let fs: std::sync::Arc<dyn crate::fs::FileSystem> = std::sync::Arc::new(crate::fs::OsFs);
     if let Ok(table) = crate::sstable::Table::open(&fs, &path) {
+        let _ = table.may_contain(crate::sstable::KeyHash::of(b"key"));
         let _ = table.lookup(b"key", crate::MAX_SEQUENCE);
         let bounds = crate::iter::KeyBounds::prefix(b"");
         let mut source = crate::sstable::TableSource::new(

@@ -58,7 +58,15 @@ impl BlockCache {
         key: (u64, u32),
         load: impl FnOnce() -> Result<Arc<[u8]>, E>,
     ) -> Result<Arc<[u8]>, E> {
-        self.blocks.get_or_insert_with(&key, load)
+        if let Some(block) = self.blocks.get(&key) {
+            return Ok(block);
+        }
+        // Two readers missing the same block at once both decompress it;
+        // that is cheaper than the placeholder every miss would pay for
+        // `get_or_insert_with` to prevent it.
+        let block = load()?;
+        self.blocks.insert(key, block.clone());
+        Ok(block)
     }
 
     /// Bytes of blocks held now.

@@ -111,22 +111,69 @@ pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeErro
 /// The uncompressed contents of a stored block with compression byte
 /// `compression` (already checksum-verified).
 pub(crate) fn decompress(compression: u8, stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    match compression {
-        LZ4_COMPRESSION => {
-            // LZ4 expands at most ~255x.
-            let (claimed, body) = claimed_length(stored, 255)?;
-            let out = lz4_flex::decompress(body, claimed)
-                .map_err(|_| DecodeError("corrupt LZ4 block"))?;
-            exactly(out, claimed)
-        }
-        ZSTD_COMPRESSION => {
-            // A zstd block of 128 KiB can be one RLE byte and its header.
-            let (claimed, body) = claimed_length(stored, 32 * 1024)?;
-            exactly(super::zstd_codec::decompress(body, claimed)?, claimed)
-        }
-        NO_COMPRESSION => Ok(stored.to_vec()),
-        _ => Err(DecodeError("unknown block compression type")),
+    decompress_into_new(compression, stored)
+}
+
+/// A buffer a block is decompressed into, made at its final length so that
+/// the bytes are written once, where they stay.
+pub(crate) trait BlockBuf: Sized {
+    fn zeroed(len: usize) -> Self;
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl BlockBuf for Vec<u8> {
+    fn zeroed(len: usize) -> Self {
+        vec![0; len]
     }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl BlockBuf for std::sync::Arc<[u8]> {
+    fn zeroed(len: usize) -> Self {
+        // One allocation of exactly `len` bytes (`RepeatN` knows its length).
+        std::iter::repeat_n(0, len).collect()
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // A buffer just made by `zeroed` has no other owner; were it shared,
+        // the empty slice makes the decoder report a too-small output.
+        std::sync::Arc::get_mut(self).unwrap_or_default()
+    }
+}
+
+/// [`decompress`] into a new `B`: the block cache's shared blocks are
+/// decompressed in place rather than copied out of a `Vec`.
+pub(crate) fn decompress_into_new<B: BlockBuf>(
+    compression: u8,
+    stored: &[u8],
+) -> Result<B, DecodeError> {
+    let (claimed, body) = match compression {
+        // LZ4 expands at most ~255x.
+        LZ4_COMPRESSION => claimed_length(stored, 255)?,
+        // A zstd block of 128 KiB can be one RLE byte and its header.
+        ZSTD_COMPRESSION => claimed_length(stored, 32 * 1024)?,
+        NO_COMPRESSION => {
+            let mut out = B::zeroed(stored.len());
+            out.bytes_mut().copy_from_slice(stored);
+            return Ok(out);
+        }
+        _ => return Err(DecodeError("unknown block compression type")),
+    };
+    let mut out = B::zeroed(claimed);
+    let written = if compression == LZ4_COMPRESSION {
+        lz4_flex::decompress_into(body, out.bytes_mut())
+            .map_err(|_| DecodeError("corrupt LZ4 block"))?
+    } else {
+        super::zstd_codec::decompress_into(body, out.bytes_mut())?
+    };
+    // Decoders take the length as a capacity, not a promise.
+    if written != claimed {
+        return Err(DecodeError(
+            "compressed block shorter than its recorded length",
+        ));
+    }
+    Ok(out)
 }
 
 /// Splits a compressed block into its recorded uncompressed length and its
@@ -139,18 +186,6 @@ fn claimed_length(stored: &[u8], max_ratio: usize) -> Result<(usize, &[u8]), Dec
         return Err(DecodeError("compressed block claims an impossible length"));
     }
     Ok((claimed, body))
-}
-
-/// `out` if it has the recorded length: decoders take the length as a
-/// capacity, not a promise.
-fn exactly(out: Vec<u8>, claimed: usize) -> Result<Vec<u8>, DecodeError> {
-    if out.len() == claimed {
-        Ok(out)
-    } else {
-        Err(DecodeError(
-            "compressed block shorter than its recorded length",
-        ))
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

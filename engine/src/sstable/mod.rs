@@ -22,7 +22,7 @@
 //! point every 16 entries, so that a lookup binary-searches the restarts and
 //! scans at most 16 entries. The *index block* has one entry per data block,
 //! keyed by the block's last internal key; it is decoded whole when the
-//! table is opened, never searched in place. What it holds depends on the
+//! table is opened ([`index`]), never searched in place. What it holds depends on the
 //! footer's format version:
 //!
 //! - **2** (written since 2026-12): a restart every 16 entries (its keys are
@@ -49,12 +49,14 @@ pub(crate) mod builder;
 pub(crate) mod cache;
 pub(crate) mod filter;
 pub(crate) mod footer;
+pub(crate) mod index;
 pub(crate) mod properties;
 pub(crate) mod reader;
 pub(crate) mod zstd_codec;
 
 pub(crate) use builder::TableBuilder;
 pub(crate) use cache::BlockCache;
+pub(crate) use filter::KeyHash;
 pub(crate) use reader::{Table, TableSource};
 
 #[cfg(test)]

@@ -3,27 +3,24 @@
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use super::block::BlockIter;
 use super::cache::{next_table_id, BlockCache};
 use super::filter;
 use super::footer::{
-    decompress, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN, FORMAT_V1,
+    decompress_into_new, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN,
     NO_COMPRESSION,
 };
+use super::index::Index;
 use super::properties::Properties;
-use crate::coding::get_varint32;
 use crate::error::{DecodeError, Error, Result};
 use crate::fs::{FileBytes, FileSystem};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
 use crate::memtable::Lookup;
 use crate::range_del::RangeTombstone;
-
-/// The last internal key of a data block, and where the block is.
-type IndexEntry = (Box<[u8]>, BlockHandle);
 
 /// A data block at least this large holds a big value (a file chunk, say)
 /// and is rarely read twice in a row: once read, its whole pages leave this
@@ -32,17 +29,23 @@ type IndexEntry = (Box<[u8]>, BlockHandle);
 /// page cache keeps them; the next read maps them again without disk I/O.
 const RELEASE_AFTER_READ: u64 = 256 << 10;
 
+/// A data block's state in [`Table::block_states`].
+const BLOCK_UNVERIFIED: u8 = 0;
+const BLOCK_STORED_PLAIN: u8 = 1;
+const BLOCK_COMPRESSED: u8 = 2;
+
 /// An open, immutable table.
 pub(crate) struct Table {
     path: PathBuf,
     fs: Arc<dyn FileSystem>,
     mmap: FileBytes,
     /// The index block, decoded: last internal key of each data block, and where it is.
-    pub(super) index: Vec<IndexEntry>,
+    pub(super) index: Index,
     filter: std::ops::Range<usize>,
     properties: Properties,
-    /// Per data block: its checksum has been verified once already.
-    verified: Box<[AtomicBool]>,
+    /// Per data block: `BLOCK_UNVERIFIED` until its checksum has been
+    /// verified, then whether it is stored compressed.
+    block_states: Box<[AtomicU8]>,
     /// This table's key in `cache`.
     id: u64,
     /// Where decompressed blocks are kept; without one (one-pass scans) a
@@ -111,7 +114,7 @@ impl Table {
         let properties = Properties::decode(mmap.get(props_range).unwrap_or_default())
             .map_err(|e| corrupt(footer.properties.offset, e))?;
         let index =
-            read_index(&mmap, &footer, footer_at).map_err(|e| corrupt(footer.index.offset, e))?;
+            Index::read(&mmap, &footer, footer_at).map_err(|e| corrupt(footer.index.offset, e))?;
         if index.len() as u64 != properties.data_blocks {
             return Err(Error::corruption(
                 path,
@@ -119,7 +122,9 @@ impl Table {
                 "index and properties disagree on the number of data blocks",
             ));
         }
-        let verified = (0..index.len()).map(|_| AtomicBool::new(false)).collect();
+        let block_states = (0..index.len())
+            .map(|_| AtomicU8::new(BLOCK_UNVERIFIED))
+            .collect();
         Ok(Table {
             path: path.to_path_buf(),
             fs: fs.clone(),
@@ -127,7 +132,7 @@ impl Table {
             index,
             filter,
             properties,
-            verified,
+            block_states,
             id: next_table_id(),
             cache,
         })
@@ -155,6 +160,34 @@ impl Table {
 
     /// Data block `i`'s uncompressed contents, checksum-verified on first use.
     fn data_block(&self, i: usize) -> Result<BlockRef<'_>> {
+        // A block known to be compressed is looked up in the cache before
+        // its stored bytes are touched: a hit then costs no page of the file.
+        if self.block_state(i) != BLOCK_COMPRESSED {
+            let (compression, stored) = self.stored_block(i)?;
+            if compression == NO_COMPRESSION {
+                return Ok(BlockRef::Mapped(stored));
+            }
+        }
+        let load = || -> Result<Arc<[u8]>> {
+            let (compression, stored) = self.stored_block(i)?;
+            decompress_into_new(compression, stored).map_err(|e| self.block_corruption(i, e))
+        };
+        let block = match &self.cache {
+            Some(cache) => cache.get_or_load((self.id, i as u32), load)?,
+            None => load()?,
+        };
+        Ok(BlockRef::Decompressed(block))
+    }
+
+    fn block_state(&self, i: usize) -> u8 {
+        self.block_states
+            .get(i)
+            .map_or(BLOCK_UNVERIFIED, |s| s.load(AtomicOrdering::Relaxed))
+    }
+
+    /// Data block `i` as stored, and its compression byte; its checksum is
+    /// verified the first time.
+    fn stored_block(&self, i: usize) -> Result<(u8, &[u8])> {
         let (_, handle) = self
             .index
             .get(i)
@@ -163,36 +196,24 @@ impl Table {
             .range_with_trailer(self.mmap.len())
             .ok_or_else(|| Error::corruption(&self.path, handle.offset, "bad block handle"))?;
         let raw = self.mmap.get(range).unwrap_or_default();
-        let verified = self
-            .verified
-            .get(i)
-            .is_some_and(|v| v.load(AtomicOrdering::Relaxed));
-        let (compression, stored) = if verified {
+        if self.block_state(i) != BLOCK_UNVERIFIED {
             let compression = raw.get(handle.size as usize).copied().unwrap_or_default();
-            (
+            return Ok((
                 compression,
                 raw.get(..handle.size as usize).unwrap_or_default(),
-            )
-        } else {
-            let verified = verify_stored_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
-            if let Some(v) = self.verified.get(i) {
-                v.store(true, AtomicOrdering::Relaxed);
-            }
-            verified
-        };
-        if compression == NO_COMPRESSION {
-            return Ok(BlockRef::Mapped(stored));
+            ));
         }
-        let load = || -> Result<Arc<[u8]>> {
-            decompress(compression, stored)
-                .map(Arc::from)
-                .map_err(|e| e.at(&self.path, handle.offset))
-        };
-        let block = match &self.cache {
-            Some(cache) => cache.get_or_load((self.id, i as u32), load)?,
-            None => load()?,
-        };
-        Ok(BlockRef::Decompressed(block))
+        let (compression, stored) =
+            verify_stored_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
+        if let Some(state) = self.block_states.get(i) {
+            let known = if compression == NO_COMPRESSION {
+                BLOCK_STORED_PLAIN
+            } else {
+                BLOCK_COMPRESSED
+            };
+            state.store(known, AtomicOrdering::Relaxed);
+        }
+        Ok((compression, stored))
     }
 
     /// Drops data block `i`'s whole pages from the mapping when the block
@@ -224,16 +245,12 @@ impl Table {
 
     /// Index of the first data block whose last key is `>= target`.
     fn find_block(&self, target: &[u8]) -> usize {
-        self.index
-            .partition_point(|(last, _)| compare_internal(last, target) == std::cmp::Ordering::Less)
+        self.index.find(target)
     }
 
-    /// False when the bloom filter rules `user_key` out.
-    pub(crate) fn may_contain(&self, user_key: &[u8]) -> bool {
-        filter::may_contain(
-            self.mmap.get(self.filter.clone()).unwrap_or_default(),
-            user_key,
-        )
+    /// False when the bloom filter rules out the user key hashed to `h`.
+    pub(crate) fn may_contain(&self, h: filter::KeyHash) -> bool {
+        filter::may_contain(self.mmap.get(self.filter.clone()).unwrap_or_default(), h)
     }
 
     /// The newest version of `user_key` visible at `seq`, with its
@@ -296,65 +313,6 @@ impl Table {
         self.release_if_big(i);
         decoded
     }
-}
-
-/// Reads and decodes the index block (see the module docs for what each
-/// format version holds); `data_end` bounds the data blocks.
-fn read_index(
-    file: &[u8],
-    footer: &Footer,
-    data_end: usize,
-) -> Result<Vec<IndexEntry>, DecodeError> {
-    let range = footer
-        .index
-        .range_with_trailer(data_end)
-        .ok_or(DecodeError("block handle points outside the file"))?;
-    let stored = file.get(range).unwrap_or_default();
-    if footer.version == FORMAT_V1 {
-        return decode_index(verify_block(stored)?, data_end, |v, _| {
-            BlockHandle::decode_from(v)
-        });
-    }
-    let contents = match verify_stored_block(stored)? {
-        (NO_COMPRESSION, contents) => std::borrow::Cow::Borrowed(contents),
-        (compression, packed) => std::borrow::Cow::Owned(decompress(compression, packed)?),
-    };
-    decode_index(&contents, data_end, |v, offset| {
-        Ok(BlockHandle {
-            offset,
-            size: get_varint32(v)?,
-        })
-    })
-}
-
-/// Decodes an index block whose values `handle` decodes, given where the
-/// block ends if it follows the previous one.
-fn decode_index(
-    block: &[u8],
-    data_end: usize,
-    handle: impl Fn(&mut &[u8], u64) -> Result<BlockHandle, DecodeError>,
-) -> Result<Vec<IndexEntry>, DecodeError> {
-    let mut it = BlockIter::new(block)?;
-    let mut out: Vec<IndexEntry> = Vec::new();
-    let mut next_offset = 0u64;
-    while it.advance()? {
-        let Some((k, mut v)) = it.current() else {
-            break;
-        };
-        ParsedKey::parse(k)?;
-        if let Some((prev, _)) = out.last() {
-            if compare_internal(prev, k) != std::cmp::Ordering::Less {
-                return Err(DecodeError("index keys out of order"));
-            }
-        }
-        let handle = handle(&mut v, next_offset)?;
-        let range = handle
-            .range_with_trailer(data_end)
-            .ok_or(DecodeError("index entry points outside the data"))?;
-        next_offset = range.end as u64;
-        out.push((k.into(), handle));
-    }
-    Ok(out)
 }
 
 /// A scan over one table. Forward scans decode one entry at a time, so a

@@ -298,7 +298,7 @@ fn damaged_blocks_are_caught(codec: crate::options::Compression) {
         })
         .collect();
     let t = table_with(dir.path(), "good.sst", codec, &entries);
-    let (_, first) = t.index.first().cloned().unwrap();
+    let (_, first) = t.index.get(0).cloned().unwrap();
     drop(t);
     let good = std::fs::read(dir.path().join("good.sst")).unwrap();
     let start = first.offset as usize;

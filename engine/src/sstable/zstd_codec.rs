@@ -50,9 +50,9 @@ impl Compressor {
     }
 }
 
-/// The frame `body`, at most `capacity` bytes once decompressed.
+/// Decompresses the frame `body` into `out`; returns the bytes written.
 #[cfg(feature = "zstd")]
-pub(crate) fn decompress(body: &[u8], capacity: usize) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn decompress_into(body: &[u8], out: &mut [u8]) -> Result<usize, DecodeError> {
     use std::cell::RefCell;
     thread_local! {
         static CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
@@ -68,13 +68,13 @@ pub(crate) fn decompress(body: &[u8], capacity: usize) -> Result<Vec<u8>, Decode
             ),
         };
         context
-            .decompress(body, capacity)
+            .decompress_to_buffer(body, out)
             .map_err(|_| DecodeError("corrupt zstd block"))
     })
 }
 
 #[cfg(not(feature = "zstd"))]
-pub(crate) fn decompress(_body: &[u8], _capacity: usize) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn decompress_into(_body: &[u8], _out: &mut [u8]) -> Result<usize, DecodeError> {
     Err(DecodeError(
         "zstd block, but strata-engine was built without its `zstd` feature",
     ))

@@ -30,7 +30,7 @@ use crate::iter::{Direction, KeyBounds, Source};
 use crate::key::user_key;
 use crate::memtable::Lookup;
 use crate::range_del::{self, RangeTombstone};
-use crate::sstable::{Table, TableSource};
+use crate::sstable::{KeyHash, Table, TableSource};
 use crate::stats::Counters;
 use crate::Result;
 
@@ -104,6 +104,7 @@ impl Version {
         counters: &Counters,
     ) -> Result<Option<(u64, Lookup)>> {
         let mut tombstone = 0;
+        let hash = KeyHash::of(key);
         for f in self.tables_holding(key) {
             tombstone = tombstone.max(range_del::newest_covering(
                 f.table.range_tombstones(),
@@ -111,7 +112,7 @@ impl Version {
                 seq,
             ));
             Counters::add(&counters.bloom_checks, 1);
-            if !f.table.may_contain(key) {
+            if !f.table.may_contain(hash) {
                 Counters::add(&counters.bloom_negatives, 1);
                 continue;
             }
