@@ -9,6 +9,10 @@
 //! a batch is kept whole or not at all). Each run loses power several
 //! times, continuing from what survived.
 //!
+//! A compaction filter runs throughout ([`Expire`]): a value it removes may
+//! be missing, and a value it rewrites may read rewritten, from any point on;
+//! the database must still open wherever the power goes.
+//!
 //! `STRATA_POWER_LOSS_RUNS` sets the number of runs (default 300; the
 //! closing figures of issue 16 come from 5,000).
 
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_engine::fs::{FileSystem, MemFs};
-use strata_engine::{Db, Options, WriteBatch, WriteOptions};
+use strata_engine::{CompactionFilter, Db, FilterDecision, Options, WriteBatch, WriteOptions};
 
 type State = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -37,10 +41,26 @@ enum Op {
     DeleteRange(Vec<u8>, Vec<u8>),
 }
 
+/// Removes values that start with `X` and rewrites a leading `C` to `c`,
+/// as TTLs and tombstone GC do: a `Remove` above the bottom level writes a
+/// deletion at the value's sequence, a change keeps the sequence.
+struct Expire;
+
+impl CompactionFilter for Expire {
+    fn filter(&self, _level: usize, _key: &[u8], value: &[u8]) -> FilterDecision {
+        match value.split_first() {
+            Some((b'X', _)) => FilterDecision::Remove,
+            Some((b'C', rest)) => FilterDecision::ChangeValue([b"c", rest].concat()),
+            _ => FilterDecision::Keep,
+        }
+    }
+}
+
 fn options(fs: &MemFs) -> Options {
     // Tiny memtables, tables and levels: every life flushes and compacts
     // several times. Values of 1 KiB and more go to blob files.
     Options::default()
+        .compaction_filter(Arc::new(Expire))
         .file_system(Arc::new(fs.clone()))
         .write_buffer_size(64 << 10)
         .target_table_size(16 << 10)
@@ -67,7 +87,12 @@ fn random_write(rng: &mut StdRng, n: u64) -> Vec<Op> {
             } else {
                 rng.gen_range(10..300)
             };
-            let mut value = format!("{n}:").into_bytes();
+            let mark = match rng.gen_range(0..10) {
+                0 => "X",
+                1 => "C",
+                _ => "",
+            };
+            let mut value = format!("{mark}{n}:").into_bytes();
             value.resize(len, b'a' + (n % 26) as u8);
             Op::Put(key, value)
         })
@@ -89,19 +114,26 @@ fn apply(state: &mut State, write: &[Op]) {
 }
 
 /// What the database holds, read through a full scan (which also reads
-/// every blob value); point reads of every key must agree with it.
+/// every blob value); point reads of every key must agree with it. Both read
+/// one snapshot: a compaction finishing in between may apply the filter.
 fn contents(db: &Db) -> Result<State, String> {
-    let scanned = db
+    let snapshot = db.snapshot();
+    let scanned = snapshot
         .iter()
         .collect::<Result<State, _>>()
         .map_err(|e| format!("scan failed: {e}"))?;
     for i in 0..KEYS + 8 {
         let key = key(i);
-        let got = db.get(&key).map_err(|e| format!("get failed: {e}"))?;
+        let got = snapshot.get(&key).map_err(|e| format!("get failed: {e}"))?;
         if got.as_ref() != scanned.get(&key) {
+            let show = |v: Option<&Vec<u8>>| {
+                v.map(|v| String::from_utf8_lossy(v.get(..12).unwrap_or(v)).into_owned())
+            };
             return Err(format!(
-                "get of {} disagrees with the scan",
-                String::from_utf8_lossy(&key)
+                "get of {} disagrees with the scan: {:?} against {:?}",
+                String::from_utf8_lossy(&key),
+                show(got.as_ref()),
+                show(scanned.get(&key))
             ));
         }
     }
@@ -145,6 +177,20 @@ fn live(db: &Db, rng: &mut StdRng, writes: &mut Vec<Vec<Op>>, mut must_keep: usi
     must_keep
 }
 
+/// Whether the database may hold `found` when the writes left `state`:
+/// the same, but for what [`Expire`] may have done to some of the values.
+fn same_but_filtered(state: &State, found: &State) -> bool {
+    found.keys().all(|k| state.contains_key(k))
+        && state
+            .iter()
+            .all(|(k, v)| match (found.get(k), v.split_first()) {
+                (Some(f), _) if f == v => true,
+                (Some(f), Some((b'C', rest))) => f.split_first() == Some((&b'c', rest)),
+                (None, Some((b'X', _))) => true,
+                _ => false,
+            })
+}
+
 /// Finds the prefix of `writes`, at least `must_keep` long, whose state is
 /// `found`, and returns its length.
 fn matching_prefix(writes: &[Vec<Op>], must_keep: usize, found: &State) -> Option<usize> {
@@ -152,10 +198,10 @@ fn matching_prefix(writes: &[Vec<Op>], must_keep: usize, found: &State) -> Optio
     for w in &writes[..must_keep] {
         apply(&mut state, w);
     }
-    let mut best = (state == *found).then_some(must_keep);
+    let mut best = same_but_filtered(&state, found).then_some(must_keep);
     for (i, w) in writes.iter().enumerate().skip(must_keep) {
         apply(&mut state, w);
-        if state == *found {
+        if same_but_filtered(&state, found) {
             best = Some(i + 1);
         }
     }
@@ -219,7 +265,8 @@ fn run(seed: u64, ops_per_life: u64) -> Result<(), String> {
 }
 
 /// The file operations of a whole life with the power on, to draw cut
-/// points from. Fails unless a life flushes and compacts several times.
+/// points from. Fails unless a life flushes and compacts several times,
+/// and the filter acts.
 fn ops_in_a_life() -> u64 {
     let fs = MemFs::new();
     let db = Db::open("/db", options(&fs)).unwrap();
@@ -232,6 +279,12 @@ fn ops_in_a_life() -> u64 {
         "a life must cross flushes and compactions: {} flushes, {} compactions",
         stats.flushes,
         stats.compactions
+    );
+    assert!(
+        stats.compaction_filter_removed > 0 && stats.compaction_filter_changed > 0,
+        "a life must see the filter remove and change values: {} removed, {} changed",
+        stats.compaction_filter_removed,
+        stats.compaction_filter_changed
     );
     db.close().unwrap();
     fs.operations()
