@@ -36,7 +36,8 @@
 //! from 14.2 to about 8 MiB).
 //!
 //! A [`CompactionFilter`] set in the options then decides about the newest
-//! value of each key; see `filter` for its rules.
+//! value of each key; see `filter` for its rules. A value it rewrites keeps
+//! its sequence.
 //!
 //! # Outputs
 //!
@@ -421,6 +422,7 @@ fn merge(
             drop_pointer(&entry)?;
             continue;
         }
+        let mut rewritten = false;
         let offered = newest
             && !entry.is_deletion()
             && entry.seq() <= env.smallest_snapshot
@@ -443,6 +445,7 @@ fn merge(
                     drop_pointer(&entry)?;
                     entry.tag = pack_tag(entry.seq(), ValueKind::Value);
                     entry.value = value;
+                    rewritten = true;
                 }
                 // Older versions of the key in this compaction are shadowed
                 // by this entry's sequence all the same (`last_seq_for_key`).
@@ -462,7 +465,12 @@ fn merge(
             drop_pointer(&entry)?;
             entry.value = out.relocate(&value)?.encode();
         }
+        // A rewritten value keeps its sequence: recovery knows an output
+        // that crashed before its edit as the filter's rewrite of the write
+        // it still holds at that sequence (`db::open`), which sequence 0
+        // would hide.
         let base_version = !entry.is_deletion()
+            && !rewritten
             && entry.seq() != 0
             && entry.seq() <= env.smallest_snapshot
             && tombstones.kept.newest_covering(&entry.user_key) == 0

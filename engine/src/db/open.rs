@@ -9,10 +9,11 @@
 //!    [`RecoveryMode`] (the newest log's torn tail is dropped in every mode).
 //! 3. Check every table the MANIFEST does not name (an *orphan*). It is
 //!    provably obsolete when an edit deleted it (a compaction input that a
-//!    reader kept alive until the close), or when every write it holds is
-//!    in the recovered state at its sequence, as it is or as a compaction
-//!    filter rewrote it (a flush or compaction that crashed before its
-//!    edit). Otherwise it holds writes nothing else has.
+//!    reader kept alive until the close), or when every entry it holds is
+//!    found, the same, in the recovered state, or is a compaction filter's
+//!    rewrite of the write the state holds at its sequence (a flush or
+//!    compaction that crashed before its edit). Otherwise it holds writes
+//!    nothing else has.
 //!    Unless the recovery mode dropped WAL records (which may be those
 //!    writes; the table is then set aside in `lost/`), the MANIFEST lost
 //!    the edit that added it, after the edit was acted on (its WAL
@@ -42,7 +43,7 @@ use crate::blob::{self, BlobRef};
 use crate::error::{Error, Result};
 use crate::file_name::{self, FileKind};
 use crate::fs::{Dir, SequentialReader};
-use crate::iter::{Direction, KeyBounds, Source};
+use crate::iter::{Direction, Entry, KeyBounds, Source};
 use crate::key::{ValueKind, MAX_SEQUENCE};
 use crate::memtable::{Lookup, Memtable};
 use crate::options::{Options, RecoveryMode};
@@ -501,10 +502,10 @@ impl LogReplay {
     }
 }
 
-/// Whether the orphan table at `path` is provably obsolete: every write it
-/// holds is in the recovered state (`memtables`, then `version`), as it is
-/// or as a compaction filter left it, so dropping it loses no write. `None`
-/// when it cannot be read.
+/// Whether the orphan table at `path` is provably obsolete: every entry it
+/// holds is what the recovered state (`memtables`, then `version`) gives for
+/// its key at its sequence, so dropping it changes no read at any
+/// sequence. `None` when it cannot be read.
 fn orphan_is_obsolete(
     dir: &Dir,
     path: &Path,
@@ -536,40 +537,86 @@ fn orphan_is_obsolete(
             Err(e) if e.is_corruption() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let obsolete = if entry.seq() == 0 {
+        let lookup = |seq: u64| -> Result<Option<(u64, Lookup)>> {
+            match memtables
+                .iter()
+                .rev()
+                .find_map(|m| m.get(&entry.user_key, seq))
+            {
+                Some(found) => Ok(Some(found)),
+                None => version.get(&entry.user_key, seq, &counters),
+            }
+        };
+        let same = |found: Option<(u64, Lookup)>| -> Result<Option<bool>> {
+            Ok(Some(match found.map(|(_, lookup)| lookup) {
+                Some(Lookup::Deleted) => entry.is_deletion(),
+                // A compaction output that copied the pointer.
+                Some(Lookup::Blob(pointer)) if pointer == entry.value => entry.is_blob_index(),
+                Some(found) if !entry.is_deletion() => {
+                    // Compared by value: a flush that crashed before its edit
+                    // has its values in the replayed WAL too, and a compaction
+                    // that moved blob values (see `compaction`) points into a
+                    // blob file of its own.
+                    let value = |lookup: Lookup| match lookup {
+                        Lookup::Value(v) => Ok(v),
+                        // A replayed memtable's pointer names a WAL's blob
+                        // file, which no version holds yet.
+                        Lookup::Blob(pointer) => {
+                            BlobRef::from_entry(&pointer).and_then(|r| blob::read_from_dir(dir, &r))
+                        }
+                        Lookup::Deleted => Ok(Vec::new()),
+                    };
+                    let separated = |e: &Entry| {
+                        let r = BlobRef::decode(&e.value).map_err(|e| e.at(path, 0))?;
+                        blob::read_from_dir(dir, &r)
+                    };
+                    let orphan = if entry.is_blob_index() {
+                        separated(&entry)
+                    } else {
+                        Ok(entry.value.clone())
+                    };
+                    match (orphan, value(found)) {
+                        (Ok(a), Ok(b)) => a == b,
+                        // Unreadable: not provably garbage.
+                        _ => return Ok(None),
+                    }
+                }
+                Some(_) | None => false,
+            }))
+        };
+        let same = if entry.seq() == 0 {
             // A compaction into the base level dropped the sequence of a
-            // version every reader saw (see `compaction`), which a compaction
-            // filter may have rewritten: the key must have a value in the
-            // recovered tables (compactions read only tables), which are
-            // still all there when the edit that would have replaced them
-            // is missing.
+            // version every reader saw (see `compaction`): it must be one of
+            // the key's versions in the recovered tables (compactions read
+            // only tables), newest first.
             let mut at = MAX_SEQUENCE;
             loop {
-                match version.get(&entry.user_key, at, &counters)? {
-                    Some((_, Lookup::Value(_) | Lookup::Blob(_))) => break true,
-                    Some((seq, Lookup::Deleted)) if seq > 0 => at = seq - 1,
-                    _ => break false,
+                let found = version.get(&entry.user_key, at, &counters)?;
+                let next = found.as_ref().map_or(0, |(seq, _)| *seq);
+                match same(found)? {
+                    Some(true) => break true,
+                    None => return Ok(None),
+                    Some(false) if next == 0 => break false,
+                    Some(false) => at = next - 1,
                 }
             }
         } else {
-            // A sequence names one write. If the recovered state holds the
-            // write at this entry's sequence, the entry is that write (a
-            // flush or compaction that crashed before its edit, maybe with
-            // its blob value moved to a blob file of its own) or a
-            // compaction filter's rewrite of it (a `Remove` above the base
-            // writes a deletion at the value's sequence, a change keeps it):
-            // dropping the table loses nothing.
-            let found = match memtables
-                .iter()
-                .rev()
-                .find_map(|m| m.get(&entry.user_key, entry.seq()))
-            {
-                Some(found) => Some(found),
-                None => version.get(&entry.user_key, entry.seq(), &counters)?,
-            };
-            found.is_some_and(|(seq, _)| seq == entry.seq())
+            let found = lookup(entry.seq())?;
+            if found.as_ref().is_some_and(|(seq, _)| *seq == entry.seq()) {
+                // A sequence names one write: the entry is the write the
+                // recovered state holds, or a compaction filter's rewrite of
+                // it (a `Remove` above the base writes a deletion at the
+                // value's sequence, a change keeps it), and the state's
+                // version is what reads find.
+                true
+            } else {
+                match same(found)? {
+                    Some(same) => same,
+                    None => return Ok(None),
+                }
+            }
         };
-        if !obsolete {
+        if !same {
             return Ok(Some(false));
         }
     }
