@@ -21,7 +21,8 @@
 //!   double hashing); each probe a cache miss of its own.
 //!
 //! `k` above 30, in either layout, is reserved: such a filter matches
-//! everything (a reader older than the blocked layout reads it so). The hash
+//! everything (so a reader older than the blocked layout takes `0x80 | k`
+//! for a filter that matches everything). The hash
 //! and probe sequences are part of the format: changing them makes every
 //! existing filter answer wrongly.
 //!
@@ -139,13 +140,24 @@ pub(crate) fn may_contain(filter: &[u8], h: KeyHash) -> bool {
         return true;
     }
     let start = fastrange32(hi, blocks) as usize * BLOCK_BYTES;
-    let block = bits.get(start..start + BLOCK_BYTES).unwrap_or_default();
+    // A filter that cannot answer must say "maybe", never "absent".
+    let Some(block) = bits.get(start..start + BLOCK_BYTES) else {
+        return true;
+    };
     block_probes(lo, k).all(|bit| bit_is_set(block, bit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PINNED_BLOCKED: &[usize] = &[
+        24, 32, 53, 57, 61, 65, 75, 88, 145, 149, 221, 222, 232, 281, 283, 287, 301, 407, 418, 492,
+        510,
+    ];
+    const PINNED_SPREAD: &[usize] = &[
+        1, 3, 5, 7, 10, 19, 24, 26, 27, 29, 33, 37, 40, 46, 47, 48, 52, 56, 59,
+    ];
 
     fn false_positives(f: &[u8]) -> usize {
         (0..10_000u32)
@@ -213,10 +225,35 @@ mod tests {
         assert!(!may_contain(&empty, x));
     }
 
+    fn set_bits(filter: &[u8]) -> Vec<usize> {
+        let bits = &filter[..filter.len() - 1];
+        (0..bits.len() * 8)
+            .filter(|&b| bit_is_set(bits, b))
+            .collect()
+    }
+
+    #[test]
+    fn both_layouts_are_pinned_bit_for_bit() {
+        // Tables on disk hold these exact bits: a change to the hash halves,
+        // the block choice, the probe sequence or the bit order within a
+        // byte breaks every existing filter and must fail here.
+        let mut blocked = FilterBuilder::new(10);
+        for key in [&b"a"[..], b"bb", b"key-017"] {
+            blocked.add_key(key);
+        }
+        let blocked = blocked.finish();
+        assert_eq!(blocked.last(), Some(&(BLOCKED | 7)));
+        assert_eq!(set_bits(&blocked), PINNED_BLOCKED);
+        let spread = spread_filter(&[b"a", b"bb", b"key-017"], 10);
+        assert_eq!(spread.last(), Some(&7));
+        assert_eq!(set_bits(&spread), PINNED_SPREAD);
+    }
+
     #[test]
     fn hash_and_probes_are_pinned() {
         // The filter format depends on these exact sequences: never change them.
         assert_eq!(KeyHash::of(b"").0, 0x2d06800538d394c2);
+        assert_eq!(KeyHash::of(b"").halves(), (0x2d06_8005, 0x38d3_94c2));
         let probes: Vec<usize> = block_probes(0x1234_5678, 4).collect();
         assert_eq!(probes, vec![36, 272, 410, 327]);
         let spread: Vec<u32> = spread_probes(7, 1 << 31, 1000, 3).collect();

@@ -12,6 +12,8 @@
 //! Format versions (what the index block holds; see the module docs of
 //! `sstable`): 1, written until 2026-12, and 2, written since. Both read.
 
+use std::sync::Arc;
+
 use crate::coding::{get_u32, get_u64};
 use crate::error::DecodeError;
 use crate::wal::mask_crc;
@@ -108,72 +110,66 @@ pub(crate) fn verify_block(block_and_trailer: &[u8]) -> Result<&[u8], DecodeErro
     }
 }
 
-/// The uncompressed contents of a stored block with compression byte
+/// The uncompressed contents of a compressed block with compression byte
 /// `compression` (already checksum-verified).
 pub(crate) fn decompress(compression: u8, stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    decompress_into_new(compression, stored)
+    let (claimed, body) = claim(compression, stored)?;
+    // Zeroed by the allocator: the pages of a large claim are committed only
+    // as the decoder writes them.
+    let mut out = vec![0; claimed];
+    decode_exactly(compression, body, &mut out)?;
+    Ok(out)
 }
 
-/// A buffer a block is decompressed into, made at its final length so that
-/// the bytes are written once, where they stay.
-pub(crate) trait BlockBuf: Sized {
-    fn zeroed(len: usize) -> Self;
-    fn bytes_mut(&mut self) -> &mut [u8];
+/// Claims above this decompress through [`decompress`] and a copy.
+const DECODE_IN_PLACE_LIMIT: usize = 1 << 20;
+
+/// [`decompress`] into the `Arc` the block cache keeps, rather than into a
+/// `Vec` copied into one.
+pub(crate) fn decompress_shared(compression: u8, stored: &[u8]) -> Result<Arc<[u8]>, DecodeError> {
+    let (claimed, body) = claim(compression, stored)?;
+    // A large claim may be a lie (a zstd block may claim 32768 times its
+    // size): zeroing an `Arc` would commit every page of it before the
+    // decoder fails.
+    if claimed > DECODE_IN_PLACE_LIMIT {
+        return decompress(compression, stored).map(Arc::from);
+    }
+    // One allocation of exactly `claimed` bytes (`RepeatN` knows its length).
+    let mut out: Arc<[u8]> = std::iter::repeat_n(0, claimed).collect();
+    let Some(bytes) = Arc::get_mut(&mut out) else {
+        // A new `Arc` has no other owner; this is never taken.
+        return decompress(compression, stored).map(Arc::from);
+    };
+    decode_exactly(compression, body, bytes)?;
+    Ok(out)
 }
 
-impl BlockBuf for Vec<u8> {
-    fn zeroed(len: usize) -> Self {
-        vec![0; len]
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        self
-    }
-}
-
-impl BlockBuf for std::sync::Arc<[u8]> {
-    fn zeroed(len: usize) -> Self {
-        // One allocation of exactly `len` bytes (`RepeatN` knows its length).
-        std::iter::repeat_n(0, len).collect()
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // A buffer just made by `zeroed` has no other owner; were it shared,
-        // the empty slice makes the decoder report a too-small output.
-        std::sync::Arc::get_mut(self).unwrap_or_default()
-    }
-}
-
-/// [`decompress`] into a new `B`: the block cache's shared blocks are
-/// decompressed in place rather than copied out of a `Vec`.
-pub(crate) fn decompress_into_new<B: BlockBuf>(
-    compression: u8,
-    stored: &[u8],
-) -> Result<B, DecodeError> {
-    let (claimed, body) = match compression {
+/// The recorded uncompressed length of a compressed block, and its body.
+fn claim(compression: u8, stored: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
+    match compression {
         // LZ4 expands at most ~255x.
-        LZ4_COMPRESSION => claimed_length(stored, 255)?,
+        LZ4_COMPRESSION => claimed_length(stored, 255),
         // A zstd block of 128 KiB can be one RLE byte and its header.
-        ZSTD_COMPRESSION => claimed_length(stored, 32 * 1024)?,
-        NO_COMPRESSION => {
-            let mut out = B::zeroed(stored.len());
-            out.bytes_mut().copy_from_slice(stored);
-            return Ok(out);
-        }
-        _ => return Err(DecodeError("unknown block compression type")),
-    };
-    let mut out = B::zeroed(claimed);
+        ZSTD_COMPRESSION => claimed_length(stored, 32 * 1024),
+        NO_COMPRESSION => Err(DecodeError("block is not compressed")),
+        _ => Err(DecodeError("unknown block compression type")),
+    }
+}
+
+/// Decodes `body` into `out`, which must come out exactly full: decoders
+/// take the length as a capacity, not a promise.
+fn decode_exactly(compression: u8, body: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
     let written = if compression == LZ4_COMPRESSION {
-        lz4_flex::decompress_into(body, out.bytes_mut())
-            .map_err(|_| DecodeError("corrupt LZ4 block"))?
+        lz4_flex::decompress_into(body, out).map_err(|_| DecodeError("corrupt LZ4 block"))?
     } else {
-        super::zstd_codec::decompress_into(body, out.bytes_mut())?
+        super::zstd_codec::decompress_into(body, out)?
     };
-    // Decoders take the length as a capacity, not a promise.
-    if written != claimed {
+    if written != out.len() {
         return Err(DecodeError(
             "compressed block shorter than its recorded length",
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Splits a compressed block into its recorded uncompressed length and its

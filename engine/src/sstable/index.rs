@@ -3,8 +3,9 @@
 //! per step.
 //!
 //! A lookup's binary search over the index touched two cold cache lines per
-//! step (the entry, then its key on the heap). Every key in one table shares
-//! the prefix of its first and last keys; the eight bytes after it, as a
+//! step (the entry, then its key on the heap). Every index key of a table
+//! (the last key of each block) shares the prefix of the first and last
+//! index keys; the eight bytes after it, as a
 //! big-endian `u64` (zero-padded), order the keys as their bytes do, though
 //! not strictly. The search runs over these contiguous hints and compares
 //! whole keys only among the entries whose hint equals the target's.

@@ -41,8 +41,9 @@
 //! possibly compressed, bytes and the compression byte) is verified the first
 //! time the block is read and remembered afterwards. Data blocks and the
 //! index block may be compressed; the filter and properties never are.
-//! Compressed data blocks are decompressed once into the shared
-//! [`cache::BlockCache`].
+//! Compressed data blocks are decompressed into the shared
+//! [`cache::BlockCache`] on a miss (two readers missing the same block at
+//! once may both decompress it).
 
 pub(crate) mod block;
 pub(crate) mod builder;

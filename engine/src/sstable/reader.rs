@@ -10,7 +10,7 @@ use super::block::BlockIter;
 use super::cache::{next_table_id, BlockCache};
 use super::filter;
 use super::footer::{
-    decompress_into_new, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN,
+    decompress_shared, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN,
     NO_COMPRESSION,
 };
 use super::index::Index;
@@ -162,15 +162,20 @@ impl Table {
     fn data_block(&self, i: usize) -> Result<BlockRef<'_>> {
         // A block known to be compressed is looked up in the cache before
         // its stored bytes are touched: a hit then costs no page of the file.
-        if self.block_state(i) != BLOCK_COMPRESSED {
-            let (compression, stored) = self.stored_block(i)?;
-            if compression == NO_COMPRESSION {
-                return Ok(BlockRef::Mapped(stored));
+        let stored = if self.block_state(i) == BLOCK_COMPRESSED {
+            None
+        } else {
+            match self.stored_block(i)? {
+                (NO_COMPRESSION, plain) => return Ok(BlockRef::Mapped(plain)),
+                compressed => Some(compressed),
             }
-        }
+        };
         let load = || -> Result<Arc<[u8]>> {
-            let (compression, stored) = self.stored_block(i)?;
-            decompress_into_new(compression, stored).map_err(|e| self.block_corruption(i, e))
+            let (compression, stored) = match stored {
+                Some(read) => read,
+                None => self.stored_block(i)?,
+            };
+            decompress_shared(compression, stored).map_err(|e| self.block_corruption(i, e))
         };
         let block = match &self.cache {
             Some(cache) => cache.get_or_load((self.id, i as u32), load)?,
@@ -196,8 +201,15 @@ impl Table {
             .range_with_trailer(self.mmap.len())
             .ok_or_else(|| Error::corruption(&self.path, handle.offset, "bad block handle"))?;
         let raw = self.mmap.get(range).unwrap_or_default();
-        if self.block_state(i) != BLOCK_UNVERIFIED {
-            let compression = raw.get(handle.size as usize).copied().unwrap_or_default();
+        let state = self.block_state(i);
+        if state != BLOCK_UNVERIFIED {
+            // A plain block's trailer byte is known: not read, it costs no
+            // cache line.
+            let compression = if state == BLOCK_STORED_PLAIN {
+                NO_COMPRESSION
+            } else {
+                raw.get(handle.size as usize).copied().unwrap_or_default()
+            };
             return Ok((
                 compression,
                 raw.get(..handle.size as usize).unwrap_or_default(),
