@@ -36,6 +36,7 @@ mod iterator;
 mod key;
 mod memtable;
 mod options;
+mod prefetch;
 mod range_del;
 mod recovery_report;
 mod snapshot;

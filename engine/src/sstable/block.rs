@@ -125,6 +125,20 @@ impl<'a> BlockIter<'a> {
         })
     }
 
+    /// [`BlockIter::new`], keeping its current key in `key` (cleared), whose
+    /// buffer [`BlockIter::into_position`] hands back; on an error the
+    /// buffer comes back with it.
+    pub(crate) fn with_key_buffer(
+        block: &'a [u8],
+        mut key: Vec<u8>,
+    ) -> Result<Self, (DecodeError, Vec<u8>)> {
+        key.clear();
+        match BlockIter::new(block) {
+            Ok(it) => Ok(BlockIter { key, ..it }),
+            Err(e) => Err((e, key)),
+        }
+    }
+
     /// Resumes a scan of `block` where [`BlockIter::into_position`] left
     /// one: `next` is the offset of the next entry and `key` the key before
     /// it, which that entry's shared prefix refers to.
@@ -178,6 +192,22 @@ impl<'a> BlockIter<'a> {
         Ok(off)
     }
 
+    /// The key of the entry at restart point `i`, read in place: a restart
+    /// entry shares no prefix with the entry before it.
+    fn restart_key(&self, i: usize) -> Result<&'a [u8], DecodeError> {
+        let mut src = self.data.get(self.restart_offset(i)?..).unwrap_or_default();
+        if src.is_empty() {
+            return Err(DecodeError("restart point at end of block"));
+        }
+        let shared = get_varint32(&mut src)?;
+        let unshared = get_varint32(&mut src)? as usize;
+        get_varint32(&mut src)?;
+        if shared != 0 {
+            return Err(DecodeError("entry shares more than the previous key"));
+        }
+        get_bytes(&mut src, unshared)
+    }
+
     fn seek_to_restart(&mut self, i: usize) -> Result<(), DecodeError> {
         self.key.clear();
         self.next = self.restart_offset(i)?;
@@ -196,11 +226,7 @@ impl<'a> BlockIter<'a> {
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {
             let mid = (lo + hi).div_ceil(2);
-            self.seek_to_restart(mid)?;
-            if !self.advance()? {
-                return Err(DecodeError("restart point at end of block"));
-            }
-            if cmp(&self.key, target) == Ordering::Less {
+            if cmp(self.restart_key(mid)?, target) == Ordering::Less {
                 lo = mid;
             } else {
                 hi = mid - 1;

@@ -4,10 +4,12 @@
 //! Uncompressed blocks never enter it (they are read in place from the
 //! mmap); a compressed block is decompressed on a miss and kept, so repeated
 //! lookups in it do not decompress again. Eviction is `quick_cache`'s
-//! sharded CLOCK-Pro, weighted by block length.
+//! sharded CLOCK-Pro, weighted by block length. What it evicts is recycled
+//! (`block_buf`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+
+use super::block_buf::{self, BlockBuf};
 
 /// A table's id in the cache: unique per opened [`super::Table`] within the
 /// process, so that a reopened or renamed file never serves stale blocks.
@@ -22,16 +24,43 @@ const TYPICAL_BLOCK: usize = 4096;
 #[derive(Clone, Copy)]
 struct ByLength;
 
-impl quick_cache::Weighter<(u64, u32), Arc<[u8]>> for ByLength {
-    fn weight(&self, _key: &(u64, u32), block: &Arc<[u8]>) -> u64 {
+impl quick_cache::Weighter<(u64, u32), BlockBuf> for ByLength {
+    fn weight(&self, _key: &(u64, u32), block: &BlockBuf) -> u64 {
         // Never 0: a zero-weight entry would never be evicted.
-        block.len().max(1) as u64
+        block.charge().max(1) as u64
+    }
+}
+
+/// Collects what an insert evicts, so that it is recycled (or freed) after
+/// the shard's lock is released.
+#[derive(Clone, Copy)]
+struct Recycle;
+
+impl quick_cache::Lifecycle<(u64, u32), BlockBuf> for Recycle {
+    /// Blocks are about the same length, so an insert evicts one or two;
+    /// any more are dropped in place.
+    type RequestState = [Option<BlockBuf>; 2];
+
+    fn begin_request(&self) -> Self::RequestState {
+        [None, None]
+    }
+
+    fn on_evict(&self, state: &mut Self::RequestState, _key: (u64, u32), block: BlockBuf) {
+        if let Some(slot) = state.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(block);
+        }
     }
 }
 
 /// Decompressed blocks keyed by (table id, block number).
 pub(crate) struct BlockCache {
-    blocks: quick_cache::sync::Cache<(u64, u32), Arc<[u8]>, ByLength>,
+    blocks: quick_cache::sync::Cache<
+        (u64, u32),
+        BlockBuf,
+        ByLength,
+        quick_cache::DefaultHashBuilder,
+        Recycle,
+    >,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -48,7 +77,13 @@ impl BlockCache {
     pub(crate) fn new(capacity: usize) -> Self {
         let items = (capacity / TYPICAL_BLOCK).max(16);
         BlockCache {
-            blocks: quick_cache::sync::Cache::with_weighter(items, capacity as u64, ByLength),
+            blocks: quick_cache::sync::Cache::with(
+                items,
+                capacity as u64,
+                ByLength,
+                quick_cache::DefaultHashBuilder::default(),
+                Recycle,
+            ),
         }
     }
 
@@ -56,8 +91,8 @@ impl BlockCache {
     pub(crate) fn get_or_load<E>(
         &self,
         key: (u64, u32),
-        load: impl FnOnce() -> Result<Arc<[u8]>, E>,
-    ) -> Result<Arc<[u8]>, E> {
+        load: impl FnOnce() -> Result<BlockBuf, E>,
+    ) -> Result<BlockBuf, E> {
         if let Some(block) = self.blocks.get(&key) {
             return Ok(block);
         }
@@ -65,7 +100,10 @@ impl BlockCache {
         // that is cheaper than the placeholder every miss would pay for
         // `get_or_insert_with` to prevent it.
         let block = load()?;
-        self.blocks.insert(key, block.clone());
+        let evicted = self.blocks.insert_with_lifecycle(key, block.clone());
+        for old in evicted.into_iter().flatten() {
+            block_buf::recycle(old);
+        }
         Ok(block)
     }
 
@@ -94,7 +132,7 @@ mod tests {
         let cache = BlockCache::new(64 << 10);
         for i in 0..200u32 {
             let got = cache
-                .get_or_load::<()>((1, i), || Ok(vec![i as u8; 4096].into()))
+                .get_or_load::<()>((1, i), || Ok(BlockBuf::from(vec![i as u8; 4096])))
                 .unwrap();
             assert_eq!(got.len(), 4096);
         }
@@ -105,7 +143,7 @@ mod tests {
     fn a_failed_load_is_not_cached() {
         let cache = BlockCache::new(1 << 20);
         assert!(cache.get_or_load((7, 0), || Err("bad")).is_err());
-        let got = cache.get_or_load::<()>((7, 0), || Ok(vec![1u8].into()));
-        assert_eq!(got.unwrap().as_ref(), &[1u8]);
+        let got = cache.get_or_load::<()>((7, 0), || Ok(BlockBuf::from(vec![1u8])));
+        assert_eq!(&*got.unwrap(), &[1u8]);
     }
 }

@@ -12,8 +12,7 @@
 //! Format versions (what the index block holds; see the module docs of
 //! `sstable`): 1, written until 2026-12, and 2, written since. Both read.
 
-use std::sync::Arc;
-
+use super::block_buf::BlockBuf;
 use crate::coding::{get_u32, get_u64};
 use crate::error::DecodeError;
 use crate::wal::mask_crc;
@@ -124,24 +123,18 @@ pub(crate) fn decompress(compression: u8, stored: &[u8]) -> Result<Vec<u8>, Deco
 /// Claims above this decompress through [`decompress`] and a copy.
 const DECODE_IN_PLACE_LIMIT: usize = 1 << 20;
 
-/// [`decompress`] into the `Arc` the block cache keeps, rather than into a
-/// `Vec` copied into one.
-pub(crate) fn decompress_shared(compression: u8, stored: &[u8]) -> Result<Arc<[u8]>, DecodeError> {
+/// [`decompress`] into the buffer the block cache keeps (a recycled one
+/// when there is one, see [`BlockBuf`]), rather than into a `Vec` copied
+/// into one.
+pub(crate) fn decompress_block(compression: u8, stored: &[u8]) -> Result<BlockBuf, DecodeError> {
     let (claimed, body) = claim(compression, stored)?;
     // A large claim may be a lie (a zstd block may claim 32768 times its
-    // size): zeroing an `Arc` would commit every page of it before the
+    // size): zeroing a buffer would commit every page of it before the
     // decoder fails.
     if claimed > DECODE_IN_PLACE_LIMIT {
-        return decompress(compression, stored).map(Arc::from);
+        return decompress(compression, stored).map(BlockBuf::from);
     }
-    // One allocation of exactly `claimed` bytes (`RepeatN` knows its length).
-    let mut out: Arc<[u8]> = std::iter::repeat_n(0, claimed).collect();
-    let Some(bytes) = Arc::get_mut(&mut out) else {
-        // A new `Arc` has no other owner; this is never taken.
-        return decompress(compression, stored).map(Arc::from);
-    };
-    decode_exactly(compression, body, bytes)?;
-    Ok(out)
+    BlockBuf::fill(claimed, |out| decode_exactly(compression, body, out))
 }
 
 /// The recorded uncompressed length of a compressed block, and its body.
@@ -157,7 +150,8 @@ fn claim(compression: u8, stored: &[u8]) -> Result<(usize, &[u8]), DecodeError> 
 }
 
 /// Decodes `body` into `out`, which must come out exactly full: decoders
-/// take the length as a capacity, not a promise.
+/// take the length as a capacity, not a promise. On success every byte of
+/// `out` was written (a recycled buffer's old bytes are all overwritten).
 fn decode_exactly(compression: u8, body: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
     let written = if compression == LZ4_COMPRESSION {
         lz4_flex::decompress_into(body, out).map_err(|_| DecodeError("corrupt LZ4 block"))?

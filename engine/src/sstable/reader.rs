@@ -1,5 +1,6 @@
 //! Opens a table file through `mmap`, answers point lookups and serves scans.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -7,10 +8,11 @@ use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use super::block::BlockIter;
+use super::block_buf::BlockBuf;
 use super::cache::{next_table_id, BlockCache};
 use super::filter;
 use super::footer::{
-    decompress_shared, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN,
+    decompress_block, verify_block, verify_stored_block, BlockHandle, Footer, FOOTER_LEN,
     NO_COMPRESSION,
 };
 use super::index::Index;
@@ -18,7 +20,10 @@ use super::properties::Properties;
 use crate::error::{DecodeError, Error, Result};
 use crate::fs::{FileBytes, FileSystem};
 use crate::iter::{Direction, Entry, KeyBounds, Source};
-use crate::key::{compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE, SEEK_KIND};
+use crate::key::{
+    append_internal_key, compare_internal, internal_key, ParsedKey, ValueKind, MAX_SEQUENCE,
+    SEEK_KIND,
+};
 use crate::memtable::Lookup;
 use crate::range_del::RangeTombstone;
 
@@ -28,6 +33,17 @@ use crate::range_del::RangeTombstone;
 /// compaction) does not leave a gigabyte of resident table pages behind. The
 /// page cache keeps them; the next read maps them again without disk I/O.
 const RELEASE_AFTER_READ: u64 = 256 << 10;
+
+/// Key buffers longer than this are freed after a lookup rather than kept
+/// for the thread's next one.
+const MAX_KEPT_KEY: usize = 4096;
+
+thread_local! {
+    /// A point lookup's two key buffers (its target, and the block cursor's
+    /// current key), kept per thread: a lookup then allocates only the
+    /// value it returns.
+    static LOOKUP_KEYS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
 
 /// A data block's state in [`Table::block_states`].
 const BLOCK_UNVERIFIED: u8 = 0;
@@ -57,7 +73,7 @@ pub(crate) struct Table {
 /// decompressed and shared with the block cache.
 enum BlockRef<'a> {
     Mapped(&'a [u8]),
-    Decompressed(Arc<[u8]>),
+    Decompressed(BlockBuf),
 }
 
 impl std::ops::Deref for BlockRef<'_> {
@@ -170,12 +186,12 @@ impl Table {
                 compressed => Some(compressed),
             }
         };
-        let load = || -> Result<Arc<[u8]>> {
+        let load = || -> Result<BlockBuf> {
             let (compression, stored) = match stored {
                 Some(read) => read,
                 None => self.stored_block(i)?,
             };
-            decompress_shared(compression, stored).map_err(|e| self.block_corruption(i, e))
+            decompress_block(compression, stored).map_err(|e| self.block_corruption(i, e))
         };
         let block = match &self.cache {
             Some(cache) => cache.get_or_load((self.id, i as u32), load)?,
@@ -262,7 +278,16 @@ impl Table {
 
     /// False when the bloom filter rules out the user key hashed to `h`.
     pub(crate) fn may_contain(&self, h: filter::KeyHash) -> bool {
-        filter::may_contain(self.mmap.get(self.filter.clone()).unwrap_or_default(), h)
+        filter::may_contain(self.filter_bytes(), h)
+    }
+
+    /// Starts loading what [`Table::may_contain`] will read for `h`.
+    pub(crate) fn prefetch_filter(&self, h: filter::KeyHash) {
+        filter::prefetch(self.filter_bytes(), h);
+    }
+
+    fn filter_bytes(&self) -> &[u8] {
+        self.mmap.get(self.filter.clone()).unwrap_or_default()
     }
 
     /// The newest version of `user_key` visible at `seq`, with its
@@ -270,15 +295,38 @@ impl Table {
     /// already checked the key range and [`Table::may_contain`], counting
     /// the filter's verdicts.
     pub(crate) fn lookup(&self, user_key: &[u8], seq: u64) -> Result<Option<(u64, Lookup)>> {
-        let target = internal_key(user_key, seq, SEEK_KIND);
-        let i = self.find_block(&target);
-        if i >= self.index.len() {
-            return Ok(None);
+        let (mut target, cursor_key) = LOOKUP_KEYS.try_with(Cell::take).unwrap_or_default();
+        target.clear();
+        append_internal_key(&mut target, user_key, seq, SEEK_KIND);
+        let (found, cursor_key) = self.lookup_in_block(user_key, &target, cursor_key);
+        if target.capacity().max(cursor_key.capacity()) <= MAX_KEPT_KEY {
+            let _ = LOOKUP_KEYS.try_with(|keys| keys.set((target, cursor_key)));
         }
-        let block = self.data_block(i)?;
+        found
+    }
+
+    /// [`Table::lookup`] for the internal key `target`, with `cursor_key`
+    /// as the block cursor's key buffer, which it hands back.
+    fn lookup_in_block(
+        &self,
+        user_key: &[u8],
+        target: &[u8],
+        cursor_key: Vec<u8>,
+    ) -> (Result<Option<(u64, Lookup)>>, Vec<u8>) {
+        let i = self.find_block(target);
+        if i >= self.index.len() {
+            return (Ok(None), cursor_key);
+        }
+        let block = match self.data_block(i) {
+            Ok(block) => block,
+            Err(e) => return (Err(e), cursor_key),
+        };
+        let mut it = match BlockIter::with_key_buffer(&block, cursor_key) {
+            Ok(it) => it,
+            Err((e, cursor_key)) => return (Err(self.block_corruption(i, e)), cursor_key),
+        };
         let found = (|| {
-            let mut it = BlockIter::new(&block)?;
-            if !it.seek(&target, compare_internal)? {
+            if !it.seek(target, compare_internal)? {
                 return Ok(None);
             }
             let Some((k, v)) = it.current() else {
@@ -298,9 +346,10 @@ impl Table {
             };
             Ok(Some((parsed.seq, lookup)))
         })();
+        let (_, cursor_key) = it.into_position();
         drop(block);
         self.release_if_big(i);
-        found.map_err(|e| self.block_corruption(i, e))
+        (found.map_err(|e| self.block_corruption(i, e)), cursor_key)
     }
 
     /// Every entry of data block `i`, decoded.

@@ -105,7 +105,13 @@ impl Version {
     ) -> Result<Option<(u64, Lookup)>> {
         let mut tombstone = 0;
         let hash = KeyHash::of(key);
-        for f in self.tables_holding(key) {
+        let mut tables = self.tables_holding(key).peekable();
+        while let Some(f) = tables.next() {
+            // Each filter checked is a cache miss: the next table's starts
+            // loading while this one's is checked.
+            if let Some(next) = tables.peek() {
+                next.table.prefetch_filter(hash);
+            }
             tombstone = tombstone.max(range_del::newest_covering(
                 f.table.range_tombstones(),
                 key,
