@@ -28,9 +28,20 @@ pub(crate) struct Index {
     entries: Vec<IndexEntry>,
     /// The user-key prefix every entry shares.
     shared: Box<[u8]>,
-    /// Per entry, [`hint`] of its user key after `shared`.
-    hints: Vec<u64>,
+    /// Per entry, [`hint`] of its user key after `shared`, from
+    /// `hints_buf[hints_at]` on, which is aligned to a cache line: a run of
+    /// [`HINTS_PER_LINE`] hints is one line.
+    hints_buf: Vec<u64>,
+    hints_at: usize,
+    /// The last hint of each run of [`HINTS_PER_LINE`]: a search of these
+    /// (an eighth of the hints, so they stay cached) names the one line of
+    /// hints to search, where a search of all of them would miss the cache
+    /// on a different line at each of its last steps.
+    fences: Vec<u64>,
 }
+
+/// Hints in one 64-byte cache line.
+const HINTS_PER_LINE: usize = 8;
 
 impl Index {
     /// Reads and decodes the index block of a table (see the `sstable`
@@ -49,15 +60,33 @@ impl Index {
             }
             _ => Box::default(),
         };
-        let hints = entries
-            .iter()
-            .map(|(k, _)| hint(user_key(k).get(shared.len()..).unwrap_or_default()))
+        // Up to a line's worth of room in front, to start the hints on a
+        // line; reserved first, so the buffer never moves.
+        let mut hints_buf: Vec<u64> = Vec::with_capacity(entries.len() + HINTS_PER_LINE - 1);
+        let hints_at = hints_buf.as_ptr().align_offset(64).min(HINTS_PER_LINE - 1);
+        hints_buf.resize(hints_at, 0);
+        hints_buf.extend(
+            entries
+                .iter()
+                .map(|(k, _)| hint(user_key(k).get(shared.len()..).unwrap_or_default())),
+        );
+        let fences = hints_buf
+            .get(hints_at..)
+            .unwrap_or_default()
+            .chunks(HINTS_PER_LINE)
+            .filter_map(|run| run.last().copied())
             .collect();
         Index {
             entries,
             shared,
-            hints,
+            hints_buf,
+            hints_at,
+            fences,
         }
+    }
+
+    fn hints(&self) -> &[u64] {
+        self.hints_buf.get(self.hints_at..).unwrap_or_default()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -82,8 +111,19 @@ impl Index {
             };
         };
         let t = hint(rest);
-        let lo = self.hints.partition_point(|&h| h < t);
-        let ties = self.hints.get(lo..).unwrap_or_default();
+        let hints = self.hints();
+        // Every run before the first whose last hint is >= t holds only
+        // hints < t; that run holds the first hint >= t.
+        let run = (self.fences.partition_point(|&f| f < t) * HINTS_PER_LINE).min(hints.len());
+        let lo = run
+            + hints
+                .get(run..)
+                .unwrap_or_default()
+                .iter()
+                .take(HINTS_PER_LINE)
+                .take_while(|&&h| h < t)
+                .count();
+        let ties = hints.get(lo..).unwrap_or_default();
         let hi = lo + ties.partition_point(|&h| h == t);
         lo + self
             .entries
