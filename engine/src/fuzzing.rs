@@ -78,10 +78,28 @@ pub fn block_reader(bytes: &[u8]) {
     scan(bytes);
     // The same bytes as a stored LZ4 block, as a reader meets one whose
     // checksum matched.
-    if let Ok(block) =
-        crate::sstable::footer::decompress(crate::sstable::footer::LZ4_COMPRESSION, bytes)
-    {
-        scan(&block);
+    use crate::sstable::block_buf::{recycle, BlockBuf};
+    use crate::sstable::footer::{decompress, decompress_block, LZ4_COMPRESSION};
+    let fresh = decompress(LZ4_COMPRESSION, bytes);
+    if let Ok(block) = &fresh {
+        scan(block);
+    }
+    // Decoded into a buffer left full of another block's bytes, as the
+    // block cache's reads are, it must come out the same, or fail the same.
+    let claimed = bytes
+        .first_chunk::<4>()
+        .map_or(0, |c| u32::from_le_bytes(*c)) as usize;
+    if let Ok(dirty) = BlockBuf::fill::<()>(claimed.min(64 << 10), |b| {
+        b.fill(0xAA);
+        Ok(())
+    }) {
+        recycle(dirty);
+    }
+    let recycled = decompress_block(LZ4_COMPRESSION, bytes);
+    match (&fresh, &recycled) {
+        (Ok(a), Ok(b)) => assert_eq!(a.as_slice(), &**b, "a recycled buffer changed a block"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("a recycled buffer changed whether a block decodes"),
     }
 }
 

@@ -188,7 +188,8 @@ pub struct Stats {
     pub block_cache_hits: u64,
     /// Reads of a compressed block that had to decompress it.
     pub block_cache_misses: u64,
-    /// Bytes of decompressed blocks in the cache now.
+    /// Bytes the cache's blocks take now: each block's buffer, its length
+    /// rounded up to 128 bytes.
     pub block_cache_bytes: u64,
     /// The cache's capacity in bytes (`Options::block_cache_capacity`).
     pub block_cache_capacity: u64,

@@ -201,11 +201,15 @@ impl<'a> BlockIter<'a> {
         }
         let shared = get_varint32(&mut src)?;
         let unshared = get_varint32(&mut src)? as usize;
-        get_varint32(&mut src)?;
+        let value_len = get_varint32(&mut src)? as usize;
         if shared != 0 {
             return Err(DecodeError("entry shares more than the previous key"));
         }
-        get_bytes(&mut src, unshared)
+        let key = get_bytes(&mut src, unshared)?;
+        // As `advance` would: an entry whose value runs past the block is
+        // corruption even where only its key is wanted.
+        get_bytes(&mut src, value_len)?;
+        Ok(key)
     }
 
     fn seek_to_restart(&mut self, i: usize) -> Result<(), DecodeError> {

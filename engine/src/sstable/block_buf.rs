@@ -20,9 +20,12 @@ use std::sync::Arc;
 
 /// Buffer lengths are multiples of this.
 const GRANULE: usize = 128;
-/// A spare serves a block at most this much shorter than itself, so that
-/// one long block does not leave every later short one charged for its length.
-const MAX_SLACK: usize = 4 * GRANULE;
+/// A spare serves a block shorter than itself by at most an eighth of the
+/// block (or one [`GRANULE`]), so that one long block does not leave every
+/// later short one charged for its length.
+fn max_slack(len: usize) -> usize {
+    (len / 8).max(GRANULE)
+}
 /// Buffers longer than this are not kept as spares: a thread's spare is
 /// memory outside the cache's budget.
 const MAX_SPARE: usize = 64 << 10;
@@ -98,14 +101,14 @@ pub(crate) fn recycle(mut block: BlockBuf) {
 }
 
 /// This thread's spare, if it can hold `len` bytes without wasting more than
-/// [`MAX_SLACK`].
+/// [`max_slack`].
 fn take_spare(len: usize) -> Option<Arc<[u8]>> {
     SPARE
         .try_with(|s| {
             let mut spare = s.borrow_mut();
             let fits = spare
                 .as_ref()
-                .is_some_and(|b| b.len() >= len && b.len() - len <= MAX_SLACK);
+                .is_some_and(|b| b.len() >= len && b.len() - len <= max_slack(len));
             if fits {
                 spare.take()
             } else {

@@ -4,8 +4,8 @@
 //! Uncompressed blocks never enter it (they are read in place from the
 //! mmap); a compressed block is decompressed on a miss and kept, so repeated
 //! lookups in it do not decompress again. Eviction is `quick_cache`'s
-//! sharded CLOCK-Pro, weighted by block length. What it evicts is recycled
-//! (`block_buf`).
+//! sharded CLOCK-Pro, weighted by the length of each block's buffer (the
+//! block rounded up to 128 bytes, `block_buf`). What it evicts is recycled.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,7 +32,10 @@ impl quick_cache::Weighter<(u64, u32), BlockBuf> for ByLength {
 }
 
 /// Collects what an insert evicts, so that it is recycled (or freed) after
-/// the shard's lock is released.
+/// the shard's lock is released. quick_cache also hands it the value of an
+/// insert it rejects (heavier than a shard) and the value an insert replaces:
+/// the first is still held by [`BlockCache::get_or_load`] while it recycles,
+/// which keeps it from being reused.
 #[derive(Clone, Copy)]
 struct Recycle;
 
@@ -137,6 +140,52 @@ mod tests {
             assert_eq!(got.len(), 4096);
         }
         assert!(cache.bytes() <= 64 << 10, "{} bytes held", cache.bytes());
+    }
+
+    fn filled(len: usize, byte: u8) -> BlockBuf {
+        BlockBuf::fill::<()>(len, |b| {
+            b.fill(byte);
+            Ok(())
+        })
+        .unwrap()
+    }
+
+    /// An insert that evicts a block nobody holds leaves its buffer for the
+    /// thread's next block; one a reader still holds is left alone.
+    #[test]
+    fn evicted_buffers_are_reused_unless_held() {
+        // Room for two 4 KiB blocks per shard, whatever the shard count.
+        let cache = BlockCache::new(2 * 4224);
+        let first = cache
+            .get_or_load::<()>((1, 0), || Ok(filled(4096, 1)))
+            .unwrap();
+        let first_buf = first.as_ptr();
+        drop(first);
+        let mut reused = false;
+        for i in 1..64u32 {
+            let mut fresh = None;
+            let got = cache
+                .get_or_load::<()>((1, i), || {
+                    let b = filled(4096, i as u8);
+                    fresh = Some(b.as_ptr());
+                    Ok(b)
+                })
+                .unwrap();
+            assert_eq!(&*got, &[i as u8; 4096][..]);
+            reused |= fresh == Some(first_buf);
+        }
+        assert!(reused, "the first block's buffer was never reused");
+
+        let held = cache
+            .get_or_load::<()>((2, 0), || Ok(filled(4096, 0xEE)))
+            .unwrap();
+        for i in 1..64u32 {
+            let got = cache
+                .get_or_load::<()>((2, i), || Ok(filled(4096, 7)))
+                .unwrap();
+            assert_ne!(got.as_ptr(), held.as_ptr());
+        }
+        assert_eq!(&*held, &[0xEE; 4096][..]);
     }
 
     #[test]

@@ -155,9 +155,9 @@ fn key_block(bits: &[u8], hi: u32) -> Option<&[u8]> {
 
 /// Starts loading into the CPU cache the block of a blocked filter that
 /// [`may_contain`] will probe for `h`. A lookup checks the filters of
-/// several tables, each a cache miss; prefetching them all first makes the
-/// misses overlap instead of following one another. Spread filters (one
-/// miss per probe) are left alone.
+/// several tables, each a cache miss; the next table's block is prefetched
+/// while one is probed, so the misses overlap instead of following one
+/// another. Spread filters (one miss per probe) are left alone.
 pub(crate) fn prefetch(filter: &[u8], h: KeyHash) {
     let Some((&layout, bits)) = filter.split_last() else {
         return;

@@ -224,7 +224,54 @@ impl Footer {
 
 #[cfg(test)]
 mod tests {
+    use super::super::block_buf;
     use super::*;
+
+    /// Leaves this thread a recycled buffer for a block of `len` bytes,
+    /// full of `0xAA`.
+    fn dirty_spare(len: usize) {
+        block_buf::recycle(
+            BlockBuf::fill::<()>(len, |b| {
+                b.fill(0xAA);
+                Ok(())
+            })
+            .unwrap(),
+        );
+    }
+
+    /// Every stored form of `plain` this build can write, with its trailer byte.
+    fn stored_forms(plain: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut forms = vec![(LZ4_COMPRESSION, lz4_flex::compress_prepend_size(plain))];
+        if cfg!(feature = "zstd") {
+            let mut zstd = super::super::zstd_codec::Compressor::new(3).unwrap();
+            forms.push((ZSTD_COMPRESSION, zstd.compress(plain).unwrap()));
+        }
+        forms
+    }
+
+    /// A recycled buffer holds another block's bytes: a block decoded into
+    /// it must come out exactly as into a fresh one, and a stored block that
+    /// decodes short must fail rather than pass the old bytes off as its tail.
+    #[test]
+    fn a_block_decoded_into_a_dirty_buffer_is_exact() {
+        let plain: Vec<u8> = (0..4100u32).map(|i| (i % 7 + i / 300) as u8).collect();
+        for (kind, stored) in stored_forms(&plain) {
+            dirty_spare(plain.len());
+            let block = decompress_block(kind, &stored).unwrap();
+            assert_eq!(&*block, &plain[..], "compression {kind}");
+            assert_eq!(&*block, &decompress(kind, &stored).unwrap()[..]);
+
+            // The recorded length claims 60 bytes more than the body decodes to.
+            let mut lying = stored.clone();
+            let claimed = (plain.len() as u32 + 60).to_le_bytes();
+            lying.get_mut(..4).unwrap().copy_from_slice(&claimed);
+            dirty_spare(plain.len() + 60);
+            assert!(
+                decompress_block(kind, &lying).is_err(),
+                "compression {kind}"
+            );
+        }
+    }
 
     #[test]
     fn footer_round_trip_and_rejects_damage() {

@@ -46,7 +46,7 @@
 //! once may both decompress it).
 
 pub(crate) mod block;
-mod block_buf;
+pub(crate) mod block_buf;
 pub(crate) mod builder;
 pub(crate) mod cache;
 pub(crate) mod filter;
