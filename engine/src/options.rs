@@ -72,10 +72,11 @@ pub struct Options {
     pub compression_per_level: Vec<Compression>,
     /// Bytes of decompressed data blocks kept in memory, shared by all tables
     /// of the database (each block counted as its buffer, rounded up to 128
-    /// bytes). Only compressed blocks go through it: uncompressed ones are
-    /// read in place from the mmap. Besides, each thread that reads keeps
-    /// one evicted buffer of up to 64 KiB for its next decompression, and
-    /// 8 KiB of key buffers. Default: 32 MiB, as fjall's and RocksDB's block
+    /// bytes below 1 MiB). Only compressed blocks go through it: uncompressed
+    /// ones are read in place from the mmap. Besides, each thread that reads
+    /// keeps one evicted buffer of up to 64 KiB for its next decompression,
+    /// 8 KiB of key buffers and, with zstd, a decompression context.
+    /// Default: 32 MiB, as fjall's and RocksDB's block
     /// caches.
     pub block_cache_capacity: usize,
     /// Values of at least this many bytes go at commit to the blob file of

@@ -189,7 +189,7 @@ pub struct Stats {
     /// Reads of a compressed block that had to decompress it.
     pub block_cache_misses: u64,
     /// Bytes the cache's blocks take now: each block's buffer, its length
-    /// rounded up to 128 bytes.
+    /// rounded up to 128 bytes (below 1 MiB).
     pub block_cache_bytes: u64,
     /// The cache's capacity in bytes (`Options::block_cache_capacity`).
     pub block_cache_capacity: u64,

@@ -53,10 +53,12 @@ impl BlockBuf {
             // One allocation of exactly this length (`RepeatN` knows it).
             std::iter::repeat_n(0, len.next_multiple_of(GRANULE).max(GRANULE)).collect()
         });
-        match Arc::get_mut(&mut buf).and_then(|b| b.get_mut(..len)) {
+        let contents = Arc::get_mut(&mut buf).and_then(|b| b.get_mut(..len));
+        // A spare or a new buffer has no other owner and is at least `len`
+        // long; tests check that `recycle` keeps it so.
+        debug_assert!(contents.is_some(), "a shared or short spare");
+        match contents {
             Some(contents) => fill(contents)?,
-            // A spare or a new buffer has no other owner and is at least
-            // `len` long; this is never taken.
             None => {
                 let mut own = vec![0; len];
                 fill(&mut own)?;
@@ -100,6 +102,12 @@ pub(crate) fn recycle(mut block: BlockBuf) {
     }
 }
 
+/// The length of this thread's spare buffer, if it has one.
+#[cfg(test)]
+pub(crate) fn spare_len() -> Option<usize> {
+    SPARE.with(|s| s.borrow().as_ref().map(|b| b.len()))
+}
+
 /// This thread's spare, if it can hold `len` bytes without wasting more than
 /// [`max_slack`].
 fn take_spare(len: usize) -> Option<Arc<[u8]>> {
@@ -138,7 +146,9 @@ mod tests {
         assert_eq!(first.charge(), 4224);
         let first_ptr = first.buf.as_ptr();
         recycle(first);
+        assert_eq!(spare_len(), Some(4224));
         let second = filled(4200, 2);
+        assert_eq!(spare_len(), None);
         assert_eq!(second.buf.as_ptr(), first_ptr, "the spare was not reused");
         assert_eq!(&*second, &[2u8; 4200][..]);
         assert_eq!(second.charge(), 4224);
@@ -149,18 +159,15 @@ mod tests {
         let block = filled(4096, 3);
         let reader = block.clone();
         recycle(block);
-        let next = filled(4096, 4);
-        assert_ne!(next.buf.as_ptr(), reader.buf.as_ptr());
+        assert_eq!(spare_len(), None);
         assert_eq!(&*reader, &[3u8; 4096][..]);
     }
 
     #[test]
     fn a_spare_much_longer_than_the_block_is_not_used() {
-        let long = filled(8000, 5);
-        let long_ptr = long.buf.as_ptr();
-        recycle(long);
+        recycle(filled(8000, 5));
         let short = filled(1000, 6);
-        assert_ne!(short.buf.as_ptr(), long_ptr);
+        assert_eq!(spare_len(), Some(8064), "the long spare was used");
         assert_eq!(short.charge(), 1024);
     }
 

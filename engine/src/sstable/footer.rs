@@ -257,7 +257,9 @@ mod tests {
         let plain: Vec<u8> = (0..4100u32).map(|i| (i % 7 + i / 300) as u8).collect();
         for (kind, stored) in stored_forms(&plain) {
             dirty_spare(plain.len());
+            assert_eq!(block_buf::spare_len(), Some(4224));
             let block = decompress_block(kind, &stored).unwrap();
+            assert_eq!(block_buf::spare_len(), None, "the dirty spare was not used");
             assert_eq!(&*block, &plain[..], "compression {kind}");
             assert_eq!(&*block, &decompress(kind, &stored).unwrap()[..]);
 

@@ -219,6 +219,13 @@ mod tests {
         )
     }
 
+    /// What a binary search over the whole index keys finds.
+    fn plain_find(index: &Index, target: &[u8]) -> usize {
+        index
+            .entries
+            .partition_point(|(last, _)| compare_internal(last, target) == Ordering::Less)
+    }
+
     proptest! {
         /// The hinted search finds what a plain binary search over the
         /// whole keys finds, for keys with long shared prefixes, keys that
@@ -255,10 +262,37 @@ mod tests {
             for (t, with_prefix, seq) in targets {
                 let user = if with_prefix { [prefix.as_slice(), &t].concat() } else { t };
                 let target = internal_key(&user, seq, SEEK_KIND);
-                let expected = index
-                    .entries
-                    .partition_point(|(last, _)| compare_internal(last, &target) == Ordering::Less);
+                let expected = plain_find(&index, &target);
                 prop_assert_eq!(index.find(&target), expected);
+            }
+            // The index's own keys: targets equal to a run's last hint.
+            for (user, _) in &keys {
+                for seq in 0..5 {
+                    let target = internal_key(user, seq, SEEK_KIND);
+                    let expected = plain_find(&index, &target);
+                    prop_assert_eq!(index.find(&target), expected);
+                }
+            }
+        }
+    }
+
+    /// Keys whose hints tie in threes, so that ties cross the runs of
+    /// hints, for every length around a run's.
+    #[test]
+    fn ties_across_runs_are_found() {
+        for n in 0..=33u8 {
+            let keys: Vec<(Vec<u8>, u64)> = (0..n)
+                .map(|i| (vec![i / 3, 0, 0, 0, 0, 0, 0, 0, i % 3], 3))
+                .collect();
+            let index = index_of(&keys);
+            let mut targets: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone()).collect();
+            targets.extend([vec![], vec![255; 10], vec![5, 0, 0, 0, 0, 0, 0, 0, 1, 1]]);
+            for user in &targets {
+                for seq in [2, 3, 4] {
+                    let target = internal_key(user, seq, SEEK_KIND);
+                    let expected = plain_find(&index, &target);
+                    assert_eq!(index.find(&target), expected, "n {n}, {user:?} @ {seq}");
+                }
             }
         }
     }
