@@ -45,10 +45,12 @@ thread_local! {
     static LOOKUP_KEYS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
 }
 
-/// A data block's state in [`Table::block_states`].
+/// A data block's state in [`Table::block_states`]: `BLOCK_UNVERIFIED`,
+/// or `BLOCK_VERIFIED | compression` once its checksum has matched (the
+/// trailer's compression byte, when below `BLOCK_VERIFIED`), so that a read
+/// need not load the trailer's cache line to learn how to decode the block.
 const BLOCK_UNVERIFIED: u8 = 0;
-const BLOCK_STORED_PLAIN: u8 = 1;
-const BLOCK_COMPRESSED: u8 = 2;
+const BLOCK_VERIFIED: u8 = 0x80;
 
 /// An open, immutable table.
 pub(crate) struct Table {
@@ -60,7 +62,7 @@ pub(crate) struct Table {
     filter: std::ops::Range<usize>,
     properties: Properties,
     /// Per data block: `BLOCK_UNVERIFIED` until its checksum has been
-    /// verified, then whether it is stored compressed.
+    /// verified, then `BLOCK_VERIFIED` and its compression byte.
     block_states: Box<[AtomicU8]>,
     /// This table's key in `cache`.
     id: u64,
@@ -178,7 +180,8 @@ impl Table {
     fn data_block(&self, i: usize) -> Result<BlockRef<'_>> {
         // A block known to be compressed is looked up in the cache before
         // its stored bytes are touched: a hit then costs no page of the file.
-        let stored = if self.block_state(i) == BLOCK_COMPRESSED {
+        let state = self.block_state(i);
+        let stored = if state != BLOCK_UNVERIFIED && state != BLOCK_VERIFIED | NO_COMPRESSION {
             None
         } else {
             match self.stored_block(i)? {
@@ -219,27 +222,21 @@ impl Table {
         let raw = self.mmap.get(range).unwrap_or_default();
         let state = self.block_state(i);
         if state != BLOCK_UNVERIFIED {
-            // A plain block's trailer byte is known: not read, it costs no
-            // cache line.
-            let compression = if state == BLOCK_STORED_PLAIN {
-                NO_COMPRESSION
-            } else {
-                raw.get(handle.size as usize).copied().unwrap_or_default()
-            };
             return Ok((
-                compression,
+                state & !BLOCK_VERIFIED,
                 raw.get(..handle.size as usize).unwrap_or_default(),
             ));
         }
         let (compression, stored) =
             verify_stored_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
-        if let Some(state) = self.block_states.get(i) {
-            let known = if compression == NO_COMPRESSION {
-                BLOCK_STORED_PLAIN
-            } else {
-                BLOCK_COMPRESSED
-            };
-            state.store(known, AtomicOrdering::Relaxed);
+        // A byte no compression uses stays unrecorded: every read then meets
+        // it, and its decoding error, again.
+        if let Some(state) = self
+            .block_states
+            .get(i)
+            .filter(|_| compression < BLOCK_VERIFIED)
+        {
+            state.store(BLOCK_VERIFIED | compression, AtomicOrdering::Relaxed);
         }
         Ok((compression, stored))
     }
