@@ -88,6 +88,10 @@ impl BlockBuilder {
     }
 }
 
+/// [`BlockIter::seek`] prefetches the restart entries of a block with at
+/// most this many.
+const PREFETCHED_RESTARTS: usize = 8;
+
 /// A cursor over one block's entries, in order.
 pub(crate) struct BlockIter<'a> {
     /// The entries region (without the restart array).
@@ -226,6 +230,16 @@ impl<'a> BlockIter<'a> {
         target: &[u8],
         cmp: impl Fn(&[u8], &[u8]) -> Ordering,
     ) -> Result<bool, DecodeError> {
+        // The binary search below reads one entry per step, each in a
+        // line of its own: in a block of a few restarts (4 KiB holds about
+        // three), start loading them all at once.
+        if self.num_restarts <= PREFETCHED_RESTARTS {
+            for i in 0..self.num_restarts {
+                if let Ok(offset) = self.restart_offset(i) {
+                    crate::prefetch::read(self.data.get(offset));
+                }
+            }
+        }
         // Find the last restart whose key is < target.
         let (mut lo, mut hi) = (0usize, self.num_restarts - 1);
         while lo < hi {

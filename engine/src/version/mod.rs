@@ -105,32 +105,43 @@ impl Version {
     ) -> Result<Option<(u64, Lookup)>> {
         let mut tombstone = 0;
         let hash = KeyHash::of(key);
+        // Counted here and added once: the counters are shared by every
+        // reader thread, and each atomic add costs more than a probe's
+        // arithmetic.
+        let (mut checks, mut negatives) = (0, 0);
         let mut tables = self.tables_holding(key).peekable();
-        while let Some(f) = tables.next() {
-            // Each filter checked is a cache miss: the next table's starts
-            // loading while this one's is checked.
-            if let Some(next) = tables.peek() {
-                next.table.prefetch_filter(hash);
-            }
-            tombstone = tombstone.max(range_del::newest_covering(
-                f.table.range_tombstones(),
-                key,
-                seq,
-            ));
-            Counters::add(&counters.bloom_checks, 1);
-            if !f.table.may_contain(hash) {
-                Counters::add(&counters.bloom_negatives, 1);
-                continue;
-            }
-            match f.table.lookup(key, seq)? {
-                Some((found, _)) if tombstone > found => {
-                    return Ok(Some((tombstone, Lookup::Deleted)))
+        let found = (|| {
+            while let Some(f) = tables.next() {
+                // Each filter checked is a cache miss: the next table's
+                // starts loading while this one's is checked.
+                if let Some(next) = tables.peek() {
+                    next.table.prefetch_filter(hash);
                 }
-                Some(found) => return Ok(Some(found)),
-                None => Counters::add(&counters.bloom_false_positives, 1),
+                tombstone = tombstone.max(range_del::newest_covering(
+                    f.table.range_tombstones(),
+                    key,
+                    seq,
+                ));
+                checks += 1;
+                if !f.table.may_contain(hash) {
+                    negatives += 1;
+                    continue;
+                }
+                match f.table.lookup(key, seq)? {
+                    Some((found, _)) if tombstone > found => {
+                        return Ok(Some((tombstone, Lookup::Deleted)))
+                    }
+                    Some(found) => return Ok(Some(found)),
+                    None => Counters::add(&counters.bloom_false_positives, 1),
+                }
             }
+            Ok((tombstone > 0).then_some((tombstone, Lookup::Deleted)))
+        })();
+        Counters::add(&counters.bloom_checks, checks);
+        if negatives > 0 {
+            Counters::add(&counters.bloom_negatives, negatives);
         }
-        Ok((tombstone > 0).then_some((tombstone, Lookup::Deleted)))
+        found
     }
 
     /// The tables whose key range holds `key`, newest first.
