@@ -123,6 +123,12 @@ impl Index {
                 .take(HINTS_PER_LINE)
                 .take_while(|&&h| h < t)
                 .count();
+        // Usually no hint equals the target's; the binary search for the end
+        // of the ties would still take all its steps over the rest of the
+        // hints, each a cold line, to find that.
+        if hints.get(lo) != Some(&t) {
+            return lo;
+        }
         let ties = hints.get(lo..).unwrap_or_default();
         let hi = lo + ties.partition_point(|&h| h == t);
         lo + self
