@@ -229,8 +229,9 @@ impl Table {
         }
         let (compression, stored) =
             verify_stored_block(raw).map_err(|e| e.at(&self.path, handle.offset))?;
-        // A byte no compression uses stays unrecorded: every read then meets
-        // it, and its decoding error, again.
+        // `verify_stored_block` refuses bytes no codec uses; this only keeps
+        // a future codec byte from colliding with the flag (such a block
+        // would be verified on every read: slower, still right).
         if let Some(state) = self
             .block_states
             .get(i)

@@ -137,7 +137,9 @@ impl Version {
             }
             Ok((tombstone > 0).then_some((tombstone, Lookup::Deleted)))
         })();
-        Counters::add(&counters.bloom_checks, checks);
+        if checks > 0 {
+            Counters::add(&counters.bloom_checks, checks);
+        }
         if negatives > 0 {
             Counters::add(&counters.bloom_negatives, negatives);
         }
