@@ -34,6 +34,7 @@
 //! themselves, which is the remedy the error points to.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{FileMeta, LiveBlob, TableFile, Version, VersionEdit, NUM_LEVELS};
@@ -252,6 +253,32 @@ impl ManifestState {
         sort_levels(&mut version);
         Ok(version)
     }
+}
+
+/// The tables that an edit of the MANIFESTs at `paths` (oldest first)
+/// deleted and no later edit added back, reading each only as far as its
+/// records are whole: for [`Db::repair`](crate::Db::repair), which cannot
+/// trust any MANIFEST to be. A MANIFEST roll repeats the deletions of tables
+/// whose files may still exist, so the newest MANIFESTs know them all.
+pub(crate) fn deleted_tables(dir: &Dir, paths: &[PathBuf]) -> HashSet<u64> {
+    let mut replay = Replay::default();
+    for path in paths {
+        let Ok(file) = dir.fs().open(path) else {
+            continue;
+        };
+        let mut reader = LogReader::new(
+            std::io::BufReader::new(SequentialReader::new(file)),
+            path,
+            true,
+        );
+        while let Ok(Some(record)) = reader.next_record() {
+            let Ok(edit) = VersionEdit::decode(&record) else {
+                break;
+            };
+            replay.apply(edit);
+        }
+    }
+    replay.deleted
 }
 
 /// Applies the blob files and garbage of `edit` to `blobs` (see "Lifetime"

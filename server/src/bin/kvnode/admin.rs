@@ -425,10 +425,11 @@ pub fn repair_engine(args: &RepairArgs) -> Result<(), AdminError> {
     let engine = args.data_dir.join("engine");
     let report = strata_engine::Db::repair(&engine)?;
     println!(
-        "{}: {} tables kept, {} WAL records recovered",
+        "{}: {} tables kept and {} WAL records recovered, merged into {} tables",
         engine.display(),
         report.tables_kept.len(),
-        report.wal_records_recovered
+        report.wal_records_recovered,
+        report.tables_written.len()
     );
     for damage in &report.tables_set_aside {
         println!(
