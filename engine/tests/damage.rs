@@ -497,3 +497,60 @@ fn repair_sets_aside_a_compaction_input_that_outlived_its_edit() {
         .join(stale.file_name().unwrap())
         .exists());
 }
+
+/// The MANIFEST loses its last two edits whole: a flush (its WAL then
+/// deleted) and the compaction into the base level that wrote the flushed
+/// value at sequence 0, replacing a base table that a reader kept alive. The
+/// compaction's output then holds the only copy of the newer value, at
+/// sequence 0 beside the old base table's version: the open must not take it
+/// for obsolete, and a repair brings the newer value back.
+#[test]
+fn a_manifest_that_lost_a_flush_and_its_compaction_fails_the_open_and_repair_keeps_the_newer_value()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().level0_compaction_trigger(8);
+    let (base, base_bytes, manifest, keep) = {
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        db.put("k", "v1").unwrap();
+        db.compact_range::<&[u8]>(..).unwrap();
+        let tables = files_with(dir.path(), |n| n.ends_with(".sst"));
+        assert_eq!(tables.len(), 1);
+        let base = tables[0].clone();
+        let base_bytes = std::fs::read(&base).unwrap();
+        let (manifest, bytes) = last_file(dir.path(), |n| n.starts_with("MANIFEST-"));
+        let keep = record_starts(&bytes).len();
+        db.put("k", "v2").unwrap();
+        db.compact_range::<&[u8]>(..).unwrap();
+        db.close().unwrap();
+        (base, base_bytes, manifest, keep)
+    };
+    let path = dir.path().join(&manifest);
+    let bytes = std::fs::read(&path).unwrap();
+    let starts = record_starts(&bytes);
+    assert_eq!(
+        starts.len(),
+        keep + 2,
+        "the flush's and the compaction's edits"
+    );
+    std::fs::write(&path, &bytes[..starts[keep]]).unwrap();
+    assert!(!base.exists(), "the compaction deleted the old base table");
+    std::fs::write(&base, base_bytes).unwrap();
+    let output = files_with(dir.path(), |n| n.ends_with(".sst"))
+        .into_iter()
+        .find(|t| *t != base)
+        .unwrap();
+
+    let err = Db::open(dir.path(), opts.clone()).unwrap_err();
+    assert!(err.is_corruption(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("edit that had been acted on is missing"),
+        "{err}"
+    );
+    assert!(output.exists(), "the open kept the only copy of v2");
+
+    let report = Db::repair(dir.path()).unwrap();
+    assert!(report.lost_nothing(), "{report:?}");
+    let db = Db::open(dir.path(), opts).unwrap();
+    assert_eq!(db.get("k").unwrap().as_deref(), Some(&b"v2"[..]));
+}
