@@ -103,6 +103,17 @@ pub(crate) struct BlobMeta {
     pub(crate) bytes: u64,
 }
 
+impl BlobMeta {
+    /// Whether the record `r` points to lies within the file's whole
+    /// records, as [`scan`] counted them (a pointer past them reaches into
+    /// a torn tail, or past the end).
+    pub(crate) fn holds(&self, r: &BlobRef) -> bool {
+        let end = r.offset.saturating_add(RECORD_HEADER).saturating_add(r.len);
+        let whole = MAGIC.len() as u64 + self.count * RECORD_HEADER + self.bytes;
+        r.file == self.number && end <= whole
+    }
+}
+
 /// One meta per file number, the counts of each number's metas added up.
 pub(crate) fn merge_counts(metas: impl IntoIterator<Item = BlobMeta>) -> Vec<BlobMeta> {
     let mut merged: std::collections::BTreeMap<u64, BlobMeta> = Default::default();
@@ -401,6 +412,24 @@ mod tests {
             assert_eq!(read_from_dir(&dir, r).unwrap(), v);
         }
         assert_eq!(scan(&fs::OsFs, &blob_path(&dir, 7), 7).unwrap(), meta);
+    }
+
+    #[test]
+    fn a_scanned_meta_holds_the_pointers_into_whole_records_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = fs::os_dir(tmp.path());
+        let (meta, refs) = write(&dir, &[b"one", b"", b"three"]);
+        assert!(refs.iter().all(|r| meta.holds(r)));
+        // The last record torn off: the scan counts two records.
+        let path = blob_path(&dir, 7);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let torn = scan(&fs::OsFs, &path, 7).unwrap();
+        assert_eq!(torn.count, 2);
+        assert!(torn.holds(&refs[0]) && torn.holds(&refs[1]));
+        assert!(!torn.holds(&refs[2]), "into the torn tail");
+        let elsewhere = BlobRef { file: 8, ..refs[0] };
+        assert!(!torn.holds(&elsewhere), "another file's record");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! write sequence that includes every write acknowledged with `sync: true`
 //! (an unsynced write may be lost, but never a write before a kept one, and
 //! a batch is kept whole or not at all). Each run loses power several
-//! times, continuing from what survived.
+//! times, continuing from what survived. `Db::repair` of each such disk
+//! must give a database holding the same writes.
 //!
 //! A compaction filter runs throughout ([`Expire`]) on the last quarter of
 //! the keys: a value it removes may be missing, and a value it rewrites may
@@ -238,6 +239,8 @@ fn run(seed: u64, ops_per_life: u64) -> Result<(), String> {
             None => format!("power cut after {cut} file operations, during the open"),
         };
         fs = fs.after_power_loss();
+        // The same disk, for a repair to rebuild.
+        let disk = fs.after_power_loss();
         let db = Db::open("/db", options(&fs)).map_err(|e| {
             let files = ["/db", "/db/lost"]
                 .iter()
@@ -260,11 +263,43 @@ fn run(seed: u64, ops_per_life: u64) -> Result<(), String> {
                 found.len()
             ));
         };
+        repaired_holds(&disk, &writes[..kept]).map_err(|e| format!("life {life} ({how}): {e}"))?;
         // What was lost is gone for good: the next life continues from here.
         writes.truncate(kept);
         must_keep = kept;
         db.close()
             .map_err(|e| format!("life {life}: close failed: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether `Db::repair` of `disk` gives a database holding what `writes`
+/// left (but for the filter, which its merge may apply to more values):
+/// the same writes as the open of that disk found.
+fn repaired_holds(disk: &MemFs, writes: &[Vec<Op>]) -> Result<(), String> {
+    if !disk.exists(Path::new("/db")) {
+        // The power went before the first open made the directory.
+        return Ok(());
+    }
+    let report =
+        Db::repair_with("/db", options(disk)).map_err(|e| format!("repair failed: {e}"))?;
+    let db =
+        Db::open("/db", options(disk)).map_err(|e| format!("open after the repair failed: {e}"))?;
+    let found = contents(&db).map_err(|e| format!("after the repair: {e}"))?;
+    let mut state = State::new();
+    for w in writes {
+        apply(&mut state, w);
+    }
+    if !same_but_filtered(&state, &found) {
+        let differ: Vec<String> = state
+            .keys()
+            .chain(found.keys())
+            .filter(|k| state.get(*k) != found.get(*k))
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        return Err(format!(
+            "the repaired database differs from what the open found at {differ:?}; {report:?}"
+        ));
     }
     Ok(())
 }

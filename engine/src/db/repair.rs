@@ -3,11 +3,13 @@
 //! (after LevelDB's `RepairDB`).
 //!
 //! 1. Every table is read whole: each data block's checksum, each entry,
-//!    and the entry count against the properties block. A table that fails
-//!    is set aside in `lost/`; the others keep their contents. The MANIFESTs
+//!    and the entry count against the properties block; every blob file is
+//!    scanned to its last whole record. A table that fails, or that points
+//!    past the whole records of a blob file, is set aside in `lost/`; the
+//!    others keep their contents. The MANIFESTs
 //!    are read as far as their records are whole, only to learn which tables
-//!    an edit deleted: those are set aside too while no file is damaged (see
-//!    [`RepairReport::tables_superseded`]).
+//!    an edit deleted: those are set aside too while every table the newest
+//!    MANIFEST names reads back whole (see [`RepairReport::tables_superseded`]).
 //! 2. Every WAL is replayed, oldest first, skipping damaged records (as
 //!    [`RecoveryMode::SkipCorrupted`](crate::RecoveryMode::SkipCorrupted)
 //!    does, and any log may end torn), into new tables.
@@ -23,7 +25,7 @@
 //!    reader kept alive past its edit when the process died is older than
 //!    them but carries its real sequences, and would win the merge. Step 1
 //!    sets such tables aside, unless the edit that deleted them cannot be
-//!    read or some file is damaged.)
+//!    read or a table that replaced them is damaged.)
 //! 4. A fresh MANIFEST naming the merged tables, and deleting the tables
 //!    merged into them, is synced and `CURRENT` switched to it; only then are
 //!    the old MANIFESTs, the tables step 1 set aside and the damaged logs moved
@@ -52,7 +54,9 @@ use crate::iter::{Direction, KeyBounds, Source};
 use crate::options::{Options, RecoveryMode};
 use crate::recovery_report::{Damage, RecoveryReport};
 use crate::sstable::{Table, TableSource};
-use crate::version::{set, FileMeta, LiveBlob, TableFile, Version, VersionEdit, VersionSet};
+use crate::version::{
+    FileMeta, LiveBlob, ManifestTables, TableFile, Version, VersionEdit, VersionSet,
+};
 
 /// What [`Db::repair`] kept and what it could not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,7 +75,8 @@ pub struct RepairReport {
     /// Tables that an edit of a readable MANIFEST had deleted (compaction
     /// inputs a reader kept alive when the process stopped): the tables that
     /// replaced them hold their items. Each is now in `lost/`. Kept and
-    /// merged instead when any file is damaged (see step 1 of the module docs).
+    /// merged instead when a table the newest MANIFEST names is damaged or
+    /// missing (see step 1 of the module docs).
     pub tables_superseded: Vec<PathBuf>,
     /// WAL records (write batches) replayed into new tables.
     pub wal_records_recovered: u64,
@@ -164,9 +169,10 @@ impl Db {
             .collect();
         manifests.sort_unstable();
         let manifests: Vec<PathBuf> = manifests.into_iter().map(|(_, path)| path).collect();
-        let superseded = set::deleted_tables(&dir, &manifests);
+        let manifest = ManifestTables::read(&dir, &manifests);
         // A number an edit deleted names that table to a later repair too.
-        next_number = next_number.max(1 + superseded.iter().max().copied().unwrap_or(0));
+        let named = manifest.deleted.iter().chain(&manifest.live);
+        next_number = next_number.max(1 + named.max().copied().unwrap_or(0));
         let mut salvaged: Vec<(u64, PathBuf, Salvaged)> = Vec::new();
         // Files that go into `lost/` once the new MANIFEST is in place.
         let mut aside = Vec::new();
@@ -186,27 +192,54 @@ impl Db {
                 report.tables_set_aside.push(damage);
             }
         }
+        // A table pointing past the whole records of a blob file (or into one
+        // that is gone or unreadable) lost values: the output of a compaction
+        // a crash cut, whose tables were synced before its blob file, or a
+        // table whose blob file was damaged.
+        let readable: BTreeMap<u64, BlobMeta> = blobs.iter().map(|m| (m.number, *m)).collect();
+        let mut dangling = Vec::new();
+        salvaged.retain(|(_, path, s)| {
+            let lost = s
+                .furthest
+                .values()
+                .find(|r| !readable.get(&r.file).is_some_and(|meta| meta.holds(r)));
+            if let Some(r) = lost {
+                dangling.push(Damage {
+                    file: path.clone(),
+                    offset: 0,
+                    bytes: fs.file_size(path).unwrap_or(0),
+                    reason: format!(
+                        "points to a value past the whole records of blob file {}",
+                        r.file
+                    ),
+                });
+            }
+            lost.is_none()
+        });
+        for damage in dangling {
+            aside.push(damage.file.clone());
+            report.tables_set_aside.push(damage);
+        }
         // A table an edit deleted is a compaction input that a reader kept
         // alive: the edit was written after its outputs were synced, and they
-        // (or their own outputs) hold its items. Merged, its real sequences
-        // would beat its outputs' versions at sequence 0 (step 3). It is set
-        // aside, unless some file is damaged: it may then hold the only
-        // readable copy of what the damaged one held.
-        let drop_superseded = report.tables_set_aside.is_empty();
+        // (or their own outputs) hold its items, down to the tables the
+        // newest MANIFEST names. Merged, its real sequences would beat its
+        // outputs' versions at sequence 0 (step 3). It is set aside, unless
+        // one of those named tables is damaged or missing: it may then hold
+        // the only readable copy of what that one held. (A damaged table the
+        // MANIFEST does not name, such as the torn output of a compaction a
+        // crash cut, holds only copies.)
+        let whole: HashSet<u64> = salvaged.iter().map(|(number, _, _)| *number).collect();
+        let drop_superseded = manifest.live.iter().all(|number| whole.contains(number));
         // Kept tables and their numbers.
         let mut tables: Vec<(u64, PathBuf)> = Vec::new();
         let mut last_seq = 0;
-        // Per blob file, the records and bytes the kept tables point to.
-        let mut referenced: BTreeMap<u64, Garbage> = BTreeMap::new();
         for (number, path, s) in salvaged {
             last_seq = last_seq.max(s.largest_seq);
-            if drop_superseded && superseded.contains(&number) {
+            if drop_superseded && manifest.deleted.contains(&number) {
                 aside.push(path.clone());
                 report.tables_superseded.push(path);
                 continue;
-            }
-            for (blob_number, r) in s.pointers {
-                referenced.entry(blob_number).or_default().add(r);
             }
             tables.push((number, path));
         }
@@ -228,21 +261,26 @@ impl Db {
         for mem in memtables.iter().filter(|m| !m.is_empty()) {
             let flushed = build_table(&dir, &options, next_number, next_number + 1, mem)?;
             next_number += 2;
-            // The new table points into the blob file it wrote and into the
-            // WALs' blob files.
-            for meta in flushed.blob.iter().chain(&flushed.pointed) {
-                referenced.entry(meta.number).or_default().add(Garbage {
-                    count: meta.count,
-                    bytes: meta.bytes,
-                });
-            }
             blobs.extend(flushed.blob);
             let number = flushed.table.number;
             tables.push((number, file_name::table_path(&dir, number)));
         }
 
-        // What the tables no longer point to is garbage; a file they do
-        // not point into at all is set aside.
+        // Step 3.
+        let merged = merge(&dir, &options, &tables, &blobs, last_seq, &mut next_number)?;
+        blobs.extend(merged.blob);
+        // What the merged tables do not point to is garbage (copies of one
+        // write in several tables make the inputs' pointers useless to
+        // count); a file they do not point into at all is set aside.
+        let mut referenced: BTreeMap<u64, Garbage> = BTreeMap::new();
+        for meta in &merged.tables {
+            let path = file_name::table_path(&dir, meta.number);
+            let written = salvage_table(&fs, &path)?
+                .map_err(|damage| Error::corruption(&path, damage.offset, damage.reason))?;
+            for (number, r) in written.pointers {
+                referenced.entry(number).or_default().add(r);
+            }
+        }
         let mut blob_garbage = Vec::new();
         blobs.retain(|meta| {
             let Some(r) = referenced.get(&meta.number) else {
@@ -258,22 +296,6 @@ impl Db {
             }
             true
         });
-
-        // Step 3.
-        let merged = merge(
-            &dir,
-            &options,
-            &tables,
-            &blobs,
-            &blob_garbage,
-            last_seq,
-            &mut next_number,
-        )?;
-        let mut garbage: BTreeMap<u64, Garbage> = blob_garbage.into_iter().collect();
-        for (number, more) in merged.garbage {
-            garbage.entry(number).or_default().add(more);
-        }
-        blobs.extend(merged.blob);
         report.tables_written = merged
             .tables
             .iter()
@@ -290,7 +312,7 @@ impl Db {
             added: merged.tables.into_iter().map(|m| (1, m)).collect(),
             deleted: tables.iter().map(|(number, _)| (0, *number)).collect(),
             added_blobs: blobs,
-            blob_garbage: garbage.into_iter().collect(),
+            blob_garbage,
             ..VersionEdit::default()
         })?;
         let damaged_logs: HashSet<PathBuf> =
@@ -320,21 +342,19 @@ impl Db {
 /// Step 3 of the module docs: merges `tables` (with their numbers) into new
 /// tables of L1 numbered from `next_number` on, as a compaction of them all
 /// from L0 into an empty base level with no reader older than `last_seq`.
+/// `blobs` are the blob files they may point into; counted as holding no
+/// garbage, none has its values moved.
 fn merge(
     dir: &Dir,
     options: &Options,
     tables: &[(u64, PathBuf)],
     blobs: &[BlobMeta],
-    blob_garbage: &[(u64, Garbage)],
     last_seq: u64,
     next_number: &mut u64,
 ) -> Result<Output> {
     let mut version = Version::default();
     for meta in blobs {
-        let garbage = blob_garbage
-            .iter()
-            .find(|(number, _)| *number == meta.number)
-            .map_or_else(Garbage::default, |(_, g)| *g);
+        let garbage = Garbage::default();
         let file = Arc::new(BlobFile::open(dir, *meta)?);
         version
             .blobs
@@ -389,6 +409,7 @@ fn salvage_table(fs: &Arc<dyn FileSystem>, path: &Path) -> Result<Result<Salvage
             let mut source = TableSource::new(table, &KeyBounds::prefix(b""), Direction::Forward);
             let mut seen = 0u64;
             let mut pointers: BTreeMap<u64, Garbage> = BTreeMap::new();
+            let mut furthest: BTreeMap<u64, BlobRef> = BTreeMap::new();
             while let Some(entry) = source.next_entry()? {
                 seen += 1;
                 if entry.is_blob_index() {
@@ -397,6 +418,11 @@ fn salvage_table(fs: &Arc<dyn FileSystem>, path: &Path) -> Result<Result<Salvage
                         count: 1,
                         bytes: r.len,
                     });
+                    let end = |r: &BlobRef| r.offset.saturating_add(r.len);
+                    let far = furthest.entry(r.file).or_insert(r);
+                    if end(&r) > end(far) {
+                        *far = r;
+                    }
                 }
             }
             if seen != entries {
@@ -409,6 +435,7 @@ fn salvage_table(fs: &Arc<dyn FileSystem>, path: &Path) -> Result<Result<Salvage
             Ok(Salvaged {
                 largest_seq,
                 pointers,
+                furthest,
             })
         })(),
     )
@@ -419,6 +446,8 @@ struct Salvaged {
     largest_seq: u64,
     /// Records and value bytes it points to, per blob file.
     pointers: BTreeMap<u64, Garbage>,
+    /// The pointer reaching furthest into each blob file.
+    furthest: BTreeMap<u64, BlobRef>,
 }
 
 /// Splits corruption (`Ok(Err(damage))`, the file is set aside) from
@@ -523,6 +552,67 @@ mod tests {
         Db::repair(tmp.path()).unwrap();
         let db = Db::open(tmp.path(), Options::default()).unwrap();
         assert_eq!(db.get(b"a").unwrap().as_deref(), Some(&b"v2"[..]));
+    }
+
+    #[test]
+    fn a_table_pointing_into_a_torn_blob_tail_is_set_aside() {
+        // The output of a compaction a crash cut: its tables were synced,
+        // its blob file's last value was not.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = dir_of(tmp.path());
+        let mut blob = blob::BlobWriter::create(&dir, 4).unwrap();
+        let whole = blob.add(b"whole value").unwrap();
+        let torn = blob.add(b"torn value").unwrap();
+        blob.finish().unwrap();
+        let path = blob::blob_path(&dir, 4);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        let pointing = |number: u64, r: BlobRef| {
+            let table = file_name::table_path(&dir, number);
+            let mut builder = TableBuilder::create(&**dir.fs(), &table, 4096, 10).unwrap();
+            let key = internal_key(b"k", number, ValueKind::BlobIndex);
+            builder.add(&key, &r.encode()).unwrap();
+            builder.finish().unwrap();
+            table
+        };
+        pointing(5, whole);
+        let dangling = pointing(6, torn);
+        write_table(&dir, 7, &[(b"other", 1, Some(b"v"))]);
+
+        let report = Db::repair(tmp.path()).unwrap();
+        assert_eq!(report.tables_set_aside.len(), 1, "{report:?}");
+        assert_eq!(report.tables_set_aside[0].file, dangling);
+        assert!(tmp.path().join("lost/000006.sst").exists());
+        let db = Db::open(tmp.path(), Options::default()).unwrap();
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"whole value"[..]));
+        assert_eq!(db.get(b"other").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_blob_value_two_tables_point_to_stays() {
+        // One write in two tables (a flush's output beside its replayed
+        // WAL, a compaction cut before its edit): counted once, the merge
+        // keeps one pointer, and the value is not taken for garbage.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = dir_of(tmp.path());
+        let mut blob = blob::BlobWriter::create(&dir, 4).unwrap();
+        let r = blob.add(b"the only value").unwrap();
+        blob.finish().unwrap();
+        for number in [5, 6] {
+            let table = file_name::table_path(&dir, number);
+            let mut builder = TableBuilder::create(&**dir.fs(), &table, 4096, 10).unwrap();
+            let key = internal_key(b"k", 3, ValueKind::BlobIndex);
+            builder.add(&key, &r.encode()).unwrap();
+            builder.finish().unwrap();
+        }
+        let report = Db::repair(tmp.path()).unwrap();
+        assert!(report.lost_nothing(), "{report:?}");
+        let db = Db::open(tmp.path(), Options::default()).unwrap();
+        assert!(db.recovery_report().is_clean());
+        assert_eq!(
+            db.get(b"k").unwrap().as_deref(),
+            Some(&b"the only value"[..])
+        );
     }
 
     #[test]

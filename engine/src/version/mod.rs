@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub(crate) use edit::{FileMeta, VersionEdit, NUM_LEVELS};
-pub(crate) use set::{ManifestState, VersionSet};
+pub(crate) use set::{ManifestState, ManifestTables, VersionSet};
 
 use crate::blob::{blob_path, BlobFile, BlobRef, Garbage};
 use crate::error::Error;

@@ -255,30 +255,55 @@ impl ManifestState {
     }
 }
 
-/// The tables that an edit of the MANIFESTs at `paths` (oldest first)
-/// deleted and no later edit added back, reading each only as far as its
-/// records are whole: for [`Db::repair`](crate::Db::repair), which cannot
-/// trust any MANIFEST to be. A MANIFEST roll repeats the deletions of tables
-/// whose files may still exist, so the newest MANIFESTs know them all.
-pub(crate) fn deleted_tables(dir: &Dir, paths: &[PathBuf]) -> HashSet<u64> {
-    let mut replay = Replay::default();
-    for path in paths {
-        let Ok(file) = dir.fs().open(path) else {
-            continue;
-        };
-        let mut reader = LogReader::new(
-            std::io::BufReader::new(SequentialReader::new(file)),
-            path,
-            true,
-        );
-        while let Ok(Some(record)) = reader.next_record() {
-            let Ok(edit) = VersionEdit::decode(&record) else {
-                break;
+/// What the MANIFESTs of a database say about its tables, read only as far
+/// as their records are whole: for [`Db::repair`](crate::Db::repair), which
+/// cannot trust any MANIFEST to be.
+#[derive(Debug, Default)]
+pub(crate) struct ManifestTables {
+    /// The tables the newest MANIFEST with a whole record names.
+    pub(crate) live: HashSet<u64>,
+    /// The tables an edit deleted that no later edit added back. A MANIFEST
+    /// roll repeats the deletions of tables whose files may still exist, so
+    /// the newest MANIFESTs know them all.
+    pub(crate) deleted: HashSet<u64>,
+}
+
+impl ManifestTables {
+    /// Reads the MANIFESTs at `paths`, oldest first.
+    pub(crate) fn read(dir: &Dir, paths: &[PathBuf]) -> Self {
+        let mut tables = ManifestTables::default();
+        for path in paths {
+            let Ok(file) = dir.fs().open(path) else {
+                continue;
             };
-            replay.apply(edit);
+            let mut reader = LogReader::new(
+                std::io::BufReader::new(SequentialReader::new(file)),
+                path,
+                true,
+            );
+            // Every MANIFEST starts with an edit describing the whole state.
+            let mut replay = Replay::default();
+            let mut records = 0u64;
+            while let Ok(Some(record)) = reader.next_record() {
+                let Ok(edit) = VersionEdit::decode(&record) else {
+                    break;
+                };
+                replay.apply(edit);
+                records += 1;
+            }
+            if records > 0 {
+                tables.live = replay
+                    .levels
+                    .iter()
+                    .flat_map(|level| level.keys().copied())
+                    .collect();
+            }
+            tables.deleted.extend(replay.deleted);
         }
+        let live = &tables.live;
+        tables.deleted.retain(|number| !live.contains(number));
+        tables
     }
-    replay.deleted
 }
 
 /// Applies the blob files and garbage of `edit` to `blobs` (see "Lifetime"
