@@ -684,6 +684,11 @@ impl Outputs<'_> {
         self.max_tombstone_end = None;
         self.overlapped_bytes = 0;
         if let Some((number, builder)) = self.builder.take() {
+            // The values a table points to are durable before the table is:
+            // a crash then never leaves a whole table pointing into nothing.
+            if let Some(blob) = &mut self.blob {
+                blob.sync()?;
+            }
             let built = builder.finish()?;
             self.metas.push(FileMeta {
                 number,

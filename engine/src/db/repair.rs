@@ -12,7 +12,9 @@
 //!    MANIFEST names reads back whole (see [`RepairReport::tables_superseded`]).
 //! 2. Every WAL is replayed, oldest first, skipping damaged records (as
 //!    [`RecoveryMode::SkipCorrupted`](crate::RecoveryMode::SkipCorrupted)
-//!    does, and any log may end torn), into new tables.
+//!    does, and any log may end torn), into new tables; but a log the
+//!    newest MANIFEST's log number covers is set aside under the rule for
+//!    superseded tables (see [`RepairReport::logs_superseded`]).
 //! 3. The manifest is not trusted, so levels are not known, and neither
 //!    file numbers nor a table's newest sequence order two tables' versions
 //!    of a key (a table compacted deep late holds old versions of some keys
@@ -78,6 +80,10 @@ pub struct RepairReport {
     /// merged instead when a table the newest MANIFEST names is damaged or
     /// missing (see step 1 of the module docs).
     pub tables_superseded: Vec<PathBuf>,
+    /// Logs numbered below the newest readable MANIFEST's log number: their
+    /// writes are in its tables. Each is now in `lost/`, under the same rule
+    /// as [`tables_superseded`](Self::tables_superseded).
+    pub logs_superseded: Vec<PathBuf>,
     /// WAL records (write batches) replayed into new tables.
     pub wal_records_recovered: u64,
     /// Stretches of logs that could not be read (torn tails included),
@@ -244,13 +250,21 @@ impl Db {
             tables.push((number, path));
         }
         // Step 2.
-        let mut logs: Vec<u64> = files
-            .iter()
-            .filter_map(|(_, kind)| match kind {
-                FileKind::Log(n) => Some(*n),
-                _ => None,
-            })
-            .collect();
+        // A log numbered below the newest MANIFEST's log number holds writes
+        // that tables it names hold (or that compaction dropped or wrote at
+        // sequence 0): replayed, its real sequences would win the merge as a
+        // superseded table's would, so the same rule sets it aside.
+        let mut logs: Vec<u64> = Vec::new();
+        for (path, kind) in &files {
+            match kind {
+                FileKind::Log(n) if drop_superseded && *n < manifest.log_number => {
+                    aside.push(path.clone());
+                    report.logs_superseded.push(path.clone());
+                }
+                FileKind::Log(n) => logs.push(*n),
+                _ => {}
+            }
+        }
         logs.sort_unstable();
         report.tables_kept = tables.iter().map(|(_, path)| path.clone()).collect();
         let mut replayed = RecoveryReport::default();
@@ -320,7 +334,7 @@ impl Db {
         let aside: HashSet<PathBuf> = aside.into_iter().collect();
         for (path, kind) in files {
             let set_aside = match kind {
-                FileKind::Log(_) => damaged_logs.contains(&path),
+                FileKind::Log(_) => damaged_logs.contains(&path) || aside.contains(&path),
                 FileKind::Table(_) | FileKind::Blob(_) => aside.contains(&path),
                 FileKind::Manifest(_) => true,
                 FileKind::Temp | FileKind::Current | FileKind::Lock => continue,

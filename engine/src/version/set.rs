@@ -266,6 +266,9 @@ pub(crate) struct ManifestTables {
     /// roll repeats the deletions of tables whose files may still exist, so
     /// the newest MANIFESTs know them all.
     pub(crate) deleted: HashSet<u64>,
+    /// The newest MANIFEST's log number: the logs below it hold nothing
+    /// that its tables do not.
+    pub(crate) log_number: u64,
 }
 
 impl ManifestTables {
@@ -292,6 +295,7 @@ impl ManifestTables {
                 records += 1;
             }
             if records > 0 {
+                tables.log_number = replay.log_number;
                 tables.live = replay
                     .levels
                     .iter()
